@@ -1,0 +1,1 @@
+"""The sans-I/O core: canonical types, errors, ids and policies. Imports nothing of the project."""

@@ -1,0 +1,35 @@
+"""The usage record: one per request that reached an engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openmaas.core.termination import Termination
+from openmaas.core.types import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    request_id: str
+    key_id: str
+    org_id: str
+    model: str
+    endpoint: str
+    usage: Usage
+    termination: Termination
+    started_at_ms: int
+    ttft_ms: int | None
+    latency_ms: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """Totals for one model on one UTC day."""
+
+    day: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
