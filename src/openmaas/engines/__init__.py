@@ -1,0 +1,1 @@
+"""Engines: the ``Engine`` interface and its implementations. Imports core (and glm) only."""

@@ -1,0 +1,184 @@
+"""The engine seam: one interface for every way OpenMaaS runs a model.
+
+An engine turns a canonical ``GenerationRequest`` into an async stream of canonical events
+(``TextDelta`` ... ``Finished``) and an ``EmbeddingRequest`` into vectors. Closing the stream
+early (``aclose()``, or cancelling the task that iterates it) must stop generation in the
+engine: no tokens are generated for nobody.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from openmaas.core.errors import EngineNotReady, EngineOverloaded
+from openmaas.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationRequest,
+    StreamEvent,
+    Usage,
+)
+
+
+class EngineState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class ModelKind(StrEnum):
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    state: EngineState
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """``slots`` run at once; up to ``queue`` more wait; beyond that requests are refused."""
+
+    slots: int
+    queue: int
+    in_flight: int
+
+    @property
+    def limit(self) -> int:
+        return self.slots + self.queue
+
+
+class UsageTracker:
+    """The engine's running token counts for one stream, updated as the engine reports them.
+
+    It outlives the stream, so whoever closes a stream early can still read how many tokens
+    the engine generated before it stopped.
+    """
+
+    __slots__ = ("prompt_tokens", "cached_tokens", "completion_tokens")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.completion_tokens = 0
+
+    def snapshot(self) -> Usage:
+        return Usage(self.prompt_tokens, self.cached_tokens, self.completion_tokens)
+
+
+class EngineStream:
+    """An admitted generation: iterate it for events, ``aclose()`` it to stop the engine."""
+
+    def __init__(
+        self,
+        events: AsyncIterator[StreamEvent],
+        tracker: UsageTracker,
+        release: Callable[[], None],
+    ) -> None:
+        self._events = events
+        self.tracker = tracker
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self) -> EngineStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        try:
+            return await self._events.__anext__()
+        except BaseException:
+            self._release_once()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._release_once()
+
+    def _release_once(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+class Engine(abc.ABC):
+    """Serves one model. Subclasses implement ``_load``, ``_unload``, ``_stream``, ``_embed``."""
+
+    def __init__(self, model: str, kind: ModelKind, *, slots: int, queue: int) -> None:
+        self.model = model
+        self.kind = kind
+        self._slots = slots
+        self._queue = queue
+        self._in_flight = 0
+        self._health = EngineHealth(EngineState.LOADING)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the model. On failure the engine stays up in state FAILED with the reason."""
+        try:
+            await self._load()
+        except Exception as exc:  # the reason is kept and reported by health()
+            self._health = EngineHealth(EngineState.FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        self._health = EngineHealth(EngineState.READY)
+
+    async def stop(self) -> None:
+        if self._health.state is EngineState.READY:
+            await self._unload()
+        self._health = EngineHealth(EngineState.STOPPED)
+
+    def health(self) -> EngineHealth:
+        return self._health
+
+    def capacity(self) -> Capacity:
+        return Capacity(slots=self._slots, queue=self._queue, in_flight=self._in_flight)
+
+    # -- serving -----------------------------------------------------------------------
+    def stream(self, request: GenerationRequest) -> EngineStream:
+        """Admit a generation (or raise EngineNotReady/EngineOverloaded) and return its stream.
+
+        The caller must ``aclose()`` the stream (in a ``finally``), which stops the engine
+        if the stream has not ended.
+        """
+        self._admit()
+        tracker = UsageTracker()
+        return EngineStream(self._stream(request, tracker), tracker, self._release)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        self._admit()
+        try:
+            return await self._embed(request)
+        finally:
+            self._release()
+
+    def _admit(self) -> None:
+        if self._health.state is not EngineState.READY:
+            raise EngineNotReady(self.model, self._health.detail or self._health.state.value)
+        if self._in_flight >= self._slots + self._queue:
+            raise EngineOverloaded(self.model, self._slots + self._queue)
+        self._in_flight += 1
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+
+    # -- implementation hooks ---------------------------------------------------------
+    @abc.abstractmethod
+    async def _load(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _unload(self) -> None: ...
+
+    def _stream(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> AsyncIterator[StreamEvent]:
+        """Yield events and keep ``tracker`` current; stop the engine when closed early."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate text")
+
+    async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        raise NotImplementedError(f"{type(self).__name__} does not embed")

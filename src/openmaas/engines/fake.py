@@ -1,0 +1,96 @@
+"""A scriptable fake engine, for tests of what real engines cannot do on demand.
+
+It "generates" the words of a fixed text, one token per word, with configurable delays, and
+can fail before the first token or after N tokens. Its prompt count is the number of
+whitespace-separated words in the prompt. It is only ever served when configured
+explicitly (``OPENMAAS_FAKE_MODELS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from openmaas.core.errors import EngineFailure
+from openmaas.core.types import (
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    StreamEvent,
+    TextDelta,
+)
+from openmaas.engines.base import Engine, ModelKind, UsageTracker
+
+
+class FakeScript(BaseModel):
+    text: str = "Hello from the fake engine."
+    first_token_delay: float = Field(0.0, ge=0)
+    token_delay: float = Field(0.0, ge=0)
+    load_delay: float = Field(0.0, ge=0)
+    fail_on_load: bool = False
+    fail_before_first_token: bool = False
+    fail_after_tokens: int | None = Field(None, ge=0)
+    slots: int = Field(4, ge=1)
+    queue: int = Field(0, ge=0)
+
+
+@dataclass
+class FakeStats:
+    """What the fake actually generated, so tests can see that a stop really stopped it."""
+
+    tokens_generated: int = 0
+    streams_started: int = 0
+    streams_open: int = 0
+
+
+class FakeEngine(Engine):
+    def __init__(self, model: str, script: FakeScript) -> None:
+        super().__init__(model, ModelKind.CHAT, slots=script.slots, queue=script.queue)
+        self.script = script
+        self.stats = FakeStats()
+
+    async def _load(self) -> None:
+        await asyncio.sleep(self.script.load_delay)
+        if self.script.fail_on_load:
+            raise EngineFailure("scripted load failure")
+
+    async def _unload(self) -> None:
+        return None
+
+    async def _stream(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> AsyncIterator[StreamEvent]:
+        script = self.script
+        self.stats.streams_started += 1
+        self.stats.streams_open += 1
+        try:
+            tracker.prompt_tokens = _count_prompt_words(request)
+            await asyncio.sleep(script.first_token_delay)
+            if script.fail_before_first_token:
+                raise EngineFailure("scripted failure before the first token")
+            words = script.text.split(" ")
+            limit = request.sampling.max_tokens
+            for index, word in enumerate(words):
+                if limit is not None and index >= limit:
+                    yield Finished(FinishReason.LENGTH, tracker.snapshot())
+                    return
+                if script.fail_after_tokens is not None and index >= script.fail_after_tokens:
+                    raise EngineFailure("scripted failure mid-stream")
+                if index and script.token_delay:
+                    await asyncio.sleep(script.token_delay)
+                tracker.completion_tokens += 1
+                self.stats.tokens_generated += 1
+                text = word if index == len(words) - 1 else word + " "
+                yield TextDelta(text, tracker.completion_tokens, tracker.prompt_tokens)
+            yield Finished(FinishReason.STOP, tracker.snapshot())
+        finally:
+            self.stats.streams_open -= 1
+
+
+def _count_prompt_words(request: GenerationRequest) -> int:
+    if request.messages is not None:
+        return sum(len(m.content.split()) for m in request.messages)
+    return len((request.prompt or "").split())

@@ -1,0 +1,297 @@
+"""In-process llama.cpp through ``xllamacpp``: llama.cpp's own C++ server, without HTTP.
+
+xllamacpp's handlers block until the request ends and report stream chunks through a
+callback on the calling thread, so each request runs on a worker thread of this engine's
+own pool and hands chunks to the event loop. The callback's return value is llama.cpp's
+"stop" signal: returning True cancels the task inside llama.cpp at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openmaas.core.errors import EngineFailure, InvalidRequest
+from openmaas.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    ResponseFormatKind,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+from openmaas.engines.base import Engine, ModelKind, UsageTracker
+
+# How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
+_STOP_WAIT_SECONDS = 2.0
+_DONE = object()
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaCppConfig:
+    # A path, or a function that produces one at load time (e.g. converting weights first).
+    model_path: Path | Callable[[], Path]
+    kind: ModelKind
+    slots: int = 4
+    queue: int = 64
+    context_per_slot: int = 2048
+    threads: int = 2
+    pooling: str | None = None  # embeddings: "mean", "cls", ...
+    # Embeddings: tokenize with this tokenizer.json and cut to max_input_tokens, as the
+    # reference implementation does (llama.cpp itself refuses over-long inputs instead).
+    tokenizer_path: Path | None = None
+    max_input_tokens: int | None = None
+
+
+class LlamaCppEngine(Engine):
+    def __init__(self, model: str, config: LlamaCppConfig) -> None:
+        super().__init__(model, config.kind, slots=config.slots, queue=config.queue)
+        self._config = config
+        self._server: Any = None
+        self._tokenizer: Any = None
+        # One thread per admitted request: llama.cpp queues beyond its slots itself.
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.slots + config.queue, thread_name_prefix=f"llamacpp-{model}"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.run_in_executor(self._pool, self._create_server)
+        _restore_signal_handlers()
+        if self._config.tokenizer_path is not None:
+            self._tokenizer = _load_tokenizer(
+                self._config.tokenizer_path, self._config.max_input_tokens
+            )
+
+    def _create_server(self) -> Any:
+        import xllamacpp
+
+        cfg = self._config
+        path = cfg.model_path() if callable(cfg.model_path) else cfg.model_path
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_parallel = cfg.slots
+        params.n_ctx = cfg.context_per_slot * cfg.slots
+        params.cpuparams.n_threads = cfg.threads
+        params.cpuparams_batch.n_threads = cfg.threads
+        params.verbosity = -1
+        params.endpoint_metrics = True
+        # xllamacpp also opens an HTTP listener on loopback; lock it with a key nobody knows.
+        params.api_keys = [secrets.token_urlsafe(32)]
+        if cfg.kind is ModelKind.EMBEDDING:
+            params.embedding = True
+            params.n_batch = params.n_ubatch = cfg.context_per_slot
+            if cfg.pooling:
+                params.pooling_type = getattr(
+                    xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{cfg.pooling.upper()}"
+                )
+        return xllamacpp.Server(params)
+
+    async def _unload(self) -> None:
+        server, self._server = self._server, None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _drop, server)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def metrics_text(self) -> str:
+        """llama.cpp's own Prometheus metrics (tokens predicted, requests processing ...)."""
+        raw = self._server.handle_metrics() if self._server is not None else b""
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    # -- generation --------------------------------------------------------------------
+    async def _stream(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> AsyncIterator[StreamEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        body = _llama_body(request)
+        handler = (
+            self._server.handle_chat_completions
+            if request.is_chat
+            else self._server.handle_completions
+        )
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            _track(chunk, tracker)
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            return stop.is_set()
+
+        def run() -> None:
+            try:
+                handler(body, on_chunk)
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop below
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        worker = loop.run_in_executor(self._pool, run)
+        reason: FinishReason | None = None
+        usage: Usage | None = None
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise EngineFailure(f"llama.cpp failed: {item}") from item
+                _raise_if_error(item)
+                choice = item["choices"][0] if item.get("choices") else None
+                if choice is not None:
+                    text = _choice_text(choice)
+                    if text:
+                        yield _text_delta(text, item.get("timings"), tracker)
+                    if choice.get("finish_reason"):
+                        reason = _finish_reason(choice["finish_reason"])
+                if item.get("usage"):
+                    usage = _usage(item["usage"], tracker)
+            if reason is None:
+                raise EngineFailure("llama.cpp ended the stream without a finish reason")
+            yield Finished(reason, usage or tracker.snapshot())
+        finally:
+            stop.set()
+            if not worker.done():
+                # Let llama.cpp confirm the stop so the tracker holds its final count.
+                await asyncio.wait({worker}, timeout=_STOP_WAIT_SECONDS)
+
+    async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        inputs: list[Any] = list(request.inputs)
+        if self._tokenizer is not None:
+            # llama.cpp takes token ids as they are (no special tokens added again).
+            inputs = [e.ids for e in self._tokenizer.encode_batch(inputs)]
+        body = {"input": inputs, "model": self.model}
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._pool, self._server.handle_embeddings, body)
+        _raise_if_error(result)
+        data = sorted(result["data"], key=lambda item: item["index"])
+        vectors = tuple(tuple(item["embedding"]) for item in data)
+        prompt_tokens = int(result.get("usage", {}).get("prompt_tokens", 0))
+        return EmbeddingResult(vectors, Usage(prompt_tokens=prompt_tokens))
+
+
+def _restore_signal_handlers() -> None:
+    """llama.cpp's server installs its own SIGINT/SIGTERM handlers when it starts, which
+    would stop the engine under the running requests instead of letting the process drain
+    gracefully. Give the process its own (Python's) handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _load_tokenizer(path: Path, max_tokens: int | None) -> Any:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    if max_tokens is not None:
+        tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+def _drop(server: Any) -> None:
+    del server  # xllamacpp's destructor stops llama.cpp's loop and joins its thread
+
+
+def _llama_body(request: GenerationRequest) -> dict[str, Any]:
+    sampling = request.sampling
+    body: dict[str, Any] = {
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "timings_per_token": True,
+        "cache_prompt": True,
+    }
+    if request.messages is not None:
+        body["messages"] = [{"role": m.role.value, "content": m.content} for m in request.messages]
+    else:
+        body["prompt"] = request.prompt
+    if sampling.max_tokens is not None:
+        body["max_tokens"] = sampling.max_tokens
+    if sampling.temperature is not None:
+        body["temperature"] = sampling.temperature
+    if sampling.top_p is not None:
+        body["top_p"] = sampling.top_p
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if sampling.ignore_eos:
+        body["ignore_eos"] = True
+    fmt = request.response_format
+    if fmt.kind is ResponseFormatKind.JSON_OBJECT:
+        body["response_format"] = {"type": "json_object"}
+    elif fmt.kind is ResponseFormatKind.JSON_SCHEMA:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": fmt.name or "response", "schema": fmt.json_schema or {}},
+        }
+    return body
+
+
+def _track(chunk: dict[str, Any], tracker: UsageTracker) -> None:
+    timings = chunk.get("timings")
+    if timings:
+        cached = int(timings.get("cache_n", 0))
+        tracker.cached_tokens = cached
+        tracker.prompt_tokens = cached + int(timings.get("prompt_n", 0))
+        tracker.completion_tokens = int(timings.get("predicted_n", 0))
+
+
+def _text_delta(text: str, timings: dict[str, Any] | None, tracker: UsageTracker) -> TextDelta:
+    if not timings:
+        return TextDelta(
+            text, tracker.completion_tokens, tracker.prompt_tokens, tracker.cached_tokens
+        )
+    cached = int(timings.get("cache_n", 0))
+    return TextDelta(
+        text, int(timings.get("predicted_n", 0)), cached + int(timings.get("prompt_n", 0)), cached
+    )
+
+
+def _usage(raw: dict[str, Any], tracker: UsageTracker) -> Usage:
+    details = raw.get("prompt_tokens_details") or {}
+    usage = Usage(
+        prompt_tokens=int(raw.get("prompt_tokens", 0)),
+        cached_tokens=int(details.get("cached_tokens", 0)),
+        completion_tokens=int(raw.get("completion_tokens", 0)),
+    )
+    tracker.prompt_tokens = usage.prompt_tokens
+    tracker.cached_tokens = usage.cached_tokens
+    tracker.completion_tokens = usage.completion_tokens
+    return usage
+
+
+def _choice_text(choice: dict[str, Any]) -> str:
+    delta = choice.get("delta")
+    if delta is not None:
+        return delta.get("content") or ""
+    return choice.get("text") or ""
+
+
+def _finish_reason(raw: str) -> FinishReason:
+    return FinishReason.LENGTH if raw == "length" else FinishReason.STOP
+
+
+def _raise_if_error(item: dict[str, Any]) -> None:
+    error = item.get("error")
+    if error is None and "code" in item and "message" in item:
+        error = item
+    if error is None:
+        return
+    message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
+    code = error.get("code") if isinstance(error, dict) else None
+    if code == 400:
+        raise InvalidRequest(message, param="messages")
+    raise EngineFailure(f"llama.cpp error: {message}")
