@@ -1,0 +1,201 @@
+"""Repositories: the only code that speaks SQL. They take and return core types."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.core.errors import InvalidRequest, NotFound
+from openmaas.core.keys import NewKey
+from openmaas.core.usage import UsageRecord, UsageTotal
+from openmaas.store.schema import api_keys, organizations, usage_records
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    id: str
+    name: str
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    org_id: str
+    name: str
+    role: str
+    secret_hash: str
+    created_at_ms: int
+    revoked_at_ms: int | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at_ms is not None
+
+
+def utc_day(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+class OrganizationRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, name: str, now_ms: int) -> Organization:
+        org = Organization(id="org_" + secrets.token_hex(8), name=name, created_at_ms=now_ms)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(organizations).values(id=org.id, name=name, created_at_ms=now_ms)
+                )
+        except IntegrityError as exc:
+            raise InvalidRequest(f"An organization named '{name}' already exists.", "name") from exc
+        return org
+
+    async def list(self) -> list[Organization]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(organizations).order_by(organizations.c.created_at_ms))
+            return [Organization(**row._mapping) for row in rows]
+
+    async def find(self, id_or_name: str) -> Organization:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(organizations).where(
+                        (organizations.c.id == id_or_name) | (organizations.c.name == id_or_name)
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"No organization with id or name '{id_or_name}'.")
+        return Organization(**row._mapping)
+
+    async def count(self) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(organizations))).scalar_one())
+
+
+class ApiKeyRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, org_id: str, name: str, role: str, key: NewKey, now_ms: int) -> ApiKey:
+        row = ApiKey(key.key_id, org_id, name, role, key.secret_hash, now_ms, None)
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(api_keys).values(
+                    id=row.id,
+                    org_id=org_id,
+                    name=name,
+                    role=role,
+                    secret_hash=row.secret_hash,
+                    created_at_ms=now_ms,
+                )
+            )
+        return row
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return ApiKey(**row._mapping) if row is not None else None
+
+    async def list(self, org_id: str | None = None) -> list[ApiKey]:
+        query = select(api_keys).order_by(api_keys.c.created_at_ms)
+        if org_id is not None:
+            query = query.where(api_keys.c.org_id == org_id)
+        async with self._engine.connect() as conn:
+            return [ApiKey(**row._mapping) for row in await conn.execute(query)]
+
+    async def revoke(self, key_id: str, now_ms: int) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at_ms.is_(None))
+                .values(revoked_at_ms=now_ms)
+            )
+            if result.rowcount == 0:
+                exists = (
+                    await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))
+                ).first()
+                if exists is None:
+                    raise NotFound(f"No API key with id '{key_id}'.")
+
+
+class UsageRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def append(self, record: UsageRecord) -> None:
+        """Append one record; committed (durable) when this returns. Idempotent by request id."""
+        values = {
+            "request_id": record.request_id,
+            "key_id": record.key_id,
+            "org_id": record.org_id,
+            "model": record.model,
+            "endpoint": record.endpoint,
+            "prompt_tokens": record.usage.prompt_tokens,
+            "cached_tokens": record.usage.cached_tokens,
+            "completion_tokens": record.usage.completion_tokens,
+            "estimated": int(record.usage.estimated),
+            "termination": record.termination.value,
+            "started_at_ms": record.started_at_ms,
+            "day": utc_day(record.started_at_ms),
+            "ttft_ms": record.ttft_ms,
+            "latency_ms": record.latency_ms,
+            "error": record.error,
+        }
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(usage_records).values(**values))
+        except IntegrityError:
+            return  # already recorded under this request id: recording twice changes nothing
+
+    async def get(self, request_id: str) -> dict[str, object] | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(usage_records).where(usage_records.c.request_id == request_id)
+                )
+            ).first()
+        return dict(row._mapping) if row is not None else None
+
+    async def totals(
+        self, org_id: str | None = None, since_day: str | None = None, until_day: str | None = None
+    ) -> list[UsageTotal]:
+        u = usage_records.c
+        query = (
+            select(
+                u.day,
+                u.model,
+                func.count().label("requests"),
+                func.sum(u.prompt_tokens).label("prompt_tokens"),
+                func.sum(u.cached_tokens).label("cached_tokens"),
+                func.sum(u.completion_tokens).label("completion_tokens"),
+            )
+            .group_by(u.day, u.model)
+            .order_by(u.day, u.model)
+        )
+        if org_id is not None:
+            query = query.where(u.org_id == org_id)
+        if since_day is not None:
+            query = query.where(u.day >= since_day)
+        if until_day is not None:
+            query = query.where(u.day <= until_day)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query)
+            return [
+                UsageTotal(
+                    day=r.day,
+                    model=r.model,
+                    requests=int(r.requests),
+                    prompt_tokens=int(r.prompt_tokens or 0),
+                    cached_tokens=int(r.cached_tokens or 0),
+                    completion_tokens=int(r.completion_tokens or 0),
+                )
+                for r in rows
+            ]
