@@ -1,0 +1,1 @@
+"""Services: authentication, the model catalog, the metered request path, bootstrap."""

@@ -1,0 +1,141 @@
+"""The model catalog: which public model names exist and which engine serves each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from openmaas.core.errors import InvalidRequest, ModelNotFound
+from openmaas.engines.base import Engine, EngineState, ModelKind
+from openmaas.settings import Settings
+
+log = logging.getLogger("openmaas.catalog")
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    name: str
+    engine: Engine
+    owned_by: str = "openmaas"
+    created: int = 0
+    context_length: int | None = None
+    dimensions: int | None = None  # embedding models
+
+    @property
+    def kind(self) -> ModelKind:
+        return self.engine.kind
+
+
+class ModelCatalog:
+    def __init__(self, models: Iterable[ServedModel]) -> None:
+        self._models = {m.name: m for m in models}
+        self._loading: list[asyncio.Task[None]] = []
+
+    def list(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+    def get(self, name: str) -> ServedModel:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(name) from None
+
+    def for_kind(self, name: str, kind: ModelKind) -> ServedModel:
+        model = self.get(name)
+        if model.kind is not kind:
+            raise InvalidRequest(
+                f"The model '{name}' is a {model.kind.value} model and cannot serve this endpoint.",
+                param="model",
+            )
+        return model
+
+    def start_loading(self) -> None:
+        """Load every engine in the background; requests get 503 until theirs is ready."""
+        for model in self._models.values():
+            self._loading.append(asyncio.create_task(self._load(model)))
+
+    async def wait_loaded(self) -> None:
+        await asyncio.gather(*self._loading, return_exceptions=True)
+
+    @staticmethod
+    async def _load(model: ServedModel) -> None:
+        try:
+            await model.engine.start()
+        except Exception:
+            log.exception("engine for %s failed to load", model.name)
+        else:
+            log.info("engine ready", extra={"model": model.name})
+
+    def all_ready(self) -> bool:
+        return all(m.engine.health().state is EngineState.READY for m in self._models.values())
+
+    async def stop(self) -> None:
+        for task in self._loading:
+            task.cancel()
+        await asyncio.gather(*self._loading, return_exceptions=True)
+        for model in self._models.values():
+            await model.engine.stop()
+
+
+def build_catalog(settings: Settings) -> ModelCatalog:
+    from openmaas.engines.fake import FakeEngine, FakeScript
+
+    models: list[ServedModel] = []
+    if settings.embedded_models:
+        models.extend(_embedded_models(settings))
+    for name, script in settings.fake_models.items():
+        models.append(ServedModel(name, FakeEngine(name, FakeScript(**script)), owned_by="fake"))
+    return ModelCatalog(models)
+
+
+def _embedded_models(settings: Settings) -> list[ServedModel]:
+    from openmaas.engines import embedded
+    from openmaas.engines.bert_gguf import ensure_gguf
+    from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+
+    chat_path = embedded.chat_model_path()  # fail fast at start if the package is missing
+    minilm_dir = embedded.embedding_model_dir()
+    cache_dir: Path = settings.cache_dir
+    chat = LlamaCppEngine(
+        embedded.CHAT_MODEL,
+        LlamaCppConfig(
+            model_path=chat_path,
+            kind=ModelKind.CHAT,
+            slots=settings.chat_slots,
+            queue=settings.engine_queue,
+            context_per_slot=settings.chat_context,
+            threads=settings.threads,
+        ),
+    )
+    embed = LlamaCppEngine(
+        embedded.EMBEDDING_MODEL,
+        LlamaCppConfig(
+            model_path=lambda: ensure_gguf(minilm_dir, cache_dir),
+            kind=ModelKind.EMBEDDING,
+            slots=settings.embedding_slots,
+            queue=settings.engine_queue,
+            context_per_slot=512,
+            threads=settings.threads,
+            pooling="mean",
+            tokenizer_path=minilm_dir / "tokenizer.json",
+            max_input_tokens=embedded.EMBEDDING_MAX_TOKENS,
+        ),
+    )
+    return [
+        ServedModel(
+            embedded.CHAT_MODEL,
+            chat,
+            owned_by="HuggingFaceTB",
+            context_length=settings.chat_context,
+        ),
+        ServedModel(
+            embedded.EMBEDDING_MODEL,
+            embed,
+            owned_by="sentence-transformers",
+            context_length=512,
+            dimensions=embedded.EMBEDDING_DIMENSIONS,
+        ),
+    ]

@@ -1,0 +1,237 @@
+"""The metered request path: admission to an engine, the stream, and one usage record.
+
+``Gateway.generate`` returns a ``Generation`` only once the engine has produced its first
+event, so every failure before that still becomes a proper HTTP error. Whatever happens
+next (finished, length, client gone, engine error, shutdown), ``Generation.aclose()``
+stops the engine and appends exactly one usage record, shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import anyio
+
+from openmaas.core.clock import Clock
+from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest
+from openmaas.core.termination import Termination, for_interruption, from_finish_reason
+from openmaas.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    Finished,
+    GenerationRequest,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+from openmaas.core.usage import UsageRecord
+from openmaas.engines.base import EngineStream, ModelKind
+from openmaas.services.auth import Principal
+from openmaas.services.catalog import ModelCatalog
+from openmaas.store.repositories import UsageRepository
+
+log = logging.getLogger("openmaas.gateway")
+
+
+class Gateway:
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        usage: UsageRepository,
+        clock: Clock,
+        shutting_down: Callable[[], bool],
+    ) -> None:
+        self.catalog = catalog
+        self._usage = usage
+        self._clock = clock
+        self._shutting_down = shutting_down
+        self._open = 0  # generations not yet closed (their usage not yet recorded)
+
+    async def generate(
+        self, principal: Principal, request: GenerationRequest, endpoint: str
+    ) -> Generation:
+        engine = self.catalog.for_kind(request.model, ModelKind.CHAT).engine
+        started_ms = self._clock.now_ms()
+        started = self._clock.monotonic()
+        stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached the engine
+        generation = Generation(self, principal, request, endpoint, stream, started_ms, started)
+        self._open += 1
+        try:
+            await generation.prime()
+        except BaseException:
+            await generation.aclose()
+            raise
+        return generation
+
+    async def embed(
+        self, principal: Principal, request: EmbeddingRequest, endpoint: str
+    ) -> EmbeddingResult:
+        engine = self.catalog.for_kind(request.model, ModelKind.EMBEDDING).engine
+        started_ms = self._clock.now_ms()
+        started = self._clock.monotonic()
+        reached, termination, error, usage = True, Termination.FINISHED, None, Usage()
+        try:
+            result = await engine.embed(request)
+            usage = result.usage
+            return result
+        except CapacityError:
+            reached = False  # refused before the engine saw it: nothing to record
+            raise
+        except InvalidRequest as exc:
+            termination, error = Termination.REJECTED, exc.message
+            raise
+        except EngineFailure as exc:
+            termination, error = Termination.ENGINE_ERROR, exc.message
+            raise
+        except BaseException:
+            termination = for_interruption(shutting_down=self._shutting_down())
+            raise
+        finally:
+            if reached:
+                latency = self.elapsed_ms(started)
+                record = UsageRecord(
+                    request.request_id,
+                    principal.key_id,
+                    principal.org_id,
+                    request.model,
+                    endpoint,
+                    usage,
+                    termination,
+                    started_ms,
+                    ttft_ms=None,
+                    latency_ms=latency,
+                    error=error,
+                )
+                with anyio.CancelScope(shield=True):
+                    await self.record(record)
+
+    async def record(self, record: UsageRecord) -> None:
+        try:
+            await self._usage.append(record)
+        except Exception:
+            # The record is also logged in full, so an operator can replay it.
+            log.exception("failed to append usage record", extra={"usage": record})
+            raise
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until every generation has recorded its usage (for shutdown)."""
+        with anyio.move_on_after(timeout):
+            while self._open:
+                await asyncio.sleep(0.01)
+        return self._open == 0
+
+    def closed_one(self) -> None:
+        self._open -= 1
+
+    def shutting_down(self) -> bool:
+        return self._shutting_down()
+
+    def elapsed_ms(self, since: float) -> int:
+        return max(0, round((self._clock.monotonic() - since) * 1000))
+
+
+class Generation:
+    """An admitted, metered generation: iterate its events, and always ``aclose()`` it."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        request: GenerationRequest,
+        endpoint: str,
+        stream: EngineStream,
+        started_ms: int,
+        started: float,
+    ) -> None:
+        self.request = request
+        self._gateway = gateway
+        self._principal = principal
+        self._endpoint = endpoint
+        self._stream = stream
+        self._started_ms = started_ms
+        self._started = started
+        self._first: StreamEvent | None = None
+        self._ttft_ms: int | None = None
+        self._finished: Finished | None = None
+        self._termination: Termination | None = None
+        self._error: str | None = None
+        self._closed = False
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    async def prime(self) -> None:
+        self._first = await self._next()
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._first is not None:
+            event, self._first = self._first, None
+            return event
+        if self._finished is not None:
+            raise StopAsyncIteration
+        return await self._next()
+
+    async def _next(self) -> StreamEvent:
+        try:
+            event = await self._stream.__anext__()
+        except StopAsyncIteration:
+            if self._finished is None:
+                self._fail(Termination.ENGINE_ERROR, "the engine ended without finishing")
+                raise EngineFailure("The engine ended the stream unexpectedly.") from None
+            raise
+        except InvalidRequest as exc:
+            self._fail(Termination.REJECTED, exc.message)
+            raise
+        except EngineFailure as exc:
+            self._fail(Termination.ENGINE_ERROR, exc.message)
+            raise
+        except Exception as exc:
+            self._fail(Termination.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
+            raise EngineFailure("The engine failed.") from exc
+        if isinstance(event, TextDelta) and self._ttft_ms is None:
+            self._ttft_ms = self._gateway.elapsed_ms(self._started)
+        elif isinstance(event, Finished):
+            self._finished = event
+            self._termination = from_finish_reason(event.reason)
+        return event
+
+    def _fail(self, termination: Termination, error: str) -> None:
+        if self._termination is None:
+            self._termination = termination
+            self._error = error
+
+    async def aclose(self) -> UsageRecord | None:
+        """Stop the engine if it still runs and append the usage record (once)."""
+        if self._closed:
+            return None
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+            termination = self._termination or for_interruption(
+                shutting_down=self._gateway.shutting_down()
+            )
+            usage = self._finished.usage if self._finished else self._stream.tracker.snapshot()
+            record = UsageRecord(
+                request_id=self.request.request_id,
+                key_id=self._principal.key_id,
+                org_id=self._principal.org_id,
+                model=self.request.model,
+                endpoint=self._endpoint,
+                usage=usage,
+                termination=termination,
+                started_at_ms=self._started_ms,
+                ttft_ms=self._ttft_ms,
+                latency_ms=self._gateway.elapsed_ms(self._started),
+                error=self._error,
+            )
+            try:
+                await self._gateway.record(record)
+            finally:
+                self._gateway.closed_one()
+        return record

@@ -1,0 +1,66 @@
+"""Every setting, its environment variable (``OPENMAAS_<NAME>``) and its default.
+
+``docs/configuration.md`` lists the same table for users; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENMAAS_", extra="ignore")
+
+    home: Path = Field(Path(".openmaas"), description="Data directory (database, keys, caches).")
+    host: str = Field("127.0.0.1", description="Address to bind. Loopback unless told otherwise.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default: SQLite file in the data directory."
+    )
+    sqlite_synchronous: str = Field(
+        "FULL", description="SQLite PRAGMA synchronous (FULL: usage survives power loss)."
+    )
+    embedded_models: bool = Field(True, description="Serve the embedded chat and embedding models.")
+    chat_slots: int = Field(4, ge=1, description="Parallel llama.cpp slots for the chat model.")
+    chat_context: int = Field(2048, ge=256, description="Context window per chat slot, in tokens.")
+    embedding_slots: int = Field(2, ge=1, description="Parallel slots for the embedding model.")
+    engine_queue: int = Field(
+        64, ge=0, description="Requests that may wait beyond the slots before 429."
+    )
+    threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="llama.cpp CPU threads."
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    log_level: str = Field("INFO", description="Log level of the JSON logs.")
+    fake_models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Scripted fake engines for tests, as JSON: {name: FakeScript fields}.",
+    )
+
+    @field_validator("sqlite_synchronous")
+    @classmethod
+    def _check_synchronous(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError("must be one of OFF, NORMAL, FULL, EXTRA")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home.resolve() / 'openmaas.db'}"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.home / "admin-key"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
