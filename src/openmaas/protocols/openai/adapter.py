@@ -1,0 +1,234 @@
+"""OpenAI wire JSON <-> core types."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from openmaas.core.errors import InvalidRequest
+from openmaas.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    ResponseFormat,
+    ResponseFormatKind,
+    Role,
+    SamplingParams,
+    Usage,
+)
+from openmaas.protocols.openai.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EmbeddingRequestBody,
+    ResponseFormatSpec,
+)
+
+W = TypeVar("W", bound=BaseModel)
+
+
+def parse_body(raw: bytes, model: type[W]) -> W:
+    """Decode and validate a request body; errors name the offending field."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        param = _param_path(error["loc"])
+        raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param) from None
+
+
+def _param_path(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in {"str", "list[str]", "list[int]", "list[list[int]]", "list[TextPart]"} or (
+            isinstance(part, str) and part.startswith(("function-", "constrained-"))
+        ):
+            continue  # pydantic's union-branch labels are not fields
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+# -- requests ---------------------------------------------------------------------------
+def _common_sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:
+    if body.n not in (None, 1):
+        raise InvalidRequest("Only n=1 is supported.", param="n")
+    stop: tuple[str, ...] = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=stop,
+        seed=body.seed,
+        ignore_eos=body.ignore_eos,
+    )
+
+
+def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequest:
+    if body.tools:
+        raise InvalidRequest("Tool calling is not supported by this server yet.", param="tools")
+    if body.logprobs:
+        raise InvalidRequest("logprobs are not supported.", param="logprobs")
+    if (
+        body.max_tokens is not None
+        and body.max_completion_tokens is not None
+        and body.max_tokens != body.max_completion_tokens
+    ):
+        raise InvalidRequest(
+            "Set either max_tokens or max_completion_tokens, not two different values.",
+            param="max_completion_tokens",
+        )
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    messages = tuple(_message(m, i) for i, m in enumerate(body.messages))
+    return GenerationRequest(
+        request_id=request_id,
+        model=body.model,
+        messages=messages,
+        sampling=_common_sampling(body, max_tokens),
+        response_format=_response_format(body.response_format),
+        user=body.user,
+    )
+
+
+def _message(message: ChatMessage, index: int) -> Message:
+    if message.role == "tool":
+        raise InvalidRequest(
+            "Tool messages are not supported by this server yet.", param=f"messages[{index}].role"
+        )
+    role = Role.SYSTEM if message.role == "developer" else Role(message.role)
+    content = message.content
+    if isinstance(content, list):
+        content = "".join(part.text for part in content)
+    return Message(role=role, content=content or "")
+
+
+def _response_format(spec: ResponseFormatSpec | None) -> ResponseFormat:
+    if spec is None or spec.type == "text":
+        return ResponseFormat()
+    if spec.type == "json_object":
+        return ResponseFormat(ResponseFormatKind.JSON_OBJECT)
+    if spec.json_schema is None:
+        raise InvalidRequest(
+            "response_format.json_schema is required when type is json_schema.",
+            param="response_format.json_schema",
+        )
+    return ResponseFormat(
+        ResponseFormatKind.JSON_SCHEMA, spec.json_schema.schema_, spec.json_schema.name
+    )
+
+
+def completion_request(body: CompletionRequest, request_id: str) -> GenerationRequest:
+    prompt = body.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise InvalidRequest("Exactly one prompt per request is supported.", param="prompt")
+        prompt = prompt[0]
+    for field in ("echo", "suffix", "logprobs"):
+        if getattr(body, field):
+            raise InvalidRequest(f"'{field}' is not supported.", param=field)
+    return GenerationRequest(
+        request_id=request_id,
+        model=body.model,
+        prompt=prompt,
+        sampling=_common_sampling(body, body.max_tokens),
+        user=body.user,
+    )
+
+
+def embedding_request(
+    body: EmbeddingRequestBody, request_id: str, native_dimensions: int | None
+) -> EmbeddingRequest:
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if not inputs:
+        raise InvalidRequest("'input' must not be empty.", param="input")
+    if not all(isinstance(item, str) for item in inputs):
+        raise InvalidRequest("Token-array inputs are not supported; send text.", param="input")
+    if any(not item for item in inputs):
+        raise InvalidRequest("'input' must not contain empty strings.", param="input")
+    if body.dimensions is not None and body.dimensions != native_dimensions:
+        raise InvalidRequest(
+            f"The model '{body.model}' does not support choosing 'dimensions'; "
+            f"it always returns {native_dimensions}.",
+            param="dimensions",
+        )
+    return EmbeddingRequest(request_id, body.model, tuple(inputs), body.user)  # type: ignore[arg-type]
+
+
+# -- responses --------------------------------------------------------------------------
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def chat_completion(
+    request_id: str, model: str, created: int, text: str, reason: FinishReason, usage: Usage
+) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": reason.value,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_json(usage),
+    }
+
+
+def text_completion(
+    request_id: str, model: str, created: int, text: str, reason: FinishReason, usage: Usage
+) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": reason.value, "logprobs": None}],
+        "usage": usage_json(usage),
+    }
+
+
+def embeddings(model: str, result: EmbeddingResult, encoding: str) -> dict[str, Any]:
+    data = []
+    for index, vector in enumerate(result.vectors):
+        value: Any = list(vector)
+        if encoding == "base64":
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "total_tokens": result.usage.prompt_tokens,
+        },
+    }
+
+
+def model_card(name: str, owned_by: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}

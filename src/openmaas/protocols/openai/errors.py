@@ -1,0 +1,58 @@
+"""Our errors in OpenAI's shape: the one table of statuses and codes for this protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openmaas.core.errors import (
+    AuthenticationFailed,
+    CapacityError,
+    EngineFailure,
+    EngineNotReady,
+    EngineOverloaded,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    OpenMaaSError,
+    PayloadTooLarge,
+    PermissionDenied,
+)
+
+# (class, HTTP status, error type, error code); the first matching class wins.
+_TABLE: tuple[tuple[type[OpenMaaSError], int, str, str | None], ...] = (
+    (PayloadTooLarge, 413, "invalid_request_error", "request_too_large"),
+    (InvalidRequest, 400, "invalid_request_error", None),
+    (AuthenticationFailed, 401, "invalid_request_error", "invalid_api_key"),
+    (PermissionDenied, 403, "permission_error", "permission_denied"),
+    (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (NotFound, 404, "invalid_request_error", "not_found"),
+    (EngineOverloaded, 429, "rate_limit_error", "engine_overloaded"),
+    (EngineNotReady, 503, "server_error", "model_not_ready"),
+    (EngineFailure, 500, "server_error", "engine_error"),
+)
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def to_openai_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and extra headers for one of our errors."""
+    for cls, status, type_, code in _TABLE:
+        if isinstance(exc, cls):
+            break
+    else:
+        status, type_, code = 500, "server_error", "internal_error"
+    param = getattr(exc, "param", None)
+    if isinstance(exc, ModelNotFound):
+        param = "model"
+    headers: dict[str, str] = {}
+    if isinstance(exc, CapacityError):
+        headers["retry-after"] = str(max(1, round(exc.retry_after_seconds)))
+    return status, error_body(exc.message, type_, code, param), headers
+
+
+def internal_error() -> tuple[int, dict[str, Any]]:
+    return 500, error_body("The server had an error while processing your request.", "server_error", "internal_error")

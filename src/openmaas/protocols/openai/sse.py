@@ -1,0 +1,70 @@
+"""Core stream events -> OpenAI server-sent-event frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from openmaas.core.types import Finished, TextDelta
+from openmaas.protocols.openai.adapter import usage_json
+
+DONE = b"data: [DONE]\n\n"
+
+
+def frame(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+class ChunkWriter:
+    """Builds the frames of one streamed response, chat or text completion."""
+
+    __slots__ = ("_base", "_chat", "_include_usage", "_started")
+
+    def __init__(
+        self, request_id: str, model: str, created: int, *, chat: bool, include_usage: bool
+    ) -> None:
+        self._chat = chat
+        self._include_usage = include_usage
+        self._started = False
+        self._base = {
+            "id": request_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+        }
+
+    def _chunk(self, choice: dict[str, Any]) -> bytes:
+        payload = {**self._base, "choices": [choice]}
+        if self._include_usage:
+            payload["usage"] = None
+        return frame(payload)
+
+    def _role(self) -> bytes:
+        """Chat streams open with the assistant's role, once."""
+        if not self._chat or self._started:
+            return b""
+        self._started = True
+        return self._chunk(
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        )
+
+    def delta(self, event: TextDelta) -> bytes:
+        if not self._chat:
+            return self._chunk({"index": 0, "text": event.text, "finish_reason": None})
+        return self._role() + self._chunk(
+            {"index": 0, "delta": {"content": event.text}, "finish_reason": None}
+        )
+
+    def finish(self, event: Finished) -> bytes:
+        reason = event.reason.value
+        if self._chat:
+            out = self._role() + self._chunk({"index": 0, "delta": {}, "finish_reason": reason})
+        else:
+            out = self._chunk({"index": 0, "text": "", "finish_reason": reason})
+        if self._include_usage:
+            out += frame({**self._base, "choices": [], "usage": usage_json(event.usage)})
+        return out + DONE
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        return frame(body) + DONE
