@@ -1,0 +1,130 @@
+"""The ``openmaas`` command."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from openmaas.core.errors import OpenMaaSError
+from openmaas.services.admin import Admin, open_admin
+from openmaas.settings import Settings
+
+T = TypeVar("T")
+console = Console()
+
+
+def _run(action: Callable[[Admin], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with open_admin(Settings()) as admin:
+            return await action(admin)
+
+    try:
+        return asyncio.run(go())
+    except OpenMaaSError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _ms_to_iso(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group(help="OpenMaaS: an open-source Model-as-a-Service platform.")
+@click.version_option(package_name="openmaas")
+def main() -> None:
+    pass
+
+
+@main.command(help="Start the API server (settings from OPENMAAS_* variables).")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    from openmaas.server.runner import serve as run_server
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    run_server(Settings(**overrides))
+
+
+@main.group(help="Organizations.")
+def orgs() -> None:
+    pass
+
+
+@orgs.command("create", help="Create an organization.")
+@click.argument("name")
+def orgs_create(name: str) -> None:
+    org = _run(lambda admin: admin.create_org(name))
+    click.echo(f"{org.id}\t{org.name}")
+
+
+@orgs.command("list", help="List organizations.")
+def orgs_list() -> None:
+    table = Table("id", "name", "created (UTC)")
+    for org in _run(lambda admin: admin.orgs.list()):
+        table.add_row(org.id, org.name, _ms_to_iso(org.created_at_ms))
+    console.print(table)
+
+
+@main.group(help="API keys.")
+def keys() -> None:
+    pass
+
+
+@keys.command("create", help="Create a key; its secret is printed once.")
+@click.option("--org", required=True, help="Organization id or name.")
+@click.option("--name", required=True, help="A name for the key.")
+@click.option("--admin", "is_admin", is_flag=True, help="Give the key the admin role.")
+def keys_create(org: str, name: str, is_admin: bool) -> None:
+    role = "admin" if is_admin else "member"
+    issued = _run(lambda admin: admin.issue_key(org, name, role))
+    click.echo(issued.token)
+    click.echo(f"Key {issued.key.id} created; store it now, it will not be shown again.", err=True)
+
+
+@keys.command("list", help="List keys (never their secrets).")
+@click.option("--org", default=None, help="Only this organization (id or name).")
+def keys_list(org: str | None) -> None:
+    async def action(admin: Admin) -> list:
+        org_id = (await admin.orgs.find(org)).id if org else None
+        return await admin.keys.list(org_id)
+
+    table = Table("id", "org", "name", "role", "created (UTC)", "revoked (UTC)")
+    for key in _run(action):
+        table.add_row(
+            key.id, key.org_id, key.name, key.role,
+            _ms_to_iso(key.created_at_ms), _ms_to_iso(key.revoked_at_ms),
+        )
+    console.print(table)
+
+
+@keys.command("revoke", help="Revoke a key; it fails on its very next request.")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    _run(lambda admin: admin.revoke_key(key_id.partition(".")[0]))
+    click.echo(f"Key {key_id.partition('.')[0]} revoked.")
+
+
+@main.command(help="Token usage totals per model and UTC day.")
+@click.option("--org", default=None, help="Only this organization (id or name).")
+@click.option("--since", default=None, help="First day, YYYY-MM-DD.")
+@click.option("--until", default=None, help="Last day, YYYY-MM-DD.")
+def usage(org: str | None, since: str | None, until: str | None) -> None:
+    async def action(admin: Admin) -> list:
+        org_id = (await admin.orgs.find(org)).id if org else None
+        return await admin.usage.totals(org_id, since, until)
+
+    table = Table("day", "model", "requests", "prompt", "cached", "completion", "total")
+    for t in _run(action):
+        table.add_row(
+            t.day, t.model, str(t.requests), str(t.prompt_tokens), str(t.cached_tokens),
+            str(t.completion_tokens), str(t.prompt_tokens + t.completion_tokens),
+        )
+    console.print(table)

@@ -1,0 +1,1 @@
+"""The ASGI application: routes, middleware, errors, health and the process runner."""

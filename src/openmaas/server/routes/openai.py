@@ -1,0 +1,180 @@
+"""The OpenAI-compatible API under ``/v1``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from openmaas.core.errors import OpenMaaSError
+from openmaas.core.types import Finished, GenerationRequest, TextDelta
+from openmaas.protocols.openai import adapter
+from openmaas.protocols.openai.errors import to_openai_error
+from openmaas.protocols.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequestBody,
+)
+from openmaas.protocols.openai.sse import ChunkWriter
+from openmaas.server.responses import json_response
+from openmaas.server.routes.openapi import json_body
+from openmaas.server.state import AppState, app_state, request_id
+from openmaas.services.auth import Principal
+from openmaas.services.gateway import Generation
+
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+BODY_MODELS = [ChatCompletionRequest, CompletionRequest, EmbeddingRequestBody]
+
+
+async def authenticate(request: Request, state: AppState) -> Principal:
+    principal = await state.auth.authenticate(request.headers.get("authorization"))
+    request.scope["state"]["key_id"] = principal.key_id
+    return principal
+
+
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion (streaming with SSE when stream=true)",
+    openapi_extra=json_body(ChatCompletionRequest),
+)
+async def chat_completions(request: Request) -> Response:
+    state = app_state(request)
+    principal = await authenticate(request, state)
+    body = adapter.parse_body(await request.body(), ChatCompletionRequest)
+    generation_request = adapter.chat_request(body, request_id(request))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _generate(
+        request, state, principal, generation_request, "chat.completions",
+        stream=body.stream, include_usage=include_usage,
+    )
+
+
+@router.post(
+    "/completions",
+    summary="Create a text completion (streaming with SSE when stream=true)",
+    openapi_extra=json_body(CompletionRequest),
+)
+async def completions(request: Request) -> Response:
+    state = app_state(request)
+    principal = await authenticate(request, state)
+    body = adapter.parse_body(await request.body(), CompletionRequest)
+    generation_request = adapter.completion_request(body, request_id(request))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _generate(
+        request, state, principal, generation_request, "completions",
+        stream=body.stream, include_usage=include_usage,
+    )
+
+
+@router.post(
+    "/embeddings",
+    summary="Create embeddings for a string or a list of strings",
+    openapi_extra=json_body(EmbeddingRequestBody),
+)
+async def embeddings(request: Request) -> Response:
+    state = app_state(request)
+    principal = await authenticate(request, state)
+    body = adapter.parse_body(await request.body(), EmbeddingRequestBody)
+    model = state.catalog.get(body.model)
+    embedding_request = adapter.embedding_request(body, request_id(request), model.dimensions)
+    result = await state.gateway.embed(principal, embedding_request, "embeddings")
+    return json_response(adapter.embeddings(body.model, result, body.encoding_format))
+
+
+@router.get("/models", summary="List the models this server serves")
+async def list_models(request: Request) -> Response:
+    state = app_state(request)
+    await authenticate(request, state)
+    cards = [adapter.model_card(m.name, m.owned_by, m.created) for m in state.catalog.list()]
+    return json_response({"object": "list", "data": cards})
+
+
+@router.get("/models/{model_id:path}", summary="Describe one model")
+async def get_model(model_id: str, request: Request) -> Response:
+    state = app_state(request)
+    await authenticate(request, state)
+    model = state.catalog.get(model_id)
+    return json_response(adapter.model_card(model.name, model.owned_by, model.created))
+
+
+async def _generate(
+    request: Request,
+    state: AppState,
+    principal: Principal,
+    generation_request: GenerationRequest,
+    endpoint: str,
+    *,
+    stream: bool,
+    include_usage: bool,
+) -> Response:
+    generation = await state.gateway.generate(principal, generation_request, endpoint)
+    created = int(time.time())
+    if stream:
+        writer = ChunkWriter(
+            generation.request_id,
+            generation_request.model,
+            created,
+            chat=generation_request.is_chat,
+            include_usage=include_usage,
+        )
+        return StreamingResponse(
+            _sse(generation, writer),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    collected = await _collect_unless_disconnected(request, generation)
+    if collected is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    text, finished = collected
+    build = adapter.chat_completion if generation_request.is_chat else adapter.text_completion
+    body = build(
+        generation.request_id, generation_request.model, created, text,
+        finished.reason, finished.usage,
+    )
+    return json_response(body)
+
+
+async def _sse(generation: Generation, writer: ChunkWriter) -> Any:
+    try:
+        async for event in generation:
+            if isinstance(event, TextDelta):
+                yield writer.delta(event)
+            else:
+                # The usage record is durable before the client sees the end of the stream.
+                await generation.aclose()
+                yield writer.finish(event)
+    except OpenMaaSError as exc:
+        await generation.aclose()
+        _status, body, _headers = to_openai_error(exc)
+        yield writer.error(body)
+    finally:
+        await generation.aclose()
+
+
+async def _collect_unless_disconnected(
+    request: Request, generation: Generation
+) -> tuple[str, Finished] | None:
+    """Run a non-streamed generation to its end; stop it (None) if the client goes away."""
+    parts: list[str] = []
+    finished: Finished | None = None
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def watch_disconnect() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch_disconnect)
+            async for event in generation:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                else:
+                    finished = event
+            group.cancel_scope.cancel()
+    finally:
+        await generation.aclose()
+    return None if finished is None else ("".join(parts), finished)

@@ -1,0 +1,71 @@
+"""OpenMaaS's own endpoints: health, readiness and usage."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from openmaas.core.errors import InvalidRequest
+from openmaas.store.database import ping
+from openmaas.server.responses import json_response
+from openmaas.server.routes.openai import authenticate
+from openmaas.server.state import app_state
+
+router = APIRouter(tags=["Platform"])
+
+
+@router.get("/healthz", summary="Liveness: the process is up")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: engines loaded and database reachable")
+async def readyz(request: Request) -> Response:
+    state = app_state(request)
+    engines = {m.name: m.engine.health().state.value for m in state.catalog.list()}
+    database = await ping(state.database)
+    ready = database and state.catalog.all_ready() and not state.lifecycle.draining
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "database": "ok" if database else "unreachable",
+        "engines": engines,
+        "draining": state.lifecycle.draining,
+    }
+    return json_response(body, 200 if ready else 503)
+
+
+@router.get("/v1/usage", summary="Usage of the calling key's organization, per model and day")
+async def usage(
+    request: Request,
+    start_date: str | None = Query(None, description="First UTC day, YYYY-MM-DD"),
+    end_date: str | None = Query(None, description="Last UTC day, YYYY-MM-DD"),
+) -> Response:
+    state = app_state(request)
+    principal = await authenticate(request, state)
+    for name, value in (("start_date", start_date), ("end_date", end_date)):
+        if value is not None:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                raise InvalidRequest(f"'{name}' must be a date as YYYY-MM-DD.", name) from None
+    totals = await state.usage.totals(principal.org_id, start_date, end_date)
+    return json_response(
+        {
+            "object": "list",
+            "organization": principal.org_id,
+            "data": [
+                {
+                    "date": t.day,
+                    "model": t.model,
+                    "requests": t.requests,
+                    "prompt_tokens": t.prompt_tokens,
+                    "cached_tokens": t.cached_tokens,
+                    "completion_tokens": t.completion_tokens,
+                    "total_tokens": t.prompt_tokens + t.completion_tokens,
+                }
+                for t in totals
+            ],
+        }
+    )
