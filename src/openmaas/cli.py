@@ -29,6 +29,18 @@ def _run(action: Callable[[Admin], Awaitable[T]]) -> T:
         raise click.ClickException(exc.message) from None
 
 
+def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table on a terminal; tab-separated lines, whole and script-friendly, otherwise."""
+    if console.is_terminal:
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    for line in (headers, *rows):
+        click.echo("\t".join(line))
+
+
 def _ms_to_iso(ms: int | None) -> str:
     if ms is None:
         return ""
@@ -67,10 +79,11 @@ def orgs_create(name: str) -> None:
 
 @orgs.command("list", help="List organizations.")
 def orgs_list() -> None:
-    table = Table("id", "name", "created (UTC)")
-    for org in _run(lambda admin: admin.orgs.list()):
-        table.add_row(org.id, org.name, _ms_to_iso(org.created_at_ms))
-    console.print(table)
+    rows = [
+        (org.id, org.name, _ms_to_iso(org.created_at_ms))
+        for org in _run(lambda admin: admin.orgs.list())
+    ]
+    _print_table(("id", "name", "created (UTC)"), rows)
 
 
 @main.group(help="API keys.")
@@ -96,13 +109,11 @@ def keys_list(org: str | None) -> None:
         org_id = (await admin.orgs.find(org)).id if org else None
         return await admin.keys.list(org_id)
 
-    table = Table("id", "org", "name", "role", "created (UTC)", "revoked (UTC)")
-    for key in _run(action):
-        table.add_row(
-            key.id, key.org_id, key.name, key.role,
-            _ms_to_iso(key.created_at_ms), _ms_to_iso(key.revoked_at_ms),
-        )
-    console.print(table)
+    rows = [
+        (k.id, k.org_id, k.name, k.role, _ms_to_iso(k.created_at_ms), _ms_to_iso(k.revoked_at_ms))
+        for k in _run(action)
+    ]
+    _print_table(("id", "org", "name", "role", "created (UTC)", "revoked (UTC)"), rows)
 
 
 @keys.command("revoke", help="Revoke a key; it fails on its very next request.")
@@ -121,10 +132,11 @@ def usage(org: str | None, since: str | None, until: str | None) -> None:
         org_id = (await admin.orgs.find(org)).id if org else None
         return await admin.usage.totals(org_id, since, until)
 
-    table = Table("day", "model", "requests", "prompt", "cached", "completion", "total")
-    for t in _run(action):
-        table.add_row(
+    rows = [
+        (
             t.day, t.model, str(t.requests), str(t.prompt_tokens), str(t.cached_tokens),
             str(t.completion_tokens), str(t.prompt_tokens + t.completion_tokens),
         )
-    console.print(table)
+        for t in _run(action)
+    ]
+    _print_table(("day", "model", "requests", "prompt", "cached", "completion", "total"), rows)
