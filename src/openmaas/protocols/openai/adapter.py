@@ -81,7 +81,7 @@ def _common_sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens
 
 def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequest:
     if body.tools:
-        raise InvalidRequest("Tool calling is not supported by this server yet.", param="tools")
+        raise InvalidRequest("'tools' (tool calling) is not supported by this server yet.", "tools")
     if body.logprobs:
         raise InvalidRequest("logprobs are not supported.", param="logprobs")
     if (

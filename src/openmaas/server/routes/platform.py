@@ -24,13 +24,15 @@ async def healthz() -> Response:
 @router.get("/readyz", summary="Readiness: engines loaded and database reachable")
 async def readyz(request: Request) -> Response:
     state = app_state(request)
-    engines = {m.name: m.engine.health().state.value for m in state.catalog.list()}
+    models = state.catalog.list()
+    engines = {m.name: m.engine.health().state.value for m in models}
     database = await ping(state.database)
     ready = database and state.catalog.all_ready() and not state.lifecycle.draining
     body = {
         "status": "ready" if ready else "not_ready",
         "database": "ok" if database else "unreachable",
         "engines": engines,
+        "in_flight": {m.name: m.engine.capacity().in_flight for m in models},
         "draining": state.lifecycle.draining,
     }
     return json_response(body, 200 if ready else 503)
