@@ -19,11 +19,8 @@ import pytest
 gguf = pytest.importorskip("gguf")
 xllamacpp = pytest.importorskip("xllamacpp")
 
-from openmaas.engines.bert_gguf import (  # noqa: E402
-    convert_bert_to_gguf,
-    ensure_gguf,
-    locate_minilm_dir,
-)
+from openmaas.engines.bert_gguf import convert_bert_to_gguf, ensure_gguf  # noqa: E402
+from openmaas.engines.embedded import embedding_model_dir as locate_minilm_dir  # noqa: E402
 
 GOLDEN_PATH = Path(__file__).resolve().parents[1] / "golden" / "minilm_golden.json"
 MIN_COSINE = 0.999

