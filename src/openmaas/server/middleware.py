@@ -9,7 +9,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openmaas.core.errors import PayloadTooLarge
-from openmaas.core.ids import new_request_id
+from openmaas.core.ids import RequestIdGenerator
 from openmaas.server.logs import request_id_var
 
 log = logging.getLogger("openmaas.access")
@@ -22,12 +22,13 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.new_request_id = RequestIdGenerator()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = new_request_id()
+        rid = self.new_request_id()
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
         started = time.perf_counter()
