@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from openmaas.core.errors import AuthenticationFailed
 
 KEY_ID_PREFIX = "om"
-_KEY_ID_RE = re.compile(r"^om[0-9a-f]{16}$")
-_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_KEY_ID_RE = re.compile(r"om[0-9a-f]{16}")
+_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def hash_secret(secret: str) -> str:
 def split_key(token: str) -> tuple[str, str]:
     """Split a presented key into (id, secret); refuse anything not shaped like our keys."""
     key_id, dot, secret = token.partition(".")
-    if not dot or not _KEY_ID_RE.match(key_id) or not _SECRET_RE.match(secret):
+    if not dot or not _KEY_ID_RE.fullmatch(key_id) or not _SECRET_RE.fullmatch(secret):
         raise AuthenticationFailed("Incorrect API key provided.")
     return key_id, secret
 
