@@ -45,9 +45,20 @@ def parse_body(raw: bytes, model: type[W]) -> W:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
+        error = _most_telling(exc.errors(include_url=False))
         param = _param_path(error["loc"])
         raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param) from None
+
+
+def _most_telling(errors: list[Any]) -> Any:
+    """Of the errors on the first bad field, prefer one that is not a union branch's mere
+    type mismatch: for a 5-item ``stop``, "at most 4 items", not "should be a string"."""
+    field = _param_path(errors[0]["loc"])
+    same_field = [e for e in errors if _param_path(e["loc"]) == field]
+    for error in same_field:
+        if not str(error["type"]).endswith("_type"):
+            return error
+    return errors[0]
 
 
 def _param_path(loc: Sequence[int | str]) -> str:
@@ -139,7 +150,8 @@ def completion_request(body: CompletionRequest, request_id: str) -> GenerationRe
             raise InvalidRequest("Exactly one prompt per request is supported.", param="prompt")
         prompt = prompt[0]
     for field in ("echo", "suffix", "logprobs"):
-        if getattr(body, field):
+        value = getattr(body, field)
+        if value is not None and value is not False:  # logprobs=0 is a real request too
             raise InvalidRequest(f"'{field}' is not supported.", param=field)
     return GenerationRequest(
         request_id=request_id,
