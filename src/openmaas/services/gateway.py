@@ -108,12 +108,23 @@ class Gateway:
                     await self.record(record)
 
     async def record(self, record: UsageRecord) -> None:
+        """Append a usage record. The write runs as its own task and is waited for even if
+        the caller is cancelled again meanwhile (a cancellation is re-raised afterwards)."""
+        write = asyncio.ensure_future(self._usage.append(record))
+        cancelled = False
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                cancelled = True
         try:
-            await self._usage.append(record)
+            write.result()
         except Exception:
             # The record is also logged in full, so an operator can replay it.
             log.exception("failed to append usage record", extra={"usage": record})
             raise
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until every generation has recorded its usage (for shutdown)."""
