@@ -18,7 +18,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".openmaas"), description="Data directory (database, keys, caches).")
     host: str = Field("127.0.0.1", description="Address to bind. Loopback unless told otherwise.")
-    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; default: SQLite file in the data directory."
     )
