@@ -1,0 +1,411 @@
+"""OpenAI wire JSON <-> core types (protocols/openai/adapter.py)."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from openmaas.core.errors import InvalidRequest
+from openmaas.core.types import (
+    EmbeddingResult,
+    FinishReason,
+    ResponseFormatKind,
+    Role,
+    Usage,
+)
+from openmaas.protocols.openai.adapter import (
+    chat_completion,
+    chat_request,
+    completion_request,
+    embedding_request,
+    embeddings,
+    parse_body,
+    text_completion,
+    usage_json,
+)
+from openmaas.protocols.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequestBody,
+)
+
+RID = "01J0000000000000000000000A"
+
+
+def _raw(body: Any) -> bytes:
+    return orjson.dumps(body)
+
+
+def _chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+def _parse_chat(**fields: Any) -> ChatCompletionRequest:
+    return parse_body(_raw(_chat(**fields)), ChatCompletionRequest)
+
+
+def _invalid(raw: bytes, model: type) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        parse_body(raw, model)
+    return info.value
+
+
+# -- parse_body -----------------------------------------------------------------------
+@pytest.mark.parametrize("raw", [b"", b"{", b'{"model": }', b"\xff\xfe", b"{'a': 1}"])
+def test_malformed_json_is_invalid_request_without_param(raw: bytes) -> None:
+    exc = _invalid(raw, ChatCompletionRequest)
+    assert exc.param is None
+    assert "JSON" in exc.message
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"[1]", b"null", b"1", b'"text"', b"true"])
+def test_json_that_is_not_an_object_is_invalid_request(raw: bytes) -> None:
+    exc = _invalid(raw, ChatCompletionRequest)
+    assert exc.param is None
+    assert "object" in exc.message
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (_chat(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
+        (
+            _chat(messages=[{"role": "user", "content": "a"}, {"role": "nobody", "content": "b"}]),
+            "messages[1].role",
+        ),
+        (_chat(messages=[{"role": "user", "content": 5}]), "messages[0].content"),
+        (_chat(temperature=2.5), "temperature"),
+        (_chat(temperature=-0.1), "temperature"),
+        (_chat(top_p=0), "top_p"),
+        (_chat(messages=[]), "messages"),
+        (_chat(max_tokens=0), "max_tokens"),
+        (_chat(max_completion_tokens=0), "max_completion_tokens"),
+        (_chat(stop=["a", "b", "c", "d", "e"]), "stop"),
+        (_chat(n=0), "n"),
+        (_chat(model=""), "model"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ({"model": "m"}, "messages"),
+        (_chat(response_format={"type": "xml"}), "response_format.type"),
+        (_chat(stream="yes please"), "stream"),
+    ],
+)
+def test_invalid_field_is_named_in_param_and_message(body: dict[str, Any], param: str) -> None:
+    exc = _invalid(_raw(body), ChatCompletionRequest)
+    assert exc.param == param
+    assert f"'{param}'" in exc.message
+
+
+def test_stop_with_too_many_items_says_what_the_limit_is() -> None:
+    exc = _invalid(_raw(_chat(stop=["a", "b", "c", "d", "e"])), ChatCompletionRequest)
+    assert "4" in exc.message
+    assert "valid string" not in exc.message
+
+
+def test_unknown_fields_are_ignored() -> None:
+    body = _parse_chat(frequency_penalty=0.5, some_future_field={"x": 1})
+    assert body.model == "m"
+
+
+def test_valid_body_parses() -> None:
+    body = _parse_chat(temperature=0.7, top_p=0.9, stop=["\n"], max_tokens=5, seed=3)
+    assert body.temperature == 0.7
+    assert body.max_tokens == 5
+
+
+# -- chat_request ---------------------------------------------------------------------
+def _chat_req(**fields: Any):
+    return chat_request(_parse_chat(**fields), RID)
+
+
+def test_chat_request_carries_id_model_and_sampling() -> None:
+    req = _chat_req(temperature=0.5, top_p=0.8, stop="END", seed=7, max_tokens=12, user="u1")
+    assert req.request_id == RID
+    assert req.model == "m"
+    assert req.is_chat
+    assert req.prompt is None
+    s = req.sampling
+    assert (s.max_tokens, s.temperature, s.top_p, s.stop, s.seed) == (12, 0.5, 0.8, ("END",), 7)
+    assert req.user == "u1"
+
+
+def test_stop_list_becomes_tuple_and_no_stop_is_empty() -> None:
+    assert _chat_req(stop=["a", "b"]).sampling.stop == ("a", "b")
+    assert _chat_req().sampling.stop == ()
+
+
+def test_defaults_leave_sampling_to_the_engine() -> None:
+    s = _chat_req().sampling
+    assert s.max_tokens is None and s.temperature is None and s.top_p is None
+    assert s.ignore_eos is False
+
+
+def test_ignore_eos_extension_is_passed_on() -> None:
+    assert _chat_req(ignore_eos=True).sampling.ignore_eos is True
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_n_other_than_one_is_refused(n: int) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _chat_req(n=n)
+    assert info.value.param == "n"
+
+
+def test_n_one_is_accepted() -> None:
+    assert _chat_req(n=1).model == "m"
+
+
+def test_tools_are_refused_by_name() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    with pytest.raises(InvalidRequest) as info:
+        _chat_req(tools=tools)
+    assert info.value.param == "tools"
+
+
+def test_logprobs_are_refused_by_name() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _chat_req(logprobs=True)
+    assert info.value.param == "logprobs"
+
+
+def test_tool_role_message_is_refused_with_its_index() -> None:
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "calling"},
+        {"role": "tool", "content": "42"},
+    ]
+    with pytest.raises(InvalidRequest) as info:
+        _chat_req(messages=messages)
+    assert info.value.param == "messages[2].role"
+
+
+def test_roles_map_and_developer_becomes_system() -> None:
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
+    req = _chat_req(messages=messages)
+    assert [m.role for m in req.messages] == [Role.SYSTEM, Role.SYSTEM, Role.USER, Role.ASSISTANT]
+    assert [m.content for m in req.messages] == ["be brief", "sys", "q", "a"]
+
+
+def test_text_parts_are_joined_in_order() -> None:
+    content = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]
+    req = _chat_req(messages=[{"role": "user", "content": content}])
+    assert req.messages[0].content == "Hello, world"
+
+
+def test_missing_content_becomes_empty_string() -> None:
+    req = _chat_req(messages=[{"role": "user", "content": "x"}, {"role": "assistant"}])
+    assert req.messages[1].content == ""
+
+
+def test_max_completion_tokens_is_used_when_alone() -> None:
+    assert _chat_req(max_completion_tokens=9).sampling.max_tokens == 9
+    assert _chat_req(max_tokens=9).sampling.max_tokens == 9
+
+
+def test_max_tokens_and_max_completion_tokens_may_agree() -> None:
+    assert _chat_req(max_tokens=9, max_completion_tokens=9).sampling.max_tokens == 9
+
+
+def test_max_tokens_and_max_completion_tokens_conflict() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _chat_req(max_tokens=9, max_completion_tokens=10)
+    assert info.value.param == "max_completion_tokens"
+
+
+def test_response_formats() -> None:
+    assert _chat_req().response_format.kind is ResponseFormatKind.TEXT
+    assert _chat_req(response_format={"type": "text"}).response_format.kind is ResponseFormatKind.TEXT
+    assert (
+        _chat_req(response_format={"type": "json_object"}).response_format.kind
+        is ResponseFormatKind.JSON_OBJECT
+    )
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    rf = _chat_req(
+        response_format={"type": "json_schema", "json_schema": {"name": "thing", "schema": schema}}
+    ).response_format
+    assert rf.kind is ResponseFormatKind.JSON_SCHEMA
+    assert rf.json_schema == schema
+    assert rf.name == "thing"
+
+
+def test_json_schema_without_schema_names_the_missing_field() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _chat_req(response_format={"type": "json_schema"})
+    assert info.value.param == "response_format.json_schema"
+
+
+# -- completion_request ---------------------------------------------------------------
+def _completion(**fields: Any):
+    body = parse_body(_raw({"model": "m", "prompt": "Once", **fields}), CompletionRequest)
+    return completion_request(body, RID)
+
+
+def test_completion_is_a_prompt_request_with_default_16_tokens() -> None:
+    req = _completion()
+    assert req.prompt == "Once"
+    assert not req.is_chat
+    assert req.messages is None
+    assert req.sampling.max_tokens == 16
+
+
+def test_completion_max_tokens_is_honoured() -> None:
+    assert _completion(max_tokens=3).sampling.max_tokens == 3
+
+
+def test_completion_single_prompt_list_is_unwrapped() -> None:
+    assert _completion(prompt=["Once upon"]).prompt == "Once upon"
+
+
+@pytest.mark.parametrize("prompt", [["a", "b"], []])
+def test_completion_needs_exactly_one_prompt(prompt: list[str]) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _completion(prompt=prompt)
+    assert info.value.param == "prompt"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("echo", True), ("suffix", "end"), ("logprobs", 2)]
+)
+def test_completion_unsupported_fields_are_refused_by_name(field: str, value: Any) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _completion(**{field: value})
+    assert info.value.param == field
+
+
+def test_completion_logprobs_zero_is_refused_too() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _completion(logprobs=0)
+    assert info.value.param == "logprobs"
+
+
+def test_completion_n_other_than_one_is_refused() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _completion(n=3)
+    assert info.value.param == "n"
+
+
+# -- embedding_request ----------------------------------------------------------------
+def _embedding(native: int | None = 384, **fields: Any):
+    body = parse_body(_raw({"model": "e", "input": "hello", **fields}), EmbeddingRequestBody)
+    return embedding_request(body, RID, native)
+
+
+def test_embedding_string_input_becomes_one_input() -> None:
+    req = _embedding()
+    assert req.inputs == ("hello",)
+    assert req.request_id == RID and req.model == "e"
+
+
+def test_embedding_list_input_keeps_order() -> None:
+    assert _embedding(input=["a", "b", "c"]).inputs == ("a", "b", "c")
+
+
+@pytest.mark.parametrize("value", [[], "", ["a", ""], [""]], ids=repr)
+def test_embedding_empty_input_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _embedding(input=value)
+    assert info.value.param == "input"
+
+
+@pytest.mark.parametrize("value", [[1, 2, 3], [[1, 2], [3]]], ids=repr)
+def test_embedding_token_arrays_are_refused(value: Any) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _embedding(input=value)
+    assert info.value.param == "input"
+
+
+def test_embedding_dimensions_other_than_native_are_refused() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _embedding(dimensions=256)
+    assert info.value.param == "dimensions"
+    assert "384" in info.value.message
+
+
+def test_embedding_dimensions_equal_to_native_are_accepted() -> None:
+    assert _embedding(dimensions=384).inputs == ("hello",)
+
+
+def test_embedding_bad_encoding_format_is_refused() -> None:
+    exc = _invalid(_raw({"model": "e", "input": "x", "encoding_format": "hex"}), EmbeddingRequestBody)
+    assert exc.param == "encoding_format"
+
+
+# -- responses ------------------------------------------------------------------------
+def test_usage_json_has_total_and_cached_tokens() -> None:
+    assert usage_json(Usage(prompt_tokens=10, cached_tokens=4, completion_tokens=7)) == {
+        "prompt_tokens": 10,
+        "completion_tokens": 7,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+
+
+def test_chat_completion_body() -> None:
+    body = chat_completion(RID, "m", 1700000000, "Hi!", FinishReason.STOP, Usage(3, 0, 2))
+    assert body["id"] == RID
+    assert body["object"] == "chat.completion"
+    assert body["created"] == 1700000000
+    assert body["model"] == "m"
+    (choice,) = body["choices"]
+    assert choice["index"] == 0
+    assert choice["message"] == {"role": "assistant", "content": "Hi!"}
+    assert choice["finish_reason"] == "stop"
+    assert body["usage"]["total_tokens"] == 5
+
+
+def test_text_completion_body() -> None:
+    body = text_completion(RID, "m", 1, "upon a time", FinishReason.LENGTH, Usage(1, 0, 3))
+    assert body["object"] == "text_completion"
+    (choice,) = body["choices"]
+    assert choice["text"] == "upon a time"
+    assert choice["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 3
+
+
+def _result(vectors: list[list[float]], prompt_tokens: int = 5) -> EmbeddingResult:
+    return EmbeddingResult(tuple(tuple(v) for v in vectors), Usage(prompt_tokens=prompt_tokens))
+
+
+def test_embeddings_float_body() -> None:
+    body = embeddings("e", _result([[0.5, -1.0], [0.25, 2.0]], 6), "float")
+    assert body["object"] == "list"
+    assert body["model"] == "e"
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert all(d["object"] == "embedding" for d in body["data"])
+    assert body["data"][1]["embedding"] == [0.25, 2.0]
+    assert body["usage"] == {"prompt_tokens": 6, "total_tokens": 6}
+
+
+_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(st.lists(_f32, min_size=1, max_size=64), min_size=1, max_size=4))
+def test_base64_encoding_decodes_to_the_same_floats(vectors: list[list[float]]) -> None:
+    as_float = embeddings("e", _result(vectors), "float")
+    as_b64 = embeddings("e", _result(vectors), "base64")
+    for plain, packed in zip(as_float["data"], as_b64["data"], strict=True):
+        raw = base64.b64decode(packed["embedding"])
+        assert len(raw) == 4 * len(plain["embedding"])
+        decoded = [v for (v,) in struct.iter_unpack("<f", raw)]
+        assert decoded == plain["embedding"]
+
+
+def test_base64_is_what_the_openai_sdk_decodes() -> None:
+    # The openai SDK decodes with numpy.frombuffer(..., dtype="float32") (little-endian).
+    vector = [1.0, -2.5, math.pi]
+    packed = embeddings("e", _result([vector]), "base64")["data"][0]["embedding"]
+    assert isinstance(packed, str)
+    decoded = struct.unpack("<3f", base64.b64decode(packed))
+    assert decoded[:2] == (1.0, -2.5)
+    assert decoded[2] == pytest.approx(math.pi, rel=1e-6)

@@ -1,0 +1,101 @@
+"""Administration and first-run bootstrap (services/admin.py)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from openmaas.core.errors import AuthenticationFailed, InvalidRequest, NotFound
+from openmaas.services.admin import DEFAULT_ORG, first_run, open_admin
+from openmaas.services.auth import Authenticator
+from openmaas.settings import Settings
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", embedded_models=False)
+
+
+async def authenticate(settings: Settings, token: str):
+    async with open_admin(settings) as admin:
+        return await Authenticator(admin.keys).authenticate(f"Bearer {token}")
+
+
+async def test_first_run_creates_default_org_and_admin_key(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    issued = await first_run(settings)
+    assert issued is not None
+    assert issued.key.role == "admin"
+    assert issued.token.count(".") == 1
+
+    async with open_admin(settings) as admin:
+        orgs = await admin.orgs.list()
+        assert [o.name for o in orgs] == [DEFAULT_ORG]
+        keys = await admin.keys.list()
+        assert [(k.id, k.role, k.org_id) for k in keys] == [(issued.key.id, "admin", orgs[0].id)]
+
+
+async def test_first_run_writes_an_owner_only_key_file_that_authenticates(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    issued = await first_run(settings)
+    assert issued is not None
+    key_file = settings.admin_key_file
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(settings.home.stat().st_mode) == 0o700
+    token = key_file.read_text().strip()
+    assert token == issued.token
+    principal = await authenticate(settings, token)
+    assert principal.is_admin
+    assert principal.key_id == issued.key.id
+
+
+async def test_second_first_run_changes_nothing(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    issued = await first_run(settings)
+    assert issued is not None
+    before = settings.admin_key_file.read_bytes()
+    before_mtime = settings.admin_key_file.stat().st_mtime_ns
+
+    assert await first_run(settings) is None
+    assert settings.admin_key_file.read_bytes() == before
+    assert settings.admin_key_file.stat().st_mtime_ns == before_mtime
+    async with open_admin(settings) as admin:
+        assert await admin.orgs.count() == 1
+        assert len(await admin.keys.list()) == 1
+    assert (await authenticate(settings, before.decode().strip())).is_admin
+
+
+async def test_issue_and_revoke_keys(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    async with open_admin(settings) as admin:
+        org = await admin.create_org("acme")
+        issued = await admin.issue_key("acme", "ci")  # by name
+        by_id = await admin.issue_key(org.id, "ops", role="admin")  # by id
+        assert issued.key.role == "member" and issued.key.org_id == org.id
+        assert by_id.key.role == "admin"
+        assert issued.token.split(".")[0] == issued.key.id
+        assert issued.token.split(".")[1] not in issued.key.secret_hash
+
+    assert (await authenticate(settings, issued.token)).org_id == org.id
+
+    async with open_admin(settings) as admin:
+        await admin.revoke_key(issued.key.id)
+    with pytest.raises(AuthenticationFailed) as info:
+        await authenticate(settings, issued.token)
+    assert "revoked" in info.value.message
+
+
+async def test_admin_refuses_bad_input(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    async with open_admin(settings) as admin:
+        await admin.create_org("acme")
+        with pytest.raises(InvalidRequest):
+            await admin.create_org("acme")
+        with pytest.raises(ValueError):
+            await admin.issue_key("acme", "k", role="owner")
+        with pytest.raises(NotFound):
+            await admin.issue_key("nobody", "k")
+        with pytest.raises(NotFound):
+            await admin.revoke_key("om" + "0" * 16)
+        assert await admin.keys.list() == []

@@ -1,0 +1,512 @@
+"""The metered request path (services/gateway.py): every way a generation ends leaves exactly
+one usage record, and requests refused before reaching an engine leave none."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.core.errors import (
+    EngineFailure,
+    EngineNotReady,
+    EngineOverloaded,
+    InvalidRequest,
+    ModelNotFound,
+)
+from openmaas.core.ids import new_request_id
+from openmaas.core.termination import Termination
+from openmaas.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    Role,
+    SamplingParams,
+    TextDelta,
+    Usage,
+)
+from openmaas.core.usage import UsageRecord
+from openmaas.engines.base import Engine, ModelKind
+from openmaas.engines.fake import FakeEngine, FakeScript
+from openmaas.services.auth import Principal
+from openmaas.services.catalog import ModelCatalog, ServedModel
+from openmaas.services.gateway import Gateway, Generation
+from openmaas.store.database import migrate, open_database
+from openmaas.store.repositories import UsageRepository
+
+NOW_MS = 1709251200000  # 2024-03-01T00:00:00Z
+PRINCIPAL = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
+PROMPT = "say hello to the tests"  # 5 words: the fake counts one prompt token per word
+LONG_TEXT = "one two three four five six seven eight nine ten"
+
+
+class FakeClock:
+    """Wall clock frozen at NOW_MS; the monotonic clock moves 10 ms each time it is read."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def now_ms(self) -> int:
+        return NOW_MS
+
+    def monotonic(self) -> float:
+        self.t += 0.01
+        return self.t
+
+
+class CountingUsage(UsageRepository):
+    """The real SQLite repository, counting how many times the gateway appends."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.appended: list[UsageRecord] = []
+
+    async def append(self, record: UsageRecord) -> None:
+        self.appended.append(record)
+        await super().append(record)
+
+
+class Harness:
+    def __init__(self, database: AsyncEngine) -> None:
+        self.database = database
+        self.usage = CountingUsage(database)
+        self.shutting_down = False
+        self.engines: list[Engine] = []
+
+    async def gateway(self, *models: ServedModel, start: bool = True) -> Gateway:
+        for model in models:
+            self.engines.append(model.engine)
+            if start:
+                await model.engine.start()
+        return Gateway(ModelCatalog(models), self.usage, FakeClock(), lambda: self.shutting_down)
+
+    async def fake(self, start: bool = True, **script: object) -> tuple[Gateway, FakeEngine]:
+        engine = FakeEngine("fake-chat", FakeScript(**script))
+        return await self.gateway(ServedModel("fake-chat", engine), start=start), engine
+
+    async def record(self, request_id: str) -> dict[str, object] | None:
+        return await self.usage.get(request_id)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "usage.db"))
+    await migrate(database)
+    h = Harness(database)
+    try:
+        yield h
+    finally:
+        for engine in h.engines:
+            await engine.stop()
+        await database.dispose()
+
+
+def chat(max_tokens: int | None = None, model: str = "fake-chat") -> GenerationRequest:
+    return GenerationRequest(
+        request_id=new_request_id(),
+        model=model,
+        messages=(Message(Role.USER, PROMPT),),
+        sampling=SamplingParams(max_tokens=max_tokens),
+    )
+
+
+async def drain(generation: Generation) -> tuple[str, Finished | None]:
+    text, finished = "", None
+    async for event in generation:
+        if isinstance(event, TextDelta):
+            text += event.text
+        else:
+            finished = event
+    return text, finished
+
+
+# -- ways a generation ends -----------------------------------------------------------
+async def test_finished_generation_records_the_engine_counts(harness: Harness) -> None:
+    gateway, _ = await harness.fake(text="Hello from the fake engine.")
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    try:
+        text, finished = await drain(generation)
+    finally:
+        record = await generation.aclose()
+    assert text == "Hello from the fake engine."
+    assert finished is not None and finished.reason is FinishReason.STOP
+    assert finished.usage == Usage(prompt_tokens=5, completion_tokens=5)
+
+    assert record is not None and record.termination is Termination.FINISHED
+    row = await harness.record(request.request_id)
+    assert row is not None
+    assert row["termination"] == "finished"
+    assert row["prompt_tokens"] == 5
+    assert row["completion_tokens"] == 5  # one token per word
+    assert row["key_id"] == PRINCIPAL.key_id and row["org_id"] == PRINCIPAL.org_id
+    assert row["model"] == "fake-chat" and row["endpoint"] == "chat.completions"
+    assert row["started_at_ms"] == NOW_MS and row["day"] == "2024-03-01"
+    assert row["ttft_ms"] is not None
+    assert 0 <= row["ttft_ms"] <= row["latency_ms"]
+    assert row["error"] is None
+
+
+async def test_length_generation_is_billed_for_max_tokens(harness: Harness) -> None:
+    gateway, _ = await harness.fake(text=LONG_TEXT)
+    request = chat(max_tokens=2)
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    try:
+        text, finished = await drain(generation)
+    finally:
+        await generation.aclose()
+    assert text == "one two "
+    assert finished is not None and finished.reason is FinishReason.LENGTH
+    row = await harness.record(request.request_id)
+    assert row["termination"] == "length"
+    assert row["completion_tokens"] == 2
+
+
+async def test_engine_error_before_first_token_raises_and_is_recorded(harness: Harness) -> None:
+    gateway, engine = await harness.fake(fail_before_first_token=True)
+    request = chat()
+    with pytest.raises(EngineFailure):
+        await gateway.generate(PRINCIPAL, request, "chat.completions")
+    row = await harness.record(request.request_id)
+    assert row is not None
+    assert row["termination"] == "engine_error"
+    assert row["completion_tokens"] == 0
+    assert row["prompt_tokens"] == 5
+    assert row["ttft_ms"] is None
+    assert row["error"]
+    # the failed request gave its slot back
+    assert engine.capacity().in_flight == 0
+    assert await gateway.wait_idle(timeout=1.0)
+
+
+async def test_engine_error_mid_stream_bills_the_tokens_generated(harness: Harness) -> None:
+    gateway, engine = await harness.fake(text=LONG_TEXT, fail_after_tokens=3)
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    deltas: list[TextDelta] = []
+    try:
+        with pytest.raises(EngineFailure):
+            async for event in generation:
+                assert isinstance(event, TextDelta)
+                deltas.append(event)
+    finally:
+        record = await generation.aclose()
+    assert [d.text for d in deltas] == ["one ", "two ", "three "]
+    assert record is not None and record.termination is Termination.ENGINE_ERROR
+    row = await harness.record(request.request_id)
+    assert row["termination"] == "engine_error"
+    assert row["completion_tokens"] == 3
+    assert row["ttft_ms"] is not None
+    assert row["error"]
+    assert engine.capacity().in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("shutting_down", "termination"),
+    [(False, "client_disconnected"), (True, "gateway_shutdown")],
+    ids=["client-gone", "shutdown"],
+)
+async def test_closing_early_stops_the_engine_and_bills_what_it_generated(
+    harness: Harness, shutting_down: bool, termination: str
+) -> None:
+    delay = 0.02
+    gateway, engine = await harness.fake(text=LONG_TEXT, token_delay=delay)
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    try:
+        first = await generation.__anext__()
+        second = await generation.__anext__()
+        assert (first.text, second.text) == ("one ", "two ")
+        harness.shutting_down = shutting_down
+    finally:
+        record = await generation.aclose()
+
+    assert record is not None and record.termination == termination
+    row = await harness.record(request.request_id)
+    assert row["termination"] == termination
+    assert row["completion_tokens"] == 2
+    assert row["prompt_tokens"] == 5
+    # the engine really stopped: nothing is generated for nobody
+    await asyncio.sleep(4 * delay)
+    assert engine.stats.tokens_generated == 2
+    assert engine.stats.streams_open == 0
+    assert engine.capacity().in_flight == 0
+
+
+async def test_cancelling_the_consumer_bills_a_client_disconnect(harness: Harness) -> None:
+    """What the server does when a client goes away: the iterating task is cancelled and its
+    ``finally`` closes the generation."""
+    gateway, engine = await harness.fake(text=LONG_TEXT, token_delay=0.02)
+    request = chat()
+    seen: list[str] = []
+    two_seen = asyncio.Event()
+
+    async def consume() -> None:
+        generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+        try:
+            async for event in generation:
+                seen.append(event.text)
+                if len(seen) == 2:
+                    two_seen.set()
+        finally:
+            await generation.aclose()
+
+    task = asyncio.create_task(consume())
+    await two_seen.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    row = await harness.record(request.request_id)
+    assert row is not None
+    assert row["termination"] == "client_disconnected"
+    assert row["completion_tokens"] == engine.stats.tokens_generated
+    assert row["completion_tokens"] >= 2
+    assert engine.stats.streams_open == 0
+    assert engine.capacity().in_flight == 0
+
+
+async def test_aclose_twice_records_once(harness: Harness) -> None:
+    gateway, _ = await harness.fake()
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    await drain(generation)
+    first = await generation.aclose()
+    second = await generation.aclose()
+    assert first is not None
+    assert second is None
+    assert [r.request_id for r in harness.usage.appended] == [request.request_id]
+    # the open-generation count was decremented once, so shutdown is not kept waiting
+    assert await gateway.wait_idle(timeout=1.0)
+
+
+async def test_aclose_without_iterating_bills_the_primed_token(harness: Harness) -> None:
+    gateway, engine = await harness.fake(text=LONG_TEXT, token_delay=0.02)
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    await generation.aclose()
+    row = await harness.record(request.request_id)
+    assert row["termination"] == "client_disconnected"
+    assert row["completion_tokens"] == 1  # generate() waits for the first token
+    assert engine.stats.tokens_generated == 1
+
+
+# -- refused before reaching an engine: no usage record -------------------------------
+async def test_full_engine_refuses_with_overloaded_and_records_nothing(harness: Harness) -> None:
+    gateway, engine = await harness.fake(text=LONG_TEXT, slots=1, queue=0, token_delay=0.02)
+    admitted = chat()
+    generation = await gateway.generate(PRINCIPAL, admitted, "chat.completions")
+    try:
+        refused = chat()
+        with pytest.raises(EngineOverloaded) as info:
+            await gateway.generate(PRINCIPAL, refused, "chat.completions")
+        assert info.value.retry_after_seconds > 0
+        assert await harness.record(refused.request_id) is None
+    finally:
+        await generation.aclose()
+    assert await harness.record(admitted.request_id) is not None
+    assert [r.request_id for r in harness.usage.appended] == [admitted.request_id]
+    assert engine.stats.streams_started == 1
+
+    # once the slot is free the engine admits again
+    again = chat()
+    generation = await gateway.generate(PRINCIPAL, again, "chat.completions")
+    await generation.aclose()
+    assert await harness.record(again.request_id) is not None
+
+
+async def test_engine_still_loading_refuses_with_not_ready_and_records_nothing(
+    harness: Harness,
+) -> None:
+    gateway, engine = await harness.fake(start=False)
+    request = chat()
+    with pytest.raises(EngineNotReady):
+        await gateway.generate(PRINCIPAL, request, "chat.completions")
+    assert await harness.record(request.request_id) is None
+    assert harness.usage.appended == []
+    assert engine.stats.streams_started == 0
+    assert await gateway.wait_idle(timeout=1.0)
+
+
+async def test_engine_that_failed_to_load_refuses_with_not_ready(harness: Harness) -> None:
+    engine = FakeEngine("fake-chat", FakeScript(fail_on_load=True))
+    harness.engines.append(engine)
+    with pytest.raises(EngineFailure):
+        await engine.start()
+    gateway = Gateway(
+        ModelCatalog([ServedModel("fake-chat", engine)]), harness.usage, FakeClock(), lambda: False
+    )
+    with pytest.raises(EngineNotReady) as info:
+        await gateway.generate(PRINCIPAL, chat(), "chat.completions")
+    assert "scripted load failure" in info.value.message
+    assert harness.usage.appended == []
+
+
+async def test_unknown_model_is_model_not_found(harness: Harness) -> None:
+    gateway, _ = await harness.fake()
+    request = chat(model="no-such-model")
+    with pytest.raises(ModelNotFound) as info:
+        await gateway.generate(PRINCIPAL, request, "chat.completions")
+    assert info.value.model == "no-such-model"
+    with pytest.raises(ModelNotFound):
+        await gateway.embed(
+            PRINCIPAL, EmbeddingRequest(new_request_id(), "no-such-model", ("x",)), "embeddings"
+        )
+    assert harness.usage.appended == []
+
+
+async def test_chat_model_cannot_serve_embeddings(harness: Harness) -> None:
+    gateway, _ = await harness.fake()
+    with pytest.raises(InvalidRequest) as info:
+        await gateway.embed(
+            PRINCIPAL, EmbeddingRequest(new_request_id(), "fake-chat", ("x",)), "embeddings"
+        )
+    assert info.value.param == "model"
+    assert harness.usage.appended == []
+
+
+# -- shutdown -------------------------------------------------------------------------
+async def test_wait_idle_waits_for_open_generations(harness: Harness) -> None:
+    gateway, _ = await harness.fake(text=LONG_TEXT)
+    assert await gateway.wait_idle(timeout=1.0)
+    g1 = await gateway.generate(PRINCIPAL, chat(), "chat.completions")
+    g2 = await gateway.generate(PRINCIPAL, chat(), "chat.completions")
+    assert not await gateway.wait_idle(timeout=0.02)
+    await g1.aclose()
+    assert not await gateway.wait_idle(timeout=0.02)
+
+    waiter = asyncio.create_task(gateway.wait_idle(timeout=30.0))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await g2.aclose()
+    assert await waiter
+    assert len(harness.usage.appended) == 2
+
+
+# -- embeddings -----------------------------------------------------------------------
+class TinyEmbedder(Engine):
+    """A minimal embedding engine: one prompt token per word, or a scripted failure."""
+
+    def __init__(self, *, slots: int = 1, fail: Exception | None = None) -> None:
+        super().__init__("tiny-embed", ModelKind.EMBEDDING, slots=slots, queue=0)
+        self.fail = fail
+        self.gate: asyncio.Event | None = None
+
+    async def _load(self) -> None:
+        return None
+
+    async def _unload(self) -> None:
+        return None
+
+    async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        words = sum(len(text.split()) for text in request.inputs)
+        return EmbeddingResult(
+            tuple((1.0, 0.0) for _ in request.inputs), Usage(prompt_tokens=words)
+        )
+
+
+def embed_request(*inputs: str) -> EmbeddingRequest:
+    return EmbeddingRequest(new_request_id(), "tiny-embed", inputs)
+
+
+async def test_embedding_is_recorded(harness: Harness) -> None:
+    gateway = await harness.gateway(ServedModel("tiny-embed", TinyEmbedder()))
+    request = embed_request("a b", "c")
+    result = await gateway.embed(PRINCIPAL, request, "embeddings")
+    assert len(result.vectors) == 2
+    row = await harness.record(request.request_id)
+    assert row["termination"] == "finished"
+    assert row["prompt_tokens"] == 3 and row["completion_tokens"] == 0
+    assert row["endpoint"] == "embeddings"
+    assert row["ttft_ms"] is None
+
+
+@pytest.mark.parametrize(
+    ("failure", "termination", "raised"),
+    [
+        (EngineFailure("boom"), "engine_error", EngineFailure),
+        (InvalidRequest("input too long", param="input"), "rejected", InvalidRequest),
+    ],
+    ids=["engine-error", "rejected"],
+)
+async def test_failed_embedding_is_recorded(
+    harness: Harness, failure: Exception, termination: str, raised: type
+) -> None:
+    gateway = await harness.gateway(ServedModel("tiny-embed", TinyEmbedder(fail=failure)))
+    request = embed_request("x")
+    with pytest.raises(raised):
+        await gateway.embed(PRINCIPAL, request, "embeddings")
+    row = await harness.record(request.request_id)
+    assert row["termination"] == termination
+    assert row["error"]
+
+
+async def test_overloaded_embedding_records_nothing(harness: Harness) -> None:
+    engine = TinyEmbedder(slots=1)
+    engine.gate = asyncio.Event()
+    gateway = await harness.gateway(ServedModel("tiny-embed", engine))
+    busy = embed_request("busy")
+    task = asyncio.create_task(gateway.embed(PRINCIPAL, busy, "embeddings"))
+    while engine.capacity().in_flight == 0:
+        await asyncio.sleep(0)
+    refused = embed_request("refused")
+    with pytest.raises(EngineOverloaded):
+        await gateway.embed(PRINCIPAL, refused, "embeddings")
+    engine.gate.set()
+    await task
+    assert await harness.record(refused.request_id) is None
+    assert await harness.record(busy.request_id) is not None
+
+
+async def test_embedding_not_ready_records_nothing(harness: Harness) -> None:
+    gateway = await harness.gateway(ServedModel("tiny-embed", TinyEmbedder()), start=False)
+    request = embed_request("x")
+    with pytest.raises(EngineNotReady):
+        await gateway.embed(PRINCIPAL, request, "embeddings")
+    assert await harness.record(request.request_id) is None
+
+
+async def test_embed_model_cannot_serve_chat(harness: Harness) -> None:
+    gateway = await harness.gateway(ServedModel("tiny-embed", TinyEmbedder()))
+    with pytest.raises(InvalidRequest) as info:
+        await gateway.generate(PRINCIPAL, chat(model="tiny-embed"), "chat.completions")
+    assert info.value.param == "model"
+
+
+
+async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_path: Path) -> None:
+    """A shutdown may cancel a task more than once; the record must still be written."""
+
+    class SlowRepository:
+        def __init__(self, inner: UsageRepository) -> None:
+            self.inner = inner
+
+        async def append(self, record: UsageRecord) -> None:
+            await asyncio.sleep(0.05)
+            await self.inner.append(record)
+
+    database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")
+    await migrate(database)
+    repository = UsageRepository(database)
+    gateway = Gateway(ModelCatalog([]), SlowRepository(repository), None, lambda: False)  # type: ignore[arg-type]
+    record = UsageRecord(
+        "r-cancel", PRINCIPAL.key_id, PRINCIPAL.org_id, "m", "chat.completions",
+        Usage(1, 0, 2), Termination.CLIENT_DISCONNECTED, NOW_MS, None, 5,
+    )
+    task = asyncio.create_task(gateway.record(record))
+    for _ in range(3):
+        await asyncio.sleep(0.01)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await repository.get("r-cancel")) is not None
+    await database.dispose()
