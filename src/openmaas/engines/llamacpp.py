@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +67,6 @@ class LlamaCppEngine(Engine):
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.run_in_executor(self._pool, self._create_server)
-        _restore_signal_handlers()
         if self._config.tokenizer_path is not None:
             self._tokenizer = _load_tokenizer(
                 self._config.tokenizer_path, self._config.max_input_tokens
@@ -177,18 +175,6 @@ class LlamaCppEngine(Engine):
         vectors = tuple(tuple(item["embedding"]) for item in data)
         prompt_tokens = int(result.get("usage", {}).get("prompt_tokens", 0))
         return EmbeddingResult(vectors, Usage(prompt_tokens=prompt_tokens))
-
-
-def _restore_signal_handlers() -> None:
-    """llama.cpp's server installs its own SIGINT/SIGTERM handlers when it starts, which
-    would stop the engine under the running requests instead of letting the process drain
-    gracefully. Give the process its own (Python's) handlers back."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(sig)
-        if handler is not None:
-            signal.signal(sig, handler)
 
 
 def _load_tokenizer(path: Path, max_tokens: int | None) -> Any:
