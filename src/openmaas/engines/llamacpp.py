@@ -227,12 +227,17 @@ def _llama_body(request: GenerationRequest) -> dict[str, Any]:
 
 
 def _track(chunk: dict[str, Any], tracker: UsageTracker) -> None:
+    """Keep the running counts. They are cumulative, so they only ever go up: a chunk
+    without counts (or a late one without prediction counts) never lowers them."""
     timings = chunk.get("timings")
     if timings:
         cached = int(timings.get("cache_n", 0))
-        tracker.cached_tokens = cached
-        tracker.prompt_tokens = cached + int(timings.get("prompt_n", 0))
-        tracker.completion_tokens = int(timings.get("predicted_n", 0))
+        prompt = cached + int(timings.get("prompt_n", 0))
+        if prompt >= tracker.prompt_tokens:
+            tracker.prompt_tokens, tracker.cached_tokens = prompt, cached
+        tracker.completion_tokens = max(
+            tracker.completion_tokens, int(timings.get("predicted_n", 0))
+        )
 
 
 def _text_delta(text: str, timings: dict[str, Any] | None, tracker: UsageTracker) -> TextDelta:
