@@ -134,8 +134,13 @@ def usage(org: str | None, since: str | None, until: str | None) -> None:
 
     rows = [
         (
-            t.day, t.model, str(t.requests), str(t.prompt_tokens), str(t.cached_tokens),
-            str(t.completion_tokens), str(t.prompt_tokens + t.completion_tokens),
+            t.day,
+            t.model,
+            str(t.requests),
+            str(t.prompt_tokens),
+            str(t.cached_tokens),
+            str(t.completion_tokens),
+            str(t.prompt_tokens + t.completion_tokens),
         )
         for t in _run(action)
     ]

@@ -32,7 +32,9 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+                entry[key] = (
+                    asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+                )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()

@@ -77,7 +77,9 @@ class OrganizationRepository:
 
     async def count(self) -> int:
         async with self._engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(organizations))).scalar_one())
+            return int(
+                (await conn.execute(select(func.count()).select_from(organizations))).scalar_one()
+            )
 
 
 class ApiKeyRepository:

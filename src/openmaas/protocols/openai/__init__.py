@@ -1,1 +1,1 @@
-"""The OpenAI protocol: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, models."""
+"""The OpenAI protocol: chat completions, completions, embeddings and models under ``/v1``."""

@@ -76,7 +76,9 @@ def _param_path(loc: Sequence[int | str]) -> str:
 
 
 # -- requests ---------------------------------------------------------------------------
-def _common_sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:
+def _common_sampling(
+    body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
+) -> SamplingParams:
     if body.n not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n")
     stop: tuple[str, ...] = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())

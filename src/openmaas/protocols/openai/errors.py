@@ -40,11 +40,10 @@ def error_body(
 
 def to_openai_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Status, body and extra headers for one of our errors."""
-    for cls, status, type_, code in _TABLE:
-        if isinstance(exc, cls):
-            break
-    else:
-        status, type_, code = 500, "server_error", "internal_error"
+    status, type_, code = next(
+        ((status, type_, code) for cls, status, type_, code in _TABLE if isinstance(exc, cls)),
+        (500, "server_error", "internal_error"),
+    )
     param = getattr(exc, "param", None)
     if isinstance(exc, ModelNotFound):
         param = "model"
@@ -55,4 +54,5 @@ def to_openai_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, 
 
 
 def internal_error() -> tuple[int, dict[str, Any]]:
-    return 500, error_body("The server had an error while processing your request.", "server_error", "internal_error")
+    message = "The server had an error while processing your request."
+    return 500, error_body(message, "server_error", "internal_error")

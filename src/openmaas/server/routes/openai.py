@@ -47,8 +47,13 @@ async def chat_completions(request: Request) -> Response:
     generation_request = adapter.chat_request(body, request_id(request))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _generate(
-        request, state, principal, generation_request, "chat.completions",
-        stream=body.stream, include_usage=include_usage,
+        request,
+        state,
+        principal,
+        generation_request,
+        "chat.completions",
+        stream=body.stream,
+        include_usage=include_usage,
     )
 
 
@@ -64,8 +69,13 @@ async def completions(request: Request) -> Response:
     generation_request = adapter.completion_request(body, request_id(request))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _generate(
-        request, state, principal, generation_request, "completions",
-        stream=body.stream, include_usage=include_usage,
+        request,
+        state,
+        principal,
+        generation_request,
+        "completions",
+        stream=body.stream,
+        include_usage=include_usage,
     )
 
 
@@ -131,8 +141,12 @@ async def _generate(
     text, finished = collected
     build = adapter.chat_completion if generation_request.is_chat else adapter.text_completion
     body = build(
-        generation.request_id, generation_request.model, created, text,
-        finished.reason, finished.usage,
+        generation.request_id,
+        generation_request.model,
+        created,
+        text,
+        finished.reason,
+        finished.usage,
     )
     return json_response(body)
 

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from openmaas.core.errors import InvalidRequest
-from openmaas.store.database import ping
 from openmaas.server.responses import json_response
 from openmaas.server.routes.openai import authenticate
 from openmaas.server.state import app_state
+from openmaas.store.database import ping
 
 router = APIRouter(tags=["Platform"])
 
