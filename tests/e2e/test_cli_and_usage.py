@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from tests.e2e.conftest import LiveServer
+from tests.e2e.live import LiveServer
 
 
 def test_keys_create_list_revoke(live: LiveServer) -> None:

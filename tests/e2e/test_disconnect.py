@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import CHAT_MODEL, LiveServer
+from tests.e2e.live import CHAT_MODEL, LiveServer
 
 LONG = {
     "model": CHAT_MODEL,

@@ -7,7 +7,7 @@ import threading
 import httpx
 import pytest
 
-from tests.e2e.conftest import CHAT_MODEL, EMBEDDING_MODEL, LiveServer
+from tests.e2e.live import CHAT_MODEL, EMBEDDING_MODEL, LiveServer
 
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from tests.e2e.conftest import CHAT_MODEL, LiveServer
+from tests.e2e.live import CHAT_MODEL, LiveServer
 
 FAKE = {"fake-slow": {"text": " ".join(f"w{i}" for i in range(400)), "token_delay": 0.02}}
 

@@ -8,7 +8,7 @@ import math
 import openai
 import pytest
 
-from tests.e2e.conftest import CHAT_MODEL, EMBEDDING_MODEL, LiveServer
+from tests.e2e.live import CHAT_MODEL, EMBEDDING_MODEL, LiveServer
 
 
 @pytest.fixture(scope="module")
