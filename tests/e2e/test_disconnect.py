@@ -78,3 +78,22 @@ def _rows_for(live: LiveServer, model: str, termination: str) -> list[dict]:
             (model, termination, "chat.completions"),
         ).fetchall()
     return [dict(r) for r in rows]
+
+
+def test_client_gone_before_the_first_token_stops_the_queued_request(
+    live: LiveServer, admin_key: str
+) -> None:
+    # fake-busy takes 3 s to its first token; the client gives up after 0.5 s.
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    before = _rows_for(live, "fake-busy", "client_disconnected")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{live.base_url}/v1/chat/completions", headers=headers, timeout=0.5,
+                   json={"model": "fake-busy", "messages": [{"role": "user", "content": "hi"}]})
+    _wait_idle(live, "fake-busy")
+    deadline = time.monotonic() + 5
+    while len(rows := _rows_for(live, "fake-busy", "client_disconnected")) == len(before):
+        assert time.monotonic() < deadline, "no usage record for the abandoned request"
+        time.sleep(0.05)
+    (new,) = [r for r in rows if r not in before]
+    # Stopped in the queue: had it run on to its first token, that token would be recorded.
+    assert new["completion_tokens"] == 0 and new["ttft_ms"] is None

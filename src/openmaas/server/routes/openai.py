@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
@@ -25,6 +26,7 @@ from openmaas.server.state import AppState, app_state, request_id
 from openmaas.services.auth import Principal
 from openmaas.services.gateway import Generation
 
+T = TypeVar("T")
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 BODY_MODELS = [ChatCompletionRequest, CompletionRequest, EmbeddingRequestBody]
 
@@ -120,7 +122,13 @@ async def _generate(
     stream: bool,
     include_usage: bool,
 ) -> Response:
-    generation = await state.gateway.generate(principal, generation_request, endpoint)
+    # Until the first token, nothing reads the connection: watch it, so a client that goes
+    # away while its request waits in the engine's queue stops it there.
+    generation = await _unless_disconnected(
+        request, state.gateway.generate(principal, generation_request, endpoint)
+    )
+    if generation is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
     created = int(time.time())
     if stream:
         writer = ChunkWriter(
@@ -135,7 +143,7 @@ async def _generate(
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-    collected = await _collect_unless_disconnected(request, generation)
+    collected = await _unless_disconnected(request, _collect(generation))
     if collected is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     text, finished = collected
@@ -168,27 +176,34 @@ async def _sse(generation: Generation, writer: ChunkWriter) -> Any:
         await generation.aclose()
 
 
-async def _collect_unless_disconnected(
-    request: Request, generation: Generation
-) -> tuple[str, Finished] | None:
-    """Run a non-streamed generation to its end; stop it (None) if the client goes away."""
+async def _collect(generation: Generation) -> tuple[str, Finished]:
     parts: list[str] = []
-    finished: Finished | None = None
     try:
-        async with anyio.create_task_group() as group:
-
-            async def watch_disconnect() -> None:
-                while (await request.receive())["type"] != "http.disconnect":
-                    pass
-                group.cancel_scope.cancel()
-
-            group.start_soon(watch_disconnect)
-            async for event in generation:
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-                else:
-                    finished = event
-            group.cancel_scope.cancel()
+        async for event in generation:
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            else:
+                await generation.aclose()  # durable before the response is sent
+                return "".join(parts), event
+        raise AssertionError("a generation always ends with Finished or an error")
     finally:
         await generation.aclose()
-    return None if finished is None else ("".join(parts), finished)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Run ``work``; if the client disconnects first, cancel it (its own cleanup records
+    the usage) and return None. Errors of ``work`` propagate unchanged."""
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loser = watch_task if work_task.done() else work_task
+        loser.cancel()
+        await asyncio.gather(loser, return_exceptions=True)
+    return work_task.result() if work_task.done() and not work_task.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
