@@ -13,6 +13,14 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks and container CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENMAAS_", extra="ignore")
 
@@ -33,7 +41,13 @@ class Settings(BaseSettings):
         64, ge=0, description="Requests that may wait beyond the slots before 429."
     )
     threads: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="llama.cpp CPU threads."
+        default_factory=lambda: available_cpus(), ge=1, description="Chat model CPU threads."
+    )
+    embedding_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Embedding model CPU threads; default: the CPUs left by the chat model, "
+        "at least 1.",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     shutdown_grace_seconds: float = Field(
@@ -52,6 +66,14 @@ class Settings(BaseSettings):
         if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("must be one of OFF, NORMAL, FULL, EXTRA")
         return value
+
+    @property
+    def resolved_embedding_threads(self) -> int:
+        """In-process engines share one OpenMP runtime: more threads in all than CPUs makes
+        it sleep at every barrier and halves decoding speed (docs/benchmarks.md)."""
+        if self.embedding_threads is not None:
+            return self.embedding_threads
+        return max(1, available_cpus() - self.threads)
 
     @property
     def resolved_database_url(self) -> str:

@@ -118,7 +118,7 @@ def _embedded_models(settings: Settings) -> list[ServedModel]:
             slots=settings.embedding_slots,
             queue=settings.engine_queue,
             context_per_slot=512,
-            threads=settings.threads,
+            threads=settings.resolved_embedding_threads,
             pooling="mean",
             tokenizer_path=minilm_dir / "tokenizer.json",
             max_input_tokens=embedded.EMBEDDING_MAX_TOKENS,

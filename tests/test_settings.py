@@ -1,0 +1,29 @@
+"""Settings that are derived rather than read."""
+
+from __future__ import annotations
+
+import pytest
+
+from openmaas import settings as settings_module
+from openmaas.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("cpus", "chat", "embedding"), [(2, 2, 1), (8, 2, 6), (16, 16, 1), (1, 1, 1)]
+)
+def test_embedding_threads_default_to_the_cpus_the_chat_model_leaves(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, chat: int, embedding: int
+) -> None:
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: cpus)
+    assert Settings(threads=chat).resolved_embedding_threads == embedding
+
+
+def test_explicit_embedding_threads_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 2)
+    assert Settings(threads=2, embedding_threads=2).resolved_embedding_threads == 2
+
+
+def test_chat_threads_default_to_the_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 6)
+    monkeypatch.delenv("OPENMAAS_THREADS", raising=False)
+    assert Settings().threads == 6
