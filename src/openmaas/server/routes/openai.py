@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -43,19 +43,8 @@ async def authenticate(request: Request, state: AppState) -> Principal:
     openapi_extra=json_body(ChatCompletionRequest),
 )
 async def chat_completions(request: Request) -> Response:
-    state = app_state(request)
-    principal = await authenticate(request, state)
-    body = adapter.parse_body(await request.body(), ChatCompletionRequest)
-    generation_request = adapter.chat_request(body, request_id(request))
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _generate(
-        request,
-        state,
-        principal,
-        generation_request,
-        "chat.completions",
-        stream=body.stream,
-        include_usage=include_usage,
+    return await _generation_route(
+        request, ChatCompletionRequest, adapter.chat_request, "chat.completions"
     )
 
 
@@ -65,19 +54,8 @@ async def chat_completions(request: Request) -> Response:
     openapi_extra=json_body(CompletionRequest),
 )
 async def completions(request: Request) -> Response:
-    state = app_state(request)
-    principal = await authenticate(request, state)
-    body = adapter.parse_body(await request.body(), CompletionRequest)
-    generation_request = adapter.completion_request(body, request_id(request))
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _generate(
-        request,
-        state,
-        principal,
-        generation_request,
-        "completions",
-        stream=body.stream,
-        include_usage=include_usage,
+    return await _generation_route(
+        request, CompletionRequest, adapter.completion_request, "completions"
     )
 
 
@@ -112,13 +90,32 @@ async def get_model(model_id: str, request: Request) -> Response:
     return json_response(adapter.model_card(model.name, model.owned_by, model.created))
 
 
+B = TypeVar("B", ChatCompletionRequest, CompletionRequest)
+
+
+async def _generation_route(
+    request: Request,
+    body_model: type[B],
+    to_core: Callable[[B, str], GenerationRequest],
+    endpoint: str,
+) -> Response:
+    """Authenticate, parse, generate: the shared path of the two generation endpoints."""
+    state = app_state(request)
+    principal = await authenticate(request, state)
+    body = adapter.parse_body(await request.body(), body_model)
+    generation_request = to_core(body, request_id(request))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _generate(
+        request, state, principal, generation_request, endpoint, body.stream, include_usage
+    )
+
+
 async def _generate(
     request: Request,
     state: AppState,
     principal: Principal,
     generation_request: GenerationRequest,
     endpoint: str,
-    *,
     stream: bool,
     include_usage: bool,
 ) -> Response:
