@@ -13,11 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from openmaas.core.errors import InvalidRequest
+from openmaas.core.assembly import Assembler
 from openmaas.core.types import (
     EmbeddingResult,
+    Finished,
     FinishReason,
+    ReasoningDelta,
     ResponseFormatKind,
     Role,
+    TextDelta,
+    ToolCallDelta,
     Usage,
 )
 from openmaas.protocols.openai.adapter import (
@@ -351,8 +356,16 @@ def test_usage_json_has_total_and_cached_tokens() -> None:
     }
 
 
+def _answer(*events: object) -> Assembler:
+    answer = Assembler()
+    for event in events:
+        answer.add(event)  # type: ignore[arg-type]
+    return answer
+
+
 def test_chat_completion_body() -> None:
-    body = chat_completion(RID, "m", 1700000000, "Hi!", FinishReason.STOP, Usage(3, 0, 2))
+    answer = _answer(TextDelta("Hi!", 2), Finished(FinishReason.STOP, Usage(3, 0, 2)))
+    body = chat_completion(RID, "m", 1700000000, answer)
     assert body["id"] == RID
     assert body["object"] == "chat.completion"
     assert body["created"] == 1700000000
@@ -365,12 +378,38 @@ def test_chat_completion_body() -> None:
 
 
 def test_text_completion_body() -> None:
-    body = text_completion(RID, "m", 1, "upon a time", FinishReason.LENGTH, Usage(1, 0, 3))
+    answer = _answer(
+        TextDelta("upon ", 1), TextDelta("a time", 3), Finished(FinishReason.LENGTH, Usage(1, 0, 3))
+    )
+    body = text_completion(RID, "m", 1, answer)
     assert body["object"] == "text_completion"
     (choice,) = body["choices"]
     assert choice["text"] == "upon a time"
     assert choice["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 3
+
+
+def test_chat_completion_with_reasoning_and_tool_calls() -> None:
+    answer = _answer(
+        ReasoningDelta("Need ", 1),
+        ReasoningDelta("the tool.", 2),
+        ToolCallDelta(0, "call_1", "get_weather", '{"city": '),
+        ToolCallDelta(0, None, None, '"Paris"}'),
+        ToolCallDelta(1, "call_2", "get_time", "{}"),
+        Finished(FinishReason.TOOL_CALLS, Usage(10, 0, 9, reasoning_tokens=2)),
+    )
+    body = chat_completion(RID, "m", 1, answer)
+    (choice,) = body["choices"]
+    message = choice["message"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert message["content"] is None
+    assert message["reasoning_content"] == "Need the tool."
+    assert message["tool_calls"] == [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+    ]
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2}
 
 
 def _result(vectors: list[list[float]], prompt_tokens: int = 5) -> EmbeddingResult:

@@ -18,7 +18,7 @@ from openmaas.core.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
-from openmaas.protocols.openai.errors import internal_error, to_openai_error
+from openmaas.protocols.openai.errors import to_openai_error
 
 
 @pytest.mark.parametrize(
@@ -88,11 +88,3 @@ def test_retry_after_is_a_whole_number_of_seconds_at_least_one() -> None:
 )
 def test_other_errors_carry_no_extra_headers(exc: OpenMaaSError) -> None:
     assert to_openai_error(exc)[2] == {}
-
-
-def test_internal_error_reveals_nothing() -> None:
-    status, body = internal_error()
-    assert status == 500
-    assert body["error"]["type"] == "server_error"
-    assert body["error"]["code"] == "internal_error"
-    assert set(body["error"]) == {"message", "type", "param", "code"}

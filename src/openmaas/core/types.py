@@ -14,12 +14,62 @@ class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model made. ``arguments`` is the JSON text of an object, as on the wire."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One turn. Assistant turns may carry the reasoning that preceded them (sent back for
+    interleaved and preserved thinking) and the tool calls they made; tool turns name the
+    call they answer."""
+
     role: Role
     content: str
+    reasoning: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; ``parameters`` is a JSON Schema object."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class ToolChoiceKind(StrEnum):
+    AUTO = "auto"  # the model decides
+    NONE = "none"  # never call a tool
+    REQUIRED = "required"  # call at least one tool
+    NAMED = "named"  # call the tool named in ``ToolChoice.name``
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    kind: ToolChoiceKind = ToolChoiceKind.AUTO
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Thinking:
+    """GLM thinking modes. ``enabled``: turn-level on/off (None: the model's default).
+    ``clear_thinking=False`` keeps earlier turns' reasoning verbatim (preserved thinking);
+    reasoning of turns after the last user message is always kept (interleaved thinking)."""
+
+    enabled: bool | None = None
+    clear_thinking: bool | None = None
 
 
 class ResponseFormatKind(StrEnum):
@@ -58,6 +108,13 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
     user: str | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    thinking: Thinking = field(default_factory=Thinking)
+
+    @property
+    def wants_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice.kind is not ToolChoiceKind.NONE
 
     @property
     def is_chat(self) -> bool:
@@ -80,6 +137,7 @@ class Usage:
     cached_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False
+    reasoning_tokens: int = 0  # the part of completion_tokens spent reasoning, when known
 
     @property
     def total_tokens(self) -> int:
@@ -89,6 +147,8 @@ class Usage:
 class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +162,32 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """New reasoning text (GLM ``<think>``, ``reasoning_content``, Anthropic thinking)."""
+
+    text: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """Part of tool call number ``index``: the first part of a call carries its ``id`` and
+    ``name``; every part may add a fragment of the JSON ``arguments`` text."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     reason: FinishReason
     usage: Usage
 
 
-StreamEvent = TextDelta | Finished
+StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,35 +1,62 @@
-"""The one place that turns exceptions into HTTP error responses."""
+"""The one place that turns exceptions into HTTP error responses.
+
+Each protocol renders our errors in its own shape; the renderer is chosen by the request's
+path (the longest matching prefix), and OpenAI's is the default.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openmaas.core.errors import OpenMaaSError
-from openmaas.protocols.openai.errors import error_body, internal_error, to_openai_error
+from openmaas.core.errors import InvalidRequest, NotFound, OpenMaaSError
+from openmaas.protocols.openai.errors import to_openai_error
 from openmaas.server.responses import json_response
 
 log = logging.getLogger("openmaas.errors")
 
+ErrorRenderer = Callable[[OpenMaaSError], tuple[int, dict[str, Any], dict[str, str]]]
 
-def install_error_handlers(app: FastAPI) -> None:
+
+class _Unexpected(OpenMaaSError):
+    """Stands for an exception nobody raised on purpose (rendered as an internal error)."""
+
+    def __init__(self) -> None:
+        super().__init__("The server had an error while processing your request.")
+
+
+def install_error_handlers(
+    app: FastAPI, renderers: Sequence[tuple[str, ErrorRenderer]] = ()
+) -> None:
+    by_prefix = sorted(renderers, key=lambda item: len(item[0]), reverse=True)
+
+    def render(request: Request, exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, str]]:
+        path = request.url.path
+        for prefix, renderer in by_prefix:
+            if path.startswith(prefix):
+                return renderer(exc)
+        return to_openai_error(exc)
+
     @app.exception_handler(OpenMaaSError)
-    async def _ours(_request: Request, exc: OpenMaaSError) -> Response:
-        status, body, headers = to_openai_error(exc)
+    async def _ours(request: Request, exc: OpenMaaSError) -> Response:
+        status, body, headers = render(request, exc)
         return json_response(body, status, headers)
 
     @app.exception_handler(HTTPException)
-    async def _http(_request: Request, exc: HTTPException) -> Response:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = error_body(str(exc.detail), type_, code=None)
-        return json_response(body, exc.status_code, dict(exc.headers or {}))
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        detail = str(exc.detail)
+        ours = NotFound(detail) if exc.status_code == 404 else InvalidRequest(detail)
+        _status, body, headers = render(request, ours)
+        return json_response(body, exc.status_code, {**headers, **(exc.headers or {})})
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> Response:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        status, body = internal_error()
-        return json_response(body, status)
+        _status, body, headers = render(request, _Unexpected())
+        return json_response(body, 500, headers)

@@ -23,7 +23,6 @@ from openmaas.core.types import (
     Finished,
     GenerationRequest,
     StreamEvent,
-    TextDelta,
     Usage,
 )
 from openmaas.core.usage import UsageRecord
@@ -205,11 +204,11 @@ class Generation:
         except Exception as exc:
             self._fail(Termination.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
             raise EngineFailure("The engine failed.") from exc
-        if isinstance(event, TextDelta) and self._ttft_ms is None:
-            self._ttft_ms = self._gateway.elapsed_ms(self._started)
-        elif isinstance(event, Finished):
+        if isinstance(event, Finished):
             self._finished = event
             self._termination = from_finish_reason(event.reason)
+        elif self._ttft_ms is None:  # the first token of any kind: text, reasoning, tool call
+            self._ttft_ms = self._gateway.elapsed_ms(self._started)
         return event
 
     def _fail(self, termination: Termination, error: str) -> None:

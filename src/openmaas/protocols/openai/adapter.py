@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from openmaas.core.assembly import Assembler
 from openmaas.core.errors import InvalidRequest
 from openmaas.core.types import (
     EmbeddingRequest,
@@ -21,6 +22,7 @@ from openmaas.core.types import (
     ResponseFormatKind,
     Role,
     SamplingParams,
+    ToolCall,
     Usage,
 )
 from openmaas.protocols.openai.schemas import (
@@ -185,17 +187,27 @@ def embedding_request(
 
 # -- responses --------------------------------------------------------------------------
 def usage_json(usage: Usage) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
+    if usage.reasoning_tokens:
+        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return body
 
 
 def chat_completion(
-    request_id: str, model: str, created: int, text: str, reason: FinishReason, usage: Usage
+    request_id: str, model: str, created: int, answer: Assembler
 ) -> dict[str, Any]:
+    assert answer.finished is not None
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.reasoning is not None:
+        message["reasoning_content"] = answer.reasoning
+    if answer.tool_calls:
+        message["content"] = answer.text or None
+        message["tool_calls"] = [tool_call_json(call) for call in answer.tool_calls]
     return {
         "id": request_id,
         "object": "chat.completion",
@@ -204,25 +216,41 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": reason.value,
+                "message": message,
+                "finish_reason": answer.finished.reason.value,
                 "logprobs": None,
             }
         ],
-        "usage": usage_json(usage),
+        "usage": usage_json(answer.finished.usage),
+    }
+
+
+def tool_call_json(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
     }
 
 
 def text_completion(
-    request_id: str, model: str, created: int, text: str, reason: FinishReason, usage: Usage
+    request_id: str, model: str, created: int, answer: Assembler
 ) -> dict[str, Any]:
+    assert answer.finished is not None
     return {
         "id": request_id,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": reason.value, "logprobs": None}],
-        "usage": usage_json(usage),
+        "choices": [
+            {
+                "index": 0,
+                "text": answer.text,
+                "finish_reason": answer.finished.reason.value,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_json(answer.finished.usage),
     }
 
 

@@ -51,8 +51,3 @@ def to_openai_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, 
     if isinstance(exc, CapacityError):
         headers["retry-after"] = str(max(1, round(exc.retry_after_seconds)))
     return status, error_body(exc.message, type_, code, param), headers
-
-
-def internal_error() -> tuple[int, dict[str, Any]]:
-    message = "The server had an error while processing your request."
-    return 500, error_body(message, "server_error", "internal_error")

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from openmaas.core.errors import OpenMaaSError
-from openmaas.core.types import Finished, GenerationRequest, TextDelta
+from openmaas.core.assembly import Assembler
+from openmaas.core.types import GenerationRequest, TextDelta
 from openmaas.protocols.openai import adapter
 from openmaas.protocols.openai.errors import to_openai_error
 from openmaas.protocols.openai.schemas import (
@@ -143,16 +144,8 @@ async def _generate(
     collected = await _unless_disconnected(request, _collect(generation))
     if collected is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
-    text, finished = collected
     build = adapter.chat_completion if generation_request.is_chat else adapter.text_completion
-    body = build(
-        generation.request_id,
-        generation_request.model,
-        created,
-        text,
-        finished.reason,
-        finished.usage,
-    )
+    body = build(generation.request_id, generation_request.model, created, collected)
     return json_response(body)
 
 
@@ -173,15 +166,14 @@ async def _sse(generation: Generation, writer: ChunkWriter) -> Any:
         await generation.aclose()
 
 
-async def _collect(generation: Generation) -> tuple[str, Finished]:
-    parts: list[str] = []
+async def _collect(generation: Generation) -> Assembler:
+    answer = Assembler()
     try:
         async for event in generation:
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            else:
+            answer.add(event)
+            if answer.finished is not None:
                 await generation.aclose()  # durable before the response is sent
-                return "".join(parts), event
+                return answer
         raise AssertionError("a generation always ends with Finished or an error")
     finally:
         await generation.aclose()
