@@ -510,3 +510,39 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_pat
         await task
     assert (await repository.get("r-cancel")) is not None
     await database.dispose()
+
+
+async def test_fake_reasons_then_calls_the_offered_tools(tmp_path: Path) -> None:
+    from openmaas.core.assembly import Assembler
+    from openmaas.core.types import Thinking, Tool, ToolChoice, ToolChoiceKind
+    from openmaas.engines.fake import FakeToolCall
+
+    engine = FakeEngine(
+        "fake-tools",
+        FakeScript(
+            text="no tools offered",
+            reasoning="let me think",
+            tool_calls=[FakeToolCall(name="get_weather", arguments={"city": "Paris"})],
+        ),
+    )
+    await engine.start()
+    tools = (Tool("get_weather", "weather", {"type": "object"}),)
+
+    async def run(**fields: object) -> Assembler:
+        request = GenerationRequest(new_request_id(), "fake-tools", messages=(Message(Role.USER, "hi"),), **fields)  # type: ignore[arg-type]
+        stream = engine.stream(request)
+        answer = Assembler()
+        async for event in stream:
+            answer.add(event)
+        await stream.aclose()
+        return answer
+
+    with_tools = await run(tools=tools)
+    assert with_tools.reasoning == "let me think"
+    assert [(c.name, c.arguments) for c in with_tools.tool_calls] == [("get_weather", '{"city": "Paris"}')]
+    assert with_tools.finished is not None and with_tools.finished.reason is FinishReason.TOOL_CALLS
+    assert with_tools.finished.usage.completion_tokens == 4  # 3 reasoning words + 1 call
+    refused = await run(tools=tools, tool_choice=ToolChoice(ToolChoiceKind.NONE))
+    assert refused.tool_calls == () and refused.text == "no tools offered"
+    quiet = await run(thinking=Thinking(enabled=False))
+    assert quiet.reasoning is None and quiet.text == "no tools offered"

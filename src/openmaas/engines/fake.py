@@ -1,7 +1,8 @@
 """A scriptable fake engine, for tests of what real engines cannot do on demand.
 
 It "generates" the words of a fixed text, one token per word, with configurable delays, and
-can fail before the first token or after N tokens. Its prompt count is the number of
+can fail before the first token or after N tokens. It can also reason first (words of
+``reasoning``) and, when the request offers tools, call them (``tool_calls``). Its prompt count is the number of
 whitespace-separated words in the prompt. It is only ever served when configured
 explicitly (``OPENMAAS_FAKE_MODELS``).
 """
@@ -9,8 +10,10 @@ explicitly (``OPENMAAS_FAKE_MODELS``).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -19,10 +22,17 @@ from openmaas.core.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    ReasoningDelta,
     StreamEvent,
     TextDelta,
+    ToolCallDelta,
 )
 from openmaas.engines.base import Engine, ModelKind, UsageTracker
+
+
+class FakeToolCall(BaseModel):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class FakeScript(BaseModel):
@@ -35,6 +45,8 @@ class FakeScript(BaseModel):
     fail_after_tokens: int | None = Field(None, ge=0)
     slots: int = Field(4, ge=1)
     queue: int = Field(0, ge=0)
+    reasoning: str = ""  # words streamed as reasoning before the text (unless thinking is off)
+    tool_calls: list[FakeToolCall] = Field(default_factory=list)  # made when tools are offered
 
 
 @dataclass
@@ -60,6 +72,18 @@ class FakeEngine(Engine):
     async def _unload(self) -> None:
         return None
 
+    def _pieces(self, request: GenerationRequest) -> list[tuple[str, Any]]:
+        """What this request generates, one token each: reasoning words, text words, calls."""
+        script = self.script
+        pieces: list[tuple[str, Any]] = []
+        if script.reasoning and request.thinking.enabled is not False:
+            pieces += [("reasoning", w) for w in _words(script.reasoning)]
+        if request.wants_tools and script.tool_calls:
+            pieces += [("call", (i, call)) for i, call in enumerate(script.tool_calls)]
+        elif script.text:
+            pieces += [("text", w) for w in _words(script.text)]
+        return pieces
+
     async def _stream(
         self, request: GenerationRequest, tracker: UsageTracker
     ) -> AsyncIterator[StreamEvent]:
@@ -71,9 +95,9 @@ class FakeEngine(Engine):
             await asyncio.sleep(script.first_token_delay)
             if script.fail_before_first_token:
                 raise EngineFailure("scripted failure before the first token")
-            words = script.text.split(" ")
             limit = request.sampling.max_tokens
-            for index, word in enumerate(words):
+            pieces = self._pieces(request)
+            for index, (kind, piece) in enumerate(pieces):
                 if limit is not None and index >= limit:
                     yield Finished(FinishReason.LENGTH, tracker.snapshot())
                     return
@@ -83,11 +107,27 @@ class FakeEngine(Engine):
                     await asyncio.sleep(script.token_delay)
                 tracker.completion_tokens += 1
                 self.stats.tokens_generated += 1
-                text = word if index == len(words) - 1 else word + " "
-                yield TextDelta(text, tracker.completion_tokens, tracker.prompt_tokens)
-            yield Finished(FinishReason.STOP, tracker.snapshot())
+                yield _event(kind, piece, tracker)
+            calls = any(kind == "call" for kind, _ in pieces)
+            reason = FinishReason.TOOL_CALLS if calls else FinishReason.STOP
+            yield Finished(reason, tracker.snapshot())
         finally:
             self.stats.streams_open -= 1
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
+
+
+def _event(kind: str, piece: Any, tracker: UsageTracker) -> StreamEvent:
+    if kind == "reasoning":
+        return ReasoningDelta(piece, tracker.completion_tokens)
+    if kind == "call":
+        number, call = piece
+        arguments = json.dumps(call.arguments)
+        return ToolCallDelta(number, f"call_{number}", call.name, arguments, tracker.completion_tokens)
+    return TextDelta(piece, tracker.completion_tokens, tracker.prompt_tokens)
 
 
 def _count_prompt_words(request: GenerationRequest) -> int:
