@@ -2,8 +2,8 @@
 
 It "generates" the words of a fixed text, one token per word, with configurable delays, and
 can fail before the first token or after N tokens. It can also reason first (words of
-``reasoning``) and, when the request offers tools, call them (``tool_calls``). Its prompt count is the number of
-whitespace-separated words in the prompt. It is only ever served when configured
+``reasoning``) and, when the request offers tools, call them (``tool_calls``). Its prompt
+count is the number of whitespace-separated words in the prompt. It is only ever served when configured
 explicitly (``OPENMAAS_FAKE_MODELS``).
 """
 
@@ -126,7 +126,8 @@ def _event(kind: str, piece: Any, tracker: UsageTracker) -> StreamEvent:
     if kind == "call":
         number, call = piece
         arguments = json.dumps(call.arguments)
-        return ToolCallDelta(number, f"call_{number}", call.name, arguments, tracker.completion_tokens)
+        count = tracker.completion_tokens
+        return ToolCallDelta(number, f"call_{number}", call.name, arguments, count)
     return TextDelta(piece, tracker.completion_tokens, tracker.prompt_tokens)
 
 
