@@ -3,8 +3,8 @@
 It "generates" the words of a fixed text, one token per word, with configurable delays, and
 can fail before the first token or after N tokens. It can also reason first (words of
 ``reasoning``) and, when the request offers tools, call them (``tool_calls``). Its prompt
-count is the number of whitespace-separated words in the prompt. It is only ever served when configured
-explicitly (``OPENMAAS_FAKE_MODELS``).
+count is the number of whitespace-separated words in the prompt. It is only ever served
+when configured explicitly (``OPENMAAS_FAKE_MODELS``).
 """
 
 from __future__ import annotations
