@@ -25,6 +25,11 @@ FAKE_MODELS: dict[str, dict[str, Any]] = {
     "fake-loading": {"load_delay": 3600},
     "fake-fail-first": {"fail_before_first_token": True},
     "fake-fail-mid": {"text": "a b c d e f", "fail_after_tokens": 3},
+    "fake-agent": {
+        "text": "It is sunny.",
+        "reasoning": "The user wants the weather.",
+        "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}],
+    },
 }
 NEVER_READY = {"fake-loading"}
 

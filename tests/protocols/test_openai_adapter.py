@@ -22,7 +22,11 @@ from openmaas.core.types import (
     ResponseFormatKind,
     Role,
     TextDelta,
+    Thinking,
+    ToolCall,
     ToolCallDelta,
+    ToolChoice,
+    ToolChoiceKind,
     Usage,
 )
 from openmaas.protocols.openai.adapter import (
@@ -166,11 +170,92 @@ def test_n_one_is_accepted() -> None:
     assert _chat_req(n=1).model == "m"
 
 
-def test_tools_are_refused_by_name() -> None:
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tools_and_tool_choice_map_to_core() -> None:
+    request = _chat_req(tools=[WEATHER])
+    (tool,) = request.tools
+    assert (tool.name, tool.description) == ("get_weather", "Weather for a city")
+    assert tool.parameters["properties"]["city"] == {"type": "string"}
+    assert request.tool_choice == ToolChoice() and request.wants_tools
+    assert _chat_req(tools=[WEATHER], tool_choice="none").wants_tools is False
+    assert _chat_req(tools=[WEATHER], tool_choice="required").tool_choice.kind is (
+        ToolChoiceKind.REQUIRED
+    )
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert _chat_req(tools=[WEATHER], tool_choice=named).tool_choice == ToolChoice(
+        ToolChoiceKind.NAMED, "get_weather"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+    ],
+)
+def test_bad_tool_fields_are_named(fields: dict, param: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        _chat_req(tools=tools)
-    assert info.value.param == "tools"
+        _chat_req(**{"tools": [WEATHER], **fields})
+    assert info.value.param == param
+
+
+def test_required_tool_choice_without_tools_is_refused() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _chat_req(tool_choice="required")
+    assert info.value.param == "tool_choice"
+
+
+def test_tool_results_and_earlier_calls_come_back_as_core_messages() -> None:
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "Need the tool.",
+            "tool_calls": [{"id": "call_1", "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"c": 18}'},
+    ]
+    request = _chat_req(messages=messages, tools=[WEATHER])
+    _, assistant, tool = request.messages
+    assert assistant.reasoning == "Need the tool."
+    assert assistant.tool_calls == (ToolCall("call_1", "get_weather", '{"city": "Paris"}'),)
+    assert (tool.role, tool.tool_call_id, tool.content) == (Role.TOOL, "call_1", '{"c": 18}')
+
+
+def test_tool_call_arguments_must_be_a_json_object() -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1, 2]"}}
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]}]
+    with pytest.raises(InvalidRequest) as info:
+        _chat_req(messages=messages)
+    assert info.value.param == "messages[1].tool_calls[0].function.arguments"
+
+
+@pytest.mark.parametrize(
+    ("fields", "enabled", "clear"),
+    [
+        ({}, None, None),
+        ({"reasoning_effort": "none"}, False, None),
+        ({"chat_template_kwargs": {"enable_thinking": False}}, False, None),
+        ({"chat_template_kwargs": {"enable_thinking": True, "clear_thinking": False}}, True, False),
+        ({"thinking": {"type": "disabled"}}, False, None),
+        ({"thinking": {"type": "enabled", "clear_thinking": False}}, True, False),
+    ],
+)
+def test_thinking_controls(fields: dict, enabled: bool | None, clear: bool | None) -> None:
+    assert _chat_req(**fields).thinking == Thinking(enabled, clear)
 
 
 def test_logprobs_are_refused_by_name() -> None:
@@ -179,7 +264,7 @@ def test_logprobs_are_refused_by_name() -> None:
     assert info.value.param == "logprobs"
 
 
-def test_tool_role_message_is_refused_with_its_index() -> None:
+def test_tool_message_without_its_call_id_is_refused_with_its_index() -> None:
     messages = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "calling"},
@@ -187,7 +272,7 @@ def test_tool_role_message_is_refused_with_its_index() -> None:
     ]
     with pytest.raises(InvalidRequest) as info:
         _chat_req(messages=messages)
-    assert info.value.param == "messages[2].role"
+    assert info.value.param == "messages[2].tool_call_id"
 
 
 def test_roles_map_and_developer_becomes_system() -> None:

@@ -7,7 +7,14 @@ from typing import Any
 import orjson
 import pytest
 
-from openmaas.core.types import Finished, FinishReason, TextDelta, Usage
+from openmaas.core.types import (
+    Finished,
+    FinishReason,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from openmaas.protocols.openai.sse import ChunkWriter
 
 RID = "01J0000000000000000000000A"
@@ -158,3 +165,27 @@ def test_error_frame_then_done() -> None:
     chunks, done = parse_sse(out)
     assert done
     assert chunks[-1] == body
+
+
+def test_reasoning_and_tool_call_deltas() -> None:
+    writer = chat_writer()
+    out = b"".join(
+        writer.event(e)
+        for e in (
+            ReasoningDelta("Need ", 1),
+            ReasoningDelta("a tool.", 2),
+            ToolCallDelta(0, "call_1", "get_weather", '{"city": ', 3),
+            ToolCallDelta(0, None, None, '"Paris"}', 4),
+            Finished(FinishReason.TOOL_CALLS, USAGE),
+        )
+    )
+    payloads, done = parse_sse(out)
+    assert done
+    deltas = [p["choices"][0]["delta"] for p in payloads]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert [d.get("reasoning_content") for d in deltas[1:3]] == ["Need ", "a tool."]
+    first, second = deltas[3]["tool_calls"][0], deltas[4]["tool_calls"][0]
+    assert first == {"index": 0, "id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": '{"city": '}}
+    assert second == {"index": 0, "function": {"arguments": '"Paris"}'}}
+    assert payloads[-1]["choices"][0]["finish_reason"] == "tool_calls"

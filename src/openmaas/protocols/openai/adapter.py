@@ -15,14 +15,17 @@ from openmaas.core.errors import InvalidRequest
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
-    FinishReason,
     GenerationRequest,
     Message,
     ResponseFormat,
     ResponseFormatKind,
     Role,
     SamplingParams,
+    Thinking,
+    Tool,
     ToolCall,
+    ToolChoice,
+    ToolChoiceKind,
     Usage,
 )
 from openmaas.protocols.openai.schemas import (
@@ -68,13 +71,22 @@ def _param_path(loc: Sequence[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in {"str", "list[str]", "list[int]", "list[list[int]]", "list[TextPart]"} or (
-            isinstance(part, str) and part.startswith(("function-", "constrained-"))
-        ):
-            continue  # pydantic's union-branch labels are not fields
+        elif _is_union_label(part):
+            continue
         else:
-            path += f".{part}" if path else str(part)
+            path += f".{part}" if path else part
     return path or "body"
+
+
+def _is_union_label(part: str) -> bool:
+    """pydantic names the branch of a union in error locations (``str``, ``list[str]``,
+    ``literal['auto']``, a model's class name ...); those are not fields of the body."""
+    return (
+        part in {"str", "int", "float", "bool"}
+        or "[" in part
+        or part[:1].isupper()
+        or part.startswith(("function-", "constrained-"))
+    )
 
 
 # -- requests ---------------------------------------------------------------------------
@@ -95,8 +107,6 @@ def _common_sampling(
 
 
 def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequest:
-    if body.tools:
-        raise InvalidRequest("'tools' (tool calling) is not supported by this server yet.", "tools")
     if body.logprobs:
         raise InvalidRequest("logprobs are not supported.", param="logprobs")
     if (
@@ -110,6 +120,10 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequ
         )
     max_tokens = body.max_completion_tokens or body.max_tokens
     messages = tuple(_message(m, i) for i, m in enumerate(body.messages))
+    tools = tuple(
+        Tool(t.function.name, t.function.description, t.function.parameters)
+        for t in body.tools or ()
+    )
     return GenerationRequest(
         request_id=request_id,
         model=body.model,
@@ -117,19 +131,79 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequ
         sampling=_common_sampling(body, max_tokens),
         response_format=_response_format(body.response_format),
         user=body.user,
+        tools=tools,
+        tool_choice=_tool_choice(body, tools),
+        thinking=_thinking(body),
+    )
+
+
+def _tool_choice(body: ChatCompletionRequest, tools: tuple[Tool, ...]) -> ToolChoice:
+    choice = body.tool_choice
+    if choice is None or choice == "auto":
+        return ToolChoice()
+    if isinstance(choice, str):
+        if choice == "required" and not tools:
+            raise InvalidRequest("tool_choice 'required' needs 'tools'.", param="tool_choice")
+        return ToolChoice(ToolChoiceKind(choice))
+    if choice.function.name not in {t.name for t in tools}:
+        raise InvalidRequest(
+            f"tool_choice names '{choice.function.name}', which is not among 'tools'.",
+            param="tool_choice.function.name",
+        )
+    return ToolChoice(ToolChoiceKind.NAMED, choice.function.name)
+
+
+def _thinking(body: ChatCompletionRequest) -> Thinking:
+    """Thinking controls, in the spellings clients use: vLLM's chat_template_kwargs,
+    Zhipu's thinking object, and reasoning_effort "none"."""
+    kwargs = body.chat_template_kwargs or {}
+    enabled = kwargs.get("enable_thinking")
+    clear = kwargs.get("clear_thinking")
+    if body.thinking is not None:
+        enabled = body.thinking.type == "enabled"
+        clear = body.thinking.clear_thinking if body.thinking.clear_thinking is not None else clear
+    if body.reasoning_effort == "none":
+        enabled = False
+    return Thinking(
+        enabled=None if enabled is None else bool(enabled),
+        clear_thinking=None if clear is None else bool(clear),
     )
 
 
 def _message(message: ChatMessage, index: int) -> Message:
-    if message.role == "tool":
-        raise InvalidRequest(
-            "Tool messages are not supported by this server yet.", param=f"messages[{index}].role"
-        )
     role = Role.SYSTEM if message.role == "developer" else Role(message.role)
     content = message.content
     if isinstance(content, list):
         content = "".join(part.text for part in content)
-    return Message(role=role, content=content or "")
+    if role is Role.TOOL and not message.tool_call_id:
+        raise InvalidRequest(
+            "A tool message needs the 'tool_call_id' it answers.",
+            param=f"messages[{index}].tool_call_id",
+        )
+    calls = tuple(
+        ToolCall(call.id, call.function.name, _json_object_text(call.function.arguments, index, j))
+        for j, call in enumerate(message.tool_calls or ())
+    )
+    return Message(
+        role=role,
+        content=content or "",
+        reasoning=message.reasoning_content,
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+        name=message.name,
+    )
+
+
+def _json_object_text(arguments: str, index: int, call: int) -> str:
+    try:
+        if isinstance(orjson.loads(arguments), dict):
+            return arguments
+    except orjson.JSONDecodeError:
+        pass
+    raise InvalidRequest(
+        "Tool-call arguments must be a JSON object.",
+        param=f"messages[{index}].tool_calls[{call}].function.arguments",
+    )
 
 
 def _response_format(spec: ResponseFormatSpec | None) -> ResponseFormat:
@@ -198,9 +272,7 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     return body
 
 
-def chat_completion(
-    request_id: str, model: str, created: int, answer: Assembler
-) -> dict[str, Any]:
+def chat_completion(request_id: str, model: str, created: int, answer: Assembler) -> dict[str, Any]:
     assert answer.finished is not None
     message: dict[str, Any] = {"role": "assistant", "content": answer.text}
     if answer.reasoning is not None:
@@ -233,9 +305,7 @@ def tool_call_json(call: ToolCall) -> dict[str, Any]:
     }
 
 
-def text_completion(
-    request_id: str, model: str, created: int, answer: Assembler
-) -> dict[str, Any]:
+def text_completion(request_id: str, model: str, created: int, answer: Assembler) -> dict[str, Any]:
     assert answer.finished is not None
     return {
         "id": request_id,

@@ -17,10 +17,53 @@ class TextPart(_Wire):
     text: str
 
 
+class FunctionCall(_Wire):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallWire(_Wire):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Wire):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallWire] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = Field(
+        None, description="Extension: the reasoning of an earlier assistant turn, sent back."
+    )
+
+
+class FunctionSpec(_Wire):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class ToolSpec(_Wire):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Wire):
+    name: str
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ThinkingSpec(_Wire):
+    """Extension, as Zhipu's API spells it."""
+
+    type: Literal["enabled", "disabled"] = "enabled"
+    clear_thinking: bool | None = None
 
 
 class StreamOptions(_Wire):
@@ -60,8 +103,15 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormatSpec | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
+    reasoning_effort: str | None = None
+    thinking: ThinkingSpec | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="Extension, as in vLLM: enable_thinking, clear_thinking."
+    )
 
 
 class CompletionRequest(_Sampling):

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from openmaas.core.types import Finished, TextDelta
+from openmaas.core.types import Finished, ReasoningDelta, TextDelta, ToolCallDelta
 from openmaas.protocols.openai.adapter import usage_json
 
 DONE = b"data: [DONE]\n\n"
@@ -55,6 +55,34 @@ class ChunkWriter:
         return self._role() + self._chunk(
             {"index": 0, "delta": {"content": event.text}, "finish_reason": None}
         )
+
+    def reasoning(self, event: ReasoningDelta) -> bytes:
+        return self._role() + self._chunk(
+            {"index": 0, "delta": {"reasoning_content": event.text}, "finish_reason": None}
+        )
+
+    def tool_call(self, event: ToolCallDelta) -> bytes:
+        call: dict[str, Any] = {"index": event.index}
+        if event.id is not None:
+            call["id"] = event.id
+            call["type"] = "function"
+        function: dict[str, Any] = {"arguments": event.arguments}
+        if event.name is not None:
+            function["name"] = event.name
+        call["function"] = function
+        return self._role() + self._chunk(
+            {"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}
+        )
+
+    def event(self, event: TextDelta | ReasoningDelta | ToolCallDelta | Finished) -> bytes:
+        """The frames for any event of the stream."""
+        if isinstance(event, TextDelta):
+            return self.delta(event)
+        if isinstance(event, ReasoningDelta):
+            return self.reasoning(event)
+        if isinstance(event, ToolCallDelta):
+            return self.tool_call(event)
+        return self.finish(event)
 
     def finish(self, event: Finished) -> bytes:
         reason = event.reason.value

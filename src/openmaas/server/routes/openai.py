@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from openmaas.core.errors import OpenMaaSError
 from openmaas.core.assembly import Assembler
-from openmaas.core.types import GenerationRequest, TextDelta
+from openmaas.core.errors import OpenMaaSError
+from openmaas.core.types import Finished, GenerationRequest
 from openmaas.protocols.openai import adapter
 from openmaas.protocols.openai.errors import to_openai_error
 from openmaas.protocols.openai.schemas import (
@@ -33,7 +33,7 @@ BODY_MODELS = [ChatCompletionRequest, CompletionRequest, EmbeddingRequestBody]
 
 
 async def authenticate(request: Request, state: AppState) -> Principal:
-    principal = await state.auth.authenticate(request.headers.get("authorization"))
+    principal = await state.auth.authenticate_headers(request.headers)
     request.scope["state"]["key_id"] = principal.key_id
     return principal
 
@@ -152,12 +152,10 @@ async def _generate(
 async def _sse(generation: Generation, writer: ChunkWriter) -> Any:
     try:
         async for event in generation:
-            if isinstance(event, TextDelta):
-                yield writer.delta(event)
-            else:
+            if isinstance(event, Finished):
                 # The usage record is durable before the client sees the end of the stream.
                 await generation.aclose()
-                yield writer.finish(event)
+            yield writer.event(event)
     except OpenMaaSError as exc:
         await generation.aclose()
         _status, body, _headers = to_openai_error(exc)
