@@ -56,6 +56,7 @@ class FakeStats:
     tokens_generated: int = 0
     streams_started: int = 0
     streams_open: int = 0
+    last_prompt: str | None = None  # the raw prompt of the latest completion request
 
 
 class FakeEngine(Engine):
@@ -89,6 +90,7 @@ class FakeEngine(Engine):
     ) -> AsyncIterator[StreamEvent]:
         script = self.script
         self.stats.streams_started += 1
+        self.stats.last_prompt = request.prompt
         self.stats.streams_open += 1
         try:
             tracker.prompt_tokens = _count_prompt_words(request)
