@@ -9,7 +9,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from openmaas.core.errors import AuthenticationFailed
-from openmaas.core.keys import generate_key, hash_secret, secret_matches, split_key
+from openmaas.core.keys import (
+    InvalidToken,
+    SignatureInvalid,
+    TokenExpired,
+    build_jwt,
+    check_jwt,
+    derive_secret,
+    generate_key,
+    hash_secret,
+    looks_like_jwt,
+    parse_jwt,
+    secret_matches,
+    split_key,
+)
+
+MASTER = b"m" * 32
 
 
 def test_generated_key_has_exactly_one_dot_between_id_and_secret() -> None:
@@ -155,3 +170,106 @@ def test_hash_is_deterministic_so_a_stored_hash_keeps_verifying() -> None:
     assert hash_secret("abc") == hash_secret("abc")
     # SHA-256 of "abc", so a change of algorithm (which would lock out every key) is noticed.
     assert hash_secret("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+# -- secrets derived from the master key -------------------------------------------------
+def test_derived_secret_has_the_secret_shape_and_depends_on_master_and_id() -> None:
+    secret = derive_secret(MASTER, VALID.key_id)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", secret)
+    assert derive_secret(MASTER, VALID.key_id) == secret  # recomputable
+    assert derive_secret(b"n" * 32, VALID.key_id) != secret
+    assert derive_secret(MASTER, "om" + "f" * 16) != secret
+
+
+def test_derived_secret_is_hmac_sha256_of_the_id_base64url() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    raw = hmac.new(MASTER, VALID.key_id.encode(), hashlib.sha256).digest()
+    assert derive_secret(MASTER, VALID.key_id) == base64.urlsafe_b64encode(raw).decode()[:43]
+
+
+def test_generate_key_with_master_key_derives_its_secret() -> None:
+    for _ in range(20):
+        key = generate_key(MASTER)
+        assert key.secret == derive_secret(MASTER, key.key_id)
+        assert split_key(key.token) == (key.key_id, key.secret)
+        assert secret_matches(key.secret, key.secret_hash)
+    keys = [generate_key(MASTER) for _ in range(100)]
+    assert len({k.key_id for k in keys}) == 100 and len({k.secret for k in keys}) == 100
+
+
+# -- JWTs as Zhipu's SDKs build them -------------------------------------------------------
+NOW_MS = 1_764_000_000_000
+
+
+def test_sdk_jwt_round_trips() -> None:
+    token = build_jwt(VALID.key_id, VALID.secret, NOW_MS)
+    assert looks_like_jwt(token) and not looks_like_jwt(VALID.token)
+    jwt = parse_jwt(token)
+    assert jwt.key_id == VALID.key_id and jwt.exp_ms == NOW_MS + 210_000
+    check_jwt(jwt, VALID.secret, NOW_MS)
+
+
+def test_jwt_exp_is_milliseconds_with_a_small_skew() -> None:
+    jwt = parse_jwt(build_jwt(VALID.key_id, VALID.secret, NOW_MS, ttl_ms=1000))
+    check_jwt(jwt, VALID.secret, NOW_MS + 1000 + 29_999)  # within the skew
+    with pytest.raises(TokenExpired):
+        check_jwt(jwt, VALID.secret, NOW_MS + 1000 + 30_000)
+
+
+def test_jwt_with_another_secret_fails_its_signature() -> None:
+    jwt = parse_jwt(build_jwt(VALID.key_id, VALID.secret, NOW_MS))
+    with pytest.raises(SignatureInvalid):
+        check_jwt(jwt, derive_secret(MASTER, VALID.key_id), NOW_MS)
+
+
+def _forge(header: dict, payload: dict, signature: bytes = b"x" * 32) -> str:
+    import base64
+    import json
+
+    def enc(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return ".".join(
+        [enc(json.dumps(header).encode()), enc(json.dumps(payload).encode()), enc(signature)]
+    )
+
+
+_GOOD_HEADER = {"alg": "HS256", "sign_type": "SIGN"}
+_GOOD_PAYLOAD = {"api_key": VALID.key_id, "exp": NOW_MS, "timestamp": NOW_MS}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        _forge({"alg": "none"}, _GOOD_PAYLOAD),
+        _forge({"alg": "HS512"}, _GOOD_PAYLOAD),
+        _forge({"alg": "RS256"}, _GOOD_PAYLOAD),
+        _forge({}, _GOOD_PAYLOAD),
+        _forge(_GOOD_HEADER, {"exp": NOW_MS}),
+        _forge(_GOOD_HEADER, {"api_key": "sk-other", "exp": NOW_MS}),
+        _forge(_GOOD_HEADER, {"api_key": VALID.key_id}),
+        _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": str(NOW_MS)}),
+        _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": 1.5}),
+        _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": True}),
+        _forge(_GOOD_HEADER, ["not", "an", "object"]),  # type: ignore[arg-type]
+        "a.b.c",
+        "..",
+        "e30.e30.",
+        "!!!.e30.e30",
+        "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.e30",  # payload is not JSON
+    ],
+)
+def test_malformed_or_foreign_jwts_are_refused(token: str) -> None:
+    with pytest.raises(InvalidToken):
+        parse_jwt(token)
+
+
+@given(st.text())
+def test_parse_jwt_never_fails_with_anything_but_invalid_token(token: str) -> None:
+    try:
+        parse_jwt(token)
+    except InvalidToken:
+        pass

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from openmaas.core.errors import AuthenticationFailed, InvalidRequest, NotFound
+from openmaas.core.keys import build_jwt, derive_secret, secret_matches
 from openmaas.services.admin import DEFAULT_ORG, first_run, open_admin
-from openmaas.services.auth import Authenticator
+from openmaas.services.auth import Authenticator, load_master_key
 from openmaas.settings import Settings
 
 
@@ -19,7 +21,9 @@ def settings_for(tmp_path: Path) -> Settings:
 
 async def authenticate(settings: Settings, token: str):
     async with open_admin(settings) as admin:
-        return await Authenticator(admin.keys).authenticate(f"Bearer {token}")
+        return await Authenticator(admin.keys, load_master_key(settings)).authenticate(
+            f"Bearer {token}"
+        )
 
 
 async def test_first_run_creates_default_org_and_admin_key(tmp_path: Path) -> None:
@@ -76,6 +80,13 @@ async def test_issue_and_revoke_keys(tmp_path: Path) -> None:
         assert by_id.key.role == "admin"
         assert issued.token.split(".")[0] == issued.key.id
         assert issued.token.split(".")[1] not in issued.key.secret_hash
+        # The secret is derived from the master key, so the server can verify SDK JWTs.
+        master = load_master_key(settings)
+        assert issued.token.split(".")[1] == derive_secret(master, issued.key.id)
+        assert secret_matches(derive_secret(master, issued.key.id), issued.key.secret_hash)
+
+    jwt = build_jwt(issued.key.id, issued.token.split(".")[1], time.time_ns() // 10**6)
+    assert (await authenticate(settings, jwt)).key_id == issued.key.id
 
     assert (await authenticate(settings, issued.token)).org_id == org.id
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.clock import Clock, SystemClock
 from openmaas.core.keys import generate_key
+from openmaas.services.auth import load_master_key
 from openmaas.settings import Settings
 from openmaas.store.database import migrate, open_database
 from openmaas.store.repositories import (
@@ -32,7 +33,10 @@ class IssuedKey:
 
 
 class Admin:
-    def __init__(self, database: AsyncEngine, clock: Clock | None = None) -> None:
+    def __init__(
+        self, database: AsyncEngine, clock: Clock | None = None, master_key: bytes | None = None
+    ) -> None:
+        self._master_key = master_key
         self.orgs = OrganizationRepository(database)
         self.keys = ApiKeyRepository(database)
         self.usage = UsageRepository(database)
@@ -45,7 +49,7 @@ class Admin:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         organization = await self.orgs.find(org)
-        new = generate_key()
+        new = generate_key(self._master_key)
         key = await self.keys.create(organization.id, name, role, new, self._clock.now_ms())
         return IssuedKey(key, new.token)
 
@@ -62,7 +66,7 @@ async def open_admin(settings: Settings) -> AsyncIterator[Admin]:
     )
     try:
         await migrate(database)
-        yield Admin(database)
+        yield Admin(database, master_key=load_master_key(settings))
     finally:
         await database.dispose()
 

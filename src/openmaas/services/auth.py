@@ -1,12 +1,35 @@
-"""Who is calling: the one function that turns a presented credential into a principal."""
+"""Who is calling: the one function that turns a presented credential into a principal.
+
+Credentials arrive as ``Authorization: Bearer <token>``, ``Authorization: <token>`` (older
+Zhipu SDKs) or ``x-api-key: <token>``; the token is a raw key ``<id>.<secret>`` or the HS256
+JWT that Zhipu's SDKs build from one (see ``core/keys.py``). Every request is checked
+against the database, so a revoked key fails at once.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from openmaas.core.errors import AuthenticationFailed
-from openmaas.core.keys import secret_matches, split_key
-from openmaas.store.repositories import ApiKeyRepository
+from openmaas.core.keys import (
+    CredentialMissing,
+    InvalidToken,
+    check_jwt,
+    derive_secret,
+    looks_like_jwt,
+    parse_jwt,
+    secret_matches,
+    split_key,
+)
+from openmaas.settings import Settings
+from openmaas.store.repositories import ApiKey, ApiKeyRepository
+
+MASTER_KEY_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,28 +43,102 @@ class Principal:
         return self.role == "admin"
 
 
+def load_master_key(settings: Settings) -> bytes:
+    """The server master key that key secrets are derived from: ``OPENMAAS_SECRET_KEY`` if
+    set, else ``<home>/secret-key`` (32 random bytes, created with mode 0600 on first use)."""
+    if settings.secret_key:
+        return settings.secret_key.encode("utf-8")
+    path: Path = settings.home / "secret-key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it meanwhile
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(MASTER_KEY_BYTES))
+    os.chmod(path, 0o600)
+    return path.read_bytes()
+
+
 def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header."""
-    if not authorization:
-        raise AuthenticationFailed(
+    """The token of an ``Authorization`` header: ``Bearer <token>`` or the bare token."""
+    if not authorization or not authorization.strip():
+        raise CredentialMissing(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
         )
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer <key>'.")
-    return token.strip()
+    value = authorization.strip()
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "bearer" and rest.strip():
+        value = rest.strip()
+    elif scheme.lower() == "bearer":
+        raise CredentialMissing("Malformed Authorization header; expected 'Bearer <key>'.")
+    if any(c.isspace() for c in value):
+        raise InvalidToken("Malformed Authorization header; expected 'Bearer <key>'.")
+    return value
+
+
+def presented_token(headers: Mapping[str, str]) -> str:
+    """The credential of a request, from ``Authorization`` or ``x-api-key``. A request that
+    carries two different credentials is refused rather than guessed at."""
+    authorization = (headers.get("authorization") or "").strip()
+    api_key = (headers.get("x-api-key") or "").strip()
+    if not api_key:
+        return bearer_token(authorization or None)
+    if not authorization:
+        return bearer_token(api_key)
+    token = bearer_token(authorization)
+    if token != bearer_token(api_key):
+        raise AuthenticationFailed(
+            "The Authorization and x-api-key headers carry different credentials; send one."
+        )
+    return token
 
 
 class Authenticator:
-    def __init__(self, keys: ApiKeyRepository) -> None:
+    def __init__(
+        self,
+        keys: ApiKeyRepository,
+        master_key: bytes | None = None,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
         self._keys = keys
+        self._master_key = master_key
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        """Every request is checked against the database, so a revoked key fails at once."""
-        key_id, secret = split_key(bearer_token(authorization))
-        key = await self._keys.get(key_id)
-        if key is None or not secret_matches(secret, key.secret_hash):
-            raise AuthenticationFailed("Incorrect API key provided.")
+        """The caller of an ``Authorization`` header value."""
+        return await self.authenticate_token(bearer_token(authorization))
+
+    async def authenticate_headers(self, headers: Mapping[str, str]) -> Principal:
+        """The caller of a request, whichever header carries its credential."""
+        return await self.authenticate_token(presented_token(headers))
+
+    async def authenticate_token(self, token: str) -> Principal:
+        """The one decision: a raw key or an SDK JWT -> the principal, or refusal."""
+        key = await (self._jwt_key(token) if looks_like_jwt(token) else self._raw_key(token))
         if key.revoked:
             raise AuthenticationFailed("This API key has been revoked.")
         return Principal(key_id=key.id, org_id=key.org_id, role=key.role)
+
+    async def _raw_key(self, token: str) -> ApiKey:
+        key_id, secret = split_key(token)
+        key = await self._keys.get(key_id)
+        if key is None or not secret_matches(secret, key.secret_hash):
+            raise InvalidToken("Incorrect API key provided.")
+        return key
+
+    async def _jwt_key(self, token: str) -> ApiKey:
+        jwt = parse_jwt(token)
+        key = await self._keys.get(jwt.key_id)
+        if key is None or self._master_key is None:
+            raise InvalidToken("Incorrect API key provided.")
+        secret = derive_secret(self._master_key, key.id)
+        if not secret_matches(secret, key.secret_hash):
+            # Issued with a random secret or under another master key: not verifiable.
+            raise InvalidToken("This API key cannot sign tokens; send the key itself.")
+        check_jwt(jwt, secret, self._now_ms())
+        return key
