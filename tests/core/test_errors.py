@@ -21,6 +21,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    PromptTooLong,
     RequestError,
     SetupError,
 )
@@ -37,6 +38,7 @@ def test_module_defines_the_documented_tree() -> None:
         OpenMaaSError,
         RequestError,
         InvalidRequest,
+        PromptTooLong,
         PayloadTooLarge,
         AuthenticationFailed,
         PermissionDenied,
@@ -62,6 +64,7 @@ def test_every_class_is_an_openmaas_error(cls: type) -> None:
     ("child", "parent"),
     [
         (InvalidRequest, RequestError),
+        (PromptTooLong, InvalidRequest),
         (PayloadTooLarge, RequestError),
         (AuthenticationFailed, RequestError),
         (PermissionDenied, RequestError),

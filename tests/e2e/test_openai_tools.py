@@ -96,3 +96,37 @@ def test_unknown_named_tool_is_refused(client: openai.OpenAI) -> None:
             tool_choice={"type": "function", "function": {"name": "get_time"}},
         )
     assert info.value.param == "tool_choice.function.name"
+
+
+def test_embedded_model_makes_a_well_formed_call(client: openai.OpenAI, live: LiveServer) -> None:
+    from tests.e2e.live import CHAT_MODEL
+
+    for choice in ("auto", "required", {"type": "function", "function": {"name": "get_weather"}}):
+        reply = client.chat.completions.create(
+            model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice=choice,
+            temperature=0, max_tokens=200,
+        )
+        message = reply.choices[0].message
+        if choice == "auto" and not message.tool_calls:
+            assert message.content  # answering instead of calling is allowed under auto
+            continue
+        assert reply.choices[0].finish_reason == "tool_calls"
+        assert message.tool_calls  # one or more (parallel) calls, each well formed
+        for call in message.tool_calls:
+            assert call.id and call.function.name == "get_weather"
+            arguments = json.loads(call.function.arguments)
+            assert isinstance(arguments, dict) and isinstance(arguments.get("city"), str)
+        assert live.usage_row(reply.id)["completion_tokens"] == reply.usage.completion_tokens
+
+
+def test_embedded_model_answers_from_a_tool_result(client: openai.OpenAI) -> None:
+    from tests.e2e.live import CHAT_MODEL
+
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    reply = client.chat.completions.create(
+        model=CHAT_MODEL, temperature=0, max_tokens=60,
+        messages=[*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+                  {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature_c": 18}'}],
+    )
+    assert reply.choices[0].message.content

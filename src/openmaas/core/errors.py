@@ -7,6 +7,7 @@ nothing else decides a status code.
     OpenMaaSError
     ├── RequestError                 the caller asked for something wrong
     │   ├── InvalidRequest           malformed JSON or an invalid field (names the field)
+    │   │   └── PromptTooLong        the prompt does not fit the model's context window
     │   ├── PayloadTooLarge          request body over the configured limit
     │   ├── AuthenticationFailed     missing, malformed, unknown or revoked key
     │   ├── PermissionDenied         a valid key that may not do this
@@ -42,6 +43,10 @@ class InvalidRequest(RequestError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class PromptTooLong(InvalidRequest):
+    """The prompt (plus the room asked for the answer) exceeds the model's context window."""
 
 
 class PayloadTooLarge(RequestError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openmaas.core.errors import EngineFailure, InvalidRequest
+from openmaas.core.errors import EngineFailure, InvalidRequest, PromptTooLong
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -27,8 +27,10 @@ from openmaas.core.types import (
     ResponseFormatKind,
     StreamEvent,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
+from openmaas.engines import generic_tools
 from openmaas.engines.base import Engine, ModelKind, UsageTracker
 
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
@@ -111,6 +113,34 @@ class LlamaCppEngine(Engine):
 
     # -- generation --------------------------------------------------------------------
     async def _stream(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> AsyncIterator[StreamEvent]:
+        raw = self._raw_stream(request, tracker)
+        if not request.wants_tools:
+            async for event in raw:
+                yield event
+            return
+        # The reply is constrained JSON (engines/generic_tools.py): read it whole, then say
+        # what it is, an answer or tool calls.
+        parts: list[str] = []
+        try:
+            async for event in raw:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                    continue
+                assert isinstance(event, Finished)
+                content, calls = generic_tools.parse_reply("".join(parts), request.request_id)
+                count = event.usage.completion_tokens
+                if content:
+                    yield TextDelta(content, count, event.usage.prompt_tokens)
+                for index, call in enumerate(calls):
+                    yield ToolCallDelta(index, call.id, call.name, call.arguments, count)
+                reason = FinishReason.TOOL_CALLS if calls else event.reason
+                yield Finished(reason, event.usage)
+        finally:
+            await raw.aclose()
+
+    async def _raw_stream(
         self, request: GenerationRequest, tracker: UsageTracker
     ) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
@@ -200,7 +230,7 @@ def _llama_body(request: GenerationRequest) -> dict[str, Any]:
         "cache_prompt": True,
     }
     if request.messages is not None:
-        body["messages"] = [{"role": m.role.value, "content": m.content} for m in request.messages]
+        body["messages"] = _llama_messages(request)
     else:
         body["prompt"] = request.prompt
     if sampling.max_tokens is not None:
@@ -216,7 +246,13 @@ def _llama_body(request: GenerationRequest) -> dict[str, Any]:
     if sampling.ignore_eos:
         body["ignore_eos"] = True
     fmt = request.response_format
-    if fmt.kind is ResponseFormatKind.JSON_OBJECT:
+    if request.wants_tools:
+        schema = generic_tools.reply_schema(request.tools, request.tool_choice)
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": schema},
+        }
+    elif fmt.kind is ResponseFormatKind.JSON_OBJECT:
         body["response_format"] = {"type": "json_object"}
     elif fmt.kind is ResponseFormatKind.JSON_SCHEMA:
         body["response_format"] = {
@@ -224,6 +260,20 @@ def _llama_body(request: GenerationRequest) -> dict[str, Any]:
             "json_schema": {"name": fmt.name or "response", "schema": fmt.json_schema or {}},
         }
     return body
+
+
+def _llama_messages(request: GenerationRequest) -> list[dict[str, str]]:
+    messages = request.messages or ()
+    if not (request.wants_tools or generic_tools.needs_flattening(messages)):
+        return [{"role": m.role.value, "content": m.content} for m in messages]
+    flat = generic_tools.plain_messages(messages)
+    if request.wants_tools:
+        instructions = generic_tools.system_prompt(request.tools, request.tool_choice)
+        if flat and flat[0]["role"] == "system":
+            flat[0] = {"role": "system", "content": f"{flat[0]['content']}\n\n{instructions}"}
+        else:
+            flat.insert(0, {"role": "system", "content": instructions})
+    return flat
 
 
 def _track(chunk: dict[str, Any], tracker: UsageTracker) -> None:
@@ -283,6 +333,8 @@ def _raise_if_error(item: dict[str, Any]) -> None:
         return
     message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
     code = error.get("code") if isinstance(error, dict) else None
+    if code == 400 and "context size" in message:
+        raise PromptTooLong(message, param="messages")
     if code == 400:
         raise InvalidRequest(message, param="messages")
     raise EngineFailure(f"llama.cpp error: {message}")
