@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from openmaas.core.assembly import Assembler
 from openmaas.core.errors import OpenMaaSError
 from openmaas.core.types import Finished, GenerationRequest
 from openmaas.protocols.openai import adapter
@@ -22,20 +20,14 @@ from openmaas.protocols.openai.schemas import (
 )
 from openmaas.protocols.openai.sse import ChunkWriter
 from openmaas.server.responses import json_response
+from openmaas.server.routes.common import authenticate, collect, unless_disconnected
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
 from openmaas.services.auth import Principal
 from openmaas.services.gateway import Generation
 
-T = TypeVar("T")
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 BODY_MODELS = [ChatCompletionRequest, CompletionRequest, EmbeddingRequestBody]
-
-
-async def authenticate(request: Request, state: AppState) -> Principal:
-    principal = await state.auth.authenticate_headers(request.headers)
-    request.scope["state"]["key_id"] = principal.key_id
-    return principal
 
 
 @router.post(
@@ -122,7 +114,7 @@ async def _generate(
 ) -> Response:
     # Until the first token, nothing reads the connection: watch it, so a client that goes
     # away while its request waits in the engine's queue stops it there.
-    generation = await _unless_disconnected(
+    generation = await unless_disconnected(
         request, state.gateway.generate(principal, generation_request, endpoint)
     )
     if generation is None:
@@ -141,7 +133,7 @@ async def _generate(
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-    collected = await _unless_disconnected(request, _collect(generation))
+    collected = await unless_disconnected(request, collect(generation))
     if collected is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     build = adapter.chat_completion if generation_request.is_chat else adapter.text_completion
@@ -162,35 +154,3 @@ async def _sse(generation: Generation, writer: ChunkWriter) -> Any:
         yield writer.error(body)
     finally:
         await generation.aclose()
-
-
-async def _collect(generation: Generation) -> Assembler:
-    answer = Assembler()
-    try:
-        async for event in generation:
-            answer.add(event)
-            if answer.finished is not None:
-                await generation.aclose()  # durable before the response is sent
-                return answer
-        raise AssertionError("a generation always ends with Finished or an error")
-    finally:
-        await generation.aclose()
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Run ``work``; if the client disconnects first, cancel it (its own cleanup records
-    the usage) and return None. Errors of ``work`` propagate unchanged."""
-    work_task = asyncio.ensure_future(work)
-    watch_task = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        loser = watch_task if work_task.done() else work_task
-        loser.cancel()
-        await asyncio.gather(loser, return_exceptions=True)
-    return work_task.result() if work_task.done() and not work_task.cancelled() else None
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

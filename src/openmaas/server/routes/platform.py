@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from openmaas.core.errors import InvalidRequest
 from openmaas.server.responses import json_response
-from openmaas.server.routes.openai import authenticate
+from openmaas.server.routes.common import authenticate
 from openmaas.server.state import app_state
 from openmaas.store.database import ping
 

@@ -1,0 +1,56 @@
+"""What every protocol's routes share: who is calling, and running a generation while
+watching the client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from starlette.requests import Request
+
+from openmaas.core.assembly import Assembler
+from openmaas.server.state import AppState
+from openmaas.services.auth import Principal
+from openmaas.services.gateway import Generation
+
+T = TypeVar("T")
+
+
+async def authenticate(request: Request, state: AppState) -> Principal:
+    """The caller, from whichever header carries the key; the key id goes to the access log."""
+    principal = await state.auth.authenticate_headers(request.headers)
+    request.scope["state"]["key_id"] = principal.key_id
+    return principal
+
+
+async def collect(generation: Generation) -> Assembler:
+    answer = Assembler()
+    try:
+        async for event in generation:
+            answer.add(event)
+            if answer.finished is not None:
+                await generation.aclose()  # durable before the response is sent
+                return answer
+        raise AssertionError("a generation always ends with Finished or an error")
+    finally:
+        await generation.aclose()
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Run ``work``; if the client disconnects first, cancel it (its own cleanup records
+    the usage) and return None. Errors of ``work`` propagate unchanged."""
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loser = watch_task if work_task.done() else work_task
+        loser.cancel()
+        await asyncio.gather(loser, return_exceptions=True)
+    return work_task.result() if work_task.done() and not work_task.cancelled() else None
+
+
+async def client_gone(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
