@@ -1,0 +1,176 @@
+"""The Zhipu-compatible API (BigModel / Z.ai ``paas/v4``) under ``/api/paas/v4``.
+
+Point ``zhipuai.ZhipuAI`` or ``zai.ZhipuAiClient`` at ``http://<host>:<port>/api/paas/v4/``.
+Errors on these paths are rendered by ``protocols.zhipu.errors`` (see ``server/app.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response, StreamingResponse
+
+from openmaas.core.assembly import Assembler
+from openmaas.core.errors import NotFound, OpenMaaSError
+from openmaas.core.types import Finished, GenerationRequest
+from openmaas.engines.base import ModelKind
+from openmaas.protocols.zhipu import adapter
+from openmaas.protocols.zhipu.errors import to_zhipu_error
+from openmaas.protocols.zhipu.jobs import Job, JobBoard
+from openmaas.protocols.zhipu.schemas import ZhipuChatRequest, ZhipuEmbeddingRequest
+from openmaas.protocols.zhipu.sse import ChunkWriter
+from openmaas.server.responses import json_response
+from openmaas.server.routes.common import authenticate, collect, unless_disconnected
+from openmaas.server.routes.openapi import json_body
+from openmaas.server.state import AppState, app_state, request_id
+from openmaas.services.auth import Principal
+from openmaas.services.gateway import Generation
+
+PREFIX = "/api/paas/v4"
+router = APIRouter(prefix=PREFIX, tags=["Zhipu-compatible (paas/v4)"])
+BODY_MODELS = [ZhipuChatRequest, ZhipuEmbeddingRequest]
+
+
+def install(app: FastAPI) -> None:
+    """Mount the routes and give the app its board of async jobs."""
+    app.state.zhipu_jobs = JobBoard(lambda exc: to_zhipu_error(exc)[1])
+    app.include_router(router)
+
+
+async def close(app: FastAPI) -> None:
+    """Cancel the async jobs still running (at shutdown)."""
+    await app.state.zhipu_jobs.close()
+
+
+def _jobs(request: Request) -> JobBoard:
+    return request.app.state.zhipu_jobs  # type: ignore[no-any-return]
+
+
+async def _parse_chat(
+    request: Request, state: AppState
+) -> tuple[Principal, ZhipuChatRequest, GenerationRequest]:
+    principal = await authenticate(request, state)
+    body = adapter.parse_body(await request.body(), ZhipuChatRequest)
+    return principal, body, adapter.chat_request(body, request_id(request))
+
+
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion (streaming with SSE when stream=true)",
+    openapi_extra=json_body(ZhipuChatRequest),
+)
+async def chat_completions(request: Request) -> Response:
+    state = app_state(request)
+    principal, body, core = await _parse_chat(request, state)
+    generation = await unless_disconnected(
+        request, state.gateway.generate(principal, core, "zhipu.chat.completions")
+    )
+    if generation is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    created = int(time.time())
+    if body.stream:
+        writer = ChunkWriter(
+            generation.request_id,
+            body.request_id,
+            core.model,
+            created,
+            tool_stream=body.tool_stream,
+        )
+        return StreamingResponse(
+            _sse(generation, writer),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    answer = await unless_disconnected(request, collect(generation))
+    if answer is None:
+        return Response(status_code=499)
+    return json_response(
+        adapter.chat_completion(generation.request_id, body.request_id, core.model, created, answer)
+    )
+
+
+async def _sse(generation: Generation, writer: ChunkWriter) -> Any:
+    try:
+        async for event in generation:
+            if isinstance(event, Finished):
+                # The usage record is durable before the client sees the end of the stream.
+                await generation.aclose()
+            out = writer.event(event)
+            if out:
+                yield out
+    except OpenMaaSError as exc:
+        await generation.aclose()
+        _status, body, _headers = to_zhipu_error(exc)
+        yield writer.error(body)
+    finally:
+        await generation.aclose()
+
+
+@router.post(
+    "/async/chat/completions",
+    summary="Start a chat completion in the background; poll /async-result/{id}",
+    openapi_extra=json_body(ZhipuChatRequest),
+)
+async def async_chat_completions(request: Request) -> Response:
+    state = app_state(request)
+    principal, body, core = await _parse_chat(request, state)
+    state.catalog.for_kind(core.model, ModelKind.CHAT)  # unknown model: refused now, not later
+    job = Job(
+        id=request_id(request),
+        org_id=principal.org_id,
+        model=core.model,
+        client_request_id=body.request_id,
+        created=int(time.time()),
+    )
+    board = _jobs(request)
+    board.submit(job, _run_job(state, principal, core))
+    return json_response(board.create_json(job))
+
+
+async def _run_job(
+    state: AppState, principal: Principal, core: GenerationRequest
+) -> dict[str, Any]:
+    """One async job: the same metered path as any request (its usage is recorded)."""
+    generation = await state.gateway.generate(principal, core, "zhipu.async.chat.completions")
+    answer: Assembler = await collect(generation)
+    assert answer.finished is not None
+    return {
+        "choices": adapter.choices_json(answer),
+        "usage": adapter.usage_json(answer.finished.usage),
+    }
+
+
+@router.get("/async-result/{job_id}", summary="The status, and once done the result, of a job")
+async def async_result(job_id: str, request: Request) -> Response:
+    state = app_state(request)
+    principal = await authenticate(request, state)
+    board = _jobs(request)
+    job = board.get(principal.org_id, job_id)
+    if job is None:
+        raise NotFound(f"No task with id '{job_id}'.")
+    return json_response(board.result_json(job))
+
+
+@router.post(
+    "/embeddings",
+    summary="Create embeddings for a string or a list of strings",
+    openapi_extra=json_body(ZhipuEmbeddingRequest),
+)
+async def embeddings(request: Request) -> Response:
+    state = app_state(request)
+    principal = await authenticate(request, state)
+    body = adapter.parse_body(await request.body(), ZhipuEmbeddingRequest)
+    model = state.catalog.get(body.model)
+    core = adapter.embedding_request(body, request_id(request), model.dimensions)
+    result = await state.gateway.embed(principal, core, "zhipu.embeddings")
+    return json_response(adapter.embeddings(body.model, result))
+
+
+@router.get("/models", summary="List the models this server serves")
+async def list_models(request: Request) -> Response:
+    state = app_state(request)
+    await authenticate(request, state)
+    cards = [adapter.model_card(m.name, m.owned_by, m.created) for m in state.catalog.list()]
+    return json_response({"object": "list", "data": cards})
