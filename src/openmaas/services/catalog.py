@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from openmaas.core.errors import InvalidRequest, ModelNotFound
+from openmaas.core.errors import ConfigurationError, InvalidRequest, ModelNotFound
 from openmaas.engines.base import Engine, EngineState, ModelKind
 from openmaas.settings import Settings
 
@@ -30,9 +30,23 @@ class ServedModel:
 
 
 class ModelCatalog:
-    def __init__(self, models: Iterable[ServedModel]) -> None:
+    def __init__(
+        self, models: Iterable[ServedModel], aliases: Mapping[str, str] | None = None
+    ) -> None:
         self._models = {m.name: m for m in models}
         self._loading: list[asyncio.Task[None]] = []
+        self._aliases = dict(aliases or {})
+        for alias, target in self._aliases.items():
+            if alias in self._models:
+                raise ConfigurationError(f"Model alias '{alias}' hides a served model's name.")
+            if target not in self._models:
+                raise ConfigurationError(f"Model alias '{alias}' names no served model '{target}'.")
+
+    def resolve(self, name: str) -> str:
+        """The served model's name for ``name``: itself, or what its alias points to.
+        (``get`` does not follow aliases: a route resolves first, so the request, its
+        usage record and its response all carry the served name.)"""
+        return self._aliases.get(name, name)
 
     def list(self) -> list[ServedModel]:
         return list(self._models.values())
@@ -88,7 +102,7 @@ def build_catalog(settings: Settings) -> ModelCatalog:
         models.extend(_embedded_models(settings))
     for name, script in settings.fake_models.items():
         models.append(ServedModel(name, FakeEngine(name, FakeScript(**script)), owned_by="fake"))
-    return ModelCatalog(models)
+    return ModelCatalog(models, settings.model_aliases)
 
 
 def _embedded_models(settings: Settings) -> list[ServedModel]:

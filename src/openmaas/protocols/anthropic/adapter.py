@@ -1,0 +1,363 @@
+"""Anthropic Messages wire JSON <-> core types.
+
+Mapping decisions (see docs/protocols/anthropic.md):
+
+- ``system`` (a string or text blocks) becomes one leading system message.
+- In a user turn, ``tool_result`` blocks become tool messages (``tool_call_id`` =
+  ``tool_use_id``) and runs of text blocks become user messages, in block order. A result
+  with ``is_error`` is sent to the model prefixed with ``"Error: "``.
+- In an assistant turn, ``thinking`` blocks become the turn's ``reasoning``, text blocks its
+  content, ``tool_use`` blocks its tool calls (arguments = the JSON text of ``input``).
+  ``redacted_thinking`` blocks are dropped (we never issue them).
+- Multiple text blocks in one message are joined with a newline.
+- ``top_k``, ``thinking.budget_tokens`` and ``output_config.effort`` are accepted and
+  ignored (no engine takes them); ``output_config.format`` becomes a JSON-schema response
+  format.
+- ``cached_tokens`` are reported as ``cache_read_input_tokens``; ``input_tokens`` excludes
+  them, as Anthropic's does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from openmaas.core.assembly import Assembler
+from openmaas.core.errors import InvalidRequest
+from openmaas.core.types import (
+    FinishReason,
+    GenerationRequest,
+    Message,
+    ResponseFormat,
+    ResponseFormatKind,
+    Role,
+    SamplingParams,
+    Thinking,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceKind,
+    Usage,
+)
+from openmaas.protocols.anthropic.schemas import (
+    AnthropicCountTokensRequest,
+    AnthropicInputMessage,
+    AnthropicMessagesRequest,
+    AnthropicOutputConfig,
+    AnthropicTextBlock,
+    AnthropicThinkingBlock,
+    AnthropicThinkingSpec,
+    AnthropicToolChoiceSpec,
+    AnthropicToolResultBlock,
+    AnthropicToolSpec,
+    AnthropicToolUseBlock,
+)
+
+W = TypeVar("W", bound=BaseModel)
+
+# Signature carried by the thinking blocks we return. We issue no real (HMAC) signatures
+# and accept whatever a client sends back; an empty string is the honest "unsigned".
+THINKING_SIGNATURE = ""
+CHARS_PER_TOKEN = 4  # count_tokens estimate; see estimate_input_tokens
+
+_STOP_REASONS = {
+    FinishReason.STOP: "end_turn",
+    FinishReason.LENGTH: "max_tokens",
+    FinishReason.TOOL_CALLS: "tool_use",
+    FinishReason.CONTENT_FILTER: "refusal",
+}
+_UNSUPPORTED_BLOCKS = {"image", "document", "search_result", "server_tool_use", "container_upload"}
+
+
+# -- parsing ----------------------------------------------------------------------------
+def parse_body(raw: bytes, model: type[W]) -> W:
+    """Decode and validate a request body; errors name the offending field."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return _validate(model, data, "")
+
+
+def _validate(model: type[W], data: Any, prefix: str) -> W:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = _param(prefix, errors[0]["loc"])
+        # Prefer an error that is not a union branch's mere type mismatch.
+        same = [e for e in errors if _param(prefix, e["loc"]) == first]
+        error = next((e for e in same if not str(e["type"]).endswith("_type")), errors[0])
+        raise InvalidRequest(f"{first}: {error['msg']}.", param=first) from None
+
+
+def _param(prefix: str, loc: Sequence[int | str]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in {"str", "list[dict[str,any]]"} or (
+            isinstance(part, str) and ("[" in part or part.startswith(("function-", "literal")))
+        ):
+            continue  # pydantic's union-branch labels are not fields
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+# -- requests ---------------------------------------------------------------------------
+def messages_request(
+    body: AnthropicMessagesRequest, request_id: str, model: str
+) -> GenerationRequest:
+    """The core request for ``body``; ``model`` is the served name (aliases resolved)."""
+    tools = _tools(body.tools)
+    return GenerationRequest(
+        request_id=request_id,
+        model=model,
+        messages=_conversation(body.system, body.messages),
+        sampling=SamplingParams(
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(body.stop_sequences or ()),
+        ),
+        response_format=_response_format(body.output_config),
+        user=body.metadata.user_id if body.metadata else None,
+        tools=tools,
+        tool_choice=_tool_choice(body.tool_choice, tools),
+        thinking=_thinking(body.thinking),
+    )
+
+
+def _conversation(
+    system: str | list[dict[str, Any]] | None, messages: list[AnthropicInputMessage]
+) -> tuple[Message, ...]:
+    out: list[Message] = []
+    if system:
+        text = system if isinstance(system, str) else _texts(system, "system")
+        out.append(Message(Role.SYSTEM, text))
+    for index, message in enumerate(messages):
+        path = f"messages[{index}]"
+        if message.role == "user":
+            out.extend(_user_turn(message.content, path))
+        else:
+            out.append(_assistant_turn(message.content, path))
+    return tuple(out)
+
+
+def _blocks(content: list[dict[str, Any]], path: str) -> list[tuple[str, Any]]:
+    """Each block validated, as (its path, the block model)."""
+    validated: list[tuple[str, Any]] = []
+    kinds: dict[str, type[BaseModel]] = {
+        "text": AnthropicTextBlock,
+        "tool_use": AnthropicToolUseBlock,
+        "tool_result": AnthropicToolResultBlock,
+        "thinking": AnthropicThinkingBlock,
+    }
+    for i, raw in enumerate(content):
+        where = f"{path}.content[{i}]"
+        kind = raw.get("type")
+        if kind == "redacted_thinking":
+            continue
+        if kind in _UNSUPPORTED_BLOCKS:
+            raise InvalidRequest(f"{where}: '{kind}' content blocks are not supported.", where)
+        if kind not in kinds:
+            raise InvalidRequest(
+                f"{where}.type: unknown content block type {kind!r}.", where + ".type"
+            )
+        validated.append((where, _validate(kinds[kind], raw, where)))
+    return validated
+
+
+def _user_turn(content: str | list[dict[str, Any]], path: str) -> list[Message]:
+    if isinstance(content, str):
+        return [Message(Role.USER, content)]
+    out: list[Message] = []
+    texts: list[str] = []
+    for where, block in _blocks(content, path):
+        if isinstance(block, AnthropicTextBlock):
+            texts.append(block.text)
+        elif isinstance(block, AnthropicToolResultBlock):
+            if texts:
+                out.append(Message(Role.USER, "\n".join(texts)))
+                texts = []
+            result = block.content
+            text = result if isinstance(result, str) else _texts(result, where + ".content")
+            if block.is_error:
+                text = f"Error: {text}"
+            out.append(Message(Role.TOOL, text, tool_call_id=block.tool_use_id))
+        else:
+            raise InvalidRequest(
+                f"{where}: '{block.type}' blocks may only appear in assistant messages.", where
+            )
+    if texts or not out:
+        out.append(Message(Role.USER, "\n".join(texts)))
+    return out
+
+
+def _assistant_turn(content: str | list[dict[str, Any]], path: str) -> Message:
+    if isinstance(content, str):
+        return Message(Role.ASSISTANT, content)
+    texts: list[str] = []
+    reasoning: list[str] = []
+    calls: list[ToolCall] = []
+    for where, block in _blocks(content, path):
+        if isinstance(block, AnthropicTextBlock):
+            texts.append(block.text)
+        elif isinstance(block, AnthropicThinkingBlock):
+            reasoning.append(block.thinking)
+        elif isinstance(block, AnthropicToolUseBlock):
+            calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+        else:
+            raise InvalidRequest(
+                f"{where}: 'tool_result' blocks may only appear in user messages.", where
+            )
+    return Message(
+        Role.ASSISTANT,
+        "\n".join(texts),
+        reasoning="\n".join(reasoning) if reasoning else None,
+        tool_calls=tuple(calls),
+    )
+
+
+def _texts(blocks: list[dict[str, Any]], path: str) -> str:
+    """The text of a list that may hold only text blocks (system, tool_result content)."""
+    parts: list[str] = []
+    for i, raw in enumerate(blocks):
+        where = f"{path}[{i}]"
+        if raw.get("type") != "text":
+            raise InvalidRequest(f"{where}: only text blocks are supported here.", where)
+        parts.append(_validate(AnthropicTextBlock, raw, where).text)
+    return "\n".join(parts)
+
+
+def _tools(specs: list[AnthropicToolSpec] | None) -> tuple[Tool, ...]:
+    tools: list[Tool] = []
+    for i, spec in enumerate(specs or ()):
+        if spec.type not in (None, "custom"):
+            raise InvalidRequest(
+                f"tools[{i}].type: server tool '{spec.type}' is not supported.", f"tools[{i}].type"
+            )
+        if spec.input_schema is None:
+            raise InvalidRequest(
+                f"tools[{i}].input_schema: Field required.", f"tools[{i}].input_schema"
+            )
+        tools.append(Tool(spec.name, spec.description, spec.input_schema))
+    return tuple(tools)
+
+
+def _tool_choice(spec: AnthropicToolChoiceSpec | None, tools: tuple[Tool, ...]) -> ToolChoice:
+    if spec is None or spec.type == "auto":
+        return ToolChoice(ToolChoiceKind.AUTO)
+    if spec.type == "none":
+        return ToolChoice(ToolChoiceKind.NONE)
+    if spec.type == "any":
+        return ToolChoice(ToolChoiceKind.REQUIRED)
+    if not spec.name:
+        raise InvalidRequest("tool_choice.name: required when type is 'tool'.", "tool_choice.name")
+    if spec.name not in {tool.name for tool in tools}:
+        raise InvalidRequest(
+            f"tool_choice.name: no tool named '{spec.name}' in 'tools'.", "tool_choice.name"
+        )
+    return ToolChoice(ToolChoiceKind.NAMED, spec.name)
+
+
+def _thinking(spec: AnthropicThinkingSpec | None) -> Thinking:
+    if spec is None or spec.type == "adaptive":
+        return Thinking()
+    return Thinking(enabled=spec.type != "disabled")
+
+
+def _response_format(config: AnthropicOutputConfig | None) -> ResponseFormat:
+    if config is None or config.format is None:
+        return ResponseFormat()
+    return ResponseFormat(ResponseFormatKind.JSON_SCHEMA, config.format.schema_)
+
+
+def estimate_input_tokens(body: AnthropicCountTokensRequest) -> int:
+    """An ESTIMATE of the prompt tokens of ``body``: ceil(characters / 4) over the system
+    prompt, every message's text, reasoning and tool calls, and the tool definitions.
+
+    TODO: count exactly once engines expose ``Engine.count_tokens`` (render the chat
+    template and tokenize without generating)."""
+    messages = _conversation(body.system, body.messages)
+    chars = 0
+    for message in messages:
+        chars += len(message.content) + len(message.reasoning or "")
+        chars += sum(len(call.name) + len(call.arguments) for call in message.tool_calls)
+    for tool in _tools(body.tools):
+        chars += len(tool.name) + len(tool.description) + len(json.dumps(tool.parameters))
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+
+
+# -- responses --------------------------------------------------------------------------
+def usage_json(usage: Usage) -> dict[str, int]:
+    """Anthropic's usage: ``input_tokens`` excludes the tokens read from the prompt cache."""
+    return {
+        "input_tokens": max(0, usage.prompt_tokens - usage.cached_tokens),
+        "output_tokens": usage.completion_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+def stop_reason(reason: FinishReason, called_tools: bool) -> str:
+    if called_tools and reason is FinishReason.STOP:
+        return "tool_use"
+    return _STOP_REASONS[reason]
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A tool call's ``input`` object. Text that is not a JSON object (a model's mistake)
+    is passed on unparsed as ``{"_raw": text}`` rather than lost."""
+    if not arguments.strip():
+        return {}
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {"_raw": arguments}
+    return value if isinstance(value, dict) else {"_raw": arguments}
+
+
+def message_response(request_id: str, model: str, answer: Assembler) -> dict[str, Any]:
+    """The non-streamed ``message`` object."""
+    assert answer.finished is not None
+    content: list[dict[str, Any]] = []
+    if answer.reasoning:
+        content.append(
+            {"type": "thinking", "thinking": answer.reasoning, "signature": THINKING_SIGNATURE}
+        )
+    if answer.text:
+        content.append({"type": "text", "text": answer.text})
+    calls = answer.tool_calls
+    for index, call in enumerate(calls):
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.id or tool_use_id(request_id, index),
+                "name": call.name,
+                "input": tool_input(call.arguments),
+            }
+        )
+    return {
+        "id": request_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(answer.finished.reason, bool(calls)),
+        "stop_sequence": None,
+        "usage": usage_json(answer.finished.usage),
+    }
+
+
+def tool_use_id(request_id: str, index: int) -> str:
+    """An id for a tool call whose engine gave none."""
+    return f"toolu_{request_id}_{index}"

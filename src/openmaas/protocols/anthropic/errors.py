@@ -1,0 +1,50 @@
+"""Our errors in Anthropic's shape: the one table of statuses and error types for this protocol.
+
+Capacity errors (the engine's queue is full, or it is still loading) are ``529
+overloaded_error``: that is what Anthropic returns when *its* side is overloaded, and the
+``anthropic`` SDK and Claude Code retry it (every status >= 500 is retried, with backoff,
+honouring ``retry-after``). ``429 rate_limit_error`` is kept for per-key limits, which
+are the caller's own doing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openmaas.core.errors import (
+    AuthenticationFailed,
+    CapacityError,
+    EngineFailure,
+    InvalidRequest,
+    NotFound,
+    OpenMaaSError,
+    PayloadTooLarge,
+    PermissionDenied,
+)
+
+# (class, HTTP status, Anthropic error type); the first matching class wins.
+_TABLE: tuple[tuple[type[OpenMaaSError], int, str], ...] = (
+    (PayloadTooLarge, 413, "request_too_large"),
+    (InvalidRequest, 400, "invalid_request_error"),
+    (AuthenticationFailed, 401, "authentication_error"),
+    (PermissionDenied, 403, "permission_error"),
+    (NotFound, 404, "not_found_error"),
+    (CapacityError, 529, "overloaded_error"),
+    (EngineFailure, 500, "api_error"),
+)
+_DEFAULT = (500, "api_error")
+
+
+def error_body(type_: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def to_anthropic_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and extra headers for one of our errors."""
+    status, type_ = next(
+        ((status, type_) for cls, status, type_ in _TABLE if isinstance(exc, cls)), _DEFAULT
+    )
+    headers: dict[str, str] = {}
+    if isinstance(exc, CapacityError):
+        headers["retry-after"] = str(max(1, round(exc.retry_after_seconds)))
+    return status, error_body(type_, exc.message), headers

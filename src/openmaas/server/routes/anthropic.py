@@ -1,0 +1,105 @@
+"""The Anthropic Messages API: ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``.
+
+Callers authenticate with ``x-api-key: <key>`` (what the ``anthropic`` SDK sends) or
+``Authorization: Bearer <key>`` (Claude Code with ``ANTHROPIC_AUTH_TOKEN``). The
+``anthropic-version`` and ``anthropic-beta`` headers are accepted whatever their value.
+Model aliases (``OPENMAAS_MODEL_ALIASES``) are resolved before the gateway is called, so the
+request, its usage record and the response all carry the served model's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from openmaas.core.errors import OpenMaaSError
+from openmaas.core.types import Finished, GenerationRequest
+from openmaas.protocols.anthropic import adapter
+from openmaas.protocols.anthropic.errors import to_anthropic_error
+from openmaas.protocols.anthropic.schemas import (
+    AnthropicCountTokensRequest,
+    AnthropicMessagesRequest,
+)
+from openmaas.protocols.anthropic.sse import MessageStreamWriter
+from openmaas.server.responses import json_response
+from openmaas.server.routes.common import authenticate, collect, unless_disconnected
+from openmaas.server.routes.openapi import json_body
+from openmaas.server.state import AppState, app_state, request_id
+from openmaas.services.auth import Principal
+from openmaas.services.gateway import Generation
+
+router = APIRouter(prefix="/v1/messages", tags=["Anthropic-compatible"])
+BODY_MODELS = [AnthropicMessagesRequest, AnthropicCountTokensRequest]
+ENDPOINT = "messages"
+
+
+@router.post(
+    "",
+    summary="Create a message (Anthropic Messages API; streaming with SSE when stream=true)",
+    openapi_extra=json_body(AnthropicMessagesRequest),
+)
+async def create_message(request: Request) -> Response:
+    state = app_state(request)
+    principal = await authenticate(request, state)
+    body = adapter.parse_body(await request.body(), AnthropicMessagesRequest)
+    model = state.catalog.resolve(body.model)
+    generation_request = adapter.messages_request(body, request_id(request), model)
+    return await _generate(request, state, principal, generation_request, body.stream)
+
+
+@router.post(
+    "/count_tokens",
+    summary="Count the input tokens of a message request (an estimate; nothing is generated)",
+    openapi_extra=json_body(AnthropicCountTokensRequest),
+)
+async def count_tokens(request: Request) -> Response:
+    state = app_state(request)
+    await authenticate(request, state)
+    body = adapter.parse_body(await request.body(), AnthropicCountTokensRequest)
+    state.catalog.get(state.catalog.resolve(body.model))  # 404 for an unknown model
+    return json_response({"input_tokens": adapter.estimate_input_tokens(body)})
+
+
+async def _generate(
+    request: Request,
+    state: AppState,
+    principal: Principal,
+    generation_request: GenerationRequest,
+    stream: bool,
+) -> Response:
+    # Until the first token nothing reads the connection: watch it, so a client that goes
+    # away while its request waits in the engine's queue stops it there.
+    generation = await unless_disconnected(
+        request, state.gateway.generate(principal, generation_request, ENDPOINT)
+    )
+    if generation is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    if stream:
+        writer = MessageStreamWriter(generation.request_id, generation_request.model)
+        return StreamingResponse(
+            _sse(generation, writer),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    collected = await unless_disconnected(request, collect(generation))
+    if collected is None:
+        return Response(status_code=499)
+    body = adapter.message_response(generation.request_id, generation_request.model, collected)
+    return json_response(body)
+
+
+async def _sse(generation: Generation, writer: MessageStreamWriter) -> Any:
+    try:
+        async for event in generation:
+            if isinstance(event, Finished):
+                # The usage record is durable before the client sees the end of the stream.
+                await generation.aclose()
+            yield writer.event(event)
+    except OpenMaaSError as exc:
+        await generation.aclose()
+        _status, body, _headers = to_anthropic_error(exc)
+        yield writer.error(body)
+    finally:
+        await generation.aclose()

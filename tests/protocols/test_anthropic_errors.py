@@ -1,0 +1,46 @@
+"""Our errors in Anthropic's shape (protocols/anthropic/errors.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from openmaas.core.errors import (
+    AuthenticationFailed,
+    EngineFailure,
+    EngineNotReady,
+    EngineOverloaded,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    OpenMaaSError,
+    PayloadTooLarge,
+    PermissionDenied,
+)
+from openmaas.protocols.anthropic.errors import to_anthropic_error
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "type_"),
+    [
+        (InvalidRequest("bad", param="x"), 400, "invalid_request_error"),
+        (PayloadTooLarge(1024), 413, "request_too_large"),
+        (AuthenticationFailed("who"), 401, "authentication_error"),
+        (PermissionDenied("no"), 403, "permission_error"),
+        (ModelNotFound("m"), 404, "not_found_error"),
+        (NotFound("gone"), 404, "not_found_error"),
+        (EngineOverloaded("m", 4), 529, "overloaded_error"),
+        (EngineNotReady("m"), 529, "overloaded_error"),
+        (EngineFailure("boom"), 500, "api_error"),
+        (OpenMaaSError("unexpected"), 500, "api_error"),
+    ],
+)
+def test_table(exc: OpenMaaSError, status: int, type_: str) -> None:
+    got_status, body, headers = to_anthropic_error(exc)
+    assert got_status == status
+    assert body == {"type": "error", "error": {"type": type_, "message": exc.message}}
+    assert ("retry-after" in headers) == (status == 529)
+
+
+def test_retry_after_follows_the_error() -> None:
+    assert to_anthropic_error(EngineNotReady("m"))[2] == {"retry-after": "5"}
+    assert to_anthropic_error(EngineOverloaded("m", 1))[2] == {"retry-after": "1"}
