@@ -54,9 +54,19 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
+    secret_key: str | None = Field(
+        None,
+        description="Master key that API-key secrets are derived from (guard it like a "
+        "password); default: the file secret-key in the data directory, created on first use.",
+    )
     fake_models: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Scripted fake engines for tests, as JSON: {name: FakeScript fields}.",
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra public names for served models, as JSON {alias: model}, e.g. "
+        "Claude model names for Claude Code.",
     )
 
     @field_validator("sqlite_synchronous")

@@ -7,12 +7,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.live import FAKE_MODELS, LiveServer
+from tests.e2e.live import FAKE_MODELS, MODEL_ALIASES, LiveServer
 
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(tmp_path_factory.mktemp("live") / "home", fake_models=FAKE_MODELS)
+    server = LiveServer(
+        tmp_path_factory.mktemp("live") / "home",
+        fake_models=FAKE_MODELS,
+        model_aliases=MODEL_ALIASES,
+    )
     server.start()
     yield server
     server.stop()

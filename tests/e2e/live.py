@@ -25,13 +25,25 @@ FAKE_MODELS: dict[str, dict[str, Any]] = {
     "fake-loading": {"load_delay": 3600},
     "fake-fail-first": {"fail_before_first_token": True},
     "fake-fail-mid": {"text": "a b c d e f", "fail_after_tokens": 3},
+    "fake-claude": {  # Anthropic Messages e2e: thinking, text, and tool calls when offered
+        "text": "Sunny all day.",
+        "reasoning": "The user wants weather.",
+        "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+    },
     "fake-agent": {
         "text": "It is sunny.",
         "reasoning": "The user wants the weather.",
         "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}],
     },
+    "fake-glm": {  # Zhipu SDK e2e: reasoning_content, text, and tool calls when offered
+        "text": "It is sunny in Paris.",
+        "reasoning": "I should look up the weather.",
+        "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+    },
 }
 NEVER_READY = {"fake-loading"}
+# Claude model names, as Claude Code sends them, served by local models (OPENMAAS_MODEL_ALIASES).
+MODEL_ALIASES = {"claude-sonnet-4-6": CHAT_MODEL, "claude-haiku-4-5": "fake-claude"}
 
 
 def free_port() -> int:

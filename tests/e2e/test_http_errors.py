@@ -41,7 +41,8 @@ def test_malformed_json_is_400_and_reaches_no_engine(http: httpx.Client, live: L
         ({"n": 3}, "n"),
         ({"top_p": "high"}, "top_p"),
         ({"stream": "yes please"}, "stream"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+        ({"tool_choice": "required"}, "tool_choice"),
     ],
 )
 def test_invalid_field_is_400_naming_it(http: httpx.Client, patch: dict, param: str) -> None:

@@ -9,13 +9,17 @@ from fastapi import FastAPI
 
 from openmaas import __version__
 from openmaas.core.clock import Clock, SystemClock
+from openmaas.protocols.anthropic.errors import to_anthropic_error
+from openmaas.protocols.zhipu.errors import to_zhipu_error
 from openmaas.server.errors import install_error_handlers
 from openmaas.server.middleware import RequestContextMiddleware
+from openmaas.server.routes import anthropic as anthropic_routes
 from openmaas.server.routes import openai as openai_routes
 from openmaas.server.routes import platform as platform_routes
+from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
-from openmaas.services.auth import Authenticator
+from openmaas.services.auth import Authenticator, load_master_key
 from openmaas.services.catalog import ModelCatalog, build_catalog
 from openmaas.services.gateway import Gateway
 from openmaas.settings import Settings
@@ -46,7 +50,9 @@ def create_app(
             settings=settings,
             database=database,
             catalog=models,
-            auth=Authenticator(ApiKeyRepository(database)),
+            auth=Authenticator(
+                ApiKeyRepository(database), load_master_key(settings), state_clock.now_ms
+            ),
             usage=usage,
             gateway=Gateway(models, usage, state_clock, lambda: life.draining),
             clock=state_clock,
@@ -56,6 +62,7 @@ def create_app(
         try:
             yield
         finally:
+            await zhipu_routes.close(app)  # cancel async jobs: they record usage as they close
             # Requests cut off by the grace period are still closing: let them record usage.
             await app.state.openmaas.gateway.wait_idle(timeout=10.0)
             await models.stop()
@@ -68,8 +75,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(openai_routes.router)
+    app.include_router(anthropic_routes.router)
     app.include_router(platform_routes.router)
-    install_error_handlers(app)
-    install_openapi(app, openai_routes.BODY_MODELS)
+    zhipu_routes.install(app)
+    install_error_handlers(
+        app, [("/v1/messages", to_anthropic_error), (zhipu_routes.PREFIX, to_zhipu_error)]
+    )
+    install_openapi(
+        app,
+        openai_routes.BODY_MODELS + anthropic_routes.BODY_MODELS + zhipu_routes.BODY_MODELS,
+    )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
