@@ -36,4 +36,4 @@ bench: install-dev
 	$(BIN)/python benchmarks/embedded.py
 
 clean:
-	rm -rf $(VENV) .openmaas .pytest_cache
+	rm -rf $(VENV) .venv-sdk .openmaas .pytest_cache
