@@ -9,8 +9,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LocalModel(BaseModel):
+    """A GGUF file served in-process by llama.cpp (``OPENMAAS_LOCAL_MODELS``)."""
+
+    path: Path
+    kind: Literal["chat", "embedding"] = "chat"
+    # "gguf": the chat template inside the file, applied by llama.cpp; a GLM family: the
+    # prompt is rendered and the output parsed by OpenMaaS (glm/), for reasoning and tools.
+    chat_format: Literal["gguf", "glm4-9b", "glm45", "glm47"] = "gguf"
+    slots: int = Field(2, ge=1)
+    context: int = Field(4096, ge=256, description="Context window per slot, in tokens.")
+    threads: int | None = Field(None, ge=1, description="Default: OPENMAAS_THREADS.")
+    pooling: Literal["mean", "cls", "last"] | None = None
 
 
 def available_cpus() -> int:
@@ -62,6 +78,11 @@ class Settings(BaseSettings):
     fake_models: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Scripted fake engines for tests, as JSON: {name: FakeScript fields}.",
+    )
+    local_models: dict[str, LocalModel] = Field(
+        default_factory=dict,
+        description="More GGUF models served in-process, as JSON {name: {path, kind, "
+        "chat_format, slots, context, threads, pooling}}.",
     )
     model_aliases: dict[str, str] = Field(
         default_factory=dict,

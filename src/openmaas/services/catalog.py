@@ -100,9 +100,35 @@ def build_catalog(settings: Settings) -> ModelCatalog:
     models: list[ServedModel] = []
     if settings.embedded_models:
         models.extend(_embedded_models(settings))
+    models.extend(_local_models(settings))
     for name, script in settings.fake_models.items():
         models.append(ServedModel(name, FakeEngine(name, FakeScript(**script)), owned_by="fake"))
     return ModelCatalog(models, settings.model_aliases)
+
+
+def _local_models(settings: Settings) -> list[ServedModel]:
+    from openmaas.engines.glm_format import GlmFormatEngine
+    from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+    from openmaas.glm import GlmFamily
+
+    served: list[ServedModel] = []
+    for name, spec in settings.local_models.items():
+        engine: Engine = LlamaCppEngine(
+            name,
+            LlamaCppConfig(
+                model_path=spec.path,
+                kind=ModelKind(spec.kind),
+                slots=spec.slots,
+                queue=settings.engine_queue,
+                context_per_slot=spec.context,
+                threads=spec.threads or settings.threads,
+                pooling=spec.pooling,
+            ),
+        )
+        if spec.kind == "chat" and spec.chat_format != "gguf":
+            engine = GlmFormatEngine(name, GlmFamily(spec.chat_format), engine)
+        served.append(ServedModel(name, engine, owned_by="local", context_length=spec.context))
+    return served
 
 
 def _embedded_models(settings: Settings) -> list[ServedModel]:
