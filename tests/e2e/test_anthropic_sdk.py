@@ -116,6 +116,17 @@ def test_count_tokens_is_free(client: anthropic.Anthropic, live: LiveServer) -> 
     )
     assert count.input_tokens > 10
     assert live.usage_count() == before
+    # Exact: what generating from the same request reads, tools and template included.
+    message = client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=1,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "How many tokens is this message?"}],
+        tools=[WEATHER_TOOL],
+    )
+    assert count.input_tokens == message.usage.input_tokens + (
+        message.usage.cache_read_input_tokens or 0
+    )
     with pytest.raises(anthropic.NotFoundError):
         client.messages.count_tokens(
             model="no-such-model", messages=[{"role": "user", "content": "x"}]

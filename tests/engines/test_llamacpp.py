@@ -111,3 +111,35 @@ async def test_missing_model_file_fails_loading_with_the_reason(tmp_path) -> Non
         await eng.start()
     health = eng.health()
     assert health.state is EngineState.FAILED and "none.gguf" in health.detail
+
+
+async def test_counting_prompt_tokens_matches_what_generation_reads(
+    engine: LlamaCppEngine,
+) -> None:
+    from openmaas.core.types import Tool
+
+    tools = (
+        Tool(
+            "get_weather", "Weather", {"type": "object", "properties": {"city": {"type": "string"}}}
+        ),
+    )
+    for request in (
+        _request("Name three fruits.", max_tokens=1),
+        GenerationRequest(
+            "r", "smol", prompt="The capital of France is", sampling=SamplingParams(max_tokens=1)
+        ),
+        GenerationRequest(
+            "r",
+            "smol",
+            messages=(Message(Role.USER, "Weather?"),),
+            tools=tools,
+            sampling=SamplingParams(max_tokens=1),
+        ),
+    ):
+        counted = await engine.count_prompt_tokens(request)
+        stream = engine.stream(request)
+        events = [event async for event in stream]
+        await stream.aclose()
+        finished = events[-1]
+        assert isinstance(finished, Finished)
+        assert counted == finished.usage.prompt_tokens

@@ -22,7 +22,7 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.protocols.anthropic.adapter import (
-    estimate_input_tokens,
+    count_request,
     message_response,
     messages_request,
     parse_body,
@@ -289,23 +289,23 @@ def test_thinking_maps_to_core(spec: dict[str, Any] | None, enabled: bool | None
     assert _request(thinking=spec).thinking.enabled is enabled
 
 
-def test_count_tokens_estimate_is_chars_over_four() -> None:
+def test_count_request_carries_what_generation_would_read() -> None:
     body = parse_body(
-        orjson.dumps(
-            {"model": "m", "system": "abcd", "messages": [{"role": "user", "content": "efgh"}]}
-        ),
-        AnthropicCountTokensRequest,
-    )
-    assert estimate_input_tokens(body) == 2
-    with_tools = parse_body(
         orjson.dumps({
-            "model": "m",
+            "model": "alias",
+            "system": "Be brief.",
             "messages": [{"role": "user", "content": "efgh"}],
             "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any"},
+            "thinking": {"type": "disabled"},
         }),
         AnthropicCountTokensRequest,
     )
-    assert estimate_input_tokens(with_tools) > 1
+    core = count_request(body, "rid", "served")
+    assert core.model == "served" and core.request_id == "rid"
+    assert [m.role.value for m in core.messages] == ["system", "user"]
+    assert [t.name for t in core.tools] == ["t"] and core.wants_tools
+    assert core.thinking.enabled is False
 
 
 # -- responses --------------------------------------------------------------------------

@@ -150,6 +150,13 @@ class Engine(abc.ABC):
         tracker = UsageTracker()
         return EngineStream(self._stream(request, tracker), tracker, self._release)
 
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """How many prompt tokens ``request`` would read, exactly as generation would count
+        them (template and tools included), without generating anything."""
+        if self._health.state is not EngineState.READY:
+            raise EngineNotReady(self.model, self._health.detail or self._health.state.value)
+        return await self._count_prompt_tokens(request)
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         self._admit()
         try:
@@ -182,3 +189,6 @@ class Engine(abc.ABC):
 
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         raise NotImplementedError(f"{type(self).__name__} does not embed")
+
+    async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
+        raise NotImplementedError(f"{type(self).__name__} does not count tokens")

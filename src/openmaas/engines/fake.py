@@ -73,6 +73,9 @@ class FakeEngine(Engine):
     async def _unload(self) -> None:
         return None
 
+    async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return _count_prompt_words(request)
+
     def _pieces(self, request: GenerationRequest) -> list[tuple[str, Any]]:
         """What this request generates, one token each: reasoning words, text words, calls."""
         script = self.script

@@ -50,6 +50,10 @@ class GlmFormatEngine(Engine):
             sampling=dataclasses.replace(request.sampling, stop=stops),
         )
 
+    async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
+        inner = self.prompt_request(request) if request.is_chat else request
+        return await self._inner.count_prompt_tokens(inner)
+
     async def _stream(
         self, request: GenerationRequest, tracker: UsageTracker
     ) -> AsyncIterator[StreamEvent]:

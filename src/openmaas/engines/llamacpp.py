@@ -9,8 +9,11 @@ own pool and hands chunks to the event loop. The callback's return value is llam
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import secrets
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +63,7 @@ class LlamaCppEngine(Engine):
         self._config = config
         self._server: Any = None
         self._tokenizer: Any = None
+        self._listener_key = secrets.token_urlsafe(32)
         # One thread per admitted request: llama.cpp queues beyond its slots itself.
         self._pool = ThreadPoolExecutor(
             max_workers=config.slots + config.queue, thread_name_prefix=f"llamacpp-{model}"
@@ -89,8 +93,9 @@ class LlamaCppEngine(Engine):
         params.cpuparams_batch.n_threads = cfg.threads
         params.verbosity = -1
         params.endpoint_metrics = True
-        # xllamacpp also opens an HTTP listener on loopback; lock it with a key nobody knows.
-        params.api_keys = [secrets.token_urlsafe(32)]
+        # xllamacpp also opens an HTTP listener on loopback; lock it with a key only this
+        # engine knows (it uses the listener to count tokens).
+        params.api_keys = [self._listener_key]
         if cfg.kind is ModelKind.EMBEDDING:
             params.embedding = True
             params.n_batch = params.n_ubatch = cfg.context_per_slot
@@ -191,6 +196,45 @@ class LlamaCppEngine(Engine):
             if not worker.done():
                 # Let llama.cpp confirm the stop so the tracker holds its final count.
                 await asyncio.wait({worker}, timeout=_STOP_WAIT_SECONDS)
+
+    async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._count_blocking, request)
+
+    def _count_blocking(self, request: GenerationRequest) -> int:
+        """llama.cpp's own template and tokenizer, through its loopback listener (the
+        in-process API has no tokenize call); the listener's key is ours alone."""
+        prompt = request.prompt or ""
+        if request.messages is not None:
+            prompt = self._listener("/apply-template", {"messages": _llama_messages(request)})[
+                "prompt"
+            ]
+        tokens = self._listener(
+            "/tokenize", {"content": prompt, "add_special": True, "parse_special": True}
+        )["tokens"]
+        return len(tokens)
+
+    def _listener(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        address = urllib.parse.urlsplit(self._server.listening_address)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        try:
+            connection.request(
+                "POST",
+                path,
+                json.dumps(body),
+                {
+                    "Authorization": f"Bearer {self._listener_key}",
+                    "Content-Type": "application/json",
+                },
+            )
+            response = connection.getresponse()
+            payload = json.loads(response.read())
+        finally:
+            connection.close()
+        if response.status != 200:
+            _raise_if_error(payload)
+            raise EngineFailure(f"llama.cpp {path} answered {response.status}")
+        return payload  # type: ignore[no-any-return]
 
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         inputs: list[Any] = list(request.inputs)

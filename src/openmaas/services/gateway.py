@@ -64,6 +64,11 @@ class Gateway:
             raise
         return generation
 
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """The prompt tokens ``request`` would read; nothing is generated or recorded."""
+        engine = self.catalog.for_kind(request.model, ModelKind.CHAT).engine
+        return await engine.count_prompt_tokens(request)
+
     async def embed(
         self, principal: Principal, request: EmbeddingRequest, endpoint: str
     ) -> EmbeddingResult:

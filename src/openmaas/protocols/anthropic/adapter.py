@@ -20,7 +20,6 @@ Mapping decisions (see docs/protocols/anthropic.md):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -63,7 +62,6 @@ W = TypeVar("W", bound=BaseModel)
 # Signature carried by the thinking blocks we return. We issue no real (HMAC) signatures
 # and accept whatever a client sends back; an empty string is the honest "unsigned".
 THINKING_SIGNATURE = ""
-CHARS_PER_TOKEN = 4  # count_tokens estimate; see estimate_input_tokens
 
 _STOP_REASONS = {
     FinishReason.STOP: "end_turn",
@@ -281,20 +279,20 @@ def _response_format(config: AnthropicOutputConfig | None) -> ResponseFormat:
     return ResponseFormat(ResponseFormatKind.JSON_SCHEMA, config.format.schema_)
 
 
-def estimate_input_tokens(body: AnthropicCountTokensRequest) -> int:
-    """An ESTIMATE of the prompt tokens of ``body``: ceil(characters / 4) over the system
-    prompt, every message's text, reasoning and tool calls, and the tool definitions.
-
-    TODO: count exactly once engines expose ``Engine.count_tokens`` (render the chat
-    template and tokenize without generating)."""
-    messages = _conversation(body.system, body.messages)
-    chars = 0
-    for message in messages:
-        chars += len(message.content) + len(message.reasoning or "")
-        chars += sum(len(call.name) + len(call.arguments) for call in message.tool_calls)
-    for tool in _tools(body.tools):
-        chars += len(tool.name) + len(tool.description) + len(json.dumps(tool.parameters))
-    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+def count_request(
+    body: AnthropicCountTokensRequest, request_id: str, model: str
+) -> GenerationRequest:
+    """The core request whose prompt ``count_tokens`` measures: the conversation, tools and
+    thinking mode, as ``messages_request`` would send them."""
+    tools = _tools(body.tools)
+    return GenerationRequest(
+        request_id=request_id,
+        model=model,
+        messages=_conversation(body.system, body.messages),
+        tools=tools,
+        tool_choice=_tool_choice(body.tool_choice, tools),
+        thinking=_thinking(body.thinking),
+    )
 
 
 # -- responses --------------------------------------------------------------------------

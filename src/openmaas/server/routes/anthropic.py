@@ -51,15 +51,16 @@ async def create_message(request: Request) -> Response:
 
 @router.post(
     "/count_tokens",
-    summary="Count the input tokens of a message request (an estimate; nothing is generated)",
+    summary="Count the input tokens of a message request (exact; nothing is generated)",
     openapi_extra=json_body(AnthropicCountTokensRequest),
 )
 async def count_tokens(request: Request) -> Response:
     state = app_state(request)
     await authenticate(request, state)
     body = adapter.parse_body(await request.body(), AnthropicCountTokensRequest)
-    state.catalog.get(state.catalog.resolve(body.model))  # 404 for an unknown model
-    return json_response({"input_tokens": adapter.estimate_input_tokens(body)})
+    model = state.catalog.resolve(body.model)
+    core = adapter.count_request(body, request_id(request), model)
+    return json_response({"input_tokens": await state.gateway.count_prompt_tokens(core)})
 
 
 async def _generate(
