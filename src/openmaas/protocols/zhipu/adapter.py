@@ -9,6 +9,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from openmaas.core.assembly import Assembler
+from openmaas.core.embeddings import checked_inputs
 from openmaas.core.errors import InvalidRequest
 from openmaas.core.types import (
     EmbeddingRequest,
@@ -184,19 +185,8 @@ def _message(message: ZhipuMessage, index: int) -> Message:
 def embedding_request(
     body: ZhipuEmbeddingRequest, request_id: str, native_dimensions: int | None
 ) -> EmbeddingRequest:
-    inputs = [body.input] if isinstance(body.input, str) else body.input
-    if not inputs:
-        raise InvalidRequest("'input' must not be empty.", param="input")
-    if not all(isinstance(item, str) for item in inputs):
-        raise InvalidRequest("Token-array inputs are not supported; send text.", param="input")
-    if any(not item for item in inputs):
-        raise InvalidRequest("'input' must not contain empty strings.", param="input")
-    if body.dimensions is not None and body.dimensions != native_dimensions:
-        raise InvalidRequest(
-            f"The model '{body.model}' always returns {native_dimensions} dimensions.",
-            param="dimensions",
-        )
-    return EmbeddingRequest(request_id, body.model, tuple(inputs), body.user)  # type: ignore[arg-type]
+    inputs = checked_inputs(body.input, body.model, body.dimensions, native_dimensions)
+    return EmbeddingRequest(request_id, body.model, inputs, body.user)
 
 
 # -- responses --------------------------------------------------------------------------

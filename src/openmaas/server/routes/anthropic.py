@@ -9,13 +9,10 @@ request, its usage record and the response all carry the served model's name.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from openmaas.core.errors import OpenMaaSError
-from openmaas.core.types import Finished, GenerationRequest
+from openmaas.core.types import GenerationRequest
 from openmaas.protocols.anthropic import adapter
 from openmaas.protocols.anthropic.errors import to_anthropic_error
 from openmaas.protocols.anthropic.schemas import (
@@ -24,11 +21,15 @@ from openmaas.protocols.anthropic.schemas import (
 )
 from openmaas.protocols.anthropic.sse import MessageStreamWriter
 from openmaas.server.responses import json_response
-from openmaas.server.routes.common import authenticate, collect, unless_disconnected
+from openmaas.server.routes.common import (
+    authenticate,
+    collect,
+    sse_stream,
+    unless_disconnected,
+)
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
 from openmaas.services.auth import Principal
-from openmaas.services.gateway import Generation
 
 router = APIRouter(prefix="/v1/messages", tags=["Anthropic-compatible"])
 BODY_MODELS = [AnthropicMessagesRequest, AnthropicCountTokensRequest]
@@ -80,7 +81,7 @@ async def _generate(
     if stream:
         writer = MessageStreamWriter(generation.request_id, generation_request.model)
         return StreamingResponse(
-            _sse(generation, writer),
+            sse_stream(generation, writer, to_anthropic_error),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -89,18 +90,3 @@ async def _generate(
         return Response(status_code=499)
     body = adapter.message_response(generation.request_id, generation_request.model, collected)
     return json_response(body)
-
-
-async def _sse(generation: Generation, writer: MessageStreamWriter) -> Any:
-    try:
-        async for event in generation:
-            if isinstance(event, Finished):
-                # The usage record is durable before the client sees the end of the stream.
-                await generation.aclose()
-            yield writer.event(event)
-    except OpenMaaSError as exc:
-        await generation.aclose()
-        _status, body, _headers = to_anthropic_error(exc)
-        yield writer.error(body)
-    finally:
-        await generation.aclose()

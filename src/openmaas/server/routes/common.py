@@ -4,12 +4,14 @@ watching the client."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
 from openmaas.core.assembly import Assembler
+from openmaas.core.errors import OpenMaaSError
+from openmaas.core.types import Finished, StreamEvent
 from openmaas.server.state import AppState
 from openmaas.services.auth import Principal
 from openmaas.services.gateway import Generation
@@ -54,3 +56,34 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
 async def client_gone(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+class StreamWriter(Protocol):
+    """A protocol's SSE framing of core events."""
+
+    def event(self, event: StreamEvent) -> bytes: ...
+
+    def error(self, body: dict[str, Any]) -> bytes: ...
+
+
+ErrorBody = Callable[[OpenMaaSError], tuple[int, dict[str, Any], dict[str, str]]]
+
+
+async def sse_stream(
+    generation: Generation, writer: StreamWriter, render_error: ErrorBody
+) -> AsyncIterator[bytes]:
+    """A generation's events as SSE frames. The usage record is durable before the client
+    sees the end of the stream; an error after the first byte ends it with an error frame."""
+    try:
+        async for event in generation:
+            if isinstance(event, Finished):
+                await generation.aclose()
+            frame = writer.event(event)
+            if frame:
+                yield frame
+    except OpenMaaSError as exc:
+        await generation.aclose()
+        _status, body, _headers = render_error(exc)
+        yield writer.error(body)
+    finally:
+        await generation.aclose()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from openmaas.core.errors import OpenMaaSError
-from openmaas.core.types import Finished, GenerationRequest
+from openmaas.core.types import GenerationRequest
 from openmaas.protocols.openai import adapter
 from openmaas.protocols.openai.errors import to_openai_error
 from openmaas.protocols.openai.schemas import (
@@ -20,11 +19,15 @@ from openmaas.protocols.openai.schemas import (
 )
 from openmaas.protocols.openai.sse import ChunkWriter
 from openmaas.server.responses import json_response
-from openmaas.server.routes.common import authenticate, collect, unless_disconnected
+from openmaas.server.routes.common import (
+    authenticate,
+    collect,
+    sse_stream,
+    unless_disconnected,
+)
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
 from openmaas.services.auth import Principal
-from openmaas.services.gateway import Generation
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 BODY_MODELS = [ChatCompletionRequest, CompletionRequest, EmbeddingRequestBody]
@@ -129,7 +132,7 @@ async def _generate(
             include_usage=include_usage,
         )
         return StreamingResponse(
-            _sse(generation, writer),
+            sse_stream(generation, writer, to_openai_error),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -139,18 +142,3 @@ async def _generate(
     build = adapter.chat_completion if generation_request.is_chat else adapter.text_completion
     body = build(generation.request_id, generation_request.model, created, collected)
     return json_response(body)
-
-
-async def _sse(generation: Generation, writer: ChunkWriter) -> Any:
-    try:
-        async for event in generation:
-            if isinstance(event, Finished):
-                # The usage record is durable before the client sees the end of the stream.
-                await generation.aclose()
-            yield writer.event(event)
-    except OpenMaaSError as exc:
-        await generation.aclose()
-        _status, body, _headers = to_openai_error(exc)
-        yield writer.error(body)
-    finally:
-        await generation.aclose()

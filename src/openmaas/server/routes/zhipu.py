@@ -13,8 +13,8 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
 from openmaas.core.assembly import Assembler
-from openmaas.core.errors import NotFound, OpenMaaSError
-from openmaas.core.types import Finished, GenerationRequest
+from openmaas.core.errors import NotFound
+from openmaas.core.types import GenerationRequest
 from openmaas.engines.base import ModelKind
 from openmaas.protocols.zhipu import adapter
 from openmaas.protocols.zhipu.errors import to_zhipu_error
@@ -22,11 +22,15 @@ from openmaas.protocols.zhipu.jobs import Job, JobBoard
 from openmaas.protocols.zhipu.schemas import ZhipuChatRequest, ZhipuEmbeddingRequest
 from openmaas.protocols.zhipu.sse import ChunkWriter
 from openmaas.server.responses import json_response
-from openmaas.server.routes.common import authenticate, collect, unless_disconnected
+from openmaas.server.routes.common import (
+    authenticate,
+    collect,
+    sse_stream,
+    unless_disconnected,
+)
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
 from openmaas.services.auth import Principal
-from openmaas.services.gateway import Generation
 
 PREFIX = "/api/paas/v4"
 router = APIRouter(prefix=PREFIX, tags=["Zhipu-compatible (paas/v4)"])
@@ -79,7 +83,7 @@ async def chat_completions(request: Request) -> Response:
             tool_stream=body.tool_stream,
         )
         return StreamingResponse(
-            _sse(generation, writer),
+            sse_stream(generation, writer, to_zhipu_error),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -89,23 +93,6 @@ async def chat_completions(request: Request) -> Response:
     return json_response(
         adapter.chat_completion(generation.request_id, body.request_id, core.model, created, answer)
     )
-
-
-async def _sse(generation: Generation, writer: ChunkWriter) -> Any:
-    try:
-        async for event in generation:
-            if isinstance(event, Finished):
-                # The usage record is durable before the client sees the end of the stream.
-                await generation.aclose()
-            out = writer.event(event)
-            if out:
-                yield out
-    except OpenMaaSError as exc:
-        await generation.aclose()
-        _status, body, _headers = to_zhipu_error(exc)
-        yield writer.error(body)
-    finally:
-        await generation.aclose()
 
 
 @router.post(
