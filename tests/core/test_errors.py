@@ -9,11 +9,13 @@ import pytest
 from openmaas.core import errors
 from openmaas.core.errors import (
     AuthenticationFailed,
+    BudgetExceeded,
     CapacityError,
     ConfigurationError,
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
+    InsufficientBalance,
     InvalidRequest,
     ModelFilesMissing,
     ModelNotFound,
@@ -22,6 +24,8 @@ from openmaas.core.errors import (
     PayloadTooLarge,
     PermissionDenied,
     PromptTooLong,
+    QuotaExceeded,
+    RateLimited,
     RequestError,
     SetupError,
 )
@@ -42,11 +46,15 @@ def test_module_defines_the_documented_tree() -> None:
         PayloadTooLarge,
         AuthenticationFailed,
         PermissionDenied,
+        QuotaExceeded,
+        InsufficientBalance,
+        BudgetExceeded,
         NotFound,
         ModelNotFound,
         CapacityError,
         EngineOverloaded,
         EngineNotReady,
+        RateLimited,
         EngineFailure,
         SetupError,
         ConfigurationError,
@@ -68,10 +76,14 @@ def test_every_class_is_an_openmaas_error(cls: type) -> None:
         (PayloadTooLarge, RequestError),
         (AuthenticationFailed, RequestError),
         (PermissionDenied, RequestError),
+        (QuotaExceeded, RequestError),
+        (InsufficientBalance, QuotaExceeded),
+        (BudgetExceeded, QuotaExceeded),
         (NotFound, RequestError),
         (ModelNotFound, NotFound),
         (EngineOverloaded, CapacityError),
         (EngineNotReady, CapacityError),
+        (RateLimited, CapacityError),
         (ConfigurationError, SetupError),
         (ModelFilesMissing, SetupError),
     ],
@@ -142,3 +154,35 @@ def test_not_ready_detail_is_in_the_message() -> None:
 
 def test_overloaded_states_the_limit() -> None:
     assert "8" in EngineOverloaded("m", 8).message
+
+
+def test_rate_limited_names_the_limit_scope_and_wait() -> None:
+    exc = RateLimited(
+        "Rate limit reached for tokens per minute.",
+        limit="tokens",
+        scope="key:k1",
+        retry_after_seconds=7.0,
+        headers={"retry-after": "7"},
+    )
+    assert isinstance(exc, CapacityError)
+    assert (exc.limit, exc.scope, exc.retry_after_seconds) == ("tokens", "key:k1", 7.0)
+    assert exc.headers == {"retry-after": "7"}
+    assert exc.message == "Rate limit reached for tokens per minute."
+    # The class default of CapacityError is not shared: each refusal carries its own wait.
+    assert CapacityError.retry_after_seconds == 1.0
+
+
+def test_insufficient_balance_states_need_and_availability() -> None:
+    exc = InsufficientBalance("org1", 5_000, 1_200)
+    assert (exc.org_id, exc.needed_micros, exc.available_micros) == ("org1", 5_000, 1_200)
+    assert "5000" in exc.message and "1200" in exc.message
+    assert not isinstance(exc, CapacityError)  # retrying does not help until a top-up
+    # A balance below zero (post-paid, over its credit) is shown as nothing available.
+    assert "-" not in InsufficientBalance("org1", 10, -3).message
+
+
+def test_budget_exceeded_names_scope_period_and_limit() -> None:
+    exc = BudgetExceeded("key:k1", "day", 1_000_000)
+    assert (exc.scope, exc.period, exc.limit_micros) == ("key:k1", "day", 1_000_000)
+    assert "key:k1" in exc.message and "day" in exc.message
+    assert isinstance(exc, QuotaExceeded) and isinstance(exc, RequestError)

@@ -11,11 +11,15 @@ nothing else decides a status code.
     │   ├── PayloadTooLarge          request body over the configured limit
     │   ├── AuthenticationFailed     missing, malformed, unknown or revoked key
     │   ├── PermissionDenied         a valid key that may not do this
+    │   ├── QuotaExceeded            the caller's money or budget cannot cover the request
+    │   │   ├── InsufficientBalance  balance (less open holds, plus credit) below the hold
+    │   │   └── BudgetExceeded       a key's or project's daily/monthly budget is spent
     │   └── NotFound
     │       └── ModelNotFound        no such model
     ├── CapacityError                the platform cannot take the request now
     │   ├── EngineOverloaded         the engine's queue is full (retry later)
-    │   └── EngineNotReady           the engine is still loading (or failed to load)
+    │   ├── EngineNotReady           the engine is still loading (or failed to load)
+    │   └── RateLimited              a key's or organization's RPM, TPM or concurrency limit
     ├── EngineFailure                the engine failed while serving the request
     └── SetupError                   the platform cannot start as configured
         ├── ConfigurationError       a setting is invalid
@@ -63,6 +67,38 @@ class PermissionDenied(RequestError):
     """The caller is known but may not perform this action."""
 
 
+class QuotaExceeded(RequestError):
+    """The request is valid but the caller's money or budget cannot cover its worst case.
+    Not a capacity error: retrying does not help until someone tops up or a period ends."""
+
+
+class InsufficientBalance(QuotaExceeded):
+    """Available balance (balance less open holds, down to the credit limit) cannot cover
+    the hold (Zhipu 1113, OpenAI ``insufficient_quota``)."""
+
+    def __init__(self, org_id: str, needed_micros: int, available_micros: int) -> None:
+        super().__init__(
+            "Insufficient balance: this request may cost up to "
+            f"{needed_micros} micros and {max(0, available_micros)} are available. "
+            "Top up your account or lower max_tokens."
+        )
+        self.org_id = org_id
+        self.needed_micros = needed_micros
+        self.available_micros = available_micros
+
+
+class BudgetExceeded(QuotaExceeded):
+    """A budget set on a key or a project for the current day or month is used up."""
+
+    def __init__(self, scope: str, period: str, limit_micros: int) -> None:
+        super().__init__(
+            f"The {period} budget of {scope} ({limit_micros} micros) would be exceeded."
+        )
+        self.scope = scope
+        self.period = period
+        self.limit_micros = limit_micros
+
+
 class NotFound(RequestError):
     pass
 
@@ -94,6 +130,30 @@ class EngineNotReady(CapacityError):
     def __init__(self, model: str, detail: str = "still loading") -> None:
         super().__init__(f"The engine serving '{model}' is not ready: {detail}.")
         self.model = model
+
+
+class RateLimited(CapacityError):
+    """A rate limit refuses the request (HTTP 429; Zhipu code 1302).
+
+    ``limit`` names the dimension (``"requests"``, ``"tokens"`` or ``"concurrency"``) and
+    ``scope`` the party whose limit it is (``"key:…"`` or ``"org:…"``); ``headers`` are the
+    ``x-ratelimit-*`` and ``retry-after`` values to send with the refusal.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        scope: str,
+        retry_after_seconds: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.scope = scope
+        self.retry_after_seconds = retry_after_seconds
+        self.headers: dict[str, str] = dict(headers or {})
 
 
 class EngineFailure(OpenMaaSError):

@@ -1,0 +1,96 @@
+"""Rate limiting behind one interface: the in-process backend now, Redis + Lua later.
+
+Admission calls :meth:`Limiter.admit` with the request's scopes (its key and its
+organization, from :func:`openmaas.core.tiers.scopes_for`), the model, the tokens to reserve
+(prompt + max output) and the time from the injected clock. It gets an :class:`Admission`
+back (whose ``headers`` go on the response) or :class:`~openmaas.core.errors.RateLimited`
+(HTTP 429 with ``retry-after`` and ``x-ratelimit-*``). When the request ends, exactly one of
+:meth:`Limiter.settle` (the engine ran: correct to the actual tokens) or
+:meth:`Limiter.release` (it never ran) frees its concurrency slots; repeating either is a
+no-op.
+
+A backend must make each call atomic across every counter it touches: two concurrent admits
+never both see the same room, and a refusal by one scope leaves nothing reserved on another.
+:class:`InProcessLimiter` gets that from running the pure state transition of
+:class:`~openmaas.core.limits.LimitState` under a lock with no ``await`` inside; the Redis
+backend will run the same transition as one Lua script over the same counter keys.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from openmaas.core.limits import BUCKET_MS, WINDOW_MS, Admission, LimitState, rate_limited
+from openmaas.core.tiers import Scope
+
+__all__ = ["Admission", "InProcessLimiter", "Limiter"]
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    async def admit(
+        self, scopes: Sequence[Scope], model: str, reserve_tokens: int, now_ms: int
+    ) -> Admission:
+        """Reserve one request, its tokens and a concurrency slot in every scope, or raise
+        :class:`~openmaas.core.errors.RateLimited` having reserved nothing."""
+        ...
+
+    async def settle(self, admission: Admission, actual_tokens: int, now_ms: int) -> None:
+        """The request ended after the engine ran: charge ``actual_tokens`` instead of the
+        reservation (refund the rest, or charge the excess) and free its slots. Idempotent."""
+        ...
+
+    async def release(self, admission: Admission) -> None:
+        """The request ended before the engine ran: refund its tokens, free its slots.
+        It still counts as a request. Idempotent; a no-op after :meth:`settle`."""
+        ...
+
+
+class InProcessLimiter:
+    """Limits for one gateway process (the embedded default).
+
+    Safe for any number of coroutines on one event loop, and for threads: every call runs one
+    synchronous transition of the core state under a lock. With several gateway processes,
+    each would count alone (a limit of 100 would let 100 through *each*): use the Redis
+    backend there.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_ms: int = WINDOW_MS,
+        bucket_ms: int = BUCKET_MS,
+        sweep_every: int = 4096,
+    ) -> None:
+        self._state = LimitState(window_ms=window_ms, bucket_ms=bucket_ms)
+        self._lock = threading.Lock()
+        self._sweep_every = sweep_every
+        self._since_sweep = 0
+
+    async def admit(
+        self, scopes: Sequence[Scope], model: str, reserve_tokens: int, now_ms: int
+    ) -> Admission:
+        with self._lock:
+            self._since_sweep += 1
+            if self._since_sweep >= self._sweep_every:
+                self._since_sweep = 0
+                self._state.sweep(now_ms)
+            decision = self._state.admit(scopes, model, reserve_tokens, now_ms)
+        if decision.admission is None:
+            raise rate_limited(decision)
+        return decision.admission
+
+    async def settle(self, admission: Admission, actual_tokens: int, now_ms: int) -> None:
+        with self._lock:
+            self._state.settle(admission.id, actual_tokens, now_ms)
+
+    async def release(self, admission: Admission) -> None:
+        with self._lock:
+            self._state.release(admission.id)
+
+    @property
+    def state(self) -> LimitState:
+        """The counters, for inspection (tests, metrics); mutate only through this limiter."""
+        return self._state
