@@ -18,6 +18,7 @@ from openmaas.core.errors import (
     PayloadTooLarge,
     PermissionDenied,
     PromptTooLong,
+    RateLimited,
 )
 from openmaas.core.keys import CredentialMissing, InvalidToken, SignatureInvalid, TokenExpired
 from openmaas.protocols.zhipu.adapter import MalformedBody, MissingField
@@ -38,6 +39,12 @@ CASES: list[tuple[OpenMaaSError, int, str, str]] = [
     (PermissionDenied("nope"), 403, "1220", "false"),
     (ModelNotFound("glm-9"), 400, "1211", "false"),
     (NotFound("no such task"), 404, "1222", "false"),
+    (
+        RateLimited("too many", limit="requests", scope="org:o", retry_after_seconds=3),
+        429,
+        "1302",
+        "true",
+    ),
     (EngineOverloaded("m", 4), 429, "1302", "true"),
     (EngineNotReady("m"), 429, "1305", "true"),
     (CapacityError("busy"), 429, "1305", "true"),

@@ -20,6 +20,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    RateLimited,
 )
 
 # (class, HTTP status, Anthropic error type); the first matching class wins.
@@ -29,6 +30,7 @@ _TABLE: tuple[tuple[type[OpenMaaSError], int, str], ...] = (
     (AuthenticationFailed, 401, "authentication_error"),
     (PermissionDenied, 403, "permission_error"),
     (NotFound, 404, "not_found_error"),
+    (RateLimited, 429, "rate_limit_error"),
     (CapacityError, 529, "overloaded_error"),
     (EngineFailure, 500, "api_error"),
 )
@@ -47,4 +49,6 @@ def to_anthropic_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[st
     headers: dict[str, str] = {}
     if isinstance(exc, CapacityError):
         headers["retry-after"] = str(max(1, round(exc.retry_after_seconds)))
+    if isinstance(exc, RateLimited):
+        headers.update(exc.headers)
     return status, error_body(type_, exc.message), headers

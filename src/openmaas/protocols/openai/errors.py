@@ -16,6 +16,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    RateLimited,
 )
 
 # (class, HTTP status, error type, error code); the first matching class wins.
@@ -26,6 +27,7 @@ _TABLE: tuple[tuple[type[OpenMaaSError], int, str, str | None], ...] = (
     (PermissionDenied, 403, "permission_error", "permission_denied"),
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (NotFound, 404, "invalid_request_error", "not_found"),
+    (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (EngineOverloaded, 429, "rate_limit_error", "engine_overloaded"),
     (EngineNotReady, 503, "server_error", "model_not_ready"),
     (EngineFailure, 500, "server_error", "engine_error"),
@@ -50,4 +52,6 @@ def to_openai_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, 
     headers: dict[str, str] = {}
     if isinstance(exc, CapacityError):
         headers["retry-after"] = str(max(1, round(exc.retry_after_seconds)))
+    if isinstance(exc, RateLimited):
+        headers.update(exc.headers)  # x-ratelimit-* as OpenAI sends them
     return status, error_body(exc.message, type_, code, param), headers

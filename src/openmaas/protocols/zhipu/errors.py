@@ -23,6 +23,7 @@ from openmaas.core.errors import (
     PayloadTooLarge,
     PermissionDenied,
     PromptTooLong,
+    RateLimited,
 )
 from openmaas.core.keys import CredentialMissing, InvalidToken, SignatureInvalid, TokenExpired
 from openmaas.protocols.zhipu.adapter import MalformedBody, MissingField
@@ -42,6 +43,7 @@ TABLE: tuple[tuple[type[OpenMaaSError], int, str, bool], ...] = (
     (PermissionDenied, 403, "1220", False),
     (ModelNotFound, 400, "1211", False),
     (NotFound, 404, "1222", False),
+    (RateLimited, 429, "1302", True),
     (EngineOverloaded, 429, "1302", True),
     (EngineNotReady, 429, "1305", True),
     (CapacityError, 429, "1305", True),
@@ -70,4 +72,6 @@ def to_zhipu_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, s
     headers = {"x-should-retry": "true" if retry else "false"}
     if isinstance(exc, CapacityError):
         headers["retry-after"] = str(max(1, round(exc.retry_after_seconds)))
+    if isinstance(exc, RateLimited):
+        headers.update(exc.headers)
     return status, error_body(code, exc.message), headers
