@@ -1,0 +1,106 @@
+"""The billing rule for every way a request ends.
+
+One pure function, ``billable_usage(termination, engine_usage, estimate)``: what a request
+is charged for, in tokens, before prices (``core/prices.py``) and the ledger
+(``core/ledger.py``) turn it into money. The table is in ``docs/billing.md``.
+
+The rule in one sentence: **charge what the engine read and generated, by the engine's own
+counts** (never an estimate when the engine's count exists), except where the request
+failed on our side before any output, which is free. Concretely:
+
+- ``finished``, ``length``: the engine's final usage.
+- ``client_disconnected``: the engine's counts when it stopped (the prompt it read and
+  every token it generated before it saw the cancellation, delivered or not). The client
+  chose to leave; an engine that had not started reports zero and nothing is charged.
+- ``engine_error``, ``gateway_shutdown`` (and a future ``timeout``): our side cut the
+  request. With no completion token generated, nothing is charged (not even the prompt);
+  after the first token, the engine's counts so far (the client received that output).
+- ``rejected``: the engine refused the input; nothing is charged.
+
+A content filter is not a termination of its own today: a filtered *input* is refused
+before admission (no hold, no engine), and output stopped by a filter ends with
+``FinishReason.CONTENT_FILTER``, which maps to ``finished`` and is billed as generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from openmaas.core.termination import Termination
+from openmaas.core.types import Usage
+
+
+class Rule(StrEnum):
+    """Why a request was charged what it was (stored with the settlement for audits)."""
+
+    FULL = "full"  # the engine's final counts
+    AS_COUNTED = "as_counted"  # the engine's counts when it stopped
+    FREE_NO_OUTPUT = "free_no_output"  # failed on our side before the first token
+    FREE_REJECTED = "free_rejected"  # the engine refused the input
+
+
+CHARGED_AS_COUNTED = frozenset({Termination.CLIENT_DISCONNECTED})
+"""Ended by the client: the engine's counts, even with no output."""
+
+FREE_WITHOUT_OUTPUT = frozenset({Termination.ENGINE_ERROR, Termination.GATEWAY_SHUTDOWN})
+"""Ended by our side: free before the first completion token, counted after it."""
+
+
+@dataclass(frozen=True, slots=True)
+class BillingDecision:
+    usage: Usage  # what to settle the hold with (all zero when free)
+    rule: Rule
+    estimated: bool  # True when no engine count existed and a tokenizer estimate was used
+
+    @property
+    def free(self) -> bool:
+        return self.usage.prompt_tokens == 0 and self.usage.completion_tokens == 0
+
+
+def billable_usage(
+    termination: Termination,
+    engine_usage: Usage | None,
+    estimate: Usage | None = None,
+) -> BillingDecision:
+    """What a request that ended with ``termination`` is charged for.
+
+    ``engine_usage`` is the engine's count (final, or as far as it got); ``None`` only when
+    the engine reported nothing at all. ``estimate`` is a tokenizer count of what was read
+    and delivered, used only then, and marked estimated.
+    """
+    usage, estimated = _source(engine_usage, estimate)
+    if termination is Termination.REJECTED:
+        return BillingDecision(Usage(), Rule.FREE_REJECTED, False)
+    if termination in (Termination.FINISHED, Termination.LENGTH):
+        return BillingDecision(usage, Rule.FULL, estimated)
+    if termination in CHARGED_AS_COUNTED:
+        return BillingDecision(usage, Rule.AS_COUNTED, estimated)
+    if termination in FREE_WITHOUT_OUTPUT:
+        if usage.completion_tokens == 0:
+            return BillingDecision(Usage(), Rule.FREE_NO_OUTPUT, False)
+        return BillingDecision(usage, Rule.AS_COUNTED, estimated)
+    raise ValueError(f"no billing rule for termination {termination!r}")  # pragma: no cover
+
+
+def _source(engine_usage: Usage | None, estimate: Usage | None) -> tuple[Usage, bool]:
+    if engine_usage is not None:
+        if min(engine_usage.prompt_tokens, engine_usage.completion_tokens) < 0:
+            raise ValueError(f"negative token count in {engine_usage!r}")
+        return engine_usage, engine_usage.estimated
+    if estimate is not None:
+        return replace(estimate, estimated=True), True
+    return Usage(), False
+
+
+def recovery_usage(recorded: Usage | None, termination: Termination | None) -> BillingDecision:
+    """What crash recovery settles an open hold with on the next start.
+
+    ``recorded`` is the usage record the store holds for the request id, if one was
+    committed before the crash (then its termination is known too). With no record the
+    gateway died before the engine's count reached disk: the request is released (free),
+    since charging a guess would bill what may never have been generated.
+    """
+    if recorded is None or termination is None:
+        return BillingDecision(Usage(), Rule.FREE_NO_OUTPUT, False)
+    return billable_usage(termination, recorded)

@@ -1,0 +1,356 @@
+"""The ledger: double entry, holds, prepaid balances, resource packs and budgets, as a pure
+state machine.
+
+``Ledger.execute(command)`` checks a command against the state, turns it into events
+whose transfers are fully resolved, applies them and returns them. ``Ledger.apply(event)``
+is the only thing that changes state, and needs no prices and no clock, so
+``Ledger.replay(events)`` rebuilds exactly the state that produced them. The store persists
+the events of one command in one transaction (see ``docs/billing.md``); a command whose
+idempotency key (request id, top-up id, grant id, pack id) was already used returns no
+events and changes nothing.
+
+Every ``Transfer`` debits one account and credits another by a positive amount, within one
+unit (a currency's micros, or tokens), so the sum of all accounts of a unit is always zero.
+Accounts with a floor (an organization's cash: ``-credit_limit``; promotional credit,
+packs and holds: 0) never go below it.
+
+The life of a request: ``Hold`` moves its worst case into the organization's hold
+accounts (pack tokens first, oldest-expiring first; then promotional credit; then cash),
+refusing with ``InsufficientBalance`` or ``BudgetExceeded``. ``Settle`` (or ``Release``,
+which settles nothing) moves the actual charge to revenue and returns the rest, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from openmaas.core.errors import BudgetExceeded, InsufficientBalance, InvalidRequest, NotFound
+from openmaas.core.ledger_events import (
+    TOKENS,
+    BudgetPeriod,
+    BudgetSet,
+    Command,
+    CreditLimitSet,
+    Event,
+    ExpirePacks,
+    Funded,
+    GrantPack,
+    GrantPromo,
+    Hold,
+    HoldPlaced,
+    HoldResolved,
+    OpenOrg,
+    OrgOpened,
+    PackExpired,
+    PackGranted,
+    Release,
+    SetBudget,
+    SetCreditLimit,
+    Settle,
+    TopUp,
+    Transfer,
+    cash,
+    held,
+    held_tokens,
+    pack,
+    period_key,
+    promo,
+    system,
+)
+from openmaas.core.prices import split_usage
+from openmaas.core.types import Usage
+
+
+@dataclass(slots=True)
+class PackState:
+    org: str
+    models: frozenset[str]
+    expires_at_ms: int
+    expired: bool = False
+
+
+@dataclass(slots=True)
+class Ledger:
+    """The state. Mutated only by ``apply``; ``execute`` decides, then applies."""
+
+    balances: dict[str, int] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    floors: dict[str, int] = field(default_factory=dict)
+    orgs: dict[str, OrgOpened] = field(default_factory=dict)
+    packs: dict[str, PackState] = field(default_factory=dict)
+    holds: dict[str, HoldPlaced] = field(default_factory=dict)
+    resolved: dict[str, HoldResolved] = field(default_factory=dict)
+    funding_ids: set[str] = field(default_factory=set)
+    budgets: dict[tuple[str, BudgetPeriod], int] = field(default_factory=dict)
+    budget_spent: dict[tuple[str, str], int] = field(default_factory=dict)
+    budget_held: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    # -- reading --
+
+    @classmethod
+    def replay(cls, events: Iterable[Event]) -> Ledger:
+        ledger = cls()
+        for event in events:
+            ledger.apply(event)
+        return ledger
+
+    def balance(self, account: str) -> int:
+        return self.balances.get(account, 0)
+
+    def available(self, org: str) -> int:
+        """Micros a new hold may take from cash (open holds are already moved out)."""
+        return self.balance(cash(org)) - self.floors.get(cash(org), 0)
+
+    def totals_by_unit(self) -> dict[str, int]:
+        """The sum of every account per unit; double entry keeps each at zero."""
+        totals: dict[str, int] = {}
+        for account, amount in self.balances.items():
+            unit = self.units[account]
+            totals[unit] = totals.get(unit, 0) + amount
+        return totals
+
+    def open_holds(self) -> list[str]:
+        """Request ids of holds not yet settled or released (crash recovery)."""
+        return sorted(self.holds)
+
+    # -- applying --
+
+    def apply(self, event: Event) -> None:
+        """Apply one event; an event with an invalid transfer is refused whole."""
+        transfers: tuple[Transfer, ...] = getattr(event, "transfers", ())
+        for transfer in transfers:
+            unit = self._unit(transfer.debit)
+            if unit != self._unit(transfer.credit) or transfer.amount <= 0:
+                raise ValueError(f"invalid transfer {transfer!r}")
+        if isinstance(event, OrgOpened):
+            self.orgs[event.org] = event
+            currency = event.currency.value
+            for account in (cash(event.org), promo(event.org), held(event.org)):
+                self._open(account, currency, 0)
+            self._open(held_tokens(event.org), TOKENS, 0)
+            self.floors[cash(event.org)] = -event.credit_limit
+        elif isinstance(event, CreditLimitSet):
+            org = self.orgs[event.org]
+            self.orgs[event.org] = OrgOpened(org.org, org.currency, event.credit_limit)
+            self.floors[cash(event.org)] = -event.credit_limit
+        elif isinstance(event, Funded):
+            self.funding_ids.add(event.funding_id)
+        elif isinstance(event, PackGranted):
+            self.packs[event.pack_id] = PackState(event.org, event.models, event.expires_at_ms)
+            self._open(pack(event.pack_id), TOKENS, 0)
+        elif isinstance(event, PackExpired):
+            self.packs[event.pack_id].expired = True
+        elif isinstance(event, BudgetSet):
+            if event.limit is None:
+                self.budgets.pop((event.scope, event.period), None)
+            else:
+                self.budgets[(event.scope, event.period)] = event.limit
+        elif isinstance(event, HoldPlaced):
+            self.holds[event.request_id] = event
+            for key in event.budget_keys:
+                self.budget_held[key] = self.budget_held.get(key, 0) + event.money
+        elif isinstance(event, HoldResolved):
+            hold = self.holds.pop(event.request_id)
+            self.resolved[event.request_id] = event
+            for key in hold.budget_keys:
+                self.budget_held[key] -= hold.money
+                self.budget_spent[key] = self.budget_spent.get(key, 0) + event.charged
+        for transfer in transfers:
+            for account in (transfer.debit, transfer.credit):
+                if account not in self.units:  # system accounts open on first use
+                    self._open(account, self._unit(account), None)
+            self.balances[transfer.debit] -= transfer.amount
+            self.balances[transfer.credit] += transfer.amount
+
+    def _unit(self, account: str) -> str:
+        if account in self.units:
+            return self.units[account]
+        kind, _, rest = account.partition(":")
+        if kind == "system":
+            return rest.partition(":")[0]
+        if kind == "pack":
+            return TOKENS
+        raise ValueError(f"transfer to an account never opened: {account!r}")
+
+    def _open(self, account: str, unit: str, floor: int | None) -> None:
+        self.balances.setdefault(account, 0)
+        self.units[account] = unit
+        if floor is not None:
+            self.floors.setdefault(account, floor)
+
+    # -- deciding --
+
+    def execute(self, command: Command) -> tuple[Event, ...]:
+        """Decide ``command``, apply the resulting events and return them for the store."""
+        events = self.decide(command)
+        for event in events:
+            self.apply(event)
+        return events
+
+    def decide(self, command: Command) -> tuple[Event, ...]:
+        """The events ``command`` produces, without applying them; raises when refused."""
+        if isinstance(command, OpenOrg):
+            _nonnegative(command.credit_limit, "credit_limit")
+            if command.org in self.orgs:
+                return ()
+            return (OrgOpened(command.org, command.currency, command.credit_limit),)
+        if isinstance(command, SetCreditLimit):
+            org = self._org(command.org)
+            _nonnegative(command.credit_limit, "credit_limit")
+            if self.balance(cash(command.org)) < -command.credit_limit:
+                raise InvalidRequest("the balance is below that credit limit", "credit_limit")
+            return (CreditLimitSet(org.org, command.credit_limit),)
+        if isinstance(command, TopUp | GrantPromo):
+            return self._fund(command)
+        if isinstance(command, GrantPack):
+            self._org(command.org)
+            _positive(command.tokens, "tokens")
+            if command.pack_id in self.packs:
+                return ()
+            grant = Transfer(system(TOKENS, "issued"), pack(command.pack_id), command.tokens)
+            return (
+                PackGranted(command.pack_id, command.org, frozenset(command.models),
+                            command.expires_at_ms, (grant,)),
+            )  # fmt: skip
+        if isinstance(command, ExpirePacks):
+            expired = system(TOKENS, "expired")
+            return tuple(
+                PackExpired(pid, _move(pack(pid), expired, self.balance(pack(pid))))
+                for pid, state in sorted(self.packs.items())
+                if not state.expired and state.expires_at_ms <= command.at_ms
+            )
+        if isinstance(command, SetBudget):
+            if command.limit is not None:
+                _nonnegative(command.limit, "limit")
+            return (BudgetSet(command.scope, command.period, command.limit),)
+        if isinstance(command, Hold):
+            return self._hold(command)
+        if isinstance(command, Settle | Release):
+            return self._resolve(command)
+        raise TypeError(f"not a ledger command: {command!r}")
+
+    def _org(self, org: str) -> OrgOpened:
+        try:
+            return self.orgs[org]
+        except KeyError:
+            raise NotFound(f"No organization '{org}'.") from None
+
+    def _fund(self, command: TopUp | GrantPromo) -> tuple[Event, ...]:
+        org = self._org(command.org)
+        _positive(command.amount, "amount")
+        funding_id = command.topup_id if isinstance(command, TopUp) else command.grant_id
+        if funding_id in self.funding_ids:
+            return ()
+        currency = org.currency.value
+        if isinstance(command, TopUp):
+            transfer = Transfer(system(currency, "external"), cash(org.org), command.amount)
+        else:
+            transfer = Transfer(system(currency, "promotions"), promo(org.org), command.amount)
+        return (Funded(funding_id, (transfer,)),)
+
+    def _hold(self, command: Hold) -> tuple[Event, ...]:
+        if command.request_id in self.holds or command.request_id in self.resolved:
+            return ()
+        org = self._org(command.org)
+        applied = command.quote.applied
+        if applied.currency is not org.currency:
+            raise ValueError(f"price in {applied.currency}, organization pays in {org.currency}")
+        transfers: list[Transfer] = []
+        packs: list[tuple[str, int]] = []
+        wanted = command.quote.tokens
+        for pid in self._usable_packs(org.org, applied.price.model, command.at_ms):
+            take = min(wanted, self.balance(pack(pid)))
+            if take:
+                packs.append((pid, take))
+                transfers.append(Transfer(pack(pid), held_tokens(org.org), take))
+                wanted -= take
+        money = command.quote.cash_for(wanted)
+        budget_keys = self._check_budgets(command, money)
+        from_promo = min(money, self.balance(promo(org.org)))
+        from_cash = money - from_promo
+        if from_cash > self.available(org.org):
+            raise InsufficientBalance(org.org, money, self.available(org.org) + from_promo)
+        transfers += _move(promo(org.org), held(org.org), from_promo)
+        transfers += _move(cash(org.org), held(org.org), from_cash)
+        event = HoldPlaced(command.request_id, org.org, applied, tuple(packs), from_promo,
+                           from_cash, budget_keys, tuple(transfers))  # fmt: skip
+        return (event,)
+
+    def _usable_packs(self, org: str, model: str, at_ms: int) -> list[str]:
+        usable = [
+            (state.expires_at_ms, pid)
+            for pid, state in self.packs.items()
+            if state.org == org and model in state.models and not state.expired
+            and state.expires_at_ms > at_ms and self.balance(pack(pid)) > 0
+        ]  # fmt: skip
+        return [pid for _, pid in sorted(usable)]
+
+    def _check_budgets(self, command: Hold, money: int) -> tuple[tuple[str, str], ...]:
+        keys: list[tuple[str, str]] = []
+        for scope in command.budget_scopes:
+            for period in BudgetPeriod:
+                limit = self.budgets.get((scope, period))
+                if limit is None:
+                    continue
+                key = (scope, f"{period.value}:{period_key(period, command.at_ms)}")
+                used = self.budget_spent.get(key, 0) + self.budget_held.get(key, 0)
+                if used + money > limit:
+                    raise BudgetExceeded(scope, period.value, limit)
+                keys.append(key)
+        return tuple(keys)
+
+    def _resolve(self, command: Settle | Release) -> tuple[Event, ...]:
+        if command.request_id in self.resolved:
+            return ()  # settled or released already: at most once
+        hold = self.holds.get(command.request_id)
+        if hold is None:
+            raise KeyError(f"no hold for request {command.request_id!r}")
+        usage = command.usage if isinstance(command, Settle) else Usage()
+        org = hold.org
+        lines = split_usage(usage, hold.applied.price)
+        held_pack_tokens = sum(tokens for _, tokens in hold.packs)
+        covered, residual = lines.cover(held_pack_tokens)
+        transfers: list[Transfer] = []
+        to_consume = covered.total
+        for pid, tokens in hold.packs:
+            used = min(tokens, to_consume)
+            to_consume -= used
+            transfers += _move(held_tokens(org), system(TOKENS, "consumed"), used)
+            back = pack(pid) if not self.packs[pid].expired else system(TOKENS, "expired")
+            transfers += _move(held_tokens(org), back, tokens - used)
+        charge = hold.applied.charge_lines(residual).micros
+        from_promo = min(charge, hold.promo)
+        from_cash = min(charge - from_promo, hold.cash)
+        currency = self.orgs[org].currency.value
+        revenue = system(currency, "revenue")
+        transfers += _move(held(org), revenue, from_promo + from_cash)
+        transfers += _move(held(org), promo(org), hold.promo - from_promo)
+        transfers += _move(held(org), cash(org), hold.cash - from_cash)
+        # Beyond the hold (the prompt estimate was low): promo, then cash down to the
+        # floor, then the platform's shortfall account. Never below a floor.
+        extra = charge - from_promo - from_cash
+        extra_promo = min(extra, self.balance(promo(org)) + hold.promo - from_promo)
+        cash_after = self.balance(cash(org)) + hold.cash - from_cash
+        extra_cash = min(extra - extra_promo, max(0, cash_after - self.floors[cash(org)]))
+        shortfall = extra - extra_promo - extra_cash
+        transfers += _move(promo(org), revenue, extra_promo)
+        transfers += _move(cash(org), revenue, extra_cash)
+        transfers += _move(system(currency, "shortfall"), revenue, shortfall)
+        event = HoldResolved(command.request_id, isinstance(command, Release), usage,
+                             covered.total, charge, shortfall, tuple(transfers))  # fmt: skip
+        return (event,)
+
+
+def _move(debit: str, credit: str, amount: int) -> tuple[Transfer, ...]:
+    return (Transfer(debit, credit, amount),) if amount > 0 else ()
+
+
+def _positive(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidRequest(f"{name} must be a positive integer", name)
+
+
+def _nonnegative(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"{name} must be a non-negative integer", name)
