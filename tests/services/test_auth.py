@@ -243,6 +243,16 @@ def test_master_key_file_is_created_once_owner_only(tmp_path: Path) -> None:
     assert len(first) == 32 and path.read_bytes() == first
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_master_key(settings) == first
+    assert sorted(p.name for p in settings.home.iterdir()) == ["secret-key"]  # no leftovers
+
+
+def test_a_truncated_master_key_file_is_refused(tmp_path: Path) -> None:
+    from openmaas.core.errors import ConfigurationError
+
+    settings = Settings(home=tmp_path, embedded_models=False, secret_key=None)
+    (tmp_path / "secret-key").write_bytes(b"short")
+    with pytest.raises(ConfigurationError):
+        load_master_key(settings)
 
 
 def test_master_key_setting_wins_over_the_file(tmp_path: Path) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from openmaas.core.errors import AuthenticationFailed
+from openmaas.core.errors import AuthenticationFailed, ConfigurationError
 from openmaas.core.keys import (
     CredentialMissing,
     InvalidToken,
@@ -49,19 +50,25 @@ def load_master_key(settings: Settings) -> bytes:
     if settings.secret_key:
         return settings.secret_key.encode("utf-8")
     path: Path = settings.home / "secret-key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    settings.home.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it meanwhile
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secrets.token_bytes(MASTER_KEY_BYTES))
-    os.chmod(path, 0o600)
-    return path.read_bytes()
+    if not path.exists():
+        settings.home.mkdir(parents=True, exist_ok=True)
+        # Written whole under a temporary name, then linked into place: a process starting
+        # at the same moment reads either no file or the complete key, never a partial one.
+        fd, temporary = tempfile.mkstemp(dir=settings.home, prefix=".secret-key.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(MASTER_KEY_BYTES))
+            os.chmod(temporary, 0o600)
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process won the race; use its key
+        finally:
+            os.unlink(temporary)
+    key = path.read_bytes()
+    if len(key) < MASTER_KEY_BYTES:
+        raise ConfigurationError(f"{path} is shorter than {MASTER_KEY_BYTES} bytes.")
+    return key
 
 
 def bearer_token(authorization: str | None) -> str:
