@@ -20,7 +20,6 @@ Mapping decisions (see docs/protocols/anthropic.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -43,6 +42,7 @@ from openmaas.core.types import (
     ToolChoiceKind,
     Usage,
 )
+from openmaas.core.validation import blamed_field
 from openmaas.protocols.anthropic.schemas import (
     AnthropicCountTokensRequest,
     AnthropicInputMessage,
@@ -88,26 +88,8 @@ def _validate(model: type[W], data: Any, prefix: str) -> W:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = _param(prefix, errors[0]["loc"])
-        # Prefer an error that is not a union branch's mere type mismatch.
-        same = [e for e in errors if _param(prefix, e["loc"]) == first]
-        error = next((e for e in same if not str(e["type"]).endswith("_type")), errors[0])
-        raise InvalidRequest(f"{first}: {error['msg']}.", param=first) from None
-
-
-def _param(prefix: str, loc: Sequence[int | str]) -> str:
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in {"str", "list[dict[str,any]]"} or (
-            isinstance(part, str) and ("[" in part or part.startswith(("function-", "literal")))
-        ):
-            continue  # pydantic's union-branch labels are not fields
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "body"
+        field, error = blamed_field(exc, prefix)
+        raise InvalidRequest(f"{field}: {error['msg']}.", param=field) from None
 
 
 # -- requests ---------------------------------------------------------------------------

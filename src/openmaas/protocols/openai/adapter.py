@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -29,6 +28,7 @@ from openmaas.core.types import (
     ToolChoiceKind,
     Usage,
 )
+from openmaas.core.validation import blamed_field
 from openmaas.protocols.openai.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -51,43 +51,8 @@ def parse_body(raw: bytes, model: type[W]) -> W:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = _most_telling(exc.errors(include_url=False))
-        param = _param_path(error["loc"])
+        param, error = blamed_field(exc)
         raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param) from None
-
-
-def _most_telling(errors: list[Any]) -> Any:
-    """Of the errors on the first bad field, prefer one that is not a union branch's mere
-    type mismatch: for a 5-item ``stop``, "at most 4 items", not "should be a string"."""
-    field = _param_path(errors[0]["loc"])
-    same_field = [e for e in errors if _param_path(e["loc"]) == field]
-    for error in same_field:
-        if not str(error["type"]).endswith("_type"):
-            return error
-    return errors[0]
-
-
-def _param_path(loc: Sequence[int | str]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif _is_union_label(part):
-            continue
-        else:
-            path += f".{part}" if path else part
-    return path or "body"
-
-
-def _is_union_label(part: str) -> bool:
-    """pydantic names the branch of a union in error locations (``str``, ``list[str]``,
-    ``literal['auto']``, a model's class name ...); those are not fields of the body."""
-    return (
-        part in {"str", "int", "float", "bool"}
-        or "[" in part
-        or part[:1].isupper()
-        or part.startswith(("function-", "constrained-"))
-    )
 
 
 # -- requests ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -26,8 +25,11 @@ from openmaas.core.types import (
     ToolCall,
     ToolChoice,
     ToolChoiceKind,
-    Usage,
 )
+from openmaas.core.validation import blamed_field
+
+# Zhipu's usage object and model list have OpenAI's shape exactly (reference §2, §4).
+from openmaas.protocols.openai.adapter import usage_json
 from openmaas.protocols.zhipu.schemas import (
     ZhipuChatRequest,
     ZhipuEmbeddingRequest,
@@ -64,25 +66,10 @@ def parse_body(raw: bytes, model: type[W]) -> W:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        param = _param_path(error["loc"])
+        param, error = blamed_field(exc)
         if error["type"] == "missing":
             raise MissingField(f"The field '{param}' is required.", param=param) from None
         raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param) from None
-
-
-def _param_path(loc: Sequence[int | str]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in {"str", "list[str]", "list[int]", "list[list[int]]", "list[ZhipuContentPart]"}:
-            continue  # pydantic's union-branch labels are not fields
-        elif isinstance(part, str) and part.startswith(("function-", "constrained-", "dict[")):
-            continue
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "body"
 
 
 # -- requests ---------------------------------------------------------------------------
@@ -190,18 +177,6 @@ def embedding_request(
 
 
 # -- responses --------------------------------------------------------------------------
-def usage_json(usage: Usage) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-    if usage.reasoning_tokens:
-        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
-    return body
-
-
 def tool_call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": call.id,
@@ -255,7 +230,3 @@ def embeddings(model: str, result: EmbeddingResult) -> dict[str, Any]:
             "total_tokens": result.usage.prompt_tokens,
         },
     }
-
-
-def model_card(name: str, owned_by: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
