@@ -29,7 +29,8 @@ from openmaas.core.types import (
 from openmaas.core.validation import blamed_field
 
 # Zhipu's usage object and model list have OpenAI's shape exactly (reference §2, §4).
-from openmaas.protocols.openai.adapter import usage_json
+from openmaas.protocols.openai.adapter import model_card as model_card
+from openmaas.protocols.openai.adapter import usage_json as usage_json
 from openmaas.protocols.zhipu.schemas import (
     ZhipuChatRequest,
     ZhipuEmbeddingRequest,
