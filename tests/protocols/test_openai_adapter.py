@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openmaas.core.errors import InvalidRequest
 from openmaas.core.assembly import Assembler
+from openmaas.core.errors import InvalidRequest
 from openmaas.core.types import (
     EmbeddingResult,
     Finished,

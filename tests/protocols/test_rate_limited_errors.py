@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from openmaas.core.errors import RateLimited
+from openmaas.core.errors import BudgetExceeded, InsufficientBalance, RateLimited
 from openmaas.protocols.anthropic.errors import to_anthropic_error
 from openmaas.protocols.openai.errors import to_openai_error
 from openmaas.protocols.zhipu.errors import to_zhipu_error
@@ -37,3 +37,27 @@ def test_rate_limited_is_429_with_headers(render, code_of) -> None:  # type: ign
     assert headers["retry-after"] == "7"
     assert headers["x-ratelimit-limit-tokens"] == "100"
     assert headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+@pytest.mark.parametrize(
+    "exc", [InsufficientBalance("org_1", 900, 12), BudgetExceeded("key:k", "day", 5)]
+)
+def test_quota_errors_are_final_in_every_protocol(exc) -> None:  # type: ignore[no-untyped-def]
+    """Out of money is not a rate limit: each protocol's own code, and no SDK retries it."""
+    status, body, headers = to_openai_error(exc)
+    assert (status, body["error"]["type"], body["error"]["code"]) == (
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+    )
+    assert headers["x-should-retry"] == "false"
+    status, body, headers = to_zhipu_error(exc)
+    code = "1113" if isinstance(exc, InsufficientBalance) else "1308"
+    assert (status, body["error"]["code"], headers["x-should-retry"]) == (429, code, "false")
+    status, body, headers = to_anthropic_error(exc)
+    assert (status, body["error"]["type"], headers["x-should-retry"]) == (
+        400,
+        "invalid_request_error",
+        "false",
+    )
+    assert "retry-after" not in headers

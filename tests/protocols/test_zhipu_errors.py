@@ -6,11 +6,13 @@ import pytest
 
 from openmaas.core.errors import (
     AuthenticationFailed,
+    BudgetExceeded,
     CapacityError,
     ConfigurationError,
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
+    InsufficientBalance,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -18,6 +20,7 @@ from openmaas.core.errors import (
     PayloadTooLarge,
     PermissionDenied,
     PromptTooLong,
+    QuotaExceeded,
     RateLimited,
 )
 from openmaas.core.keys import CredentialMissing, InvalidToken, SignatureInvalid, TokenExpired
@@ -45,6 +48,8 @@ CASES: list[tuple[OpenMaaSError, int, str, str]] = [
         "1302",
         "true",
     ),
+    (InsufficientBalance("org_1", 500, 20), 429, "1113", "false"),
+    (BudgetExceeded("key:om1", "day", 1000), 429, "1308", "false"),
     (EngineOverloaded("m", 4), 429, "1302", "true"),
     (EngineNotReady("m"), 429, "1305", "true"),
     (CapacityError("busy"), 429, "1305", "true"),
@@ -70,8 +75,11 @@ def test_every_row_of_the_table_is_exercised() -> None:
 
 
 def test_non_transient_means_4xx_and_transient_means_429_or_5xx() -> None:
-    for _cls, status, _code, retry in TABLE:
-        assert retry == (status == 429 or status >= 500)
+    for cls, status, _code, retry in TABLE:
+        if issubclass(cls, QuotaExceeded):  # 429 as Zhipu answers it, but waiting won't help
+            assert status == 429 and not retry
+        else:
+            assert retry == (status == 429 or status >= 500)
 
 
 def test_capacity_errors_carry_retry_after() -> None:

@@ -20,6 +20,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    QuotaExceeded,
     RateLimited,
 )
 
@@ -27,6 +28,7 @@ from openmaas.core.errors import (
 _TABLE: tuple[tuple[type[OpenMaaSError], int, str], ...] = (
     (PayloadTooLarge, 413, "request_too_large"),
     (InvalidRequest, 400, "invalid_request_error"),
+    (QuotaExceeded, 400, "invalid_request_error"),  # Anthropic: "credit balance is too low"
     (AuthenticationFailed, 401, "authentication_error"),
     (PermissionDenied, 403, "permission_error"),
     (NotFound, 404, "not_found_error"),
@@ -51,4 +53,6 @@ def to_anthropic_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[st
         headers["retry-after"] = str(max(1, round(exc.retry_after_seconds)))
     if isinstance(exc, RateLimited):
         headers.update(exc.headers)
+    if isinstance(exc, QuotaExceeded):
+        headers["x-should-retry"] = "false"
     return status, error_body(type_, exc.message), headers

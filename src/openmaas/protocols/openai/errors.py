@@ -16,6 +16,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    QuotaExceeded,
     RateLimited,
 )
 
@@ -27,6 +28,7 @@ _TABLE: tuple[tuple[type[OpenMaaSError], int, str, str | None], ...] = (
     (PermissionDenied, 403, "permission_error", "permission_denied"),
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (NotFound, 404, "invalid_request_error", "not_found"),
+    (QuotaExceeded, 429, "insufficient_quota", "insufficient_quota"),
     (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (EngineOverloaded, 429, "rate_limit_error", "engine_overloaded"),
     (EngineNotReady, 503, "server_error", "model_not_ready"),
@@ -54,4 +56,6 @@ def to_openai_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, 
         headers["retry-after"] = str(max(1, round(exc.retry_after_seconds)))
     if isinstance(exc, RateLimited):
         headers.update(exc.headers)  # x-ratelimit-* as OpenAI sends them
+    if isinstance(exc, QuotaExceeded):
+        headers["x-should-retry"] = "false"  # the SDK would retry a 429; waiting won't help
     return status, error_body(exc.message, type_, code, param), headers

@@ -12,10 +12,12 @@ from typing import Any
 
 from openmaas.core.errors import (
     AuthenticationFailed,
+    BudgetExceeded,
     CapacityError,
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
+    InsufficientBalance,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -43,6 +45,8 @@ TABLE: tuple[tuple[type[OpenMaaSError], int, str, bool], ...] = (
     (PermissionDenied, 403, "1220", False),
     (ModelNotFound, 400, "1211", False),
     (NotFound, 404, "1222", False),
+    (InsufficientBalance, 429, "1113", False),
+    (BudgetExceeded, 429, "1308", False),
     (RateLimited, 429, "1302", True),
     (EngineOverloaded, 429, "1302", True),
     (EngineNotReady, 429, "1305", True),
