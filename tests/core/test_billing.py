@@ -32,6 +32,8 @@ TABLE = [
     (Termination.ENGINE_ERROR, FULL, FULL, Rule.AS_COUNTED),
     (Termination.GATEWAY_SHUTDOWN, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),
     (Termination.GATEWAY_SHUTDOWN, FULL, FULL, Rule.AS_COUNTED),
+    (Termination.GATEWAY_KILLED, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),
+    (Termination.GATEWAY_KILLED, FULL, FULL, Rule.AS_COUNTED),
     (Termination.REJECTED, PROMPT_ONLY, Usage(), Rule.FREE_REJECTED),
 ]
 
@@ -72,11 +74,11 @@ def test_negative_engine_counts_are_refused() -> None:
         billable_usage(Termination.FINISHED, Usage(prompt_tokens=-1))
 
 
-def test_crash_recovery_settles_from_the_record_or_releases() -> None:
-    assert recovery_usage(None, None).free
-    assert recovery_usage(FULL, None).free
-    assert recovery_usage(FULL, Termination.CLIENT_DISCONNECTED).usage == FULL
-    assert recovery_usage(PROMPT_ONLY, Termination.ENGINE_ERROR).free
+def test_crash_recovery_bills_the_checkpoint_or_nothing() -> None:
+    assert recovery_usage(None).free  # died before any checkpoint reached disk
+    assert recovery_usage(PROMPT_ONLY).free  # died before the first completion token
+    decision = recovery_usage(FULL)
+    assert decision.usage == FULL and decision.rule is Rule.AS_COUNTED
 
 
 counts = st.integers(min_value=0, max_value=10**7)
@@ -89,7 +91,9 @@ def test_never_more_than_the_engine_counted(termination: Termination, p: int, c:
     assert decision.usage in (engine, Usage())
     # Free exactly when the failure was ours before any output, or the input was refused.
     free = termination is Termination.REJECTED or (
-        c == 0 and termination in (Termination.ENGINE_ERROR, Termination.GATEWAY_SHUTDOWN)
+        c == 0
+        and termination
+        in (Termination.ENGINE_ERROR, Termination.GATEWAY_SHUTDOWN, Termination.GATEWAY_KILLED)
     )
     assert (decision.usage == Usage()) == (free or (p == 0 and c == 0))
 

@@ -43,7 +43,9 @@ class Rule(StrEnum):
 CHARGED_AS_COUNTED = frozenset({Termination.CLIENT_DISCONNECTED})
 """Ended by the client: the engine's counts, even with no output."""
 
-FREE_WITHOUT_OUTPUT = frozenset({Termination.ENGINE_ERROR, Termination.GATEWAY_SHUTDOWN})
+FREE_WITHOUT_OUTPUT = frozenset(
+    {Termination.ENGINE_ERROR, Termination.GATEWAY_SHUTDOWN, Termination.GATEWAY_KILLED}
+)
 """Ended by our side: free before the first completion token, counted after it."""
 
 
@@ -93,14 +95,13 @@ def _source(engine_usage: Usage | None, estimate: Usage | None) -> tuple[Usage, 
     return Usage(), False
 
 
-def recovery_usage(recorded: Usage | None, termination: Termination | None) -> BillingDecision:
-    """What crash recovery settles an open hold with on the next start.
+def recovery_usage(checkpoint: Usage | None) -> BillingDecision:
+    """What crash recovery settles an open request with on the next start.
 
-    ``recorded`` is the usage record the store holds for the request id, if one was
-    committed before the crash (then its termination is known too). With no record the
-    gateway died before the engine's count reached disk: the request is released (free),
-    since charging a guess would bill what may never have been generated.
+    ``checkpoint`` is the engine's count as last written to the store while the request
+    ran (at its first token, then periodically); ``None`` when the process died before
+    any checkpoint. The request is billed as ``gateway_killed``: free without a
+    completion token, else the checkpointed counts. A checkpoint can only lag the truth,
+    so recovery may under-bill the last moments of a stream but never bills a guess.
     """
-    if recorded is None or termination is None:
-        return BillingDecision(Usage(), Rule.FREE_NO_OUTPUT, False)
-    return billable_usage(termination, recorded)
+    return billable_usage(Termination.GATEWAY_KILLED, checkpoint)

@@ -14,6 +14,7 @@ class Termination(StrEnum):
     ENGINE_ERROR = "engine_error"  # the engine failed before or during generation
     REJECTED = "rejected"  # the engine refused the input (e.g. prompt over the context window)
     GATEWAY_SHUTDOWN = "gateway_shutdown"  # the grace period ran out while shutting down
+    GATEWAY_KILLED = "gateway_killed"  # the process died (kill -9, power); found on restart
 
 
 def from_finish_reason(reason: FinishReason) -> Termination:
