@@ -120,8 +120,8 @@ class Ledger:
         """Apply one event; an event with an invalid transfer is refused whole."""
         transfers: tuple[Transfer, ...] = getattr(event, "transfers", ())
         for transfer in transfers:
-            unit = self._unit(transfer.debit)
-            if unit != self._unit(transfer.credit) or transfer.amount <= 0:
+            unit = self.unit_of(transfer.debit)
+            if unit != self.unit_of(transfer.credit) or transfer.amount <= 0:
                 raise ValueError(f"invalid transfer {transfer!r}")
         if isinstance(event, OrgOpened):
             self.orgs[event.org] = event
@@ -159,11 +159,12 @@ class Ledger:
         for transfer in transfers:
             for account in (transfer.debit, transfer.credit):
                 if account not in self.units:  # system accounts open on first use
-                    self._open(account, self._unit(account), None)
+                    self._open(account, self.unit_of(account), None)
             self.balances[transfer.debit] -= transfer.amount
             self.balances[transfer.credit] += transfer.amount
 
-    def _unit(self, account: str) -> str:
+    def unit_of(self, account: str) -> str:
+        """The unit of ``account`` (a currency code, or ``tokens``)."""
         if account in self.units:
             return self.units[account]
         kind, _, rest = account.partition(":")

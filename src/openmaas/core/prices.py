@@ -253,11 +253,13 @@ class PriceCatalog:
     discounts_bp: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        seen: set[tuple[str, int]] = set()
+        seen: set[tuple[str, Currency, int]] = set()
         for price in self.prices:
-            key = (price.model, price.effective_from_ms)
+            key = (price.model, price.currency, price.effective_from_ms)
             if key in seen:
-                raise ValueError(f"two prices for {price.model} from {price.effective_from_ms}")
+                raise ValueError(
+                    f"two {price.currency} prices for {price.model} from {price.effective_from_ms}"
+                )
             seen.add(key)
         for discount in self.discounts_bp.values():
             _check_discount(discount)
@@ -266,7 +268,8 @@ class PriceCatalog:
         kept = tuple(
             p
             for p in self.prices
-            if (p.model, p.effective_from_ms) != (price.model, price.effective_from_ms)
+            if (p.model, p.currency, p.effective_from_ms)
+            != (price.model, price.currency, price.effective_from_ms)
         )
         return PriceCatalog((*kept, price), dict(self.discounts_bp))
 
@@ -274,24 +277,35 @@ class PriceCatalog:
         _check_discount(discount_bp)
         return PriceCatalog(self.prices, {**self.discounts_bp, org_id: discount_bp})
 
-    def find(self, model: str, at_ms: int) -> ModelPrice | None:
-        """The price of ``model`` in force at ``at_ms``: the latest not after it."""
+    def find(
+        self, model: str, at_ms: int, currency: Currency | None = None
+    ) -> ModelPrice | None:
+        """The price of ``model`` in force at ``at_ms`` (in ``currency``, if given): the
+        latest not after it. A model may have a price list per currency."""
         best: ModelPrice | None = None
         for price in self.prices:
+            if currency is not None and price.currency is not currency:
+                continue
             if price.model == model and price.effective_from_ms <= at_ms:
                 if best is None or price.effective_from_ms > best.effective_from_ms:
                     best = price
         return best
 
-    def price_at(self, model: str, at_ms: int) -> ModelPrice:
-        price = self.find(model, at_ms)
+    def price_at(self, model: str, at_ms: int, currency: Currency | None = None) -> ModelPrice:
+        price = self.find(model, at_ms, currency)
         if price is None:
             raise KeyError(f"no price for model {model!r} at {at_ms}")
         return price
 
-    def applied(self, model: str, at_ms: int, org_id: str | None = None) -> AppliedPrice:
+    def applied(
+        self,
+        model: str,
+        at_ms: int,
+        org_id: str | None = None,
+        currency: Currency | None = None,
+    ) -> AppliedPrice:
         discount = self.discounts_bp.get(org_id, 0) if org_id is not None else 0
-        return AppliedPrice(self.price_at(model, at_ms), discount)
+        return AppliedPrice(self.price_at(model, at_ms, currency), discount)
 
     def cost(self, model: str, usage: Usage, at_ms: int, org_id: str | None = None) -> Charge:
         """The itemized charge for ``usage`` of ``model`` started at ``at_ms``."""
