@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +66,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     shutdown_grace_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    billing_refresh_seconds: float = Field(
+        2.0, ge=0, description="How often prices, tiers and organization terms are re-read."
+    )
+    checkpoint_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often a running request's token count is saved for crash recovery "
+        "(0: never; a kill -9 then releases its hold unbilled).",
     )
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
     secret_key: str | None = Field(

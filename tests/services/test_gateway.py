@@ -35,9 +35,13 @@ from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import Engine, ModelKind
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.services.auth import Principal
+from openmaas.services.billing import Billing, Ticket
 from openmaas.services.catalog import ModelCatalog, ServedModel
 from openmaas.services.gateway import Gateway, Generation
+from openmaas.services.limiter import InProcessLimiter
+from openmaas.store.billing import InFlight
 from openmaas.store.database import migrate, open_database
+from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
 
 NOW_MS = 1709251200000  # 2024-03-01T00:00:00Z
@@ -72,6 +76,11 @@ class CountingUsage(UsageRepository):
         await super().append(record)
 
 
+def billing_over(database: AsyncEngine, usage: UsageRepository, clock: FakeClock) -> Billing:
+    ledger = LedgerStore(database, clock.now_ms)
+    return Billing(database, ledger, usage, InProcessLimiter(), clock)
+
+
 class Harness:
     def __init__(self, database: AsyncEngine) -> None:
         self.database = database
@@ -84,7 +93,14 @@ class Harness:
             self.engines.append(model.engine)
             if start:
                 await model.engine.start()
-        return Gateway(ModelCatalog(models), self.usage, FakeClock(), lambda: self.shutting_down)
+        return self.gateway_over(*models)
+
+    def gateway_over(self, *models: ServedModel) -> Gateway:
+        clock = FakeClock()
+        return Gateway(
+            ModelCatalog(models), billing_over(self.database, self.usage, clock), clock,
+            lambda: self.shutting_down,
+        )  # fmt: skip
 
     async def fake(self, start: bool = True, **script: object) -> tuple[Gateway, FakeEngine]:
         engine = FakeEngine("fake-chat", FakeScript(**script))
@@ -338,9 +354,7 @@ async def test_engine_that_failed_to_load_refuses_with_not_ready(harness: Harnes
     harness.engines.append(engine)
     with pytest.raises(EngineFailure):
         await engine.start()
-    gateway = Gateway(
-        ModelCatalog([ServedModel("fake-chat", engine)]), harness.usage, FakeClock(), lambda: False
-    )
+    gateway = harness.gateway_over(ServedModel("fake-chat", engine))
     with pytest.raises(EngineNotReady) as info:
         await gateway.generate(PRINCIPAL, chat(), "chat.completions")
     assert "scripted load failure" in info.value.message
@@ -497,12 +511,16 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_pat
     database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")
     await migrate(database)
     repository = UsageRepository(database)
-    gateway = Gateway(ModelCatalog([]), SlowRepository(repository), None, lambda: False)  # type: ignore[arg-type]
+    clock = FakeClock()
+    billing = billing_over(database, SlowRepository(repository), clock)  # type: ignore[arg-type]
+    gateway = Gateway(ModelCatalog([]), billing, clock, lambda: False)
+    unpriced = InFlight("r-cancel", "k", "o", "m", "chat.completions", NOW_MS, None)
+    ticket = Ticket(unpriced, price=None, limit=None)
     record = UsageRecord(
         "r-cancel", PRINCIPAL.key_id, PRINCIPAL.org_id, "m", "chat.completions",
         Usage(1, 0, 2), Termination.CLIENT_DISCONNECTED, NOW_MS, None, 5,
     )
-    task = asyncio.create_task(gateway.record(record))
+    task = asyncio.create_task(gateway.finish(ticket, record))
     for _ in range(3):
         await asyncio.sleep(0.01)
         task.cancel()

@@ -85,8 +85,8 @@ async def test_migrate_creates_the_tables_and_is_idempotent(db_path: Path) -> No
         async with eng.connect() as conn:
             tables = await conn.run_sync(lambda c: set(sa_inspect(c).get_table_names()))
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
-        assert {"organizations", "api_keys", "usage_records"} <= tables
-        assert version == "0001"
+        assert {"organizations", "api_keys", "usage_records", "ledger_events", "prices"} <= tables
+        assert version == "0002"
     finally:
         await eng.dispose()
 

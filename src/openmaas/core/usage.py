@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from openmaas.core.money import Money
 from openmaas.core.termination import Termination
 from openmaas.core.types import Usage
 
@@ -21,6 +22,7 @@ class UsageRecord:
     ttft_ms: int | None
     latency_ms: int
     error: str | None = None
+    cost: Money | None = None  # what the request was charged; None when its model is unpriced
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,11 +22,29 @@ from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
 from openmaas.services.auth import Authenticator, load_master_key
+from openmaas.services.billing import Billing
 from openmaas.services.catalog import ModelCatalog, build_catalog
 from openmaas.services.gateway import Gateway
+from openmaas.services.limiter import InProcessLimiter
 from openmaas.settings import Settings
 from openmaas.store.database import migrate, open_database
+from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import ApiKeyRepository, UsageRepository
+
+log = logging.getLogger("openmaas.server")
+
+PACK_EXPIRY_SECONDS = 60.0
+
+
+async def _expire_packs(billing: Billing) -> None:
+    """Expire resource packs on start and every minute (holds check expiry themselves;
+    this moves what is left of an expired pack out of the organization's accounts)."""
+    while True:
+        try:
+            await billing.expire_packs()
+        except Exception:  # the next round tries again
+            log.exception("expiring resource packs failed")
+        await asyncio.sleep(PACK_EXPIRY_SECONDS)
 
 
 def create_app(
@@ -46,6 +66,18 @@ def create_app(
         usage = UsageRepository(database)
         life = lifecycle or Lifecycle()
         state_clock = clock or SystemClock()
+        billing = Billing(
+            database,
+            LedgerStore(database, state_clock.now_ms),
+            usage,
+            InProcessLimiter(),
+            state_clock,
+            refresh_seconds=settings.billing_refresh_seconds,
+            checkpoint_seconds=settings.checkpoint_seconds,
+        )
+        recovered = await billing.recover()  # requests a killed process left in flight
+        if recovered:
+            log.warning("recovered %d requests left in flight by a previous process", recovered)
         app.state.openmaas = AppState(
             settings=settings,
             database=database,
@@ -54,14 +86,16 @@ def create_app(
                 ApiKeyRepository(database), load_master_key(settings), state_clock.now_ms
             ),
             usage=usage,
-            gateway=Gateway(models, usage, state_clock, lambda: life.draining),
+            gateway=Gateway(models, billing, state_clock, lambda: life.draining),
             clock=state_clock,
             lifecycle=life,
         )
         models.start_loading()
+        housekeeping = asyncio.create_task(_expire_packs(billing))
         try:
             yield
         finally:
+            housekeeping.cancel()
             await zhipu_routes.close(app)  # cancel async jobs: they record usage as they close
             # Requests cut off by the grace period are still closing: let them record usage.
             await app.state.openmaas.gateway.wait_idle(timeout=10.0)

@@ -38,6 +38,7 @@ class Principal:
     key_id: str
     org_id: str
     role: str
+    tier: str | None = None  # the key's own tier, narrowing its organization's
 
     @property
     def is_admin(self) -> bool:
@@ -129,7 +130,7 @@ class Authenticator:
         key = await (self._jwt_key(token) if looks_like_jwt(token) else self._raw_key(token))
         if key.revoked:
             raise AuthenticationFailed("This API key has been revoked.")
-        return Principal(key_id=key.id, org_id=key.org_id, role=key.role)
+        return Principal(key_id=key.id, org_id=key.org_id, role=key.role, tier=key.tier)
 
     async def _raw_key(self, token: str) -> ApiKey:
         key_id, secret = split_key(token)

@@ -1,9 +1,11 @@
 """The metered request path: admission to an engine, the stream, and one usage record.
 
-``Gateway.generate`` returns a ``Generation`` only once the engine has produced its first
-event, so every failure before that still becomes a proper HTTP error. Whatever happens
-next (finished, length, client gone, engine error, shutdown), ``Generation.aclose()``
-stops the engine and appends exactly one usage record, shielded from cancellation.
+``Gateway.generate`` admits the request (rate limits, then a hold for its worst-case
+charge: ``services/billing.py``) before any engine sees it, and returns a ``Generation``
+only once the engine has produced its first event, so every failure before that still
+becomes a proper HTTP error. Whatever happens next (finished, length, client gone, engine
+error, shutdown), ``Generation.aclose()`` stops the engine, settles the hold and appends
+exactly one usage record, shielded from cancellation.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind
 from openmaas.services.auth import Principal
+from openmaas.services.billing import Billing, Ticket
 from openmaas.services.catalog import ModelCatalog
-from openmaas.store.repositories import UsageRepository
 
 log = logging.getLogger("openmaas.gateway")
 
@@ -38,12 +40,12 @@ class Gateway:
     def __init__(
         self,
         catalog: ModelCatalog,
-        usage: UsageRepository,
+        billing: Billing,
         clock: Clock,
         shutting_down: Callable[[], bool],
     ) -> None:
         self.catalog = catalog
-        self._usage = usage
+        self.billing = billing
         self._clock = clock
         self._shutting_down = shutting_down
         self._open = 0  # generations not yet closed (their usage not yet recorded)
@@ -51,11 +53,25 @@ class Gateway:
     async def generate(
         self, principal: Principal, request: GenerationRequest, endpoint: str
     ) -> Generation:
-        engine = self.catalog.for_kind(request.model, ModelKind.CHAT).engine
-        started_ms = self._clock.now_ms()
+        served = self.catalog.for_kind(request.model, ModelKind.CHAT)
+        engine = served.engine
         started = self._clock.monotonic()
-        stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached the engine
-        generation = Generation(self, principal, request, endpoint, stream, started_ms, started)
+        ticket = await self.billing.admit(
+            principal,
+            served.name,
+            endpoint,
+            request.request_id,
+            count_prompt=lambda: engine.count_prompt_tokens(request),
+            max_tokens=request.sampling.max_tokens,
+            context_length=served.context_length,
+        )
+        try:
+            stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.billing.cancel(ticket)
+            raise
+        generation = Generation(self, principal, request, endpoint, stream, ticket, started)
         self._open += 1
         try:
             await generation.prime()
@@ -72,12 +88,20 @@ class Gateway:
     async def embed(
         self, principal: Principal, request: EmbeddingRequest, endpoint: str
     ) -> EmbeddingResult:
-        engine = self.catalog.for_kind(request.model, ModelKind.EMBEDDING).engine
-        started_ms = self._clock.now_ms()
+        served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
         started = self._clock.monotonic()
+        ticket = await self.billing.admit(
+            principal,
+            served.name,
+            endpoint,
+            request.request_id,
+            count_prompt=lambda: _embedding_token_bound(request, served.context_length),
+            max_tokens=0,
+            context_length=served.context_length,
+        )
         reached, termination, error, usage = True, Termination.FINISHED, None, Usage()
         try:
-            result = await engine.embed(request)
+            result = await served.engine.embed(request)
             usage = result.usage
             return result
         except CapacityError:
@@ -93,28 +117,30 @@ class Gateway:
             termination = for_interruption(shutting_down=self._shutting_down())
             raise
         finally:
-            if reached:
-                latency = self.elapsed_ms(started)
-                record = UsageRecord(
-                    request.request_id,
-                    principal.key_id,
-                    principal.org_id,
-                    request.model,
-                    endpoint,
-                    usage,
-                    termination,
-                    started_ms,
-                    ttft_ms=None,
-                    latency_ms=latency,
-                    error=error,
-                )
-                with anyio.CancelScope(shield=True):
-                    await self.record(record)
+            with anyio.CancelScope(shield=True):
+                if not reached:
+                    await self.billing.cancel(ticket)
+                else:
+                    record = UsageRecord(
+                        request.request_id,
+                        principal.key_id,
+                        principal.org_id,
+                        request.model,
+                        endpoint,
+                        usage,
+                        termination,
+                        ticket.request.started_at_ms,
+                        ttft_ms=None,
+                        latency_ms=self.elapsed_ms(started),
+                        error=error,
+                    )
+                    await self.finish(ticket, record)
 
-    async def record(self, record: UsageRecord) -> None:
-        """Append a usage record. The write runs as its own task and is waited for even if
-        the caller is cancelled again meanwhile (a cancellation is re-raised afterwards)."""
-        write = asyncio.ensure_future(self._usage.append(record))
+    async def finish(self, ticket: Ticket, record: UsageRecord) -> UsageRecord:
+        """Settle and append the usage record (one transaction). The write runs as its own
+        task and is waited for even if the caller is cancelled again meanwhile (a
+        cancellation is re-raised afterwards)."""
+        write = asyncio.ensure_future(self.billing.finish(ticket, record))
         cancelled = False
         while not write.done():
             try:
@@ -122,13 +148,14 @@ class Gateway:
             except asyncio.CancelledError:
                 cancelled = True
         try:
-            write.result()
+            settled = write.result()
         except Exception:
             # The record is also logged in full, so an operator can replay it.
             log.exception("failed to append usage record", extra={"usage": record})
             raise
         if cancelled:
             raise asyncio.CancelledError
+        return settled
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until every generation has recorded its usage (for shutdown)."""
@@ -157,7 +184,7 @@ class Generation:
         request: GenerationRequest,
         endpoint: str,
         stream: EngineStream,
-        started_ms: int,
+        ticket: Ticket,
         started: float,
     ) -> None:
         self.request = request
@@ -165,7 +192,7 @@ class Generation:
         self._principal = principal
         self._endpoint = endpoint
         self._stream = stream
-        self._started_ms = started_ms
+        self._ticket = ticket
         self._started = started
         self._first: StreamEvent | None = None
         self._ttft_ms: int | None = None
@@ -212,8 +239,10 @@ class Generation:
         if isinstance(event, Finished):
             self._finished = event
             self._termination = from_finish_reason(event.reason)
-        elif self._ttft_ms is None:  # the first token of any kind: text, reasoning, tool call
+            return event
+        if self._ttft_ms is None:  # the first token of any kind: text, reasoning, tool call
             self._ttft_ms = self._gateway.elapsed_ms(self._started)
+        self._gateway.billing.checkpoint(self._ticket, self._stream.tracker.snapshot)
         return event
 
     def _fail(self, termination: Termination, error: str) -> None:
@@ -240,13 +269,23 @@ class Generation:
                 endpoint=self._endpoint,
                 usage=usage,
                 termination=termination,
-                started_at_ms=self._started_ms,
+                started_at_ms=self._ticket.request.started_at_ms,
                 ttft_ms=self._ttft_ms,
                 latency_ms=self._gateway.elapsed_ms(self._started),
                 error=self._error,
             )
             try:
-                await self._gateway.record(record)
+                record = await self._gateway.finish(self._ticket, record)
             finally:
                 self._gateway.closed_one()
         return record
+
+
+async def _embedding_token_bound(request: EmbeddingRequest, context: int | None) -> int:
+    """At most this many tokens: a WordPiece or byte-level tokenizer makes no more tokens
+    than UTF-8 bytes, plus two special tokens, and each input is cut at the context."""
+    total = 0
+    for text in request.inputs:
+        tokens = len(text.encode()) + 2
+        total += tokens if context is None else min(tokens, context)
+    return total

@@ -6,14 +6,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.errors import InvalidRequest, NotFound
 from openmaas.core.keys import NewKey
 from openmaas.core.usage import UsageRecord, UsageTotal
-from openmaas.store.schema import api_keys, organizations, usage_records
+from openmaas.store.schema import api_keys, inflight, organizations, usage_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,9 @@ class Organization:
     id: str
     name: str
     created_at_ms: int
+    currency: str = "CNY"
+    tier: str | None = None  # None: no rate limits
+    discount_bp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class ApiKey:
     secret_hash: str
     created_at_ms: int
     revoked_at_ms: int | None
+    tier: str | None = None  # narrows the organization's tier
 
     @property
     def revoked(self) -> bool:
@@ -46,12 +50,16 @@ class OrganizationRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def create(self, name: str, now_ms: int) -> Organization:
-        org = Organization(id="org_" + secrets.token_hex(8), name=name, created_at_ms=now_ms)
+    async def create(
+        self, name: str, now_ms: int, *, currency: str = "CNY", tier: str | None = None
+    ) -> Organization:
+        org = Organization("org_" + secrets.token_hex(8), name, now_ms, currency, tier)
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(
-                    insert(organizations).values(id=org.id, name=name, created_at_ms=now_ms)
+                    insert(organizations).values(
+                        id=org.id, name=name, created_at_ms=now_ms, currency=currency, tier=tier
+                    )
                 )
         except IntegrityError as exc:
             raise InvalidRequest(f"An organization named '{name}' already exists.", "name") from exc
@@ -128,32 +136,45 @@ class ApiKeyRepository:
                     raise NotFound(f"No API key with id '{key_id}'.")
 
 
+def usage_row(record: UsageRecord) -> dict[str, object]:
+    return {
+        "request_id": record.request_id,
+        "key_id": record.key_id,
+        "org_id": record.org_id,
+        "model": record.model,
+        "endpoint": record.endpoint,
+        "prompt_tokens": record.usage.prompt_tokens,
+        "cached_tokens": record.usage.cached_tokens,
+        "completion_tokens": record.usage.completion_tokens,
+        "reasoning_tokens": record.usage.reasoning_tokens,
+        "estimated": int(record.usage.estimated),
+        "termination": record.termination.value,
+        "started_at_ms": record.started_at_ms,
+        "day": utc_day(record.started_at_ms),
+        "ttft_ms": record.ttft_ms,
+        "latency_ms": record.latency_ms,
+        "error": record.error,
+        "cost_micros": record.cost.micros if record.cost is not None else None,
+        "currency": record.cost.currency.value if record.cost is not None else None,
+    }
+
+
+async def insert_usage(conn: AsyncConnection, record: UsageRecord) -> None:
+    """Insert one usage record on ``conn`` (in the caller's transaction) and forget the
+    request's in-flight checkpoint: the record now says how it ended."""
+    await conn.execute(insert(usage_records).values(**usage_row(record)))
+    await conn.execute(delete(inflight).where(inflight.c.request_id == record.request_id))
+
+
 class UsageRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
     async def append(self, record: UsageRecord) -> None:
         """Append one record; committed (durable) when this returns. Idempotent by request id."""
-        values = {
-            "request_id": record.request_id,
-            "key_id": record.key_id,
-            "org_id": record.org_id,
-            "model": record.model,
-            "endpoint": record.endpoint,
-            "prompt_tokens": record.usage.prompt_tokens,
-            "cached_tokens": record.usage.cached_tokens,
-            "completion_tokens": record.usage.completion_tokens,
-            "estimated": int(record.usage.estimated),
-            "termination": record.termination.value,
-            "started_at_ms": record.started_at_ms,
-            "day": utc_day(record.started_at_ms),
-            "ttft_ms": record.ttft_ms,
-            "latency_ms": record.latency_ms,
-            "error": record.error,
-        }
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(insert(usage_records).values(**values))
+                await insert_usage(conn, record)
         except IntegrityError:
             return  # already recorded under this request id: recording twice changes nothing
 

@@ -22,6 +22,9 @@ organizations = Table(
     Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("created_at_ms", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False, server_default="CNY"),
+    Column("tier", String(40), nullable=True),  # None: no rate limits
+    Column("discount_bp", Integer, nullable=False, server_default="0"),
 )
 
 api_keys = Table(
@@ -34,6 +37,7 @@ api_keys = Table(
     Column("secret_hash", String(64), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("revoked_at_ms", BigInteger, nullable=True),
+    Column("tier", String(40), nullable=True),  # narrows the organization's tier
 )
 
 usage_records = Table(
@@ -54,5 +58,91 @@ usage_records = Table(
     Column("ttft_ms", Integer, nullable=True),
     Column("latency_ms", Integer, nullable=False),
     Column("error", Text, nullable=True),
+    Column("reasoning_tokens", Integer, nullable=False, server_default="0"),
+    Column("cost_micros", BigInteger, nullable=True),  # None: the model has no price
+    Column("currency", String(3), nullable=True),
     Index("ix_usage_org_day", "org_id", "day"),
+)
+
+# -- billing (migration 0002) ---------------------------------------------------------
+
+ledger_head = Table(
+    "ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True),  # one row, id 1: the ledger's write lock
+    Column("seq", BigInteger, nullable=False),  # the last event's seq
+)
+
+ledger_events = Table(
+    "ledger_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("org_id", String(40), nullable=True),
+    Column("request_id", String(80), nullable=True),
+    Column("idempotency_key", String(160), nullable=True, unique=True),
+    Column("body", Text, nullable=False),  # the event as JSON (core/ledger_events.py)
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_seq", BigInteger, ForeignKey("ledger_events.seq"), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("debit", String(160), nullable=False),
+    Column("credit", String(160), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("unit", String(10), nullable=False),
+    Column("request_id", String(80), nullable=True),
+    Index("ix_entries_debit_at", "debit", "at_ms"),
+    Index("ix_entries_credit_at", "credit", "at_ms"),
+)
+
+prices = Table(
+    "prices",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("effective_from_ms", BigInteger, primary_key=True),
+    Column("input_per_million", BigInteger, nullable=False),
+    Column("cached_input_per_million", BigInteger, nullable=False),
+    Column("output_per_million", BigInteger, nullable=False),
+    Column("reasoning_per_million", BigInteger, nullable=True),
+)
+
+tiers = Table(
+    "tiers",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("body", Text, nullable=False),  # {"rpm":…, "tpm":…, "concurrency":…, "models":{…}}
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("actor", String(80), nullable=False),  # "key:<id>" or "cli:<user>"
+    Column("action", String(60), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("before", Text, nullable=True),  # JSON
+    Column("after", Text, nullable=True),  # JSON
+)
+
+inflight = Table(
+    "inflight",
+    metadata,
+    Column("request_id", String(80), primary_key=True),
+    Column("key_id", String(40), nullable=False),
+    Column("org_id", String(40), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("endpoint", String(60), nullable=False),
+    Column("started_at_ms", BigInteger, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("cached_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("reasoning_tokens", Integer, nullable=False),
+    Column("checkpoint_at_ms", BigInteger, nullable=True),  # None: admitted, no count yet
 )

@@ -1,0 +1,311 @@
+"""Admission and settlement: rate limits and the ledger around every request.
+
+``Billing.admit`` runs before an engine is called: rate limits first (key and organization,
+per the tiers), then, for a model with a price in the organization's currency, a ledger hold
+for the worst case (prompt tokens + the most output the request allows). A refusal raises
+``RateLimited``, ``InsufficientBalance`` or ``BudgetExceeded`` and nothing was reserved.
+
+Exactly one of ``Billing.finish`` (the engine ran: settle the hold with the billable usage
+in the same transaction as the usage record, correct the TPM reservation) or
+``Billing.cancel`` (the engine never saw the request: release everything) ends a ticket.
+
+While a request runs, ``Billing.checkpoint`` writes the engine's running count to the
+``inflight`` table at its first token and then every ``checkpoint_seconds``; after a
+crash, ``Billing.recover`` settles every request left there by ``recovery_usage`` (see
+``docs/billing.md``). Organizations without a tier and models without a price are neither
+limited nor charged: a fresh install meters usage and refuses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from openmaas.core.billing import billable_usage
+from openmaas.core.clock import Clock
+from openmaas.core.ledger_events import Event, ExpirePacks, Hold, HoldResolved, Release, Settle
+from openmaas.core.limits import Admission
+from openmaas.core.money import Currency, Money
+from openmaas.core.prices import AppliedPrice, PriceCatalog
+from openmaas.core.termination import Termination
+from openmaas.core.tiers import Scope, Tier, scopes_for
+from openmaas.core.types import Usage
+from openmaas.core.usage import UsageRecord
+from openmaas.services.auth import Principal
+from openmaas.services.limiter import Limiter
+from openmaas.store.billing import (
+    InFlight,
+    checkpoint,
+    forget_inflight,
+    load_inflight,
+    load_org_terms,
+    load_price_catalog,
+    load_tiers,
+)
+from openmaas.store.ledger import LedgerStore
+from openmaas.store.repositories import UsageRepository, insert_usage
+
+log = logging.getLogger("openmaas.billing")
+
+DEFAULT_MAX_OUTPUT = 4096
+"""The output a request without ``max_tokens`` may reserve when its engine has no window."""
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """The billing configuration as of one read of the database."""
+
+    prices: PriceCatalog = field(default_factory=PriceCatalog)
+    tiers: Mapping[str, Tier] = field(default_factory=dict)
+    orgs: Mapping[str, tuple[Currency, str | None]] = field(default_factory=dict)
+
+    def scopes(self, principal: Principal) -> list[Scope]:
+        """What the request counts against; empty when neither the organization nor the key
+        has a tier (an unknown tier name counts as none)."""
+        org_tier = self.tiers.get(self.orgs.get(principal.org_id, (None, None))[1] or "")
+        key_tier = self.tiers.get(principal.tier or "")
+        if org_tier is None and key_tier is None:
+            return []
+        if org_tier is None:
+            return [Scope(f"key:{principal.key_id}", key_tier)]  # type: ignore[arg-type]
+        return scopes_for(
+            org_id=principal.org_id, org_tier=org_tier, key_id=principal.key_id, key_tier=key_tier
+        )
+
+    def price(self, principal: Principal, model: str, at_ms: int) -> AppliedPrice | None:
+        currency = self.orgs.get(principal.org_id, (Currency.CNY, None))[0]
+        price = self.prices.find(model, at_ms, currency)
+        if price is None:
+            return None
+        return AppliedPrice(price, self.prices.discounts_bp.get(principal.org_id, 0))
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted request's reservations; ended by ``finish`` or ``cancel``."""
+
+    request: InFlight
+    price: AppliedPrice | None
+    limit: Admission | None
+    last_checkpoint: float | None = None
+    pending: asyncio.Future[None] | None = None
+    closed: bool = False
+
+    @property
+    def held(self) -> bool:
+        return self.price is not None
+
+
+class Billing:
+    def __init__(
+        self,
+        database: AsyncEngine,
+        ledger: LedgerStore,
+        usage: UsageRepository,
+        limiter: Limiter,
+        clock: Clock,
+        *,
+        refresh_seconds: float = 2.0,
+        checkpoint_seconds: float = 1.0,
+    ) -> None:
+        self.ledger = ledger
+        self._database = database
+        self._usage = usage
+        self._limiter = limiter
+        self._clock = clock
+        self._refresh_seconds = refresh_seconds
+        self._checkpoint_seconds = checkpoint_seconds
+        self._terms: Terms | None = None
+        self._terms_at = 0.0
+
+    # -- configuration --------------------------------------------------------------
+
+    async def terms(self) -> Terms:
+        """Prices, tiers and organization terms, re-read at most every ``refresh_seconds``
+        (so a change made by the CLI in another process applies without a restart)."""
+        now = self._clock.monotonic()
+        if self._terms is None or now - self._terms_at >= self._refresh_seconds:
+            async with self._database.connect() as conn:
+                self._terms = Terms(
+                    await load_price_catalog(conn),
+                    await load_tiers(conn),
+                    await load_org_terms(conn),
+                )
+            self._terms_at = now
+        return self._terms
+
+    def invalidate(self) -> None:
+        """Forget the cached terms (after an admin change in this process)."""
+        self._terms = None
+
+    # -- a request ------------------------------------------------------------------
+
+    async def admit(
+        self,
+        principal: Principal,
+        model: str,
+        endpoint: str,
+        request_id: str,
+        *,
+        count_prompt: Callable[[], Awaitable[int]],
+        max_tokens: int | None,
+        context_length: int | None,
+    ) -> Ticket:
+        """Reserve rate limits and the worst-case charge, or raise having reserved nothing.
+        ``count_prompt`` is called only when a price or a token limit needs the count."""
+        terms = await self.terms()
+        now_ms = self._clock.now_ms()
+        price = terms.price(principal, model, now_ms)
+        scopes = terms.scopes(principal)
+        wants_tokens = price is not None or any(
+            limits.tpm is not None
+            for scope in scopes
+            for _, limits in scope.tier.counter_limits(model)
+        )
+        prompt = await count_prompt() if wants_tokens else 0
+        if max_tokens is not None:
+            max_output = max_tokens
+        elif context_length is not None:
+            max_output = max(context_length - prompt, 0)
+        else:
+            max_output = DEFAULT_MAX_OUTPUT
+        request = InFlight(
+            request_id, principal.key_id, principal.org_id, model, endpoint, now_ms, None
+        )
+        limit = (
+            await self._limiter.admit(scopes, model, prompt + max_output, now_ms)
+            if scopes
+            else None
+        )
+        ticket = Ticket(request, price, limit)
+        if price is None:
+            return ticket
+        hold = Hold(
+            request_id,
+            principal.org_id,
+            price.worst_case(prompt, max_output),
+            now_ms,
+            (f"key:{principal.key_id}", f"org:{principal.org_id}"),
+        )
+
+        async def remember(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+            if events:  # the hold and its in-flight row commit together
+                await checkpoint(conn, request, None)
+
+        try:
+            await self.ledger.execute(hold, also=remember)
+        except BaseException:
+            if limit is not None:
+                await self._limiter.release(limit)
+            raise
+        return ticket
+
+    def checkpoint(self, ticket: Ticket, usage: Callable[[], Usage]) -> None:
+        """Note the engine's running count: written at the first call, then at most every
+        ``checkpoint_seconds``, in the background (one write at a time per request)."""
+        if ticket.closed or self._checkpoint_seconds <= 0:
+            return
+        now = self._clock.monotonic()
+        if ticket.last_checkpoint is not None and (
+            now - ticket.last_checkpoint < self._checkpoint_seconds
+            or (ticket.pending is not None and not ticket.pending.done())
+        ):
+            return
+        ticket.last_checkpoint = now
+        ticket.pending = asyncio.ensure_future(self._write_checkpoint(ticket, usage()))
+
+    async def _write_checkpoint(self, ticket: Ticket, usage: Usage) -> None:
+        try:
+            async with self._database.begin() as conn:
+                await checkpoint(
+                    conn, replace(ticket.request, checkpoint=usage), self._clock.now_ms()
+                )
+        except Exception:  # a missed checkpoint costs at most the interval on a crash
+            log.exception("failed to checkpoint request %s", ticket.request.request_id)
+
+    async def _stop_checkpoints(self, ticket: Ticket) -> None:
+        ticket.closed = True
+        if ticket.pending is not None:
+            await asyncio.shield(ticket.pending)
+
+    async def finish(self, ticket: Ticket, record: UsageRecord) -> UsageRecord:
+        """The engine ran: settle by the billing rule and append the usage record, in one
+        transaction; then correct the TPM reservation to the tokens actually used."""
+        await self._stop_checkpoints(ticket)
+        if ticket.held:
+            record = await self._settle(record)
+        else:
+            await self._usage.append(record)
+        if ticket.limit is not None:
+            await self._limiter.settle(
+                ticket.limit, record.usage.total_tokens, self._clock.now_ms()
+            )
+        return record
+
+    async def _settle(self, record: UsageRecord) -> UsageRecord:
+        decision = billable_usage(record.termination, record.usage)
+        settled = [record]
+
+        async def write(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+            resolved = next((e for e in events if isinstance(e, HoldResolved)), None)
+            if resolved is not None:
+                currency = self.ledger.ledger.orgs[record.org_id].currency
+                settled[0] = replace(record, cost=Money(resolved.charged, currency))
+            await insert_usage(conn, settled[0])
+
+        await self.ledger.execute(Settle(record.request_id, decision.usage), also=write)
+        return settled[0]
+
+    async def cancel(self, ticket: Ticket) -> None:
+        """The engine never saw the request: release the hold and the limits."""
+        await self._stop_checkpoints(ticket)
+        if ticket.held:
+            request_id = ticket.request.request_id
+
+            async def forget(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
+                await forget_inflight(conn, request_id)
+
+            await self.ledger.execute(Release(request_id), also=forget)
+        if ticket.limit is not None:
+            await self._limiter.release(ticket.limit)
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Settle every request a previous process left in flight (killed), by its last
+        checkpoint; release holds that have no row. Run once on start, before serving.
+        Returns how many requests were recovered."""
+        async with self._database.connect() as conn:
+            left = await load_inflight(conn)
+        ledger = await self.ledger.refresh()
+        for request in left:
+            record = UsageRecord(
+                request.request_id,
+                request.key_id,
+                request.org_id,
+                request.model,
+                request.endpoint,
+                request.checkpoint or Usage(),
+                Termination.GATEWAY_KILLED,
+                request.started_at_ms,
+                ttft_ms=None,
+                latency_ms=0,
+                error="the gateway process ended while the request ran",
+            )
+            if request.request_id in ledger.holds:
+                await self._settle(record)  # billed by recovery_usage(checkpoint)
+            else:
+                await self._usage.append(record)
+        known = {request.request_id for request in left}
+        for request_id in ledger.open_holds():
+            if request_id not in known:  # no row: admitted in no transaction we can see
+                await self.ledger.execute(Release(request_id))
+        return len(left)
+
+    async def expire_packs(self) -> int:
+        """Move what is left of expired resource packs out; returns how many expired."""
+        return len(await self.ledger.execute(ExpirePacks(self._clock.now_ms())))

@@ -1,0 +1,322 @@
+"""Billing tables besides the ledger: prices, tiers, organization terms, the audit log and the
+checkpoints of requests in flight. Each writer takes an ``AsyncConnection`` where its row
+must commit together with something else (an audit row with the change it describes)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from openmaas.core.money import Currency
+from openmaas.core.prices import ModelPrice, PriceCatalog
+from openmaas.core.tiers import Limits, Tier
+from openmaas.core.types import Usage
+from openmaas.store.schema import (
+    api_keys,
+    audit_log,
+    inflight,
+    ledger_entries,
+    organizations,
+    prices,
+    tiers,
+)
+
+# -- prices ---------------------------------------------------------------------------
+
+
+def price_row(price: ModelPrice) -> dict[str, Any]:
+    return {
+        "model": price.model,
+        "currency": price.currency.value,
+        "effective_from_ms": price.effective_from_ms,
+        "input_per_million": price.input_per_million,
+        "cached_input_per_million": price.cached_input_per_million,
+        "output_per_million": price.output_per_million,
+        "reasoning_per_million": price.reasoning_per_million,
+    }
+
+
+async def load_price_catalog(conn: AsyncConnection) -> PriceCatalog:
+    """Every price ever set, and each organization's discount."""
+    found = [
+        ModelPrice(
+            r.model,
+            r.input_per_million,
+            r.cached_input_per_million,
+            r.output_per_million,
+            r.reasoning_per_million,
+            Currency(r.currency),
+            r.effective_from_ms,
+        )
+        for r in await conn.execute(select(prices))
+    ]
+    discounts = {
+        r.id: r.discount_bp
+        for r in await conn.execute(
+            select(organizations.c.id, organizations.c.discount_bp).where(
+                organizations.c.discount_bp != 0
+            )
+        )
+    }
+    return PriceCatalog(tuple(found), discounts)
+
+
+async def set_price(conn: AsyncConnection, price: ModelPrice) -> dict[str, Any] | None:
+    """Insert or replace the price of (model, currency, effective from); returns the old row."""
+    key = (
+        (prices.c.model == price.model)
+        & (prices.c.currency == price.currency.value)
+        & (prices.c.effective_from_ms == price.effective_from_ms)
+    )
+    old = (await conn.execute(select(prices).where(key))).first()
+    if old is not None:
+        await conn.execute(delete(prices).where(key))
+    await conn.execute(insert(prices).values(**price_row(price)))
+    return dict(old._mapping) if old is not None else None
+
+
+# -- tiers ----------------------------------------------------------------------------
+
+
+def _limits_json(limits: Limits) -> dict[str, int | None]:
+    return {"rpm": limits.rpm, "tpm": limits.tpm, "concurrency": limits.concurrency}
+
+
+def tier_json(tier: Tier) -> dict[str, Any]:
+    body: dict[str, Any] = _limits_json(tier.limits)
+    if tier.models:
+        body["models"] = {model: _limits_json(lim) for model, lim in sorted(tier.models.items())}
+    return body
+
+
+def tier_from_json(name: str, body: dict[str, Any]) -> Tier:
+    def limits(part: dict[str, Any]) -> Limits:
+        return Limits(part.get("rpm"), part.get("tpm"), part.get("concurrency"))
+
+    models = {model: limits(part) for model, part in (body.get("models") or {}).items()}
+    return Tier(name, limits(body), models)
+
+
+async def load_tiers(conn: AsyncConnection) -> dict[str, Tier]:
+    return {
+        r.name: tier_from_json(r.name, json.loads(r.body))
+        for r in await conn.execute(select(tiers).order_by(tiers.c.name))
+    }
+
+
+async def set_tier(conn: AsyncConnection, tier: Tier) -> dict[str, Any] | None:
+    """Insert or replace a tier; returns the old definition."""
+    old = (await conn.execute(select(tiers.c.body).where(tiers.c.name == tier.name))).first()
+    body = json.dumps(tier_json(tier))
+    if old is None:
+        await conn.execute(insert(tiers).values(name=tier.name, body=body))
+        return None
+    await conn.execute(update(tiers).where(tiers.c.name == tier.name).values(body=body))
+    return json.loads(old.body)
+
+
+# -- organization and key terms -------------------------------------------------------
+
+
+async def update_org(conn: AsyncConnection, org_id: str, **values: Any) -> dict[str, Any]:
+    """Change an organization's ``tier`` or ``discount_bp``; returns the old values."""
+    columns = [getattr(organizations.c, name) for name in values]
+    old = (await conn.execute(select(*columns).where(organizations.c.id == org_id))).first()
+    if old is None:
+        raise LookupError(org_id)
+    await conn.execute(update(organizations).where(organizations.c.id == org_id).values(**values))
+    return dict(old._mapping)
+
+
+async def update_key_tier(conn: AsyncConnection, key_id: str, tier: str | None) -> str | None:
+    old = (await conn.execute(select(api_keys.c.tier).where(api_keys.c.id == key_id))).first()
+    if old is None:
+        raise LookupError(key_id)
+    await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(tier=tier))
+    return old.tier
+
+
+async def load_org_terms(conn: AsyncConnection) -> dict[str, tuple[Currency, str | None]]:
+    """Each organization's currency and tier."""
+    rows = await conn.execute(
+        select(organizations.c.id, organizations.c.currency, organizations.c.tier)
+    )
+    return {r.id: (Currency(r.currency), r.tier) for r in rows}
+
+
+# -- audit log ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at_ms: int
+    actor: str
+    action: str
+    target: str
+    before: Any
+    after: Any
+
+
+async def audit(
+    conn: AsyncConnection,
+    at_ms: int,
+    actor: str,
+    action: str,
+    target: str,
+    before: Any = None,
+    after: Any = None,
+) -> None:
+    """Append one line to the audit log, in the caller's transaction (append-only)."""
+    await conn.execute(
+        insert(audit_log).values(
+            at_ms=at_ms,
+            actor=actor,
+            action=action,
+            target=target,
+            before=None if before is None else json.dumps(before, sort_keys=True),
+            after=None if after is None else json.dumps(after, sort_keys=True),
+        )
+    )
+
+
+async def read_audit(engine: AsyncEngine, limit: int = 100) -> list[AuditEntry]:
+    """The newest ``limit`` entries, newest first."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
+        return [
+            AuditEntry(
+                r.id,
+                r.at_ms,
+                r.actor,
+                r.action,
+                r.target,
+                None if r.before is None else json.loads(r.before),
+                None if r.after is None else json.loads(r.after),
+            )
+            for r in rows
+        ]
+
+
+# -- requests in flight ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A request admitted but not yet recorded, with the engine's count at its last
+    checkpoint (``None`` before the first); what crash recovery bills."""
+
+    request_id: str
+    key_id: str
+    org_id: str
+    model: str
+    endpoint: str
+    started_at_ms: int
+    checkpoint: Usage | None
+
+
+async def checkpoint(conn: AsyncConnection, request: InFlight, at_ms: int | None) -> None:
+    """Insert or update the request's row (``at_ms`` None: admitted, nothing counted)."""
+    usage = request.checkpoint or Usage()
+    counts = {
+        "prompt_tokens": usage.prompt_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "checkpoint_at_ms": at_ms,
+    }
+    updated = await conn.execute(
+        update(inflight).where(inflight.c.request_id == request.request_id).values(**counts)
+    )
+    if updated.rowcount:
+        return
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(inflight).values(
+                    request_id=request.request_id,
+                    key_id=request.key_id,
+                    org_id=request.org_id,
+                    model=request.model,
+                    endpoint=request.endpoint,
+                    started_at_ms=request.started_at_ms,
+                    **counts,
+                )
+            )
+    except IntegrityError:  # inserted meanwhile by another writer: update it instead
+        await conn.execute(
+            update(inflight).where(inflight.c.request_id == request.request_id).values(**counts)
+        )
+
+
+async def forget_inflight(conn: AsyncConnection, request_id: str) -> None:
+    await conn.execute(delete(inflight).where(inflight.c.request_id == request_id))
+
+
+async def load_inflight(conn: AsyncConnection) -> list[InFlight]:
+    rows = await conn.execute(select(inflight).order_by(inflight.c.started_at_ms))
+    return [
+        InFlight(
+            r.request_id,
+            r.key_id,
+            r.org_id,
+            r.model,
+            r.endpoint,
+            r.started_at_ms,
+            None
+            if r.checkpoint_at_ms is None
+            else Usage(
+                prompt_tokens=r.prompt_tokens,
+                cached_tokens=r.cached_tokens,
+                completion_tokens=r.completion_tokens,
+                reasoning_tokens=r.reasoning_tokens,
+            ),
+        )
+        for r in rows
+    ]
+
+
+# -- statements -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    at_ms: int
+    event_seq: int
+    account: str  # the organization's account that moved
+    counterparty: str
+    amount: int  # signed: positive into the account, negative out of it
+    unit: str
+    request_id: str | None
+
+
+async def statement(
+    engine: AsyncEngine, accounts: list[str], since_ms: int, until_ms: int
+) -> list[StatementLine]:
+    """Every ledger entry touching ``accounts`` in ``[since_ms, until_ms)``, oldest first."""
+    e = ledger_entries.c
+    query = (
+        select(ledger_entries)
+        .where((e.debit.in_(accounts)) | (e.credit.in_(accounts)))
+        .where(e.at_ms >= since_ms, e.at_ms < until_ms)
+        .order_by(e.id)
+    )
+    lines: list[StatementLine] = []
+    async with engine.connect() as conn:
+        for r in await conn.execute(query):
+            if r.credit in accounts:
+                lines.append(
+                    StatementLine(r.at_ms, r.event_seq, r.credit, r.debit, r.amount, r.unit,
+                                  r.request_id)
+                )  # fmt: skip
+            if r.debit in accounts:
+                lines.append(
+                    StatementLine(r.at_ms, r.event_seq, r.debit, r.credit, -r.amount, r.unit,
+                                  r.request_id)
+                )  # fmt: skip
+    return lines
