@@ -62,6 +62,10 @@ class RequestContextMiddleware:
                 status["code"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
+                present = {name.lower() for name, _ in headers}
+                for name, value in scope["state"].get("response_headers", {}).items():
+                    if name.encode() not in present:  # an error's own headers win
+                        headers.append((name.encode(), value.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -86,8 +86,13 @@ class Gateway:
         return await engine.count_prompt_tokens(request)
 
     async def embed(
-        self, principal: Principal, request: EmbeddingRequest, endpoint: str
+        self,
+        principal: Principal,
+        request: EmbeddingRequest,
+        endpoint: str,
+        headers: dict[str, str] | None = None,
     ) -> EmbeddingResult:
+        """Embed, metered; ``headers`` (if given) receives the admission's rate-limit headers."""
         served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
         started = self._clock.monotonic()
         ticket = await self.billing.admit(
@@ -99,6 +104,8 @@ class Gateway:
             max_tokens=0,
             context_length=served.context_length,
         )
+        if headers is not None and ticket.limit is not None:
+            headers.update(ticket.limit.headers)
         reached, termination, error, usage = True, Termination.FINISHED, None, Usage()
         try:
             result = await served.engine.embed(request)
@@ -204,6 +211,12 @@ class Generation:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def limit_headers(self) -> dict[str, str]:
+        """``x-ratelimit-*`` as of admission (empty when no tier limits the caller)."""
+        limit = self._ticket.limit
+        return dict(limit.headers) if limit is not None else {}
 
     async def prime(self) -> None:
         self._first = await self._next()

@@ -25,6 +25,7 @@ from openmaas.server.routes.common import (
     authenticate,
     collect,
     sse_stream,
+    start_generation,
     unless_disconnected,
 )
 from openmaas.server.routes.openapi import json_body
@@ -71,11 +72,7 @@ async def _generate(
     generation_request: GenerationRequest,
     stream: bool,
 ) -> Response:
-    # Until the first token nothing reads the connection: watch it, so a client that goes
-    # away while its request waits in the engine's queue stops it there.
-    generation = await unless_disconnected(
-        request, state.gateway.generate(principal, generation_request, ENDPOINT)
-    )
+    generation = await start_generation(request, state, principal, generation_request, ENDPOINT)
     if generation is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     if stream:

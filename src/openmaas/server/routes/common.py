@@ -11,7 +11,7 @@ from starlette.requests import Request
 
 from openmaas.core.assembly import Assembler
 from openmaas.core.errors import OpenMaaSError
-from openmaas.core.types import Finished, StreamEvent
+from openmaas.core.types import Finished, GenerationRequest, StreamEvent
 from openmaas.server.state import AppState
 from openmaas.services.auth import Principal
 from openmaas.services.gateway import Generation
@@ -24,6 +24,26 @@ async def authenticate(request: Request, state: AppState) -> Principal:
     principal = await state.auth.authenticate_headers(request.headers)
     request.scope["state"]["key_id"] = principal.key_id
     return principal
+
+
+def response_headers(request: Request) -> dict[str, str]:
+    """Headers the middleware adds to this request's response, whatever the route returns
+    (e.g. the ``x-ratelimit-*`` of its admission)."""
+    return request.scope["state"].setdefault("response_headers", {})  # type: ignore[no-any-return]
+
+
+async def start_generation(
+    request: Request, state: AppState, principal: Principal, core: GenerationRequest, endpoint: str
+) -> Generation | None:
+    """Admit and start ``core``, watching the client meanwhile (until the first token
+    nothing reads the connection: a client that leaves while its request waits in the
+    engine's queue stops it there). None when the client went away."""
+    generation = await unless_disconnected(
+        request, state.gateway.generate(principal, core, endpoint)
+    )
+    if generation is not None:
+        response_headers(request).update(generation.limit_headers)
+    return generation
 
 
 async def collect(generation: Generation) -> Assembler:

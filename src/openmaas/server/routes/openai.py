@@ -22,7 +22,9 @@ from openmaas.server.responses import json_response
 from openmaas.server.routes.common import (
     authenticate,
     collect,
+    response_headers,
     sse_stream,
+    start_generation,
     unless_disconnected,
 )
 from openmaas.server.routes.openapi import json_body
@@ -66,7 +68,9 @@ async def embeddings(request: Request) -> Response:
     body = adapter.parse_body(await request.body(), EmbeddingRequestBody)
     model = state.catalog.get(body.model)
     embedding_request = adapter.embedding_request(body, request_id(request), model.dimensions)
-    result = await state.gateway.embed(principal, embedding_request, "embeddings")
+    result = await state.gateway.embed(
+        principal, embedding_request, "embeddings", response_headers(request)
+    )
     return json_response(adapter.embeddings(body.model, result, body.encoding_format))
 
 
@@ -115,11 +119,7 @@ async def _generate(
     stream: bool,
     include_usage: bool,
 ) -> Response:
-    # Until the first token, nothing reads the connection: watch it, so a client that goes
-    # away while its request waits in the engine's queue stops it there.
-    generation = await unless_disconnected(
-        request, state.gateway.generate(principal, generation_request, endpoint)
-    )
+    generation = await start_generation(request, state, principal, generation_request, endpoint)
     if generation is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     created = int(time.time())

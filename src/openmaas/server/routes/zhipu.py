@@ -25,7 +25,9 @@ from openmaas.server.responses import json_response
 from openmaas.server.routes.common import (
     authenticate,
     collect,
+    response_headers,
     sse_stream,
+    start_generation,
     unless_disconnected,
 )
 from openmaas.server.routes.openapi import json_body
@@ -68,9 +70,7 @@ async def _parse_chat(
 async def chat_completions(request: Request) -> Response:
     state = app_state(request)
     principal, body, core = await _parse_chat(request, state)
-    generation = await unless_disconnected(
-        request, state.gateway.generate(principal, core, "zhipu.chat.completions")
-    )
+    generation = await start_generation(request, state, principal, core, "zhipu.chat.completions")
     if generation is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     created = int(time.time())
@@ -151,7 +151,9 @@ async def embeddings(request: Request) -> Response:
     body = adapter.parse_body(await request.body(), ZhipuEmbeddingRequest)
     model = state.catalog.get(body.model)
     core = adapter.embedding_request(body, request_id(request), model.dimensions)
-    result = await state.gateway.embed(principal, core, "zhipu.embeddings")
+    result = await state.gateway.embed(
+        principal, core, "zhipu.embeddings", response_headers(request)
+    )
     return json_response(adapter.embeddings(body.model, result))
 
 

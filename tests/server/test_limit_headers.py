@@ -1,0 +1,77 @@
+"""Rate limits over HTTP, in each protocol: x-ratelimit-* on admitted responses, 429 with
+retry-after when refused. The app in-process with a fake model and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from openmaas.core.tiers import Limits, Tier
+from openmaas.server.app import create_app
+from openmaas.services.admin import open_admin
+from openmaas.settings import Settings
+from openmaas.store.billing import set_tier, update_org
+from openmaas.store.database import open_database
+
+CHAT = {"model": "fake-echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+async def _member_key_of_a_limited_org(settings: Settings) -> str:
+    async with open_admin(settings) as admin:
+        org = await admin.create_org("limited")
+        issued = await admin.issue_key(org.id, "app")
+    database = open_database(settings.resolved_database_url)
+    async with database.begin() as conn:
+        await set_tier(conn, Tier("two-a-minute", Limits(rpm=2, tpm=1_000)))
+        await update_org(conn, org.id, tier="two-a-minute")
+    await database.dispose()
+    return issued.token
+
+
+@pytest.fixture
+def client_and_key(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
+    settings = Settings(
+        home=tmp_path / "home",
+        embedded_models=False,
+        fake_models={"fake-echo": {"text": "one two three"}},
+        billing_refresh_seconds=0,
+    )
+    key = asyncio.run(_member_key_of_a_limited_org(settings))
+    with TestClient(create_app(settings)) as client:
+        client.get("/readyz")
+        yield client, key
+
+
+def test_each_protocol_reports_limits_and_refuses_the_third_request(
+    client_and_key: tuple[TestClient, str],
+) -> None:
+    client, key = client_and_key
+    auth = {"Authorization": f"Bearer {key}"}
+    first = client.post("/v1/chat/completions", json=CHAT, headers=auth)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert first.headers["x-ratelimit-limit-tokens"] == "1000"
+    second = client.post(
+        "/v1/messages", json=CHAT, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}
+    )
+    assert second.status_code == 200
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+
+    refused = client.post("/v1/chat/completions", json=CHAT, headers=auth)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    zhipu = client.post("/api/paas/v4/chat/completions", json=CHAT, headers=auth)
+    assert zhipu.status_code == 429 and zhipu.json()["error"]["code"] == "1302"
+    assert zhipu.headers["x-should-retry"] == "true"
+    anthropic = client.post(
+        "/v1/messages", json=CHAT, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}
+    )
+    assert anthropic.status_code == 429
+    assert anthropic.json()["error"]["type"] == "rate_limit_error"
