@@ -1,0 +1,201 @@
+"""The ledger on SQLite (store/ledger.py, store/billing.py, migration 0002): one transaction
+per command, the event log as the truth, append-only tables, upgrades from 0001."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from openmaas.core.errors import InsufficientBalance
+from openmaas.core.ledger import Ledger
+from openmaas.core.ledger_events import Event, Hold, Release, Settle, TopUp, cash, held
+from openmaas.core.prices import AppliedPrice, ModelPrice
+from openmaas.core.types import Usage
+from openmaas.store.billing import audit, statement
+from openmaas.store.database import MIGRATIONS_DIR, migrate, open_database
+from openmaas.store.ledger import EVENT, LedgerStore
+from openmaas.store.repositories import OrganizationRepository
+from openmaas.store.schema import ledger_entries, ledger_events
+
+NOW_MS = 1_790_000_000_000
+PRICE = AppliedPrice(ModelPrice("m", 1_000_000, 1_000_000, 1_000_000))  # 1 micro a token
+HOLD = PRICE.worst_case(10, 0).micros  # 10 tokens + 3 micros of rounding slack = 13
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = open_database("sqlite+aiosqlite:///" + str(tmp_path / "ledger.db"))
+    await migrate(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def new_org(database: AsyncEngine, name: str = "acme") -> str:
+    return (await OrganizationRepository(database).create(name, NOW_MS)).id
+
+
+def hold(request_id: str, org: str, tokens: int = 10) -> Hold:
+    return Hold(request_id, org, PRICE.worst_case(tokens, 0), NOW_MS)
+
+
+async def count(database: AsyncEngine, table: object) -> int:
+    async with database.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+async def test_commands_persist_and_a_new_process_replays_the_same_state(
+    database: AsyncEngine,
+) -> None:
+    org = await new_org(database)
+    store = LedgerStore(database, lambda: NOW_MS)
+    await store.execute(TopUp("t1", org, 100))
+    await store.execute(hold("r1", org))
+    await store.execute(Settle("r1", Usage(prompt_tokens=4)))
+    fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
+    assert fresh.balances == store.ledger.balances
+    assert fresh.balance(cash(org)) == 96
+    # The log is the truth: replaying the stored JSON gives the same balances too.
+    async with database.connect() as conn:
+        bodies = [row.body for row in await conn.execute(select(ledger_events.c.body))]
+    assert Ledger.replay(EVENT.validate_json(b) for b in bodies).balances == fresh.balances
+
+
+async def test_an_organization_is_opened_in_its_currency_on_first_use(
+    database: AsyncEngine,
+) -> None:
+    usd = (await OrganizationRepository(database).create("usd", NOW_MS, currency="USD")).id
+    store = LedgerStore(database, lambda: NOW_MS)
+    await store.execute(TopUp("t1", usd, 5))
+    assert store.ledger.orgs[usd].currency.value == "USD"
+    assert store.ledger.unit_of(cash(usd)) == "USD"
+
+
+async def test_repeats_change_nothing_and_refusals_write_nothing(database: AsyncEngine) -> None:
+    org = await new_org(database)
+    store = LedgerStore(database, lambda: NOW_MS)
+    await store.execute(TopUp("t1", org, 15))
+    assert await store.execute(TopUp("t1", org, 15)) == ()  # same top-up id
+    await store.execute(hold("r1", org))
+    assert await store.execute(hold("r1", org)) == ()
+    events_before = await count(database, ledger_events)
+    written: list[tuple[Event, ...]] = []
+
+    async def also(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+        written.append(events)
+        await audit(conn, NOW_MS, "test", "should-roll-back", "r2")
+
+    with pytest.raises(InsufficientBalance):  # 2 left, the hold needs 13
+        await store.execute(hold("r2", org), also=also)
+    assert written == []  # refused before the extra writes
+    assert await count(database, ledger_events) == events_before
+    await store.execute(Release("r1"))
+    assert await store.execute(Release("r1")) == ()
+    assert await store.execute(Settle("r1", Usage(prompt_tokens=9))) == ()  # resolved once
+    assert store.ledger.balance(cash(org)) == 15
+
+
+async def test_extra_writes_roll_back_with_the_command(database: AsyncEngine) -> None:
+    org = await new_org(database)
+    store = LedgerStore(database, lambda: NOW_MS)
+
+    async def failing(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+        raise RuntimeError("the usage record could not be written")
+
+    with pytest.raises(RuntimeError):
+        await store.execute(TopUp("t1", org, 50), also=failing)
+    assert store.ledger.balance(cash(org)) == 0
+    assert (await LedgerStore(database, lambda: NOW_MS).refresh()).balance(cash(org)) == 0
+    await store.execute(TopUp("t1", org, 50))  # the id was not used up by the failed try
+    assert store.ledger.balance(cash(org)) == 50
+
+
+async def test_two_processes_share_one_balance(database: AsyncEngine) -> None:
+    org = await new_org(database)
+    one = LedgerStore(database, lambda: NOW_MS)
+    two = LedgerStore(database, lambda: NOW_MS)
+    await one.execute(TopUp("t1", org, 2 * HOLD))
+    await two.execute(hold("a", org))  # two catches up on the top-up under the lock
+    await one.execute(hold("b", org))  # one catches up on two's hold: 0 left
+    with pytest.raises(InsufficientBalance):
+        await two.execute(hold("c", org))
+    await one.execute(Settle("a", Usage(prompt_tokens=3)))  # one settles two's hold
+    assert (await two.refresh()).balance(cash(org)) == HOLD - 3
+    assert two.ledger.balance(held(org)) == HOLD
+    assert all(total == 0 for total in two.ledger.totals_by_unit().values())
+
+
+async def test_the_log_and_entries_are_append_only(database: AsyncEngine) -> None:
+    org = await new_org(database)
+    await LedgerStore(database, lambda: NOW_MS).execute(TopUp("t1", org, 20))
+    for sql in (
+        "UPDATE ledger_entries SET amount = 1",
+        "DELETE FROM ledger_entries",
+        "UPDATE ledger_events SET body = '{}'",
+        "DELETE FROM ledger_events",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with database.begin() as conn:
+                await conn.execute(text(sql))
+    async with database.begin() as conn:
+        await audit(conn, NOW_MS, "cli:root", "topup", org, None, {"amount": 20})
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with database.begin() as conn:
+            await conn.execute(text("UPDATE audit_log SET actor = 'someone else'"))
+
+
+async def test_the_entries_table_sums_to_the_balances(database: AsyncEngine) -> None:
+    org = await new_org(database)
+    store = LedgerStore(database, lambda: NOW_MS)
+    await store.execute(TopUp("t1", org, 100))
+    await store.execute(hold("r1", org))
+    await store.execute(Settle("r1", Usage(prompt_tokens=3)))
+    async with database.connect() as conn:
+        into = (
+            await conn.execute(
+                select(func.sum(ledger_entries.c.amount)).where(
+                    ledger_entries.c.credit == cash(org)
+                )
+            )
+        ).scalar_one()
+        out = (
+            await conn.execute(
+                select(func.sum(ledger_entries.c.amount)).where(ledger_entries.c.debit == cash(org))
+            )
+        ).scalar_one()
+    assert into - out == store.ledger.balance(cash(org)) == 97
+    lines = await statement(database, [cash(org)], NOW_MS, NOW_MS + 1)
+    assert [line.amount for line in lines] == [100, -HOLD, HOLD - 3]  # top-up, hold, refund
+    assert [line.request_id for line in lines] == [None, "r1", "r1"]
+    assert await statement(database, [cash(org)], NOW_MS + 1, NOW_MS + 2) == []
+
+
+def test_upgrading_a_0001_database_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    sync = create_engine(f"sqlite:///{path}")
+    with sync.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            insert(ledger_events.metadata.tables["organizations"]).values(
+                id="org_old", name="old", created_at_ms=NOW_MS
+            )
+        )
+    with sync.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+        row = conn.execute(text("SELECT currency, tier, discount_bp FROM organizations")).one()
+        tiers = conn.execute(text("SELECT name FROM tiers ORDER BY name")).scalars().all()
+    sync.dispose()
+    assert tuple(row) == ("CNY", None, 0)
+    assert tiers == ["V0", "V1", "V2", "V3"]
