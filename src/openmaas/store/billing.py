@@ -12,6 +12,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from openmaas.core.errors import InvalidRequest
 from openmaas.core.money import Currency
 from openmaas.core.prices import ModelPrice, PriceCatalog
 from openmaas.core.tiers import Limits, Tier
@@ -121,6 +122,30 @@ async def set_tier(conn: AsyncConnection, tier: Tier) -> dict[str, Any] | None:
 
 
 # -- organization and key terms -------------------------------------------------------
+
+
+async def insert_organization(
+    conn: AsyncConnection,
+    org_id: str,
+    name: str,
+    created_at_ms: int,
+    currency: Currency,
+    tier: str | None,
+) -> None:
+    """Insert an organization's row in the caller's transaction (with its audit row)."""
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(organizations).values(
+                    id=org_id,
+                    name=name,
+                    created_at_ms=created_at_ms,
+                    currency=currency.value,
+                    tier=tier,
+                )
+            )
+    except IntegrityError as exc:
+        raise InvalidRequest(f"An organization named '{name}' already exists.", "name") from exc
 
 
 async def update_org(conn: AsyncConnection, org_id: str, **values: Any) -> dict[str, Any]:

@@ -1,0 +1,425 @@
+"""Billing administration (services/billing_admin.py) on a real SQLite database: every
+operation, its audit row, and what is refused."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.core.errors import InvalidRequest, NotFound
+from openmaas.core.keys import generate_key
+from openmaas.core.ledger_events import Hold, Settle
+from openmaas.core.prices import AppliedPrice, ModelPrice
+from openmaas.core.types import Usage
+from openmaas.services.billing_admin import BillingAdmin, parse_time, statement_csv
+from openmaas.store.billing import read_audit
+from openmaas.store.database import migrate, open_database
+from openmaas.store.ledger import LedgerStore
+from openmaas.store.repositories import ApiKeyRepository
+
+NOW_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+DAY_MS = 86_400_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = NOW_MS
+
+    def now_ms(self) -> int:
+        return self.ms
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = open_database("sqlite+aiosqlite:///" + str(tmp_path / "admin.db"))
+    await migrate(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def changes() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def admin(database: AsyncEngine, changes: list[str]) -> BillingAdmin:
+    clock = Clock()
+    return BillingAdmin(
+        database,
+        LedgerStore(database, clock.now_ms),
+        clock,
+        "cli:alice",
+        on_change=lambda: changes.append("changed"),
+    )
+
+
+async def audit_rows(database: AsyncEngine) -> list:
+    return list(reversed(await read_audit(database, 1000)))  # oldest first
+
+
+async def test_create_org_opens_it_in_its_currency_with_a_credit_limit(
+    admin: BillingAdmin, database: AsyncEngine
+) -> None:
+    org = await admin.create_org("acme", "usd", "V1", "25.5")
+    assert (org.name, org.currency, org.tier) == ("acme", "USD", "V1")
+    report = await admin.balance("acme")
+    assert (report.currency.value, report.cash, report.credit_limit) == ("USD", 0, 25_500_000)
+    assert report.available == 25_500_000  # post-paid: may go 25.5 USD below zero
+    [row] = await audit_rows(database)
+    assert (row.actor, row.action, row.target, row.before) == (
+        "cli:alice",
+        "org.create",
+        org.id,
+        None,
+    )
+    assert row.after["name"] == "acme" and row.after["credit_limit"] == "25.500000"
+    assert row.after["currency"] == "USD" and row.after["tier"] == "V1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"currency": "EUR"}, "currency"),
+        ({"tier": "Gold"}, "tier"),
+        ({"credit_limit": "-1"}, "credit_limit"),
+        ({"credit_limit": 1.5}, "credit_limit"),
+        ({"credit_limit": "0.0000001"}, "credit_limit"),
+    ],
+)
+async def test_create_org_refuses_bad_fields_and_writes_nothing(
+    admin: BillingAdmin, database: AsyncEngine, kwargs: dict, field: str
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.create_org("acme", **kwargs)
+    assert refused.value.param == field
+    assert await admin.list_orgs() == []
+    assert await audit_rows(database) == []
+
+
+async def test_a_duplicate_org_name_is_refused_and_not_audited(
+    admin: BillingAdmin, database: AsyncEngine
+) -> None:
+    await admin.create_org("acme")
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.create_org("acme")
+    assert refused.value.param == "name"
+    assert [o.name for o in await admin.list_orgs()] == ["acme"]
+    assert [r.action for r in await audit_rows(database)] == ["org.create"]
+
+
+async def test_set_org_tier_discount_and_credit_limit_in_one_audited_change(
+    admin: BillingAdmin, database: AsyncEngine, changes: list[str]
+) -> None:
+    await admin.create_org("acme", tier="V0")
+    changes.clear()
+    org = await admin.set_org("acme", tier="V2", discount_bp=2500, credit_limit="100")
+    assert (org.tier, org.discount_bp) == ("V2", 2500)
+    assert (await admin.balance("acme")).credit_limit == 100_000_000
+    assert changes == ["changed"]
+    row = (await audit_rows(database))[-1]
+    assert (row.action, row.target) == ("org.update", org.id)
+    assert row.before == {"tier": "V0", "discount_bp": 0, "credit_limit": "0.000000"}
+    assert row.after == {"tier": "V2", "discount_bp": 2500, "credit_limit": "100.000000"}
+
+    cleared = await admin.set_org("acme", tier=None)
+    assert cleared.tier is None
+    assert (await audit_rows(database))[-1].after == {"tier": None}
+
+
+async def test_set_org_refusals_write_no_audit_row(
+    admin: BillingAdmin, database: AsyncEngine
+) -> None:
+    await admin.create_org("acme")
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.set_org("acme", discount_bp=10_001)
+    assert refused.value.param == "discount_bp"
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.set_org("acme", tier="nope")
+    assert refused.value.param == "tier"
+    with pytest.raises(NotFound):
+        await admin.set_org("globex", tier="V1")
+    # The ledger refuses a credit limit the balance is already below.
+    await admin.set_org("acme", credit_limit="10")
+    await spend(admin, "acme", 5_000_000, used=4_000_000)  # cash is now -4 CNY
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.set_org("acme", credit_limit="1", tier="V3")
+    assert refused.value.param == "credit_limit"
+    assert (await admin.org("acme")).tier is None  # the tier in the same change rolled back
+    assert [r.action for r in await audit_rows(database)] == ["org.create", "org.update"]
+
+
+async def test_set_key_tier(admin: BillingAdmin, database: AsyncEngine) -> None:
+    org = await admin.create_org("acme")
+    key = generate_key(b"k" * 32)
+    await ApiKeyRepository(database).create(org.id, "bot", "member", key, NOW_MS)
+    assert await admin.set_key_tier(key.key_id, "V0") == "V0"
+    assert (await ApiKeyRepository(database).get(key.key_id)).tier == "V0"
+    row = (await audit_rows(database))[-1]
+    assert (row.action, row.target, row.before, row.after) == (
+        "key.update",
+        key.key_id,
+        {"tier": None},
+        {"tier": "V0"},
+    )
+    with pytest.raises(NotFound):
+        await admin.set_key_tier("om_missing", "V0")
+    with pytest.raises(InvalidRequest):
+        await admin.set_key_tier(key.key_id, "V9")
+    assert len(await audit_rows(database)) == 2
+
+
+async def test_top_up_is_exact_idempotent_and_audited(
+    admin: BillingAdmin, database: AsyncEngine
+) -> None:
+    await admin.create_org("acme")
+    first = await admin.top_up("acme", "12.5", "pay-1")
+    assert (first.funding_id, first.applied, first.balance.cash) == ("pay-1", True, 12_500_000)
+    again = await admin.top_up("acme", "12.5", "pay-1")  # a retry changes nothing
+    assert (again.applied, again.balance.cash) == (False, 12_500_000)
+    generated = await admin.top_up("acme", "0.000001")
+    assert generated.funding_id.startswith("topup_") and generated.balance.cash == 12_500_001
+    rows = [r for r in await audit_rows(database) if r.action == "billing.topup"]
+    assert len(rows) == 2
+    assert rows[0].before == {"balance": "0.000000", "currency": "CNY"}
+    assert rows[0].after == {
+        "balance": "12.500000",
+        "currency": "CNY",
+        "id": "pay-1",
+        "amount": "12.500000",
+    }
+
+
+@pytest.mark.parametrize("amount", ["-5", "0", "abc", 5.0, 5, "1.0000001", "NaN"])
+async def test_top_up_refuses_bad_amounts(
+    admin: BillingAdmin, database: AsyncEngine, amount: object
+) -> None:
+    await admin.create_org("acme")
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.top_up("acme", amount)
+    assert refused.value.param == "amount"
+    assert (await admin.balance("acme")).cash == 0
+    assert [r.action for r in await audit_rows(database)] == ["org.create"]
+
+
+async def test_top_up_an_unknown_org_is_not_found(admin: BillingAdmin) -> None:
+    with pytest.raises(NotFound):
+        await admin.top_up("nobody", "1")
+
+
+async def test_promotional_credit_counts_as_available(
+    admin: BillingAdmin, database: AsyncEngine
+) -> None:
+    await admin.create_org("acme")
+    granted = await admin.grant_promo("acme", "3")
+    assert granted.funding_id.startswith("promo_")
+    report = await admin.balance("acme")
+    assert (report.cash, report.promo, report.available) == (0, 3_000_000, 3_000_000)
+    row = (await audit_rows(database))[-1]
+    assert row.action == "billing.promo" and row.after["balance"] == "3.000000"
+
+
+async def test_grant_a_pack_and_list_it(admin: BillingAdmin, database: AsyncEngine) -> None:
+    await admin.create_org("acme")
+    expires = "2026-12-31"
+    pack = await admin.grant_pack("acme", ["glm-4", "fake-echo"], 1_000_000, expires, "p1")
+    assert (pack.pack_id, pack.models, pack.remaining) == ("p1", ("fake-echo", "glm-4"), 1_000_000)
+    assert pack.expires_at_ms == parse_time(expires, "expires")
+    [listed] = await admin.packs("acme")
+    assert listed.as_json() == {
+        "id": "p1",
+        "models": ["fake-echo", "glm-4"],
+        "tokens_remaining": 1_000_000,
+        "expires_at": "2026-12-31T00:00:00.000Z",
+        "expired": False,
+    }
+    row = (await audit_rows(database))[-1]
+    assert (row.action, row.target, row.after["tokens"]) == ("billing.pack_grant", "p1", 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("models", "tokens", "expires", "field"),
+    [
+        ([], 10, "2026-12-31", "models"),
+        (["m"], 0, "2026-12-31", "tokens"),
+        (["m"], 10, "2020-01-01", "expires_at"),
+        (["m"], 10, "someday", "expires_at"),
+    ],
+)
+async def test_grant_pack_refusals(
+    admin: BillingAdmin, database: AsyncEngine, models: list, tokens: int, expires: str, field: str
+) -> None:
+    await admin.create_org("acme")
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.grant_pack("acme", models, tokens, expires)
+    assert refused.value.param == field
+    assert await admin.packs("acme") == []
+    assert len(await audit_rows(database)) == 1
+
+
+async def test_budgets_set_report_and_clear(admin: BillingAdmin, database: AsyncEngine) -> None:
+    org = await admin.create_org("acme")
+    budget = await admin.set_budget("org:acme", "day", "50")
+    assert (budget.scope, budget.period.value, budget.limit) == (f"org:{org.id}", "day", 50_000_000)
+    [reported] = (await admin.balance("acme")).budgets
+    assert reported.as_json() == {
+        "scope": f"org:{org.id}",
+        "period": "day",
+        "limit": "50.000000",
+        "used": "0.000000",
+    }
+    await admin.clear_budget(f"org:{org.id}", "day")
+    assert (await admin.balance("acme")).budgets == ()
+    with pytest.raises(NotFound):
+        await admin.clear_budget("org:acme", "day")  # nothing left to clear
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.set_budget("org:acme", "week", "1")
+    assert refused.value.param == "period"
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.set_budget("team:x", "day", "1")
+    assert refused.value.param == "scope"
+    with pytest.raises(NotFound):
+        await admin.set_budget("key:om_nobody", "month", "1")
+    rows = [r for r in await audit_rows(database) if r.action.startswith("billing.budget")]
+    assert [(r.action, r.before, r.after) for r in rows] == [
+        ("billing.budget_set", None, {"limit": "50.000000"}),
+        ("billing.budget_clear", {"limit": "50.000000"}, None),
+    ]
+
+
+async def test_prices_set_list_and_audit(
+    admin: BillingAdmin, database: AsyncEngine, changes: list[str]
+) -> None:
+    price = await admin.set_price(
+        "glm-4", input="2", cached_input="0.4", output="8", currency="CNY"
+    )
+    assert (price.input_per_million, price.cached_input_per_million, price.output_per_million) == (
+        2_000_000,
+        400_000,
+        8_000_000,
+    )
+    assert price.effective_from_ms == NOW_MS and changes == ["changed"]
+    later = await admin.set_price(
+        "glm-4",
+        input="3",
+        cached_input="0.5",
+        output="9",
+        reasoning="12",
+        currency="USD",
+        effective_from="2027-01-01",
+    )
+    assert [
+        (p.model, p.currency.value, p.input_per_million) for p in await admin.list_prices()
+    ] == [
+        ("glm-4", "CNY", 2_000_000),
+        ("glm-4", "USD", 3_000_000),
+    ]
+    assert later.reasoning_per_million == 12_000_000
+    # Setting the same (model, currency, from) again replaces it; the audit keeps the old one.
+    await admin.set_price(
+        "glm-4", input="2.5", cached_input="0.4", output="8", effective_from=NOW_MS
+    )
+    row = (await audit_rows(database))[-1]
+    assert (row.action, row.target) == ("price.set", "glm-4/CNY")
+    assert (row.before["input"], row.after["input"]) == ("2.000000", "2.500000")
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.set_price("glm-4", input="-1", cached_input="0", output="0")
+    assert refused.value.param == "input"
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.set_price("glm-4", input="1", cached_input="0", output=0.5)
+    assert refused.value.param == "output"
+    assert len(await audit_rows(database)) == 3
+
+
+async def test_tiers_set_and_list(admin: BillingAdmin, database: AsyncEngine) -> None:
+    assert [t.name for t in await admin.list_tiers()] == ["V0", "V1", "V2", "V3"]  # seeded
+    tier = await admin.set_tier(
+        "Gold", rpm=100, tpm=None, concurrency=3, models={"glm-4": {"rpm": 10, "concurrency": 1}}
+    )
+    assert (tier.limits.rpm, tier.limits.tpm, tier.models["glm-4"].concurrency) == (100, None, 1)
+    listed = {t.name: t for t in await admin.list_tiers()}
+    assert listed["Gold"].models["glm-4"].rpm == 10
+    await admin.set_tier("Gold", rpm=200)
+    row = (await audit_rows(database))[-1]
+    assert (row.action, row.target, row.before["rpm"], row.after["rpm"]) == (
+        "tier.set",
+        "Gold",
+        100,
+        200,
+    )
+    await admin.create_org("acme", tier="Gold")  # a new tier can be given at once
+    for bad, field in (({"rpm": -1}, "rpm"), ({"concurrency": "3"}, "concurrency")):
+        with pytest.raises(InvalidRequest) as refused:
+            await admin.set_tier("Gold", **bad)
+        assert refused.value.param == field
+    with pytest.raises(InvalidRequest):
+        await admin.set_tier("has space")
+    assert len(await audit_rows(database)) == 3
+
+
+async def test_the_audit_log_cannot_be_updated_or_deleted(
+    admin: BillingAdmin, database: AsyncEngine
+) -> None:
+    await admin.create_org("acme")
+    for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with database.begin() as conn:
+                await conn.execute(text(statement))
+    [row] = await admin.audit_log()
+    assert (row.actor, row.action) == ("cli:alice", "org.create")
+
+
+async def spend(admin: BillingAdmin, org: str, worst_micros: int, used: int = 1000) -> str:
+    """Run one request through the ledger: hold at 1 micro per token, settle ``used`` tokens."""
+    org_id = (await admin.org(org)).id
+    price = AppliedPrice(ModelPrice("m", 1_000_000, 1_000_000, 1_000_000))
+    request_id = f"req-{worst_micros}-{used}"
+    quote = price.worst_case(worst_micros - 3, 0)  # 3 micros of rounding slack on top
+    await admin.ledger.execute(Hold(request_id, org_id, quote, NOW_MS, (f"org:{org_id}",)))
+    await admin.ledger.execute(Settle(request_id, Usage(prompt_tokens=used)))
+    return request_id
+
+
+async def test_statement_csv_sums_equal_balance_changes(admin: BillingAdmin) -> None:
+    await admin.create_org("acme")
+    await admin.top_up("acme", "10", "t1")
+    await admin.grant_promo("acme", "0.0005", "g1")
+    request_id = await spend(admin, "acme", 5_000, used=1_200)  # 500 from promo, 700 from cash
+    report = await admin.balance("acme")
+    assert (report.cash, report.promo, report.held) == (10_000_000 - 700, 0, 0)
+
+    lines = await admin.statement("acme")
+    rows = list(csv.DictReader(io.StringIO(statement_csv(lines))))
+    assert list(rows[0]) == ["time_utc", "request_id", "account", "counterparty", "amount", "unit"]
+    assert rows[0]["time_utc"] == "2026-09-21T14:13:20.000Z" and rows[0]["unit"] == "CNY"
+
+    def total(account_suffix: str) -> Decimal:
+        return sum(
+            (Decimal(r["amount"]) for r in rows if r["account"].endswith(account_suffix)),
+            Decimal(0),
+        )
+
+    assert total(":cash") == Decimal(report.cash) / 1_000_000
+    assert total(":promo") == 0 and total(":held") == 0
+    assert {r["request_id"] for r in rows if r["request_id"]} == {request_id}
+    charged = [r for r in rows if r["counterparty"].endswith(":revenue")]
+    assert sum(Decimal(r["amount"]) for r in charged) == Decimal("-0.0012")
+
+    # A window that ends before anything happened is empty; an empty window is refused.
+    assert await admin.statement("acme", 0, NOW_MS) == []
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.statement("acme", NOW_MS, NOW_MS)
+    assert refused.value.param == "until"
