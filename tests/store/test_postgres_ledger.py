@@ -1,0 +1,309 @@
+"""The ledger store on a real PostgreSQL server (tests/pg.py), and the multi-writer tests on
+SQLite as well: migrations, append-only triggers, holds under concurrency, two writers.
+
+Skipped with a reason where the PostgreSQL server binaries are not on PATH."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select, table, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from openmaas.core.errors import InsufficientBalance
+from openmaas.core.ledger_events import Event, Hold, Release, Settle, TopUp, cash, held
+from openmaas.core.prices import AppliedPrice, HoldQuote, ModelPrice
+from openmaas.core.types import Usage
+from openmaas.store.database import migrate, open_database
+from openmaas.store.ledger import LedgerStore
+from openmaas.store.repositories import OrganizationRepository
+from openmaas.store.schema import audit_log, ledger_entries, ledger_events
+
+NOW = 1_764_201_600_000  # 2025-11-27T00:00:00Z
+PRICE = AppliedPrice(ModelPrice("m1", 1_000_000, 500_000, 2_000_000))  # micros per 1M tokens
+QUOTE: HoldQuote = PRICE.worst_case(prompt_tokens=100, max_output_tokens=50)
+APPEND_ONLY = ("ledger_events", "ledger_entries", "audit_log")
+
+
+def now_ms() -> int:
+    return NOW
+
+
+def hold(request_id: str, org: str) -> Hold:
+    return Hold(request_id, org, QUOTE, NOW)
+
+
+async def new_engine(url: str) -> AsyncEngine:
+    engine = open_database(url)
+    await migrate(engine)
+    return engine
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> str:  # PostgreSQL skips where it cannot run; SQLite always runs
+    if request.param == "sqlite":
+        return "sqlite+aiosqlite:///" + str(tmp_path / "openmaas.db")
+    return request.getfixturevalue("new_pg_database")()
+
+
+@pytest.fixture
+def pg_url(new_pg_database: Callable[[], str]) -> str:
+    return new_pg_database()
+
+
+@pytest.fixture
+async def engines(db_url: str) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """Two engines on one database: two processes' connection pools."""
+    first = await new_engine(db_url)
+    second = open_database(db_url)
+    try:
+        yield first, second
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def new_org(engine: AsyncEngine, name: str = "acme") -> str:
+    return (await OrganizationRepository(engine).create(name, NOW)).id
+
+
+async def count(engine: AsyncEngine, table) -> int:  # type: ignore[no-untyped-def]
+    async with engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+
+
+async def sql_balance(engine: AsyncEngine, account: str) -> int:
+    """The balance of ``account`` from ``ledger_entries`` alone (no in-memory state)."""
+    async with engine.connect() as conn:
+        credited = await conn.execute(
+            select(func.coalesce(func.sum(ledger_entries.c.amount), 0)).where(
+                ledger_entries.c.credit == account
+            )
+        )
+        debited = await conn.execute(
+            select(func.coalesce(func.sum(ledger_entries.c.amount), 0)).where(
+                ledger_entries.c.debit == account
+            )
+        )
+        return int(credited.scalar_one()) - int(debited.scalar_one())
+
+
+async def lowest_balance_ever(engine: AsyncEngine, account: str) -> int:
+    """The lowest balance ``account`` ever had, replaying ``ledger_entries`` in order."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(ledger_entries.c.debit, ledger_entries.c.credit, ledger_entries.c.amount)
+            .where((ledger_entries.c.debit == account) | (ledger_entries.c.credit == account))
+            .order_by(ledger_entries.c.event_seq, ledger_entries.c.id)
+        )
+        balance = lowest = 0
+        for debit, credit, amount in rows:
+            balance += amount if credit == account else 0
+            balance -= amount if debit == account else 0
+            lowest = min(lowest, balance)
+        return lowest
+
+
+async def holds_at_once(store: LedgerStore, org: str, ids: list[str]) -> list[object]:
+    return await asyncio.gather(
+        *(store.execute(hold(rid, org)) for rid in ids), return_exceptions=True
+    )
+
+
+# -- migrations and triggers (PostgreSQL) ------------------------------------------------
+async def test_migrations_apply_on_postgresql_and_are_idempotent(pg_url: str) -> None:
+    engine = open_database(pg_url)
+    try:
+        assert engine.dialect.name == "postgresql"
+        await migrate(engine)
+        await migrate(engine)  # a second run applies nothing and fails nothing
+        async with engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            head = (await conn.execute(text("SELECT id, seq FROM ledger_head"))).all()
+            tiers = (await conn.execute(text("SELECT name FROM tiers ORDER BY name"))).scalars()
+            tables = set(
+                (
+                    await conn.execute(
+                        text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                    )
+                ).scalars()
+            )
+        assert version == [("0002",)]
+        assert head == [(1, 0)]
+        assert list(tiers) == ["V0", "V1", "V2", "V3"]
+        assert {"organizations", "api_keys", "usage_records", "ledger_head", "ledger_events",
+                "ledger_entries", "prices", "tiers", "audit_log", "inflight"} <= tables  # fmt: skip
+    finally:
+        await engine.dispose()
+
+
+async def _insert_one(conn: AsyncConnection, table_name: str) -> None:
+    await conn.execute(
+        insert(ledger_events).values(
+            seq=1, at_ms=NOW, kind="funded", org_id=None, request_id=None,
+            idempotency_key="funded:t", body="{}",
+        )
+    )  # fmt: skip
+    if table_name == "ledger_entries":
+        await conn.execute(
+            insert(ledger_entries).values(
+                event_seq=1, at_ms=NOW, debit="system:CNY:external", credit="org:o:cash",
+                amount=5, unit="CNY", request_id=None,
+            )
+        )  # fmt: skip
+    if table_name == "audit_log":
+        await conn.execute(
+            insert(audit_log).values(at_ms=NOW, actor="test", action="a", target="t")
+        )
+
+
+@pytest.mark.parametrize("table_name", APPEND_ONLY)
+@pytest.mark.parametrize(
+    "statement", ["UPDATE {table} SET at_ms = 0", "DELETE FROM {table}"], ids=["update", "delete"]
+)
+async def test_postgresql_triggers_keep_the_log_append_only(
+    pg_url: str, table_name: str, statement: str
+) -> None:
+    engine = await new_engine(pg_url)
+    try:
+        async with engine.begin() as conn:
+            await _insert_one(conn, table_name)
+        with pytest.raises(DBAPIError, match=f"{table_name} is append-only"):
+            async with engine.begin() as conn:
+                await conn.execute(text(statement.format(table=table_name)))
+        assert await count(engine, table(table_name)) == 1
+    finally:
+        await engine.dispose()
+
+
+# -- the ledger store (PostgreSQL and SQLite) ---------------------------------------------
+async def test_fifty_holds_at_once_take_exactly_what_the_balance_covers(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    engine, _ = engines
+    org = await new_org(engine)
+    store = LedgerStore(engine, now_ms)
+    await store.execute(TopUp("t1", org, 10 * QUOTE.micros))
+
+    results = await holds_at_once(store, org, [f"r{i}" for i in range(50)])
+
+    placed = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(placed) == 10
+    assert len(refused) == 40 and all(isinstance(r, InsufficientBalance) for r in refused)
+    ledger = await LedgerStore(engine, now_ms).refresh()  # a fresh reader: the log alone
+    assert ledger.balance(cash(org)) == 0 == await sql_balance(engine, cash(org))
+    assert ledger.balance(held(org)) == 10 * QUOTE.micros == await sql_balance(engine, held(org))
+    assert await lowest_balance_ever(engine, cash(org)) == 0
+    assert set(ledger.totals_by_unit().values()) == {0}
+    assert set(store.ledger.totals_by_unit().values()) == {0}
+    assert len(ledger.open_holds()) == 10
+
+
+async def test_two_writers_on_two_engines_never_overdraw_and_see_each_other(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    first, second = engines
+    org = await new_org(first)
+    a, b = LedgerStore(first, now_ms), LedgerStore(second, now_ms)
+    await a.execute(TopUp("t1", org, 10 * QUOTE.micros))
+    usage = Usage(prompt_tokens=40, cached_tokens=0, completion_tokens=10)
+    charge = PRICE.charge(usage).micros
+
+    owner: dict[str, LedgerStore] = {}
+    settled = 0
+    for round_ in range(4):
+        ids = [f"r{round_}-{i}" for i in range(16)]
+        for_a, for_b = ids[0::2], ids[1::2]
+        results = await asyncio.gather(holds_at_once(a, org, for_a), holds_at_once(b, org, for_b))
+        for store, batch, outcomes in ((a, for_a, results[0]), (b, for_b, results[1])):
+            for rid, result in zip(batch, outcomes, strict=True):
+                if isinstance(result, BaseException):
+                    assert isinstance(result, InsufficientBalance), result
+                else:
+                    owner[rid] = store
+        open_now = (await a.refresh()).open_holds()
+        assert open_now == (await b.refresh()).open_holds()
+        assert len(open_now) <= 10  # never more held than the balance covers
+        assert await lowest_balance_ever(first, cash(org)) >= 0
+        # the *other* store resolves half of them: it must catch up with the hold first
+        resolving = []
+        for n, rid in enumerate(open_now[: len(open_now) // 2 + 1]):
+            other = b if owner[rid] is a else a
+            resolving.append(other.execute(Settle(rid, usage) if n % 2 == 0 else Release(rid)))
+            settled += n % 2 == 0
+        assert all(len(events) == 1 for events in await asyncio.gather(*resolving))
+        assert await lowest_balance_ever(second, cash(org)) >= 0
+
+    view_a, view_b = await a.refresh(), await b.refresh()
+    assert view_a.balances == view_b.balances
+    assert view_a.holds.keys() == view_b.holds.keys()
+    assert view_a.resolved.keys() == view_b.resolved.keys()
+    assert view_a.balance(cash(org)) == await sql_balance(second, cash(org))
+    assert view_a.balance(held(org)) == await sql_balance(second, held(org))
+    held_now = QUOTE.micros * len(view_a.holds)
+    assert view_a.balance(held(org)) == held_now
+    assert await lowest_balance_ever(second, cash(org)) >= 0
+    assert set(view_a.totals_by_unit().values()) == {0}
+    assert view_a.balance("system:CNY:revenue") == charge * settled > 0
+    assert view_a.balance(cash(org)) == 10 * QUOTE.micros - charge * settled - held_now
+    assert len(owner) > 10  # resolved holds gave money back for more
+    # every event is in the log exactly once, in one sequence
+    async with first.connect() as conn:
+        seqs = (await conn.execute(select(ledger_events.c.seq).order_by("seq"))).scalars().all()
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_a_repeated_settle_changes_nothing(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    first, second = engines
+    org = await new_org(first)
+    a, b = LedgerStore(first, now_ms), LedgerStore(second, now_ms)
+    await a.execute(TopUp("t1", org, 5 * QUOTE.micros))
+    await a.execute(hold("r1", org))
+    usage = Usage(prompt_tokens=80, cached_tokens=20, completion_tokens=30)
+    assert len(await a.execute(Settle("r1", usage))) == 1
+    events, entries = await count(first, ledger_events), await count(first, ledger_entries)
+    balances = dict((await a.refresh()).balances)
+
+    assert await a.execute(Settle("r1", usage)) == ()
+    assert await b.execute(Settle("r1", Usage(prompt_tokens=1))) == ()  # other writer, too
+    assert await b.execute(Release("r1")) == ()
+
+    assert (await count(first, ledger_events), await count(first, ledger_entries)) == (
+        events,
+        entries,
+    )
+    assert (await a.refresh()).balances == balances == (await b.refresh()).balances
+
+
+async def test_a_refused_command_writes_no_rows(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    engine, _ = engines
+    org = await new_org(engine)
+    store = LedgerStore(engine, now_ms)
+    await store.execute(TopUp("t1", org, QUOTE.micros - 1))
+
+    async def audit(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
+        await conn.execute(insert(audit_log).values(at_ms=NOW, actor="t", action="a", target="t"))
+
+    before = [await count(engine, t) for t in (ledger_events, ledger_entries, audit_log)]
+    with pytest.raises(InsufficientBalance):
+        await store.execute(hold("r1", org), also=audit)
+    with pytest.raises(KeyError):
+        await store.execute(Settle("nobody", Usage(prompt_tokens=1)), also=audit)
+    after = [await count(engine, t) for t in (ledger_events, ledger_entries, audit_log)]
+    assert after == before
+    assert "r1" not in (await LedgerStore(engine, now_ms).refresh()).holds
+    # and the store still works afterwards, on the same connection pool
+    await store.execute(TopUp("t2", org, 1))
+    assert len(await store.execute(hold("r1", org), also=audit)) == 1
+    assert await count(engine, audit_log) == before[2] + 1
