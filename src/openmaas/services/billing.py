@@ -235,15 +235,17 @@ class Billing:
     async def finish(self, ticket: Ticket, record: UsageRecord) -> UsageRecord:
         """The engine ran: settle by the billing rule and append the usage record, in one
         transaction; then correct the TPM reservation to the tokens actually used."""
-        await self._stop_checkpoints(ticket)
-        if ticket.held:
-            record = await self._settle(record)
-        else:
-            await self._usage.append(record)
-        if ticket.limit is not None:
-            await self._limiter.settle(
-                ticket.limit, record.usage.total_tokens, self._clock.now_ms()
-            )
+        try:
+            await self._stop_checkpoints(ticket)
+            if ticket.held:
+                record = await self._settle(record)
+            else:
+                await self._usage.append(record)
+        finally:  # a failed write leaves the hold to recovery, never a slot taken forever
+            if ticket.limit is not None:
+                await self._limiter.settle(
+                    ticket.limit, record.usage.total_tokens, self._clock.now_ms()
+                )
         return record
 
     async def _settle(self, record: UsageRecord) -> UsageRecord:
@@ -262,16 +264,18 @@ class Billing:
 
     async def cancel(self, ticket: Ticket) -> None:
         """The engine never saw the request: release the hold and the limits."""
-        await self._stop_checkpoints(ticket)
-        if ticket.held:
-            request_id = ticket.request.request_id
+        request_id = ticket.request.request_id
 
-            async def forget(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
-                await forget_inflight(conn, request_id)
+        async def forget(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
+            await forget_inflight(conn, request_id)
 
-            await self.ledger.execute(Release(request_id), also=forget)
-        if ticket.limit is not None:
-            await self._limiter.release(ticket.limit)
+        try:
+            await self._stop_checkpoints(ticket)
+            if ticket.held:
+                await self.ledger.execute(Release(request_id), also=forget)
+        finally:
+            if ticket.limit is not None:
+                await self._limiter.release(ticket.limit)
 
     # -- housekeeping ---------------------------------------------------------------
 
