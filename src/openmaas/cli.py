@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from openmaas.core.errors import OpenMaaSError
+from openmaas.core.money import format_micros
 from openmaas.services.admin import Admin, open_admin
+from openmaas.services.billing_admin import (
+    UNSET,
+    BillingAdmin,
+    format_amount,
+    iso_ms,
+    open_billing_admin,
+    parse_time,
+    statement_csv,
+)
 from openmaas.settings import Settings
 
 T = TypeVar("T")
@@ -27,6 +38,31 @@ def _run(action: Callable[[Admin], Awaitable[T]]) -> T:
         return asyncio.run(go())
     except OpenMaaSError as exc:
         raise click.ClickException(exc.message) from None
+
+
+def _billing(action: Callable[[BillingAdmin], Awaitable[T]]) -> T:
+    """Run a billing operation, audited as ``cli:<unix user>``."""
+
+    async def go() -> T:
+        async with open_billing_admin(Settings(), _cli_actor()) as admin:
+            return await action(admin)
+
+    try:
+        return asyncio.run(go())
+    except OpenMaaSError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _cli_actor() -> str:
+    """Who the audit log names for a CLI change: ``cli:<unix user>``."""
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        return "cli:unknown"
+
+
+def _money(micros: int, currency: str) -> str:
+    return f"{format_micros(micros)} {currency}"
 
 
 def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -72,18 +108,51 @@ def orgs() -> None:
 
 @orgs.command("create", help="Create an organization.")
 @click.argument("name")
-def orgs_create(name: str) -> None:
-    org = _run(lambda admin: admin.create_org(name))
+@click.option("--currency", default="CNY", show_default=True, help="CNY or USD.")
+@click.option("--tier", default=None, help="Rate-limit tier (see `openmaas tiers list`).")
+@click.option("--credit-limit", default=None, help="How far below zero cash may go, e.g. 100.")
+def orgs_create(name: str, currency: str, tier: str | None, credit_limit: str | None) -> None:
+    org = _billing(lambda admin: admin.create_org(name, currency, tier, credit_limit))
     click.echo(f"{org.id}\t{org.name}")
 
 
 @orgs.command("list", help="List organizations.")
 def orgs_list() -> None:
     rows = [
-        (org.id, org.name, _ms_to_iso(org.created_at_ms))
+        (
+            org.id,
+            org.name,
+            org.currency,
+            org.tier or "",
+            str(org.discount_bp),
+            _ms_to_iso(org.created_at_ms),
+        )
         for org in _run(lambda admin: admin.orgs.list())
     ]
-    _print_table(("id", "name", "created (UTC)"), rows)
+    _print_table(("id", "name", "currency", "tier", "discount (bp)", "created (UTC)"), rows)
+
+
+@orgs.command("set", help="Change an organization's tier, discount or credit limit.")
+@click.argument("org")
+@click.option("--tier", default=None, help="Rate-limit tier.")
+@click.option("--no-tier", is_flag=True, help="Remove the tier (no rate limits).")
+@click.option("--discount-bp", type=int, default=None, help="Discount, basis points (2500=25%).")
+@click.option("--credit-limit", default=None, help="How far below zero cash may go, e.g. 100.")
+def orgs_set(
+    org: str, tier: str | None, no_tier: bool, discount_bp: int | None, credit_limit: str | None
+) -> None:
+    if tier is not None and no_tier:
+        raise click.UsageError("Give --tier or --no-tier, not both.")
+    new_tier: Any = None if no_tier else (tier if tier is not None else UNSET)
+    changed = _billing(
+        lambda admin: admin.set_org(
+            org, tier=new_tier, discount_bp=discount_bp, credit_limit=credit_limit
+        )
+    )
+    click.echo(
+        f"{changed.id}\t{changed.name}\ttier={changed.tier or '-'}\t"
+        f"discount_bp={changed.discount_bp}"
+    )
 
 
 @main.group(help="API keys.")
@@ -123,6 +192,19 @@ def keys_revoke(key_id: str) -> None:
     click.echo(f"Key {key_id.partition('.')[0]} revoked.")
 
 
+@keys.command("set-tier", help="Give a key its own tier, narrowing its organization's.")
+@click.argument("key_id")
+@click.option("--tier", default=None, help="Rate-limit tier.")
+@click.option("--no-tier", is_flag=True, help="Remove the key's own tier.")
+def keys_set_tier(key_id: str, tier: str | None, no_tier: bool) -> None:
+    if (tier is None) == (not no_tier):
+        raise click.UsageError("Give exactly one of --tier or --no-tier.")
+    key = key_id.partition(".")[0]
+    _billing(lambda admin: admin.set_key_tier(key, tier))
+    shown = tier or "none (the organization's tier applies)"
+    click.echo(f"Key {key}: tier {shown}.")
+
+
 @main.command(help="Token usage totals per model and UTC day.")
 @click.option("--org", default=None, help="Only this organization (id or name).")
 @click.option("--since", default=None, help="First day, YYYY-MM-DD.")
@@ -145,3 +227,301 @@ def usage(org: str | None, since: str | None, until: str | None) -> None:
         for t in _run(action)
     ]
     _print_table(("day", "model", "requests", "prompt", "cached", "completion", "total"), rows)
+
+
+# -- billing --------------------------------------------------------------------------
+
+
+@main.group(help="Balances, top-ups, promotional credit, resource packs, budgets, statements.")
+def billing() -> None:
+    pass
+
+
+@billing.command("topup", help="Add prepaid money, e.g. `billing topup acme 100.00`.")
+@click.argument("org")
+@click.argument("amount")
+@click.option("--id", "topup_id", default=None, help="Idempotency id (a retry changes nothing).")
+def billing_topup(org: str, amount: str, topup_id: str | None) -> None:
+    done = _billing(lambda admin: admin.top_up(org, amount, topup_id))
+    report = done.balance
+    verb = "Topped up" if done.applied else "Already applied:"
+    click.echo(
+        f"{verb} {done.funding_id}; cash {_money(report.cash, report.currency.value)}, "
+        f"available {_money(report.available, report.currency.value)}"
+    )
+
+
+@billing.command("promo", help="Grant promotional credit (spent before cash).")
+@click.argument("org")
+@click.argument("amount")
+@click.option("--id", "grant_id", default=None, help="Idempotency id.")
+def billing_promo(org: str, amount: str, grant_id: str | None) -> None:
+    done = _billing(lambda admin: admin.grant_promo(org, amount, grant_id))
+    report = done.balance
+    verb = "Granted" if done.applied else "Already applied:"
+    click.echo(f"{verb} {done.funding_id}; promo {_money(report.promo, report.currency.value)}")
+
+
+@billing.command("balance", help="An organization's balances, packs and budgets.")
+@click.argument("org")
+def billing_balance(org: str) -> None:
+    report = _billing(lambda admin: admin.balance(org))
+    unit = report.currency.value
+    rows = [
+        ("organization", f"{report.org_id} ({report.name})"),
+        ("cash", _money(report.cash, unit)),
+        ("available", _money(report.available, unit)),
+        ("promo", _money(report.promo, unit)),
+        ("held", _money(report.held, unit)),
+        ("credit limit", _money(report.credit_limit, unit)),
+    ]
+    rows += [
+        (
+            f"pack {p.pack_id}",
+            f"{p.remaining} tokens of {','.join(p.models)} until "
+            f"{iso_ms(p.expires_at_ms)}{' (expired)' if p.expired else ''}",
+        )
+        for p in report.packs
+    ]
+    rows += [
+        (f"budget {b.scope} {b.period.value}", f"{_money(b.used, unit)} of {_money(b.limit, unit)}")
+        for b in report.budgets
+    ]
+    _print_table(("item", "value"), rows)
+
+
+@billing.group("packs", help="Resource packs: prepaid tokens for some models, until a time.")
+def billing_packs() -> None:
+    pass
+
+
+@billing_packs.command("grant", help="Grant a resource pack.")
+@click.argument("org")
+@click.option("--model", "models", multiple=True, required=True, help="A model (repeatable).")
+@click.option("--tokens", type=int, required=True, help="Tokens in the pack.")
+@click.option("--expires", required=True, help="YYYY-MM-DD (midnight UTC) or an ISO time.")
+@click.option("--id", "pack_id", default=None, help="Idempotency id.")
+def billing_packs_grant(
+    org: str, models: tuple[str, ...], tokens: int, expires: str, pack_id: str | None
+) -> None:
+    granted = _billing(lambda admin: admin.grant_pack(org, list(models), tokens, expires, pack_id))
+    click.echo(
+        f"{granted.pack_id}\t{granted.remaining} tokens\t{','.join(granted.models)}\t"
+        f"until {iso_ms(granted.expires_at_ms)}"
+    )
+
+
+@billing_packs.command("list", help="An organization's resource packs.")
+@click.argument("org")
+def billing_packs_list(org: str) -> None:
+    rows = [
+        (
+            p.pack_id,
+            ",".join(p.models),
+            str(p.remaining),
+            iso_ms(p.expires_at_ms),
+            "yes" if p.expired else "no",
+        )
+        for p in _billing(lambda admin: admin.packs(org))
+    ]
+    _print_table(("id", "models", "tokens left", "expires (UTC)", "expired"), rows)
+
+
+@billing.group("budget", help="Spending caps per UTC day or month on a key or organization.")
+def billing_budget() -> None:
+    pass
+
+
+def _period_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--month", "period", flag_value="month", help="Per UTC month.")(command)
+    return click.option("--day", "period", flag_value="day", help="Per UTC day.")(command)
+
+
+@billing_budget.command("set", help="Set a budget: SCOPE is org:<id or name> or key:<key id>.")
+@click.argument("scope")
+@click.argument("limit")
+@_period_options
+def billing_budget_set(scope: str, limit: str, period: str | None) -> None:
+    if period is None:
+        raise click.UsageError("Give --day or --month.")
+    budget = _billing(lambda admin: admin.set_budget(scope, period, limit))
+    click.echo(f"{budget.scope}\t{budget.period.value}\t{format_micros(budget.limit)}")
+
+
+@billing_budget.command("clear", help="Remove a budget.")
+@click.argument("scope")
+@_period_options
+def billing_budget_clear(scope: str, period: str | None) -> None:
+    if period is None:
+        raise click.UsageError("Give --day or --month.")
+    _billing(lambda admin: admin.clear_budget(scope, period))
+    click.echo(f"Cleared the {period} budget of {scope}.")
+
+
+@billing.command("statement", help="Ledger lines of an organization in [--since, --until).")
+@click.argument("org")
+@click.option("--since", default=None, help="YYYY-MM-DD or ISO time (default: the beginning).")
+@click.option("--until", default=None, help="YYYY-MM-DD or ISO time, exclusive (default: now).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV, one row per ledger line.")
+def billing_statement(org: str, since: str | None, until: str | None, as_csv: bool) -> None:
+    async def action(admin: BillingAdmin) -> list:
+        since_ms = 0 if since is None else parse_time(since, "since")
+        until_ms = None if until is None else parse_time(until, "until")
+        return await admin.statement(org, since_ms, until_ms)
+
+    lines = _billing(action)
+    if as_csv:
+        click.echo(statement_csv(lines), nl=False)
+        return
+    rows = [
+        (
+            iso_ms(ln.at_ms),
+            ln.request_id or "",
+            ln.account,
+            ln.counterparty,
+            format_amount(ln.amount, ln.unit),
+            ln.unit,
+        )
+        for ln in lines
+    ]
+    _print_table(("time (UTC)", "request", "account", "counterparty", "amount", "unit"), rows)
+
+
+# -- prices and tiers -----------------------------------------------------------------
+
+
+@main.group(help="Model prices per 1M tokens.")
+def prices() -> None:
+    pass
+
+
+@prices.command("set", help="Set a model's prices per 1M tokens, e.g. --input 2 --output 8.")
+@click.argument("model")
+@click.option("--input", "input_", required=True, help="Input tokens, per 1M.")
+@click.option("--cached-input", required=True, help="Cached input tokens, per 1M.")
+@click.option("--output", required=True, help="Output tokens, per 1M.")
+@click.option("--reasoning", default=None, help="Reasoning tokens, per 1M (default: as output).")
+@click.option("--currency", default="CNY", show_default=True, help="CNY or USD.")
+@click.option("--from", "effective_from", default=None, help="Effective from (default: now).")
+def prices_set(
+    model: str,
+    input_: str,
+    cached_input: str,
+    output: str,
+    reasoning: str | None,
+    currency: str,
+    effective_from: str | None,
+) -> None:
+    price = _billing(
+        lambda admin: admin.set_price(
+            model,
+            input=input_,
+            cached_input=cached_input,
+            output=output,
+            reasoning=reasoning,
+            currency=currency,
+            effective_from=effective_from,
+        )
+    )
+    click.echo(f"{price.model}\t{price.currency.value}\tfrom {iso_ms(price.effective_from_ms)}")
+
+
+@prices.command("list", help="Every price, past and future.")
+def prices_list() -> None:
+    rows = [
+        (
+            p.model,
+            p.currency.value,
+            iso_ms(p.effective_from_ms),
+            format_micros(p.input_per_million),
+            format_micros(p.cached_input_per_million),
+            format_micros(p.output_per_million),
+            "" if p.reasoning_per_million is None else format_micros(p.reasoning_per_million),
+        )
+        for p in _billing(lambda admin: admin.list_prices())
+    ]
+    headers = (
+        "model",
+        "currency",
+        "from (UTC)",
+        "input/1M",
+        "cached/1M",
+        "output/1M",
+        "reasoning/1M",
+    )
+    _print_table(headers, rows)
+
+
+@main.group(help="Rate-limit tiers.")
+def tiers() -> None:
+    pass
+
+
+def _cap(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+@tiers.command("list", help="Every tier and its limits ('-': unlimited).")
+def tiers_list() -> None:
+    rows = []
+    for tier in _billing(lambda admin: admin.list_tiers()):
+        limits = tier.limits
+        rows.append((tier.name, "*", _cap(limits.rpm), _cap(limits.tpm), _cap(limits.concurrency)))
+        for model, lim in sorted(tier.models.items()):
+            rows.append((tier.name, model, _cap(lim.rpm), _cap(lim.tpm), _cap(lim.concurrency)))
+    _print_table(("tier", "model", "rpm", "tpm", "concurrency"), rows)
+
+
+def _model_caps(spec: str) -> tuple[str, dict[str, int | None]]:
+    parts = spec.rsplit(":", 3)
+    if len(parts) != 4 or not parts[0]:
+        raise click.BadParameter(f"{spec!r} is not MODEL:RPM:TPM:CONCURRENCY", param_hint="--model")
+    caps: dict[str, int | None] = {}
+    for dim, text in zip(("rpm", "tpm", "concurrency"), parts[1:], strict=True):
+        if text in ("", "-"):
+            caps[dim] = None
+        elif text.isdigit():
+            caps[dim] = int(text)
+        else:
+            raise click.BadParameter(f"{dim} {text!r} is not a number or '-'", param_hint="--model")
+    return parts[0], caps
+
+
+@tiers.command("set", help="Define or replace a tier; a limit left out is unlimited.")
+@click.argument("name")
+@click.option("--rpm", type=int, default=None, help="Requests per minute.")
+@click.option("--tpm", type=int, default=None, help="Tokens per minute.")
+@click.option("--concurrency", type=int, default=None, help="Requests in flight.")
+@click.option("--model", "models", multiple=True, help="MODEL:RPM:TPM:CONC ('-': unlimited).")
+def tiers_set(
+    name: str, rpm: int | None, tpm: int | None, concurrency: int | None, models: tuple[str, ...]
+) -> None:
+    per_model = dict(_model_caps(spec) for spec in models)
+    tier = _billing(
+        lambda admin: admin.set_tier(
+            name, rpm=rpm, tpm=tpm, concurrency=concurrency, models=per_model
+        )
+    )
+    click.echo(
+        f"{tier.name}\trpm={_cap(tier.limits.rpm)}\ttpm={_cap(tier.limits.tpm)}\t"
+        f"concurrency={_cap(tier.limits.concurrency)}"
+    )
+
+
+@main.command(help="The audit log of billing changes, newest first.")
+@click.option("--limit", type=int, default=50, show_default=True, help="How many entries.")
+def audit(limit: int) -> None:
+    import json
+
+    rows = [
+        (
+            iso_ms(e.at_ms),
+            e.actor,
+            e.action,
+            e.target,
+            json.dumps(e.before, sort_keys=True),
+            json.dumps(e.after, sort_keys=True),
+        )
+        for e in _billing(lambda admin: admin.audit_log(limit))
+    ]
+    _print_table(("time (UTC)", "actor", "action", "target", "before", "after"), rows)
