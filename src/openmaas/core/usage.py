@@ -35,3 +35,4 @@ class UsageTotal:
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    cost: Money | None = None  # what the priced requests among them were charged

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.errors import InvalidRequest, NotFound
 from openmaas.core.keys import NewKey
+from openmaas.core.money import Currency, Money
 from openmaas.core.usage import UsageRecord, UsageTotal
 from openmaas.store.schema import api_keys, inflight, organizations, usage_records
 
@@ -199,6 +200,8 @@ class UsageRepository:
                 func.sum(u.prompt_tokens).label("prompt_tokens"),
                 func.sum(u.cached_tokens).label("cached_tokens"),
                 func.sum(u.completion_tokens).label("completion_tokens"),
+                func.sum(u.cost_micros).label("cost_micros"),
+                func.max(u.currency).label("currency"),  # an organization has one currency
             )
             .group_by(u.day, u.model)
             .order_by(u.day, u.model)
@@ -219,6 +222,9 @@ class UsageRepository:
                     prompt_tokens=int(r.prompt_tokens or 0),
                     cached_tokens=int(r.cached_tokens or 0),
                     completion_tokens=int(r.completion_tokens or 0),
+                    cost=None
+                    if r.currency is None
+                    else Money(int(r.cost_micros or 0), Currency(r.currency)),
                 )
                 for r in rows
             ]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from openmaas.core.errors import InvalidRequest
+from openmaas.core.money import format_micros
 from openmaas.server.responses import json_response
 from openmaas.server.routes.common import authenticate
 from openmaas.server.state import app_state
@@ -66,6 +67,9 @@ async def usage(
                     "cached_tokens": t.cached_tokens,
                     "completion_tokens": t.completion_tokens,
                     "total_tokens": t.prompt_tokens + t.completion_tokens,
+                    # decimal string, exact; null when none of these requests was priced
+                    "cost": None if t.cost is None else format_micros(t.cost.micros),
+                    "currency": None if t.cost is None else t.cost.currency.value,
                 }
                 for t in totals
             ],
