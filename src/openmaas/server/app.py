@@ -15,6 +15,7 @@ from openmaas.protocols.anthropic.errors import to_anthropic_error
 from openmaas.protocols.zhipu.errors import to_zhipu_error
 from openmaas.server.errors import install_error_handlers
 from openmaas.server.middleware import RequestContextMiddleware
+from openmaas.server.routes import admin as admin_routes
 from openmaas.server.routes import anthropic as anthropic_routes
 from openmaas.server.routes import openai as openai_routes
 from openmaas.server.routes import platform as platform_routes
@@ -111,6 +112,7 @@ def create_app(
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(platform_routes.router)
+    app.include_router(admin_routes.router)
     zhipu_routes.install(app)
     install_error_handlers(
         app, [("/v1/messages", to_anthropic_error), (zhipu_routes.PREFIX, to_zhipu_error)]
