@@ -32,6 +32,8 @@ TABLE = [
     (Termination.ENGINE_ERROR, FULL, FULL, Rule.AS_COUNTED),
     (Termination.GATEWAY_SHUTDOWN, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),
     (Termination.GATEWAY_SHUTDOWN, FULL, FULL, Rule.AS_COUNTED),
+    (Termination.TIMEOUT, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),
+    (Termination.TIMEOUT, FULL, FULL, Rule.AS_COUNTED),
     (Termination.GATEWAY_KILLED, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),
     (Termination.GATEWAY_KILLED, FULL, FULL, Rule.AS_COUNTED),
     (Termination.REJECTED, PROMPT_ONLY, Usage(), Rule.FREE_REJECTED),
@@ -93,7 +95,12 @@ def test_never_more_than_the_engine_counted(termination: Termination, p: int, c:
     free = termination is Termination.REJECTED or (
         c == 0
         and termination
-        in (Termination.ENGINE_ERROR, Termination.GATEWAY_SHUTDOWN, Termination.GATEWAY_KILLED)
+        in (
+            Termination.ENGINE_ERROR,
+            Termination.TIMEOUT,
+            Termination.GATEWAY_SHUTDOWN,
+            Termination.GATEWAY_KILLED,
+        )
     )
     assert (decision.usage == Usage()) == (free or (p == 0 and c == 0))
 

@@ -14,6 +14,7 @@ from openmaas.core.errors import (
     ConfigurationError,
     EngineFailure,
     EngineNotReady,
+    EngineTimeout,
     EngineOverloaded,
     InsufficientBalance,
     InvalidRequest,
@@ -28,6 +29,8 @@ from openmaas.core.errors import (
     RateLimited,
     RequestError,
     SetupError,
+    UpstreamUnavailable,
+    UrlRefused,
 )
 
 ALL_CLASSES = [
@@ -55,7 +58,10 @@ def test_module_defines_the_documented_tree() -> None:
         EngineOverloaded,
         EngineNotReady,
         RateLimited,
+        UpstreamUnavailable,
         EngineFailure,
+        EngineTimeout,
+        UrlRefused,
         SetupError,
         ConfigurationError,
         ModelFilesMissing,

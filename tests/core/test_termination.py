@@ -30,6 +30,7 @@ def test_stored_names_are_stable() -> None:
         "engine_error",
         "rejected",
         "gateway_shutdown",
+        "timeout",
         "gateway_killed",
     }
     assert all(len(t.value) <= 40 for t in Termination)  # the column is String(40)

@@ -9,6 +9,7 @@ from openmaas.core.errors import (
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
+    EngineTimeout,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -31,6 +32,7 @@ from openmaas.protocols.anthropic.errors import to_anthropic_error
         (EngineOverloaded("m", 4), 529, "overloaded_error"),
         (EngineNotReady("m"), 529, "overloaded_error"),
         (EngineFailure("boom"), 500, "api_error"),
+        (EngineTimeout("total", 600), 504, "timeout_error"),
         (OpenMaaSError("unexpected"), 500, "api_error"),
     ],
 )

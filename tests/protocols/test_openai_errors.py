@@ -10,6 +10,7 @@ from openmaas.core.errors import (
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
+    EngineTimeout,
     InvalidRequest,
     ModelFilesMissing,
     ModelNotFound,
@@ -17,6 +18,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    UpstreamUnavailable,
 )
 from openmaas.protocols.openai.errors import to_openai_error
 
@@ -33,6 +35,9 @@ from openmaas.protocols.openai.errors import to_openai_error
         (EngineOverloaded("m", 4), 429, "rate_limit_error", "engine_overloaded"),
         (EngineNotReady("m"), 503, "server_error", "model_not_ready"),
         (EngineFailure("died"), 500, "server_error", "engine_error"),
+        (EngineTimeout("idle", 30), 504, "server_error", "timeout"),
+        (UpstreamUnavailable("down", deployment="d1", status=503), 503, "server_error",
+         "upstream_unavailable"),
         (ConfigurationError("bad setting"), 500, "server_error", "internal_error"),
         (ModelFilesMissing("pkg", "install it"), 500, "server_error", "internal_error"),
         (OpenMaaSError("generic"), 500, "server_error", "internal_error"),

@@ -55,9 +55,10 @@ def test_quota_errors_are_final_in_every_protocol(exc) -> None:  # type: ignore[
     code = "1113" if isinstance(exc, InsufficientBalance) else "1308"
     assert (status, body["error"]["code"], headers["x-should-retry"]) == (429, code, "false")
     status, body, headers = to_anthropic_error(exc)
-    assert (status, body["error"]["type"], headers["x-should-retry"]) == (
-        400,
-        "invalid_request_error",
-        "false",
+    expected = (
+        (402, "billing_error")
+        if isinstance(exc, InsufficientBalance)
+        else (400, "invalid_request_error")  # Anthropic's "spend limit reached"
     )
+    assert (status, body["error"]["type"], headers["x-should-retry"]) == (*expected, "false")
     assert "retry-after" not in headers

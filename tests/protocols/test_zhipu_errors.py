@@ -12,6 +12,7 @@ from openmaas.core.errors import (
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
+    EngineTimeout,
     InsufficientBalance,
     InvalidRequest,
     ModelNotFound,
@@ -53,6 +54,7 @@ CASES: list[tuple[OpenMaaSError, int, str, str]] = [
     (EngineOverloaded("m", 4), 429, "1302", "true"),
     (EngineNotReady("m"), 429, "1305", "true"),
     (CapacityError("busy"), 429, "1305", "true"),
+    (EngineTimeout("first_token", 30), 500, "1234", "true"),
     (EngineFailure("crashed"), 500, "500", "true"),
     (ConfigurationError("odd"), 500, "500", "true"),  # not in the table: internal
 ]

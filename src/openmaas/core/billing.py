@@ -12,8 +12,8 @@ failed on our side before any output, which is free. Concretely:
 - ``client_disconnected``: the engine's counts when it stopped (the prompt it read and
   every token it generated before it saw the cancellation, delivered or not). The client
   chose to leave; an engine that had not started reports zero and nothing is charged.
-- ``engine_error``, ``gateway_shutdown`` (and a future ``timeout``): our side cut the
-  request. With no completion token generated, nothing is charged (not even the prompt);
+- ``engine_error``, ``timeout``, ``gateway_shutdown``, ``gateway_killed``: our side cut
+  the request. With no completion token generated, nothing is charged (not even the prompt);
   after the first token, the engine's counts so far (the client received that output).
 - ``rejected``: the engine refused the input; nothing is charged.
 
@@ -44,7 +44,12 @@ CHARGED_AS_COUNTED = frozenset({Termination.CLIENT_DISCONNECTED})
 """Ended by the client: the engine's counts, even with no output."""
 
 FREE_WITHOUT_OUTPUT = frozenset(
-    {Termination.ENGINE_ERROR, Termination.GATEWAY_SHUTDOWN, Termination.GATEWAY_KILLED}
+    {
+        Termination.ENGINE_ERROR,
+        Termination.TIMEOUT,
+        Termination.GATEWAY_SHUTDOWN,
+        Termination.GATEWAY_KILLED,
+    }
 )
 """Ended by our side: free before the first completion token, counted after it."""
 

@@ -156,8 +156,34 @@ class RateLimited(CapacityError):
         self.headers: dict[str, str] = dict(headers or {})
 
 
+class UpstreamUnavailable(CapacityError):
+    """A deployment could not take the request: connection refused, its own 429 or 503, or
+    its circuit is open. The router tries another deployment; when none is left, the
+    client gets a capacity error (retry later)."""
+
+    def __init__(self, message: str, *, deployment: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.deployment = deployment
+        self.status = status
+
+
 class EngineFailure(OpenMaaSError):
     """The engine failed while serving the request."""
+
+
+class EngineTimeout(EngineFailure):
+    """The engine took too long: to connect, to its first token, between two tokens, or in
+    total (``phase``). Billed like an engine error (termination ``timeout``)."""
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"The engine timed out ({phase}: no answer within {seconds:g} s).")
+        self.phase = phase
+        self.seconds = seconds
+
+
+class UrlRefused(InvalidRequest):
+    """A URL in the request may not be fetched: fetching client URLs is off, or the URL
+    points at a loopback, private, link-local or metadata address (SSRF)."""
 
 
 class SetupError(OpenMaaSError):

@@ -14,6 +14,7 @@ class Termination(StrEnum):
     ENGINE_ERROR = "engine_error"  # the engine failed before or during generation
     REJECTED = "rejected"  # the engine refused the input (e.g. prompt over the context window)
     GATEWAY_SHUTDOWN = "gateway_shutdown"  # the grace period ran out while shutting down
+    TIMEOUT = "timeout"  # a connect, first-token, idle or total timeout cut the request
     GATEWAY_KILLED = "gateway_killed"  # the process died (kill -9, power); found on restart
 
 

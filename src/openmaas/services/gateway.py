@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 
 from openmaas.core.clock import Clock
-from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest
+from openmaas.core.errors import CapacityError, EngineFailure, EngineTimeout, InvalidRequest
 from openmaas.core.termination import Termination, for_interruption, from_finish_reason
 from openmaas.core.types import (
     EmbeddingRequest,
@@ -116,6 +116,9 @@ class Gateway:
             raise
         except InvalidRequest as exc:
             termination, error = Termination.REJECTED, exc.message
+            raise
+        except EngineTimeout as exc:
+            termination, error = Termination.TIMEOUT, exc.message
             raise
         except EngineFailure as exc:
             termination, error = Termination.ENGINE_ERROR, exc.message
@@ -242,6 +245,9 @@ class Generation:
             raise
         except InvalidRequest as exc:
             self._fail(Termination.REJECTED, exc.message)
+            raise
+        except EngineTimeout as exc:
+            self._fail(Termination.TIMEOUT, exc.message)
             raise
         except EngineFailure as exc:
             self._fail(Termination.ENGINE_ERROR, exc.message)

@@ -15,6 +15,8 @@ from openmaas.core.errors import (
     AuthenticationFailed,
     CapacityError,
     EngineFailure,
+    EngineTimeout,
+    InsufficientBalance,
     InvalidRequest,
     NotFound,
     OpenMaaSError,
@@ -28,12 +30,14 @@ from openmaas.core.errors import (
 _TABLE: tuple[tuple[type[OpenMaaSError], int, str], ...] = (
     (PayloadTooLarge, 413, "request_too_large"),
     (InvalidRequest, 400, "invalid_request_error"),
-    (QuotaExceeded, 400, "invalid_request_error"),  # Anthropic: "credit balance is too low"
+    (InsufficientBalance, 402, "billing_error"),
+    (QuotaExceeded, 400, "invalid_request_error"),  # Anthropic's "spend limit reached"
     (AuthenticationFailed, 401, "authentication_error"),
     (PermissionDenied, 403, "permission_error"),
     (NotFound, 404, "not_found_error"),
     (RateLimited, 429, "rate_limit_error"),
     (CapacityError, 529, "overloaded_error"),
+    (EngineTimeout, 504, "timeout_error"),
     (EngineFailure, 500, "api_error"),
 )
 _DEFAULT = (500, "api_error")

@@ -10,6 +10,7 @@ from openmaas.core.errors import (
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
+    EngineTimeout,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -18,6 +19,7 @@ from openmaas.core.errors import (
     PermissionDenied,
     QuotaExceeded,
     RateLimited,
+    UpstreamUnavailable,
 )
 
 # (class, HTTP status, error type, error code); the first matching class wins.
@@ -32,6 +34,8 @@ _TABLE: tuple[tuple[type[OpenMaaSError], int, str, str | None], ...] = (
     (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (EngineOverloaded, 429, "rate_limit_error", "engine_overloaded"),
     (EngineNotReady, 503, "server_error", "model_not_ready"),
+    (UpstreamUnavailable, 503, "server_error", "upstream_unavailable"),
+    (EngineTimeout, 504, "server_error", "timeout"),
     (EngineFailure, 500, "server_error", "engine_error"),
 )
 

@@ -17,6 +17,7 @@ from openmaas.core.errors import (
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
+    EngineTimeout,
     InsufficientBalance,
     InvalidRequest,
     ModelNotFound,
@@ -51,6 +52,7 @@ TABLE: tuple[tuple[type[OpenMaaSError], int, str, bool], ...] = (
     (EngineOverloaded, 429, "1302", True),
     (EngineNotReady, 429, "1305", True),
     (CapacityError, 429, "1305", True),
+    (EngineTimeout, 500, "1234", True),  # "network error"
     (EngineFailure, 500, "500", True),
 )
 INTERNAL: tuple[int, str, bool] = (500, "500", True)
