@@ -72,6 +72,21 @@ class Thinking:
     clear_thinking: bool | None = None
 
 
+class DataPolicy(StrEnum):
+    """Where an organization's requests may be served (``docs/routing.md``)."""
+
+    LOCAL_ONLY = "local_only"  # never an ``external`` deployment, whatever fails
+    BURST = "burst"  # ``external`` deployments only when no ``local`` one can take it
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingHints:
+    """What the router may use besides the request itself; set by the gateway."""
+
+    data_policy: DataPolicy = DataPolicy.BURST
+    affinity_key: str | None = None  # a session id; else the router hashes the prompt prefix
+
+
 class ResponseFormatKind(StrEnum):
     TEXT = "text"
     JSON_OBJECT = "json_object"
@@ -111,6 +126,7 @@ class GenerationRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     thinking: Thinking = field(default_factory=Thinking)
+    routing: RoutingHints = field(default_factory=RoutingHints)
 
     @property
     def wants_tools(self) -> bool:

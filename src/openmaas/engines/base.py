@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from openmaas.core.errors import EngineNotReady, EngineOverloaded
+from openmaas.core.money import Money
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -72,6 +73,18 @@ class UsageTracker:
         return Usage(self.prompt_tokens, self.cached_tokens, self.completion_tokens)
 
 
+@dataclass(slots=True)
+class Route:
+    """Which deployment served a request and why: set by the router (``services/router.py``),
+    recorded with the request's usage. Empty for a model served by one engine directly."""
+
+    deployment: str | None = None  # the deployment's id in the catalog
+    data_class: str | None = None  # "local" or "external"
+    decision: str | None = None  # e.g. "least_loaded", "affinity", "burst", "fallback:<model>"
+    attempts: int = 0  # deployments tried before the first token (1: no failover)
+    upstream_cost: Money | None = None  # what an external upstream charges us for it
+
+
 class EngineStream:
     """An admitted generation: iterate it for events, ``aclose()`` it to stop the engine."""
 
@@ -83,6 +96,7 @@ class EngineStream:
     ) -> None:
         self._events = events
         self.tracker = tracker
+        self.route = Route()
         self._release: Callable[[], None] | None = release
 
     def __aiter__(self) -> EngineStream:
