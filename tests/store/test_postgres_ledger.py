@@ -134,7 +134,7 @@ async def test_migrations_apply_on_postgresql_and_are_idempotent(pg_url: str) ->
                     )
                 ).scalars()
             )
-        assert version == [("0002",)]
+        assert version == [("0003",)]
         assert head == [(1, 0)]
         assert list(tiers) == ["V0", "V1", "V2", "V3"]
         assert {"organizations", "api_keys", "usage_records", "ledger_head", "ledger_events",

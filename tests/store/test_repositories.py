@@ -86,7 +86,7 @@ async def test_migrate_creates_the_tables_and_is_idempotent(db_path: Path) -> No
             tables = await conn.run_sync(lambda c: set(sa_inspect(c).get_table_names()))
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
         assert {"organizations", "api_keys", "usage_records", "ledger_events", "prices"} <= tables
-        assert version == "0002"
+        assert version == "0003"
     finally:
         await eng.dispose()
 

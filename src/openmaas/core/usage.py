@@ -23,6 +23,11 @@ class UsageRecord:
     latency_ms: int
     error: str | None = None
     cost: Money | None = None  # what the request was charged; None when its model is unpriced
+    deployment: str | None = None  # the deployment that served it, when a router chose
+    data_class: str | None = None  # "local" | "external"
+    route: str | None = None  # the router's decision (least_loaded, affinity, burst, ...)
+    attempts: int = 0  # deployments tried before the first token
+    upstream_cost: Money | None = None  # what an external upstream charges us for it
 
 
 @dataclass(frozen=True, slots=True)

@@ -280,6 +280,7 @@ class Generation:
                 shutting_down=self._gateway.shutting_down()
             )
             usage = self._finished.usage if self._finished else self._stream.tracker.snapshot()
+            route = self._stream.route
             record = UsageRecord(
                 request_id=self.request.request_id,
                 key_id=self._principal.key_id,
@@ -292,6 +293,11 @@ class Generation:
                 ttft_ms=self._ttft_ms,
                 latency_ms=self._gateway.elapsed_ms(self._started),
                 error=self._error,
+                deployment=route.deployment,
+                data_class=route.data_class,
+                route=route.decision,
+                attempts=route.attempts,
+                upstream_cost=route.upstream_cost,
             )
             try:
                 record = await self._gateway.finish(self._ticket, record)

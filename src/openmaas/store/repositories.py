@@ -25,6 +25,7 @@ class Organization:
     currency: str = "CNY"
     tier: str | None = None  # None: no rate limits
     discount_bp: int = 0
+    data_policy: str = "burst"  # core.types.DataPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ class ApiKeyRepository:
 
 
 def usage_row(record: UsageRecord) -> dict[str, object]:
+    upstream = record.upstream_cost
     return {
         "request_id": record.request_id,
         "key_id": record.key_id,
@@ -157,6 +159,12 @@ def usage_row(record: UsageRecord) -> dict[str, object]:
         "error": record.error,
         "cost_micros": record.cost.micros if record.cost is not None else None,
         "currency": record.cost.currency.value if record.cost is not None else None,
+        "deployment": record.deployment,
+        "data_class": record.data_class,
+        "route": record.route,
+        "attempts": record.attempts,
+        "upstream_cost_micros": None if upstream is None else upstream.micros,
+        "upstream_currency": None if upstream is None else upstream.currency.value,
     }
 
 

@@ -25,6 +25,7 @@ organizations = Table(
     Column("currency", String(3), nullable=False, server_default="CNY"),
     Column("tier", String(40), nullable=True),  # None: no rate limits
     Column("discount_bp", Integer, nullable=False, server_default="0"),
+    Column("data_policy", String(20), nullable=False, server_default="burst"),  # DataPolicy
 )
 
 api_keys = Table(
@@ -61,6 +62,12 @@ usage_records = Table(
     Column("reasoning_tokens", Integer, nullable=False, server_default="0"),
     Column("cost_micros", BigInteger, nullable=True),  # None: the model has no price
     Column("currency", String(3), nullable=True),
+    Column("deployment", String(120), nullable=True),  # which deployment served it
+    Column("data_class", String(20), nullable=True),  # "local" | "external"
+    Column("route", String(120), nullable=True),  # why: least_loaded, affinity, burst, ...
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("upstream_cost_micros", BigInteger, nullable=True),  # what the upstream charges us
+    Column("upstream_currency", String(3), nullable=True),
     Index("ix_usage_org_day", "org_id", "day"),
 )
 
