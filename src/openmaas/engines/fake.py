@@ -1,7 +1,8 @@
 """A scriptable fake engine, for tests of what real engines cannot do on demand.
 
 It "generates" the words of a fixed text, one token per word, with configurable delays, and
-can fail before the first token or after N tokens. It can also reason first (words of
+can fail before the first token (every stream, or the first N) with a chosen error, or after
+N tokens. It can also reason first (words of
 ``reasoning``) and, when the request offers tools, call them (``tool_calls``). Its prompt
 count is the number of whitespace-separated words in the prompt. It is only ever served
 when configured explicitly (``OPENMAAS_FAKE_MODELS``).
@@ -13,11 +14,17 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from openmaas.core.errors import EngineFailure
+from openmaas.core.errors import (
+    EngineFailure,
+    EngineTimeout,
+    InvalidRequest,
+    OpenMaaSError,
+    UpstreamUnavailable,
+)
 from openmaas.core.types import (
     Finished,
     FinishReason,
@@ -47,6 +54,15 @@ class FakeScript(BaseModel):
     queue: int = Field(0, ge=0)
     reasoning: str = ""  # words streamed as reasoning before the text (unless thinking is off)
     tool_calls: list[FakeToolCall] = Field(default_factory=list)  # made when tools are offered
+    fail_first_streams: int = Field(0, ge=0)  # the first N streams fail before their first token
+    # What a failure before the first token raises (fail_before_first_token, fail_first_streams).
+    failure: Literal[
+        "engine_failure",
+        "upstream_unavailable",
+        "timeout_connect",
+        "timeout_first_token",
+        "invalid_request",
+    ] = "engine_failure"
 
 
 @dataclass
@@ -93,13 +109,14 @@ class FakeEngine(Engine):
     ) -> AsyncIterator[StreamEvent]:
         script = self.script
         self.stats.streams_started += 1
+        number = self.stats.streams_started
         self.stats.last_prompt = request.prompt
         self.stats.streams_open += 1
         try:
             tracker.prompt_tokens = _count_prompt_words(request)
             await asyncio.sleep(script.first_token_delay)
-            if script.fail_before_first_token:
-                raise EngineFailure("scripted failure before the first token")
+            if script.fail_before_first_token or number <= script.fail_first_streams:
+                raise _scripted_failure(script.failure, self.model)
             limit = request.sampling.max_tokens
             pieces = self._pieces(request)
             for index, (kind, piece) in enumerate(pieces):
@@ -118,6 +135,18 @@ class FakeEngine(Engine):
             yield Finished(reason, tracker.snapshot())
         finally:
             self.stats.streams_open -= 1
+
+
+def _scripted_failure(kind: str, model: str) -> OpenMaaSError:
+    if kind == "upstream_unavailable":
+        return UpstreamUnavailable("scripted: upstream unavailable", deployment=model, status=503)
+    if kind == "timeout_connect":
+        return EngineTimeout("connect", 1.0)
+    if kind == "timeout_first_token":
+        return EngineTimeout("first_token", 1.0)
+    if kind == "invalid_request":
+        return InvalidRequest("scripted: invalid request")
+    return EngineFailure("scripted failure before the first token")
 
 
 def _words(text: str) -> list[str]:
