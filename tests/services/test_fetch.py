@@ -15,10 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from openmaas.core.egress import EgressPolicy
-from openmaas.core.errors import UrlRefused
+from openmaas.core.errors import InvalidRequest, UrlRefused
+from openmaas.protocols.anthropic import adapter as anthropic
+from openmaas.protocols.anthropic.schemas import AnthropicMessagesRequest
+from openmaas.protocols.openai import adapter as openai
+from openmaas.protocols.openai.schemas import ChatCompletionRequest
+from openmaas.protocols.zhipu import adapter as zhipu
+from openmaas.protocols.zhipu.schemas import ZhipuChatRequest
 from openmaas.services.fetch import SafeFetcher, egress_policy, system_resolver
 from openmaas.settings import Settings
 
@@ -471,3 +478,35 @@ def test_the_policy_comes_from_the_settings() -> None:
     )
     with pytest.raises(ValueError, match="10.1.2.3/16"):
         Settings(fetch_allowed_networks=["10.1.2.3/16"])
+
+
+# -- tripwire: no protocol accepts a client's image URL yet ------------------------------
+async def test_no_protocol_adapter_accepts_an_image_url_yet(servers) -> None:
+    """No engine takes images, so every adapter refuses image parts outright (400) and no
+    URL reaches any fetcher. Whoever adds vision must route these URLs through
+    SafeFetcher (refusing with UrlRefused when OPENMAAS_FETCH_CLIENT_URLS is off) and
+    change this test."""
+    canary = await servers(routes={"/img.png": Reply()})
+    url = f"{canary.base}/img.png"
+    image_url = {"type": "image_url", "image_url": {"url": url}}
+    chat = {"model": "m", "messages": [{"role": "user", "content": [image_url]}]}
+    image = {"type": "image", "source": {"type": "url", "url": url}}
+    result = {"type": "tool_result", "tool_use_id": "t", "content": [image]}
+    attempts = [
+        lambda: openai.chat_request(
+            openai.parse_body(orjson.dumps(chat), ChatCompletionRequest), "r"
+        ),
+        lambda: zhipu.chat_request(zhipu.parse_body(orjson.dumps(chat), ZhipuChatRequest), "r"),
+    ]
+    for content in ([image], [result]):
+        body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": content}]}
+        attempts.append(
+            lambda body=body: anthropic.messages_request(
+                anthropic.parse_body(orjson.dumps(body), AnthropicMessagesRequest), "r", "m"
+            )
+        )
+    for attempt in attempts:
+        with pytest.raises(InvalidRequest) as caught:
+            attempt()
+        assert (caught.value.param or "").startswith("messages[0].content[0]")
+    assert canary.connections == 0
