@@ -18,6 +18,7 @@ from openmaas.core.money import Money
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
+    Finished,
     GenerationRequest,
     StreamEvent,
     Usage,
@@ -59,18 +60,28 @@ class UsageTracker:
     """The engine's running token counts for one stream, updated as the engine reports them.
 
     It outlives the stream, so whoever closes a stream early can still read how many tokens
-    the engine generated before it stopped.
+    the engine generated before it stopped. ``estimated`` is set while the counts are a
+    tokenizer's guess rather than the engine's own; ``upstream_cost`` is what an external
+    upstream charges for them (copied to the stream's ``Route`` when it ends).
     """
 
-    __slots__ = ("prompt_tokens", "cached_tokens", "completion_tokens")
+    __slots__ = (
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "estimated",
+        "upstream_cost",
+    )
 
     def __init__(self) -> None:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.completion_tokens = 0
+        self.estimated = False
+        self.upstream_cost: Money | None = None
 
     def snapshot(self) -> Usage:
-        return Usage(self.prompt_tokens, self.cached_tokens, self.completion_tokens)
+        return Usage(self.prompt_tokens, self.cached_tokens, self.completion_tokens, self.estimated)
 
 
 @dataclass(slots=True)
@@ -104,10 +115,13 @@ class EngineStream:
 
     async def __anext__(self) -> StreamEvent:
         try:
-            return await self._events.__anext__()
+            event = await self._events.__anext__()
         except BaseException:
             self._release_once()
             raise
+        if isinstance(event, Finished):
+            self._take_cost()
+        return event
 
     async def aclose(self) -> None:
         try:
@@ -115,7 +129,12 @@ class EngineStream:
         finally:
             self._release_once()
 
+    def _take_cost(self) -> None:
+        if self.tracker.upstream_cost is not None and self.route.upstream_cost is None:
+            self.route.upstream_cost = self.tracker.upstream_cost
+
     def _release_once(self) -> None:
+        self._take_cost()
         if self._release is not None:
             self._release()
             self._release = None
