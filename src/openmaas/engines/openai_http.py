@@ -1,0 +1,522 @@
+"""Any OpenAI-compatible HTTP upstream: vLLM, SGLang, Ollama, Zhipu ``paas/v4``, OpenAI,
+DeepSeek, OpenRouter.
+
+The engine relays a canonical request as ``POST {base_url}/chat/completions`` (or
+``/completions`` for a plain prompt) with ``stream: true`` and always
+``stream_options: {"include_usage": true}``, and turns the server-sent events back into
+canonical events. ``docs/engines.md`` ("OpenAI-compatible upstreams") is the user's guide.
+
+Usage. The final usage chunk's counts are exact (cached tokens from
+``prompt_tokens_details.cached_tokens``, reasoning tokens from
+``completion_tokens_details.reasoning_tokens``). Until it arrives, and for an upstream that
+sends none, the counts are a tokenizer's estimate and marked ``estimated``.
+
+Errors (``core/errors.py``):
+
+=============================================  ===========================================
+what happened                                  raised
+=============================================  ===========================================
+connection refused, reset before any byte;     ``UpstreamUnavailable`` (a ``CapacityError``:
+408, 429, 502, 503, 504, 529 (``Retry-After``  the router may try another deployment)
+honoured); stream cut before the first token
+400, 404, 413, 422                             ``InvalidRequest`` (``PromptTooLong`` when
+                                               the upstream says the context is exceeded)
+401, 403, 500 and any other status; a          ``EngineFailure``
+malformed chunk; an error event; a stream cut
+after the first token
+connect / first token / idle / total timeout   ``EngineTimeout(phase, seconds)``
+=============================================  ===========================================
+
+The API key is sent as ``Authorization: Bearer …`` and is never logged, never in a repr and
+never in an error message (upstream error text is scrubbed of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from openmaas.core.errors import (
+    EngineFailure,
+    EngineTimeout,
+    InvalidRequest,
+    OpenMaaSError,
+    PromptTooLong,
+    UpstreamUnavailable,
+)
+from openmaas.core.money import Currency, Money
+from openmaas.core.prices import AppliedPrice, ModelPrice
+from openmaas.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    ReasoningDelta,
+    StreamEvent,
+    Usage,
+)
+from openmaas.engines.base import Engine, ModelKind, UsageTracker
+from openmaas.engines.openai_wire import (
+    SseDecoder,
+    ThinkingStyle,
+    chat_body,
+    chunk_events,
+    chunk_finish,
+    completion_body,
+    error_detail,
+    error_status,
+    error_text,
+    exact_usage,
+    is_context_error,
+    message_texts,
+    parse_retry_after,
+    reported_cost,
+    tools_json,
+    usage_of,
+    utf8,
+)
+from openmaas.engines.token_estimate import TokenEstimator
+
+__all__ = ["OpenAIHttpConfig", "OpenAIHttpEngine", "ThinkingStyle", "Timeouts"]
+
+log = logging.getLogger("openmaas.engines.openai_http")
+
+# _count_prompt_tokens: the upper bound's allowances (see the method's docstring).
+_REQUEST_OVERHEAD = 64
+_MESSAGE_OVERHEAD = 16
+_TOOLS_OVERHEAD = 1024
+_TOOL_OVERHEAD = 32
+_ERROR_BODY_LIMIT = 64 * 1024
+_DRAIN_SECONDS = 1.0
+_ERROR_TEXT_LIMIT = 500
+
+_UNAVAILABLE_STATUSES = frozenset({402, 408, 429, 502, 503, 504, 529})
+_INVALID_STATUSES = frozenset({400, 404, 413, 422})
+
+
+# -- configuration --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds; ``None`` waits for ever. ``connect``: the TCP (and TLS) connection;
+    ``first_token``: from the request to the first token of any kind (text, reasoning, a tool
+    call); ``idle``: between two tokens; ``total``: the whole request."""
+
+    connect: float | None = 10.0
+    first_token: float | None = 120.0
+    idle: float | None = 60.0
+    total: float | None = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIHttpConfig:
+    """One OpenAI-compatible deployment. ``api_key`` and ``headers`` are secrets: they are
+    left out of the repr and never logged."""
+
+    base_url: str  # e.g. "http://gpu-1:8000/v1", "https://open.bigmodel.cn/api/paas/v4"
+    upstream_model: str  # the model's name at the upstream
+    api_key: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    kind: ModelKind = ModelKind.CHAT
+    slots: int = 16  # requests at once; also the size of the keep-alive pool
+    queue: int = 0  # more requests waiting for a connection; beyond: EngineOverloaded
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    deployment: str | None = None  # the deployment's id, for errors (default: model name)
+    price: ModelPrice | None = None  # what the upstream charges us, when it reports no cost
+    reported_cost_currency: Currency = Currency.USD  # of a ``usage.cost`` (OpenRouter: USD)
+    thinking_style: ThinkingStyle = ThinkingStyle.CHAT_TEMPLATE_KWARGS
+    probe_models: bool = False  # GET {base_url}/models at load (not every upstream serves it)
+    tokenizer_path: Path | None = None  # tokenizer.json for estimates (default: see below)
+
+    def __post_init__(self) -> None:
+        if self.slots < 1 or self.queue < 0:
+            raise ValueError("slots must be at least 1 and queue not negative")
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("base_url must be an http(s) URL")
+
+
+# -- the engine -----------------------------------------------------------------------------
+class OpenAIHttpEngine(Engine):
+    def __init__(self, model: str, config: OpenAIHttpConfig) -> None:
+        super().__init__(model, config.kind, slots=config.slots, queue=config.queue)
+        self.config = config
+        self.deployment = config.deployment or model
+        self._base = config.base_url.rstrip("/")
+        self._where = _safe_url(self._base)
+        self._client: httpx.AsyncClient | None = None
+        self._tokens: TokenEstimator | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIHttpEngine(model={self.model!r}, deployment={self.deployment!r}, "
+            f"base_url={self._where!r})"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def _load(self) -> None:
+        cfg = self.config
+        self._tokens = await asyncio.to_thread(TokenEstimator.load, cfg.tokenizer_path)
+        headers = dict(cfg.headers)
+        if cfg.api_key:
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            limits=httpx.Limits(max_connections=cfg.slots, max_keepalive_connections=cfg.slots),
+            # Reads are bounded by our own first-token / idle / total deadlines.
+            timeout=httpx.Timeout(connect=cfg.timeouts.connect, read=None, write=None, pool=None),
+            follow_redirects=False,  # the only outbound URLs are the catalog's
+            trust_env=False,  # no proxy or netrc credentials picked up from the environment
+        )
+        if cfg.probe_models:
+            try:
+                await self._probe()
+            except BaseException:
+                await self._unload()
+                raise
+
+    async def _probe(self) -> None:
+        client = self._ready()
+        try:
+            async with asyncio.timeout(self.config.timeouts.total):
+                response = await client.get(f"{self._base}/models")
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                f"Upstream {self._where} did not answer GET /models ({type(exc).__name__}).",
+                deployment=self.deployment,
+            ) from None
+        if response.status_code != 200:
+            raise self._status_error(response.status_code, response.content, response.headers)
+
+    async def _unload(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _ready(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise EngineFailure(f"The engine for {self.model!r} is not loaded.")
+        return self._client
+
+    # -- generation --------------------------------------------------------------------
+    async def _stream(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> AsyncIterator[StreamEvent]:
+        client = self._ready()
+        tokens = self._estimator()
+        chat = request.is_chat
+        cfg = self.config
+        if chat:
+            body = chat_body(request, cfg.upstream_model, cfg.thinking_style)
+        else:
+            body = completion_body(request, cfg.upstream_model)
+        path = "/chat/completions" if chat else "/completions"
+        tracker.prompt_tokens = tokens.prompt(request)
+        tracker.estimated = True
+        clock = asyncio.get_running_loop().time
+        deadline = _Deadlines(self.config.timeouts, clock())
+        upstream_said: Money | None = None  # a cost the upstream reported
+        reasoning_tokens = 0  # estimated until the usage chunk says
+        finished: Finished | None = None
+        response: httpx.Response | None = None
+        chunks: AsyncIterator[bytes] | None = None
+        try:
+            response = await self._open(client, path, body, deadline)
+            decoder = SseDecoder()
+            chunks = response.aiter_bytes()
+            reason: FinishReason | None = None
+            usage_seen = done = False
+            drain_at: float | None = None  # after [DONE]: how long to wait for the body's end
+            while not done:
+                at, phase = deadline.next()
+                if drain_at is not None:
+                    at = drain_at if at is None else min(at, drain_at)
+                try:
+                    if at is None:
+                        data = await chunks.__anext__()
+                    else:
+                        async with asyncio.timeout_at(at):
+                            data = await chunks.__anext__()
+                    payloads = decoder.feed(data)
+                except StopAsyncIteration:
+                    payloads = decoder.flush()
+                    done = True
+                except TimeoutError:
+                    if reason is not None or drain_at is not None:
+                        break  # the answer is complete; only the usage or the body's end is late
+                    raise EngineTimeout(phase, deadline.seconds(phase)) from None
+                except httpx.TransportError as exc:
+                    if reason is not None:
+                        break
+                    raise self._cut(deadline.first_token_seen, exc) from None
+                for payload in payloads:
+                    if payload == b"[DONE]":
+                        # Read on to the body's end (normally at once), so that the
+                        # connection stays in the keep-alive pool.
+                        drain_at = clock() + _DRAIN_SECONDS
+                        continue
+                    chunk = self._parse(payload, deadline.first_token_seen)
+                    for event in chunk_events(chunk, chat, tracker, tokens.count):
+                        if isinstance(event, ReasoningDelta):
+                            reasoning_tokens += max(1, tokens.count(event.text))
+                        deadline.token(clock())
+                        yield event
+                    reason = chunk_finish(chunk, self._where) or reason
+                    raw_usage = chunk.get("usage")
+                    if raw_usage:
+                        usage_seen = True
+                        reasoning_tokens = exact_usage(raw_usage, tracker)
+                        cost = reported_cost(raw_usage, self.config.reported_cost_currency)
+                        upstream_said = cost or upstream_said
+            if reason is None:
+                raise self._cut(deadline.first_token_seen, None)
+            if not usage_seen:
+                log.debug(
+                    "upstream reported no usage; the counts are estimated",
+                    extra={"model": self.model, "deployment": self.deployment},
+                )
+            finished = Finished(reason, usage_of(tracker, reasoning_tokens))
+            tracker.upstream_cost = self._cost(finished.usage, upstream_said)
+            yield finished
+        finally:
+            if chunks is not None:
+                await chunks.aclose()  # type: ignore[attr-defined]
+            if response is not None:
+                # Closing an unfinished response closes its connection: the upstream sees the
+                # disconnect and stops generating.
+                await response.aclose()
+            if finished is None:
+                usage = usage_of(tracker, reasoning_tokens)
+                tracker.upstream_cost = self._cost(usage, upstream_said)
+
+    async def _open(
+        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], deadline: _Deadlines
+    ) -> httpx.Response:
+        request = client.build_request(
+            "POST",
+            self._base + path,
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        )
+        at, phase = deadline.next()
+        response: httpx.Response | None = None
+        try:
+            async with asyncio.timeout_at(at):
+                response = await client.send(request, stream=True)
+                if response.status_code == 200:
+                    return response
+                raw = await _read_limited(response)
+        except TimeoutError:
+            if response is not None:
+                await response.aclose()
+            raise EngineTimeout(phase, deadline.seconds(phase)) from None
+        except httpx.ConnectTimeout:
+            raise EngineTimeout("connect", self.config.timeouts.connect or 0.0) from None
+        except httpx.TransportError as exc:
+            if response is not None:
+                await response.aclose()
+            raise self._unavailable(f"connection failed ({_describe(exc)})") from None
+        await response.aclose()
+        raise self._status_error(response.status_code, raw, response.headers)
+
+    def _parse(self, payload: bytes, after_first_token: bool) -> dict[str, Any]:
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise EngineFailure(f"Upstream {self._where} sent a malformed stream chunk.") from None
+        if not isinstance(chunk, dict):
+            raise EngineFailure(f"Upstream {self._where} sent a malformed stream chunk.")
+        error = chunk.get("error")
+        if error:
+            status = error_status(error)
+            message = self._scrub(error_text(error))
+            if not after_first_token and status is not None:
+                raise self._status_error(status, orjson.dumps(chunk), httpx.Headers())
+            raise EngineFailure(f"Upstream {self._where} sent an error mid-stream: {message}")
+        return chunk
+
+    def _cut(self, after_first_token: bool, exc: Exception | None) -> OpenMaaSError:
+        how = _describe(exc) if exc is not None else "the stream ended without a finish reason"
+        if after_first_token:
+            return EngineFailure(f"Upstream {self._where} broke off the stream ({how}).")
+        return self._unavailable(f"the stream ended before the first token ({how})")
+
+    def _unavailable(self, what: str, status: int | None = None) -> UpstreamUnavailable:
+        log.warning("upstream unavailable: %s", what, extra={"deployment": self.deployment})
+        return UpstreamUnavailable(
+            f"Upstream {self._where} is unavailable: {what}.",
+            deployment=self.deployment,
+            status=status,
+        )
+
+    def _status_error(
+        self, status: int, raw: bytes, headers: httpx.Headers | Mapping[str, str]
+    ) -> OpenMaaSError:
+        detail = self._scrub(error_detail(raw))
+        if status in _UNAVAILABLE_STATUSES:
+            error = self._unavailable(f"HTTP {status}: {detail}", status)
+            retry_after = parse_retry_after(headers.get("retry-after"))
+            if retry_after is not None:
+                error.retry_after_seconds = retry_after
+            return error
+        if status in _INVALID_STATUSES:
+            if status in (400, 413) and is_context_error(detail):
+                return PromptTooLong(f"The upstream refused the request: {detail}")
+            return InvalidRequest(f"The upstream refused the request ({status}): {detail}")
+        log.warning("upstream failed with HTTP %s", status, extra={"deployment": self.deployment})
+        if status in (401, 403):
+            return EngineFailure(
+                f"Upstream {self._where} refused our credentials (HTTP {status}): {detail}"
+            )
+        return EngineFailure(f"Upstream {self._where} failed (HTTP {status}): {detail}")
+
+    def _scrub(self, text: str) -> str:
+        """Upstream text for our messages: bounded, and never with our credentials in it."""
+        text = text[:_ERROR_TEXT_LIMIT]
+        secrets = [self.config.api_key or "", *self.config.headers.values()]
+        for secret in secrets:
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def _cost(self, usage: Usage, reported: Money | None) -> Money | None:
+        if reported is not None:
+            return reported
+        if self.config.price is None:
+            return None
+        return AppliedPrice(self.config.price).charge(usage).money
+
+    def _estimator(self) -> TokenEstimator:
+        if self._tokens is None:
+            raise EngineFailure(f"The engine for {self.model!r} is not loaded.")
+        return self._tokens
+
+    # -- counting and embeddings ------------------------------------------------------
+    async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """An upper bound of the prompt tokens the upstream will count, for billing holds.
+
+        We do not know the upstream's tokenizer or chat template, so: the UTF-8 bytes of
+        everything the template may render (contents, reasoning, names, tool-call ids and
+        arguments, the tool definitions' JSON, a JSON schema) -- a byte-level BPE tokenizer
+        never makes more tokens than bytes, and SentencePiece with byte fallback at most
+        one more per piece -- plus ``_MESSAGE_OVERHEAD`` per message for role and separator
+        tokens, ``_REQUEST_OVERHEAD`` for the template's frame, and, when tools are offered,
+        ``_TOOLS_OVERHEAD`` plus ``_TOOL_OVERHEAD`` per tool for the instructions templates
+        add around them."""
+        total = _REQUEST_OVERHEAD + utf8(request.prompt or "")
+        for message in request.messages or ():
+            total += _MESSAGE_OVERHEAD + sum(utf8(text) for text in message_texts(message))
+        if request.tools:
+            total += _TOOLS_OVERHEAD + len(orjson.dumps(tools_json(request)))
+            total += _TOOL_OVERHEAD * len(request.tools)
+        if request.response_format.json_schema is not None:
+            total += len(orjson.dumps(request.response_format.json_schema))
+        return total
+
+    async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        client = self._ready()
+        body: dict[str, Any] = {
+            "model": self.config.upstream_model,
+            "input": list(request.inputs),
+            "encoding_format": "float",
+        }
+        if request.user:
+            body["user"] = request.user
+        timeouts = self.config.timeouts
+        try:
+            async with asyncio.timeout(timeouts.total):
+                response = await client.post(
+                    f"{self._base}/embeddings",
+                    content=orjson.dumps(body),
+                    headers={"Content-Type": "application/json"},
+                )
+        except TimeoutError:
+            raise EngineTimeout("total", timeouts.total or 0.0) from None
+        except httpx.ConnectTimeout:
+            raise EngineTimeout("connect", timeouts.connect or 0.0) from None
+        except httpx.TransportError as exc:
+            raise self._unavailable(f"connection failed ({_describe(exc)})") from None
+        if response.status_code != 200:
+            raise self._status_error(response.status_code, response.content, response.headers)
+        try:
+            result = orjson.loads(response.content)
+            data = sorted(result["data"], key=lambda item: item["index"])
+            vectors = tuple(tuple(float(x) for x in item["embedding"]) for item in data)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise EngineFailure(f"Upstream {self._where} sent malformed embeddings.") from None
+        if len(vectors) != len(request.inputs):
+            raise EngineFailure(
+                f"Upstream {self._where} sent {len(vectors)} embeddings for "
+                f"{len(request.inputs)} inputs."
+            )
+        prompt = (result.get("usage") or {}).get("prompt_tokens")
+        if isinstance(prompt, int):
+            return EmbeddingResult(vectors, Usage(prompt_tokens=prompt))
+        estimate = sum(self._estimator().count(text) for text in request.inputs)
+        return EmbeddingResult(vectors, Usage(prompt_tokens=estimate, estimated=True))
+
+
+# -- deadlines ------------------------------------------------------------------------------
+class _Deadlines:
+    """Which deadline is next for a stream: the first token's (then idle's) or the total's."""
+
+    __slots__ = ("_timeouts", "_total_at", "_first_at", "_last_token", "first_token_seen")
+
+    def __init__(self, timeouts: Timeouts, started: float) -> None:
+        self._timeouts = timeouts
+        self._total_at = None if timeouts.total is None else started + timeouts.total
+        self._first_at = None if timeouts.first_token is None else started + timeouts.first_token
+        self._last_token = started
+        self.first_token_seen = False
+
+    def token(self, now: float) -> None:
+        self._last_token = now
+        self.first_token_seen = True
+
+    def next(self) -> tuple[float | None, str]:
+        if self.first_token_seen:
+            idle = self._timeouts.idle
+            phase_at, phase = (None if idle is None else self._last_token + idle), "idle"
+        else:
+            phase_at, phase = self._first_at, "first_token"
+        if self._total_at is not None and (phase_at is None or self._total_at <= phase_at):
+            return self._total_at, "total"
+        return phase_at, phase
+
+    def seconds(self, phase: str) -> float:
+        value = getattr(self._timeouts, phase)
+        return float(value) if value is not None else 0.0
+
+
+# -- errors -------------------------------------------------------------------------------
+async def _read_limited(response: httpx.Response) -> bytes:
+    body = b""
+    async for part in response.aiter_bytes():
+        body += part
+        if len(body) >= _ERROR_BODY_LIMIT:
+            break
+    return body[:_ERROR_BODY_LIMIT]
+
+
+def _describe(exc: BaseException) -> str:
+    """A transport error's class and text; httpx's texts name no credentials."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without user info, query or fragment: what error messages may show."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
