@@ -693,3 +693,42 @@ async def test_the_gateway_records_the_route_and_releases_a_client_gone_mid_stre
         assert record["attempts"] == 2 and record["completion_tokens"] == 1
     finally:
         await database.dispose()
+
+
+# --- two replicas of the real embedded model ------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_two_llama_cpp_replicas_share_load_and_a_stopped_one_is_avoided(make: Any) -> None:
+    from openmaas.core.types import SamplingParams
+    from openmaas.engines.embedded import chat_model_path
+    from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+
+    def replica() -> LlamaCppEngine:
+        return LlamaCppEngine(
+            "smol", LlamaCppConfig(chat_model_path(), ModelKind.CHAT, slots=1, queue=0, threads=1)
+        )
+
+    r1, r2 = replica(), replica()
+    router = await make([Deployment("r1", r1), Deployment("r2", r2)])
+
+    def ask() -> GenerationRequest:
+        return GenerationRequest(
+            "req",
+            "smol",
+            messages=(Message(Role.USER, "Name a fruit."),),
+            sampling=SamplingParams(max_tokens=4, ignore_eos=True),
+        )
+
+    streams = [router.stream(ask()), router.stream(ask())]
+    assert sorted(s.route.deployment or "" for s in streams) == ["r1", "r2"]
+    results = await asyncio.gather(*(drain(s) for s in streams))
+    for events, stream in zip(results, streams, strict=True):
+        assert isinstance(events[-1], Finished)
+        assert stream.tracker.snapshot().completion_tokens == 4
+    assert all_idle(router)
+    await r1.stop()  # a dead replica: not READY, never chosen
+    for _ in range(2):
+        stream = router.stream(ask())
+        await drain(stream)
+        assert (stream.route.deployment, stream.route.attempts) == ("r2", 1)
