@@ -29,6 +29,7 @@ from openmaas.services.gateway import Gateway
 from openmaas.services.limiter import InProcessLimiter
 from openmaas.settings import Settings
 from openmaas.store.database import migrate, open_database
+from openmaas.store.instance import acquire_server_lock
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import ApiKeyRepository, UsageRepository
 
@@ -63,6 +64,11 @@ def create_app(
             settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
         await migrate(database)
+        try:
+            server_lock = await acquire_server_lock(database)  # before recovery: one per database
+        except BaseException:
+            await database.dispose()
+            raise
         models = catalog or build_catalog(settings)
         usage = UsageRepository(database)
         life = lifecycle or Lifecycle()
@@ -101,6 +107,7 @@ def create_app(
             # Requests cut off by the grace period are still closing: let them record usage.
             await app.state.openmaas.gateway.wait_idle(timeout=10.0)
             await models.stop()
+            await server_lock.release()
             await database.dispose()
 
     app = FastAPI(
