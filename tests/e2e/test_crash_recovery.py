@@ -363,11 +363,6 @@ async def test_a_second_process_starting_does_not_recover_live_requests(
     assert_balanced(books, TOP_UP)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Billing.admit writes the inflight row only with a hold: an unpriced request killed "
-    "before its first token leaves no usage record",
-)
 async def test_kill_before_the_first_token_of_an_unpriced_request_still_records_it(
     server: tuple[LiveServer, str],
 ) -> None:

@@ -183,6 +183,8 @@ class Billing:
         )
         ticket = Ticket(request, price, limit)
         if price is None:
+            if self._checkpoint_seconds > 0:  # so that even a kill before the first token
+                self._schedule_checkpoint(ticket, None)  # leaves a usage record
             return ticket
         hold = Hold(
             request_id,
@@ -216,14 +218,23 @@ class Billing:
         ):
             return
         ticket.last_checkpoint = now
-        ticket.pending = asyncio.ensure_future(self._write_checkpoint(ticket, usage()))
+        self._schedule_checkpoint(ticket, usage())
 
-    async def _write_checkpoint(self, ticket: Ticket, usage: Usage) -> None:
+    def _schedule_checkpoint(self, ticket: Ticket, usage: Usage | None) -> None:
+        """Write the request's in-flight row (``usage`` None: admitted, nothing counted yet)
+        after any write still pending for it, so rows never go back in time."""
+        previous = ticket.pending
+        ticket.pending = asyncio.ensure_future(self._write_checkpoint(ticket, usage, previous))
+
+    async def _write_checkpoint(
+        self, ticket: Ticket, usage: Usage | None, previous: asyncio.Future[None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        at_ms = None if usage is None else self._clock.now_ms()
         try:
             async with self._database.begin() as conn:
-                await checkpoint(
-                    conn, replace(ticket.request, checkpoint=usage), self._clock.now_ms()
-                )
+                await checkpoint(conn, replace(ticket.request, checkpoint=usage), at_ms)
         except Exception:  # a missed checkpoint costs at most the interval on a crash
             log.exception("failed to checkpoint request %s", ticket.request.request_id)
 
@@ -254,9 +265,10 @@ class Billing:
 
         async def write(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
             resolved = next((e for e in events if isinstance(e, HoldResolved)), None)
-            if resolved is not None:
-                currency = self.ledger.ledger.orgs[record.org_id].currency
-                settled[0] = replace(record, cost=Money(resolved.charged, currency))
+            if resolved is None:
+                return  # settled before: its usage record was written with it
+            currency = self.ledger.ledger.orgs[record.org_id].currency
+            settled[0] = replace(record, cost=Money(resolved.charged, currency))
             await insert_usage(conn, settled[0])
 
         await self.ledger.execute(Settle(record.request_id, decision.usage), also=write)
@@ -273,6 +285,9 @@ class Billing:
             await self._stop_checkpoints(ticket)
             if ticket.held:
                 await self.ledger.execute(Release(request_id), also=forget)
+            elif ticket.pending is not None:  # an unpriced request's row was written
+                async with self._database.begin() as conn:
+                    await forget_inflight(conn, request_id)
         finally:
             if ticket.limit is not None:
                 await self._limiter.release(ticket.limit)
