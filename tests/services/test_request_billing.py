@@ -23,6 +23,7 @@ from openmaas.core.ids import new_request_id
 from openmaas.core.ledger_events import (
     BudgetPeriod,
     GrantPack,
+    Hold,
     SetBudget,
     TopUp,
     cash,
@@ -392,3 +393,31 @@ async def test_usd_organizations_pay_usd_prices(rig: Rig, tmp_path: Path) -> Non
         ).one()
         count = (await conn.execute(select(func.count()).select_from(usage_records))).scalar()
     assert tuple(row) == (7 * 3, "USD") and count == 1
+
+
+async def test_a_client_gone_during_admission_leaves_no_hold(rig: Rig) -> None:
+    """The hold commits, then the caller is cancelled before it hears back: it is released."""
+
+    class SlowToAnswer(LedgerStore):
+        async def _execute(self, command, also):  # type: ignore[no-untyped-def]
+            events = await super()._execute(command, also)
+            if isinstance(command, Hold):
+                placed.set()
+                await asyncio.sleep(0.2)  # committed; the caller waits for the answer
+            return events
+
+    placed = asyncio.Event()
+    rig.billing.ledger = SlowToAnswer(rig.database, rig.clock.now_ms)
+    gateway = await rig.serve(priced={"text": "a b c"})
+    await rig.top_up(1_000)
+    admission = asyncio.create_task(gateway.generate(rig.principal, chat(), "chat.completions"))
+    await placed.wait()
+    admission.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await admission
+    ledger = await rig.billing.ledger.refresh()
+    assert ledger.open_holds() == []
+    assert ledger.balance(cash(rig.org_id)) == 1_000
+    assert rig.engines["priced"].stats.streams_started == 0
+    async with rig.database.connect() as conn:
+        assert await load_inflight(conn) == []

@@ -200,9 +200,8 @@ class Billing:
 
         try:
             await self.ledger.execute(hold, also=remember)
-        except BaseException:
-            if limit is not None:
-                await self._limiter.release(limit)
+        except BaseException:  # refused; or placed, and then the caller went away
+            await self.cancel(ticket)
             raise
         return ticket
 
@@ -283,7 +282,7 @@ class Billing:
 
         try:
             await self._stop_checkpoints(ticket)
-            if ticket.held:
+            if ticket.held and request_id in self.ledger.ledger.holds:
                 await self.ledger.execute(Release(request_id), also=forget)
             elif ticket.pending is not None:  # an unpriced request's row was written
                 async with self._database.begin() as conn:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import anyio
 
+from openmaas.aio import finish_despite_cancellation
 from openmaas.core.clock import Clock
 from openmaas.core.errors import CapacityError, EngineFailure, EngineTimeout, InvalidRequest
 from openmaas.core.termination import Termination, for_interruption, from_finish_reason
@@ -150,22 +151,12 @@ class Gateway:
         """Settle and append the usage record (one transaction). The write runs as its own
         task and is waited for even if the caller is cancelled again meanwhile (a
         cancellation is re-raised afterwards)."""
-        write = asyncio.ensure_future(self.billing.finish(ticket, record))
-        cancelled = False
-        while not write.done():
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                cancelled = True
         try:
-            settled = write.result()
+            return await finish_despite_cancellation(self.billing.finish(ticket, record))
         except Exception:
             # The record is also logged in full, so an operator can replay it.
             log.exception("failed to append usage record", extra={"usage": record})
             raise
-        if cancelled:
-            raise asyncio.CancelledError
-        return settled
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until every generation has recorded its usage (for shutdown)."""

@@ -27,6 +27,7 @@ from pydantic import Field, TypeAdapter
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from openmaas.aio import finish_despite_cancellation
 from openmaas.core.ledger import Ledger
 from openmaas.core.ledger_events import (
     Command,
@@ -103,7 +104,12 @@ class LedgerStore:
         """Decide and persist ``command`` atomically; returns its events (``()`` when it was
         a repeat). Raises the ledger's refusal (e.g. ``InsufficientBalance``) having
         written nothing, not even ``also``'s rows. An organization the ledger has not seen
-        yet is opened first, in its own transaction, in the currency of its row."""
+        yet is opened first, in its own transaction, in the currency of its row. A caller
+        cancelled meanwhile gets its ``CancelledError`` only once the command has finished
+        (committed and applied, or rolled back), so the state it then reads is settled."""
+        return await finish_despite_cancellation(self._execute(command, also))
+
+    async def _execute(self, command: Command, also: Also | None) -> tuple[Event, ...]:
         async with self._lock:
             org = _org_of(command)
             if org is not None and org not in self._ledger.orgs:
