@@ -50,7 +50,7 @@ from openmaas.services.admin import ensure_home
 from openmaas.settings import Settings
 from openmaas.store import billing as store
 from openmaas.store.database import migrate, open_database
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger import LedgerStore, idempotency_key
 from openmaas.store.repositories import ApiKeyRepository, Organization, OrganizationRepository
 
 TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -378,12 +378,16 @@ class BillingAdmin:
         if not values and limit is None:
             raise InvalidRequest("Nothing to change: give a tier, discount_bp or credit_limit.")
 
+        # Read before the change: admins' changes of one organization are rare enough that
+        # another landing in between is not worth a lock.
+        known = (await self.ledger.refresh()).orgs.get(found.id)
+        old_limit = known.credit_limit if known is not None else 0
+
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
             before = await store.update_org(conn, found.id, **values) if values else {}
             after = dict(values)
             if limit is not None:
-                known = self.ledger.ledger.orgs.get(found.id)
-                before["credit_limit"] = format_micros(known.credit_limit if known else 0)
+                before["credit_limit"] = format_micros(old_limit)
                 after["credit_limit"] = format_micros(limit)
             await self._audit(conn, "org.update", found.id, before, after)
 
@@ -424,7 +428,9 @@ class BillingAdmin:
         async def write(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
             if not events:
                 return  # a repeated id changes nothing, so there is nothing to audit
-            before = self.ledger.ledger.balance(account)  # applied only after the commit
+            # The balance as the log has it just after this event (requests settle meanwhile).
+            seq = await store.event_seq(conn, idempotency_key(events[-1]) or "")
+            before = await store.account_balance(conn, account, seq or 0) - micros
             await self._audit(
                 conn,
                 action,
@@ -529,8 +535,9 @@ class BillingAdmin:
         await self._budget(resolved, span, None)
 
     async def _budget(self, scope: str, period: BudgetPeriod, limit: int | None) -> None:
+        old = (await self.ledger.refresh()).budgets.get((scope, period))
+
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
-            old = self.ledger.ledger.budgets.get((scope, period))
             await self._audit(
                 conn,
                 "billing.budget_set" if limit is not None else "billing.budget_clear",

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,6 +22,7 @@ from openmaas.store.schema import (
     audit_log,
     inflight,
     ledger_entries,
+    ledger_events,
     organizations,
     prices,
     tiers,
@@ -304,6 +305,31 @@ async def load_inflight(conn: AsyncConnection) -> list[InFlight]:
         )
         for r in rows
     ]
+
+
+# -- the event log, read on a command's own connection ---------------------------------
+
+
+async def event_seq(conn: AsyncConnection, key: str) -> int | None:
+    """The sequence number of the event with idempotency key ``key`` (None: no such event)."""
+    row = (
+        await conn.execute(
+            select(ledger_events.c.seq).where(ledger_events.c.idempotency_key == key)
+        )
+    ).first()
+    return None if row is None else int(row.seq)
+
+
+async def account_balance(conn: AsyncConnection, account: str, through_seq: int) -> int:
+    """``account``'s balance as of event ``through_seq``, from the entries (the log is the
+    truth): what came in less what went out."""
+    e = ledger_entries.c
+    upto = e.event_seq <= through_seq
+    credits = select(func.coalesce(func.sum(e.amount), 0)).where(e.credit == account, upto)
+    debits = select(func.coalesce(func.sum(e.amount), 0)).where(e.debit == account, upto)
+    return int((await conn.execute(credits)).scalar_one()) - int(
+        (await conn.execute(debits)).scalar_one()
+    )
 
 
 # -- statements -----------------------------------------------------------------------
