@@ -275,6 +275,21 @@ async def test_a_failure_before_the_first_token_fails_over(make: Any, failure: s
     assert all_idle(router)
 
 
+async def test_a_deployment_silent_past_the_first_token_timeout_is_failed_over(
+    make: Any,
+) -> None:
+    hung, quick = fake(first_token_delay=60), fake()
+    router = await make(
+        [Deployment("hung", hung), Deployment("quick", quick, priority=1)],
+        first_token_timeout_s=0.01,
+    )
+    stream = router.stream(request())
+    assert text_of(await drain(stream)) == TEXT
+    assert (stream.route.deployment, stream.route.attempts) == ("quick", 2)
+    assert router.breaker_state("hung") is BreakerState.OPEN
+    assert all_idle(router) and hung.stats.streams_open == 0
+
+
 async def test_a_failure_mid_stream_is_never_retried(make: Any) -> None:
     flaky, spare = fake(fail_after_tokens=2), fake()
     router = await make(

@@ -105,6 +105,9 @@ class RouterConfig:
     vnodes: int = DEFAULT_VNODES  # ring points per unit of weight
     max_attempts: int = 3  # deployments tried per model before its fallbacks
     failover_budget_s: float = 30.0  # no new attempt starts later than this after the first
+    # Longest wait for an attempt's first event (None: the engine's own timeouts only); on
+    # expiry the attempt fails with EngineTimeout("first_token") and the next is tried.
+    first_token_timeout_s: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     health_interval_s: float = 1.0  # how often open circuits are checked for a probe
@@ -114,6 +117,8 @@ class RouterConfig:
         if self.max_attempts < 1 or self.failover_budget_s < 0 or self.affinity_chars < 1:
             raise ConfigurationError("invalid routing settings")
         if self.health_interval_s <= 0 or self.probe_timeout_s <= 0 or self.epsilon < 0:
+            raise ConfigurationError("invalid routing settings")
+        if self.first_token_timeout_s is not None and self.first_token_timeout_s <= 0:
             raise ConfigurationError("invalid routing settings")
 
 
@@ -610,7 +615,7 @@ class _Relay:
     async def _first(self) -> StreamEvent:
         while True:
             try:
-                event = await self.inner.__anext__()
+                event = await self._await_first()
             except StopAsyncIteration:
                 exc: Exception = EngineFailure("The deployment ended before its first event.")
             except Exception as error:
@@ -628,6 +633,16 @@ class _Relay:
             await asyncio.sleep(delay)
             self.lease, self.inner = _open(self.plan)
             self._describe()
+
+    async def _await_first(self) -> StreamEvent:
+        limit = self.plan.router.config.first_token_timeout_s
+        if limit is None:
+            return await self.inner.__anext__()
+        try:
+            async with asyncio.timeout(limit):
+                return await self.inner.__anext__()
+        except TimeoutError:
+            raise EngineTimeout("first_token", limit) from None
 
     def release(self) -> None:
         self.lease.release()
