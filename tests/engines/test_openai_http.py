@@ -314,6 +314,16 @@ async def test_without_usage_the_counts_are_an_estimate(
     assert stream.tracker.snapshot().estimated
 
 
+async def test_a_long_prompt_is_estimated_too(upstream: Upstream, engines: Engines) -> None:
+    upstream.behaviour = Behaviour(text="ok", usage=False)
+    engine = await engines()
+    words = 3000  # more than is counted on the event loop: counted on a thread
+    events = await collect(engine.stream(chat(" ".join(["token"] * words))))
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.usage.estimated
+    assert finished.usage.prompt_tokens >= words
+
+
 async def test_completions_relay_a_plain_prompt(upstream: Upstream, engines: Engines) -> None:
     upstream.behaviour = Behaviour(text="4 5 6", prompt_tokens=3)
     engine = await engines()

@@ -242,10 +242,11 @@ class Upstream:
         watcher = asyncio.create_task(watch())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        handler = _Handler(self, received, send, gone)
         try:
-            await _Handler(self, received, send, gone).handle()
+            await handler.handle()
         finally:
-            self.in_flight -= 1
+            handler.leave()
             watcher.cancel()
 
 
@@ -256,6 +257,18 @@ class _Handler:
         self.behaviour = received.behaviour
         self.send = send
         self.gone = gone
+        self.left = False
+
+    def leave(self) -> None:
+        """No longer in flight: the answer is complete (before its last bytes go out, so a
+        client reusing the connection never sees two in flight) or the request ended."""
+        if not self.left:
+            self.left = True
+            self.upstream.in_flight -= 1
+
+    def complete(self) -> None:
+        self.received.completed = True
+        self.leave()
 
     async def pause(self, seconds: float | None) -> bool:
         """Wait ``seconds`` (None: for ever); False when the client left or the server stops."""
@@ -299,7 +312,7 @@ class _Handler:
         payload = json.dumps(body).encode()
         head = [(b"content-type", b"application/json"), *headers]
         await self.send({"type": "http.response.start", "status": status, "headers": head})
-        self.received.completed = True
+        self.complete()
         await self.send({"type": "http.response.body", "body": payload})
 
     async def embeddings(self) -> None:
@@ -448,7 +461,7 @@ class _Handler:
         await self.end()
 
     async def end(self) -> None:
-        self.received.completed = True
+        self.complete()
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -34,6 +34,7 @@ never in an error message (upstream error text is scrubbed of it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -219,8 +220,11 @@ class OpenAIHttpEngine(Engine):
         else:
             body = completion_body(request, cfg.upstream_model)
         path = "/chat/completions" if chat else "/completions"
-        tracker.prompt_tokens = tokens.prompt(request)
         tracker.estimated = True
+        # The prompt's estimate is made beside the request (a long prompt takes a thread a
+        # while); it stands until the upstream's usage arrives.
+        estimate = asyncio.ensure_future(tokens.prompt(request))
+        estimate.add_done_callback(functools.partial(_take_estimate, tracker))
         clock = asyncio.get_running_loop().time
         deadline = _Deadlines(self.config.timeouts, clock())
         upstream_said: Money | None = None  # a cost the upstream reported
@@ -283,6 +287,8 @@ class OpenAIHttpEngine(Engine):
                     "upstream reported no usage; the counts are estimated",
                     extra={"model": self.model, "deployment": self.deployment},
                 )
+            if not estimate.done():
+                await asyncio.wait({estimate})
             finished = Finished(reason, usage_of(tracker, reasoning_tokens))
             tracker.upstream_cost = self._cost(finished.usage, upstream_said)
             yield finished
@@ -293,6 +299,11 @@ class OpenAIHttpEngine(Engine):
                 # Closing an unfinished response closes its connection: the upstream sees the
                 # disconnect and stops generating.
                 await response.aclose()
+            if not estimate.done():
+                if tracker.estimated:  # a broken stream is billed on the estimate
+                    await asyncio.wait({estimate})
+                else:
+                    estimate.cancel()
             if finished is None:
                 usage = usage_of(tracker, reasoning_tokens)
                 tracker.upstream_cost = self._cost(usage, upstream_said)
@@ -460,8 +471,13 @@ class OpenAIHttpEngine(Engine):
         prompt = (result.get("usage") or {}).get("prompt_tokens")
         if isinstance(prompt, int):
             return EmbeddingResult(vectors, Usage(prompt_tokens=prompt))
-        estimate = sum(self._estimator().count(text) for text in request.inputs)
+        estimate = await self._estimator().count_texts(list(request.inputs))
         return EmbeddingResult(vectors, Usage(prompt_tokens=estimate, estimated=True))
+
+
+def _take_estimate(tracker: UsageTracker, estimate: asyncio.Future[int]) -> None:
+    if tracker.estimated and not estimate.cancelled() and estimate.exception() is None:
+        tracker.prompt_tokens = estimate.result()
 
 
 # -- deadlines ------------------------------------------------------------------------------
