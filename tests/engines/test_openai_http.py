@@ -4,6 +4,7 @@ what it sends, what it makes of what comes back, and how each failure and timeou
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -296,6 +297,46 @@ async def test_finish_reasons(
     engine = await engines()
     events = await collect(engine.stream(chat()))
     assert isinstance(events[-1], Finished) and events[-1].reason is reason
+
+
+async def test_zhipu_chunks_with_usage_on_the_finishing_chunk(
+    upstream: Upstream, engines: Engines
+) -> None:
+    def chunk(delta: dict[str, Any], **extra: Any) -> str:
+        return json.dumps({"id": "1", "choices": [{"index": 0, "delta": delta}], **extra})
+
+    usage = {
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 1},
+        "completion_tokens_details": {"reasoning_tokens": 2},
+    }
+    final = json.loads(chunk({"role": "assistant", "content": ""}, usage=usage))
+    final["choices"][0]["finish_reason"] = "stop"
+    upstream.behaviour = Behaviour(
+        raw_events=[
+            chunk({"role": "assistant", "reasoning_content": "Let me"}),
+            chunk({"role": "assistant", "content": "Hi there"}),
+            json.dumps(final),
+            "[DONE]",
+        ]
+    )
+    engine = await engines(thinking_style=ThinkingStyle.ZHIPU)
+    events = await collect(engine.stream(chat()))
+    assert [type(e).__name__ for e in events] == ["ReasoningDelta", "TextDelta", "Finished"]
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert finished.usage == Usage(3, 1, 4, reasoning_tokens=2)
+
+
+async def test_a_chunk_of_the_wrong_shape_is_an_engine_failure(
+    upstream: Upstream, engines: Engines
+) -> None:
+    upstream.script(Behaviour(raw_events=['{"choices": ["not an object"]}', "[DONE]"]))
+    engine = await engines()
+    error = await first_error(engine, chat())
+    assert type(error) is EngineFailure and "malformed" in error.message
 
 
 async def test_without_usage_the_counts_are_an_estimate(

@@ -15,21 +15,22 @@ when ``"stream": true``, else one JSON body), ``POST /embeddings``, ``GET /model
 
 Each request takes the next ``Behaviour`` queued with ``script`` or, when none is queued,
 ``upstream.behaviour`` (the server's default, assignable). A streamed answer sends one
-chunk per word of ``reasoning`` (as ``reasoning_content``), then of ``text`` (as
-``content``), then the ``tool_calls`` (name first, then the arguments in two fragments),
-then a chunk with ``finish_reason``, then -- if the client asked for
+chunk per word of ``reasoning`` (as ``reasoning_content``), then either the ``tool_calls``
+(id and name first, then the arguments in two fragments) or one chunk per word of ``text``
+(as ``content``), then a chunk with ``finish_reason``, then -- if the client asked for
 ``stream_options.include_usage`` and ``usage`` is on -- a usage chunk (``prompt_tokens``
 etc. as configured; ``completion_tokens`` = chunks of reasoning, text and tool calls sent),
 then ``data: [DONE]``. Faults: ``status`` (an error body with that status and
 ``retry_after``), ``hang_before_headers``, ``first_token_delay``, ``token_delay``,
 ``hang_after_tokens``, ``drop_after_tokens`` (the connection is cut mid-body),
-``malformed_after_tokens``, ``error_event_after_tokens``. Hangs end when the client goes
-away or the server stops, so tests never leave a thread behind.
+``malformed_after_tokens``, ``error_event_after_tokens``; ``raw_events`` streams exactly the
+given ``data:`` payloads (another vendor's chunk format, a malformed shape) and nothing else.
+Hangs end when the client goes away or the server stops, so tests never leave a thread behind.
 
 Every request is recorded in ``upstream.requests`` (a ``Received``: method, path, headers,
 parsed JSON body, ``client_port``, ``tokens_sent``, ``completed``, ``disconnected`` -- the
 client went away before the answer was complete). ``in_flight`` / ``max_in_flight`` count
-concurrent requests.
+concurrent requests. ``Upstream(log_level="error")`` shows the server's own tracebacks.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Behaviour:
     malformed_after_tokens: int | None = None
     error_event_after_tokens: int | None = None
     embedding_dimensions: int = 4
+    raw_events: list[str] | None = None  # stream exactly these data payloads, then end
 
 
 @dataclass
@@ -429,6 +431,11 @@ class _Handler:
             return
         head = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await self.send({"type": "http.response.start", "status": 200, "headers": head})
+        if b.raw_events is not None:
+            for raw in b.raw_events:
+                await self.event(raw)
+            await self.end()
+            return
         pieces = self.pieces()
         for index, (kind, piece) in enumerate(pieces):
             if b.hang_after_tokens is not None and index >= b.hang_after_tokens:

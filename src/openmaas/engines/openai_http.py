@@ -268,18 +268,23 @@ class OpenAIHttpEngine(Engine):
                         drain_at = clock() + _DRAIN_SECONDS
                         continue
                     chunk = self._parse(payload, deadline.first_token_seen)
-                    for event in chunk_events(chunk, chat, tracker, tokens.count):
-                        if isinstance(event, ReasoningDelta):
-                            reasoning_tokens += max(1, tokens.count(event.text))
+                    try:
+                        events = chunk_events(chunk, chat, tracker, tokens.count)
+                        for event in events:
+                            if isinstance(event, ReasoningDelta):
+                                reasoning_tokens += max(1, tokens.count(event.text))
+                        reason = chunk_finish(chunk, self._where) or reason
+                        raw_usage = chunk.get("usage")
+                        if raw_usage:
+                            usage_seen = True
+                            reasoning_tokens = exact_usage(raw_usage, tracker)
+                            cost = reported_cost(raw_usage, self.config.reported_cost_currency)
+                            upstream_said = cost or upstream_said
+                    except (AttributeError, KeyError, TypeError, ValueError):
+                        raise self._malformed() from None
+                    for event in events:
                         deadline.token(clock())
                         yield event
-                    reason = chunk_finish(chunk, self._where) or reason
-                    raw_usage = chunk.get("usage")
-                    if raw_usage:
-                        usage_seen = True
-                        reasoning_tokens = exact_usage(raw_usage, tracker)
-                        cost = reported_cost(raw_usage, self.config.reported_cost_currency)
-                        upstream_said = cost or upstream_said
             if reason is None:
                 raise self._cut(deadline.first_token_seen, None)
             if not usage_seen:
@@ -342,9 +347,9 @@ class OpenAIHttpEngine(Engine):
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise EngineFailure(f"Upstream {self._where} sent a malformed stream chunk.") from None
+            raise self._malformed() from None
         if not isinstance(chunk, dict):
-            raise EngineFailure(f"Upstream {self._where} sent a malformed stream chunk.")
+            raise self._malformed()
         error = chunk.get("error")
         if error:
             status = error_status(error)
@@ -353,6 +358,9 @@ class OpenAIHttpEngine(Engine):
                 raise self._status_error(status, orjson.dumps(chunk), httpx.Headers())
             raise EngineFailure(f"Upstream {self._where} sent an error mid-stream: {message}")
         return chunk
+
+    def _malformed(self) -> EngineFailure:
+        return EngineFailure(f"Upstream {self._where} sent a malformed stream chunk.")
 
     def _cut(self, after_first_token: bool, exc: Exception | None) -> OpenMaaSError:
         how = _describe(exc) if exc is not None else "the stream ended without a finish reason"
