@@ -723,7 +723,9 @@ def tmp_db(tmp_path: Path) -> Iterator[str]:
     yield "sqlite+aiosqlite:///" + str(tmp_path / "usage.db")
 
 
-async def test_gateway_records_the_upstream_usage_and_cost(upstream: Upstream, tmp_db: str) -> None:
+async def test_gateway_records_upstream_usage_cost_and_timeouts(
+    upstream: Upstream, tmp_db: str
+) -> None:
     from openmaas.core.ids import new_request_id
     from openmaas.services.auth import Principal
     from openmaas.services.billing import Billing
@@ -748,7 +750,13 @@ async def test_gateway_records_the_upstream_usage_and_cost(upstream: Upstream, t
     upstream.behaviour = Behaviour(text="Hi from afar.", prompt_tokens=9, cached_tokens=4)
     engine = OpenAIHttpEngine(
         "relayed",
-        OpenAIHttpConfig(upstream.base_url, "upstream-model", api_key=KEY, price=PRICE),
+        OpenAIHttpConfig(
+            upstream.base_url,
+            "upstream-model",
+            api_key=KEY,
+            price=PRICE,
+            timeouts=Timeouts(idle=0.3),
+        ),
     )
     database = open_database(tmp_db)
     await migrate(database)
@@ -773,6 +781,20 @@ async def test_gateway_records_the_upstream_usage_and_cost(upstream: Upstream, t
             await generation.aclose()
         assert text_of(events) == "Hi from afar."
         row = await usage_repo.get(request.request_id)
+
+        # An upstream that goes quiet mid-stream: a timeout, billed on the estimate so far.
+        upstream.script(Behaviour(text=LONG, hang_after_tokens=2, usage=False))
+        stalled = GenerationRequest(
+            new_request_id(), "relayed", messages=(Message(Role.USER, "hello"),)
+        )
+        generation = await gateway.generate(principal, stalled, "chat.completions")
+        with pytest.raises(EngineTimeout):
+            try:
+                async for _ in generation:
+                    pass
+            finally:
+                await generation.aclose()
+        timed_out = await usage_repo.get(stalled.request_id)
     finally:
         await engine.stop()
         await database.dispose()
@@ -782,3 +804,9 @@ async def test_gateway_records_the_upstream_usage_and_cost(upstream: Upstream, t
     assert row["estimated"] == 0
     expected = AppliedPrice(PRICE).charge(Usage(9, 4, 3)).micros
     assert row["upstream_cost_micros"] == expected
+
+    assert timed_out is not None
+    assert timed_out["termination"] == "timeout"
+    assert timed_out["estimated"] == 1
+    assert timed_out["completion_tokens"] >= 2 and timed_out["prompt_tokens"] > 0
+    assert timed_out["upstream_cost_micros"] > 0
