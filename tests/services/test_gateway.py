@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.errors import (
@@ -43,6 +44,7 @@ from openmaas.store.billing import InFlight
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
+from openmaas.store.schema import usage_records
 
 NOW_MS = 1709251200000  # 2024-03-01T00:00:00Z
 PRINCIPAL = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
@@ -64,18 +66,6 @@ class FakeClock:
         return self.t
 
 
-class CountingUsage(UsageRepository):
-    """The real SQLite repository, counting how many times the gateway appends."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine)
-        self.appended: list[UsageRecord] = []
-
-    async def append(self, record: UsageRecord) -> None:
-        self.appended.append(record)
-        await super().append(record)
-
-
 def billing_over(database: AsyncEngine, usage: UsageRepository, clock: FakeClock) -> Billing:
     ledger = LedgerStore(database, clock.now_ms)
     return Billing(database, ledger, usage, InProcessLimiter(), clock)
@@ -84,7 +74,7 @@ def billing_over(database: AsyncEngine, usage: UsageRepository, clock: FakeClock
 class Harness:
     def __init__(self, database: AsyncEngine) -> None:
         self.database = database
-        self.usage = CountingUsage(database)
+        self.usage = UsageRepository(database)
         self.shutting_down = False
         self.engines: list[Engine] = []
 
@@ -108,6 +98,14 @@ class Harness:
 
     async def record(self, request_id: str) -> dict[str, object] | None:
         return await self.usage.get(request_id)
+
+    async def recorded(self) -> list[str]:
+        """The request ids of every usage record, oldest first."""
+        async with self.database.connect() as conn:
+            rows = await conn.execute(
+                select(usage_records.c.request_id).order_by(usage_records.c.started_at_ms)
+            )
+            return [row.request_id for row in rows]
 
 
 @pytest.fixture
@@ -296,7 +294,7 @@ async def test_aclose_twice_records_once(harness: Harness) -> None:
     second = await generation.aclose()
     assert first is not None
     assert second is None
-    assert [r.request_id for r in harness.usage.appended] == [request.request_id]
+    assert await harness.recorded() == [request.request_id]
     # the open-generation count was decremented once, so shutdown is not kept waiting
     assert await gateway.wait_idle(timeout=1.0)
 
@@ -326,7 +324,7 @@ async def test_full_engine_refuses_with_overloaded_and_records_nothing(harness: 
     finally:
         await generation.aclose()
     assert await harness.record(admitted.request_id) is not None
-    assert [r.request_id for r in harness.usage.appended] == [admitted.request_id]
+    assert await harness.recorded() == [admitted.request_id]
     assert engine.stats.streams_started == 1
 
     # once the slot is free the engine admits again
@@ -344,7 +342,7 @@ async def test_engine_still_loading_refuses_with_not_ready_and_records_nothing(
     with pytest.raises(EngineNotReady):
         await gateway.generate(PRINCIPAL, request, "chat.completions")
     assert await harness.record(request.request_id) is None
-    assert harness.usage.appended == []
+    assert await harness.recorded() == []
     assert engine.stats.streams_started == 0
     assert await gateway.wait_idle(timeout=1.0)
 
@@ -358,7 +356,7 @@ async def test_engine_that_failed_to_load_refuses_with_not_ready(harness: Harnes
     with pytest.raises(EngineNotReady) as info:
         await gateway.generate(PRINCIPAL, chat(), "chat.completions")
     assert "scripted load failure" in info.value.message
-    assert harness.usage.appended == []
+    assert await harness.recorded() == []
 
 
 async def test_unknown_model_is_model_not_found(harness: Harness) -> None:
@@ -371,7 +369,7 @@ async def test_unknown_model_is_model_not_found(harness: Harness) -> None:
         await gateway.embed(
             PRINCIPAL, EmbeddingRequest(new_request_id(), "no-such-model", ("x",)), "embeddings"
         )
-    assert harness.usage.appended == []
+    assert await harness.recorded() == []
 
 
 async def test_chat_model_cannot_serve_embeddings(harness: Harness) -> None:
@@ -381,7 +379,7 @@ async def test_chat_model_cannot_serve_embeddings(harness: Harness) -> None:
             PRINCIPAL, EmbeddingRequest(new_request_id(), "fake-chat", ("x",)), "embeddings"
         )
     assert info.value.param == "model"
-    assert harness.usage.appended == []
+    assert await harness.recorded() == []
 
 
 # -- shutdown -------------------------------------------------------------------------
@@ -399,7 +397,7 @@ async def test_wait_idle_waits_for_open_generations(harness: Harness) -> None:
     assert not waiter.done()
     await g2.aclose()
     assert await waiter
-    assert len(harness.usage.appended) == 2
+    assert len(await harness.recorded()) == 2
 
 
 # -- embeddings -----------------------------------------------------------------------
@@ -500,19 +498,20 @@ async def test_embed_model_cannot_serve_chat(harness: Harness) -> None:
 async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_path: Path) -> None:
     """A shutdown may cancel a task more than once; the record must still be written."""
 
-    class SlowRepository:
-        def __init__(self, inner: UsageRepository) -> None:
-            self.inner = inner
+    class SlowLedger(LedgerStore):
+        async def write(self, also):  # type: ignore[no-untyped-def]
+            async def slowly(conn, events):  # type: ignore[no-untyped-def]
+                await asyncio.sleep(0.05)
+                await also(conn, events)
 
-        async def append(self, record: UsageRecord) -> None:
-            await asyncio.sleep(0.05)
-            await self.inner.append(record)
+            await super().write(slowly)
 
     database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")
     await migrate(database)
     repository = UsageRepository(database)
     clock = FakeClock()
-    billing = billing_over(database, SlowRepository(repository), clock)  # type: ignore[arg-type]
+    ledger = SlowLedger(database, clock.now_ms)
+    billing = Billing(database, ledger, repository, InProcessLimiter(), clock)
     gateway = Gateway(ModelCatalog([]), billing, clock, lambda: False)
     unpriced = InFlight("r-cancel", "k", "o", "m", "chat.completions", NOW_MS, None)
     ticket = Ticket(unpriced, price=None, limit=None)

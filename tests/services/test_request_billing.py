@@ -399,8 +399,8 @@ async def test_a_client_gone_during_admission_leaves_no_hold(rig: Rig) -> None:
     """The hold commits, then the caller is cancelled before it hears back: it is released."""
 
     class SlowToAnswer(LedgerStore):
-        async def _execute(self, command, also):  # type: ignore[no-untyped-def]
-            events = await super()._execute(command, also)
+        async def execute(self, command, *, also=None):  # type: ignore[no-untyped-def]
+            events = await super().execute(command, also=also)
             if isinstance(command, Hold):
                 placed.set()
                 await asyncio.sleep(0.2)  # committed; the caller waits for the answer

@@ -199,3 +199,29 @@ def test_upgrading_a_0001_database_keeps_its_data(tmp_path: Path) -> None:
     sync.dispose()
     assert tuple(row) == ("CNY", None, 0)
     assert tiers == ["V0", "V1", "V2", "V3"]
+
+
+async def test_commands_waiting_together_commit_together_and_fail_alone(
+    database: AsyncEngine,
+) -> None:
+    """Group commit: concurrent commands share transactions, yet one whose extra writes fail
+    fails alone and leaves no trace; the others are committed."""
+    import asyncio
+
+    org = await new_org(database)
+    store = LedgerStore(database, lambda: NOW_MS)
+
+    async def broken(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+        raise RuntimeError("this top-up's audit row could not be written")
+
+    results = await asyncio.gather(
+        *(
+            store.execute(TopUp(f"t{i}", org, 10), also=broken if i == 3 else None)
+            for i in range(8)
+        ),
+        return_exceptions=True,
+    )
+    assert [isinstance(r, RuntimeError) for r in results] == [i == 3 for i in range(8)]
+    fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
+    assert fresh.balance(cash(org)) == store.ledger.balance(cash(org)) == 70
+    assert "t3" not in fresh.funding_ids

@@ -231,9 +231,13 @@ class Billing:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
         at_ms = None if usage is None else self._clock.now_ms()
+        row = replace(ticket.request, checkpoint=usage)
+
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
+            await checkpoint(conn, row, at_ms)
+
         try:
-            async with self._database.begin() as conn:
-                await checkpoint(conn, replace(ticket.request, checkpoint=usage), at_ms)
+            await self.ledger.write(write)
         except Exception:  # a missed checkpoint costs at most the interval on a crash
             log.exception("failed to checkpoint request %s", ticket.request.request_id)
 
@@ -250,7 +254,7 @@ class Billing:
             if ticket.held:
                 record = await self._settle(record)
             else:
-                await self._usage.append(record)
+                await self._append(record)
         finally:  # a failed write leaves the hold to recovery, never a slot taken forever
             if ticket.limit is not None:
                 await self._limiter.settle(
@@ -273,6 +277,14 @@ class Billing:
         await self.ledger.execute(Settle(record.request_id, decision.usage), also=write)
         return settled[0]
 
+    async def _append(self, record: UsageRecord) -> None:
+        """An unpriced request's usage record, group-committed with other billing writes."""
+
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
+            await insert_usage(conn, record)
+
+        await self.ledger.write(write)
+
     async def cancel(self, ticket: Ticket) -> None:
         """The engine never saw the request: release the hold and the limits."""
         request_id = ticket.request.request_id
@@ -285,8 +297,7 @@ class Billing:
             if ticket.held and request_id in self.ledger.ledger.holds:
                 await self.ledger.execute(Release(request_id), also=forget)
             elif ticket.pending is not None:  # an unpriced request's row was written
-                async with self._database.begin() as conn:
-                    await forget_inflight(conn, request_id)
+                await self.ledger.write(forget)
         finally:
             if ticket.limit is not None:
                 await self._limiter.release(ticket.limit)
@@ -317,7 +328,7 @@ class Billing:
             if request.request_id in ledger.holds:
                 await self._settle(record)  # billed by recovery_usage(checkpoint)
             else:
-                await self._usage.append(record)
+                await self._append(record)
         known = {request.request_id for request in left}
         for request_id in ledger.open_holds():
             if request_id not in known:  # no row: admitted in no transaction we can see

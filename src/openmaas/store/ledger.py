@@ -1,16 +1,20 @@
-"""The ledger on the database: one transaction per command, the event log as the truth.
+"""The ledger on the database: the event log is the truth, every command is atomic.
 
-``LedgerStore.execute(command)`` runs in one transaction:
+``LedgerStore.execute(command)`` commits the command in one transaction with whatever other
+commands are waiting at that moment (group commit; each keeps its own outcome):
 
 1. take the ledger's write lock: ``UPDATE ledger_head`` (a row lock on PostgreSQL, the
    database's write lock on SQLite), so every writer, in this process or another (the CLI
    while the server runs), is serialized;
 2. catch up: apply the events other writers appended since this process last looked;
-3. ``Ledger.decide(command)`` (pure; a refusal raises and the transaction rolls back);
+3. ``Ledger.decide`` each command on the state the previous ones left (pure; a refusal
+   answers that command alone, having written nothing);
 4. append the events to ``ledger_events`` (``idempotency_key`` UNIQUE: request id, top-up
-   id, pack id ...), their transfers to ``ledger_entries``, and run ``also`` (e.g. the usage
-   record of the request being settled, an audit row) on the same connection;
-5. commit; only then apply the events to the in-memory state.
+   id, pack id ...), their transfers to ``ledger_entries``, and run each command's ``also``
+   (e.g. the usage record of the request being settled, an audit row) on the same
+   connection;
+5. commit, then answer each caller. If anything fails before the commit, the transaction
+   rolls back and its commands are retried one by one, so only the culprit fails.
 
 Both ``ledger_events`` and ``ledger_entries`` are append-only (triggers refuse UPDATE and
 DELETE). Balances are derived: the in-memory ``Ledger`` is a cache of the event log, and
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import Field, TypeAdapter
@@ -81,12 +86,17 @@ class LedgerStore:
     """The ledger of one database. Safe for any number of coroutines of one process; other
     processes may write the same database at the same time (they serialize on the lock)."""
 
-    def __init__(self, engine: AsyncEngine, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, now_ms: Callable[[], int], *, max_batch: int = 64
+    ) -> None:
         self._engine = engine
         self._now_ms = now_ms
         self._ledger = Ledger()
         self._seq = 0  # the last event applied to ``_ledger``
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one transaction (or refresh) of this process at a time
+        self._queue: list[_Job] = []
+        self._flusher: asyncio.Future[None] | None = None
+        self._max_batch = max_batch
 
     @property
     def ledger(self) -> Ledger:
@@ -104,40 +114,96 @@ class LedgerStore:
         """Decide and persist ``command`` atomically; returns its events (``()`` when it was
         a repeat). Raises the ledger's refusal (e.g. ``InsufficientBalance``) having
         written nothing, not even ``also``'s rows. An organization the ledger has not seen
-        yet is opened first, in its own transaction, in the currency of its row. A caller
-        cancelled meanwhile gets its ``CancelledError`` only once the command has finished
-        (committed and applied, or rolled back), so the state it then reads is settled."""
-        return await finish_despite_cancellation(self._execute(command, also))
+        yet is opened first, in the currency of its row. A caller cancelled meanwhile gets
+        its ``CancelledError`` only once the command has finished (committed and applied, or
+        rolled back), so the state it then reads is settled."""
+        return await finish_despite_cancellation(self._submit(command, also))
 
-    async def _execute(self, command: Command, also: Also | None) -> tuple[Event, ...]:
+    async def write(self, also: Also) -> None:
+        """Run ``also`` (writes with no ledger command: a usage record, a checkpoint) in the
+        next group-committed transaction; it shares the commit of whatever waits with it."""
+        await finish_despite_cancellation(self._submit(None, also))
+
+    async def _submit(self, command: Command | None, also: Also | None) -> tuple[Event, ...]:
+        job = _Job(command, also, asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await job.future
+
+    async def _flush(self) -> None:
+        """Group commit: every command waiting when a transaction starts goes into it."""
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: len(batch)]
+            try:
+                await self._run_batch(batch)
+            except Exception as exc:  # the transaction rolled back as a whole
+                if len(batch) == 1:
+                    batch[0].settle(exc)
+                    continue
+                for job in batch:  # one at a time: only the culprit fails
+                    try:
+                        await self._run_batch([job])
+                    except Exception as single:
+                        job.settle(single)
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        """One transaction for ``batch``: lock, catch up, decide each command on the state
+        the previous ones left, append, run their extra writes, commit; then answer each.
+        A failure after the first decision rolls back the database and forgets the state in
+        memory (the next catch-up rebuilds it from the log)."""
         async with self._lock:
-            org = _org_of(command)
-            if org is not None and org not in self._ledger.orgs:
-                await self._transact(lambda conn: self._open_org(conn, org), None)
-            return await self._transact(lambda _: self._decide(command), also)
+            outcomes: list[tuple[Event, ...] | Exception] = []
+            appended: list[tuple[int, Event]] = []
+            try:
+                async with self._engine.begin() as conn:
+                    head = await conn.execute(
+                        update(ledger_head)
+                        .where(ledger_head.c.id == 1)
+                        .values(seq=ledger_head.c.seq)
+                    )
+                    if head.rowcount != 1:
+                        raise RuntimeError("ledger_head is missing: run the migrations")
+                    await self._catch_up(conn)
+                    for job in batch:
+                        written, outcome = await self._decide_and_apply(conn, job.command)
+                        outcomes.append(outcome)
+                        for event in written:
+                            self._seq += 1
+                            appended.append((self._seq, event))
+                    if appended:
+                        await self._append(conn, appended)
+                    for job, outcome in zip(batch, outcomes, strict=True):
+                        if job.also is not None and not isinstance(outcome, Exception):
+                            await job.also(conn, outcome)
+            except BaseException:
+                if appended:  # applied in memory, never committed: start over from the log
+                    self._ledger, self._seq = Ledger(), 0
+                raise
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.settle(outcome)
 
-    async def _decide(self, command: Command) -> tuple[Event, ...]:
-        return self._ledger.decide(command)
-
-    async def _transact(
-        self, decide: Callable[[AsyncConnection], Awaitable[tuple[Event, ...]]], also: Also | None
-    ) -> tuple[Event, ...]:
-        async with self._engine.begin() as conn:
-            head = await conn.execute(
-                update(ledger_head).where(ledger_head.c.id == 1).values(seq=ledger_head.c.seq)
-            )
-            if head.rowcount != 1:
-                raise RuntimeError("ledger_head is missing: run the migrations")
-            await self._catch_up(conn)
-            events = await decide(conn)
-            if events:
-                await self._append(conn, events)
-            if also is not None:
-                await also(conn, events)
-        for event in events:  # committed: now the state may change
+    async def _decide_and_apply(
+        self, conn: AsyncConnection, command: Command | None
+    ) -> tuple[tuple[Event, ...], tuple[Event, ...] | Exception]:
+        """The events to append and the command's outcome (its own events, or its refusal).
+        An organization the ledger has not seen is opened first, whatever the outcome."""
+        if command is None:  # a plain write
+            return (), ()
+        opened: tuple[Event, ...] = ()
+        org = _org_of(command)
+        if org is not None and org not in self._ledger.orgs:
+            opened = await self._open_org(conn, org)
+            for event in opened:
+                self._ledger.apply(event)
+        try:
+            own = self._ledger.decide(command)
+        except Exception as exc:  # refused: nothing of its own is written
+            return opened, exc
+        for event in own:
             self._ledger.apply(event)
-        self._seq += len(events)
-        return events
+        return opened + own, own
 
     async def _open_org(self, conn: AsyncConnection, org: str) -> tuple[Event, ...]:
         row = (
@@ -157,11 +223,10 @@ class LedgerStore:
             self._ledger.apply(EVENT.validate_json(body))
             self._seq = seq
 
-    async def _append(self, conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+    async def _append(self, conn: AsyncConnection, events: list[tuple[int, Event]]) -> None:
         at_ms = self._now_ms()
         event_rows, entry_rows = [], []
-        for offset, event in enumerate(events, start=1):
-            seq = self._seq + offset
+        for seq, event in events:
             request_id = getattr(event, "request_id", None)
             event_rows.append(
                 {
@@ -175,7 +240,6 @@ class LedgerStore:
                 }
             )
             for transfer in getattr(event, "transfers", ()):
-                unit = self._ledger.unit_of(transfer.debit)
                 entry_rows.append(
                     {
                         "event_seq": seq,
@@ -183,7 +247,7 @@ class LedgerStore:
                         "debit": transfer.debit,
                         "credit": transfer.credit,
                         "amount": transfer.amount,
-                        "unit": unit,
+                        "unit": self._ledger.unit_of(transfer.debit),
                         "request_id": request_id,
                     }
                 )
@@ -191,5 +255,20 @@ class LedgerStore:
         if entry_rows:
             await conn.execute(insert(ledger_entries), entry_rows)
         await conn.execute(
-            update(ledger_head).where(ledger_head.c.id == 1).values(seq=self._seq + len(events))
+            update(ledger_head).where(ledger_head.c.id == 1).values(seq=events[-1][0])
         )
+
+
+@dataclass(slots=True)
+class _Job:
+    command: Command | None  # None: only ``also``
+    also: Also | None
+    future: asyncio.Future[tuple[Event, ...]]
+
+    def settle(self, outcome: tuple[Event, ...] | BaseException) -> None:
+        if self.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
