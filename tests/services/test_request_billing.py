@@ -18,6 +18,7 @@ from openmaas.core.errors import (
     EngineOverloaded,
     InsufficientBalance,
     RateLimited,
+    UpstreamUnavailable,
 )
 from openmaas.core.ids import new_request_id
 from openmaas.core.ledger_events import (
@@ -421,3 +422,20 @@ async def test_a_client_gone_during_admission_leaves_no_hold(rig: Rig) -> None:
     assert rig.engines["priced"].stats.streams_started == 0
     async with rig.database.connect() as conn:
         assert await load_inflight(conn) == []
+
+
+async def test_an_engine_refusing_before_its_first_token_is_a_refusal(rig: Rig) -> None:
+    """Every deployment busy (an upstream's 429) is "retry later", not an engine failure:
+    nothing is recorded or charged and the hold is released."""
+    gateway = await rig.serve(
+        priced={"text": "a b c", "fail_first_streams": 1, "failure": "upstream_unavailable"}
+    )
+    await rig.top_up(1_000)
+    with pytest.raises(UpstreamUnavailable):
+        await gateway.generate(rig.principal, chat(), "chat.completions")
+    assert await rig.records() == []
+    ledger = await rig.billing.ledger.refresh()
+    assert ledger.open_holds() == [] and ledger.balance(cash(rig.org_id)) == 1_000
+    assert await gateway.wait_idle(1.0)
+    await run(gateway, rig.principal, chat())  # the next one is served and charged
+    assert len(await rig.records()) == 1

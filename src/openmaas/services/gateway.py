@@ -76,6 +76,9 @@ class Gateway:
         self._open += 1
         try:
             await generation.prime()
+        except CapacityError:  # e.g. every deployment refused: nothing was served
+            await generation.abandon()
+            raise
         except BaseException:
             await generation.aclose()
             raise
@@ -243,6 +246,11 @@ class Generation:
         except EngineFailure as exc:
             self._fail(Termination.ENGINE_ERROR, exc.message)
             raise
+        except CapacityError:
+            if self._ttft_ms is None and self._finished is None:
+                raise  # refused before serving anything (``Gateway.generate`` abandons it)
+            self._fail(Termination.ENGINE_ERROR, "the engine refused mid-stream")
+            raise EngineFailure("The engine failed.") from None
         except Exception as exc:
             self._fail(Termination.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
             raise EngineFailure("The engine failed.") from exc
@@ -259,6 +267,19 @@ class Generation:
         if self._termination is None:
             self._termination = termination
             self._error = error
+
+    async def abandon(self) -> None:
+        """Before the first event, the engine (or every deployment) refused: like a refusal
+        at ``engine.stream``, nothing is recorded and the hold and limits are released."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._stream.aclose()
+                await self._gateway.billing.cancel(self._ticket)
+            finally:
+                self._gateway.closed_one()
 
     async def aclose(self) -> UsageRecord | None:
         """Stop the engine if it still runs and append the usage record (once)."""
