@@ -143,6 +143,7 @@ class EmbeddingRequest:
     model: str
     inputs: tuple[str, ...]
     user: str | None = None
+    routing: RoutingHints = field(default_factory=RoutingHints)
 
 
 @dataclass(frozen=True, slots=True)

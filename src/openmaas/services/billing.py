@@ -29,16 +29,17 @@ from openmaas.core.billing import billable_usage
 from openmaas.core.clock import Clock
 from openmaas.core.ledger_events import Event, ExpirePacks, Hold, HoldResolved, Release, Settle
 from openmaas.core.limits import Admission
-from openmaas.core.money import Currency, Money
+from openmaas.core.money import Money
 from openmaas.core.prices import AppliedPrice, PriceCatalog
 from openmaas.core.termination import Termination
 from openmaas.core.tiers import Scope, Tier, scopes_for
-from openmaas.core.types import Usage
+from openmaas.core.types import DataPolicy, Usage
 from openmaas.core.usage import UsageRecord
 from openmaas.services.auth import Principal
 from openmaas.services.limiter import Limiter
 from openmaas.store.billing import (
     InFlight,
+    OrgTerms,
     checkpoint,
     forget_inflight,
     load_inflight,
@@ -61,12 +62,15 @@ class Terms:
 
     prices: PriceCatalog = field(default_factory=PriceCatalog)
     tiers: Mapping[str, Tier] = field(default_factory=dict)
-    orgs: Mapping[str, tuple[Currency, str | None]] = field(default_factory=dict)
+    orgs: Mapping[str, OrgTerms] = field(default_factory=dict)
+
+    def org(self, org_id: str) -> OrgTerms:
+        return self.orgs.get(org_id) or OrgTerms()
 
     def scopes(self, principal: Principal) -> list[Scope]:
         """What the request counts against; empty when neither the organization nor the key
         has a tier (an unknown tier name counts as none)."""
-        org_tier = self.tiers.get(self.orgs.get(principal.org_id, (None, None))[1] or "")
+        org_tier = self.tiers.get(self.org(principal.org_id).tier or "")
         key_tier = self.tiers.get(principal.tier or "")
         if org_tier is None and key_tier is None:
             return []
@@ -77,8 +81,7 @@ class Terms:
         )
 
     def price(self, principal: Principal, model: str, at_ms: int) -> AppliedPrice | None:
-        currency = self.orgs.get(principal.org_id, (Currency.CNY, None))[0]
-        price = self.prices.find(model, at_ms, currency)
+        price = self.prices.find(model, at_ms, self.org(principal.org_id).currency)
         if price is None:
             return None
         return AppliedPrice(price, self.prices.discounts_bp.get(principal.org_id, 0))
@@ -91,6 +94,7 @@ class Ticket:
     request: InFlight
     price: AppliedPrice | None
     limit: Admission | None
+    data_policy: DataPolicy = DataPolicy.BURST  # the organization's, for the router
     last_checkpoint: float | None = None
     pending: asyncio.Future[None] | None = None
     closed: bool = False
@@ -181,7 +185,7 @@ class Billing:
             if scopes
             else None
         )
-        ticket = Ticket(request, price, limit)
+        ticket = Ticket(request, price, limit, terms.org(principal.org_id).data_policy)
         if price is None:
             if self._checkpoint_seconds > 0:  # so that even a kill before the first token
                 self._schedule_checkpoint(ticket, None)  # leaves a usage record

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import anyio
 
@@ -66,6 +67,9 @@ class Gateway:
             max_tokens=request.sampling.max_tokens,
             context_length=served.context_length,
         )
+        request = replace(
+            request, routing=replace(request.routing, data_policy=ticket.data_policy)
+        )
         try:
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException:
@@ -111,6 +115,9 @@ class Gateway:
         if headers is not None and ticket.limit is not None:
             headers.update(ticket.limit.headers)
         reached, termination, error, usage = True, Termination.FINISHED, None, Usage()
+        request = replace(
+            request, routing=replace(request.routing, data_policy=ticket.data_policy)
+        )
         try:
             result = await served.engine.embed(request)
             usage = result.usage

@@ -548,9 +548,7 @@ class RoutedEngine(Engine):
 
 
 def _policy(request: GenerationRequest | EmbeddingRequest) -> DataPolicy:
-    if isinstance(request, GenerationRequest):
-        return request.routing.data_policy
-    return DataPolicy.BURST  # embedding requests carry no hints yet
+    return request.routing.data_policy
 
 
 def _open(plan: _Plan) -> tuple[_Lease, EngineStream]:

@@ -16,7 +16,7 @@ from openmaas.core.errors import InvalidRequest
 from openmaas.core.money import Currency
 from openmaas.core.prices import ModelPrice, PriceCatalog
 from openmaas.core.tiers import Limits, Tier
-from openmaas.core.types import Usage
+from openmaas.core.types import DataPolicy, Usage
 from openmaas.store.schema import (
     api_keys,
     audit_log,
@@ -167,12 +167,20 @@ async def update_key_tier(conn: AsyncConnection, key_id: str, tier: str | None) 
     return old.tier
 
 
-async def load_org_terms(conn: AsyncConnection) -> dict[str, tuple[Currency, str | None]]:
-    """Each organization's currency and tier."""
-    rows = await conn.execute(
-        select(organizations.c.id, organizations.c.currency, organizations.c.tier)
-    )
-    return {r.id: (Currency(r.currency), r.tier) for r in rows}
+@dataclass(frozen=True, slots=True)
+class OrgTerms:
+    """What admission needs to know about an organization."""
+
+    currency: Currency = Currency.CNY
+    tier: str | None = None  # None: no rate limits
+    data_policy: DataPolicy = DataPolicy.BURST
+
+
+async def load_org_terms(conn: AsyncConnection) -> dict[str, OrgTerms]:
+    """Each organization's currency, tier and data policy."""
+    o = organizations.c
+    rows = await conn.execute(select(o.id, o.currency, o.tier, o.data_policy))
+    return {r.id: OrgTerms(Currency(r.currency), r.tier, DataPolicy(r.data_policy)) for r in rows}
 
 
 # -- audit log ------------------------------------------------------------------------

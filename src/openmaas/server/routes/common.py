@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
@@ -17,6 +18,9 @@ from openmaas.services.auth import Principal
 from openmaas.services.gateway import Generation
 
 T = TypeVar("T")
+
+SESSION_HEADER = "x-session-id"
+"""A client's conversation id; the router keeps a conversation on one replica by it."""
 
 
 async def authenticate(request: Request, state: AppState) -> Principal:
@@ -38,6 +42,9 @@ async def start_generation(
     """Admit and start ``core``, watching the client meanwhile (until the first token
     nothing reads the connection: a client that leaves while its request waits in the
     engine's queue stops it there). None when the client went away."""
+    session = request.headers.get(SESSION_HEADER)
+    if session:  # turns of one conversation go to the replica that has its KV cache
+        core = replace(core, routing=replace(core.routing, affinity_key=session[:200]))
     generation = await unless_disconnected(
         request, state.gateway.generate(principal, core, endpoint)
     )
