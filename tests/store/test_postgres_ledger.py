@@ -22,6 +22,7 @@ from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import audit_log, ledger_entries, ledger_events
+from tests.store.test_repositories import head_revision
 
 NOW = 1_764_201_600_000  # 2025-11-27T00:00:00Z
 PRICE = AppliedPrice(ModelPrice("m1", 1_000_000, 500_000, 2_000_000))  # micros per 1M tokens
@@ -134,7 +135,7 @@ async def test_migrations_apply_on_postgresql_and_are_idempotent(pg_url: str) ->
                     )
                 ).scalars()
             )
-        assert version == [("0003",)]
+        assert version == [(head_revision(),)]
         assert head == [(1, 0)]
         assert list(tiers) == ["V0", "V1", "V2", "V3"]
         assert {"organizations", "api_keys", "usage_records", "ledger_head", "ledger_events",
