@@ -97,6 +97,21 @@ class Settings(BaseSettings):
         description="Extra public names for served models, as JSON {alias: model}, e.g. "
         "Claude model names for Claude Code.",
     )
+    catalog_file: Path | None = Field(
+        None,
+        description="A catalog document (YAML, docs/catalog.md) to serve models from, re-read "
+        "when it changes; unset: the document stored with `openmaas catalog apply` or the "
+        "admin API.",
+    )
+    catalog_poll_seconds: float = Field(
+        2.0, gt=0, description="How often the catalog source (file or database) is checked."
+    )
+    catalog_drain_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="After a catalog change, how long a removed or replaced model's requests "
+        "in flight may take before its engines are stopped.",
+    )
     fetch_client_urls: bool = Field(
         False,
         description="Fetch URLs sent by clients (e.g. image_url) under the egress policy of "

@@ -24,7 +24,7 @@ from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
 from openmaas.services.auth import Authenticator, load_master_key
 from openmaas.services.billing import Billing
-from openmaas.services.catalog import ModelCatalog, build_catalog
+from openmaas.services.catalog import CatalogManager, ModelCatalog, build_catalog
 from openmaas.services.gateway import Gateway
 from openmaas.services.limiter import InProcessLimiter
 from openmaas.settings import Settings
@@ -85,17 +85,25 @@ def create_app(
         recovered = await billing.recover()  # requests a killed process left in flight
         if recovered:
             log.warning("recovered %d requests left in flight by a previous process", recovered)
+        master_key = load_master_key(settings)
+        manager = CatalogManager(models, settings, database, master_key, state_clock)
+        try:
+            await manager.start()  # the catalog document's models join the settings' ones
+        except BaseException:
+            await server_lock.release()
+            await database.dispose()
+            raise
         app.state.openmaas = AppState(
             settings=settings,
             database=database,
             catalog=models,
-            auth=Authenticator(
-                ApiKeyRepository(database), load_master_key(settings), state_clock.now_ms
-            ),
+            auth=Authenticator(ApiKeyRepository(database), master_key, state_clock.now_ms),
             usage=usage,
             gateway=Gateway(models, billing, state_clock, lambda: life.draining),
             clock=state_clock,
             lifecycle=life,
+            catalog_manager=manager,
+            master_key=master_key,
         )
         models.start_loading()
         housekeeping = asyncio.create_task(_expire_packs(billing))
@@ -106,6 +114,7 @@ def create_app(
             await zhipu_routes.close(app)  # cancel async jobs: they record usage as they close
             # Requests cut off by the grace period are still closing: let them record usage.
             await app.state.openmaas.gateway.wait_idle(timeout=10.0)
+            await manager.stop()
             await models.stop()
             await server_lock.release()
             await database.dispose()

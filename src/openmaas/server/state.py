@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from openmaas.core.clock import Clock
 from openmaas.services.auth import Authenticator
-from openmaas.services.catalog import ModelCatalog
+from openmaas.services.catalog import CatalogManager, ModelCatalog
 from openmaas.services.gateway import Gateway
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
@@ -32,6 +32,8 @@ class AppState:
     gateway: Gateway
     clock: Clock
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    catalog_manager: CatalogManager | None = None  # the catalog document, reloaded live
+    master_key: bytes = field(default=b"", repr=False)
 
 
 def app_state(request: Request) -> AppState:

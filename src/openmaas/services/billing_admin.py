@@ -46,6 +46,7 @@ from openmaas.core.ledger_events import (
 from openmaas.core.money import Currency, format_micros, parse_micros
 from openmaas.core.prices import ModelPrice
 from openmaas.core.tiers import Limits, Tier
+from openmaas.core.types import DataPolicy
 from openmaas.services.admin import ensure_home
 from openmaas.settings import Settings
 from openmaas.store import billing as store
@@ -159,6 +160,7 @@ def org_json(org: Organization) -> dict[str, Any]:
         "currency": org.currency,
         "tier": org.tier,
         "discount_bp": org.discount_bp,
+        "data_policy": org.data_policy,
         "created_at": iso_ms(org.created_at_ms),
     }
 
@@ -360,8 +362,10 @@ class BillingAdmin:
         tier: object = UNSET,
         discount_bp: object = None,
         credit_limit: object = None,
+        data_policy: object = None,
     ) -> Organization:
-        """Change an organization's tier (None removes it), discount or credit limit."""
+        """Change an organization's tier (None removes it), discount, credit limit or data
+        policy (``local_only``: never an external deployment; ``burst``)."""
         found = await self._orgs.find(org)
         values: dict[str, Any] = {}
         if tier is not UNSET:
@@ -370,13 +374,23 @@ class BillingAdmin:
             values["discount_bp"] = _count(discount_bp, "discount_bp")
             if values["discount_bp"] > BASIS_POINTS:
                 raise InvalidRequest("'discount_bp' must be within 0..10000.", "discount_bp")
+        if data_policy is not None:
+            try:
+                values["data_policy"] = DataPolicy(data_policy).value
+            except ValueError:
+                allowed = ", ".join(p.value for p in DataPolicy)
+                raise InvalidRequest(
+                    f"'data_policy' must be one of {allowed}.", "data_policy"
+                ) from None
         limit = (
             None
             if credit_limit is None
             else parse_amount(credit_limit, "credit_limit", allow_zero=True)
         )
         if not values and limit is None:
-            raise InvalidRequest("Nothing to change: give a tier, discount_bp or credit_limit.")
+            raise InvalidRequest(
+                "Nothing to change: give a tier, discount_bp, credit_limit or data_policy."
+            )
 
         # Read before the change: admins' changes of one organization are rare enough that
         # another landing in between is not worth a lock.

@@ -1,9 +1,10 @@
-"""The admin HTTP API (``/admin/v1/...``): billing administration for admin keys.
+"""The admin HTTP API (``/admin/v1/...``): billing and catalog administration for admin keys.
 
-JSON in and out; money as decimal strings (``"12.50"``), never JSON numbers. Every change
-is written to the audit log as ``key:<admin key id>``. Errors have OpenAI's shape: 401
-without a key, 403 for a member key, 400 naming the field, 404 for an unknown organization,
-key or budget.
+JSON in and out (the catalog document itself is YAML); money as decimal strings
+(``"12.50"``), never JSON numbers. Every change is written to the audit log as
+``key:<admin key id>``. Errors have OpenAI's shape: 401 without a key, 403 for a member key,
+400 naming the field (an invalid catalog: every problem with its line and field), 404 for an
+unknown organization, key, budget or credential, 409 for a catalog managed by a file.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from openmaas.core.errors import InvalidRequest, PermissionDenied
+from openmaas.protocols.openai.errors import error_body
 from openmaas.server.responses import json_response
 from openmaas.server.routes.common import authenticate
-from openmaas.server.state import app_state
+from openmaas.server.state import AppState, app_state
 from openmaas.services.billing_admin import (
     UNSET,
     BillingAdmin,
@@ -29,23 +31,48 @@ from openmaas.services.billing_admin import (
     statement_json,
     tier_json,
 )
+from openmaas.services.catalog import (
+    CatalogAdmin,
+    CatalogFileManaged,
+    CurrentCatalog,
+    describe_model,
+)
+from openmaas.services.catalog_file import CatalogRejected
 
 router = APIRouter(prefix="/admin/v1", tags=["Admin"])
 
 
-async def _admin(request: Request) -> BillingAdmin:
+async def _actor(request: Request, state: AppState) -> str:
     """The caller must hold an admin key; changes are audited as ``key:<its id>``."""
-    state = app_state(request)
     principal = await authenticate(request, state)
     if not principal.is_admin:
         raise PermissionDenied("The admin API needs an admin key.")
+    return f"key:{principal.key_id}"
+
+
+async def _admin(request: Request) -> BillingAdmin:
+    state = app_state(request)
+    actor = await _actor(request, state)
     billing = state.gateway.billing
     return BillingAdmin(
         state.database,
         billing.ledger,
         state.clock,
-        f"key:{principal.key_id}",
+        actor,
         on_change=billing.invalidate,
+    )
+
+
+async def _catalog_admin(request: Request) -> CatalogAdmin:
+    state = app_state(request)
+    actor = await _actor(request, state)
+    return CatalogAdmin(
+        state.database,
+        state.settings,
+        state.master_key,
+        actor,
+        manager=state.catalog_manager,
+        clock=state.clock,
     )
 
 
@@ -91,15 +118,18 @@ async def create_org(request: Request) -> Response:
     return json_response(org_json(org), 201)
 
 
-@router.patch("/orgs/{org}", summary="Change an organization's tier, discount or credit limit")
+@router.patch(
+    "/orgs/{org}", summary="Change an organization's tier, discount, credit limit or data policy"
+)
 async def update_org(request: Request, org: str) -> Response:
     admin = await _admin(request)
-    body = await _body(request, {"tier", "discount_bp", "credit_limit"})
+    body = await _body(request, {"tier", "discount_bp", "credit_limit", "data_policy"})
     changed = await admin.set_org(
         org,
         tier=body["tier"] if "tier" in body else UNSET,
         discount_bp=body.get("discount_bp"),
         credit_limit=body.get("credit_limit"),
+        data_policy=body.get("data_policy"),
     )
     balance = await admin.balance(changed.id)
     return json_response({**org_json(changed), "credit_limit": balance.as_json()["credit_limit"]})
@@ -261,3 +291,91 @@ async def audit(request: Request) -> Response:
         for e in entries
     ]
     return json_response({"object": "list", "data": data})
+
+
+# -- catalog, models, credentials -------------------------------------------------------
+
+
+def _catalog_json(current: CurrentCatalog) -> dict[str, Any]:
+    return {
+        "object": "catalog",
+        "source": current.source,
+        "path": current.path,
+        "version": current.version,
+        "applied_at": None if current.applied_at_ms is None else iso_ms(current.applied_at_ms),
+        "document": current.document,
+    }
+
+
+@router.get("/catalog", summary="The catalog document in force and its version")
+async def get_catalog(request: Request) -> Response:
+    admin = await _catalog_admin(request)
+    return json_response(_catalog_json(await admin.current()))
+
+
+@router.put(
+    "/catalog",
+    summary="Replace the catalog document (YAML body); applied at once, without a restart",
+)
+async def put_catalog(request: Request) -> Response:
+    admin = await _catalog_admin(request)
+    try:
+        text = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The catalog must be UTF-8 YAML.") from None
+    try:
+        await admin.apply(text, "catalog")
+    except CatalogFileManaged as exc:
+        return json_response(error_body(exc.message, "invalid_request_error", "conflict"), 409)
+    except CatalogRejected as exc:
+        body = error_body(exc.message, "invalid_request_error", "invalid_catalog", "catalog")
+        body["errors"] = [issue.as_json() for issue in exc.issues]
+        return json_response(body, 400)
+    return json_response(_catalog_json(await admin.current()))
+
+
+@router.get("/models", summary="Every served model, its deployments and their health")
+async def list_models(request: Request) -> Response:
+    state = app_state(request)
+    await _actor(request, state)
+    catalog = state.catalog
+    data = [describe_model(m, catalog.aliases) for m in catalog.list()]
+    manager = state.catalog_manager
+    return json_response(
+        {
+            "object": "list",
+            "catalog_version": manager.version if manager else None,
+            "data": data,
+        }
+    )
+
+
+@router.get("/credentials", summary="Upstream credentials: names and dates, never values")
+async def list_credentials(request: Request) -> Response:
+    admin = await _catalog_admin(request)
+    data = [
+        {
+            "name": c.name,
+            "created_at": iso_ms(c.created_at_ms),
+            "updated_at": iso_ms(c.updated_at_ms),
+        }
+        for c in await admin.list_credentials()
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+@router.put(
+    "/credentials/{name}", summary="Set an upstream credential (sealed at rest)", status_code=204
+)
+async def put_credential(request: Request, name: str) -> Response:
+    admin = await _catalog_admin(request)
+    body = await _body(request, {"value"})
+    await admin.set_credential(name, body.get("value"))
+    return Response(status_code=204)
+
+
+@router.delete("/credentials/{name}", summary="Delete an upstream credential", status_code=204)
+async def delete_credential(request: Request, name: str) -> Response:
+    admin = await _catalog_admin(request)
+    await admin.delete_credential(name)
+    return Response(status_code=204)
