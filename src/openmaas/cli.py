@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,7 +14,8 @@ from rich.table import Table
 
 from openmaas.core.errors import OpenMaaSError
 from openmaas.core.money import format_micros
-from openmaas.services.admin import Admin, open_admin
+from openmaas.services.admin import Admin, ensure_home, open_admin
+from openmaas.services.auth import load_master_key
 from openmaas.services.billing_admin import (
     UNSET,
     BillingAdmin,
@@ -23,7 +25,11 @@ from openmaas.services.billing_admin import (
     parse_time,
     statement_csv,
 )
+from openmaas.services.catalog import CatalogAdmin, CurrentCatalog, settings_model_names
+from openmaas.services.catalog_file import CatalogRejected, document_version, parse_catalog
+from openmaas.services.catalog_schema import BuildContext, CatalogDocument
 from openmaas.settings import Settings
+from openmaas.store.database import migrate, open_database
 
 T = TypeVar("T")
 console = Console()
@@ -132,26 +138,41 @@ def orgs_list() -> None:
     _print_table(("id", "name", "currency", "tier", "discount (bp)", "created (UTC)"), rows)
 
 
-@orgs.command("set", help="Change an organization's tier, discount or credit limit.")
+@orgs.command("set", help="Change an organization's tier, discount, credit limit or data policy.")
 @click.argument("org")
 @click.option("--tier", default=None, help="Rate-limit tier.")
 @click.option("--no-tier", is_flag=True, help="Remove the tier (no rate limits).")
 @click.option("--discount-bp", type=int, default=None, help="Discount, basis points (2500=25%).")
 @click.option("--credit-limit", default=None, help="How far below zero cash may go, e.g. 100.")
+@click.option(
+    "--data-policy",
+    type=click.Choice(["local_only", "burst"]),
+    default=None,
+    help="local_only: never an external deployment; burst: external when local is full.",
+)
 def orgs_set(
-    org: str, tier: str | None, no_tier: bool, discount_bp: int | None, credit_limit: str | None
+    org: str,
+    tier: str | None,
+    no_tier: bool,
+    discount_bp: int | None,
+    credit_limit: str | None,
+    data_policy: str | None,
 ) -> None:
     if tier is not None and no_tier:
         raise click.UsageError("Give --tier or --no-tier, not both.")
     new_tier: Any = None if no_tier else (tier if tier is not None else UNSET)
     changed = _billing(
         lambda admin: admin.set_org(
-            org, tier=new_tier, discount_bp=discount_bp, credit_limit=credit_limit
+            org,
+            tier=new_tier,
+            discount_bp=discount_bp,
+            credit_limit=credit_limit,
+            data_policy=data_policy,
         )
     )
     click.echo(
         f"{changed.id}\t{changed.name}\ttier={changed.tier or '-'}\t"
-        f"discount_bp={changed.discount_bp}"
+        f"discount_bp={changed.discount_bp}\tdata_policy={changed.data_policy}"
     )
 
 
@@ -525,3 +546,194 @@ def audit(limit: int) -> None:
         for e in _billing(lambda admin: admin.audit_log(limit))
     ]
     _print_table(("time (UTC)", "actor", "action", "target", "before", "after"), rows)
+
+
+# -- catalog, models, deployments, credentials ----------------------------------------
+
+
+def _catalog(action: Callable[[CatalogAdmin], Awaitable[T]]) -> T:
+    """Run a catalog operation on the data directory's database, audited as ``cli:<user>``."""
+
+    async def go() -> T:
+        settings = Settings()
+        ensure_home(settings)
+        database = open_database(
+            settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        try:
+            await migrate(database)
+            admin = CatalogAdmin(database, settings, load_master_key(settings), _cli_actor())
+            return await action(admin)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(go())
+    except CatalogRejected as exc:
+        for issue in exc.issues:
+            click.echo(issue.render(exc.source), err=True)
+        raise SystemExit(1) from None
+    except OpenMaaSError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _read_catalog(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: cannot read it ({exc}).") from None
+
+
+def _current_document() -> tuple[CurrentCatalog, CatalogDocument | None]:
+    async def action(admin: CatalogAdmin) -> tuple[CurrentCatalog, CatalogDocument | None]:
+        current = await admin.current()
+        if not current.document:
+            return current, None
+        return current, parse_catalog(current.document, current.path or "catalog")
+
+    return _catalog(action)
+
+
+@main.group(help="The catalog document: models and their deployments (docs/catalog.md).")
+def catalog() -> None:
+    pass
+
+
+@catalog.command("check", help="Check a catalog file; print each problem with its line.")
+@click.argument("file", type=click.Path(dir_okay=False))
+def catalog_check(file: str) -> None:
+    text = _read_catalog(file)
+    settings = Settings()
+    try:
+        document = parse_catalog(
+            text,
+            file,
+            reserved=settings_model_names(settings),
+            ctx=BuildContext(credential_names=None, check_paths=True),
+        )
+    except CatalogRejected as exc:
+        for issue in exc.issues:
+            click.echo(issue.render(exc.source), err=True)
+        raise SystemExit(1) from None
+    deployments = sum(len(m.deployments) for m in document.models)
+    click.echo(
+        f"{file}: valid, {len(document.models)} models, {deployments} deployments, "
+        f"version {document_version(text)[:12]}"
+    )
+
+
+@catalog.command("apply", help="Store a catalog file as the catalog; the server applies it.")
+@click.argument("file", type=click.Path(dir_okay=False))
+def catalog_apply(file: str) -> None:
+    text = _read_catalog(file)
+    version = _catalog(lambda admin: admin.apply(text, file))
+    click.echo(f"Catalog version {version} stored; a running server applies it within seconds.")
+
+
+@catalog.command("show", help="Print the catalog document in force.")
+def catalog_show() -> None:
+    current = _catalog(lambda admin: admin.current())
+    where = current.path or "the database"
+    click.echo(f"# source: {where}; version: {current.version or 'none'}", err=True)
+    if current.document:
+        click.echo(current.document, nl=not current.document.endswith("\n"))
+
+
+def _settings_models(settings: Settings) -> list[tuple[str, str]]:
+    """(name, kind) of the models the settings serve in-process."""
+    served: list[tuple[str, str]] = []
+    if settings.embedded_models:
+        from openmaas.engines import embedded
+
+        served += [(embedded.CHAT_MODEL, "chat"), (embedded.EMBEDDING_MODEL, "embedding")]
+    served += [(name, spec.kind) for name, spec in settings.local_models.items()]
+    served += [(name, "chat") for name in settings.fake_models]
+    return served
+
+
+@main.group(help="Served models (the settings' and the catalog's).")
+def models() -> None:
+    pass
+
+
+@models.command("list", help="Every model: kind, deployments, data classes, aliases.")
+def models_list() -> None:
+    settings = Settings()
+    _, document = _current_document()
+    rows = [
+        (name, kind, "settings", name, "local", "") for name, kind in _settings_models(settings)
+    ]
+    for m in document.models if document else []:
+        classes = sorted({d.data_class for d in m.deployments})
+        rows.append(
+            (
+                m.name,
+                m.kind,
+                "catalog",
+                ",".join(d.id for d in m.deployments),
+                ",".join(classes),
+                ",".join(m.aliases),
+            )
+        )
+    _print_table(("model", "kind", "source", "deployments", "data classes", "aliases"), rows)
+
+
+@main.group(help="Deployments of the catalog's models.")
+def deployments() -> None:
+    pass
+
+
+@deployments.command("list", help="Every deployment of the catalog document.")
+def deployments_list() -> None:
+    _, document = _current_document()
+    rows = []
+    for m in document.models if document else []:
+        for d in m.deployments:
+            target = getattr(d, "base_url", None) or str(getattr(d, "path", "") or "")
+            rows.append(
+                (
+                    m.name,
+                    d.id,
+                    d.engine,
+                    d.data_class,
+                    str(d.weight),
+                    str(d.priority),
+                    _cap(d.max_concurrency),
+                    target,
+                )
+            )
+    headers = ("model", "id", "engine", "data class", "weight", "priority", "max conc.", "target")
+    _print_table(headers, rows)
+
+
+@main.group(help="Upstream credentials (API keys of cloud upstreams), sealed at rest.")
+def credentials() -> None:
+    pass
+
+
+@credentials.command("set", help="Set NAME; the value is read from stdin or a hidden prompt.")
+@click.argument("name")
+def credentials_set(name: str) -> None:
+    if sys.stdin.isatty():
+        value = click.prompt(f"Value of {name}", hide_input=True, confirmation_prompt=True)
+    else:
+        value = sys.stdin.read().rstrip("\r\n")
+    created = _catalog(lambda admin: admin.set_credential(name, value))
+    click.echo(f"Credential {name} {'created' if created else 'replaced'}.")
+
+
+@credentials.command("list", help="Credential names and dates (never their values).")
+def credentials_list() -> None:
+    rows = [
+        (c.name, iso_ms(c.created_at_ms), iso_ms(c.updated_at_ms))
+        for c in _catalog(lambda admin: admin.list_credentials())
+    ]
+    _print_table(("name", "created (UTC)", "updated (UTC)"), rows)
+
+
+@credentials.command("delete", help="Delete a credential the catalog no longer uses.")
+@click.argument("name")
+def credentials_delete(name: str) -> None:
+    _catalog(lambda admin: admin.delete_credential(name))
+    click.echo(f"Credential {name} deleted.")
