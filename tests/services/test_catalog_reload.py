@@ -1,0 +1,264 @@
+"""The catalog document applied without a restart: from a file, from the database, with
+credentials sealed at rest (real SQLite, fake engines, a real local HTTP upstream)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from openmaas.core.errors import ModelNotFound
+from openmaas.core.ids import new_request_id
+from openmaas.core.types import GenerationRequest, Message, Role, TextDelta
+from openmaas.engines.base import EngineState
+from openmaas.engines.fake import FakeEngine, FakeScript
+from openmaas.services.catalog import (
+    CatalogAdmin,
+    CatalogFileManaged,
+    CatalogManager,
+    ModelCatalog,
+    ServedModel,
+    describe_model,
+)
+from openmaas.services.catalog_file import CatalogRejected
+from openmaas.services.router import RoutedEngine
+from openmaas.settings import Settings
+from openmaas.store import catalog as catalog_store
+from openmaas.store.database import migrate, open_database
+from tests.engines.upstream import Behaviour, Upstream
+
+MASTER = bytes(range(32))
+SECRET = "sk-upstream-7f3a9c0e5b"
+
+
+def chat_request(model: str) -> GenerationRequest:
+    return GenerationRequest(new_request_id(), model, (Message(Role.USER, "hi there"),))
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def fake_model(name: str, deployment: str, text: str, token_delay: float = 0.0) -> str:
+    return f"""\
+  - name: {name}
+    deployments:
+      - id: {deployment}
+        engine: fake
+        script: {{text: "{text}", token_delay: {token_delay}}}
+"""
+
+
+class Site:
+    def __init__(self, tmp_path: Path, *, file: bool) -> None:
+        self.path = tmp_path / "catalog.yaml"
+        self.settings = Settings(
+            home=tmp_path / "home",
+            embedded_models=False,
+            catalog_file=self.path if file else None,
+            catalog_drain_seconds=30,
+        )
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.database = open_database(self.settings.resolved_database_url)
+        self.base = FakeEngine("base", FakeScript(text="from settings"))
+        self.catalog = ModelCatalog([ServedModel("base", self.base)], {"base-alias": "base"})
+        self.manager: CatalogManager | None = None
+
+    async def start(self) -> CatalogManager:
+        await migrate(self.database)
+        self.manager = CatalogManager(self.catalog, self.settings, self.database, MASTER)
+        await self.manager.start()
+        self.catalog.start_loading()
+        await self.catalog.wait_loaded()
+        return self.manager
+
+    def admin(self, master: bytes = MASTER) -> CatalogAdmin:
+        return CatalogAdmin(self.database, self.settings, master, "test", manager=self.manager)
+
+    async def close(self) -> None:
+        if self.manager is not None:
+            await self.manager.stop()
+        await self.catalog.stop()
+        await self.database.dispose()
+
+
+@pytest.fixture()
+async def file_site(tmp_path: Path) -> AsyncIterator[Site]:
+    site = Site(tmp_path, file=True)
+    yield site
+    await site.close()
+
+
+@pytest.fixture()
+async def db_site(tmp_path: Path) -> AsyncIterator[Site]:
+    site = Site(tmp_path, file=False)
+    yield site
+    await site.close()
+
+
+async def text_of(catalog: ModelCatalog, model: str) -> str:
+    stream = catalog.get(model).engine.stream(chat_request(model))
+    try:
+        return "".join([e.text async for e in stream if isinstance(e, TextDelta)])
+    finally:
+        await stream.aclose()
+
+
+async def test_a_file_edit_applies_while_a_stream_is_in_flight(
+    file_site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow_words = " ".join(f"w{i}" for i in range(30))
+    file_site.path.write_text(
+        "models:\n"
+        + fake_model("slow", "slow-1", slow_words, token_delay=0.02)
+        + fake_model("kept", "kept-1", "kept words")
+    )
+    manager = await file_site.start()
+    catalog = file_site.catalog
+    assert sorted(m.name for m in catalog.list()) == ["base", "kept", "slow"]
+    kept_engine = catalog.get("kept").engine
+    first_version = manager.version
+
+    stream = catalog.get("slow").engine.stream(chat_request("slow"))
+    received = [await stream.__anext__()]  # the first token is out
+
+    # "slow" removed, "fresh" added, "kept" unchanged.
+    file_site.path.write_text(
+        "models:\n" + fake_model("kept", "kept-1", "kept words") + fake_model("fresh", "f-1", "new")
+    )
+    assert await manager.refresh()
+    assert manager.version != first_version
+    with pytest.raises(ModelNotFound):
+        catalog.get("slow")  # gone for new requests at once
+    assert await text_of(catalog, "fresh") == "new"
+    assert catalog.get("kept").engine is kept_engine  # not reloaded
+    assert catalog.get("base").engine is file_site.base and catalog.resolve("base-alias") == "base"
+
+    received += [event async for event in stream]  # the stream in flight completes
+    await stream.aclose()
+    text = "".join(e.text for e in received if isinstance(e, TextDelta))
+    assert text.split() == slow_words.split()
+
+    # ...and the retired engine is stopped once it is idle.
+    retired: RoutedEngine = stream._relay.plan.router  # type: ignore[attr-defined]
+    await eventually(lambda: retired.health().state is EngineState.STOPPED)
+    await eventually(lambda: manager.retiring() == 0)
+
+    # An invalid edit: logged with its line, ignored; the running catalog stays.
+    applied = manager.version
+    file_site.path.write_text("models:\n  - name: kept\n    deployments: []\n")
+    with caplog.at_level(logging.ERROR, logger="openmaas.catalog"):
+        assert not await manager.refresh()
+        assert not await manager.refresh()  # the same refused text is not re-checked
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1
+    assert refused[0].issues == [  # type: ignore[attr-defined]
+        f"{file_site.path}:3: models[0].deployments: must have at least 1 item(s)"
+    ]
+    assert manager.version == applied
+    assert await text_of(catalog, "kept") == "kept words"
+
+
+async def test_a_changed_model_gets_new_engines_and_fallbacks_follow(file_site: Site) -> None:
+    file_site.path.write_text(
+        "models:\n"
+        "  - name: main\n"
+        "    routing: {fallbacks: [spare]}\n"
+        "    deployments: [{id: m-1, engine: fake, script: {fail_before_first_token: true}}]\n"
+        + fake_model("spare", "s-1", "old spare")
+    )
+    manager = await file_site.start()
+    catalog = file_site.catalog
+    main = catalog.get("main").engine
+    assert await text_of(catalog, "main") == "old spare"  # failed over to the fallback
+    file_site.path.write_text(
+        "models:\n"
+        "  - name: main\n"
+        "    routing: {fallbacks: [spare]}\n"
+        "    deployments: [{id: m-1, engine: fake, script: {fail_before_first_token: true}}]\n"
+        + fake_model("spare", "s-1", "new spare")
+    )
+    assert await manager.refresh()
+    assert catalog.get("main").engine is main  # unchanged: kept, its fallback re-wired
+    assert await text_of(catalog, "main") == "new spare"
+
+
+async def test_the_database_source_and_credentials(db_site: Site) -> None:
+    with Upstream(Behaviour(text="from upstream")) as upstream:
+        manager = await db_site.start()
+        admin = db_site.admin()
+        document = f"""\
+models:
+  - name: cloud
+    aliases: [cloud-latest]
+    capabilities: [tools]
+    deployments:
+      - id: up-1
+        engine: openai
+        base_url: {upstream.base_url}
+        upstream_model: upstream-model
+        credential: cloud-key
+"""
+        with pytest.raises(CatalogRejected) as caught:
+            await admin.apply(document)  # the credential does not exist yet
+        assert [i.render("catalog") for i in caught.value.issues] == [
+            "catalog:10: models[0].deployments[0].credential: no credential named "
+            "'cloud-key' (openmaas credentials set cloud-key)"
+        ]
+        assert await admin.set_credential("cloud-key", SECRET) is True
+        version = await admin.apply(document)
+        assert manager.version == version
+        assert db_site.catalog.resolve("cloud-latest") == "cloud"
+        assert await text_of(db_site.catalog, "cloud") == "from upstream"
+        assert upstream.requests[-1].headers["authorization"] == f"Bearer {SECRET}"
+        described = describe_model(db_site.catalog.get("cloud"), db_site.catalog.aliases)
+        assert described["aliases"] == ["cloud-latest"] and described["source"] == "catalog"
+        [deployment] = described["deployments"]  # type: ignore[misc]
+        assert (deployment["id"], deployment["data_class"], deployment["breaker"]) == (
+            "up-1",
+            "external",
+            "closed",
+        )
+        assert SECRET not in repr(described)
+
+        # Rotating the credential rebuilds the model that uses it.
+        engine = db_site.catalog.get("cloud").engine
+        assert await admin.set_credential("cloud-key", SECRET + "-2") is False
+        assert db_site.catalog.get("cloud").engine is not engine
+        assert await text_of(db_site.catalog, "cloud") == "from upstream"
+        assert upstream.requests[-1].headers["authorization"] == f"Bearer {SECRET}-2"
+
+        # In use: cannot be deleted.
+        with pytest.raises(Exception, match="used by the catalog"):
+            await admin.delete_credential("cloud-key")
+
+    # At rest: sealed; never in clear anywhere in the database.
+    async with db_site.database.connect() as conn:
+        sealed = (await conn.execute(select(catalog_store.upstream_credentials))).one().sealed
+    assert sealed.startswith("v1.") and SECRET not in sealed
+    raw = b"".join(p.read_bytes() for p in db_site.settings.home.glob("openmaas.db*"))
+    assert SECRET.encode() not in raw
+
+    # Another master key cannot use it: the catalog is refused, naming the credential.
+    with pytest.raises(CatalogRejected, match="cannot be decrypted"):
+        await CatalogAdmin(db_site.database, db_site.settings, bytes(32), "t").check(document)
+
+
+async def test_a_file_managed_catalog_refuses_database_changes(file_site: Site) -> None:
+    file_site.path.write_text("models: []\n")
+    await file_site.start()
+    with pytest.raises(CatalogFileManaged, match="edit that file"):
+        await file_site.admin().apply("models: []\n")
+
+
+async def test_an_invalid_file_at_start_is_refused(file_site: Site) -> None:
+    file_site.path.write_text("models:\n  - name: x\n")
+    with pytest.raises(Exception, match=r"catalog.yaml:2: models\[0\].deployments: is required"):
+        await file_site.start()
