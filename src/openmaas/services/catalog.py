@@ -317,7 +317,7 @@ class _DatabaseSource:
     async def read(self) -> str | None:
         async with self.database.connect() as conn:
             stored = await catalog_store.latest_document(conn)
-        return "" if stored is None else stored.document
+        return None if stored is None else stored.document  # None: none stored yet
 
 
 @dataclass(frozen=True, slots=True)
