@@ -661,7 +661,7 @@ def models() -> None:
 def models_list() -> None:
     settings = Settings()
     _, document = _current_document()
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (name, kind, "settings", name, "local", "") for name, kind in _settings_models(settings)
     ]
     for m in document.models if document else []:
@@ -687,7 +687,7 @@ def deployments() -> None:
 @deployments.command("list", help="Every deployment of the catalog document.")
 def deployments_list() -> None:
     _, document = _current_document()
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for m in document.models if document else []:
         for d in m.deployments:
             target = getattr(d, "base_url", None) or str(getattr(d, "path", "") or "")
@@ -725,7 +725,7 @@ def credentials_set(name: str) -> None:
 
 @credentials.command("list", help="Credential names and dates (never their values).")
 def credentials_list() -> None:
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (c.name, iso_ms(c.created_at_ms), iso_ms(c.updated_at_ms))
         for c in _catalog(lambda admin: admin.list_credentials())
     ]

@@ -29,11 +29,12 @@ from pydantic import ValidationError
 
 from openmaas.core.errors import InvalidRequest
 from openmaas.services.catalog_schema import (
-    DEPLOYMENT_KINDS,
     BuildContext,
     CatalogDocument,
     ModelSpec,
+    engine_kind_names,
 )
+from openmaas.services.router import DataClass, Deployment, RoutedEngine, RouterConfig
 
 Path_ = tuple[str | int, ...]
 
@@ -178,7 +179,7 @@ def _message(error: Any) -> str:
     if kind == "too_short":
         return f"must have at least {ctx.get('min_length')} item(s)"
     if kind == "union_tag_invalid":
-        kinds = ", ".join(c.model_fields["engine"].annotation.__args__[0] for c in DEPLOYMENT_KINDS)
+        kinds = ", ".join(engine_kind_names())
         return f"unknown engine kind {ctx.get('tag')!r}; one of {kinds}"
     if kind == "union_tag_not_found":
         return "is required (the engine kind)"
@@ -242,14 +243,14 @@ def _cross_issues(
                     add((*where, name), message)
     for i, model in enumerate(document.models):
         for j, fallback in enumerate(model.routing.fallbacks):
-            where = ("models", i, "routing", "fallbacks", j)
+            at = ("models", i, "routing", "fallbacks", j)
             target = names.get(fallback)
             if fallback == model.name:
-                add(where, "a model cannot fall back to itself")
+                add(at, "a model cannot fall back to itself")
             elif target is None:
-                add(where, f"no model '{fallback}' in this catalog")
+                add(at, f"no model '{fallback}' in this catalog")
             elif target.kind != model.kind:
-                add(where, f"'{fallback}' is a {target.kind} model, not {model.kind}")
+                add(at, f"'{fallback}' is a {target.kind} model, not {model.kind}")
     return issues
 
 
@@ -300,10 +301,8 @@ def engine_fingerprint(model: ModelSpec, ctx: BuildContext) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def build_router(model: ModelSpec, ctx: BuildContext):  # type: ignore[no-untyped-def]
+def build_router(model: ModelSpec, ctx: BuildContext) -> RoutedEngine:
     """A ``RoutedEngine`` over the model's deployments, fallbacks not yet wired."""
-    from openmaas.services.router import DataClass, Deployment, RoutedEngine, RouterConfig
-
     r = model.routing
     config = RouterConfig(
         affinity=r.affinity,

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -260,10 +260,15 @@ DEPLOYMENT_KINDS: tuple[type[DeploymentBase], ...] = (
 )
 """The engine kinds a deployment may name, by their ``engine`` literal."""
 
-DeploymentSpec = Annotated[
-    Union[tuple(DEPLOYMENT_KINDS)],  # type: ignore[valid-type]  # noqa: UP007
-    Field(discriminator="engine"),
-]
+if TYPE_CHECKING:
+    DeploymentSpec = DeploymentBase
+else:
+    DeploymentSpec = Annotated[Union[tuple(DEPLOYMENT_KINDS)], Field(discriminator="engine")]  # noqa: UP007
+
+
+def engine_kind_names() -> list[str]:
+    """The ``engine`` values a deployment may have, in registry order."""
+    return [str(kind.model_fields["engine"].annotation.__args__[0]) for kind in DEPLOYMENT_KINDS]  # type: ignore[union-attr]
 
 
 class RoutingSpec(_Strict):
@@ -288,7 +293,7 @@ class ModelSpec(_Strict):
     capabilities: list[Capability] = Field(default_factory=list)
     owned_by: str = "openmaas"
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
-    deployments: list[DeploymentSpec] = Field(min_length=1)  # type: ignore[valid-type]
+    deployments: list[DeploymentSpec] = Field(min_length=1)
 
     @property
     def model_kind(self) -> ModelKind:
