@@ -238,9 +238,17 @@ models:
         for action in ("credential.create", "catalog.apply", "org.update"):
             assert action in actions
 
-        for path in ("/v1/models", "/readyz", "/admin/v1/catalog", "/admin/v1/credentials"):
-            call("GET", path)
-        call("GET", "/openapi.json")
+        # Every GET endpoint, after the credential has been used.
+        paths = call("GET", "/openapi.json").json()["paths"]
+        org = orgs[0]["id"]
+        for path, operations in paths.items():
+            if "get" not in operations:
+                continue
+            path = path.replace("{org}", org).replace("{model_id}", "cloud")
+            path = path.replace("{model}", "cloud")
+            if "{" not in path:
+                call("GET", path)
+        assert len(bodies) > 20
 
     assert all(SECRET not in body for body in bodies)
     logs = db_server.stdout + db_server.stderr
