@@ -49,6 +49,7 @@ from openmaas.services.router import Deployment, RoutedEngine
 from tests.engines import fake_vllm
 
 WAIT_S = 30.0  # the longest any condition is waited for
+LONG = " ".join(f"w{i}" for i in range(40))
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -414,6 +415,21 @@ async def test_stop_leaves_no_process_behind(engines: Engines) -> None:
     assert not alive(guard) and not alive(start["pid"]) and not alive(start["grandchild"])
     with pytest.raises(EngineNotReady):
         engine.stream(chat())
+
+
+async def test_stop_ends_the_streams_in_flight(engines: Engines) -> None:
+    engine = engines(env={"FAKE_VLLM_TOKEN_DELAY": "0.5", "FAKE_VLLM_TEXT": LONG})
+    await engine.start()
+    stream = engine.stream(chat())
+    first = await stream.__anext__()
+    assert isinstance(first, TextDelta)
+    await engine.stop()
+    with pytest.raises(EngineFailure):  # after the first token: never retried
+        async for _ in stream:
+            pass
+    await stream.aclose()
+    assert stream.tracker.completion_tokens >= 1
+    assert engine.capacity().in_flight == 0
 
 
 async def test_stop_kills_a_vllm_that_ignores_sigterm(engines: Engines) -> None:

@@ -392,10 +392,6 @@ class _VllmProcess:
             follow_redirects=False,
         )
 
-    @property
-    def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.returncode
-
     async def _relay_output(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         stdout = self._proc.stdout
@@ -569,6 +565,7 @@ class ManagedVllmEngine(Engine):
     async def stop(self) -> None:
         """Stop vLLM (also while it starts or restarts) and wait until it is gone."""
         self._stopping = True
+        self._health = EngineHealth(EngineState.STOPPED, "stopping")  # admits nothing more
         await self._unload()
         self._health = EngineHealth(EngineState.STOPPED)
 
