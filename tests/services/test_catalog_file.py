@@ -150,7 +150,7 @@ models:
         "catalog.yaml:3: models[0].colour: unknown field",
         "catalog.yaml:4: models[0].kind: must be 'chat' or 'embedding'",
         "catalog.yaml:7: models[0].deployments[0].engine: unknown engine kind 'gguf'; "
-        "one of openai, llamacpp, fake",
+        "one of openai, llamacpp, fake, vllm",
         # a missing field: the line of the mapping that lacks it
         "catalog.yaml:8: models[0].deployments[1].base_url: is required",
         "catalog.yaml:8: models[0].deployments[1].upstream_model: is required",
@@ -297,3 +297,37 @@ models:
     ctx = BuildContext(credential_names=frozenset({"cloud-key"}))
     assert len(parse_catalog(text, ctx=ctx).models) == 2
     assert parse_catalog(text).models  # without a context nothing of the system is checked
+
+
+def test_a_managed_vllm_deployment_builds_without_vllm_installed(tmp_path: Path) -> None:
+    text = f"""\
+models:
+  - name: glm-4.5-air
+    capabilities: [tools, reasoning]
+    deployments:
+      - id: gpu-0
+        engine: vllm
+        model: {tmp_path}
+        tensor_parallel_size: 2
+        tool_call_parser: glm45
+        reasoning_parser: glm45
+        env: {{CUDA_VISIBLE_DEVICES: "0,1"}}
+        extra_args: [--enable-prefix-caching]
+"""
+    document = parse_catalog(text, ctx=BuildContext(credential_names=frozenset()))
+    deployment = document.models[0].deployments[0]
+    assert deployment.data_class == "local"
+    router = build_router(document.models[0], BuildContext())
+    engine = router.members[0].engine
+    assert type(engine).__name__ == "ManagedVllmEngine"
+    config = engine.config  # type: ignore[attr-defined]
+    assert (config.model, config.tensor_parallel_size, config.deployment) == (
+        str(tmp_path),
+        2,
+        "gpu-0",
+    )
+    assert config.extra_args == ("--enable-prefix-caching",)
+    missing = text.replace(str(tmp_path), str(tmp_path / "nowhere"))
+    assert rejected(missing, ctx=BuildContext()) == [
+        f"catalog.yaml:7: models[0].deployments[0].model: nothing at {tmp_path / 'nowhere'}"
+    ]

@@ -1,10 +1,10 @@
 """The catalog document's schema (``docs/catalog.md``): models and their deployments.
 
 Each engine kind is one deployment class, a member of :data:`DEPLOYMENT_KINDS` (the
-registry: a managed vLLM engine plugs in by adding its class there). A class declares its
-fields, the checks that need the running system (``problems``: a credential that exists, a
-file that does), how its configuration is fingerprinted (a change restarts the deployment),
-and how it builds its engine.
+registry: a new engine kind plugs in by adding its class there, as ``vllm`` did). A class
+declares its fields, the checks that need the running system (``problems``: a credential
+that exists, a file that does), how its configuration is fingerprinted (a change restarts
+the deployment), and how it builds its engine.
 """
 
 from __future__ import annotations
@@ -253,10 +253,63 @@ class FakeDeployment(DeploymentBase):
         return FakeEngine(model, self.script)
 
 
+class VllmDeployment(DeploymentBase):
+    """A ``vllm serve`` process OpenMaaS starts and supervises (``docs/engines.md``,
+    "Managed vLLM"); the platform runs without vLLM installed, such a model then fails to
+    start and answers 503."""
+
+    engine: Literal["vllm"]
+    model: str = Field(min_length=1)  # a weights directory (or a model id already cached)
+    served_model_name: str | None = None
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=1)
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(1800.0, gt=0)
+    slots: int = Field(64, ge=1)
+    queue: int = Field(0, ge=0)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    def problems(self, ctx: BuildContext) -> list[tuple[str, str]]:
+        if ctx.check_paths and self.model.startswith("/") and not Path(self.model).exists():
+            return [("model", f"nothing at {self.model}")]
+        return []
+
+    def build(self, model: str, kind: ModelKind, ctx: BuildContext) -> Engine:
+        from openmaas.engines.openai_http import Timeouts as EngineTimeouts
+        from openmaas.engines.vllm import ManagedVllmEngine, VllmConfig
+
+        t = self.timeouts
+        return ManagedVllmEngine(
+            model,
+            VllmConfig(
+                model=self.model,
+                served_model_name=self.served_model_name,
+                tensor_parallel_size=self.tensor_parallel_size,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                max_model_len=self.max_model_len,
+                tool_call_parser=self.tool_call_parser,
+                reasoning_parser=self.reasoning_parser,
+                extra_args=tuple(self.extra_args),
+                env=dict(self.env),
+                startup_timeout_s=self.startup_timeout_s,
+                kind=kind,
+                slots=self.slots,
+                queue=self.queue,
+                timeouts=EngineTimeouts(t.connect, t.first_token, t.idle, t.total),
+                deployment=self.id,
+            ),
+        )
+
+
 DEPLOYMENT_KINDS: tuple[type[DeploymentBase], ...] = (
     OpenAIDeployment,
     LlamaCppDeployment,
     FakeDeployment,
+    VllmDeployment,
 )
 """The engine kinds a deployment may name, by their ``engine`` literal."""
 
