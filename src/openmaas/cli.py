@@ -529,7 +529,7 @@ def tiers_set(
     )
 
 
-@main.command(help="The audit log of billing changes, newest first.")
+@main.command(help="The audit log of administrative changes (billing, catalog, credentials).")
 @click.option("--limit", type=int, default=50, show_default=True, help="How many entries.")
 def audit(limit: int) -> None:
     import json
