@@ -44,7 +44,7 @@ from openmaas.services.limiter import InProcessLimiter
 from openmaas.store.billing import set_price
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
-from openmaas.store.repositories import OrganizationRepository, UsageRepository
+from openmaas.store.repositories import OrganizationRepository
 
 PRICED = "bench-priced"
 UNPRICED = "bench-unpriced"
@@ -118,7 +118,7 @@ async def open_node(directory: Path, synchronous: str) -> tuple[Billing, Princip
         await set_price(conn, PRICE)
     ledger = LedgerStore(database, clock.now_ms)
     await ledger.execute(TopUp("bench", org.id, 10**15))
-    billing = Billing(database, ledger, UsageRepository(database), InProcessLimiter(), clock)
+    billing = Billing(database, ledger, InProcessLimiter(), clock)
     return billing, Principal("bench-key", org.id, "member")
 
 

@@ -765,7 +765,7 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
         clock = Clock()
         usage_repo = UsageRepository(database)
         billing = Billing(
-            database, LedgerStore(database, clock.now_ms), usage_repo, InProcessLimiter(), clock
+            database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock
         )
         gateway = Gateway(
             ModelCatalog([ServedModel("relayed", engine)]), billing, clock, lambda: False

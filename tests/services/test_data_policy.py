@@ -31,7 +31,7 @@ from openmaas.services.router import DataClass, Deployment, RoutedEngine
 from openmaas.store.billing import update_org
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
-from openmaas.store.repositories import OrganizationRepository, UsageRepository
+from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import usage_records
 
 NOW_MS = 1_790_000_000_000
@@ -83,8 +83,8 @@ class Site:
         self.models = [ServedModel("chat", chat), ServedModel("emb", embed)]
         clock = Clock()
         billing = Billing(
-            database, LedgerStore(database, clock.now_ms), UsageRepository(database),
-            InProcessLimiter(), clock, refresh_seconds=0,
+            database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock,
+            refresh_seconds=0,
         )  # fmt: skip
         self.gateway = Gateway(ModelCatalog(self.models), billing, clock, lambda: False)
 

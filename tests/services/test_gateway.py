@@ -66,9 +66,9 @@ class FakeClock:
         return self.t
 
 
-def billing_over(database: AsyncEngine, usage: UsageRepository, clock: FakeClock) -> Billing:
+def billing_over(database: AsyncEngine, clock: FakeClock) -> Billing:
     ledger = LedgerStore(database, clock.now_ms)
-    return Billing(database, ledger, usage, InProcessLimiter(), clock)
+    return Billing(database, ledger, InProcessLimiter(), clock)
 
 
 class Harness:
@@ -88,7 +88,7 @@ class Harness:
     def gateway_over(self, *models: ServedModel) -> Gateway:
         clock = FakeClock()
         return Gateway(
-            ModelCatalog(models), billing_over(self.database, self.usage, clock), clock,
+            ModelCatalog(models), billing_over(self.database, clock), clock,
             lambda: self.shutting_down,
         )  # fmt: skip
 
@@ -511,7 +511,7 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_pat
     repository = UsageRepository(database)
     clock = FakeClock()
     ledger = SlowLedger(database, clock.now_ms)
-    billing = Billing(database, ledger, repository, InProcessLimiter(), clock)
+    billing = Billing(database, ledger, InProcessLimiter(), clock)
     gateway = Gateway(ModelCatalog([]), billing, clock, lambda: False)
     unpriced = InFlight("r-cancel", "k", "o", "m", "chat.completions", NOW_MS, None)
     ticket = Ticket(unpriced, price=None, limit=None)

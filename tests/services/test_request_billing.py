@@ -86,7 +86,7 @@ class Rig:
         """A fresh process's view: its own ledger cache and limiter over the same database."""
         ledger = LedgerStore(self.database, self.clock.now_ms)
         return Billing(
-            self.database, ledger, self.usage, InProcessLimiter(), self.clock,
+            self.database, ledger, InProcessLimiter(), self.clock,
             refresh_seconds=0, checkpoint_seconds=0.5,
         )  # fmt: skip
 

@@ -688,8 +688,8 @@ async def test_the_gateway_records_the_route_and_releases_a_client_gone_mid_stre
         router = await make([Deployment("bad", bad), Deployment("good", good, priority=1)])
         usage = UsageRepository(database)
         clock = ManualClock()
-        billing = Billing(database, LedgerStore(database, clock.now_ms), usage,
-                          InProcessLimiter(), clock)  # fmt: skip
+        billing = Billing(database, LedgerStore(database, clock.now_ms), InProcessLimiter(),
+                          clock)  # fmt: skip
         gateway = Gateway(ModelCatalog([ServedModel("m", router)]), billing, clock, lambda: False)
         principal = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
         req = request()

@@ -76,7 +76,6 @@ def create_app(
         billing = Billing(
             database,
             LedgerStore(database, state_clock.now_ms),
-            usage,
             InProcessLimiter(),
             state_clock,
             refresh_seconds=settings.billing_refresh_seconds,

@@ -48,7 +48,7 @@ from openmaas.store.billing import (
     load_tiers,
 )
 from openmaas.store.ledger import LedgerStore
-from openmaas.store.repositories import UsageRepository, insert_usage
+from openmaas.store.repositories import insert_usage
 
 log = logging.getLogger("openmaas.billing")
 
@@ -109,7 +109,6 @@ class Billing:
         self,
         database: AsyncEngine,
         ledger: LedgerStore,
-        usage: UsageRepository,
         limiter: Limiter,
         clock: Clock,
         *,
@@ -118,7 +117,6 @@ class Billing:
     ) -> None:
         self.ledger = ledger
         self._database = database
-        self._usage = usage
         self._limiter = limiter
         self._clock = clock
         self._refresh_seconds = refresh_seconds
