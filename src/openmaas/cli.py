@@ -25,7 +25,8 @@ from openmaas.services.billing_admin import (
     parse_time,
     statement_csv,
 )
-from openmaas.services.catalog import CatalogAdmin, CurrentCatalog, settings_model_names
+from openmaas.services.catalog import settings_model_names
+from openmaas.services.catalog_admin import CatalogAdmin, CurrentCatalog
 from openmaas.services.catalog_file import CatalogRejected, document_version, parse_catalog
 from openmaas.services.catalog_schema import BuildContext, CatalogDocument
 from openmaas.settings import Settings

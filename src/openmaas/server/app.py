@@ -24,7 +24,8 @@ from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
 from openmaas.services.auth import Authenticator, load_master_key
 from openmaas.services.billing import Billing
-from openmaas.services.catalog import CatalogManager, ModelCatalog, build_catalog
+from openmaas.services.catalog import ModelCatalog, build_catalog
+from openmaas.services.catalog_manager import CatalogManager
 from openmaas.services.gateway import Gateway
 from openmaas.services.limiter import InProcessLimiter
 from openmaas.settings import Settings

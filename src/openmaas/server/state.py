@@ -9,7 +9,8 @@ from starlette.requests import Request
 
 from openmaas.core.clock import Clock
 from openmaas.services.auth import Authenticator
-from openmaas.services.catalog import CatalogManager, ModelCatalog
+from openmaas.services.catalog import ModelCatalog
+from openmaas.services.catalog_manager import CatalogManager
 from openmaas.services.gateway import Gateway
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository

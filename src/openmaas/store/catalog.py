@@ -1,6 +1,6 @@
 """Persistence of the model catalog document and of sealed upstream credentials.
 
-SQL only: what a credential's sealed text means is ``core/secretbox.py``'s business, what a
+SQL only: what a credential's sealed text means is ``services/secretbox.py``'s business, what a
 document says is ``services/catalog_file.py``'s. Tables created by migration ``0004``.
 """
 

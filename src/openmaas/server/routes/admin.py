@@ -31,13 +31,9 @@ from openmaas.services.billing_admin import (
     statement_json,
     tier_json,
 )
-from openmaas.services.catalog import (
-    CatalogAdmin,
-    CatalogFileManaged,
-    CurrentCatalog,
-    describe_model,
-)
+from openmaas.services.catalog_admin import CatalogAdmin, CurrentCatalog, describe_model
 from openmaas.services.catalog_file import CatalogRejected
+from openmaas.services.catalog_manager import CatalogFileManaged
 
 router = APIRouter(prefix="/admin/v1", tags=["Admin"])
 

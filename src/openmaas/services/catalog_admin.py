@@ -1,0 +1,261 @@
+"""Changing the catalog: the stored document and upstream credentials (sealed at rest),
+for the CLI and the admin API; every change audited in its own transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.core.clock import Clock, SystemClock
+from openmaas.core.errors import InvalidRequest, NotFound
+from openmaas.services.catalog import (
+    CREDENTIAL_PURPOSE,
+    ServedModel,
+    settings_model_names,
+)
+from openmaas.services.catalog_file import (
+    CatalogRejected,
+    document_version,
+    parse_catalog,
+)
+from openmaas.services.catalog_manager import CatalogFileManaged, CatalogManager, load_context
+from openmaas.services.catalog_schema import (
+    CREDENTIAL_PATTERN,
+    CatalogDocument,
+)
+from openmaas.services.router import RoutedEngine
+from openmaas.services.secretbox import SecretBox
+from openmaas.settings import Settings
+from openmaas.store import billing as billing_store
+from openmaas.store import catalog as catalog_store
+
+log = logging.getLogger("openmaas.catalog")
+
+_MAX_CREDENTIAL_CHARS = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentCatalog:
+    source: str  # "file" or "database"
+    path: str | None  # the file, when file-managed
+    version: str | None  # SHA-256 of the document; None: none yet
+    document: str | None
+    applied_at_ms: int | None  # when the server applied it (None: not known here)
+
+
+class CatalogAdmin:
+    """Changes to the catalog document and the upstream credentials, each audited in the
+    transaction that makes it (as ``actor``). With ``manager`` (in the server) a change
+    applies at once; otherwise (the CLI) the server's poll picks it up."""
+
+    def __init__(
+        self,
+        database: AsyncEngine,
+        settings: Settings,
+        master_key: bytes,
+        actor: str,
+        *,
+        manager: CatalogManager | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.actor = actor
+        self.manager = manager
+        self.clock = clock or SystemClock()
+        self._box = SecretBox(master_key, CREDENTIAL_PURPOSE)
+
+    @property
+    def file_managed(self) -> bool:
+        return self.settings.catalog_file is not None
+
+    def _source_name(self) -> str:
+        return str(self.settings.catalog_file) if self.settings.catalog_file else "catalog"
+
+    async def current(self) -> CurrentCatalog:
+        path = str(self.settings.catalog_file) if self.settings.catalog_file else None
+        source = "file" if path else "database"
+        if self.manager is not None:
+            m = self.manager
+            return CurrentCatalog(source, path, m.version, m.document, m.applied_at_ms)
+        if self.settings.catalog_file is not None:
+            try:
+                text = self.settings.catalog_file.read_text("utf-8")
+            except OSError:
+                return CurrentCatalog(source, path, None, None, None)
+            return CurrentCatalog(source, path, document_version(text), text, None)
+        async with self.database.connect() as conn:
+            stored = await catalog_store.latest_document(conn)
+        if stored is None:
+            return CurrentCatalog(source, None, None, None, None)
+        return CurrentCatalog(source, None, stored.version, stored.document, stored.created_at_ms)
+
+    async def check(self, text: str, source: str | None = None) -> CatalogDocument:
+        """The document checked as the server would: names the settings serve, credentials
+        that exist and decrypt, files that exist."""
+        ctx = await load_context(self.database, self._box, self.settings)
+        return parse_catalog(
+            text,
+            source or self._source_name(),
+            reserved=settings_model_names(self.settings),
+            ctx=ctx,
+        )
+
+    async def apply(self, text: str, source: str | None = None) -> str:
+        """Store ``text`` as the catalog (refused whole when invalid); its version."""
+        if self.file_managed:
+            raise CatalogFileManaged(
+                f"The catalog is managed by the file {self.settings.catalog_file} "
+                "(OPENMAAS_CATALOG_FILE): edit that file instead."
+            )
+        if self.manager is not None:
+            await self.manager.check(text)
+        else:
+            await self.check(text, source)
+        version = document_version(text)
+        async with self.database.begin() as conn:
+            old = await catalog_store.latest_document(conn)
+            await catalog_store.insert_document(
+                conn, version, text, self.clock.now_ms(), self.actor
+            )
+            before = None if old is None else {"version": old.version}
+            await self._audit(conn, "catalog.apply", "catalog", before, {"version": version})
+        if self.manager is not None:
+            await self.manager.apply_text(text)
+        return version
+
+    # -- credentials --
+
+    async def set_credential(self, name: object, value: object) -> bool:
+        """Create or replace a credential; True when it is new. The value is sealed before
+        it reaches the database and is never returned, logged or audited."""
+        checked = _credential_name(name)
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest("'value' must be a non-empty string.", "value")
+        if len(value) > _MAX_CREDENTIAL_CHARS or any(c in value for c in "\r\n\0"):
+            raise InvalidRequest(
+                f"'value' must be one line of at most {_MAX_CREDENTIAL_CHARS} characters.",
+                "value",
+            )
+        sealed = self._box.seal(value, checked)
+        async with self.database.begin() as conn:
+            created = await catalog_store.put_credential(conn, checked, sealed, self.clock.now_ms())
+            action = "credential.create" if created else "credential.replace"
+            await self._audit(conn, action, checked, None, {"name": checked})
+        await self._changed()
+        return created
+
+    async def list_credentials(self) -> list[catalog_store.CredentialInfo]:
+        async with self.database.connect() as conn:
+            return await catalog_store.list_credentials(conn)
+
+    async def delete_credential(self, name: object) -> None:
+        checked = _credential_name(name)
+        users = await self._credential_users(checked)
+        if users:
+            raise InvalidRequest(
+                f"The credential '{checked}' is used by the catalog (deployment "
+                f"{', '.join(sorted(users))}); change the catalog first.",
+                "name",
+            )
+        async with self.database.begin() as conn:
+            if not await catalog_store.delete_credential(conn, checked):
+                raise NotFound(f"No credential named '{checked}'.")
+            await self._audit(conn, "credential.delete", checked, {"name": checked}, None)
+        await self._changed()
+
+    async def _credential_users(self, name: str) -> set[str]:
+        current = await self.current()
+        if not current.document:
+            return set()
+        try:
+            document = parse_catalog(current.document, self._source_name())
+        except CatalogRejected:
+            return set()
+        return {
+            d.id for m in document.models for d in m.deployments if name in d.credentials_used()
+        }
+
+    async def _changed(self) -> None:
+        if self.manager is not None:
+            await self.manager.refresh()
+
+    async def _audit(
+        self, conn: object, action: str, target: str, before: object, after: object
+    ) -> None:
+        await billing_store.audit(
+            conn,  # type: ignore[arg-type]
+            self.clock.now_ms(),
+            self.actor,
+            action,
+            target,
+            before,
+            after,
+        )
+
+
+def _credential_name(name: object) -> str:
+    import re
+
+    if not isinstance(name, str) or not re.match(CREDENTIAL_PATTERN, name):
+        raise InvalidRequest(
+            "A credential name is 1-100 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit.",
+            "name",
+        )
+    return name
+
+
+def describe_model(model: ServedModel, aliases: Mapping[str, str]) -> dict[str, object]:
+    """A model as the admin API shows it: its deployments with their state, circuit breaker
+    and requests in flight."""
+    engine = model.engine
+    if isinstance(engine, RoutedEngine):
+        outstanding = engine.outstanding()
+        deployments = [
+            {
+                "id": m.id,
+                "engine": type(m.engine).__name__,
+                "data_class": m.deployment.data_class.value,
+                "weight": m.deployment.weight,
+                "priority": m.deployment.priority,
+                "max_concurrency": m.deployment.max_concurrency,
+                "state": m.engine.health().state.value,
+                "breaker": engine.breaker_state(m.id).value,
+                "outstanding": outstanding[m.id],
+            }
+            for m in engine.members
+        ]
+        fallbacks = [fb.model for fb in engine.fallbacks]
+    else:
+        deployments = [
+            {
+                "id": model.name,
+                "engine": type(engine).__name__,
+                "data_class": "local",
+                "weight": 1,
+                "priority": 0,
+                "max_concurrency": None,
+                "state": engine.health().state.value,
+                "breaker": "closed",
+                "outstanding": engine.capacity().in_flight,
+            }
+        ]
+        fallbacks = []
+    return {
+        "id": model.name,
+        "object": "model",
+        "kind": model.kind.value,
+        "source": model.source,
+        "owned_by": model.owned_by,
+        "context_length": model.context_length,
+        "dimensions": model.dimensions,
+        "capabilities": list(model.capabilities),
+        "aliases": sorted(a for a, target in aliases.items() if target == model.name),
+        "state": engine.health().state.value,
+        "fallbacks": fallbacks,
+        "deployments": deployments,
+    }
