@@ -115,8 +115,13 @@ class ModelCatalog:
         else:
             log.info("engine ready", extra={"model": model.name})
 
-    def all_ready(self) -> bool:
-        return all(m.engine.health().state is EngineState.READY for m in self._view.models.values())
+    def all_settled(self) -> bool:
+        """No engine is still loading. One that failed (a model file missing, an upstream
+        down) is reported as failed and refuses its own requests; it does not make the
+        whole server unready, which would take every other model out of service too."""
+        return all(
+            m.engine.health().state is not EngineState.LOADING for m in self._view.models.values()
+        )
 
     async def stop(self) -> None:
         for task in self._loading:

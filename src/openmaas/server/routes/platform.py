@@ -22,13 +22,13 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: engines loaded and database reachable")
+@router.get("/readyz", summary="Readiness: no engine still loading, database reachable")
 async def readyz(request: Request) -> Response:
     state = app_state(request)
     models = state.catalog.list()
     engines = {m.name: m.engine.health().state.value for m in models}
     database = await ping(state.database)
-    ready = database and state.catalog.all_ready() and not state.lifecycle.draining
+    ready = database and state.catalog.all_settled() and not state.lifecycle.draining
     body = {
         "status": "ready" if ready else "not_ready",
         "database": "ok" if database else "unreachable",
