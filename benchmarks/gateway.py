@@ -23,7 +23,7 @@ is pinned to CPU 1 and the client and upstream to CPU 0 (``--no-pin`` turns that
 gateway process has one core to itself; "req/CPU-s" is requests divided by the CPU time the
 gateway process (all its threads and children) used in the measured window.
 
-    .venv/bin/python benchmarks/gateway.py            # full run, ~6 minutes
+    .venv/bin/python benchmarks/gateway.py            # full run, ~7 minutes
     .venv/bin/python benchmarks/gateway.py --quick --no-litellm
 
 ``docs/benchmarks.md`` ("Gateway overhead") has results and how to read them.
