@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -120,7 +119,7 @@ def test_a_model_whose_only_upstream_refuses_connections_falls_back(
 
 
 def test_non_streamed_answers_fail_over_too(
-    client: openai.OpenAI, upstreams: tuple[Upstream, Upstream], tmp_path: Path
+    client: openai.OpenAI, upstreams: tuple[Upstream, Upstream]
 ) -> None:
     first, _ = upstreams
     first.script(Behaviour(status=500))
