@@ -554,17 +554,21 @@ async def run_phase(
     measure_to = measure_from + duration
     marks: dict[str, float] = {}
 
-    def mark() -> None:
-        marks["cpu0"] = gateway.cpu_seconds() if gateway else 0.0
-        marks["client0"] = time.process_time()
+    def cpu_now() -> tuple[float, float]:
+        return (gateway.cpu_seconds() if gateway else 0.0), time.process_time()
+
+    async def window() -> None:
+        """CPU times at the measured window's start and end, whatever is in flight."""
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        marks["cpu0"], marks["client0"] = cpu_now()
+        await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
+        marks["cpu1"], marks["client1"] = cpu_now()
 
     async def worker(proto: _ClientProtocol) -> None:
         while True:
             sent = time.perf_counter()
             if sent >= measure_to:
                 return
-            if "cpu0" not in marks and sent >= measure_from:
-                mark()
             try:
                 status, body = await asyncio.wait_for(proto.request(data), 30)
             except (ConnectionError, TimeoutError) as exc:
@@ -579,14 +583,11 @@ async def run_phase(
             elif measure_from <= ended <= measure_to:  # completed in the window
                 result.latencies.append(ended - sent)
 
-    await asyncio.gather(*(worker(p) for p in conns))
-    finished = time.perf_counter()
-    if "cpu0" in marks:
-        window_end = min(finished, measure_to)
-        result.elapsed = window_end - max(measure_from, t0)
-        if gateway is not None:
-            result.gateway_cpu = gateway.cpu_seconds() - marks["cpu0"]
-        result.client_cpu = time.process_time() - marks["client0"]
+    await asyncio.gather(window(), *(worker(p) for p in conns))
+    result.elapsed = duration
+    if gateway is not None:
+        result.gateway_cpu = marks["cpu1"] - marks["cpu0"]
+    result.client_cpu = marks["client1"] - marks["client0"]
     for proto in conns:
         if proto.transport is not None:
             proto.transport.close()
@@ -664,6 +665,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_upstream"]:
         run_upstream(int(argv[1]))
@@ -672,6 +677,8 @@ def main(argv: list[str]) -> int:
         run_openmaas(Path(argv[1]), int(argv[2]), argv[3], argv[4] if len(argv) > 4 else None)
         return 0
     args = parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # children are stopped in `finally`
+        signal.signal(sig, _exit_on_signal)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
