@@ -245,10 +245,16 @@ def usage(org: str | None, since: str | None, until: str | None) -> None:
             str(t.cached_tokens),
             str(t.completion_tokens),
             str(t.prompt_tokens + t.completion_tokens),
+            "" if t.cost is None else _money(t.cost.micros, t.cost.currency.value),
+            ""
+            if t.upstream_cost is None
+            else _money(t.upstream_cost.micros, t.upstream_cost.currency.value),
         )
         for t in _run(action)
     ]
-    _print_table(("day", "model", "requests", "prompt", "cached", "completion", "total"), rows)
+    headers = ("day", "model", "requests", "prompt", "cached", "completion", "total", "charged",
+               "upstream cost")  # fmt: skip
+    _print_table(headers, rows)
 
 
 # -- billing --------------------------------------------------------------------------

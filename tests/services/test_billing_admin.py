@@ -423,3 +423,32 @@ async def test_statement_csv_sums_equal_balance_changes(admin: BillingAdmin) -> 
     with pytest.raises(InvalidRequest) as refused:
         await admin.statement("acme", NOW_MS, NOW_MS)
     assert refused.value.param == "until"
+
+
+async def test_usage_shows_what_was_charged_beside_what_upstreams_charged_us(
+    admin: BillingAdmin, database: AsyncEngine
+) -> None:
+    from openmaas.core.money import Currency, Money
+    from openmaas.core.termination import Termination
+    from openmaas.core.types import Usage
+    from openmaas.core.usage import UsageRecord
+    from openmaas.store.repositories import UsageRepository
+
+    org = await admin.create_org("reseller", "USD")
+    usage = UsageRepository(database)
+    for n, (charged, upstream) in enumerate([(120, 100), (60, 45)]):
+        await usage.append(
+            UsageRecord(
+                f"r{n}", "k", org.id, "glm-cloud", "chat.completions", Usage(10, 0, 5),
+                Termination.FINISHED, NOW_MS, 10, 20, cost=Money(charged, Currency.USD),
+                deployment="zhipu", data_class="external",
+                upstream_cost=Money(upstream, Currency.USD),
+            )
+        )  # fmt: skip
+    [day] = await admin.usage("reseller")
+    assert (day.requests, day.cost, day.upstream_cost) == (
+        2, Money(180, Currency.USD), Money(145, Currency.USD)
+    )  # a margin of 35 micros
+    with pytest.raises(InvalidRequest) as info:
+        await admin.usage("reseller", since_day="yesterday")
+    assert info.value.param == "since"

@@ -41,3 +41,4 @@ class UsageTotal:
     cached_tokens: int
     completion_tokens: int
     cost: Money | None = None  # what the priced requests among them were charged
+    upstream_cost: Money | None = None  # what external upstreams charged us for them

@@ -47,12 +47,18 @@ from openmaas.core.money import Currency, format_micros, parse_micros
 from openmaas.core.prices import ModelPrice
 from openmaas.core.tiers import Limits, Tier
 from openmaas.core.types import DataPolicy
+from openmaas.core.usage import UsageTotal
 from openmaas.services.admin import ensure_home
 from openmaas.settings import Settings
 from openmaas.store import billing as store
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore, idempotency_key
-from openmaas.store.repositories import ApiKeyRepository, Organization, OrganizationRepository
+from openmaas.store.repositories import (
+    ApiKeyRepository,
+    Organization,
+    OrganizationRepository,
+    UsageRepository,
+)
 
 TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 BASIS_POINTS = 10_000
@@ -605,6 +611,20 @@ class BillingAdmin:
             packs,
             tuple(self._budgets({f"org:{found.id}", *keys})),
         )
+
+    async def usage(
+        self, org: str, since_day: str | None = None, until_day: str | None = None
+    ) -> list[UsageTotal]:
+        """An organization's usage per UTC day and model, with what it was charged and what
+        external upstreams charged us for it."""
+        found = await self._orgs.find(org)
+        for name, day in (("since", since_day), ("until", until_day)):
+            if day is not None:
+                try:
+                    date.fromisoformat(day)
+                except ValueError:
+                    raise InvalidRequest(f"'{name}' must be a date as YYYY-MM-DD.", name) from None
+        return await UsageRepository(self.database).totals(found.id, since_day, until_day)
 
     async def statement(
         self, org: str, since_ms: int = 0, until_ms: int | None = None

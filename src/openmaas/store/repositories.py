@@ -44,6 +44,10 @@ class ApiKey:
         return self.revoked_at_ms is not None
 
 
+def _money(micros: int | None, currency: str | None) -> Money | None:
+    return None if currency is None else Money(int(micros or 0), Currency(currency))
+
+
 def utc_day(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d")
 
@@ -210,6 +214,8 @@ class UsageRepository:
                 func.sum(u.completion_tokens).label("completion_tokens"),
                 func.sum(u.cost_micros).label("cost_micros"),
                 func.max(u.currency).label("currency"),  # an organization has one currency
+                func.sum(u.upstream_cost_micros).label("upstream_cost_micros"),
+                func.max(u.upstream_currency).label("upstream_currency"),
             )
             .group_by(u.day, u.model)
             .order_by(u.day, u.model)
@@ -230,9 +236,8 @@ class UsageRepository:
                     prompt_tokens=int(r.prompt_tokens or 0),
                     cached_tokens=int(r.cached_tokens or 0),
                     completion_tokens=int(r.completion_tokens or 0),
-                    cost=None
-                    if r.currency is None
-                    else Money(int(r.cost_micros or 0), Currency(r.currency)),
+                    cost=_money(r.cost_micros, r.currency),
+                    upstream_cost=_money(r.upstream_cost_micros, r.upstream_currency),
                 )
                 for r in rows
             ]

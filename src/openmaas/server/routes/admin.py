@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from openmaas.core.errors import InvalidRequest, PermissionDenied
+from openmaas.core.money import Money, format_micros
 from openmaas.protocols.openai.errors import error_body
 from openmaas.server.responses import json_response
 from openmaas.server.routes.common import authenticate
@@ -167,6 +168,39 @@ async def grant_pack(request: Request, org: str) -> Response:
         org, body.get("models"), body.get("tokens"), body.get("expires_at"), body.get("id")
     )
     return json_response(granted.as_json(), 201)
+
+
+@router.get("/orgs/{org}/usage", summary="Usage per day and model, what it was charged and cost")
+async def org_usage(request: Request, org: str) -> Response:
+    """The operator's view: besides tokens and the charge, what external upstreams charged
+    us for the same requests (the margin; reconcile it with the provider's invoice)."""
+    admin = await _admin(request)
+    params = request.query_params
+    totals = await admin.usage(org, params.get("since"), params.get("until"))
+
+    def money(amount: Money | None) -> dict[str, str] | None:
+        if amount is None:
+            return None
+        return {"amount": format_micros(amount.micros), "currency": amount.currency.value}
+
+    return json_response(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "date": t.day,
+                    "model": t.model,
+                    "requests": t.requests,
+                    "prompt_tokens": t.prompt_tokens,
+                    "cached_tokens": t.cached_tokens,
+                    "completion_tokens": t.completion_tokens,
+                    "charged": money(t.cost),
+                    "upstream_cost": money(t.upstream_cost),
+                }
+                for t in totals
+            ],
+        }
+    )
 
 
 @router.get("/orgs/{org}/statement", summary="Ledger lines in [since, until); format=csv")
