@@ -338,12 +338,17 @@ async def test_recovery_bills_a_killed_request_by_its_checkpoint(rig: Rig) -> No
     await rig.top_up(1_000)
     doomed = chat()
     generation = await gateway.generate(rig.principal, doomed, "chat.completions")
-    for _ in range(3):
-        await generation.__anext__()
-    await asyncio.sleep(0.05)  # the first checkpoint (at the first token) is written
+    await generation.__anext__()
     async with rig.database.connect() as conn:
         [row] = await load_inflight(conn)
-    assert row.request_id == doomed.request_id and row.checkpoint is not None
+    assert row.request_id == doomed.request_id and row.checkpoint is None  # admitted only
+    rig.clock.t += 0.5  # a checkpoint interval passes
+    for _ in range(2):
+        await generation.__anext__()
+    await asyncio.sleep(0.05)  # the checkpoint is written in the background
+    async with rig.database.connect() as conn:
+        [row] = await load_inflight(conn)
+    assert row.checkpoint is not None
     checkpointed = row.checkpoint.completion_tokens
     assert checkpointed >= 1
     # "kill -9": the generation is never closed; a new process starts on the same database.

@@ -10,7 +10,7 @@ in the same transaction as the usage record, correct the TPM reservation) or
 ``Billing.cancel`` (the engine never saw the request: release everything) ends a ticket.
 
 While a request runs, ``Billing.checkpoint`` writes the engine's running count to the
-``inflight`` table at its first token and then every ``checkpoint_seconds``; after a
+``inflight`` table (its row is written at admission) every ``checkpoint_seconds``; after a
 crash, ``Billing.recover`` settles every request left there by ``recovery_usage`` (see
 ``docs/billing.md``). Organizations without a tier and models without a price are neither
 limited nor charged: a fresh install meters usage and refuses nothing.
@@ -40,6 +40,7 @@ from openmaas.services.limiter import Limiter
 from openmaas.store.billing import (
     InFlight,
     OrgTerms,
+    admit_inflight,
     checkpoint,
     forget_inflight,
     load_inflight,
@@ -95,7 +96,7 @@ class Ticket:
     price: AppliedPrice | None
     limit: Admission | None
     data_policy: DataPolicy = DataPolicy.BURST  # the organization's, for the router
-    last_checkpoint: float | None = None
+    last_checkpoint: float = 0.0  # monotonic time of admission, then of the last write
     pending: asyncio.Future[None] | None = None
     closed: bool = False
 
@@ -183,7 +184,13 @@ class Billing:
             if scopes
             else None
         )
-        ticket = Ticket(request, price, limit, terms.org(principal.org_id).data_policy)
+        ticket = Ticket(
+            request,
+            price,
+            limit,
+            terms.org(principal.org_id).data_policy,
+            last_checkpoint=self._clock.monotonic(),
+        )
         if price is None:
             if self._checkpoint_seconds > 0:  # so that even a kill before the first token
                 self._schedule_checkpoint(ticket, None)  # leaves a usage record
@@ -198,7 +205,7 @@ class Billing:
 
         async def remember(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
             if events:  # the hold and its in-flight row commit together
-                await checkpoint(conn, request, None)
+                await admit_inflight(conn, request)
 
         try:
             await self.ledger.execute(hold, also=remember)
@@ -208,14 +215,14 @@ class Billing:
         return ticket
 
     def checkpoint(self, ticket: Ticket, usage: Callable[[], Usage]) -> None:
-        """Note the engine's running count: written at the first call, then at most every
-        ``checkpoint_seconds``, in the background (one write at a time per request)."""
+        """Note the engine's running count: written at most every ``checkpoint_seconds``
+        from admission, in the background (one write at a time per request). A request
+        shorter than that writes none: a kill loses at most that much of its generation."""
         if ticket.closed or self._checkpoint_seconds <= 0:
             return
         now = self._clock.monotonic()
-        if ticket.last_checkpoint is not None and (
-            now - ticket.last_checkpoint < self._checkpoint_seconds
-            or (ticket.pending is not None and not ticket.pending.done())
+        if now - ticket.last_checkpoint < self._checkpoint_seconds or (
+            ticket.pending is not None and not ticket.pending.done()
         ):
             return
         ticket.last_checkpoint = now
@@ -232,11 +239,14 @@ class Billing:
     ) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
-        at_ms = None if usage is None else self._clock.now_ms()
-        row = replace(ticket.request, checkpoint=usage)
+        at_ms = self._clock.now_ms()
+        request = ticket.request
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
-            await checkpoint(conn, row, at_ms)
+            if usage is None:
+                await admit_inflight(conn, request)
+            else:
+                await checkpoint(conn, request.request_id, usage, at_ms)
 
         try:
             await self.ledger.write(write)

@@ -254,38 +254,38 @@ class InFlight:
     checkpoint: Usage | None
 
 
-async def checkpoint(conn: AsyncConnection, request: InFlight, at_ms: int | None) -> None:
-    """Insert or update the request's row (``at_ms`` None: admitted, nothing counted)."""
-    usage = request.checkpoint or Usage()
-    counts = {
-        "prompt_tokens": usage.prompt_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "checkpoint_at_ms": at_ms,
-    }
-    updated = await conn.execute(
-        update(inflight).where(inflight.c.request_id == request.request_id).values(**counts)
-    )
-    if updated.rowcount:
-        return
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                insert(inflight).values(
-                    request_id=request.request_id,
-                    key_id=request.key_id,
-                    org_id=request.org_id,
-                    model=request.model,
-                    endpoint=request.endpoint,
-                    started_at_ms=request.started_at_ms,
-                    **counts,
-                )
-            )
-    except IntegrityError:  # inserted meanwhile by another writer: update it instead
-        await conn.execute(
-            update(inflight).where(inflight.c.request_id == request.request_id).values(**counts)
+async def admit_inflight(conn: AsyncConnection, request: InFlight) -> None:
+    """The request's row, as it is admitted: nothing counted yet."""
+    await conn.execute(
+        insert(inflight).values(
+            request_id=request.request_id,
+            key_id=request.key_id,
+            org_id=request.org_id,
+            model=request.model,
+            endpoint=request.endpoint,
+            started_at_ms=request.started_at_ms,
+            prompt_tokens=0,
+            cached_tokens=0,
+            completion_tokens=0,
+            reasoning_tokens=0,
+            checkpoint_at_ms=None,
         )
+    )
+
+
+async def checkpoint(conn: AsyncConnection, request_id: str, usage: Usage, at_ms: int) -> None:
+    """The engine's running count, as of ``at_ms``, on the request's row (no row: it ended)."""
+    await conn.execute(
+        update(inflight)
+        .where(inflight.c.request_id == request_id)
+        .values(
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            checkpoint_at_ms=at_ms,
+        )
+    )
 
 
 async def forget_inflight(conn: AsyncConnection, request_id: str) -> None:
