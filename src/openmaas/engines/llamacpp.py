@@ -35,6 +35,7 @@ from openmaas.core.types import (
 )
 from openmaas.engines import generic_tools
 from openmaas.engines.base import Engine, ModelKind, UsageTracker
+from openmaas.engines.openai_wire import sampling_fields
 
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
 _STOP_WAIT_SECONDS = 2.0
@@ -277,18 +278,7 @@ def _llama_body(request: GenerationRequest) -> dict[str, Any]:
         body["messages"] = _llama_messages(request)
     else:
         body["prompt"] = request.prompt
-    if sampling.max_tokens is not None:
-        body["max_tokens"] = sampling.max_tokens
-    if sampling.temperature is not None:
-        body["temperature"] = sampling.temperature
-    if sampling.top_p is not None:
-        body["top_p"] = sampling.top_p
-    if sampling.stop:
-        body["stop"] = list(sampling.stop)
-    if sampling.seed is not None:
-        body["seed"] = sampling.seed
-    if sampling.ignore_eos:
-        body["ignore_eos"] = True
+    body.update(sampling_fields(sampling))
     fmt = request.response_format
     if request.wants_tools:
         schema = generic_tools.reply_schema(request.tools, request.tool_choice)

@@ -23,6 +23,7 @@ from openmaas.core.types import (
     Message,
     ReasoningDelta,
     ResponseFormatKind,
+    SamplingParams,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -260,7 +261,14 @@ def completion_body(request: GenerationRequest, model: str) -> dict[str, Any]:
 
 
 def _sampling(request: GenerationRequest, body: dict[str, Any]) -> None:
-    sampling = request.sampling
+    body.update(sampling_fields(request.sampling))
+    if request.user:
+        body["user"] = request.user
+
+
+def sampling_fields(sampling: SamplingParams) -> dict[str, Any]:
+    """The OpenAI-style sampling fields a request sets (llama.cpp's server reads the same)."""
+    body: dict[str, Any] = {}
     if sampling.max_tokens is not None:
         body["max_tokens"] = sampling.max_tokens
     if sampling.temperature is not None:
@@ -272,9 +280,8 @@ def _sampling(request: GenerationRequest, body: dict[str, Any]) -> None:
     if sampling.seed is not None:
         body["seed"] = sampling.seed
     if sampling.ignore_eos:
-        body["ignore_eos"] = True  # vLLM / SGLang extension, sent only when asked for
-    if request.user:
-        body["user"] = request.user
+        body["ignore_eos"] = True  # vLLM / SGLang / llama.cpp extension, only when asked for
+    return body
 
 
 def _thinking(request: GenerationRequest, style: ThinkingStyle, body: dict[str, Any]) -> None:
