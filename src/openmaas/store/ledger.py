@@ -158,14 +158,8 @@ class LedgerStore:
             appended: list[tuple[int, Event]] = []
             try:
                 async with self._engine.begin() as conn:
-                    head = await conn.execute(
-                        update(ledger_head)
-                        .where(ledger_head.c.id == 1)
-                        .values(seq=ledger_head.c.seq)
-                    )
-                    if head.rowcount != 1:
-                        raise RuntimeError("ledger_head is missing: run the migrations")
-                    await self._catch_up(conn)
+                    if any(job.command is not None for job in batch):  # plain writes need
+                        await self._lock_and_catch_up(conn)  # neither the lock nor the log
                     for job in batch:
                         written, outcome = await self._decide_and_apply(conn, job.command)
                         outcomes.append(outcome)
@@ -183,6 +177,14 @@ class LedgerStore:
                 raise
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
+
+    async def _lock_and_catch_up(self, conn: AsyncConnection) -> None:
+        head = await conn.execute(
+            update(ledger_head).where(ledger_head.c.id == 1).values(seq=ledger_head.c.seq)
+        )
+        if head.rowcount != 1:
+            raise RuntimeError("ledger_head is missing: run the migrations")
+        await self._catch_up(conn)
 
     async def _decide_and_apply(
         self, conn: AsyncConnection, command: Command | None
