@@ -18,7 +18,7 @@ Lifecycle (``health()``):
   backoff. After ``RestartPolicy.max_restarts`` restarts without a stable run: FAILED.
 - ``stop()``: SIGTERM to vLLM's process group, SIGKILL after ``stop_grace_s``; STOPPED.
 
-No orphans. vLLM runs under a small guard process (``_GUARD``, plain Python, no imports of
+No orphans. vLLM runs under a small guard process (``vllm_process._GUARD``, plain Python, no imports of
 ours): the guard is spawned in a new session, starts vLLM in a process group of its own,
 and holds the read end of a pipe whose write end only the gateway holds. When the gateway
 stops the engine, or dies in any way (``kill -9`` included: the kernel closes the pipe), or
@@ -40,22 +40,16 @@ weights) and vLLM's usage statistics off (``VLLM_NO_USAGE_STATS=1``, ``DO_NOT_TR
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import importlib.util
 import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from openmaas.aio import finish_despite_cancellation
 from openmaas.core.errors import (
@@ -81,6 +75,14 @@ from openmaas.engines.base import (
 )
 from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Timeouts
 from openmaas.engines.openai_wire import ThinkingStyle
+from openmaas.engines.vllm_process import (
+    HOST,
+    VllmLoad,
+    VllmProcess,
+    describe_exit,
+    free_port,
+    parse_load,
+)
 
 __all__ = [
     "HOST",
@@ -96,16 +98,9 @@ __all__ = [
 log = logging.getLogger("openmaas.engines.vllm")
 process_log = logging.getLogger("openmaas.engines.vllm.process")  # vLLM's own output, at debug
 
-HOST = "127.0.0.1"
 _MODULE = "vllm.entrypoints.cli.main"  # ``python -m`` form of the ``vllm`` command
 _OWNED_FLAGS = frozenset({"--host", "--port", "--api-key", "--served-model-name", "--model"})
 _POLL_S = 0.2  # how often a starting vLLM is asked whether it is healthy
-_EXIT_POLL_S = 0.05  # how often the guard's exit status is looked at
-_PROBE_TIMEOUT_S = 5.0  # one health or metrics request
-_LINE_LIMIT = 1024 * 1024  # longer output lines are dropped
-_TAIL_LINES = 5  # of vLLM's output, quoted in a failure's reason
-_TAIL_CHARS = 1000
-_GUARD_SLACK_S = 5.0  # beyond the grace, how long the guard may take before it is killed
 
 
 class VllmNotInstalled(SetupError):
@@ -254,266 +249,6 @@ def vllm_command(command: Sequence[str] | None = None) -> tuple[str, ...]:
     )
 
 
-# -- the guard ------------------------------------------------------------------------------
-# Run as ``python -I -c _GUARD GRACE PROGRAM ARGS...`` with a pipe on stdin. It starts the
-# program in a process group of its own and ends that group (SIGTERM, then SIGKILL after
-# GRACE seconds) when stdin reaches EOF (the gateway stopped the engine or died), on
-# SIGTERM, or, SIGKILL only, when the program exits by itself (its workers may survive it).
-# Its exit status is the program's (128 + N for a signal N; 127: the program did not run).
-_GUARD = r"""
-import os, signal, subprocess, sys, threading, time
-grace = float(sys.argv[1])
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-try:
-    child = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, process_group=0)
-except OSError as exc:
-    print(f"cannot run {sys.argv[2]!r}: {exc}", file=sys.stderr, flush=True)
-    os._exit(127)
-def watch_parent():
-    try:
-        while os.read(0, 4096):
-            pass
-    except OSError:
-        pass
-    stop.set()
-threading.Thread(target=watch_parent, daemon=True).start()
-def exited():
-    return os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-def kill(sig):
-    try:
-        os.killpg(child.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-while not exited() and not stop.wait(0.05):
-    pass
-if not exited():
-    kill(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while not exited() and time.monotonic() < deadline:
-        time.sleep(0.05)
-kill(signal.SIGKILL)
-code = child.wait()
-os._exit(code if code >= 0 else 128 - code)
-"""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-async def _exit_code(proc: asyncio.subprocess.Process) -> int:
-    """``proc``'s exit status as soon as it exits. (``proc.wait()`` also waits for its
-    pipes to close, which a surviving vLLM worker would keep open.)"""
-    while proc.returncode is None:
-        await asyncio.sleep(_EXIT_POLL_S)
-    return proc.returncode
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process in session ``sid`` (Linux ``/proc``; elsewhere nothing): what
-    is left of a vLLM whose guard was killed. The guard led that session, so a process still
-    in it is vLLM or one of its workers (the id stays reserved while any member lives)."""
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields_ = stat.rpartition(")")[2].split()  # state ppid pgrp session ...
-        if len(fields_) > 3 and fields_[3] == str(sid):
-            with contextlib.suppress(OSError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                log.warning("killed a process left by vLLM", extra={"pid": int(entry.name)})
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        return f"vLLM's guard was killed by {_signal_name(-code)}"
-    if code == 127:
-        return "vLLM could not be run"
-    if 128 < code < 128 + signal.NSIG:
-        return f"vLLM was killed by {_signal_name(code - 128)}"
-    return f"vLLM exited with code {code}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-class _VllmProcess:
-    """One ``vllm serve`` under its guard: output relayed to the log, health, stop."""
-
-    def __init__(self, owner: ManagedVllmEngine, argv: list[str], port: int, key: str | None):
-        self.owner = owner
-        self.argv = argv
-        self.port = port
-        self.key = key
-        self.base = f"http://{HOST}:{port}"
-        self.tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-        self.pid: int | None = None
-        self._proc: asyncio.subprocess.Process | None = None
-        self._relay: asyncio.Task[None] | None = None
-        self.exited: asyncio.Task[int] | None = None
-        self._client: httpx.AsyncClient | None = None
-
-    async def spawn(self, env: dict[str, str], grace: float) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",
-            "-c",
-            _GUARD,
-            repr(float(grace)),
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            limit=_LINE_LIMIT,
-        )
-        self._proc = proc
-        self.pid = proc.pid
-        self._relay = asyncio.create_task(self._relay_output())
-        self.exited = asyncio.create_task(_exit_code(proc))
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.base,
-            headers=headers,
-            timeout=_PROBE_TIMEOUT_S,
-            trust_env=False,
-            follow_redirects=False,
-        )
-
-    async def _relay_output(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        stdout = self._proc.stdout
-        extra = {"model": self.owner.model, "deployment": self.owner.deployment, "pid": self.pid}
-        while True:
-            try:
-                raw = await stdout.readline()
-            except ValueError:  # a line over the limit: dropped (the buffer was cleared)
-                continue
-            if not raw:
-                return
-            line = self.scrub(raw.decode("utf-8", "replace").rstrip())
-            if line:
-                self.tail.append(line)
-                process_log.debug("%s", line, extra=extra)
-
-    def scrub(self, text: str) -> str:
-        return text.replace(self.key, "***") if self.key else text
-
-    def last_words(self) -> str:
-        text = " | ".join(self.tail)
-        return text if len(text) <= _TAIL_CHARS else "…" + text[-_TAIL_CHARS:]
-
-    async def healthy(self) -> bool:
-        """``GET /health`` answers 200."""
-        assert self._client is not None
-        try:
-            response = await self._client.get("/health")
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
-
-    async def serves(self, name: str) -> bool:
-        """``GET /v1/models`` lists ``name``."""
-        assert self._client is not None
-        try:
-            response = await self._client.get("/v1/models")
-            if response.status_code != 200:
-                return False
-            ids = {item.get("id") for item in response.json().get("data", [])}
-        except (httpx.HTTPError, ValueError, AttributeError, TypeError):
-            return False
-        return name in ids
-
-    async def metrics(self) -> str | None:
-        assert self._client is not None
-        try:
-            response = await self._client.get("/metrics")
-        except httpx.HTTPError:
-            return None
-        return response.text if response.status_code == 200 else None
-
-    async def stop(self, grace: float) -> None:
-        """End the guard, which ends vLLM's process group; SIGKILL the guard if it hangs."""
-        proc, exited = self._proc, self.exited
-        if proc is not None and exited is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            done, _ = await asyncio.wait({exited}, timeout=grace + _GUARD_SLACK_S)
-            if not done:
-                log.error("vLLM's guard did not stop; killing it", extra={"pid": proc.pid})
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await exited
-        if proc is not None and proc.returncode is not None and proc.returncode < 0:
-            # The guard was killed before it could end vLLM's group: end its session.
-            await asyncio.to_thread(_kill_session, proc.pid)
-        await self.close()
-
-    async def close(self) -> None:
-        """Release what is left once the guard has exited (the relay, pipes, the client)."""
-        proc = self._proc
-        if proc is not None and proc.stdin is not None:
-            proc.stdin.close()
-        if self._relay is not None:
-            # Output stops when the group is gone; a worker that left the group may still
-            # hold the pipe open: then stop reading.
-            done, _ = await asyncio.wait({self._relay}, timeout=1.0)
-            if not done:
-                self._relay.cancel()
-                await asyncio.gather(self._relay, return_exceptions=True)
-        if self.exited is not None and proc is not None and proc.returncode is not None:
-            await asyncio.gather(self.exited, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-
-@dataclass(frozen=True, slots=True)
-class VllmLoad:
-    """vLLM's own load gauges (summed over its engines), from ``/metrics``."""
-
-    running: float
-    waiting: float
-    kv_cache_usage: float | None  # 0–1, the fullest engine's
-
-
-def parse_load(text: str) -> VllmLoad:
-    """The load gauges in a Prometheus text exposition (``name{labels} value [ts]``)."""
-    running = waiting = 0.0
-    kv: float | None = None
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        if "{" in line.split(" ", 1)[0]:
-            name, _, rest = line.partition("{")
-            rest = rest.rpartition("}")[2]
-        else:
-            name, _, rest = line.partition(" ")
-        try:
-            value = float(rest.split()[0])
-        except (IndexError, ValueError):
-            continue
-        if name == "vllm:num_requests_running":
-            running += value
-        elif name == "vllm:num_requests_waiting":
-            waiting += value
-        elif name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
-            kv = value if kv is None else max(kv, value)
-    return VllmLoad(running, waiting, kv)
-
-
 # -- the engine -----------------------------------------------------------------------------
 class ManagedVllmEngine(Engine):
     def __init__(self, model: str, config: VllmConfig) -> None:
@@ -522,9 +257,9 @@ class ManagedVllmEngine(Engine):
         self.deployment = config.deployment or model
         self.served_model_name = config.served_model_name or model
         self.restarts = 0  # restarts that reached READY, since the engine was built
-        self._process: _VllmProcess | None = None
+        self._process: VllmProcess | None = None
         self._inner: OpenAIHttpEngine | None = None
-        self._processes: set[_VllmProcess] = set()  # spawned and not yet stopped
+        self._processes: set[VllmProcess] = set()  # spawned and not yet stopped
         self._retired: set[OpenAIHttpEngine] = set()  # relays of dead processes, in use
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -590,13 +325,13 @@ class ManagedVllmEngine(Engine):
             await relay.stop()
         self._retired.clear()
 
-    async def _launch(self) -> tuple[_VllmProcess, OpenAIHttpEngine]:
+    async def _launch(self) -> tuple[VllmProcess, OpenAIHttpEngine]:
         """Spawn vLLM and wait until it serves; the process is stopped on any failure."""
         cfg = self.config
         program = vllm_command(cfg.command)
-        port = _free_port()
+        port = free_port()
         key = secrets.token_urlsafe(32) if cfg.api_key else None
-        process = _VllmProcess(self, [*program, *self.serve_args(port)], port, key)
+        process = VllmProcess(self, [*program, *self.serve_args(port)], port, key)
         self._processes.add(process)
         try:
             await process.spawn(self.child_env(key), cfg.stop_grace_s)
@@ -614,7 +349,7 @@ class ManagedVllmEngine(Engine):
         log.info("vLLM ready", extra={**self._extra(), "pid": process.pid, "port": port})
         return process, inner
 
-    async def _until_serving(self, process: _VllmProcess) -> None:
+    async def _until_serving(self, process: VllmProcess) -> None:
         assert process.exited is not None
         loop = asyncio.get_running_loop()
         timeout = self.config.startup_timeout_s
@@ -622,7 +357,7 @@ class ManagedVllmEngine(Engine):
         while True:
             if process.exited.done():
                 raise VllmStartFailed(
-                    f"{_describe_exit(process.exited.result())} while starting"
+                    f"{describe_exit(process.exited.result())} while starting"
                     f"{_quote(process.last_words())}"
                 )
             if await process.healthy() and await process.serves(self.served_model_name):
@@ -668,7 +403,7 @@ class ManagedVllmEngine(Engine):
             env["VLLM_API_KEY"] = key
         return env
 
-    def _relay_config(self, process: _VllmProcess) -> OpenAIHttpConfig:
+    def _relay_config(self, process: VllmProcess) -> OpenAIHttpConfig:
         cfg = self.config
         tokenizer = cfg.tokenizer_path
         if tokenizer is None and (Path(cfg.model) / "tokenizer.json").is_file():
@@ -686,15 +421,15 @@ class ManagedVllmEngine(Engine):
             tokenizer_path=tokenizer,
         )
 
-    def _attach(self, process: _VllmProcess, inner: OpenAIHttpEngine) -> None:
+    def _attach(self, process: VllmProcess, inner: OpenAIHttpEngine) -> None:
         self._process, self._inner = process, inner
         self._health = EngineHealth(EngineState.READY)
 
-    async def _forget(self, process: _VllmProcess) -> None:
+    async def _forget(self, process: VllmProcess) -> None:
         await process.stop(self.config.stop_grace_s)
         self._processes.discard(process)
 
-    async def _discard(self, process: _VllmProcess, inner: OpenAIHttpEngine) -> None:
+    async def _discard(self, process: VllmProcess, inner: OpenAIHttpEngine) -> None:
         await self._forget(process)
         await inner.stop()
 
@@ -740,14 +475,14 @@ class ManagedVllmEngine(Engine):
                 self.restarts += 1
                 break
 
-    async def _watch(self, process: _VllmProcess) -> str:
+    async def _watch(self, process: VllmProcess) -> str:
         """Return why ``process`` is no longer serving: it exited, or failed its checks."""
         assert process.exited is not None
         failures = 0
         while True:
             done, _ = await asyncio.wait({process.exited}, timeout=self.config.health_interval_s)
             if done:
-                return f"{_describe_exit(process.exited.result())}{_quote(process.last_words())}"
+                return f"{describe_exit(process.exited.result())}{_quote(process.last_words())}"
             if await process.healthy():
                 failures = 0
                 continue
@@ -755,7 +490,7 @@ class ManagedVllmEngine(Engine):
             if failures >= self.config.health_failures:
                 return f"vLLM failed {failures} health checks in a row"
 
-    async def _bury(self, process: _VllmProcess) -> None:
+    async def _bury(self, process: VllmProcess) -> None:
         """Detach a dead (or sick) process: kill its group (its connections drop, so the
         requests in flight fail) and retire its relay once they have ended."""
         inner, self._inner = self._inner, None
