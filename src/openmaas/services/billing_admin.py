@@ -140,10 +140,6 @@ def _cap(value: object, name: str) -> int | None:
     return None if value is None else _count(value, name)
 
 
-def limits_json(limits: Limits) -> dict[str, int | None]:
-    return {"rpm": limits.rpm, "tpm": limits.tpm, "concurrency": limits.concurrency}
-
-
 def price_json(price: ModelPrice) -> dict[str, Any]:
     money = format_micros
     return {
@@ -674,7 +670,7 @@ class BillingAdmin:
         )
         async with self.database.begin() as conn:
             old = await store.set_price(conn, price)
-            before = None if old is None else price_json(_price_from_row(old))
+            before = None if old is None else price_json(old)
             target = f"{model}/{price.currency.value}"
             await self._audit(conn, "price.set", target, before, price_json(price))
         self._changed()
@@ -734,18 +730,6 @@ def _period(value: object) -> BudgetPeriod:
         return BudgetPeriod(value)
     except ValueError:
         raise InvalidRequest("'period' must be 'day' or 'month'.", "period") from None
-
-
-def _price_from_row(row: Mapping[str, Any]) -> ModelPrice:
-    return ModelPrice(
-        row["model"],
-        row["input_per_million"],
-        row["cached_input_per_million"],
-        row["output_per_million"],
-        row["reasoning_per_million"],
-        Currency(row["currency"]),
-        row["effective_from_ms"],
-    )
 
 
 @asynccontextmanager

@@ -43,20 +43,21 @@ def price_row(price: ModelPrice) -> dict[str, Any]:
     }
 
 
+def _price(row: Any) -> ModelPrice:
+    return ModelPrice(
+        row.model,
+        row.input_per_million,
+        row.cached_input_per_million,
+        row.output_per_million,
+        row.reasoning_per_million,
+        Currency(row.currency),
+        row.effective_from_ms,
+    )
+
+
 async def load_price_catalog(conn: AsyncConnection) -> PriceCatalog:
     """Every price ever set, and each organization's discount."""
-    found = [
-        ModelPrice(
-            r.model,
-            r.input_per_million,
-            r.cached_input_per_million,
-            r.output_per_million,
-            r.reasoning_per_million,
-            Currency(r.currency),
-            r.effective_from_ms,
-        )
-        for r in await conn.execute(select(prices))
-    ]
+    found = [_price(r) for r in await conn.execute(select(prices))]
     discounts = {
         r.id: r.discount_bp
         for r in await conn.execute(
@@ -68,8 +69,8 @@ async def load_price_catalog(conn: AsyncConnection) -> PriceCatalog:
     return PriceCatalog(tuple(found), discounts)
 
 
-async def set_price(conn: AsyncConnection, price: ModelPrice) -> dict[str, Any] | None:
-    """Insert or replace the price of (model, currency, effective from); returns the old row."""
+async def set_price(conn: AsyncConnection, price: ModelPrice) -> ModelPrice | None:
+    """Insert or replace the price of (model, currency, effective from); returns the old one."""
     key = (
         (prices.c.model == price.model)
         & (prices.c.currency == price.currency.value)
@@ -79,7 +80,7 @@ async def set_price(conn: AsyncConnection, price: ModelPrice) -> dict[str, Any] 
     if old is not None:
         await conn.execute(delete(prices).where(key))
     await conn.execute(insert(prices).values(**price_row(price)))
-    return dict(old._mapping) if old is not None else None
+    return None if old is None else _price(old)
 
 
 # -- tiers ----------------------------------------------------------------------------
