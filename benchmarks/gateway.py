@@ -85,9 +85,9 @@ def run_openmaas(home: Path, port: int, upstream: str, profile: str | None) -> N
     from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
     from openmaas.server.app import create_app
     from openmaas.server.logs import configure_logging
-    from openmaas.services.admin import open_admin
-    from openmaas.services.catalog import ModelCatalog, ServedModel
-    from openmaas.services.router import Deployment, RoutedEngine
+    from openmaas.accounts.admin import open_admin
+    from openmaas.catalog.served import ModelCatalog, ServedModel
+    from openmaas.serving.router import Deployment, RoutedEngine
     from openmaas.settings import Settings
     from openmaas.store.billing import set_price, set_tier, update_org
     from openmaas.store.database import open_database

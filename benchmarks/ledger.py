@@ -38,9 +38,9 @@ from openmaas.core.prices import ModelPrice
 from openmaas.core.termination import Termination
 from openmaas.core.types import Usage
 from openmaas.core.usage import UsageRecord
-from openmaas.services.auth import Principal
-from openmaas.services.billing import Billing
-from openmaas.services.limiter import InProcessLimiter
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Billing
+from openmaas.billing.limiter import InProcessLimiter
 from openmaas.store.billing import set_price
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore

@@ -1,4 +1,4 @@
-"""Asyncio helpers shared by the store and the services (no I/O of their own)."""
+"""Asyncio helpers shared by the store and the feature packages (no I/O of their own)."""
 
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ from rich.table import Table
 
 from openmaas.core.errors import OpenMaaSError
 from openmaas.core.money import format_micros
-from openmaas.services.admin import Admin, ensure_home, open_admin
-from openmaas.services.auth import load_master_key
-from openmaas.services.billing_admin import (
+from openmaas.accounts.admin import Admin, ensure_home, open_admin
+from openmaas.accounts.auth import load_master_key
+from openmaas.billing.admin import (
     UNSET,
     BillingAdmin,
     format_amount,
@@ -25,10 +25,10 @@ from openmaas.services.billing_admin import (
     parse_time,
     statement_csv,
 )
-from openmaas.services.catalog import settings_model_names
-from openmaas.services.catalog_admin import CatalogAdmin, CurrentCatalog
-from openmaas.services.catalog_file import CatalogRejected, document_version, parse_catalog
-from openmaas.services.catalog_schema import BuildContext, CatalogDocument
+from openmaas.catalog.served import settings_model_names
+from openmaas.catalog.admin import CatalogAdmin, CurrentCatalog
+from openmaas.catalog.document import CatalogRejected, document_version, parse_catalog
+from openmaas.catalog.schema import BuildContext, CatalogDocument
 from openmaas.settings import Settings
 from openmaas.store.database import migrate, open_database
 

@@ -727,11 +727,11 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
     upstream: Upstream, tmp_db: str
 ) -> None:
     from openmaas.core.ids import new_request_id
-    from openmaas.services.auth import Principal
-    from openmaas.services.billing import Billing
-    from openmaas.services.catalog import ModelCatalog, ServedModel
-    from openmaas.services.gateway import Gateway
-    from openmaas.services.limiter import InProcessLimiter
+    from openmaas.accounts.auth import Principal
+    from openmaas.billing.accountant import Billing
+    from openmaas.catalog.served import ModelCatalog, ServedModel
+    from openmaas.serving.gateway import Gateway
+    from openmaas.billing.limiter import InProcessLimiter
     from openmaas.store.database import migrate, open_database
     from openmaas.store.ledger import LedgerStore
     from openmaas.store.repositories import UsageRepository

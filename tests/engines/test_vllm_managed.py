@@ -45,7 +45,7 @@ from openmaas.engines.vllm import (
     VllmStartFailed,
     parse_load,
 )
-from openmaas.services.router import Deployment, RoutedEngine
+from openmaas.serving.router import Deployment, RoutedEngine
 from tests.engines import fake_vllm
 
 WAIT_S = 30.0  # the longest any condition is waited for

@@ -6,7 +6,7 @@ import pytest
 
 from openmaas.core.errors import ConfigurationError, ModelNotFound
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.services.catalog import ModelCatalog, ServedModel
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.settings import Settings
 
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from openmaas.core.tiers import Limits, Tier
 from openmaas.server.app import create_app
-from openmaas.services.admin import open_admin
+from openmaas.accounts.admin import open_admin
 from openmaas.settings import Settings
 from openmaas.store.billing import set_tier, update_org
 from openmaas.store.database import open_database

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from openmaas.core.ledger_events import TopUp
 from openmaas.core.prices import ModelPrice
 from openmaas.server.app import create_app
-from openmaas.services.admin import open_admin
+from openmaas.accounts.admin import open_admin
 from openmaas.settings import Settings
 from openmaas.store.billing import set_price
 from openmaas.store.database import open_database

@@ -2,7 +2,7 @@
 
 The only outbound URLs OpenMaaS calls on its own are the admin's catalog. A URL that comes
 from a client (an ``image_url`` in a vision message, a file URL) is fetched only under an
-``EgressPolicy``, which is off by default. This module decides; ``services/fetch.py``
+``EgressPolicy``, which is off by default. This module decides; ``serving/fetch.py``
 resolves, connects (to the address judged here, never to a fresh DNS answer) and reads.
 
 The checks, in order:

@@ -86,7 +86,7 @@ class UsageTracker:
 
 @dataclass(slots=True)
 class Route:
-    """Which deployment served a request and why: set by the router (``services/router.py``),
+    """Which deployment served a request and why: set by the router (``serving/router.py``),
     recorded with the request's usage. Empty for a model served by one engine directly."""
 
     deployment: str | None = None  # the deployment's id in the catalog

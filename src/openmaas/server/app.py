@@ -22,12 +22,12 @@ from openmaas.server.routes import platform as platform_routes
 from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
-from openmaas.services.auth import Authenticator, load_master_key
-from openmaas.services.billing import Billing
-from openmaas.services.catalog import ModelCatalog, build_catalog
-from openmaas.services.catalog_manager import CatalogManager
-from openmaas.services.gateway import Gateway
-from openmaas.services.limiter import InProcessLimiter
+from openmaas.accounts.auth import Authenticator, load_master_key
+from openmaas.billing.accountant import Billing
+from openmaas.catalog.served import ModelCatalog, build_catalog
+from openmaas.catalog.reloader import CatalogManager
+from openmaas.serving.gateway import Gateway
+from openmaas.billing.limiter import InProcessLimiter
 from openmaas.settings import Settings
 from openmaas.store.database import migrate, open_database
 from openmaas.store.instance import acquire_server_lock

@@ -16,7 +16,7 @@ import uvicorn
 from openmaas.server.app import create_app
 from openmaas.server.logs import configure_logging
 from openmaas.server.state import Lifecycle
-from openmaas.services.admin import IssuedKey, first_run
+from openmaas.accounts.admin import IssuedKey, first_run
 from openmaas.settings import Settings
 
 log = logging.getLogger("openmaas.server")

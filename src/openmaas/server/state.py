@@ -8,10 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from openmaas.core.clock import Clock
-from openmaas.services.auth import Authenticator
-from openmaas.services.catalog import ModelCatalog
-from openmaas.services.catalog_manager import CatalogManager
-from openmaas.services.gateway import Gateway
+from openmaas.accounts.auth import Authenticator
+from openmaas.catalog.served import ModelCatalog
+from openmaas.catalog.reloader import CatalogManager
+from openmaas.serving.gateway import Gateway
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
 

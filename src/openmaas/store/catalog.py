@@ -1,7 +1,7 @@
 """Persistence of the model catalog document and of sealed upstream credentials.
 
-SQL only: what a credential's sealed text means is ``services/secretbox.py``'s business, what a
-document says is ``services/catalog_file.py``'s. Tables created by migration ``0004``.
+SQL only: what a credential's sealed text means is ``accounts/secretbox.py``'s business, what a
+document says is ``catalog/document.py``'s. Tables created by migration ``0004``.
 """
 
 from __future__ import annotations

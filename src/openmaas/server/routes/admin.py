@@ -21,7 +21,7 @@ from openmaas.protocols.openai.errors import error_body
 from openmaas.server.responses import json_response
 from openmaas.server.routes.common import authenticate
 from openmaas.server.state import AppState, app_state
-from openmaas.services.billing_admin import (
+from openmaas.billing.admin import (
     UNSET,
     BillingAdmin,
     iso_ms,
@@ -32,9 +32,9 @@ from openmaas.services.billing_admin import (
     statement_json,
     tier_json,
 )
-from openmaas.services.catalog_admin import CatalogAdmin, CurrentCatalog, describe_model
-from openmaas.services.catalog_file import CatalogRejected
-from openmaas.services.catalog_manager import CatalogFileManaged
+from openmaas.catalog.admin import CatalogAdmin, CurrentCatalog, describe_model
+from openmaas.catalog.document import CatalogRejected
+from openmaas.catalog.reloader import CatalogFileManaged
 
 router = APIRouter(prefix="/admin/v1", tags=["Admin"])
 

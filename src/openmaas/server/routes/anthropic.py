@@ -30,7 +30,7 @@ from openmaas.server.routes.common import (
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
-from openmaas.services.auth import Principal
+from openmaas.accounts.auth import Principal
 
 router = APIRouter(prefix="/v1/messages", tags=["Anthropic-compatible"])
 BODY_MODELS = [AnthropicMessagesRequest, AnthropicCountTokensRequest]

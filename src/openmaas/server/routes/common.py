@@ -14,8 +14,8 @@ from openmaas.core.assembly import Assembler
 from openmaas.core.errors import OpenMaaSError
 from openmaas.core.types import Finished, GenerationRequest, StreamEvent
 from openmaas.server.state import AppState
-from openmaas.services.auth import Principal
-from openmaas.services.gateway import Generation
+from openmaas.accounts.auth import Principal
+from openmaas.serving.gateway import Generation
 
 T = TypeVar("T")
 

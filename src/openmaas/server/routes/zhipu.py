@@ -32,7 +32,7 @@ from openmaas.server.routes.common import (
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
-from openmaas.services.auth import Principal
+from openmaas.accounts.auth import Principal
 
 PREFIX = "/api/paas/v4"
 router = APIRouter(prefix=PREFIX, tags=["Zhipu-compatible (paas/v4)"])

@@ -26,7 +26,7 @@ def upgrade() -> None:
     op.create_table(
         "upstream_credentials",
         sa.Column("name", sa.String(100), primary_key=True),
-        sa.Column("sealed", sa.Text, nullable=False),  # services/secretbox.py format
+        sa.Column("sealed", sa.Text, nullable=False),  # accounts/secretbox.py format
         sa.Column("created_at_ms", sa.BigInteger, nullable=False),
         sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
     )

@@ -16,11 +16,11 @@ from openmaas.core.ids import new_request_id
 from openmaas.core.types import GenerationRequest, Message, Role, TextDelta
 from openmaas.engines.base import EngineState
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.services.catalog import ModelCatalog, ServedModel
-from openmaas.services.catalog_admin import CatalogAdmin, describe_model
-from openmaas.services.catalog_file import CatalogRejected
-from openmaas.services.catalog_manager import CatalogFileManaged, CatalogManager
-from openmaas.services.router import RoutedEngine
+from openmaas.catalog.served import ModelCatalog, ServedModel
+from openmaas.catalog.admin import CatalogAdmin, describe_model
+from openmaas.catalog.document import CatalogRejected
+from openmaas.catalog.reloader import CatalogFileManaged, CatalogManager
+from openmaas.serving.router import RoutedEngine
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
 from openmaas.store.database import migrate, open_database

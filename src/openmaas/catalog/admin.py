@@ -11,23 +11,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.clock import Clock, SystemClock
 from openmaas.core.errors import InvalidRequest, NotFound
-from openmaas.services.catalog import (
+from openmaas.catalog.served import (
     CREDENTIAL_PURPOSE,
     ServedModel,
     settings_model_names,
 )
-from openmaas.services.catalog_file import (
+from openmaas.catalog.document import (
     CatalogRejected,
     document_version,
     parse_catalog,
 )
-from openmaas.services.catalog_manager import CatalogFileManaged, CatalogManager, load_context
-from openmaas.services.catalog_schema import (
+from openmaas.catalog.reloader import CatalogFileManaged, CatalogManager, load_context
+from openmaas.catalog.schema import (
     CREDENTIAL_PATTERN,
     CatalogDocument,
 )
-from openmaas.services.router import RoutedEngine
-from openmaas.services.secretbox import SecretBox
+from openmaas.serving.router import RoutedEngine
+from openmaas.accounts.secretbox import SecretBox
 from openmaas.settings import Settings
 from openmaas.store import billing as billing_store
 from openmaas.store import catalog as catalog_store

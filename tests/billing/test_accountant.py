@@ -1,4 +1,4 @@
-"""Billing around real requests (services/billing.py through services/gateway.py): holds
+"""Billing around real requests (billing/accountant.py through serving/gateway.py): holds
 before the engine, settlement with the usage record, limits, recovery after a crash. Real
 SQLite, the scriptable fake engine, a frozen clock."""
 
@@ -43,11 +43,11 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.services.auth import Principal
-from openmaas.services.billing import Billing
-from openmaas.services.catalog import ModelCatalog, ServedModel
-from openmaas.services.gateway import Gateway
-from openmaas.services.limiter import InProcessLimiter
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Billing
+from openmaas.catalog.served import ModelCatalog, ServedModel
+from openmaas.serving.gateway import Gateway
+from openmaas.billing.limiter import InProcessLimiter
 from openmaas.store.billing import load_inflight, set_price, set_tier, update_org
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore

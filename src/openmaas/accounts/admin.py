@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.clock import Clock, SystemClock
 from openmaas.core.keys import generate_key
-from openmaas.services.auth import load_master_key
+from openmaas.accounts.auth import load_master_key
 from openmaas.settings import Settings
 from openmaas.store.database import migrate, open_database
 from openmaas.store.repositories import (

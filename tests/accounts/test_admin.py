@@ -1,4 +1,4 @@
-"""Administration and first-run bootstrap (services/admin.py)."""
+"""Administration and first-run bootstrap (accounts/admin.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from openmaas.core.errors import AuthenticationFailed, InvalidRequest, NotFound
 from openmaas.core.keys import build_jwt, derive_secret, secret_matches
-from openmaas.services.admin import DEFAULT_ORG, first_run, open_admin
-from openmaas.services.auth import Authenticator, load_master_key
+from openmaas.accounts.admin import DEFAULT_ORG, first_run, open_admin
+from openmaas.accounts.auth import Authenticator, load_master_key
 from openmaas.settings import Settings
 
 

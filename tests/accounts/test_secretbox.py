@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from openmaas.services.secretbox import SecretBox, SecretBoxError, derive_key
+from openmaas.accounts.secretbox import SecretBox, SecretBoxError, derive_key
 
 MASTER = bytes(range(32))
 SECRET = "sk-live-0123456789abcdef"

@@ -15,25 +15,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from openmaas.core.clock import Clock, SystemClock
 from openmaas.core.errors import ConfigurationError, InvalidRequest
 from openmaas.engines.base import Engine
-from openmaas.services.catalog import (
+from openmaas.catalog.served import (
     CREDENTIAL_PURPOSE,
     ModelCatalog,
     ServedModel,
 )
-from openmaas.services.catalog_file import (
+from openmaas.catalog.document import (
     CatalogRejected,
     build_router,
     document_version,
     engine_fingerprint,
     parse_catalog,
 )
-from openmaas.services.catalog_schema import (
+from openmaas.catalog.schema import (
     BuildContext,
     CatalogDocument,
     ModelSpec,
 )
-from openmaas.services.router import RoutedEngine
-from openmaas.services.secretbox import SecretBox, SecretBoxError
+from openmaas.serving.router import RoutedEngine
+from openmaas.accounts.secretbox import SecretBox, SecretBoxError
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
 

@@ -1,4 +1,4 @@
-"""SafeFetcher (services/fetch.py) against real HTTP servers on 127.0.0.x, the only place
+"""SafeFetcher (serving/fetch.py) against real HTTP servers on 127.0.0.x, the only place
 these tests send traffic: refused before any connection unless the admin allows the
 network, every redirect hop judged again, DNS answers pinned, bodies and time capped."""
 
@@ -26,7 +26,7 @@ from openmaas.protocols.openai import adapter as openai
 from openmaas.protocols.openai.schemas import ChatCompletionRequest
 from openmaas.protocols.zhipu import adapter as zhipu
 from openmaas.protocols.zhipu.schemas import ZhipuChatRequest
-from openmaas.services.fetch import SafeFetcher, egress_policy, system_resolver
+from openmaas.serving.fetch import SafeFetcher, egress_policy, system_resolver
 from openmaas.settings import Settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64

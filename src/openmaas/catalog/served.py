@@ -3,8 +3,8 @@
 The catalog a server runs is the models its settings serve (embedded, ``local_models``,
 ``fake_models``, ``model_aliases``) plus those of the catalog document (``docs/catalog.md``),
 each a ``RoutedEngine`` over its deployments. :class:`ModelCatalog` is the one object the
-routes and the gateway read; ``services/catalog_manager.py`` swaps what it holds when the
-document changes (``replace``: one attribute, atomic), and ``services/catalog_admin.py`` is
+routes and the gateway read; ``catalog/reloader.py`` swaps what it holds when the
+document changes (``replace``: one attribute, atomic), and ``catalog/admin.py`` is
 what the CLI and the admin API change it with (the stored document, upstream credentials).
 """
 

@@ -1,4 +1,4 @@
-"""The in-process limiter (services/limiter.py): exact under bursts of concurrent requests."""
+"""The in-process limiter (billing/limiter.py): exact under bursts of concurrent requests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from openmaas.core.errors import RateLimited
 from openmaas.core.limits import Admission, Dimension
 from openmaas.core.tiers import Limits, Scope, Tier, scopes_for
-from openmaas.services.limiter import InProcessLimiter, Limiter
+from openmaas.billing.limiter import InProcessLimiter, Limiter
 
 
 class FakeClock:

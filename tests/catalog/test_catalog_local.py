@@ -10,7 +10,7 @@ from openmaas.engines.base import ModelKind
 from openmaas.engines.glm_format import GlmFormatEngine
 from openmaas.engines.llamacpp import LlamaCppEngine
 from openmaas.glm import GlmFamily
-from openmaas.services.catalog import build_catalog
+from openmaas.catalog.served import build_catalog
 from openmaas.settings import Settings
 
 

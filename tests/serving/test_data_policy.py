@@ -22,12 +22,12 @@ from openmaas.core.types import (
 )
 from openmaas.engines.base import Engine, ModelKind
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.services.auth import Principal
-from openmaas.services.billing import Billing
-from openmaas.services.catalog import ModelCatalog, ServedModel
-from openmaas.services.gateway import Gateway
-from openmaas.services.limiter import InProcessLimiter
-from openmaas.services.router import DataClass, Deployment, RoutedEngine
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Billing
+from openmaas.catalog.served import ModelCatalog, ServedModel
+from openmaas.serving.gateway import Gateway
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.serving.router import DataClass, Deployment, RoutedEngine
 from openmaas.store.billing import update_org
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore

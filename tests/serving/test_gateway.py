@@ -1,4 +1,4 @@
-"""The metered request path (services/gateway.py): every way a generation ends leaves exactly
+"""The metered request path (serving/gateway.py): every way a generation ends leaves exactly
 one usage record, and requests refused before reaching an engine leave none."""
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import Engine, ModelKind
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.services.auth import Principal
-from openmaas.services.billing import Billing, Ticket
-from openmaas.services.catalog import ModelCatalog, ServedModel
-from openmaas.services.gateway import Gateway, Generation
-from openmaas.services.limiter import InProcessLimiter
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Billing, Ticket
+from openmaas.catalog.served import ModelCatalog, ServedModel
+from openmaas.serving.gateway import Gateway, Generation
+from openmaas.billing.limiter import InProcessLimiter
 from openmaas.store.billing import InFlight
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore

@@ -1,4 +1,4 @@
-"""Routing and failover over FakeEngine deployments (services/router.py).
+"""Routing and failover over FakeEngine deployments (serving/router.py).
 
 Time for circuit breakers comes from a manual clock; the only real waiting is polling a
 condition (the health check's loop) against a deadline.
@@ -36,12 +36,12 @@ from openmaas.core.types import (
 )
 from openmaas.engines.base import Engine, EngineState, EngineStream, ModelKind, UsageTracker
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.services.auth import Principal
-from openmaas.services.billing import Billing
-from openmaas.services.catalog import ModelCatalog, ServedModel
-from openmaas.services.gateway import Gateway
-from openmaas.services.limiter import InProcessLimiter
-from openmaas.services.router import DataClass, Deployment, RoutedEngine, RouterConfig
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Billing
+from openmaas.catalog.served import ModelCatalog, ServedModel
+from openmaas.serving.gateway import Gateway
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.serving.router import DataClass, Deployment, RoutedEngine, RouterConfig
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository

@@ -1,7 +1,7 @@
 """The metered request path: admission to an engine, the stream, and one usage record.
 
 ``Gateway.generate`` admits the request (rate limits, then a hold for its worst-case
-charge: ``services/billing.py``) before any engine sees it, and returns a ``Generation``
+charge: ``billing/accountant.py``) before any engine sees it, and returns a ``Generation``
 only once the engine has produced its first event, so every failure before that still
 becomes a proper HTTP error. Whatever happens next (finished, length, client gone, engine
 error, shutdown), ``Generation.aclose()`` stops the engine, settles the hold and appends
@@ -31,9 +31,9 @@ from openmaas.core.types import (
 )
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind
-from openmaas.services.auth import Principal
-from openmaas.services.billing import Billing, Ticket
-from openmaas.services.catalog import ModelCatalog
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Billing, Ticket
+from openmaas.catalog.served import ModelCatalog
 
 log = logging.getLogger("openmaas.gateway")
 

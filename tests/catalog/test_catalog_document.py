@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from openmaas.engines.base import ModelKind
-from openmaas.services.catalog_file import (
+from openmaas.catalog.document import (
     CatalogRejected,
     build_router,
     document_version,
     engine_fingerprint,
     parse_catalog,
 )
-from openmaas.services.catalog_schema import BuildContext, OpenAIDeployment
-from openmaas.services.router import DataClass
+from openmaas.catalog.schema import BuildContext, OpenAIDeployment
+from openmaas.serving.router import DataClass
 
 FULL = """\
 models:

@@ -6,7 +6,7 @@
 reporting all it finds:
 
 1. YAML syntax (the parser's own line), duplicate keys, a document that is not a mapping;
-2. the schema (``services/catalog_schema.py``): pydantic's error locations are walked down
+2. the schema (``catalog/schema.py``): pydantic's error locations are walked down
    the composed node tree to the node's line;
 3. cross-checks: unique model names, aliases and deployment ids; fallbacks that exist, are
    of the same kind and are not the model itself; engine kinds that can serve the model's
@@ -28,13 +28,13 @@ import yaml
 from pydantic import ValidationError
 
 from openmaas.core.errors import InvalidRequest
-from openmaas.services.catalog_schema import (
+from openmaas.catalog.schema import (
     BuildContext,
     CatalogDocument,
     ModelSpec,
     engine_kind_names,
 )
-from openmaas.services.router import DataClass, Deployment, RoutedEngine, RouterConfig
+from openmaas.serving.router import DataClass, Deployment, RoutedEngine, RouterConfig
 
 Path_ = tuple[str | int, ...]
 

@@ -35,8 +35,8 @@ from openmaas.core.termination import Termination
 from openmaas.core.tiers import Scope, Tier, scopes_for
 from openmaas.core.types import DataPolicy, Usage
 from openmaas.core.usage import UsageRecord
-from openmaas.services.auth import Principal
-from openmaas.services.limiter import Limiter
+from openmaas.accounts.auth import Principal
+from openmaas.billing.limiter import Limiter
 from openmaas.store.billing import (
     InFlight,
     OrgTerms,

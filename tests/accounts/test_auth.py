@@ -1,4 +1,4 @@
-"""Who is calling (services/auth.py), against a real key repository."""
+"""Who is calling (accounts/auth.py), against a real key repository."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from openmaas.core.keys import (
     derive_secret,
     generate_key,
 )
-from openmaas.services.auth import (
+from openmaas.accounts.auth import (
     Authenticator,
     Principal,
     bearer_token,

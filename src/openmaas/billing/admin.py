@@ -48,7 +48,7 @@ from openmaas.core.prices import ModelPrice
 from openmaas.core.tiers import Limits, Tier
 from openmaas.core.types import DataPolicy
 from openmaas.core.usage import UsageTotal
-from openmaas.services.admin import ensure_home
+from openmaas.accounts.admin import ensure_home
 from openmaas.settings import Settings
 from openmaas.store import billing as store
 from openmaas.store.database import migrate, open_database

@@ -1,4 +1,4 @@
-"""Billing administration (services/billing_admin.py) on a real SQLite database: every
+"""Billing administration (billing/admin.py) on a real SQLite database: every
 operation, its audit row, and what is refused."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from openmaas.core.keys import generate_key
 from openmaas.core.ledger_events import Hold, Settle
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
-from openmaas.services.billing_admin import BillingAdmin, parse_time, statement_csv
+from openmaas.billing.admin import BillingAdmin, parse_time, statement_csv
 from openmaas.store.billing import read_audit
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore

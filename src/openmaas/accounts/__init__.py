@@ -1,0 +1,1 @@
+"""Who is calling and who may: organizations, API keys, authentication, sealed secrets."""

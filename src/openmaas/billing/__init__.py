@@ -1,0 +1,2 @@
+"""Money and limits around each request: admission (rate limits, holds), settlement,
+crash recovery, and the administration of prices, tiers, balances and budgets."""

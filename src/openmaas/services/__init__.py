@@ -1,1 +1,0 @@
-"""Services: authentication, the model catalog, the metered request path, bootstrap."""
