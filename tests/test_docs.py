@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from openmaas.settings import Settings
@@ -22,3 +23,27 @@ def test_every_setting_is_documented_with_its_variable() -> None:
 def test_readme_shows_the_two_setup_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
+
+
+def _markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_every_relative_link_in_the_docs_resolves_inside_the_repository() -> None:
+    broken = []
+    for page in _markdown_files():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            resolved = (page.parent / target).resolve()
+            if not resolved.is_relative_to(ROOT) or not resolved.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
+
+
+def test_no_page_points_outside_the_repository() -> None:
+    """A user's clone has no ``../shared``: the design lives in docs/design.md."""
+    outside = [
+        str(page.relative_to(ROOT)) for page in _markdown_files() if "../shared" in page.read_text()
+    ]
+    assert outside == []
