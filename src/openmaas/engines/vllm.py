@@ -66,11 +66,12 @@ from openmaas.core.types import (
     StreamEvent,
 )
 from openmaas.engines.base import (
-    Engine,
+    Capacity,
     EngineHealth,
     EngineState,
     EngineStream,
     ModelKind,
+    SlotCounter,
     UsageTracker,
 )
 from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Timeouts
@@ -250,10 +251,17 @@ def vllm_command(command: Sequence[str] | None = None) -> tuple[str, ...]:
 
 
 # -- the engine -----------------------------------------------------------------------------
-class ManagedVllmEngine(Engine):
+class ManagedVllmEngine:
+    """An :class:`~openmaas.engines.base.Engine` that owns its vLLM process: its own
+    lifecycle (start, supervise, restart, stop) and admission against ``slots`` + ``queue``
+    across the relays of successive processes."""
+
     def __init__(self, model: str, config: VllmConfig) -> None:
-        super().__init__(model, config.kind, slots=config.slots, queue=config.queue)
+        self.model = model
+        self.kind = config.kind
         self.config = config
+        self._slots = SlotCounter(model, slots=config.slots, queue=config.queue)
+        self._health = EngineHealth(EngineState.LOADING)
         self.deployment = config.deployment or model
         self.served_model_name = config.served_model_name or model
         self.restarts = 0  # restarts that reached READY, since the engine was built
@@ -279,6 +287,12 @@ class ManagedVllmEngine(Engine):
     def base_url(self) -> str | None:
         """Where the current vLLM listens (``http://127.0.0.1:PORT/v1``), or None."""
         return f"{self._process.base}/v1" if self._process is not None else None
+
+    def health(self) -> EngineHealth:
+        return self._health
+
+    def capacity(self) -> Capacity:
+        return self._slots.capacity()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -508,6 +522,24 @@ class ManagedVllmEngine(Engine):
             await inner.stop()
 
     # -- serving -----------------------------------------------------------------------
+    def stream(self, request: GenerationRequest) -> EngineStream:
+        return self._slots.admitted_stream(
+            self._health, lambda tracker: self._stream(request, tracker)
+        )
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        self._slots.admit(self._health)
+        try:
+            return await self._embed(request)
+        finally:
+            self._slots.release()
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        inner = self._inner
+        if self._health.state is not EngineState.READY or inner is None:
+            raise EngineNotReady(self.model, self._health.detail or self._health.state.value)
+        return await inner.count_prompt_tokens(request)
+
     def _relay(self) -> OpenAIHttpEngine:
         inner = self._inner
         if inner is None:
@@ -542,12 +574,6 @@ class ManagedVllmEngine(Engine):
             return await inner.embed(request)
         finally:
             await self._release_retired(inner)
-
-    async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
-        inner = self._inner
-        if inner is None:
-            raise EngineNotReady(self.model, self._health.detail or "restarting")
-        return await inner.count_prompt_tokens(request)
 
     # -- load --------------------------------------------------------------------------
     async def load(self) -> VllmLoad | None:

@@ -1,7 +1,7 @@
 """Routing and failover: one public model served by several deployments (``docs/routing.md``).
 
-A :class:`RoutedEngine` is an :class:`~openmaas.engines.base.Engine`, so the gateway serves it
-like any other. Per request it picks a deployment:
+A :class:`RoutedEngine` implements the :class:`~openmaas.engines.base.Engine` protocol, so the
+gateway serves it like any other engine. Per request it picks a deployment:
 
 1. candidates: engine READY, circuit not open, free concurrency;
 2. data policy: ``local_only`` never sees an ``external`` deployment; ``burst`` sees one only
@@ -66,6 +66,7 @@ from openmaas.engines.base import (
     EngineHealth,
     EngineState,
     EngineStream,
+    ModelKind,
 )
 
 log = logging.getLogger("openmaas.router")
@@ -302,7 +303,7 @@ class _Plan:
         return error
 
 
-class RoutedEngine(Engine):
+class RoutedEngine:
     """One public model over its deployments: selection, failover, fallbacks, circuit
     breakers and active health checks. It owns its deployments' engines (starts and stops
     them); ``fallbacks`` are other models' routers, owned by the catalog, whose own
@@ -329,6 +330,8 @@ class RoutedEngine(Engine):
         for d in deployments:
             if d.weight < 1 or (d.max_concurrency is not None and d.max_concurrency < 1):
                 raise ConfigurationError(f"Deployment '{d.id}': weight and max_concurrency ≥ 1.")
+        self.model = model
+        self.kind: ModelKind = kinds.pop()
         self.config = config or RouterConfig()
         self.fallbacks = tuple(fallbacks)
         self.rng = rng or random.Random()
@@ -338,7 +341,6 @@ class RoutedEngine(Engine):
         self._has_local = any(m.local for m in self.members)
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = False
-        super().__init__(model, kinds.pop(), slots=0, queue=0)
 
     def now(self) -> float:
         return self._clock.monotonic()
@@ -398,12 +400,6 @@ class RoutedEngine(Engine):
             if m.id == deployment:
                 return m
         raise KeyError(deployment)
-
-    async def _load(self) -> None:  # start() is overridden
-        return None
-
-    async def _unload(self) -> None:  # stop() is overridden
-        return None
 
     # -- selection ---------------------------------------------------------------------
     def key_hash(self, request: GenerationRequest | EmbeddingRequest) -> int | None:
