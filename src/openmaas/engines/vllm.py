@@ -47,13 +47,12 @@ import secrets
 import shutil
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from openmaas.aio import finish_despite_cancellation
 from openmaas.core.errors import (
-    ConfigurationError,
     EngineNotReady,
     SetupError,
     UpstreamUnavailable,
@@ -78,11 +77,9 @@ from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Tim
 from openmaas.engines.openai_wire import ThinkingStyle
 from openmaas.engines.vllm_process import (
     HOST,
-    VllmLoad,
     VllmProcess,
     describe_exit,
     free_port,
-    parse_load,
 )
 
 __all__ = [
@@ -90,14 +87,12 @@ __all__ = [
     "ManagedVllmEngine",
     "RestartPolicy",
     "VllmConfig",
-    "VllmLoad",
     "VllmNotInstalled",
     "VllmStartFailed",
     "vllm_command",
 ]
 
 log = logging.getLogger("openmaas.engines.vllm")
-process_log = logging.getLogger("openmaas.engines.vllm.process")  # vLLM's own output, at debug
 
 _MODULE = "vllm.entrypoints.cli.main"  # ``python -m`` form of the ``vllm`` command
 _OWNED_FLAGS = frozenset({"--host", "--port", "--api-key", "--served-model-name", "--model"})
@@ -139,10 +134,12 @@ class RestartPolicy:
 
 @dataclass(frozen=True, slots=True)
 class VllmConfig:
-    """One managed ``vllm serve``. ``model`` is what vLLM takes as its model: a directory
-    with the weights (or a Hugging Face id already in the local cache; nothing is
-    downloaded). ``env`` is left out of the repr (it may name devices and paths only, but
-    is treated as secret like every engine setting that reaches a process)."""
+    """One managed ``vllm serve``, built from a catalog document's ``engine: vllm``
+    deployment (``catalog/schema.py``'s ``VllmDeployment``, the one parser of its fields).
+    ``model`` is what vLLM takes as its model: a directory with the weights (or a Hugging
+    Face id already in the local cache; nothing is downloaded). ``env`` is left out of the
+    repr (it may name devices and paths only, but is treated as secret like every engine
+    setting that reaches a process)."""
 
     model: str
     served_model_name: str | None = None  # the name vLLM serves (default: the public name)
@@ -183,47 +180,6 @@ class VllmConfig:
             raise ValueError("health_interval_s must be positive and health_failures ≥ 1")
         if self.slots < 1 or self.queue < 0:
             raise ValueError("slots must be at least 1 and queue not negative")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> VllmConfig:
-        """A config from a catalog entry's engine parameters (plain YAML/TOML values: lists
-        for tuples, a mapping for ``restart`` and ``timeouts``). Unknown or invalid fields
-        raise ``ConfigurationError`` naming the field."""
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in params.items():
-            if key not in known:
-                raise ConfigurationError(f"vllm: unknown field '{key}'")
-            try:
-                values[key] = _convert(key, value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigurationError(f"vllm: invalid '{key}': {exc}") from None
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigurationError(f"vllm: {exc}") from None
-        except ValueError as exc:
-            raise ConfigurationError(f"vllm: {exc}") from None
-
-
-def _convert(key: str, value: Any) -> Any:
-    if key in ("command", "extra_args"):
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise TypeError("expected a list of strings")
-        return tuple(str(item) for item in value)
-    if key == "env":
-        return {str(k): str(v) for k, v in dict(value).items()}
-    if key == "restart":
-        return RestartPolicy(**dict(value))
-    if key == "timeouts":
-        return Timeouts(**dict(value))
-    if key == "kind":
-        return ModelKind(value)
-    if key == "thinking_style":
-        return ThinkingStyle(value)
-    if key == "tokenizer_path":
-        return Path(value)
-    return value
 
 
 def vllm_command(command: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -574,16 +530,6 @@ class ManagedVllmEngine:
             return await inner.embed(request)
         finally:
             await self._release_retired(inner)
-
-    # -- load --------------------------------------------------------------------------
-    async def load(self) -> VllmLoad | None:
-        """vLLM's running and waiting requests and KV-cache use, scraped from its
-        ``/metrics``; None when it is not serving or does not answer."""
-        process = self._process
-        if process is None:
-            return None
-        text = await process.metrics()
-        return None if text is None else parse_load(text)
 
     def _extra(self) -> dict[str, Any]:
         return {"model": self.model, "deployment": self.deployment}
