@@ -447,8 +447,9 @@ async def test_embedding_is_recorded(harness: Harness) -> None:
     [
         (EngineFailure("boom"), "engine_error", EngineFailure),
         (InvalidRequest("input too long", param="input"), "rejected", InvalidRequest),
+        (RuntimeError("a bug in the engine"), "engine_error", RuntimeError),
     ],
-    ids=["engine-error", "rejected"],
+    ids=["engine-error", "rejected", "unexpected"],
 )
 async def test_failed_embedding_is_recorded(
     harness: Harness, failure: Exception, termination: str, raised: type
