@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -112,27 +111,6 @@ class Settings(BaseSettings):
         description="After a catalog change, how long a removed or replaced model's requests "
         "in flight may take before its engines are stopped.",
     )
-    fetch_client_urls: bool = Field(
-        False,
-        description="Fetch URLs sent by clients (e.g. image_url) under the egress policy of "
-        "docs/security.md; off: every such URL is refused.",
-    )
-    fetch_allowed_networks: list[str] = Field(
-        default_factory=list,
-        description="CIDRs that client URLs may reach although they are not public (e.g. an "
-        'internal image store), as JSON ["10.8.0.0/16"].',
-    )
-    fetch_max_bytes: int = Field(
-        10 * 1024 * 1024, ge=1, description="Largest body fetched from a client URL, in bytes."
-    )
-
-    @field_validator("fetch_allowed_networks")
-    @classmethod
-    def _check_networks(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            ipaddress.ip_network(cidr.strip(), strict=True)  # ValueError names the bad one
-        return value
-
     @field_validator("sqlite_synchronous")
     @classmethod
     def _check_synchronous(cls, value: str) -> str:
