@@ -9,22 +9,20 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from openmaas.catalog.schema import LlamaCppModel
 
-class LocalModel(BaseModel):
-    """A GGUF file served in-process by llama.cpp (``OPENMAAS_LOCAL_MODELS``)."""
 
-    path: Path
+class LocalModel(LlamaCppModel):
+    """A GGUF file served in-process by llama.cpp (``OPENMAAS_LOCAL_MODELS``): the fields of
+    an ``engine: llamacpp`` deployment, and the model's kind. The settings' models become a
+    built-in catalog document (``catalog/builtin.py``)."""
+
+    model_config = ConfigDict(extra="ignore")  # as before: unknown fields are ignored
+
     kind: Literal["chat", "embedding"] = "chat"
-    # "gguf": the chat template inside the file, applied by llama.cpp; a GLM family: the
-    # prompt is rendered and the output parsed by OpenMaaS (glm/), for reasoning and tools.
-    chat_format: Literal["gguf", "glm4-9b", "glm45", "glm47"] = "gguf"
-    slots: int = Field(2, ge=1)
-    context: int = Field(4096, ge=256, description="Context window per slot, in tokens.")
-    threads: int | None = Field(None, ge=1, description="Default: OPENMAAS_THREADS.")
-    pooling: Literal["mean", "cls", "last"] | None = None
 
 
 def available_cpus() -> int:
@@ -111,6 +109,7 @@ class Settings(BaseSettings):
         description="After a catalog change, how long a removed or replaced model's requests "
         "in flight may take before its engines are stopped.",
     )
+
     @field_validator("sqlite_synchronous")
     @classmethod
     def _check_synchronous(cls, value: str) -> str:
