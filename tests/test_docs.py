@@ -20,6 +20,13 @@ def test_every_setting_is_documented_with_its_variable() -> None:
     assert missing == []
 
 
+def test_every_documented_variable_is_a_setting() -> None:
+    """A variable in the table that no setting reads would be accepted and change nothing."""
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `OPENMAAS_([A-Z_]+)`", documented, re.M)
+    assert rows and [name for name in rows if name.lower() not in Settings.model_fields] == []
+
+
 def test_readme_shows_the_two_setup_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme

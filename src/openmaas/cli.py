@@ -648,15 +648,10 @@ def catalog_show() -> None:
 
 
 def _settings_models(settings: Settings) -> list[tuple[str, str]]:
-    """(name, kind) of the models the settings serve in-process."""
-    served: list[tuple[str, str]] = []
-    if settings.embedded_models:
-        from openmaas.engines import embedded
+    """(name, kind) of the models the settings serve: the built-in catalog document's."""
+    from openmaas.catalog.builtin import settings_document
 
-        served += [(embedded.CHAT_MODEL, "chat"), (embedded.EMBEDDING_MODEL, "embedding")]
-    served += [(name, spec.kind) for name, spec in settings.local_models.items()]
-    served += [(name, "chat") for name in settings.fake_models]
-    return served
+    return [(model.name, model.kind) for model in settings_document(settings).models]
 
 
 @main.group(help="Served models (the settings' and the catalog's).")

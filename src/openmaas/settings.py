@@ -5,27 +5,24 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from openmaas.catalog.schema import LlamaCppModel
 
-class LocalModel(BaseModel):
-    """A GGUF file served in-process by llama.cpp (``OPENMAAS_LOCAL_MODELS``)."""
 
-    path: Path
+class LocalModel(LlamaCppModel):
+    """A GGUF file served in-process by llama.cpp (``OPENMAAS_LOCAL_MODELS``): the fields of
+    an ``engine: llamacpp`` deployment, and the model's kind. The settings' models become a
+    built-in catalog document (``catalog/builtin.py``)."""
+
+    model_config = ConfigDict(extra="ignore")  # as before: unknown fields are ignored
+
     kind: Literal["chat", "embedding"] = "chat"
-    # "gguf": the chat template inside the file, applied by llama.cpp; a GLM family: the
-    # prompt is rendered and the output parsed by OpenMaaS (glm/), for reasoning and tools.
-    chat_format: Literal["gguf", "glm4-9b", "glm45", "glm47"] = "gguf"
-    slots: int = Field(2, ge=1)
-    context: int = Field(4096, ge=256, description="Context window per slot, in tokens.")
-    threads: int | None = Field(None, ge=1, description="Default: OPENMAAS_THREADS.")
-    pooling: Literal["mean", "cls", "last"] | None = None
 
 
 def available_cpus() -> int:
@@ -112,26 +109,6 @@ class Settings(BaseSettings):
         description="After a catalog change, how long a removed or replaced model's requests "
         "in flight may take before its engines are stopped.",
     )
-    fetch_client_urls: bool = Field(
-        False,
-        description="Fetch URLs sent by clients (e.g. image_url) under the egress policy of "
-        "docs/security.md; off: every such URL is refused.",
-    )
-    fetch_allowed_networks: list[str] = Field(
-        default_factory=list,
-        description="CIDRs that client URLs may reach although they are not public (e.g. an "
-        'internal image store), as JSON ["10.8.0.0/16"].',
-    )
-    fetch_max_bytes: int = Field(
-        10 * 1024 * 1024, ge=1, description="Largest body fetched from a client URL, in bytes."
-    )
-
-    @field_validator("fetch_allowed_networks")
-    @classmethod
-    def _check_networks(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            ipaddress.ip_network(cidr.strip(), strict=True)  # ValueError names the bad one
-        return value
 
     @field_validator("sqlite_synchronous")
     @classmethod

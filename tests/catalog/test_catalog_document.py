@@ -150,7 +150,7 @@ models:
         "catalog.yaml:3: models[0].colour: unknown field",
         "catalog.yaml:4: models[0].kind: must be 'chat' or 'embedding'",
         "catalog.yaml:7: models[0].deployments[0].engine: unknown engine kind 'gguf'; "
-        "one of openai, llamacpp, fake, vllm",
+        "one of openai, llamacpp, embedded, fake, vllm",
         # a missing field: the line of the mapping that lacks it
         "catalog.yaml:8: models[0].deployments[1].base_url: is required",
         "catalog.yaml:8: models[0].deployments[1].upstream_model: is required",
@@ -330,4 +330,31 @@ models:
     missing = text.replace(str(tmp_path), str(tmp_path / "nowhere"))
     assert rejected(missing, ctx=BuildContext()) == [
         f"catalog.yaml:7: models[0].deployments[0].model: nothing at {tmp_path / 'nowhere'}"
+    ]
+
+
+def test_a_packaged_model_is_an_embedded_deployment(tmp_path: Path) -> None:
+    text = """\
+models:
+  - name: tiny-chat
+    deployments:
+      - {id: tiny, engine: embedded, model: smollm2-135m-instruct, slots: 3, context: 1024}
+"""
+    document = parse_catalog(text, ctx=BuildContext(credential_names=frozenset()))
+    router = build_router(document.models[0], BuildContext(threads=2, cache_dir=tmp_path))
+    engine = router.members[0].engine
+    assert type(engine).__name__ == "LlamaCppEngine"
+    assert engine.capacity().slots == 3 and engine.kind is ModelKind.CHAT
+    assert rejected(text.replace("smollm2-135m-instruct", "gpt-5")) == [
+        "catalog.yaml:4: models[0].deployments[0].model: must name a packaged model: "
+        "smollm2-135m-instruct or all-minilm-l6-v2"
+    ]
+    embedding = text.replace("smollm2-135m-instruct", "all-minilm-l6-v2")
+    assert rejected(embedding) == [
+        "catalog.yaml:4: models[0].deployments[0]: the context of all-minilm-l6-v2 is fixed; "
+        "leave 'context' out",
+    ]
+    assert rejected(embedding.replace(", context: 1024", "")) == [
+        "catalog.yaml:4: models[0].deployments[0].engine: a 'embedded' deployment cannot "
+        "serve a chat model",
     ]

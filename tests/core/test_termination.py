@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-from openmaas.core.termination import Termination, for_interruption, from_finish_reason
+import asyncio
+
+import pytest
+
+from openmaas.core.errors import (
+    EngineFailure,
+    EngineNotReady,
+    EngineOverloaded,
+    EngineTimeout,
+    InvalidRequest,
+    PromptTooLong,
+    UpstreamUnavailable,
+)
+from openmaas.core.termination import (
+    Failure,
+    Termination,
+    failure_for,
+    for_interruption,
+    from_finish_reason,
+)
 from openmaas.core.types import FinishReason
 
 
@@ -34,3 +53,51 @@ def test_stored_names_are_stable() -> None:
         "gateway_killed",
     }
     assert all(len(t.value) <= 40 for t in Termination)  # the column is String(40)
+
+
+TIMEOUT_MESSAGE = "The engine timed out (first_token: no answer within 5 s)."
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            EngineTimeout("first_token", 5),
+            Failure(Termination.TIMEOUT, TIMEOUT_MESSAGE, deployment_failed=True, failover=True),
+        ),
+        (
+            EngineTimeout("idle", 5),
+            Failure(Termination.TIMEOUT, TIMEOUT_MESSAGE.replace("first_token", "idle"),
+                    deployment_failed=True),
+        ),
+        (
+            EngineFailure("boom"),
+            Failure(Termination.ENGINE_ERROR, "boom", deployment_failed=True, failover=True),
+        ),
+        (PromptTooLong("too long"), Failure(Termination.REJECTED, "too long")),
+        (InvalidRequest("bad"), Failure(Termination.REJECTED, "bad")),
+        (
+            UpstreamUnavailable("down", deployment="d"),
+            Failure(None, "down", deployment_failed=True, failover=True),
+        ),
+        (
+            EngineOverloaded("m", 4),
+            Failure(None, EngineOverloaded("m", 4).message, refused=True, failover=True),
+        ),
+        (
+            EngineNotReady("m"),
+            Failure(None, EngineNotReady("m").message, refused=True, failover=True),
+        ),
+        (RuntimeError("bug"), Failure(Termination.ENGINE_ERROR, "RuntimeError: bug")),
+    ],
+)  # fmt: skip
+def test_one_table_maps_an_exception_to_how_the_request_ended(
+    exc: BaseException, expected: Failure
+) -> None:
+    assert failure_for(exc) == expected
+
+
+def test_a_cancellation_is_an_interruption() -> None:
+    cancelled = asyncio.CancelledError()
+    assert failure_for(cancelled).termination is Termination.CLIENT_DISCONNECTED
+    assert failure_for(cancelled, shutting_down=True).termination is Termination.GATEWAY_SHUTDOWN

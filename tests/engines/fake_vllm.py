@@ -3,7 +3,7 @@
 ``python fake_vllm.py serve MODEL --host H --port P --served-model-name NAME [--api-key K]
 [any other option]`` serves the test upstream (``tests/engines/upstream.py``) on H:P as
 ``vllm serve`` would: the OpenAI API under ``/v1`` (``/v1/models`` lists NAME), ``GET
-/health`` and ``GET /metrics``, and, when a key is given (``--api-key`` or ``VLLM_API_KEY``),
+/health``, and, when a key is given (``--api-key`` or ``VLLM_API_KEY``),
 401 for ``/v1`` requests without ``Authorization: Bearer K``. Like vLLM it prints its
 arguments at start, the key among them (the engine must keep it out of our logs).
 
@@ -22,7 +22,6 @@ Knobs, through the environment (the engine's ``VllmConfig.env``):
 ``FAKE_VLLM_GRANDCHILD``  ``1``: start a sleeping child process, like vLLM's engine core
 ``FAKE_VLLM_TEXT``        the answer's text; ``FAKE_VLLM_PROMPT_TOKENS``: the usage reported
 ``FAKE_VLLM_TOKEN_DELAY`` seconds between chunks
-``FAKE_VLLM_WAITING``     the ``vllm:num_requests_waiting`` gauge
 ========================  ===================================================================
 
 ``command()`` is the ``VllmConfig.command`` that runs it; ``install(directory)`` writes an
@@ -151,7 +150,7 @@ def main(argv: list[str]) -> int:
 
 
 class _App:
-    """/health, /metrics and the key check in front of the test upstream's app."""
+    """/health and the key check in front of the test upstream's app."""
 
     def __init__(self, upstream: Any, key: str | None, name: str) -> None:
         self.upstream = upstream
@@ -171,9 +170,6 @@ class _App:
                 health_file is not None and os.path.exists(health_file)
             )
             await _answer(send, 503 if sick else 200, b"", b"text/plain")
-            return
-        if path == "/metrics":
-            await _answer(send, 200, self.metrics().encode(), b"text/plain; version=0.0.4")
             return
         if self.key is not None and path.startswith("/v1"):
             headers = dict(scope["headers"])
@@ -202,19 +198,6 @@ class _App:
                 sent += 1
 
         return crash_send
-
-    def metrics(self) -> str:
-        labels = f'engine="0",model_name="{self.name}"'
-        waiting = _env_float("FAKE_VLLM_WAITING")
-        return (
-            "# HELP vllm:num_requests_running Requests running.\n"
-            "# TYPE vllm:num_requests_running gauge\n"
-            f"vllm:num_requests_running{{{labels}}} {float(self.upstream.in_flight)}\n"
-            "# TYPE vllm:num_requests_waiting gauge\n"
-            f"vllm:num_requests_waiting{{{labels}}} {waiting}\n"
-            "# TYPE vllm:kv_cache_usage_perc gauge\n"
-            f"vllm:kv_cache_usage_perc{{{labels}}} 0.25\n"
-        )
 
 
 async def _answer(send: Any, status: int, body: bytes, content_type: bytes) -> None:

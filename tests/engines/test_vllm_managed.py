@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from openmaas.core.errors import (
-    ConfigurationError,
     EngineFailure,
     EngineNotReady,
     UpstreamUnavailable,
@@ -40,10 +39,8 @@ from openmaas.engines.vllm import (
     ManagedVllmEngine,
     RestartPolicy,
     VllmConfig,
-    VllmLoad,
     VllmNotInstalled,
     VllmStartFailed,
-    parse_load,
 )
 from openmaas.serving.router import Deployment, RoutedEngine
 from tests.engines import fake_vllm
@@ -492,55 +489,6 @@ async def test_vllm_dies_with_a_gateway_killed_by_sigkill(engines: Engines) -> N
             gateway.wait()
 
 
-# -- load -----------------------------------------------------------------------------------
-async def test_load_is_scraped_from_metrics(engines: Engines) -> None:
-    engine = engines(env={"FAKE_VLLM_WAITING": "3"})
-    assert await engine.load() is None  # not started
-    await engine.start()
-    assert await engine.load() == VllmLoad(running=0.0, waiting=3.0, kv_cache_usage=0.25)
-
-
-def test_parse_load_sums_engines_and_reads_old_names() -> None:
-    text = (
-        "# HELP vllm:num_requests_waiting Waiting.\n"
-        'vllm:num_requests_waiting{engine="0",model_name="m"} 2.0\n'
-        'vllm:num_requests_waiting{engine="1",model_name="m"} 3.0 1700000000000\n'
-        "vllm:num_requests_running 4\n"
-        'vllm:gpu_cache_usage_perc{model_name="a } b"} 0.5\n'
-        'vllm:kv_cache_usage_perc{model_name="m"} 0.75\n'
-        "vllm:num_requests_waiting_other 9\n"
-    )
-    assert parse_load(text) == VllmLoad(running=4.0, waiting=5.0, kv_cache_usage=0.75)
-
-
-# -- configuration --------------------------------------------------------------------------
-def test_a_catalog_entry_maps_onto_the_config() -> None:
-    config = VllmConfig.from_params(
-        {
-            "model": "/models/GLM-4.5-Air",
-            "served_model_name": "glm-4.5-air",
-            "tensor_parallel_size": 4,
-            "tool_call_parser": "glm45",
-            "reasoning_parser": "glm45",
-            "extra_args": ["--enable-prefix-caching"],
-            "env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"},
-            "restart": {"max_restarts": 2},
-            "timeouts": {"first_token": 30},
-            "kind": "chat",
-        }
-    )
-    assert config.extra_args == ("--enable-prefix-caching",)
-    assert config.restart.max_restarts == 2 and config.timeouts.first_token == 30
-    with pytest.raises(ConfigurationError, match="unknown field 'gpus'"):
-        VllmConfig.from_params({"model": "m", "gpus": 2})
-    with pytest.raises(ConfigurationError, match="--port"):
-        VllmConfig.from_params({"model": "m", "extra_args": ["--port=9000"]})
-    with pytest.raises(ConfigurationError, match="restart"):
-        VllmConfig.from_params({"model": "m", "restart": {"retries": 2}})
-    with pytest.raises(ConfigurationError):
-        VllmConfig.from_params({"served_model_name": "x"})  # no model
-
-
 # -- the real vLLM --------------------------------------------------------------------------
 def _gpu_present() -> bool:
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("torch") is None:
@@ -577,8 +525,6 @@ async def test_real_vllm_serves_a_tiny_model(tmp_path: Path) -> None:
         finished = events[-1]
         assert isinstance(finished, Finished) and not finished.usage.estimated
         assert finished.usage.prompt_tokens > 0 and finished.usage.completion_tokens > 0
-        load = await engine.load()
-        assert load is not None and load.waiting == 0
     finally:
         pid = engine.pid
         await engine.stop()

@@ -20,7 +20,7 @@ from openmaas.core.types import (
     Role,
     Usage,
 )
-from openmaas.engines.base import Engine, ModelKind
+from openmaas.engines.base import ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Billing
@@ -45,7 +45,7 @@ class Clock:
         return 0.0
 
 
-class Embedder(Engine):
+class Embedder(SlotEngine):
     def __init__(self, name: str) -> None:
         super().__init__(name, ModelKind.EMBEDDING, slots=2, queue=0)
         self.calls = 0

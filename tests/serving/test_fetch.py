@@ -26,8 +26,7 @@ from openmaas.protocols.openai import adapter as openai
 from openmaas.protocols.openai.schemas import ChatCompletionRequest
 from openmaas.protocols.zhipu import adapter as zhipu
 from openmaas.protocols.zhipu.schemas import ZhipuChatRequest
-from openmaas.serving.fetch import SafeFetcher, egress_policy, system_resolver
-from openmaas.settings import Settings
+from openmaas.serving.fetch import SafeFetcher, system_resolver
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 PARAM = "messages[0].content[1].image_url.url"
@@ -460,32 +459,12 @@ async def test_https_is_pinned_and_verified_against_the_original_name(
     assert len(server.requests) == 1
 
 
-# -- the admin's settings -----------------------------------------------------------------
-def test_the_policy_comes_from_the_settings() -> None:
-    default = egress_policy(Settings())
-    assert default.enabled is False and default.allowed_networks == ()
-    configured = egress_policy(
-        Settings(
-            fetch_client_urls=True,
-            fetch_allowed_networks=["10.8.0.0/16", "fd12::/16"],
-            fetch_max_bytes=1234,
-        )
-    )
-    assert configured.enabled and configured.max_bytes == 1234
-    assert configured.allowed_networks == (
-        ipaddress.ip_network("10.8.0.0/16"),
-        ipaddress.ip_network("fd12::/16"),
-    )
-    with pytest.raises(ValueError, match="10.1.2.3/16"):
-        Settings(fetch_allowed_networks=["10.1.2.3/16"])
-
-
 # -- tripwire: no protocol accepts a client's image URL yet ------------------------------
 async def test_no_protocol_adapter_accepts_an_image_url_yet(servers) -> None:
     """No engine takes images, so every adapter refuses image parts outright (400) and no
     URL reaches any fetcher. Whoever adds vision must route these URLs through
-    SafeFetcher (refusing with UrlRefused when OPENMAAS_FETCH_CLIENT_URLS is off) and
-    change this test."""
+    SafeFetcher (with settings for its egress policy, off by default) and change this
+    test."""
     canary = await servers(routes={"/img.png": Reply()})
     url = f"{canary.base}/img.png"
     image_url = {"type": "image_url", "image_url": {"url": url}}

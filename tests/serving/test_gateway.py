@@ -33,7 +33,7 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.core.usage import UsageRecord
-from openmaas.engines.base import Engine, ModelKind
+from openmaas.engines.base import Engine, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Billing, Ticket
@@ -401,7 +401,7 @@ async def test_wait_idle_waits_for_open_generations(harness: Harness) -> None:
 
 
 # -- embeddings -----------------------------------------------------------------------
-class TinyEmbedder(Engine):
+class TinyEmbedder(SlotEngine):
     """A minimal embedding engine: one prompt token per word, or a scripted failure."""
 
     def __init__(self, *, slots: int = 1, fail: Exception | None = None) -> None:
@@ -447,8 +447,9 @@ async def test_embedding_is_recorded(harness: Harness) -> None:
     [
         (EngineFailure("boom"), "engine_error", EngineFailure),
         (InvalidRequest("input too long", param="input"), "rejected", InvalidRequest),
+        (RuntimeError("a bug in the engine"), "engine_error", RuntimeError),
     ],
-    ids=["engine-error", "rejected"],
+    ids=["engine-error", "rejected", "unexpected"],
 )
 async def test_failed_embedding_is_recorded(
     harness: Harness, failure: Exception, termination: str, raised: type

@@ -34,7 +34,7 @@ from openmaas.core.types import (
     TextDelta,
     Usage,
 )
-from openmaas.engines.base import Engine, EngineState, EngineStream, ModelKind, UsageTracker
+from openmaas.engines.base import EngineState, EngineStream, ModelKind, SlotEngine, UsageTracker
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Billing
@@ -633,7 +633,7 @@ async def test_counting_prompt_tokens_fails_over(make: Any) -> None:
     assert await router.count_prompt_tokens(request("three words here")) == 3
 
 
-class Embedder(Engine):
+class Embedder(SlotEngine):
     def __init__(self, fail: int = 0) -> None:
         super().__init__("emb", ModelKind.EMBEDDING, slots=2, queue=0)
         self.fail = fail

@@ -13,8 +13,10 @@ reporting all it finds:
    kind; no clash with the models the settings serve; and, with a :class:`BuildContext`,
    what the running system must have (a credential by that name, a GGUF file at that path).
 
-:func:`build_router` then turns one checked model into a ``RoutedEngine`` over its
-deployments (its fallbacks are wired by the catalog, which owns every model's router).
+:func:`check_document` runs the cross-checks on a document built in code (the settings'
+models: ``catalog/builtin.py``). :func:`build_router` then turns one checked model into a
+``RoutedEngine`` over its deployments (its fallbacks are wired by the catalog, which owns
+every model's router).
 """
 
 from __future__ import annotations
@@ -157,7 +159,8 @@ def _is_tag(node: yaml.MappingNode, part: str) -> bool:
     return part not in keys and isinstance(engine, yaml.ScalarNode) and engine.value == part
 
 
-def _message(error: Any) -> str:
+def describe_error(error: Any) -> str:
+    """A pydantic error (one of ``ValidationError.errors()``) in the catalog's words."""
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "missing":
@@ -194,7 +197,7 @@ def _schema_issues(exc: ValidationError, locator: _Locator) -> list[CatalogIssue
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc.append("engine")
         line, path = locator.find(loc)
-        issues.append(CatalogIssue(line, field_path(path), _message(error)))
+        issues.append(CatalogIssue(line, field_path(path), describe_error(error)))
     return sorted(issues, key=lambda issue: issue.line or 0)
 
 
@@ -233,7 +236,7 @@ def _cross_issues(
             if deployment.id in deployment_ids:
                 add((*where, "id"), f"deployment id '{deployment.id}' is used twice")
             deployment_ids.add(deployment.id)
-            if model.model_kind not in type(deployment).kinds:
+            if not deployment.serves(model.model_kind):
                 add(
                     (*where, "engine"),
                     f"a '{deployment.engine}' deployment cannot serve a {model.kind} model",
@@ -285,6 +288,20 @@ def parse_catalog(
     if issues:
         raise CatalogRejected(source, issues)
     return document
+
+
+def check_document(
+    document: CatalogDocument,
+    source: str,
+    *,
+    reserved: Iterable[str] = (),
+    ctx: BuildContext | None = None,
+) -> None:
+    """The cross-checks of a document built in code rather than read (no lines to name):
+    :class:`CatalogRejected` listing every problem found."""
+    issues = _cross_issues(document, _Locator(None), frozenset(reserved), ctx)
+    if issues:
+        raise CatalogRejected(source, issues)
 
 
 def credentials_used(document: CatalogDocument) -> set[str]:

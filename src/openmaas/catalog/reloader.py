@@ -66,6 +66,7 @@ async def load_context(
     return BuildContext(
         engine_queue=settings.engine_queue,
         threads=settings.threads,
+        cache_dir=settings.cache_dir,
         credential_names=frozenset(i.name for i in infos),
         credentials=values,
         credential_stamps={i.name: i.updated_at_ms for i in infos},
@@ -308,16 +309,7 @@ def _rendered(exc: CatalogRejected) -> list[str]:
 
 
 def _served(entry: _Entry) -> ServedModel:
-    spec = entry.spec
-    return ServedModel(
-        spec.name,
-        entry.engine,
-        owned_by=spec.owned_by,
-        context_length=spec.context_length,
-        dimensions=spec.dimensions,
-        capabilities=tuple(spec.capabilities),
-        source="catalog",
-    )
+    return ServedModel.from_spec(entry.spec, entry.engine, source="catalog")
 
 
 # -- administration: the stored document and the credentials (CLI and admin API) ----------

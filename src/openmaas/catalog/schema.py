@@ -1,10 +1,12 @@
 """The catalog document's schema (``docs/catalog.md``): models and their deployments.
 
-Each engine kind is one deployment class, a member of :data:`DEPLOYMENT_KINDS` (the
-registry: a new engine kind plugs in by adding its class there, as ``vllm`` did). A class
-declares its fields, the checks that need the running system (``problems``: a credential
-that exists, a file that does), how its configuration is fingerprinted (a change restarts
-the deployment), and how it builds its engine.
+Each engine kind is one deployment class, a member of :data:`DEPLOYMENT_KINDS`, the one
+registry of engine kinds: a new kind plugs in by adding its class there, as ``vllm`` did.
+A class declares its fields (the only parser of them), the model kinds it can serve, the
+checks that need the running system (``problems``: a credential that exists, a file that
+does), how its configuration is fingerprinted (a change restarts the deployment), and how
+it builds its engine. The models the settings declare are a document of this schema too
+(``catalog/builtin.py``), built by the same classes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from openmaas.engines.base import Engine, ModelKind
 from openmaas.engines.fake import FakeScript
@@ -43,6 +45,7 @@ class BuildContext:
     credential_stamps: Mapping[str, int] = field(default_factory=dict)  # name → updated_at
     unreadable: frozenset[str] = frozenset()  # exist but do not decrypt (another master key)
     check_paths: bool = True
+    cache_dir: Path = Path(".openmaas") / "cache"  # converted model files (OPENMAAS_HOME/cache)
 
 
 class DeploymentBase(_Strict):
@@ -56,6 +59,10 @@ class DeploymentBase(_Strict):
     priority: int = Field(0, ge=0)
 
     kinds: ClassVar[frozenset[ModelKind]] = frozenset(ModelKind)  # model kinds it can serve
+
+    def serves(self, kind: ModelKind) -> bool:
+        """Whether this deployment can serve a model of ``kind``."""
+        return kind in self.kinds
 
     def problems(self, ctx: BuildContext) -> list[tuple[str, str]]:
         """(field, message) for what the running system refuses."""
@@ -199,18 +206,25 @@ class OpenAIDeployment(DeploymentBase):
         )
 
 
-class LlamaCppDeployment(DeploymentBase):
+class LlamaCppModel(_Strict):
+    """A GGUF file served in-process by llama.cpp: the fields an ``engine: llamacpp``
+    deployment shares with an ``OPENMAAS_LOCAL_MODELS`` entry (``settings.LocalModel``)."""
+
+    path: Path
+    # "gguf": the file's own chat template; a GLM family: OpenMaaS renders the prompt and
+    # parses the output (glm/), for reasoning and tools.
+    chat_format: Literal["gguf", "glm4-9b", "glm45", "glm47"] = "gguf"
+    slots: int = Field(2, ge=1)
+    context: int = Field(4096, ge=256, description="Context window per slot, in tokens.")
+    threads: int | None = Field(None, ge=1, description="Default: OPENMAAS_THREADS.")
+    pooling: Literal["mean", "cls", "last"] | None = None
+
+
+class LlamaCppDeployment(LlamaCppModel, DeploymentBase):
     """A GGUF file served in-process by llama.cpp."""
 
     engine: Literal["llamacpp"]
-    path: Path
-    # "gguf": the file's own chat template; a GLM family: OpenMaaS renders and parses.
-    chat_format: Literal["gguf", "glm4-9b", "glm45", "glm47"] = "gguf"
-    slots: int = Field(2, ge=1)
     queue: int | None = Field(None, ge=0)  # default: OPENMAAS_ENGINE_QUEUE
-    context: int = Field(4096, ge=256)
-    threads: int | None = Field(None, ge=1)  # default: OPENMAAS_THREADS
-    pooling: Literal["mean", "cls", "last"] | None = None
 
     def problems(self, ctx: BuildContext) -> list[tuple[str, str]]:
         if ctx.check_paths and not self.path.is_file():
@@ -237,6 +251,66 @@ class LlamaCppDeployment(DeploymentBase):
         if kind is ModelKind.CHAT and self.chat_format != "gguf":
             engine = GlmFormatEngine(model, GlmFamily(self.chat_format), engine)
         return engine
+
+
+class EmbeddedDeployment(DeploymentBase):
+    """A model packaged with OpenMaaS (``engines/embedded.py``), served in-process by
+    llama.cpp: ``smollm2-135m-instruct`` (chat) or ``all-minilm-l6-v2`` (embedding). The
+    settings serve both this way (``OPENMAAS_EMBEDDED_MODELS``)."""
+
+    engine: Literal["embedded"]
+    model: str
+    slots: int = Field(2, ge=1)
+    queue: int | None = Field(None, ge=0)  # default: OPENMAAS_ENGINE_QUEUE
+    context: int | None = Field(None, ge=256)  # the chat model's, per slot (default 2048)
+    threads: int | None = Field(None, ge=1)  # default: OPENMAAS_THREADS
+
+    @field_validator("model")
+    @classmethod
+    def _packaged(cls, value: str) -> str:
+        from openmaas.engines import embedded
+
+        if embedded.kind_of(value) is None:
+            names = f"{embedded.CHAT_MODEL} or {embedded.EMBEDDING_MODEL}"
+            raise ValueError(f"must name a packaged model: {names}")
+        return value
+
+    @model_validator(mode="after")
+    def _context(self) -> EmbeddedDeployment:
+        from openmaas.engines import embedded
+
+        if self.context is not None and embedded.kind_of(self.model) is not ModelKind.CHAT:
+            raise ValueError(f"the context of {self.model} is fixed; leave 'context' out")
+        return self
+
+    def serves(self, kind: ModelKind) -> bool:
+        from openmaas.engines import embedded
+
+        return embedded.kind_of(self.model) is kind
+
+    def problems(self, ctx: BuildContext) -> list[tuple[str, str]]:
+        from openmaas.core.errors import ModelFilesMissing
+        from openmaas.engines import embedded
+
+        if ctx.check_paths:
+            try:
+                embedded.check_installed(self.model)
+            except ModelFilesMissing as exc:
+                return [("model", exc.message)]
+        return []
+
+    def build(self, model: str, kind: ModelKind, ctx: BuildContext) -> Engine:
+        from openmaas.engines import embedded
+
+        return embedded.engine(
+            model,
+            self.model,
+            slots=self.slots,
+            queue=ctx.engine_queue if self.queue is None else self.queue,
+            threads=self.threads or ctx.threads,
+            context=self.context,
+            cache_dir=ctx.cache_dir,
+        )
 
 
 class FakeDeployment(DeploymentBase):
@@ -308,10 +382,11 @@ class VllmDeployment(DeploymentBase):
 DEPLOYMENT_KINDS: tuple[type[DeploymentBase], ...] = (
     OpenAIDeployment,
     LlamaCppDeployment,
+    EmbeddedDeployment,
     FakeDeployment,
     VllmDeployment,
 )
-"""The engine kinds a deployment may name, by their ``engine`` literal."""
+"""The engine kinds a deployment may name, by their ``engine`` literal: the one registry."""
 
 if TYPE_CHECKING:
     DeploymentSpec = DeploymentBase

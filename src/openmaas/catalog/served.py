@@ -1,11 +1,13 @@
 """The model catalog: which public model names exist and which engine serves each.
 
-The catalog a server runs is the models its settings serve (embedded, ``local_models``,
-``fake_models``, ``model_aliases``) plus those of the catalog document (``docs/catalog.md``),
-each a ``RoutedEngine`` over its deployments. :class:`ModelCatalog` is the one object the
-routes and the gateway read; ``catalog/reloader.py`` swaps what it holds when the
-document changes (``replace``: one attribute, atomic), and ``catalog/admin.py`` is
-what the CLI and the admin API change it with (the stored document, upstream credentials).
+The catalog a server runs is the models its settings declare (embedded, ``local_models``,
+``fake_models``, ``model_aliases``: the built-in document of ``catalog/builtin.py``, each
+served by its one deployment's engine) plus those of the catalog document
+(``docs/catalog.md``), each a ``RoutedEngine`` over its deployments. :class:`ModelCatalog`
+is the one object the routes and the gateway read; ``catalog/reloader.py`` swaps what it
+holds when the document changes (``replace``: one attribute, atomic), and
+``catalog/admin.py`` is what the CLI and the admin API change it with (the stored
+document, upstream credentials).
 """
 
 from __future__ import annotations
@@ -14,11 +16,25 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
+from openmaas.catalog.builtin import (
+    build_engine,
+    settings_context,
+    settings_document,
+    settings_model_names,
+)
+from openmaas.catalog.schema import ModelSpec
 from openmaas.core.errors import ConfigurationError, InvalidRequest, ModelNotFound
 from openmaas.engines.base import Engine, EngineState, ModelKind
 from openmaas.settings import Settings
+
+__all__ = [
+    "CREDENTIAL_PURPOSE",
+    "ModelCatalog",
+    "ServedModel",
+    "build_catalog",
+    "settings_model_names",  # catalog/builtin.py's, where the CLI and the admin look for it
+]
 
 log = logging.getLogger("openmaas.catalog")
 
@@ -37,6 +53,19 @@ class ServedModel:
     @property
     def kind(self) -> ModelKind:
         return self.engine.kind
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, engine: Engine, source: str = "settings") -> ServedModel:
+        """The model ``spec`` declares, served by ``engine``."""
+        return cls(
+            spec.name,
+            engine,
+            owned_by=spec.owned_by,
+            context_length=spec.context_length,
+            dimensions=spec.dimensions,
+            capabilities=tuple(spec.capabilities),
+            source=source,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,102 +160,14 @@ class ModelCatalog:
             await model.engine.stop()
 
 
-def settings_model_names(settings: Settings) -> set[str]:
-    """The names and aliases the settings serve, without building any engine (a catalog
-    document may not reuse them)."""
-    names = set(settings.local_models) | set(settings.fake_models) | set(settings.model_aliases)
-    if settings.embedded_models:
-        from openmaas.engines import embedded
-
-        names |= {embedded.CHAT_MODEL, embedded.EMBEDDING_MODEL}
-    return names
-
-
 def build_catalog(settings: Settings) -> ModelCatalog:
-    from openmaas.engines.fake import FakeEngine, FakeScript
-
-    models: list[ServedModel] = []
-    if settings.embedded_models:
-        models.extend(_embedded_models(settings))
-    models.extend(_local_models(settings))
-    for name, script in settings.fake_models.items():
-        models.append(ServedModel(name, FakeEngine(name, FakeScript(**script)), owned_by="fake"))
-    return ModelCatalog(models, settings.model_aliases)
-
-
-def _local_models(settings: Settings) -> list[ServedModel]:
-    from openmaas.engines.glm_format import GlmFormatEngine
-    from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
-    from openmaas.glm import GlmFamily
-
-    served: list[ServedModel] = []
-    for name, spec in settings.local_models.items():
-        engine: Engine = LlamaCppEngine(
-            name,
-            LlamaCppConfig(
-                model_path=spec.path,
-                kind=ModelKind(spec.kind),
-                slots=spec.slots,
-                queue=settings.engine_queue,
-                context_per_slot=spec.context,
-                threads=spec.threads or settings.threads,
-                pooling=spec.pooling,
-            ),
-        )
-        if spec.kind == "chat" and spec.chat_format != "gguf":
-            engine = GlmFormatEngine(name, GlmFamily(spec.chat_format), engine)
-        served.append(ServedModel(name, engine, owned_by="local", context_length=spec.context))
-    return served
-
-
-def _embedded_models(settings: Settings) -> list[ServedModel]:
-    from openmaas.engines import embedded
-    from openmaas.engines.bert_gguf import ensure_gguf
-    from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
-
-    chat_path = embedded.chat_model_path()  # fail fast at start if the package is missing
-    minilm_dir = embedded.embedding_model_dir()
-    cache_dir: Path = settings.cache_dir
-    chat = LlamaCppEngine(
-        embedded.CHAT_MODEL,
-        LlamaCppConfig(
-            model_path=chat_path,
-            kind=ModelKind.CHAT,
-            slots=settings.chat_slots,
-            queue=settings.engine_queue,
-            context_per_slot=settings.chat_context,
-            threads=settings.threads,
-        ),
-    )
-    embed = LlamaCppEngine(
-        embedded.EMBEDDING_MODEL,
-        LlamaCppConfig(
-            model_path=lambda: ensure_gguf(minilm_dir, cache_dir),
-            kind=ModelKind.EMBEDDING,
-            slots=settings.embedding_slots,
-            queue=settings.engine_queue,
-            context_per_slot=512,
-            threads=settings.resolved_embedding_threads,
-            pooling="mean",
-            tokenizer_path=minilm_dir / "tokenizer.json",
-            max_input_tokens=embedded.EMBEDDING_MAX_TOKENS,
-        ),
-    )
-    return [
-        ServedModel(
-            embedded.CHAT_MODEL,
-            chat,
-            owned_by="HuggingFaceTB",
-            context_length=settings.chat_context,
-        ),
-        ServedModel(
-            embedded.EMBEDDING_MODEL,
-            embed,
-            owned_by="sentence-transformers",
-            context_length=512,
-            dimensions=embedded.EMBEDDING_DIMENSIONS,
-        ),
-    ]
+    """The catalog of the models the settings declare: the built-in document's models
+    (``catalog/builtin.py``), each served by its one deployment's engine."""
+    document = settings_document(settings)
+    ctx = settings_context(settings)
+    models = [ServedModel.from_spec(spec, build_engine(spec, ctx)) for spec in document.models]
+    aliases = {alias: spec.name for spec in document.models for alias in spec.aliases}
+    return ModelCatalog(models, aliases)
 
 
 # -- the catalog document, applied without a restart ---------------------------------------

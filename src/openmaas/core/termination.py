@@ -1,9 +1,18 @@
-"""How a request ended. Every way has a name here; billing rules key on these names."""
+"""How a request ended. Every way has a name here; billing rules key on these names, and
+:func:`failure_for` is the one table from an exception to how a request ended."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
+from openmaas.core.errors import (
+    CapacityError,
+    EngineFailure,
+    EngineTimeout,
+    InvalidRequest,
+    UpstreamUnavailable,
+)
 from openmaas.core.types import FinishReason
 
 
@@ -25,3 +34,57 @@ def from_finish_reason(reason: FinishReason) -> Termination:
 def for_interruption(*, shutting_down: bool) -> Termination:
     """A request cut off from outside: by the client, or by our own shutdown."""
     return Termination.GATEWAY_SHUTDOWN if shutting_down else Termination.CLIENT_DISCONNECTED
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What an exception raised while serving a request says about how it ended.
+
+    ``termination`` is None for a refusal: nothing ran (a full queue, a loading engine, an
+    upstream that could not take it), so there is no usage record and the hold is
+    released. ``refused``: the engine never started on it, another deployment may be asked
+    at once. ``deployment_failed``: the deployment's own fault (its circuit breaker counts
+    it). ``failover``: before the first event, another deployment may take the request.
+    """
+
+    termination: Termination | None
+    error: str | None  # recorded with the usage
+    refused: bool = False
+    deployment_failed: bool = False
+    failover: bool = False
+
+
+_BEFORE_OUTPUT = frozenset({"connect", "first_token"})  # timeout phases that precede output
+
+
+def failure_for(exc: BaseException, *, shutting_down: bool = False) -> Failure:
+    """The one table from an exception to how the request (or one attempt at it) ended,
+    for the gateway's usage record and the router's failover (``docs/routing.md``):
+
+    - ``EngineTimeout``: ``timeout``; the deployment's fault; failover only in the phases
+      that precede output (``connect``, ``first_token``);
+    - ``EngineFailure``: ``engine_error``; the deployment's fault; failover;
+    - ``InvalidRequest``: ``rejected`` (the request is wrong: no failover);
+    - ``UpstreamUnavailable``: refused (no record); the deployment's fault; failover;
+    - any other ``CapacityError``: refused (no record), not reached; failover;
+    - any other ``Exception``: ``engine_error`` (a bug: no failover);
+    - cancellation: ``client_disconnected``, or ``gateway_shutdown`` while shutting down.
+    """
+    if isinstance(exc, EngineTimeout):
+        return Failure(
+            Termination.TIMEOUT,
+            exc.message,
+            deployment_failed=True,
+            failover=exc.phase in _BEFORE_OUTPUT,
+        )
+    if isinstance(exc, EngineFailure):
+        return Failure(Termination.ENGINE_ERROR, exc.message, deployment_failed=True, failover=True)
+    if isinstance(exc, InvalidRequest):
+        return Failure(Termination.REJECTED, exc.message)
+    if isinstance(exc, UpstreamUnavailable):
+        return Failure(None, exc.message, deployment_failed=True, failover=True)
+    if isinstance(exc, CapacityError):
+        return Failure(None, exc.message, refused=True, failover=True)
+    if isinstance(exc, Exception):
+        return Failure(Termination.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
+    return Failure(for_interruption(shutting_down=shutting_down), None)

@@ -4,6 +4,12 @@ An engine turns a canonical ``GenerationRequest`` into an async stream of canoni
 (``TextDelta`` ... ``Finished``) and an ``EmbeddingRequest`` into vectors. Closing the stream
 early (``aclose()``, or cancelling the task that iterates it) must stop generation in the
 engine: no tokens are generated for nobody.
+
+:class:`Engine` is that interface, a protocol: the router (``serving/router.py``) and the
+managed vLLM engine (``engines/vllm.py``) implement it directly. :class:`SlotEngine` is a
+template for the engines that really have slots (llama.cpp, the HTTP relay, the fake, the
+GLM wrapper): it counts requests against slots and queue (:class:`SlotCounter`) and runs
+the load/unload lifecycle around the ``_load``/``_unload``/``_stream``/``_embed`` hooks.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import abc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from openmaas.core.errors import EngineNotReady, EngineOverloaded
 from openmaas.core.money import Money
@@ -140,15 +147,81 @@ class EngineStream:
             self._release = None
 
 
-class Engine(abc.ABC):
-    """Serves one model. Subclasses implement ``_load``, ``_unload``, ``_stream``, ``_embed``."""
+class Engine(Protocol):
+    """Serves one model: what the catalog, the router and the gateway rely on.
+
+    ``start`` loads (on failure the engine stays up in state FAILED with the reason and the
+    error is raised); ``stop`` unloads (STOPPED). ``stream`` and ``embed`` admit a request
+    or raise ``EngineNotReady``/``EngineOverloaded`` (capacity errors: nothing reached the
+    engine). The caller must ``aclose()`` a stream (in a ``finally``), which stops the
+    engine if the stream has not ended. ``count_prompt_tokens`` says how many prompt tokens
+    a request would read, exactly as generation would count them, generating nothing.
+    """
+
+    model: str
+    kind: ModelKind
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def health(self) -> EngineHealth: ...
+
+    def capacity(self) -> Capacity: ...
+
+    def stream(self, request: GenerationRequest) -> EngineStream: ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int: ...
+
+
+class SlotCounter:
+    """Requests admitted to ``slots`` (running) plus ``queue`` (waiting); beyond that, and
+    while the engine is not READY, a request is refused."""
+
+    __slots__ = ("model", "slots", "queue", "in_flight")
+
+    def __init__(self, model: str, *, slots: int, queue: int) -> None:
+        self.model = model
+        self.slots = slots
+        self.queue = queue
+        self.in_flight = 0
+
+    def capacity(self) -> Capacity:
+        return Capacity(slots=self.slots, queue=self.queue, in_flight=self.in_flight)
+
+    def admit(self, health: EngineHealth) -> None:
+        """Count one more request, or raise EngineNotReady/EngineOverloaded."""
+        if health.state is not EngineState.READY:
+            raise EngineNotReady(self.model, health.detail or health.state.value)
+        if self.in_flight >= self.slots + self.queue:
+            raise EngineOverloaded(self.model, self.slots + self.queue)
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    def admitted_stream(
+        self,
+        health: EngineHealth,
+        events: Callable[[UsageTracker], AsyncIterator[StreamEvent]],
+    ) -> EngineStream:
+        """Admit a generation and wrap ``events(tracker)`` as its stream, released when the
+        stream ends or is closed."""
+        self.admit(health)
+        tracker = UsageTracker()
+        return EngineStream(events(tracker), tracker, self.release)
+
+
+class SlotEngine(abc.ABC):
+    """A template for an :class:`Engine` with slots. Subclasses implement ``_load``,
+    ``_unload`` and ``_stream`` or ``_embed`` (and ``_count_prompt_tokens``)."""
 
     def __init__(self, model: str, kind: ModelKind, *, slots: int, queue: int) -> None:
         self.model = model
         self.kind = kind
-        self._slots = slots
-        self._queue = queue
-        self._in_flight = 0
+        self._slots = SlotCounter(model, slots=slots, queue=queue)
         self._health = EngineHealth(EngineState.LOADING)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -170,7 +243,7 @@ class Engine(abc.ABC):
         return self._health
 
     def capacity(self) -> Capacity:
-        return Capacity(slots=self._slots, queue=self._queue, in_flight=self._in_flight)
+        return self._slots.capacity()
 
     # -- serving -----------------------------------------------------------------------
     def stream(self, request: GenerationRequest) -> EngineStream:
@@ -179,9 +252,9 @@ class Engine(abc.ABC):
         The caller must ``aclose()`` the stream (in a ``finally``), which stops the engine
         if the stream has not ended.
         """
-        self._admit()
-        tracker = UsageTracker()
-        return EngineStream(self._stream(request, tracker), tracker, self._release)
+        return self._slots.admitted_stream(
+            self._health, lambda tracker: self._stream(request, tracker)
+        )
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """How many prompt tokens ``request`` would read, exactly as generation would count
@@ -191,21 +264,11 @@ class Engine(abc.ABC):
         return await self._count_prompt_tokens(request)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        self._admit()
+        self._slots.admit(self._health)
         try:
             return await self._embed(request)
         finally:
-            self._release()
-
-    def _admit(self) -> None:
-        if self._health.state is not EngineState.READY:
-            raise EngineNotReady(self.model, self._health.detail or self._health.state.value)
-        if self._in_flight >= self._slots + self._queue:
-            raise EngineOverloaded(self.model, self._slots + self._queue)
-        self._in_flight += 1
-
-    def _release(self) -> None:
-        self._in_flight -= 1
+            self._slots.release()
 
     # -- implementation hooks ---------------------------------------------------------
     @abc.abstractmethod

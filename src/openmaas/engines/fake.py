@@ -34,7 +34,7 @@ from openmaas.core.types import (
     TextDelta,
     ToolCallDelta,
 )
-from openmaas.engines.base import Engine, ModelKind, UsageTracker
+from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
 
 
 class FakeToolCall(BaseModel):
@@ -75,7 +75,7 @@ class FakeStats:
     last_prompt: str | None = None  # the raw prompt of the latest completion request
 
 
-class FakeEngine(Engine):
+class FakeEngine(SlotEngine):
     def __init__(self, model: str, script: FakeScript) -> None:
         super().__init__(model, ModelKind.CHAT, slots=script.slots, queue=script.queue)
         self.script = script

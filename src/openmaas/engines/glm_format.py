@@ -20,11 +20,11 @@ from openmaas.core.types import (
     TextDelta,
     ToolCallDelta,
 )
-from openmaas.engines.base import Engine, ModelKind, UsageTracker
+from openmaas.engines.base import Engine, ModelKind, SlotEngine, UsageTracker
 from openmaas.glm import GlmFamily, GlmOutputParser, render_prompt, stop_strings
 
 
-class GlmFormatEngine(Engine):
+class GlmFormatEngine(SlotEngine):
     def __init__(self, model: str, family: GlmFamily, inner: Engine) -> None:
         capacity = inner.capacity()
         super().__init__(model, ModelKind.CHAT, slots=capacity.slots, queue=capacity.queue)

@@ -34,7 +34,7 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.engines import generic_tools
-from openmaas.engines.base import Engine, ModelKind, UsageTracker
+from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
 from openmaas.engines.openai_wire import sampling_fields
 
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
@@ -58,7 +58,7 @@ class LlamaCppConfig:
     max_input_tokens: int | None = None
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(SlotEngine):
     def __init__(self, model: str, config: LlamaCppConfig) -> None:
         super().__init__(model, config.kind, slots=config.slots, queue=config.queue)
         self._config = config

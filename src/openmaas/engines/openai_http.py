@@ -65,7 +65,7 @@ from openmaas.core.types import (
     StreamEvent,
     Usage,
 )
-from openmaas.engines.base import Engine, ModelKind, UsageTracker
+from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
 from openmaas.engines.openai_wire import (
     SseDecoder,
     ThinkingStyle,
@@ -146,7 +146,7 @@ class OpenAIHttpConfig:
 
 
 # -- the engine -----------------------------------------------------------------------------
-class OpenAIHttpEngine(Engine):
+class OpenAIHttpEngine(SlotEngine):
     def __init__(self, model: str, config: OpenAIHttpConfig) -> None:
         super().__init__(model, config.kind, slots=config.slots, queue=config.queue)
         self.config = config

@@ -47,13 +47,12 @@ import secrets
 import shutil
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from openmaas.aio import finish_despite_cancellation
 from openmaas.core.errors import (
-    ConfigurationError,
     EngineNotReady,
     SetupError,
     UpstreamUnavailable,
@@ -66,22 +65,21 @@ from openmaas.core.types import (
     StreamEvent,
 )
 from openmaas.engines.base import (
-    Engine,
+    Capacity,
     EngineHealth,
     EngineState,
     EngineStream,
     ModelKind,
+    SlotCounter,
     UsageTracker,
 )
 from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Timeouts
 from openmaas.engines.openai_wire import ThinkingStyle
 from openmaas.engines.vllm_process import (
     HOST,
-    VllmLoad,
     VllmProcess,
     describe_exit,
     free_port,
-    parse_load,
 )
 
 __all__ = [
@@ -89,14 +87,12 @@ __all__ = [
     "ManagedVllmEngine",
     "RestartPolicy",
     "VllmConfig",
-    "VllmLoad",
     "VllmNotInstalled",
     "VllmStartFailed",
     "vllm_command",
 ]
 
 log = logging.getLogger("openmaas.engines.vllm")
-process_log = logging.getLogger("openmaas.engines.vllm.process")  # vLLM's own output, at debug
 
 _MODULE = "vllm.entrypoints.cli.main"  # ``python -m`` form of the ``vllm`` command
 _OWNED_FLAGS = frozenset({"--host", "--port", "--api-key", "--served-model-name", "--model"})
@@ -138,10 +134,12 @@ class RestartPolicy:
 
 @dataclass(frozen=True, slots=True)
 class VllmConfig:
-    """One managed ``vllm serve``. ``model`` is what vLLM takes as its model: a directory
-    with the weights (or a Hugging Face id already in the local cache; nothing is
-    downloaded). ``env`` is left out of the repr (it may name devices and paths only, but
-    is treated as secret like every engine setting that reaches a process)."""
+    """One managed ``vllm serve``, built from a catalog document's ``engine: vllm``
+    deployment (``catalog/schema.py``'s ``VllmDeployment``, the one parser of its fields).
+    ``model`` is what vLLM takes as its model: a directory with the weights (or a Hugging
+    Face id already in the local cache; nothing is downloaded). ``env`` is left out of the
+    repr (it may name devices and paths only, but is treated as secret like every engine
+    setting that reaches a process)."""
 
     model: str
     served_model_name: str | None = None  # the name vLLM serves (default: the public name)
@@ -183,47 +181,6 @@ class VllmConfig:
         if self.slots < 1 or self.queue < 0:
             raise ValueError("slots must be at least 1 and queue not negative")
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> VllmConfig:
-        """A config from a catalog entry's engine parameters (plain YAML/TOML values: lists
-        for tuples, a mapping for ``restart`` and ``timeouts``). Unknown or invalid fields
-        raise ``ConfigurationError`` naming the field."""
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in params.items():
-            if key not in known:
-                raise ConfigurationError(f"vllm: unknown field '{key}'")
-            try:
-                values[key] = _convert(key, value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigurationError(f"vllm: invalid '{key}': {exc}") from None
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigurationError(f"vllm: {exc}") from None
-        except ValueError as exc:
-            raise ConfigurationError(f"vllm: {exc}") from None
-
-
-def _convert(key: str, value: Any) -> Any:
-    if key in ("command", "extra_args"):
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise TypeError("expected a list of strings")
-        return tuple(str(item) for item in value)
-    if key == "env":
-        return {str(k): str(v) for k, v in dict(value).items()}
-    if key == "restart":
-        return RestartPolicy(**dict(value))
-    if key == "timeouts":
-        return Timeouts(**dict(value))
-    if key == "kind":
-        return ModelKind(value)
-    if key == "thinking_style":
-        return ThinkingStyle(value)
-    if key == "tokenizer_path":
-        return Path(value)
-    return value
-
 
 def vllm_command(command: Sequence[str] | None = None) -> tuple[str, ...]:
     """The program (and its leading arguments) that runs vLLM's CLI; ``serve MODEL ...`` is
@@ -250,10 +207,17 @@ def vllm_command(command: Sequence[str] | None = None) -> tuple[str, ...]:
 
 
 # -- the engine -----------------------------------------------------------------------------
-class ManagedVllmEngine(Engine):
+class ManagedVllmEngine:
+    """An :class:`~openmaas.engines.base.Engine` that owns its vLLM process: its own
+    lifecycle (start, supervise, restart, stop) and admission against ``slots`` + ``queue``
+    across the relays of successive processes."""
+
     def __init__(self, model: str, config: VllmConfig) -> None:
-        super().__init__(model, config.kind, slots=config.slots, queue=config.queue)
+        self.model = model
+        self.kind = config.kind
         self.config = config
+        self._slots = SlotCounter(model, slots=config.slots, queue=config.queue)
+        self._health = EngineHealth(EngineState.LOADING)
         self.deployment = config.deployment or model
         self.served_model_name = config.served_model_name or model
         self.restarts = 0  # restarts that reached READY, since the engine was built
@@ -279,6 +243,12 @@ class ManagedVllmEngine(Engine):
     def base_url(self) -> str | None:
         """Where the current vLLM listens (``http://127.0.0.1:PORT/v1``), or None."""
         return f"{self._process.base}/v1" if self._process is not None else None
+
+    def health(self) -> EngineHealth:
+        return self._health
+
+    def capacity(self) -> Capacity:
+        return self._slots.capacity()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -508,6 +478,24 @@ class ManagedVllmEngine(Engine):
             await inner.stop()
 
     # -- serving -----------------------------------------------------------------------
+    def stream(self, request: GenerationRequest) -> EngineStream:
+        return self._slots.admitted_stream(
+            self._health, lambda tracker: self._stream(request, tracker)
+        )
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        self._slots.admit(self._health)
+        try:
+            return await self._embed(request)
+        finally:
+            self._slots.release()
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        inner = self._inner
+        if self._health.state is not EngineState.READY or inner is None:
+            raise EngineNotReady(self.model, self._health.detail or self._health.state.value)
+        return await inner.count_prompt_tokens(request)
+
     def _relay(self) -> OpenAIHttpEngine:
         inner = self._inner
         if inner is None:
@@ -542,22 +530,6 @@ class ManagedVllmEngine(Engine):
             return await inner.embed(request)
         finally:
             await self._release_retired(inner)
-
-    async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
-        inner = self._inner
-        if inner is None:
-            raise EngineNotReady(self.model, self._health.detail or "restarting")
-        return await inner.count_prompt_tokens(request)
-
-    # -- load --------------------------------------------------------------------------
-    async def load(self) -> VllmLoad | None:
-        """vLLM's running and waiting requests and KV-cache use, scraped from its
-        ``/metrics``; None when it is not serving or does not answer."""
-        process = self._process
-        if process is None:
-            return None
-        text = await process.metrics()
-        return None if text is None else parse_load(text)
 
     def _extra(self) -> dict[str, Any]:
         return {"model": self.model, "deployment": self.deployment}

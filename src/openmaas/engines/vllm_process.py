@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,7 @@ if TYPE_CHECKING:  # the engine owns its process; the process reports to it
 
 HOST = "127.0.0.1"
 _EXIT_POLL_S = 0.05  # how often the guard's exit status is looked at
-_PROBE_TIMEOUT_S = 5.0  # one health or metrics request
+_PROBE_TIMEOUT_S = 5.0  # one health or models request
 _LINE_LIMIT = 1024 * 1024  # longer output lines are dropped
 TAIL_LINES = 5  # of vLLM's output, quoted in a failure's reason
 TAIL_CHARS = 1000
@@ -213,14 +212,6 @@ class VllmProcess:
             return False
         return name in ids
 
-    async def metrics(self) -> str | None:
-        assert self._client is not None
-        try:
-            response = await self._client.get("/metrics")
-        except httpx.HTTPError:
-            return None
-        return response.text if response.status_code == 200 else None
-
     async def stop(self, grace: float) -> None:
         """End the guard, which ends vLLM's process group; SIGKILL the guard if it hangs."""
         proc, exited = self._proc, self.exited
@@ -255,37 +246,3 @@ class VllmProcess:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-@dataclass(frozen=True, slots=True)
-class VllmLoad:
-    """vLLM's own load gauges (summed over its engines), from ``/metrics``."""
-
-    running: float
-    waiting: float
-    kv_cache_usage: float | None  # 0–1, the fullest engine's
-
-
-def parse_load(text: str) -> VllmLoad:
-    """The load gauges in a Prometheus text exposition (``name{labels} value [ts]``)."""
-    running = waiting = 0.0
-    kv: float | None = None
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        if "{" in line.split(" ", 1)[0]:
-            name, _, rest = line.partition("{")
-            rest = rest.rpartition("}")[2]
-        else:
-            name, _, rest = line.partition(" ")
-        try:
-            value = float(rest.split()[0])
-        except (IndexError, ValueError):
-            continue
-        if name == "vllm:num_requests_running":
-            running += value
-        elif name == "vllm:num_requests_waiting":
-            waiting += value
-        elif name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
-            kv = value if kv is None else max(kv, value)
-    return VllmLoad(running, waiting, kv)

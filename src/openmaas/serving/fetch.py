@@ -43,10 +43,8 @@ from openmaas.core.egress import (
     check_addresses,
     check_content_type,
     check_url,
-    parse_networks,
 )
 from openmaas.core.errors import UrlRefused
-from openmaas.settings import Settings
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str | IPAddress]]]
 
@@ -59,15 +57,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-def egress_policy(settings: Settings) -> EgressPolicy:
-    """The policy the admin configured (``OPENMAAS_FETCH_*``)."""
-    return EgressPolicy(
-        enabled=settings.fetch_client_urls,
-        allowed_networks=parse_networks(settings.fetch_allowed_networks),
-        max_bytes=settings.fetch_max_bytes,
-    )
 
 
 @dataclass(frozen=True)

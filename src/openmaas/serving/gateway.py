@@ -6,6 +6,12 @@ only once the engine has produced its first event, so every failure before that 
 becomes a proper HTTP error. Whatever happens next (finished, length, client gone, engine
 error, shutdown), ``Generation.aclose()`` stops the engine, settles the hold and appends
 exactly one usage record, shielded from cancellation.
+
+The two meet at one seam: a ``Generation`` knows its engine stream and how it ended (an
+``Outcome``); what admission, settlement and the usage record need is behind the
+``Settlement`` the gateway hands it (``_Admitted``, one per generation). How an exception
+ends a request is ``core/termination.py``'s ``failure_for``, for generations and embeddings
+alike.
 """
 
 from __future__ import annotations
@@ -13,14 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import anyio
 
 from openmaas.aio import finish_despite_cancellation
 from openmaas.core.clock import Clock
-from openmaas.core.errors import CapacityError, EngineFailure, EngineTimeout, InvalidRequest
-from openmaas.core.termination import Termination, for_interruption, from_finish_reason
+from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest
+from openmaas.core.termination import (
+    Termination,
+    failure_for,
+    for_interruption,
+    from_finish_reason,
+)
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -30,7 +42,7 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.core.usage import UsageRecord
-from openmaas.engines.base import EngineStream, ModelKind
+from openmaas.engines.base import EngineStream, ModelKind, Route
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Billing, Ticket
 from openmaas.catalog.served import ModelCatalog
@@ -67,26 +79,16 @@ class Gateway:
             max_tokens=request.sampling.max_tokens,
             context_length=served.context_length,
         )
-        request = replace(
-            request, routing=replace(request.routing, data_policy=ticket.data_policy)
-        )
+        request = replace(request, routing=replace(request.routing, data_policy=ticket.data_policy))
         try:
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.billing.cancel(ticket)
             raise
-        generation = Generation(self, principal, request, endpoint, stream, ticket, started)
         self._open += 1
-        try:
-            await generation.prime()
-        except CapacityError:  # e.g. every deployment refused: nothing was served
-            await generation.abandon()
-            raise
-        except BaseException:
-            await generation.aclose()
-            raise
-        return generation
+        admitted = _Admitted(self, principal, request, endpoint, ticket, started)
+        return await Generation.open(request, stream, admitted)
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """The prompt tokens ``request`` would read; nothing is generated or recorded."""
@@ -114,32 +116,21 @@ class Gateway:
         )
         if headers is not None and ticket.limit is not None:
             headers.update(ticket.limit.headers)
-        reached, termination, error, usage = True, Termination.FINISHED, None, Usage()
-        request = replace(
-            request, routing=replace(request.routing, data_policy=ticket.data_policy)
-        )
+        termination: Termination | None = Termination.FINISHED
+        error: str | None = None
+        usage = Usage()
+        request = replace(request, routing=replace(request.routing, data_policy=ticket.data_policy))
         try:
             result = await served.engine.embed(request)
             usage = result.usage
             return result
-        except CapacityError:
-            reached = False  # refused before the engine saw it: nothing to record
-            raise
-        except InvalidRequest as exc:
-            termination, error = Termination.REJECTED, exc.message
-            raise
-        except EngineTimeout as exc:
-            termination, error = Termination.TIMEOUT, exc.message
-            raise
-        except EngineFailure as exc:
-            termination, error = Termination.ENGINE_ERROR, exc.message
-            raise
-        except BaseException:
-            termination = for_interruption(shutting_down=self._shutting_down())
+        except BaseException as exc:
+            failure = failure_for(exc, shutting_down=self._shutting_down())
+            termination, error = failure.termination, failure.error
             raise
         finally:
             with anyio.CancelScope(shield=True):
-                if not reached:
+                if termination is None:  # refused before the engine saw it: no record
                     await self.billing.cancel(ticket)
                 else:
                     record = UsageRecord(
@@ -152,7 +143,7 @@ class Gateway:
                         termination,
                         ticket.request.started_at_ms,
                         ttft_ms=None,
-                        latency_ms=self.elapsed_ms(started),
+                        latency_ms=self._elapsed_ms(started),
                         error=error,
                     )
                     await self.finish(ticket, record)
@@ -175,18 +166,42 @@ class Gateway:
                 await asyncio.sleep(0.01)
         return self._open == 0
 
-    def closed_one(self) -> None:
-        self._open -= 1
-
-    def shutting_down(self) -> bool:
-        return self._shutting_down()
-
-    def elapsed_ms(self, since: float) -> int:
+    def _elapsed_ms(self, since: float) -> int:
         return max(0, round((self._clock.monotonic() - since) * 1000))
 
 
-class Generation:
-    """An admitted, metered generation: iterate its events, and always ``aclose()`` it."""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a generation ended, as its usage record states it."""
+
+    usage: Usage
+    termination: Termination | None  # None: cut off from outside (the client, a shutdown)
+    ttft_ms: int | None
+    error: str | None
+    route: Route
+
+
+class Settlement(Protocol):
+    """What a generation asks of whoever admitted it: the time since admission, a
+    checkpoint of its running count, and, once, either ``cancel`` (nothing was served: the
+    hold and limits are released, nothing recorded) or ``settle`` (the usage record)."""
+
+    @property
+    def limit_headers(self) -> dict[str, str]: ...
+
+    def elapsed_ms(self) -> int: ...
+
+    def checkpoint(self, usage: Callable[[], Usage]) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+    async def settle(self, outcome: Outcome) -> UsageRecord: ...
+
+
+class _Admitted:
+    """The gateway's side of one admitted generation (a :class:`Settlement`)."""
+
+    __slots__ = ("_gateway", "_principal", "_request", "_endpoint", "_ticket", "_started")
 
     def __init__(
         self,
@@ -194,23 +209,97 @@ class Generation:
         principal: Principal,
         request: GenerationRequest,
         endpoint: str,
-        stream: EngineStream,
         ticket: Ticket,
         started: float,
     ) -> None:
-        self.request = request
         self._gateway = gateway
         self._principal = principal
+        self._request = request
         self._endpoint = endpoint
-        self._stream = stream
         self._ticket = ticket
         self._started = started
+
+    @property
+    def limit_headers(self) -> dict[str, str]:
+        limit = self._ticket.limit
+        return dict(limit.headers) if limit is not None else {}
+
+    def elapsed_ms(self) -> int:
+        return self._gateway._elapsed_ms(self._started)
+
+    def checkpoint(self, usage: Callable[[], Usage]) -> None:
+        self._gateway.billing.checkpoint(self._ticket, usage)
+
+    async def cancel(self) -> None:
+        try:
+            await self._gateway.billing.cancel(self._ticket)
+        finally:
+            self._gateway._open -= 1
+
+    async def settle(self, outcome: Outcome) -> UsageRecord:
+        gateway = self._gateway
+        termination = outcome.termination or for_interruption(
+            shutting_down=gateway._shutting_down()
+        )
+        route = outcome.route
+        record = UsageRecord(
+            request_id=self._request.request_id,
+            key_id=self._principal.key_id,
+            org_id=self._principal.org_id,
+            model=self._request.model,
+            endpoint=self._endpoint,
+            usage=outcome.usage,
+            termination=termination,
+            started_at_ms=self._ticket.request.started_at_ms,
+            ttft_ms=outcome.ttft_ms,
+            latency_ms=self.elapsed_ms(),
+            error=outcome.error,
+            deployment=route.deployment,
+            data_class=route.data_class,
+            route=route.decision,
+            attempts=route.attempts,
+            upstream_cost=route.upstream_cost,
+        )
+        try:
+            return await gateway.finish(self._ticket, record)
+        finally:
+            gateway._open -= 1
+
+
+class Generation:
+    """An admitted, metered generation: iterate its events, and always ``aclose()`` it."""
+
+    def __init__(
+        self, request: GenerationRequest, stream: EngineStream, settlement: Settlement
+    ) -> None:
+        self.request = request
+        self._stream = stream
+        self._settlement = settlement
         self._first: StreamEvent | None = None
         self._ttft_ms: int | None = None
         self._finished: Finished | None = None
         self._termination: Termination | None = None
         self._error: str | None = None
         self._closed = False
+
+    @classmethod
+    async def open(
+        cls, request: GenerationRequest, stream: EngineStream, settlement: Settlement
+    ) -> Generation:
+        """The generation once its engine has produced the first event. A refusal before
+        it (the engine, or every deployment, could not take the request) is cancelled like
+        a refusal at ``engine.stream``: nothing recorded, hold and limits released. Any
+        other failure is settled (one usage record) and raised."""
+        generation = cls(request, stream, settlement)
+        try:
+            generation._first = await generation._next()
+        except CapacityError:
+            await generation._cancel()
+            raise
+        except BaseException:
+            await generation.aclose()
+            raise
+        return generation
 
     @property
     def request_id(self) -> str:
@@ -219,11 +308,7 @@ class Generation:
     @property
     def limit_headers(self) -> dict[str, str]:
         """``x-ratelimit-*`` as of admission (empty when no tier limits the caller)."""
-        limit = self._ticket.limit
-        return dict(limit.headers) if limit is not None else {}
-
-    async def prime(self) -> None:
-        self._first = await self._next()
+        return self._settlement.limit_headers
 
     def __aiter__(self) -> Generation:
         return self
@@ -244,49 +329,40 @@ class Generation:
                 self._fail(Termination.ENGINE_ERROR, "the engine ended without finishing")
                 raise EngineFailure("The engine ended the stream unexpectedly.") from None
             raise
-        except InvalidRequest as exc:
-            self._fail(Termination.REJECTED, exc.message)
-            raise
-        except EngineTimeout as exc:
-            self._fail(Termination.TIMEOUT, exc.message)
-            raise
-        except EngineFailure as exc:
-            self._fail(Termination.ENGINE_ERROR, exc.message)
-            raise
-        except CapacityError:
-            if self._ttft_ms is None and self._finished is None:
-                raise  # refused before serving anything (``Gateway.generate`` abandons it)
-            self._fail(Termination.ENGINE_ERROR, "the engine refused mid-stream")
-            raise EngineFailure("The engine failed.") from None
         except Exception as exc:
-            self._fail(Termination.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
-            raise EngineFailure("The engine failed.") from exc
+            failure = failure_for(exc)
+            if failure.termination is None:  # a capacity error
+                if self._ttft_ms is None and self._finished is None:
+                    raise  # refused before serving anything (``open`` cancels it)
+                self._fail(Termination.ENGINE_ERROR, "the engine refused mid-stream")
+                raise EngineFailure("The engine failed.") from None
+            self._fail(failure.termination, failure.error)
+            if not isinstance(exc, EngineFailure | InvalidRequest):
+                raise EngineFailure("The engine failed.") from exc
+            raise
         if isinstance(event, Finished):
             self._finished = event
             self._termination = from_finish_reason(event.reason)
             return event
         if self._ttft_ms is None:  # the first token of any kind: text, reasoning, tool call
-            self._ttft_ms = self._gateway.elapsed_ms(self._started)
-        self._gateway.billing.checkpoint(self._ticket, self._stream.tracker.snapshot)
+            self._ttft_ms = self._settlement.elapsed_ms()
+        self._settlement.checkpoint(self._stream.tracker.snapshot)
         return event
 
-    def _fail(self, termination: Termination, error: str) -> None:
+    def _fail(self, termination: Termination, error: str | None) -> None:
         if self._termination is None:
             self._termination = termination
             self._error = error
 
-    async def abandon(self) -> None:
-        """Before the first event, the engine (or every deployment) refused: like a refusal
-        at ``engine.stream``, nothing is recorded and the hold and limits are released."""
+    async def _cancel(self) -> None:
         if self._closed:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
             try:
                 await self._stream.aclose()
-                await self._gateway.billing.cancel(self._ticket)
             finally:
-                self._gateway.closed_one()
+                await self._settlement.cancel()
 
     async def aclose(self) -> UsageRecord | None:
         """Stop the engine if it still runs and append the usage record (once)."""
@@ -294,35 +370,16 @@ class Generation:
             return None
         self._closed = True
         with anyio.CancelScope(shield=True):
-            await self._stream.aclose()
-            termination = self._termination or for_interruption(
-                shutting_down=self._gateway.shutting_down()
-            )
-            usage = self._finished.usage if self._finished else self._stream.tracker.snapshot()
-            route = self._stream.route
-            record = UsageRecord(
-                request_id=self.request.request_id,
-                key_id=self._principal.key_id,
-                org_id=self._principal.org_id,
-                model=self.request.model,
-                endpoint=self._endpoint,
-                usage=usage,
-                termination=termination,
-                started_at_ms=self._ticket.request.started_at_ms,
-                ttft_ms=self._ttft_ms,
-                latency_ms=self._gateway.elapsed_ms(self._started),
-                error=self._error,
-                deployment=route.deployment,
-                data_class=route.data_class,
-                route=route.decision,
-                attempts=route.attempts,
-                upstream_cost=route.upstream_cost,
-            )
             try:
-                record = await self._gateway.finish(self._ticket, record)
+                await self._stream.aclose()
             finally:
-                self._gateway.closed_one()
+                record = await self._settlement.settle(self._outcome())
         return record
+
+    def _outcome(self) -> Outcome:
+        finished = self._finished
+        usage = finished.usage if finished else self._stream.tracker.snapshot()
+        return Outcome(usage, self._termination, self._ttft_ms, self._error, self._stream.route)
 
 
 async def _embedding_token_bound(request: EmbeddingRequest, context: int | None) -> int:

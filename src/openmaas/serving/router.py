@@ -1,7 +1,7 @@
 """Routing and failover: one public model served by several deployments (``docs/routing.md``).
 
-A :class:`RoutedEngine` is an :class:`~openmaas.engines.base.Engine`, so the gateway serves it
-like any other. Per request it picks a deployment:
+A :class:`RoutedEngine` implements the :class:`~openmaas.engines.base.Engine` protocol, so the
+gateway serves it like any other engine. Per request it picks a deployment:
 
 1. candidates: engine READY, circuit not open, free concurrency;
 2. data policy: ``local_only`` never sees an ``external`` deployment; ``burst`` sees one only
@@ -53,6 +53,7 @@ from openmaas.core.routing import (
     least_loaded,
     stable_hash,
 )
+from openmaas.core.termination import failure_for
 from openmaas.core.types import (
     DataPolicy,
     EmbeddingRequest,
@@ -66,6 +67,7 @@ from openmaas.engines.base import (
     EngineHealth,
     EngineState,
     EngineStream,
+    ModelKind,
 )
 
 log = logging.getLogger("openmaas.router")
@@ -160,20 +162,6 @@ class _Member:
         return self.engine.health().state is EngineState.READY
 
 
-def _counts_against(exc: BaseException) -> bool:
-    """Whether a deployment's circuit counts ``exc`` as its failure. A full queue or a
-    loading engine is capacity, not ill health; a bad request is the caller's."""
-    return isinstance(exc, (EngineFailure, UpstreamUnavailable))
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Whether another deployment may take a request that failed with ``exc`` before its
-    first event. Timeouts only in the phases that precede any output."""
-    if isinstance(exc, EngineTimeout):
-        return exc.phase in ("connect", "first_token")
-    return isinstance(exc, (CapacityError, EngineFailure))
-
-
 class _Lease:
     """One attempt on one deployment: counted in its outstanding requests until released,
     and the circuit's half-open probe when ``probe``."""
@@ -198,7 +186,7 @@ class _Lease:
     def failed(self, exc: BaseException) -> None:
         """Count ``exc`` against the deployment (once per attempt), before or after its
         first event: a deployment that drops streams midway is unhealthy too."""
-        if self._failed or not _counts_against(exc):
+        if self._failed or not failure_for(exc).deployment_failed:
             return
         self._failed = self._resolved = True
         self.member.breaker.record_failure(self.router.now())
@@ -254,7 +242,7 @@ class _Plan:
     def may_retry(self, exc: BaseException) -> float | None:
         """After a failed attempt: the backoff to wait before the next, or None to stop."""
         self.errors.append(exc)
-        if not _retryable(exc):
+        if not failure_for(exc).failover:
             return None
         self.failures += 1
         config = self.router.config
@@ -302,7 +290,7 @@ class _Plan:
         return error
 
 
-class RoutedEngine(Engine):
+class RoutedEngine:
     """One public model over its deployments: selection, failover, fallbacks, circuit
     breakers and active health checks. It owns its deployments' engines (starts and stops
     them); ``fallbacks`` are other models' routers, owned by the catalog, whose own
@@ -329,6 +317,8 @@ class RoutedEngine(Engine):
         for d in deployments:
             if d.weight < 1 or (d.max_concurrency is not None and d.max_concurrency < 1):
                 raise ConfigurationError(f"Deployment '{d.id}': weight and max_concurrency ≥ 1.")
+        self.model = model
+        self.kind: ModelKind = kinds.pop()
         self.config = config or RouterConfig()
         self.fallbacks = tuple(fallbacks)
         self.rng = rng or random.Random()
@@ -338,7 +328,6 @@ class RoutedEngine(Engine):
         self._has_local = any(m.local for m in self.members)
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = False
-        super().__init__(model, kinds.pop(), slots=0, queue=0)
 
     def now(self) -> float:
         return self._clock.monotonic()
@@ -398,12 +387,6 @@ class RoutedEngine(Engine):
             if m.id == deployment:
                 return m
         raise KeyError(deployment)
-
-    async def _load(self) -> None:  # start() is overridden
-        return None
-
-    async def _unload(self) -> None:  # stop() is overridden
-        return None
 
     # -- selection ---------------------------------------------------------------------
     def key_hash(self, request: GenerationRequest | EmbeddingRequest) -> int | None:
@@ -474,16 +457,17 @@ class RoutedEngine(Engine):
                 raise plan.final_error()
             try:
                 result = await lease.member.engine.embed(request)
-            except (EngineOverloaded, EngineNotReady) as exc:
-                lease.release()
-                plan.refused(exc)
-                continue
             except Exception as exc:
+                failure = failure_for(exc)
+                if failure.refused:  # the engine refused at once: nothing reached it
+                    lease.release()
+                    plan.refused(exc)
+                    continue
                 lease.failed(exc)
                 lease.release()
                 delay = plan.may_retry(exc)
                 if delay is None:
-                    if _retryable(exc):
+                    if failure.failover:
                         raise plan.final_error() from exc
                     raise
                 await asyncio.sleep(delay)
@@ -506,7 +490,10 @@ class RoutedEngine(Engine):
                 tried.add(member.id)
                 try:
                     return await member.engine.count_prompt_tokens(request)
-                except (CapacityError, EngineFailure) as exc:
+                except Exception as exc:
+                    failure = failure_for(exc)
+                    if not (failure.refused or failure.deployment_failed):
+                        raise
                     errors.append(exc)
         plan = _Plan(self, request)
         plan.errors = errors
@@ -625,7 +612,7 @@ class _Relay:
             await self.close()
             delay = self.plan.may_retry(exc)
             if delay is None:
-                if _retryable(exc):
+                if failure_for(exc).failover:
                     raise self.plan.final_error() from exc
                 raise exc
             await asyncio.sleep(delay)
