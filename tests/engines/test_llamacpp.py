@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -19,8 +21,13 @@ from openmaas.core.types import (
     TextDelta,
 )
 from openmaas.engines.base import EngineState, ModelKind
-from openmaas.engines.embedded import chat_model_path
+from openmaas.engines.embedded import (
+    chat_model_path,
+)
 from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from tests.engines.loop_watch import (
+    GUARD_SECONDS,
+)
 
 
 @pytest.fixture()
@@ -143,3 +150,69 @@ async def test_counting_prompt_tokens_matches_what_generation_reads(
         finished = events[-1]
         assert isinstance(finished, Finished)
         assert counted == finished.usage.prompt_tokens
+
+
+# -- heavy work off the event loop ------------------------------------------------------------
+
+
+class _Held:
+    """Servers built and freed under the test's control: a build waits for ``build``, a
+    release (off the event loop's thread) for ``free``; ``freed_on`` lists the threads the
+    releases ran on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import xllamacpp
+
+        self.building, self.build = threading.Event(), threading.Event()
+        self.freeing, self.free = threading.Event(), threading.Event()
+        self.freed = threading.Event()
+        self.freed_on: list[int] = []
+        self.loop_thread = threading.get_ident()  # made on the event loop's thread
+        real = xllamacpp.Server
+        monkeypatch.setattr(xllamacpp, "Server", lambda params: _HeldServer(real, params, self))
+
+
+class _HeldServer:
+    def __init__(self, real: Any, params: Any, held: _Held) -> None:
+        held.building.set()
+        held.build.wait(GUARD_SECONDS)
+        self._held = held
+        self._real = real(params)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_real":
+            raise AttributeError(name)
+        return getattr(self._real, name)
+
+    def __del__(self) -> None:
+        self._held.freeing.set()
+        if threading.get_ident() != self._held.loop_thread:  # there, nothing could set it
+            self._held.free.wait(GUARD_SECONDS)
+        self._held.freed_on.append(threading.get_ident())
+        self._held.freed.set()
+
+
+def _smol() -> LlamaCppEngine:
+    return LlamaCppEngine(
+        "smol", LlamaCppConfig(chat_model_path(), ModelKind.CHAT, slots=1, threads=1)
+    )
+
+
+async def test_a_cancelled_stop_ends_with_the_server_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = _Held(monkeypatch)
+    held.build.set()
+    engine = _smol()
+    await engine.start()
+    stopping = asyncio.create_task(engine.stop())
+    await asyncio.to_thread(held.freeing.wait, GUARD_SECONDS)
+    stopping.cancel()
+    await asyncio.sleep(0)  # the event loop runs on meanwhile ...
+    assert not stopping.done()  # ... but the cancelled stop waits for the server to be freed
+    held.free.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert held.freed.is_set() and threading.get_ident() not in held.freed_on
+    await engine.stop()  # stopping again finds nothing left to free
+    assert engine.health().state is EngineState.STOPPED
