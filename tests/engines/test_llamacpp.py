@@ -6,12 +6,14 @@ import asyncio
 import re
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from openmaas.core.errors import EngineNotReady, EngineOverloaded, InvalidRequest
 from openmaas.core.types import (
+    EmbeddingRequest,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -21,12 +23,21 @@ from openmaas.core.types import (
     TextDelta,
 )
 from openmaas.engines.base import EngineState, ModelKind
+from openmaas.engines.bert_gguf import ensure_gguf
 from openmaas.engines.embedded import (
+    EMBEDDING_DIMENSIONS,
+    EMBEDDING_MAX_TOKENS,
     chat_model_path,
+    embedding_model_dir,
 )
+from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
 from tests.engines.loop_watch import (
+    ANSWERS_DURING,
     GUARD_SECONDS,
+    Answers,
+    keep_asking,
+    watch_llamacpp,
 )
 
 
@@ -155,6 +166,49 @@ async def test_counting_prompt_tokens_matches_what_generation_reads(
 # -- heavy work off the event loop ------------------------------------------------------------
 
 
+async def test_an_embedding_model_loads_embeds_and_unloads_while_requests_are_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = Answers()
+    watch_llamacpp(monkeypatch, answers)
+    minilm = embedding_model_dir()
+
+    def converted() -> Path:
+        path = ensure_gguf(minilm, tmp_path)
+        answers.during("convert")
+        return path
+
+    engine = LlamaCppEngine(
+        "minilm",
+        LlamaCppConfig(
+            converted,
+            ModelKind.EMBEDDING,
+            slots=1,
+            queue=0,
+            context_per_slot=512,
+            threads=1,
+            pooling="mean",
+            tokenizer_path=minilm / "tokenizer.json",
+            max_input_tokens=EMBEDDING_MAX_TOKENS,
+        ),
+    )
+    base = FakeEngine("base", FakeScript(text="still here", first_token_delay=0.001))
+    await base.start()
+    done = asyncio.Event()
+    asking = asyncio.create_task(keep_asking(lambda: base, answers, done))
+    try:
+        await engine.start()
+        result = await engine.embed(EmbeddingRequest("e", "minilm", ("one text", "another")))
+        await engine.stop()
+    finally:
+        done.set()
+        texts = await asking
+    assert [len(vector) for vector in result.vectors] == [EMBEDDING_DIMENSIONS] * 2
+    for step in ("tokenizer load", "convert", "load", "encode", "unload"):
+        assert answers.answered_during(step) >= ANSWERS_DURING, answers.report()
+    assert set(texts) == {"still here"}
+
+
 class _Held:
     """Servers built and freed under the test's control: a build waits for ``build``, a
     release (off the event loop's thread) for ``free``; ``freed_on`` lists the threads the
@@ -196,6 +250,25 @@ def _smol() -> LlamaCppEngine:
     return LlamaCppEngine(
         "smol", LlamaCppConfig(chat_model_path(), ModelKind.CHAT, slots=1, threads=1)
     )
+
+
+async def test_a_load_cancelled_midway_frees_the_server_it_was_building(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = _Held(monkeypatch)
+    held.free.set()
+    engine = _smol()
+    loading = asyncio.create_task(engine.start())
+    await asyncio.to_thread(held.building.wait, GUARD_SECONDS)
+    loading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loading  # at once: llama.cpp's build goes on on its thread
+    assert not held.freeing.is_set()
+    held.build.set()
+    assert await asyncio.to_thread(held.freed.wait, GUARD_SECONDS)  # freed once built
+    assert threading.get_ident() not in held.freed_on
+    await engine.stop()
+    assert engine.health().state is EngineState.STOPPED
 
 
 async def test_a_cancelled_stop_ends_with_the_server_freed(

@@ -76,13 +76,27 @@ class LlamaCppEngine(Engine):
         )
 
     # -- lifecycle ---------------------------------------------------------------------
+    # Loading (converting weights, reading a tokenizer, building llama.cpp's server) and
+    # freeing (its destructor joins llama.cpp's threads) run on threads, never on the event
+    # loop: the other models keep answering meanwhile.
     async def _load(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.run_in_executor(self._pool, self._create_server)
-        if self._config.tokenizer_path is not None:
-            self._tokenizer = _load_tokenizer(
-                self._config.tokenizer_path, self._config.max_input_tokens
+        cfg = self._config
+        if cfg.tokenizer_path is not None:  # first: a bad tokenizer leaves no server behind
+            self._tokenizer = await asyncio.to_thread(
+                _load_tokenizer, cfg.tokenizer_path, cfg.max_input_tokens
             )
+        built: list[Any] = []  # the server, until this coroutine takes it
+        building = asyncio.get_running_loop().run_in_executor(self._pool, self._build_into, built)
+        try:
+            await asyncio.shield(building)
+        except asyncio.CancelledError:
+            # llama.cpp cannot stop half-way: free what it builds once it is built.
+            building.add_done_callback(lambda _: _free_in_thread(built, self.model))
+            raise
+        self._server = built.pop()
+
+    def _build_into(self, built: list[Any]) -> None:
+        built.append(self._create_server())
 
     def _create_server(self) -> Any:
         import xllamacpp
@@ -248,18 +262,24 @@ class LlamaCppEngine(Engine):
         return payload  # type: ignore[no-any-return]
 
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        inputs: list[Any] = list(request.inputs)
-        if self._tokenizer is not None:
-            # llama.cpp takes token ids as they are (no special tokens added again).
-            inputs = [e.ids for e in self._tokenizer.encode_batch(inputs)]
-        body = {"input": inputs, "model": self.model}
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._pool, self._server.handle_embeddings, body)
+        result = await loop.run_in_executor(
+            self._pool, self._embed_blocking, self._server, list(request.inputs)
+        )
         _raise_if_error(result)
         data = sorted(result["data"], key=lambda item: item["index"])
         vectors = tuple(tuple(item["embedding"]) for item in data)
         prompt_tokens = int(result.get("usage", {}).get("prompt_tokens", 0))
         return EmbeddingResult(vectors, Usage(prompt_tokens=prompt_tokens))
+
+    def _embed_blocking(self, server: Any, texts: list[str]) -> dict[str, Any]:
+        """Tokenize (when a tokenizer is configured) and embed, on a worker thread."""
+        inputs: list[Any] = texts
+        if self._tokenizer is not None:
+            # llama.cpp takes token ids as they are (no special tokens added again).
+            inputs = [e.ids for e in self._tokenizer.encode_batch(texts)]
+        result: dict[str, Any] = server.handle_embeddings({"input": inputs, "model": self.model})
+        return result
 
 
 def _load_tokenizer(path: Path, max_tokens: int | None) -> Any:
