@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from openmaas.core.errors import EngineNotReady, EngineOverloaded, InvalidRequest
 from openmaas.core.types import (
+    EmbeddingRequest,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -19,8 +23,22 @@ from openmaas.core.types import (
     TextDelta,
 )
 from openmaas.engines.base import EngineState, ModelKind
-from openmaas.engines.embedded import chat_model_path
+from openmaas.engines.bert_gguf import ensure_gguf
+from openmaas.engines.embedded import (
+    EMBEDDING_DIMENSIONS,
+    EMBEDDING_MAX_TOKENS,
+    chat_model_path,
+    embedding_model_dir,
+)
+from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from tests.engines.loop_watch import (
+    ANSWERS_DURING,
+    GUARD_SECONDS,
+    Answers,
+    keep_asking,
+    watch_llamacpp,
+)
 
 
 @pytest.fixture()
@@ -143,3 +161,131 @@ async def test_counting_prompt_tokens_matches_what_generation_reads(
         finished = events[-1]
         assert isinstance(finished, Finished)
         assert counted == finished.usage.prompt_tokens
+
+
+# -- heavy work off the event loop ------------------------------------------------------------
+
+
+async def test_an_embedding_model_loads_embeds_and_unloads_while_requests_are_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = Answers()
+    watch_llamacpp(monkeypatch, answers)
+    minilm = embedding_model_dir()
+
+    def converted() -> Path:
+        path = ensure_gguf(minilm, tmp_path)
+        answers.during("convert")
+        return path
+
+    engine = LlamaCppEngine(
+        "minilm",
+        LlamaCppConfig(
+            converted,
+            ModelKind.EMBEDDING,
+            slots=1,
+            queue=0,
+            context_per_slot=512,
+            threads=1,
+            pooling="mean",
+            tokenizer_path=minilm / "tokenizer.json",
+            max_input_tokens=EMBEDDING_MAX_TOKENS,
+        ),
+    )
+    base = FakeEngine("base", FakeScript(text="still here", first_token_delay=0.001))
+    await base.start()
+    done = asyncio.Event()
+    asking = asyncio.create_task(keep_asking(lambda: base, answers, done))
+    try:
+        await engine.start()
+        result = await engine.embed(EmbeddingRequest("e", "minilm", ("one text", "another")))
+        await engine.stop()
+    finally:
+        done.set()
+        texts = await asking
+    assert [len(vector) for vector in result.vectors] == [EMBEDDING_DIMENSIONS] * 2
+    for step in ("tokenizer load", "convert", "load", "encode", "unload"):
+        assert answers.answered_during(step) >= ANSWERS_DURING, answers.report()
+    assert set(texts) == {"still here"}
+
+
+class _Held:
+    """Servers built and freed under the test's control: a build waits for ``build``, a
+    release (off the event loop's thread) for ``free``; ``freed_on`` lists the threads the
+    releases ran on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import xllamacpp
+
+        self.building, self.build = threading.Event(), threading.Event()
+        self.freeing, self.free = threading.Event(), threading.Event()
+        self.freed = threading.Event()
+        self.freed_on: list[int] = []
+        self.loop_thread = threading.get_ident()  # made on the event loop's thread
+        real = xllamacpp.Server
+        monkeypatch.setattr(xllamacpp, "Server", lambda params: _HeldServer(real, params, self))
+
+
+class _HeldServer:
+    def __init__(self, real: Any, params: Any, held: _Held) -> None:
+        held.building.set()
+        held.build.wait(GUARD_SECONDS)
+        self._held = held
+        self._real = real(params)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_real":
+            raise AttributeError(name)
+        return getattr(self._real, name)
+
+    def __del__(self) -> None:
+        self._held.freeing.set()
+        if threading.get_ident() != self._held.loop_thread:  # there, nothing could set it
+            self._held.free.wait(GUARD_SECONDS)
+        self._held.freed_on.append(threading.get_ident())
+        self._held.freed.set()
+
+
+def _smol() -> LlamaCppEngine:
+    return LlamaCppEngine(
+        "smol", LlamaCppConfig(chat_model_path(), ModelKind.CHAT, slots=1, threads=1)
+    )
+
+
+async def test_a_load_cancelled_midway_frees_the_server_it_was_building(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = _Held(monkeypatch)
+    held.free.set()
+    engine = _smol()
+    loading = asyncio.create_task(engine.start())
+    await asyncio.to_thread(held.building.wait, GUARD_SECONDS)
+    loading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loading  # at once: llama.cpp's build goes on on its thread
+    assert not held.freeing.is_set()
+    held.build.set()
+    assert await asyncio.to_thread(held.freed.wait, GUARD_SECONDS)  # freed once built
+    assert threading.get_ident() not in held.freed_on
+    await engine.stop()
+    assert engine.health().state is EngineState.STOPPED
+
+
+async def test_a_cancelled_stop_ends_with_the_server_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = _Held(monkeypatch)
+    held.build.set()
+    engine = _smol()
+    await engine.start()
+    stopping = asyncio.create_task(engine.stop())
+    await asyncio.to_thread(held.freeing.wait, GUARD_SECONDS)
+    stopping.cancel()
+    await asyncio.sleep(0)  # the event loop runs on meanwhile ...
+    assert not stopping.done()  # ... but the cancelled stop waits for the server to be freed
+    held.free.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert held.freed.is_set() and threading.get_ident() not in held.freed_on
+    await engine.stop()  # stopping again finds nothing left to free
+    assert engine.health().state is EngineState.STOPPED

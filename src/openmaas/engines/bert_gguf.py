@@ -217,6 +217,8 @@ def ensure_gguf(model_dir: Path, cache_dir: Path) -> Path:
 
     The file name embeds a fingerprint of the source (see ``_source_key``), so a
     changed model yields a new file; an up-to-date file is reused untouched.
+    Blocking (it reads the weights and may write a new file): call it on a thread, as
+    ``LlamaCppEngine`` does when it is given it as its ``model_path``.
     """
     model_dir = Path(model_dir)
     out_path = Path(cache_dir) / f"{_model_label(model_dir)}-{_source_key(model_dir)}.f32.gguf"

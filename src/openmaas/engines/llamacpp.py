@@ -9,10 +9,12 @@ own pool and hands chunks to the event loop. The callback's return value is llam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import secrets
 import threading
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,9 @@ from openmaas.engines.openai_wire import sampling_fields
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
 _STOP_WAIT_SECONDS = 2.0
 _DONE = object()
+# Before a server is freed: how often (and how far apart) its listener is asked to answer.
+_LISTENER_TRIES = 200
+_LISTENER_RETRY_SECONDS = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +76,27 @@ class LlamaCppEngine(SlotEngine):
         )
 
     # -- lifecycle ---------------------------------------------------------------------
+    # Loading (converting weights, reading a tokenizer, building llama.cpp's server) and
+    # freeing (its destructor joins llama.cpp's threads) run on threads, never on the event
+    # loop: the other models keep answering meanwhile.
     async def _load(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.run_in_executor(self._pool, self._create_server)
-        if self._config.tokenizer_path is not None:
-            self._tokenizer = _load_tokenizer(
-                self._config.tokenizer_path, self._config.max_input_tokens
+        cfg = self._config
+        if cfg.tokenizer_path is not None:  # first: a bad tokenizer leaves no server behind
+            self._tokenizer = await asyncio.to_thread(
+                _load_tokenizer, cfg.tokenizer_path, cfg.max_input_tokens
             )
+        built: list[Any] = []  # the server, until this coroutine takes it
+        building = asyncio.get_running_loop().run_in_executor(self._pool, self._build_into, built)
+        try:
+            await asyncio.shield(building)
+        except asyncio.CancelledError:
+            # llama.cpp cannot stop half-way: free what it builds once it is built.
+            building.add_done_callback(lambda _: _free_in_thread(built, self.model))
+            raise
+        self._server = built.pop()
+
+    def _build_into(self, built: list[Any]) -> None:
+        built.append(self._create_server())
 
     def _create_server(self) -> Any:
         import xllamacpp
@@ -107,10 +126,15 @@ class LlamaCppEngine(SlotEngine):
         return xllamacpp.Server(params)
 
     async def _unload(self) -> None:
-        server, self._server = self._server, None
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, _drop, server)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Free llama.cpp's server on a thread of its own; its last reference is dropped
+        there, so the destructor runs there. A cancelled stop still ends freed: the
+        cancellation is raised once the server is gone."""
+        try:
+            if self._server is not None:
+                held, self._server = [self._server], None
+                await _finish(_free_in_thread(held, self.model))
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def metrics_text(self) -> str:
         """llama.cpp's own Prometheus metrics (tokens predicted, requests processing ...)."""
@@ -238,18 +262,24 @@ class LlamaCppEngine(SlotEngine):
         return payload  # type: ignore[no-any-return]
 
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        inputs: list[Any] = list(request.inputs)
-        if self._tokenizer is not None:
-            # llama.cpp takes token ids as they are (no special tokens added again).
-            inputs = [e.ids for e in self._tokenizer.encode_batch(inputs)]
-        body = {"input": inputs, "model": self.model}
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._pool, self._server.handle_embeddings, body)
+        result = await loop.run_in_executor(
+            self._pool, self._embed_blocking, self._server, list(request.inputs)
+        )
         _raise_if_error(result)
         data = sorted(result["data"], key=lambda item: item["index"])
         vectors = tuple(tuple(item["embedding"]) for item in data)
         prompt_tokens = int(result.get("usage", {}).get("prompt_tokens", 0))
         return EmbeddingResult(vectors, Usage(prompt_tokens=prompt_tokens))
+
+    def _embed_blocking(self, server: Any, texts: list[str]) -> dict[str, Any]:
+        """Tokenize (when a tokenizer is configured) and embed, on a worker thread."""
+        inputs: list[Any] = texts
+        if self._tokenizer is not None:
+            # llama.cpp takes token ids as they are (no special tokens added again).
+            inputs = [e.ids for e in self._tokenizer.encode_batch(texts)]
+        result: dict[str, Any] = server.handle_embeddings({"input": inputs, "model": self.model})
+        return result
 
 
 def _load_tokenizer(path: Path, max_tokens: int | None) -> Any:
@@ -262,8 +292,58 @@ def _load_tokenizer(path: Path, max_tokens: int | None) -> Any:
     return tokenizer
 
 
-def _drop(server: Any) -> None:
-    del server  # xllamacpp's destructor stops llama.cpp's loop and joins its thread
+def _free_in_thread(held: list[Any], model: str) -> asyncio.Future[None]:
+    """Drop the server in ``held`` (emptied) on a new daemon thread; done when it is freed.
+    The caller must keep no other reference to it. A daemon thread: a destructor that never
+    returns cannot keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+    freed: asyncio.Future[None] = loop.create_future()
+
+    def done() -> None:
+        if not freed.done():
+            freed.set_result(None)
+
+    def run() -> None:
+        try:
+            with contextlib.suppress(Exception):  # best effort: it is freed all the same
+                _wait_listening(held[0])
+            held.clear()  # the last reference: llama.cpp's destructor runs here
+        finally:
+            try:
+                loop.call_soon_threadsafe(done)
+            except RuntimeError:  # the event loop is closed: nobody waits any more
+                pass
+
+    threading.Thread(target=run, name=f"llamacpp-free-{model}", daemon=True).start()
+    return freed
+
+
+def _wait_listening(server: Any) -> None:
+    """Wait until the server's loopback listener answers: freeing a server whose listener
+    has not started yet (right after it was built) hangs in its destructor."""
+    address = urllib.parse.urlsplit(server.listening_address)
+    for _ in range(_LISTENER_TRIES):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=1)
+        try:
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            return
+        except OSError:
+            time.sleep(_LISTENER_RETRY_SECONDS)
+        finally:
+            connection.close()
+
+
+async def _finish(future: asyncio.Future[None]) -> None:
+    """Await ``future`` to its end even if cancelled meanwhile; then raise the cancellation."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _llama_body(request: GenerationRequest) -> dict[str, Any]:

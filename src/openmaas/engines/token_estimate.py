@@ -36,6 +36,7 @@ class TokenEstimator:
 
     @classmethod
     def load(cls, path: Path | None = None) -> TokenEstimator:
+        """Read the tokenizer: blocking, so call it on a thread (``asyncio.to_thread``)."""
         if path is None:
             from openmaas.engines import embedded
 
