@@ -235,9 +235,13 @@ class SlotEngine(abc.ABC):
         self._health = EngineHealth(EngineState.READY)
 
     async def stop(self) -> None:
-        if self._health.state is EngineState.READY:
-            await self._unload()
-        self._health = EngineHealth(EngineState.STOPPED)
+        """Unload the model. Stopped even when the unload fails or is cancelled: a second
+        ``stop()`` must not unload twice, and nothing is admitted meanwhile."""
+        try:
+            if self._health.state is EngineState.READY:
+                await self._unload()
+        finally:
+            self._health = EngineHealth(EngineState.STOPPED)
 
     def health(self) -> EngineHealth:
         return self._health
