@@ -10,25 +10,22 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from openmaas.core.tiers import Limits, Tier
+from openmaas.accounts.admin import NewOrganization
+from openmaas.billing.admin_bodies import TermsChange, TierLimits
+from openmaas.platform import open_platform
 from openmaas.server.app import create_app
-from openmaas.accounts.admin import open_admin
 from openmaas.settings import Settings
-from openmaas.store.billing import set_tier, update_org
-from openmaas.store.database import open_database
 
 CHAT = {"model": "fake-echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
 
 async def _member_key_of_a_limited_org(settings: Settings) -> str:
-    async with open_admin(settings) as admin:
-        org = await admin.create_org("limited")
-        issued = await admin.issue_key(org.id, "app")
-    database = open_database(settings.resolved_database_url)
-    async with database.begin() as conn:
-        await set_tier(conn, Tier("two-a-minute", Limits(rpm=2, tpm=1_000)))
-        await update_org(conn, org.id, tier="two-a-minute")
-    await database.dispose()
+    async with open_platform(settings) as platform:
+        accounts, billing = platform.accounts_admin("test"), platform.billing_admin("test")
+        org = await accounts.create_org(NewOrganization(name="limited"))
+        issued = await accounts.issue_key(org.id, "app")
+        await billing.set_tier("two-a-minute", TierLimits.parse({"rpm": 2, "tpm": 1_000}))
+        await billing.set_org(org.id, TermsChange.parse({"tier": "two-a-minute"}))
     return issued.token
 
 
@@ -75,3 +72,4 @@ def test_each_protocol_reports_limits_and_refuses_the_third_request(
     )
     assert anthropic.status_code == 429
     assert anthropic.json()["error"]["type"] == "rate_limit_error"
+

@@ -1,17 +1,17 @@
-"""Admission and settlement: rate limits and the ledger around every request.
+"""The accountant: admission and settlement, rate limits and the ledger around every request.
 
-``Billing.admit`` runs before an engine is called: rate limits first (key and organization,
+``Accountant.admit`` runs before an engine is called: rate limits first (key and organization,
 per the tiers), then, for a model with a price in the organization's currency, a ledger hold
 for the worst case (prompt tokens + the most output the request allows). A refusal raises
 ``RateLimited``, ``InsufficientBalance`` or ``BudgetExceeded`` and nothing was reserved.
 
-Exactly one of ``Billing.finish`` (the engine ran: settle the hold with the billable usage
+Exactly one of ``Accountant.finish`` (the engine ran: settle the hold with the billable usage
 in the same transaction as the usage record, correct the TPM reservation) or
-``Billing.cancel`` (the engine never saw the request: release everything) ends a ticket.
+``Accountant.cancel`` (the engine never saw the request: release everything) ends a ticket.
 
-While a request runs, ``Billing.checkpoint`` writes the engine's running count to the
+While a request runs, ``Accountant.checkpoint`` writes the engine's running count to the
 ``inflight`` table (its row is written at admission) every ``checkpoint_seconds``; after a
-crash, ``Billing.recover`` settles every request left there by ``recovery_usage`` (see
+crash, ``Accountant.recover`` settles every request left there by ``recovery_usage`` (see
 ``docs/billing.md``). Organizations without a tier and models without a price are neither
 limited nor charged: a fresh install meters usage and refuses nothing.
 """
@@ -105,7 +105,10 @@ class Ticket:
         return self.price is not None
 
 
-class Billing:
+class Accountant:
+    """Admits requests (rate limits, data policy, holds), checkpoints them while they run,
+    settles them, and recovers what a killed process left in flight."""
+
     def __init__(
         self,
         database: AsyncEngine,

@@ -32,7 +32,7 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind
 from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Billing, Ticket
+from openmaas.billing.accountant import Accountant, Ticket
 from openmaas.catalog.served import ModelCatalog
 
 log = logging.getLogger("openmaas.gateway")
@@ -42,12 +42,12 @@ class Gateway:
     def __init__(
         self,
         catalog: ModelCatalog,
-        billing: Billing,
+        accountant: Accountant,
         clock: Clock,
         shutting_down: Callable[[], bool],
     ) -> None:
         self.catalog = catalog
-        self.billing = billing
+        self.accountant = accountant
         self._clock = clock
         self._shutting_down = shutting_down
         self._open = 0  # generations not yet closed (their usage not yet recorded)
@@ -58,7 +58,7 @@ class Gateway:
         served = self.catalog.for_kind(request.model, ModelKind.CHAT)
         engine = served.engine
         started = self._clock.monotonic()
-        ticket = await self.billing.admit(
+        ticket = await self.accountant.admit(
             principal,
             served.name,
             endpoint,
@@ -74,7 +74,7 @@ class Gateway:
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.billing.cancel(ticket)
+                await self.accountant.cancel(ticket)
             raise
         generation = Generation(self, principal, request, endpoint, stream, ticket, started)
         self._open += 1
@@ -103,7 +103,7 @@ class Gateway:
         """Embed, metered; ``headers`` (if given) receives the admission's rate-limit headers."""
         served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
         started = self._clock.monotonic()
-        ticket = await self.billing.admit(
+        ticket = await self.accountant.admit(
             principal,
             served.name,
             endpoint,
@@ -140,7 +140,7 @@ class Gateway:
         finally:
             with anyio.CancelScope(shield=True):
                 if not reached:
-                    await self.billing.cancel(ticket)
+                    await self.accountant.cancel(ticket)
                 else:
                     record = UsageRecord(
                         request.request_id,
@@ -162,7 +162,7 @@ class Gateway:
         task and is waited for even if the caller is cancelled again meanwhile (a
         cancellation is re-raised afterwards)."""
         try:
-            return await finish_despite_cancellation(self.billing.finish(ticket, record))
+            return await finish_despite_cancellation(self.accountant.finish(ticket, record))
         except Exception:
             # The record is also logged in full, so an operator can replay it.
             log.exception("failed to append usage record", extra={"usage": record})
@@ -267,7 +267,7 @@ class Generation:
             return event
         if self._ttft_ms is None:  # the first token of any kind: text, reasoning, tool call
             self._ttft_ms = self._gateway.elapsed_ms(self._started)
-        self._gateway.billing.checkpoint(self._ticket, self._stream.tracker.snapshot)
+        self._gateway.accountant.checkpoint(self._ticket, self._stream.tracker.snapshot)
         return event
 
     def _fail(self, termination: Termination, error: str) -> None:
@@ -284,7 +284,7 @@ class Generation:
         with anyio.CancelScope(shield=True):
             try:
                 await self._stream.aclose()
-                await self._gateway.billing.cancel(self._ticket)
+                await self._gateway.accountant.cancel(self._ticket)
             finally:
                 self._gateway.closed_one()
 
