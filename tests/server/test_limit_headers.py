@@ -73,3 +73,28 @@ def test_each_protocol_reports_limits_and_refuses_the_third_request(
     assert anthropic.status_code == 429
     assert anthropic.json()["error"]["type"] == "rate_limit_error"
 
+
+def test_count_tokens_counts_against_the_request_limit_and_is_never_charged(
+    client_and_key: tuple[TestClient, str],
+) -> None:
+    """``count_tokens`` costs engine work, so it is admitted like a request: a tier of two
+    requests a minute refuses the third count with Anthropic's 429. It writes no usage."""
+    client, key = client_and_key
+    anthropic = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    body = {"model": "fake-echo", "messages": [{"role": "user", "content": "count these words"}]}
+    counted = [client.post("/v1/messages/count_tokens", json=body, headers=anthropic)
+               for _ in range(2)]  # fmt: skip
+    assert [c.status_code for c in counted] == [200, 200]
+    assert counted[0].json()["input_tokens"] > 0
+    assert counted[1].headers["x-ratelimit-remaining-requests"] == "0"
+
+    refused = client.post("/v1/messages/count_tokens", json=body, headers=anthropic)
+    assert refused.status_code == 429
+    assert refused.json()["type"] == "error"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert int(refused.headers["retry-after"]) >= 1
+    # The limit it used up is the one generation uses too.
+    chat = client.post("/v1/messages", json=CHAT, headers=anthropic)
+    assert chat.status_code == 429
+    usage = client.get("/v1/usage", headers={"Authorization": f"Bearer {key}"})
+    assert usage.json()["data"] == []  # counts are neither recorded nor charged

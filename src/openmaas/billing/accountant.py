@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -216,6 +217,22 @@ class Accountant:
             await self.cancel(ticket)
             raise
         return ticket
+
+    @asynccontextmanager
+    async def counting(self, principal: Principal, model: str) -> AsyncIterator[Admission | None]:
+        """Admit a token count (``POST /v1/messages/count_tokens``) for the body of the
+        ``with``: it costs engine work, so it counts against the request limits (RPM and
+        concurrency) as one request of no tokens, or raises ``RateLimited`` having counted
+        nothing. It holds no money, is never charged and writes no usage record."""
+        scopes = (await self.terms()).scopes(principal)
+        if not scopes:
+            yield None
+            return
+        admission = await self._limiter.admit(scopes, model, 0, self._clock.now_ms())
+        try:
+            yield admission
+        finally:
+            await self._limiter.settle(admission, 0, self._clock.now_ms())
 
     def checkpoint(self, ticket: Ticket, usage: Callable[[], Usage]) -> None:
         """Note the engine's running count: written at most every ``checkpoint_seconds``
