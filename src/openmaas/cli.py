@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from openmaas.accounts.admin import AccountsAdmin, NewOrganization
+from openmaas.accounts.admin import AccountsAdmin, NewOrganization, Role
 from openmaas.billing.admin import BillingAdmin
 from openmaas.billing.admin_bodies import (
     BudgetLimit,
@@ -210,7 +210,7 @@ def keys() -> None:
 @click.option("--name", required=True, help="A name for the key.")
 @click.option("--admin", "is_admin", is_flag=True, help="Give the key the admin role.")
 def keys_create(org: str, name: str, is_admin: bool) -> None:
-    role = "admin" if is_admin else "member"
+    role: Role = "admin" if is_admin else "member"
     issued = _accounts(lambda admin: admin.issue_key(org, name, role))
     click.echo(issued.token)
     click.echo(f"Key {issued.key.id} created; store it now, it will not be shown again.", err=True)

@@ -34,9 +34,11 @@ def _discount(value: object) -> int:
 
 def _data_policy(value: object) -> DataPolicy:
     try:
-        return DataPolicy(value)
+        if isinstance(value, str):
+            return DataPolicy(value)
     except ValueError:
-        raise refuse(f"must be one of {', '.join(p.value for p in DataPolicy)}.") from None
+        pass
+    raise refuse(f"must be one of {', '.join(p.value for p in DataPolicy)}.")
 
 
 def _models(value: object) -> list[str]:

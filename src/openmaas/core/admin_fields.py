@@ -94,9 +94,11 @@ Money = Annotated[
 
 def _currency(value: object) -> Currency:
     try:
-        return Currency(value.upper()) if isinstance(value, str) else Currency(value)
+        if isinstance(value, str):
+            return Currency(value.upper())
     except ValueError:
-        raise refuse(f"must be one of {', '.join(c.value for c in Currency)}.") from None
+        pass
+    raise refuse(f"must be one of {', '.join(c.value for c in Currency)}.")
 
 
 CurrencyCode = Annotated[

@@ -99,12 +99,10 @@ def create_app(
     )
     install_openapi(
         app,
-        [
-            *openai_routes.BODY_MODELS,
-            *anthropic_routes.BODY_MODELS,
-            *zhipu_routes.BODY_MODELS,
-            *admin_routes.BODY_MODELS,
-        ],
+        openai_routes.BODY_MODELS
+        + anthropic_routes.BODY_MODELS
+        + zhipu_routes.BODY_MODELS
+        + list(admin_routes.BODY_MODELS),
     )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
