@@ -85,7 +85,8 @@ def run_openmaas(home: Path, port: int, upstream: str, profile: str | None) -> N
     from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
     from openmaas.server.app import create_app
     from openmaas.server.logs import configure_logging
-    from openmaas.accounts.admin import open_admin
+    from openmaas.accounts.admin import NewOrganization
+    from openmaas.platform import open_platform
     from openmaas.catalog.served import ModelCatalog, ServedModel
     from openmaas.serving.router import Deployment, RoutedEngine
     from openmaas.settings import Settings
@@ -96,9 +97,10 @@ def run_openmaas(home: Path, port: int, upstream: str, profile: str | None) -> N
     settings = Settings(home=home, port=port, embedded_models=False, log_level="INFO")
 
     async def seed() -> dict[str, str]:
-        async with open_admin(settings) as admin:
-            plain = await admin.create_org("bench")
-            tiered = await admin.create_org("bench-tier")
+        async with open_platform(settings) as platform:
+            admin = platform.accounts_admin("benchmark")
+            plain = await admin.create_org(NewOrganization(name="bench"))
+            tiered = await admin.create_org(NewOrganization(name="bench-tier"))
             keys = {
                 "plain": (await admin.issue_key(plain.id, "bench")).token,
                 "tiered": (await admin.issue_key(tiered.id, "bench")).token,

@@ -1,8 +1,8 @@
 """Settled requests/s through admission and settlement, on SQLite: what billing costs a node.
 
 Each request is what the gateway does around an engine call, without the engine or HTTP:
-``Billing.admit`` (price lookup, worst-case hold on the ledger plus its ``inflight`` row)
-then ``Billing.finish`` with a ``UsageRecord`` (settlement and the usage record in one
+``Accountant.admit`` (price lookup, worst-case hold on the ledger plus its ``inflight`` row)
+then ``Accountant.finish`` with a ``UsageRecord`` (settlement and the usage record in one
 transaction), with a fake prompt count (no tokenizer).
 
 - **priced**: the model has a price, so each request is 2 ledger transactions (hold,
@@ -39,7 +39,7 @@ from openmaas.core.termination import Termination
 from openmaas.core.types import Usage
 from openmaas.core.usage import UsageRecord
 from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Billing
+from openmaas.billing.accountant import Accountant
 from openmaas.billing.limiter import InProcessLimiter
 from openmaas.store.billing import set_price
 from openmaas.store.database import migrate, open_database
@@ -59,7 +59,7 @@ async def prompt_count() -> int:
     return PROMPT_TOKENS
 
 
-async def one_request(billing: Billing, principal: Principal, model: str) -> None:
+async def one_request(billing: Accountant, principal: Principal, model: str) -> None:
     request_id = new_request_id()
     started = time.perf_counter()
     ticket = await billing.admit(
@@ -87,7 +87,7 @@ async def one_request(billing: Billing, principal: Principal, model: str) -> Non
 
 
 async def burst(
-    billing: Billing, principal: Principal, model: str, requests: int, concurrency: int
+    billing: Accountant, principal: Principal, model: str, requests: int, concurrency: int
 ) -> tuple[float, float]:
     """``requests`` requests by ``concurrency`` workers; returns settled requests/s and the
     CPU time this process spent per request (ms, every thread: the event loop and the
@@ -106,7 +106,7 @@ async def burst(
     return requests / wall, cpu * 1000 / requests
 
 
-async def open_node(directory: Path, synchronous: str) -> tuple[Billing, Principal]:
+async def open_node(directory: Path, synchronous: str) -> tuple[Accountant, Principal]:
     """A fresh database: one organization with a balance for every request, one price."""
     database = open_database(
         f"sqlite+aiosqlite:///{directory / 'openmaas.db'}", sqlite_synchronous=synchronous
@@ -118,7 +118,7 @@ async def open_node(directory: Path, synchronous: str) -> tuple[Billing, Princip
         await set_price(conn, PRICE)
     ledger = LedgerStore(database, clock.now_ms)
     await ledger.execute(TopUp("bench", org.id, 10**15))
-    billing = Billing(database, ledger, InProcessLimiter(), clock)
+    billing = Accountant(database, ledger, InProcessLimiter(), clock)
     return billing, Principal("bench-key", org.id, "member")
 
 

@@ -12,50 +12,71 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from openmaas.core.errors import OpenMaaSError
-from openmaas.core.money import format_micros
-from openmaas.accounts.admin import Admin, ensure_home, open_admin
-from openmaas.accounts.auth import load_master_key
-from openmaas.billing.admin import (
-    UNSET,
-    BillingAdmin,
-    format_amount,
-    iso_ms,
-    open_billing_admin,
-    parse_time,
-    statement_csv,
+from openmaas.accounts.admin import AccountsAdmin, NewOrganization, Role
+from openmaas.billing.admin import BillingAdmin
+from openmaas.billing.admin_bodies import (
+    BudgetLimit,
+    NewFunds,
+    NewPack,
+    NewPrice,
+    TermsChange,
+    TierLimits,
 )
-from openmaas.catalog.served import settings_model_names
-from openmaas.catalog.admin import CatalogAdmin, CurrentCatalog
+from openmaas.billing.reports import format_amount, statement_csv
+from openmaas.catalog.admin import CatalogAdmin, CredentialValue, CurrentCatalog
 from openmaas.catalog.document import CatalogRejected, document_version, parse_catalog
 from openmaas.catalog.schema import BuildContext, CatalogDocument
+from openmaas.catalog.served import settings_model_names
+from openmaas.core.admin_fields import AdminBody, iso_ms, parse_time
+from openmaas.core.errors import OpenMaaSError
+from openmaas.core.money import format_micros
+from openmaas.platform import Platform, open_platform
 from openmaas.settings import Settings
-from openmaas.store.database import migrate, open_database
 
 T = TypeVar("T")
+B = TypeVar("B", bound=AdminBody)
 console = Console()
 
 
-def _run(action: Callable[[Admin], Awaitable[T]]) -> T:
+def _platform(action: Callable[[Platform], Awaitable[T]]) -> T:
+    """Run ``action`` on the data directory's platform (the composition root); our errors
+    become a message on stderr and exit status 1."""
+
     async def go() -> T:
-        async with open_admin(Settings()) as admin:
-            return await action(admin)
+        async with open_platform(Settings()) as platform:
+            return await action(platform)
 
     try:
         return asyncio.run(go())
+    except CatalogRejected as exc:
+        for issue in exc.issues:
+            click.echo(issue.render(exc.source), err=True)
+        raise SystemExit(1) from None
     except OpenMaaSError as exc:
         raise click.ClickException(exc.message) from None
 
 
+def _accounts(action: Callable[[AccountsAdmin], Awaitable[T]]) -> T:
+    """Run an organization or key operation, audited as ``cli:<unix user>``."""
+    return _platform(lambda platform: action(platform.accounts_admin(_cli_actor())))
+
+
 def _billing(action: Callable[[BillingAdmin], Awaitable[T]]) -> T:
     """Run a billing operation, audited as ``cli:<unix user>``."""
+    return _platform(lambda platform: action(platform.billing_admin(_cli_actor())))
 
-    async def go() -> T:
-        async with open_billing_admin(Settings(), _cli_actor()) as admin:
-            return await action(admin)
 
+def _catalog(action: Callable[[CatalogAdmin], Awaitable[T]]) -> T:
+    """Run a catalog operation, audited as ``cli:<unix user>``."""
+    return _platform(lambda platform: action(platform.catalog_admin(_cli_actor())))
+
+
+def _body(body: type[B], given: dict[str, Any] | None = None, /, **options: Any) -> B:
+    """The options as the ``body`` the admin API would take (validated the same way): those
+    in ``given`` as they are, the others left out when not given (None)."""
+    fields = {k: v for k, v in options.items() if v is not None} | (given or {})
     try:
-        return asyncio.run(go())
+        return body.parse(fields)
     except OpenMaaSError as exc:
         raise click.ClickException(exc.message) from None
 
@@ -119,7 +140,10 @@ def orgs() -> None:
 @click.option("--tier", default=None, help="Rate-limit tier (see `openmaas tiers list`).")
 @click.option("--credit-limit", default=None, help="How far below zero cash may go, e.g. 100.")
 def orgs_create(name: str, currency: str, tier: str | None, credit_limit: str | None) -> None:
-    org = _billing(lambda admin: admin.create_org(name, currency, tier, credit_limit))
+    new = _body(
+        NewOrganization, name=name, currency=currency, tier=tier, credit_limit=credit_limit
+    )
+    org = _accounts(lambda admin: admin.create_org(new))
     click.echo(f"{org.id}\t{org.name}")
 
 
@@ -134,7 +158,7 @@ def orgs_list() -> None:
             str(org.discount_bp),
             _ms_to_iso(org.created_at_ms),
         )
-        for org in _run(lambda admin: admin.orgs.list())
+        for org in _accounts(lambda admin: admin.orgs.list())
     ]
     _print_table(("id", "name", "currency", "tier", "discount (bp)", "created (UTC)"), rows)
 
@@ -161,16 +185,15 @@ def orgs_set(
 ) -> None:
     if tier is not None and no_tier:
         raise click.UsageError("Give --tier or --no-tier, not both.")
-    new_tier: Any = None if no_tier else (tier if tier is not None else UNSET)
-    changed = _billing(
-        lambda admin: admin.set_org(
-            org,
-            tier=new_tier,
-            discount_bp=discount_bp,
-            credit_limit=credit_limit,
-            data_policy=data_policy,
-        )
+    change = _body(
+        TermsChange,
+        {"tier": None} if no_tier else None,  # a tier left out stays as it is
+        tier=tier,
+        discount_bp=discount_bp,
+        credit_limit=credit_limit,
+        data_policy=data_policy,
     )
+    changed = _billing(lambda admin: admin.set_org(org, change))
     click.echo(
         f"{changed.id}\t{changed.name}\ttier={changed.tier or '-'}\t"
         f"discount_bp={changed.discount_bp}\tdata_policy={changed.data_policy}"
@@ -187,8 +210,8 @@ def keys() -> None:
 @click.option("--name", required=True, help="A name for the key.")
 @click.option("--admin", "is_admin", is_flag=True, help="Give the key the admin role.")
 def keys_create(org: str, name: str, is_admin: bool) -> None:
-    role = "admin" if is_admin else "member"
-    issued = _run(lambda admin: admin.issue_key(org, name, role))
+    role: Role = "admin" if is_admin else "member"
+    issued = _accounts(lambda admin: admin.issue_key(org, name, role))
     click.echo(issued.token)
     click.echo(f"Key {issued.key.id} created; store it now, it will not be shown again.", err=True)
 
@@ -196,13 +219,13 @@ def keys_create(org: str, name: str, is_admin: bool) -> None:
 @keys.command("list", help="List keys (never their secrets).")
 @click.option("--org", default=None, help="Only this organization (id or name).")
 def keys_list(org: str | None) -> None:
-    async def action(admin: Admin) -> list:
+    async def action(admin: AccountsAdmin) -> list:
         org_id = (await admin.orgs.find(org)).id if org else None
         return await admin.keys.list(org_id)
 
     rows = [
         (k.id, k.org_id, k.name, k.role, _ms_to_iso(k.created_at_ms), _ms_to_iso(k.revoked_at_ms))
-        for k in _run(action)
+        for k in _accounts(action)
     ]
     _print_table(("id", "org", "name", "role", "created (UTC)", "revoked (UTC)"), rows)
 
@@ -210,7 +233,7 @@ def keys_list(org: str | None) -> None:
 @keys.command("revoke", help="Revoke a key; it fails on its very next request.")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
-    _run(lambda admin: admin.revoke_key(key_id.partition(".")[0]))
+    _accounts(lambda admin: admin.revoke_key(key_id.partition(".")[0]))
     click.echo(f"Key {key_id.partition('.')[0]} revoked.")
 
 
@@ -232,7 +255,7 @@ def keys_set_tier(key_id: str, tier: str | None, no_tier: bool) -> None:
 @click.option("--since", default=None, help="First day, YYYY-MM-DD.")
 @click.option("--until", default=None, help="Last day, YYYY-MM-DD.")
 def usage(org: str | None, since: str | None, until: str | None) -> None:
-    async def action(admin: Admin) -> list:
+    async def action(admin: AccountsAdmin) -> list:
         org_id = (await admin.orgs.find(org)).id if org else None
         return await admin.usage.totals(org_id, since, until)
 
@@ -250,7 +273,7 @@ def usage(org: str | None, since: str | None, until: str | None) -> None:
             if t.upstream_cost is None
             else _money(t.upstream_cost.micros, t.upstream_cost.currency.value),
         )
-        for t in _run(action)
+        for t in _accounts(action)
     ]
     headers = ("day", "model", "requests", "prompt", "cached", "completion", "total", "charged",
                "upstream cost")  # fmt: skip
@@ -270,7 +293,8 @@ def billing() -> None:
 @click.argument("amount")
 @click.option("--id", "topup_id", default=None, help="Idempotency id (a retry changes nothing).")
 def billing_topup(org: str, amount: str, topup_id: str | None) -> None:
-    done = _billing(lambda admin: admin.top_up(org, amount, topup_id))
+    funds = _body(NewFunds, amount=amount, id=topup_id)
+    done = _billing(lambda admin: admin.top_up(org, funds))
     report = done.balance
     verb = "Topped up" if done.applied else "Already applied:"
     click.echo(
@@ -284,7 +308,8 @@ def billing_topup(org: str, amount: str, topup_id: str | None) -> None:
 @click.argument("amount")
 @click.option("--id", "grant_id", default=None, help="Idempotency id.")
 def billing_promo(org: str, amount: str, grant_id: str | None) -> None:
-    done = _billing(lambda admin: admin.grant_promo(org, amount, grant_id))
+    funds = _body(NewFunds, amount=amount, id=grant_id)
+    done = _billing(lambda admin: admin.grant_promo(org, funds))
     report = done.balance
     verb = "Granted" if done.applied else "Already applied:"
     click.echo(f"{verb} {done.funding_id}; promo {_money(report.promo, report.currency.value)}")
@@ -332,7 +357,8 @@ def billing_packs() -> None:
 def billing_packs_grant(
     org: str, models: tuple[str, ...], tokens: int, expires: str, pack_id: str | None
 ) -> None:
-    granted = _billing(lambda admin: admin.grant_pack(org, list(models), tokens, expires, pack_id))
+    grant = _body(NewPack, models=list(models), tokens=tokens, expires_at=expires, id=pack_id)
+    granted = _billing(lambda admin: admin.grant_pack(org, grant))
     click.echo(
         f"{granted.pack_id}\t{granted.remaining} tokens\t{','.join(granted.models)}\t"
         f"until {iso_ms(granted.expires_at_ms)}"
@@ -372,7 +398,8 @@ def _period_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def billing_budget_set(scope: str, limit: str, period: str | None) -> None:
     if period is None:
         raise click.UsageError("Give --day or --month.")
-    budget = _billing(lambda admin: admin.set_budget(scope, period, limit))
+    cap = _body(BudgetLimit, limit=limit)
+    budget = _billing(lambda admin: admin.set_budget(scope, period, cap))
     click.echo(f"{budget.scope}\t{budget.period.value}\t{format_micros(budget.limit)}")
 
 
@@ -440,17 +467,17 @@ def prices_set(
     currency: str,
     effective_from: str | None,
 ) -> None:
-    price = _billing(
-        lambda admin: admin.set_price(
-            model,
-            input=input_,
-            cached_input=cached_input,
-            output=output,
-            reasoning=reasoning,
-            currency=currency,
-            effective_from=effective_from,
-        )
+    new = _body(
+        NewPrice,
+        model=model,
+        input=input_,
+        cached_input=cached_input,
+        output=output,
+        reasoning=reasoning,
+        currency=currency,
+        effective_from=effective_from,
     )
+    price = _billing(lambda admin: admin.set_price(new))
     click.echo(f"{price.model}\t{price.currency.value}\tfrom {iso_ms(price.effective_from_ms)}")
 
 
@@ -525,11 +552,8 @@ def tiers_set(
     name: str, rpm: int | None, tpm: int | None, concurrency: int | None, models: tuple[str, ...]
 ) -> None:
     per_model = dict(_model_caps(spec) for spec in models)
-    tier = _billing(
-        lambda admin: admin.set_tier(
-            name, rpm=rpm, tpm=tpm, concurrency=concurrency, models=per_model
-        )
-    )
+    limits = _body(TierLimits, rpm=rpm, tpm=tpm, concurrency=concurrency, models=per_model or None)
+    tier = _billing(lambda admin: admin.set_tier(name, limits))
     click.echo(
         f"{tier.name}\trpm={_cap(tier.limits.rpm)}\ttpm={_cap(tier.limits.tpm)}\t"
         f"concurrency={_cap(tier.limits.concurrency)}"
@@ -556,32 +580,6 @@ def audit(limit: int) -> None:
 
 
 # -- catalog, models, deployments, credentials ----------------------------------------
-
-
-def _catalog(action: Callable[[CatalogAdmin], Awaitable[T]]) -> T:
-    """Run a catalog operation on the data directory's database, audited as ``cli:<user>``."""
-
-    async def go() -> T:
-        settings = Settings()
-        ensure_home(settings)
-        database = open_database(
-            settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
-        )
-        try:
-            await migrate(database)
-            admin = CatalogAdmin(database, settings, load_master_key(settings), _cli_actor())
-            return await action(admin)
-        finally:
-            await database.dispose()
-
-    try:
-        return asyncio.run(go())
-    except CatalogRejected as exc:
-        for issue in exc.issues:
-            click.echo(issue.render(exc.source), err=True)
-        raise SystemExit(1) from None
-    except OpenMaaSError as exc:
-        raise click.ClickException(exc.message) from None
 
 
 def _read_catalog(path: str) -> str:
@@ -721,7 +719,8 @@ def credentials_set(name: str) -> None:
         value = click.prompt(f"Value of {name}", hide_input=True, confirmation_prompt=True)
     else:
         value = sys.stdin.read().rstrip("\r\n")
-    created = _catalog(lambda admin: admin.set_credential(name, value))
+    credential = _body(CredentialValue, value=value)
+    created = _catalog(lambda admin: admin.set_credential(name, credential))
     click.echo(f"Credential {name} {'created' if created else 'replaced'}.")
 
 

@@ -1,22 +1,47 @@
-"""Administration and first-run bootstrap (accounts/admin.py)."""
+"""Administration of organizations and keys, and first-run bootstrap (accounts/admin.py),
+through the composition root; each change leaves its audit row."""
 
 from __future__ import annotations
 
 import stat
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from openmaas.accounts.admin import DEFAULT_ORG, AccountsAdmin, IssuedKey, NewOrganization
+from openmaas.accounts.auth import Authenticator, load_master_key
 from openmaas.core.errors import AuthenticationFailed, InvalidRequest, NotFound
 from openmaas.core.keys import build_jwt, derive_secret, secret_matches
-from openmaas.accounts.admin import DEFAULT_ORG, first_run, open_admin
-from openmaas.accounts.auth import Authenticator, load_master_key
+from openmaas.platform import FIRST_RUN_ACTOR, open_platform
 from openmaas.settings import Settings
+from openmaas.store.audit import read_audit
 
 
 def settings_for(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home", embedded_models=False)
+
+
+@asynccontextmanager
+async def open_admin(settings: Settings) -> AsyncIterator[AccountsAdmin]:
+    async with open_platform(settings) as platform:
+        yield platform.accounts_admin("cli:alice")
+
+
+async def first_run(settings: Settings) -> IssuedKey | None:
+    async with open_platform(settings) as platform:
+        return await platform.first_run()
+
+
+def new_org(name: str) -> NewOrganization:
+    return NewOrganization(name=name)
+
+
+async def audit_actions(settings: Settings) -> list[tuple[str, str]]:
+    async with open_platform(settings) as platform:
+        return [(e.actor, e.action) for e in reversed(await read_audit(platform.database))]
 
 
 async def authenticate(settings: Settings, token: str):
@@ -38,6 +63,11 @@ async def test_first_run_creates_default_org_and_admin_key(tmp_path: Path) -> No
         assert [o.name for o in orgs] == [DEFAULT_ORG]
         keys = await admin.keys.list()
         assert [(k.id, k.role, k.org_id) for k in keys] == [(issued.key.id, "admin", orgs[0].id)]
+    # Both are administrative changes: audited like any other.
+    assert await audit_actions(settings) == [
+        (FIRST_RUN_ACTOR, "org.create"),
+        (FIRST_RUN_ACTOR, "key.create"),
+    ]
 
 
 async def test_first_run_writes_an_owner_only_key_file_that_authenticates(tmp_path: Path) -> None:
@@ -73,10 +103,10 @@ async def test_second_first_run_changes_nothing(tmp_path: Path) -> None:
 async def test_issue_and_revoke_keys(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     async with open_admin(settings) as admin:
-        org = await admin.create_org("acme")
+        created = await admin.create_org(new_org("acme"))
         issued = await admin.issue_key("acme", "ci")  # by name
-        by_id = await admin.issue_key(org.id, "ops", role="admin")  # by id
-        assert issued.key.role == "member" and issued.key.org_id == org.id
+        by_id = await admin.issue_key(created.id, "ops", role="admin")  # by id
+        assert issued.key.role == "member" and issued.key.org_id == created.id
         assert by_id.key.role == "admin"
         assert issued.token.split(".")[0] == issued.key.id
         assert issued.token.split(".")[1] not in issued.key.secret_hash
@@ -88,10 +118,17 @@ async def test_issue_and_revoke_keys(tmp_path: Path) -> None:
     jwt = build_jwt(issued.key.id, issued.token.split(".")[1], time.time_ns() // 10**6)
     assert (await authenticate(settings, jwt)).key_id == issued.key.id
 
-    assert (await authenticate(settings, issued.token)).org_id == org.id
+    assert (await authenticate(settings, issued.token)).org_id == created.id
 
     async with open_admin(settings) as admin:
         await admin.revoke_key(issued.key.id)
+        await admin.revoke_key(issued.key.id)  # again: changes nothing, audited once
+    assert await audit_actions(settings) == [
+        ("cli:alice", "org.create"),
+        ("cli:alice", "key.create"),
+        ("cli:alice", "key.create"),
+        ("cli:alice", "key.revoke"),
+    ]
     with pytest.raises(AuthenticationFailed) as info:
         await authenticate(settings, issued.token)
     assert "revoked" in info.value.message
@@ -100,13 +137,14 @@ async def test_issue_and_revoke_keys(tmp_path: Path) -> None:
 async def test_admin_refuses_bad_input(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     async with open_admin(settings) as admin:
-        await admin.create_org("acme")
+        await admin.create_org(new_org("acme"))
         with pytest.raises(InvalidRequest):
-            await admin.create_org("acme")
-        with pytest.raises(ValueError):
-            await admin.issue_key("acme", "k", role="owner")
+            await admin.create_org(new_org("acme"))
+        with pytest.raises(InvalidRequest):
+            await admin.issue_key("acme", "k", role="owner")  # type: ignore[arg-type]
         with pytest.raises(NotFound):
             await admin.issue_key("nobody", "k")
         with pytest.raises(NotFound):
             await admin.revoke_key("om" + "0" * 16)
         assert await admin.keys.list() == []
+    assert await audit_actions(settings) == [("cli:alice", "org.create")]  # refusals: no row

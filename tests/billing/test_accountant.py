@@ -44,7 +44,7 @@ from openmaas.core.types import (
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Billing
+from openmaas.billing.accountant import Accountant
 from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.serving.gateway import Gateway
 from openmaas.billing.limiter import InProcessLimiter
@@ -79,13 +79,13 @@ class Rig:
         self.clock = Clock()
         self.usage = UsageRepository(database)
         self.engines: dict[str, FakeEngine] = {}
-        self.billing = self.new_billing()
+        self.accountant = self.new_accountant()
         self.gateway: Gateway | None = None
 
-    def new_billing(self) -> Billing:
+    def new_accountant(self) -> Accountant:
         """A fresh process's view: its own ledger cache and limiter over the same database."""
         ledger = LedgerStore(self.database, self.clock.now_ms)
-        return Billing(
+        return Accountant(
             self.database, ledger, InProcessLimiter(), self.clock,
             refresh_seconds=0, checkpoint_seconds=0.5,
         )  # fmt: skip
@@ -97,14 +97,14 @@ class Rig:
             await engine.start()
             self.engines[name] = engine
             models.append(ServedModel(name, engine, context_length=64))
-        self.gateway = Gateway(ModelCatalog(models), self.billing, self.clock, lambda: False)
+        self.gateway = Gateway(ModelCatalog(models), self.accountant, self.clock, lambda: False)
         return self.gateway
 
     async def top_up(self, micros: int, topup_id: str = "t1") -> None:
-        await self.billing.ledger.execute(TopUp(topup_id, self.org_id, micros))
+        await self.accountant.ledger.execute(TopUp(topup_id, self.org_id, micros))
 
     async def cash(self) -> int:
-        return (await self.billing.ledger.refresh()).balance(cash(self.org_id))
+        return (await self.accountant.ledger.refresh()).balance(cash(self.org_id))
 
     async def records(self) -> list[dict[str, object]]:
         async with self.database.connect() as conn:
@@ -178,7 +178,7 @@ async def test_a_finished_request_is_charged_its_price_once(rig: Rig) -> None:
         "CNY",
         "finished",
     )
-    ledger = await rig.billing.ledger.refresh()
+    ledger = await rig.accountant.ledger.refresh()
     assert ledger.balance(cash(rig.org_id)) == 1_000 - cost
     assert ledger.balance(held(rig.org_id)) == 0
     assert ledger.balance(system("CNY", "revenue")) == cost
@@ -204,7 +204,7 @@ async def test_an_engine_that_refuses_releases_the_hold(rig: Rig) -> None:
         await asyncio.sleep(0.01)
     with pytest.raises(EngineOverloaded):
         await gateway.generate(rig.principal, chat(), "chat.completions")
-    ledger = await rig.billing.ledger.refresh()
+    ledger = await rig.accountant.ledger.refresh()
     assert ledger.balance(held(rig.org_id)) == worst_case(10)  # only the first one's hold
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -262,7 +262,7 @@ async def test_200_concurrent_requests_against_a_balance_for_10(rig: Rig) -> Non
     # (only once earlier ones settled); never one the balance could not cover.
     assert len(served) + len(refused) == 200 and len(served) >= 10
     assert len(await rig.records()) == len(served)
-    ledger = await rig.billing.ledger.refresh()
+    ledger = await rig.accountant.ledger.refresh()
     assert ledger.balance(cash(rig.org_id)) == 10 * worst_case(10) - len(served) * 10
     assert ledger.balance(cash(rig.org_id)) >= 0
     assert all(total == 0 for total in ledger.totals_by_unit().values())
@@ -288,7 +288,7 @@ async def test_concurrent_holds_never_overdraw(rig: Rig) -> None:
 
 async def test_resource_packs_pay_before_cash(rig: Rig) -> None:
     gateway = await rig.serve(priced={"text": "a b c"})
-    await rig.billing.ledger.execute(
+    await rig.accountant.ledger.execute(
         GrantPack("p1", rig.org_id, frozenset({"priced"}), 5, NOW_MS + 86_400_000)
     )
     await rig.top_up(1_000)
@@ -302,7 +302,7 @@ async def test_resource_packs_pay_before_cash(rig: Rig) -> None:
 async def test_a_day_budget_is_a_hard_stop(rig: Rig) -> None:
     gateway = await rig.serve(priced={"text": "a b c"})
     await rig.top_up(10_000)
-    await rig.billing.ledger.execute(
+    await rig.accountant.ledger.execute(
         SetBudget(f"key:{rig.principal.key_id}", BudgetPeriod.DAY, worst_case(10) + 5)
     )
     await run(gateway, rig.principal, chat())  # spends 10 micros
@@ -352,7 +352,7 @@ async def test_recovery_bills_a_killed_request_by_its_checkpoint(rig: Rig) -> No
     checkpointed = row.checkpoint.completion_tokens
     assert checkpointed >= 1
     # "kill -9": the generation is never closed; a new process starts on the same database.
-    restarted = rig.new_billing()
+    restarted = rig.new_accountant()
     assert await restarted.recover() == 1
     [record] = await rig.records()
     assert record["termination"] == "gateway_killed"
@@ -371,7 +371,7 @@ async def test_recovery_releases_a_request_killed_before_its_first_token(rig: Ri
     pending = asyncio.create_task(gateway.generate(rig.principal, chat(), "chat.completions"))
     while rig.engines["priced"].stats.streams_started == 0:
         await asyncio.sleep(0.01)
-    restarted = rig.new_billing()
+    restarted = rig.new_accountant()
     assert await restarted.recover() == 1
     [record] = await rig.records()
     assert (record["termination"], record["cost_micros"]) == ("gateway_killed", 0)
@@ -387,7 +387,7 @@ async def test_usd_organizations_pay_usd_prices(rig: Rig, tmp_path: Path) -> Non
         await set_price(conn, ModelPrice("priced", 3_000_000, 0, 3_000_000, None, Currency.USD))
     gateway = await rig.serve(priced={"text": "a b c"})
     principal = Principal("om_usd", usd.id, "member")
-    await rig.billing.ledger.execute(TopUp("u1", usd.id, 1_000))
+    await rig.accountant.ledger.execute(TopUp("u1", usd.id, 1_000))
     await run(gateway, principal, chat())
     async with rig.database.connect() as conn:
         row = (
@@ -413,7 +413,7 @@ async def test_a_client_gone_during_admission_leaves_no_hold(rig: Rig) -> None:
             return events
 
     placed = asyncio.Event()
-    rig.billing.ledger = SlowToAnswer(rig.database, rig.clock.now_ms)
+    rig.accountant.ledger = SlowToAnswer(rig.database, rig.clock.now_ms)
     gateway = await rig.serve(priced={"text": "a b c"})
     await rig.top_up(1_000)
     admission = asyncio.create_task(gateway.generate(rig.principal, chat(), "chat.completions"))
@@ -421,7 +421,7 @@ async def test_a_client_gone_during_admission_leaves_no_hold(rig: Rig) -> None:
     admission.cancel()
     with pytest.raises(asyncio.CancelledError):
         await admission
-    ledger = await rig.billing.ledger.refresh()
+    ledger = await rig.accountant.ledger.refresh()
     assert ledger.open_holds() == []
     assert ledger.balance(cash(rig.org_id)) == 1_000
     assert rig.engines["priced"].stats.streams_started == 0
@@ -439,7 +439,7 @@ async def test_an_engine_refusing_before_its_first_token_is_a_refusal(rig: Rig) 
     with pytest.raises(UpstreamUnavailable):
         await gateway.generate(rig.principal, chat(), "chat.completions")
     assert await rig.records() == []
-    ledger = await rig.billing.ledger.refresh()
+    ledger = await rig.accountant.ledger.refresh()
     assert ledger.open_holds() == [] and ledger.balance(cash(rig.org_id)) == 1_000
     assert await gateway.wait_idle(1.0)
     await run(gateway, rig.principal, chat())  # the next one is served and charged

@@ -1,5 +1,6 @@
-"""Billing administration (billing/admin.py) on a real SQLite database: every
-operation, its audit row, and what is refused."""
+"""Billing administration (billing/admin.py, its bodies in billing/admin_bodies.py) on a
+real SQLite database built by the composition root: every operation, its audit row, and
+what is refused."""
 
 from __future__ import annotations
 
@@ -14,15 +15,26 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openmaas.accounts.admin import AccountsAdmin, NewOrganization
+from openmaas.billing.admin import BillingAdmin
+from openmaas.billing.admin_bodies import (
+    BudgetLimit,
+    NewFunds,
+    NewPack,
+    NewPrice,
+    TermsChange,
+    TierLimits,
+)
+from openmaas.billing.reports import statement_csv
+from openmaas.core.admin_fields import parse_time
 from openmaas.core.errors import InvalidRequest, NotFound
 from openmaas.core.keys import generate_key
 from openmaas.core.ledger_events import Hold, Settle
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
-from openmaas.billing.admin import BillingAdmin, parse_time, statement_csv
-from openmaas.store.billing import read_audit
-from openmaas.store.database import migrate, open_database
-from openmaas.store.ledger import LedgerStore
+from openmaas.platform import Platform, open_platform
+from openmaas.settings import Settings
+from openmaas.store.audit import read_audit
 from openmaas.store.repositories import ApiKeyRepository
 
 NOW_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
@@ -41,13 +53,15 @@ class Clock:
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = open_database("sqlite+aiosqlite:///" + str(tmp_path / "admin.db"))
-    await migrate(engine)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
+async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
+    settings = Settings(home=tmp_path / "home", embedded_models=False)
+    async with open_platform(settings, clock=Clock()) as opened:
+        yield opened
+
+
+@pytest.fixture
+def database(platform: Platform) -> AsyncEngine:
+    return platform.database
 
 
 @pytest.fixture
@@ -56,15 +70,35 @@ def changes() -> list[str]:
 
 
 @pytest.fixture
-def admin(database: AsyncEngine, changes: list[str]) -> BillingAdmin:
-    clock = Clock()
-    return BillingAdmin(
-        database,
-        LedgerStore(database, clock.now_ms),
-        clock,
-        "cli:alice",
-        on_change=lambda: changes.append("changed"),
-    )
+def admin(platform: Platform, changes: list[str]) -> BillingAdmin:
+    admin = platform.billing_admin("cli:alice")
+    admin.on_change = lambda: changes.append("changed")
+    return admin
+
+
+@pytest.fixture
+def accounts(platform: Platform) -> AccountsAdmin:
+    return platform.accounts_admin("cli:alice")
+
+
+async def create_org(accounts: AccountsAdmin, name: str, **fields: object):
+    return await accounts.create_org(NewOrganization.parse({"name": name, **fields}))
+
+
+async def set_org(admin: BillingAdmin, org: str, **fields: object):
+    return await admin.set_org(org, TermsChange.parse(fields))
+
+
+async def set_price(admin: BillingAdmin, model: str, **fields: object):
+    return await admin.set_price(NewPrice.parse({"model": model, **fields}))
+
+
+async def set_tier(admin: BillingAdmin, name: str, **fields: object):
+    return await admin.set_tier(name, TierLimits.parse(fields))
+
+
+def funds(amount: object, id: str | None = None) -> NewFunds:
+    return NewFunds.parse({"amount": amount} if id is None else {"amount": amount, "id": id})
 
 
 async def audit_rows(database: AsyncEngine) -> list:
@@ -72,9 +106,9 @@ async def audit_rows(database: AsyncEngine) -> list:
 
 
 async def test_create_org_opens_it_in_its_currency_with_a_credit_limit(
-    admin: BillingAdmin, database: AsyncEngine
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
 ) -> None:
-    org = await admin.create_org("acme", "usd", "V1", "25.5")
+    org = await create_org(accounts, "acme", currency="usd", tier="V1", credit_limit="25.5")
     assert (org.name, org.currency, org.tier) == ("acme", "USD", "V1")
     report = await admin.balance("acme")
     assert (report.currency.value, report.cash, report.credit_limit) == ("USD", 0, 25_500_000)
@@ -101,32 +135,32 @@ async def test_create_org_opens_it_in_its_currency_with_a_credit_limit(
     ],
 )
 async def test_create_org_refuses_bad_fields_and_writes_nothing(
-    admin: BillingAdmin, database: AsyncEngine, kwargs: dict, field: str
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine, kwargs: dict, field: str
 ) -> None:
     with pytest.raises(InvalidRequest) as refused:
-        await admin.create_org("acme", **kwargs)
+        await create_org(accounts, "acme", **kwargs)
     assert refused.value.param == field
     assert await admin.list_orgs() == []
     assert await audit_rows(database) == []
 
 
 async def test_a_duplicate_org_name_is_refused_and_not_audited(
-    admin: BillingAdmin, database: AsyncEngine
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
 ) -> None:
-    await admin.create_org("acme")
+    await create_org(accounts, "acme")
     with pytest.raises(InvalidRequest) as refused:
-        await admin.create_org("acme")
+        await create_org(accounts, "acme")
     assert refused.value.param == "name"
     assert [o.name for o in await admin.list_orgs()] == ["acme"]
     assert [r.action for r in await audit_rows(database)] == ["org.create"]
 
 
 async def test_set_org_tier_discount_and_credit_limit_in_one_audited_change(
-    admin: BillingAdmin, database: AsyncEngine, changes: list[str]
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine, changes: list[str]
 ) -> None:
-    await admin.create_org("acme", tier="V0")
+    await create_org(accounts, "acme", tier="V0")
     changes.clear()
-    org = await admin.set_org("acme", tier="V2", discount_bp=2500, credit_limit="100")
+    org = await set_org(admin, "acme", tier="V2", discount_bp=2500, credit_limit="100")
     assert (org.tier, org.discount_bp) == ("V2", 2500)
     assert (await admin.balance("acme")).credit_limit == 100_000_000
     assert changes == ["changed"]
@@ -135,35 +169,37 @@ async def test_set_org_tier_discount_and_credit_limit_in_one_audited_change(
     assert row.before == {"tier": "V0", "discount_bp": 0, "credit_limit": "0.000000"}
     assert row.after == {"tier": "V2", "discount_bp": 2500, "credit_limit": "100.000000"}
 
-    cleared = await admin.set_org("acme", tier=None)
+    cleared = await set_org(admin, "acme", tier=None)
     assert cleared.tier is None
     assert (await audit_rows(database))[-1].after == {"tier": None}
 
 
 async def test_set_org_refusals_write_no_audit_row(
-    admin: BillingAdmin, database: AsyncEngine
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
 ) -> None:
-    await admin.create_org("acme")
+    await create_org(accounts, "acme")
     with pytest.raises(InvalidRequest) as refused:
-        await admin.set_org("acme", discount_bp=10_001)
+        await set_org(admin, "acme", discount_bp=10_001)
     assert refused.value.param == "discount_bp"
     with pytest.raises(InvalidRequest) as refused:
-        await admin.set_org("acme", tier="nope")
+        await set_org(admin, "acme", tier="nope")
     assert refused.value.param == "tier"
     with pytest.raises(NotFound):
-        await admin.set_org("globex", tier="V1")
+        await set_org(admin, "globex", tier="V1")
     # The ledger refuses a credit limit the balance is already below.
-    await admin.set_org("acme", credit_limit="10")
+    await set_org(admin, "acme", credit_limit="10")
     await spend(admin, "acme", 5_000_000, used=4_000_000)  # cash is now -4 CNY
     with pytest.raises(InvalidRequest) as refused:
-        await admin.set_org("acme", credit_limit="1", tier="V3")
+        await set_org(admin, "acme", credit_limit="1", tier="V3")
     assert refused.value.param == "credit_limit"
     assert (await admin.org("acme")).tier is None  # the tier in the same change rolled back
     assert [r.action for r in await audit_rows(database)] == ["org.create", "org.update"]
 
 
-async def test_set_key_tier(admin: BillingAdmin, database: AsyncEngine) -> None:
-    org = await admin.create_org("acme")
+async def test_set_key_tier(
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
+) -> None:
+    org = await create_org(accounts, "acme")
     key = generate_key(b"k" * 32)
     await ApiKeyRepository(database).create(org.id, "bot", "member", key, NOW_MS)
     assert await admin.set_key_tier(key.key_id, "V0") == "V0"
@@ -183,14 +219,14 @@ async def test_set_key_tier(admin: BillingAdmin, database: AsyncEngine) -> None:
 
 
 async def test_top_up_is_exact_idempotent_and_audited(
-    admin: BillingAdmin, database: AsyncEngine
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
 ) -> None:
-    await admin.create_org("acme")
-    first = await admin.top_up("acme", "12.5", "pay-1")
+    await create_org(accounts, "acme")
+    first = await admin.top_up("acme", funds("12.5", "pay-1"))
     assert (first.funding_id, first.applied, first.balance.cash) == ("pay-1", True, 12_500_000)
-    again = await admin.top_up("acme", "12.5", "pay-1")  # a retry changes nothing
+    again = await admin.top_up("acme", funds("12.5", "pay-1"))  # a retry changes nothing
     assert (again.applied, again.balance.cash) == (False, 12_500_000)
-    generated = await admin.top_up("acme", "0.000001")
+    generated = await admin.top_up("acme", funds("0.000001"))
     assert generated.funding_id.startswith("topup_") and generated.balance.cash == 12_500_001
     rows = [r for r in await audit_rows(database) if r.action == "billing.topup"]
     assert len(rows) == 2
@@ -205,11 +241,11 @@ async def test_top_up_is_exact_idempotent_and_audited(
 
 @pytest.mark.parametrize("amount", ["-5", "0", "abc", 5.0, 5, "1.0000001", "NaN"])
 async def test_top_up_refuses_bad_amounts(
-    admin: BillingAdmin, database: AsyncEngine, amount: object
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine, amount: object
 ) -> None:
-    await admin.create_org("acme")
+    await create_org(accounts, "acme")
     with pytest.raises(InvalidRequest) as refused:
-        await admin.top_up("acme", amount)
+        await admin.top_up("acme", funds(amount))
     assert refused.value.param == "amount"
     assert (await admin.balance("acme")).cash == 0
     assert [r.action for r in await audit_rows(database)] == ["org.create"]
@@ -217,14 +253,14 @@ async def test_top_up_refuses_bad_amounts(
 
 async def test_top_up_an_unknown_org_is_not_found(admin: BillingAdmin) -> None:
     with pytest.raises(NotFound):
-        await admin.top_up("nobody", "1")
+        await admin.top_up("nobody", funds("1"))
 
 
 async def test_promotional_credit_counts_as_available(
-    admin: BillingAdmin, database: AsyncEngine
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
 ) -> None:
-    await admin.create_org("acme")
-    granted = await admin.grant_promo("acme", "3")
+    await create_org(accounts, "acme")
+    granted = await admin.grant_promo("acme", funds("3"))
     assert granted.funding_id.startswith("promo_")
     report = await admin.balance("acme")
     assert (report.cash, report.promo, report.available) == (0, 3_000_000, 3_000_000)
@@ -232,10 +268,13 @@ async def test_promotional_credit_counts_as_available(
     assert row.action == "billing.promo" and row.after["balance"] == "3.000000"
 
 
-async def test_grant_a_pack_and_list_it(admin: BillingAdmin, database: AsyncEngine) -> None:
-    await admin.create_org("acme")
+async def test_grant_a_pack_and_list_it(
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
+) -> None:
+    await create_org(accounts, "acme")
     expires = "2026-12-31"
-    pack = await admin.grant_pack("acme", ["glm-4", "fake-echo"], 1_000_000, expires, "p1")
+    grant = {"models": ["glm-4", "fake-echo"], "tokens": 1_000_000, "expires_at": expires}
+    pack = await admin.grant_pack("acme", NewPack.parse({**grant, "id": "p1"}))
     assert (pack.pack_id, pack.models, pack.remaining) == ("p1", ("fake-echo", "glm-4"), 1_000_000)
     assert pack.expires_at_ms == parse_time(expires, "expires")
     [listed] = await admin.packs("acme")
@@ -260,19 +299,28 @@ async def test_grant_a_pack_and_list_it(admin: BillingAdmin, database: AsyncEngi
     ],
 )
 async def test_grant_pack_refusals(
-    admin: BillingAdmin, database: AsyncEngine, models: list, tokens: int, expires: str, field: str
+    admin: BillingAdmin,
+    accounts: AccountsAdmin,
+    database: AsyncEngine,
+    models: list,
+    tokens: int,
+    expires: str,
+    field: str,
 ) -> None:
-    await admin.create_org("acme")
+    await create_org(accounts, "acme")
     with pytest.raises(InvalidRequest) as refused:
-        await admin.grant_pack("acme", models, tokens, expires)
+        grant = {"models": models, "tokens": tokens, "expires_at": expires}
+        await admin.grant_pack("acme", NewPack.parse(grant))
     assert refused.value.param == field
     assert await admin.packs("acme") == []
     assert len(await audit_rows(database)) == 1
 
 
-async def test_budgets_set_report_and_clear(admin: BillingAdmin, database: AsyncEngine) -> None:
-    org = await admin.create_org("acme")
-    budget = await admin.set_budget("org:acme", "day", "50")
+async def test_budgets_set_report_and_clear(
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
+) -> None:
+    org = await create_org(accounts, "acme")
+    budget = await admin.set_budget("org:acme", "day", BudgetLimit.parse({"limit": "50"}))
     assert (budget.scope, budget.period.value, budget.limit) == (f"org:{org.id}", "day", 50_000_000)
     [reported] = (await admin.balance("acme")).budgets
     assert reported.as_json() == {
@@ -286,13 +334,13 @@ async def test_budgets_set_report_and_clear(admin: BillingAdmin, database: Async
     with pytest.raises(NotFound):
         await admin.clear_budget("org:acme", "day")  # nothing left to clear
     with pytest.raises(InvalidRequest) as refused:
-        await admin.set_budget("org:acme", "week", "1")
+        await admin.set_budget("org:acme", "week", BudgetLimit.parse({"limit": "1"}))
     assert refused.value.param == "period"
     with pytest.raises(InvalidRequest) as refused:
-        await admin.set_budget("team:x", "day", "1")
+        await admin.set_budget("team:x", "day", BudgetLimit.parse({"limit": "1"}))
     assert refused.value.param == "scope"
     with pytest.raises(NotFound):
-        await admin.set_budget("key:om_nobody", "month", "1")
+        await admin.set_budget("key:om_nobody", "month", BudgetLimit.parse({"limit": "1"}))
     rows = [r for r in await audit_rows(database) if r.action.startswith("billing.budget")]
     assert [(r.action, r.before, r.after) for r in rows] == [
         ("billing.budget_set", None, {"limit": "50.000000"}),
@@ -303,8 +351,8 @@ async def test_budgets_set_report_and_clear(admin: BillingAdmin, database: Async
 async def test_prices_set_list_and_audit(
     admin: BillingAdmin, database: AsyncEngine, changes: list[str]
 ) -> None:
-    price = await admin.set_price(
-        "glm-4", input="2", cached_input="0.4", output="8", currency="CNY"
+    price = await set_price(
+        admin, "glm-4", input="2", cached_input="0.4", output="8", currency="CNY"
     )
     assert (price.input_per_million, price.cached_input_per_million, price.output_per_million) == (
         2_000_000,
@@ -312,7 +360,8 @@ async def test_prices_set_list_and_audit(
         8_000_000,
     )
     assert price.effective_from_ms == NOW_MS and changes == ["changed"]
-    later = await admin.set_price(
+    later = await set_price(
+        admin,
         "glm-4",
         input="3",
         cached_input="0.5",
@@ -329,30 +378,37 @@ async def test_prices_set_list_and_audit(
     ]
     assert later.reasoning_per_million == 12_000_000
     # Setting the same (model, currency, from) again replaces it; the audit keeps the old one.
-    await admin.set_price(
-        "glm-4", input="2.5", cached_input="0.4", output="8", effective_from=NOW_MS
+    await set_price(
+        admin, "glm-4", input="2.5", cached_input="0.4", output="8", effective_from=NOW_MS
     )
     row = (await audit_rows(database))[-1]
     assert (row.action, row.target) == ("price.set", "glm-4/CNY")
     assert (row.before["input"], row.after["input"]) == ("2.000000", "2.500000")
     with pytest.raises(InvalidRequest) as refused:
-        await admin.set_price("glm-4", input="-1", cached_input="0", output="0")
+        await set_price(admin, "glm-4", input="-1", cached_input="0", output="0")
     assert refused.value.param == "input"
     with pytest.raises(InvalidRequest) as refused:
-        await admin.set_price("glm-4", input="1", cached_input="0", output=0.5)
+        await set_price(admin, "glm-4", input="1", cached_input="0", output=0.5)
     assert refused.value.param == "output"
     assert len(await audit_rows(database)) == 3
 
 
-async def test_tiers_set_and_list(admin: BillingAdmin, database: AsyncEngine) -> None:
+async def test_tiers_set_and_list(
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
+) -> None:
     assert [t.name for t in await admin.list_tiers()] == ["V0", "V1", "V2", "V3"]  # seeded
-    tier = await admin.set_tier(
-        "Gold", rpm=100, tpm=None, concurrency=3, models={"glm-4": {"rpm": 10, "concurrency": 1}}
+    tier = await set_tier(
+        admin,
+        "Gold",
+        rpm=100,
+        tpm=None,
+        concurrency=3,
+        models={"glm-4": {"rpm": 10, "concurrency": 1}},
     )
     assert (tier.limits.rpm, tier.limits.tpm, tier.models["glm-4"].concurrency) == (100, None, 1)
     listed = {t.name: t for t in await admin.list_tiers()}
     assert listed["Gold"].models["glm-4"].rpm == 10
-    await admin.set_tier("Gold", rpm=200)
+    await set_tier(admin, "Gold", rpm=200)
     row = (await audit_rows(database))[-1]
     assert (row.action, row.target, row.before["rpm"], row.after["rpm"]) == (
         "tier.set",
@@ -360,20 +416,20 @@ async def test_tiers_set_and_list(admin: BillingAdmin, database: AsyncEngine) ->
         100,
         200,
     )
-    await admin.create_org("acme", tier="Gold")  # a new tier can be given at once
+    await create_org(accounts, "acme", tier="Gold")  # a new tier can be given at once
     for bad, field in (({"rpm": -1}, "rpm"), ({"concurrency": "3"}, "concurrency")):
         with pytest.raises(InvalidRequest) as refused:
-            await admin.set_tier("Gold", **bad)
+            await set_tier(admin, "Gold", **bad)
         assert refused.value.param == field
     with pytest.raises(InvalidRequest):
-        await admin.set_tier("has space")
+        await set_tier(admin, "has space")
     assert len(await audit_rows(database)) == 3
 
 
 async def test_the_audit_log_cannot_be_updated_or_deleted(
-    admin: BillingAdmin, database: AsyncEngine
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
 ) -> None:
-    await admin.create_org("acme")
+    await create_org(accounts, "acme")
     for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
         with pytest.raises(DBAPIError, match="append-only"):
             async with database.begin() as conn:
@@ -393,10 +449,12 @@ async def spend(admin: BillingAdmin, org: str, worst_micros: int, used: int = 10
     return request_id
 
 
-async def test_statement_csv_sums_equal_balance_changes(admin: BillingAdmin) -> None:
-    await admin.create_org("acme")
-    await admin.top_up("acme", "10", "t1")
-    await admin.grant_promo("acme", "0.0005", "g1")
+async def test_statement_csv_sums_equal_balance_changes(
+    admin: BillingAdmin, accounts: AccountsAdmin
+) -> None:
+    await create_org(accounts, "acme")
+    await admin.top_up("acme", funds("10", "t1"))
+    await admin.grant_promo("acme", funds("0.0005", "g1"))
     request_id = await spend(admin, "acme", 5_000, used=1_200)  # 500 from promo, 700 from cash
     report = await admin.balance("acme")
     assert (report.cash, report.promo, report.held) == (10_000_000 - 700, 0, 0)
@@ -426,7 +484,7 @@ async def test_statement_csv_sums_equal_balance_changes(admin: BillingAdmin) -> 
 
 
 async def test_usage_shows_what_was_charged_beside_what_upstreams_charged_us(
-    admin: BillingAdmin, database: AsyncEngine
+    admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
 ) -> None:
     from openmaas.core.money import Currency, Money
     from openmaas.core.termination import Termination
@@ -434,7 +492,7 @@ async def test_usage_shows_what_was_charged_beside_what_upstreams_charged_us(
     from openmaas.core.usage import UsageRecord
     from openmaas.store.repositories import UsageRepository
 
-    org = await admin.create_org("reseller", "USD")
+    org = await create_org(accounts, "reseller", currency="USD")
     usage = UsageRepository(database)
     for n, (charged, upstream) in enumerate([(120, 100), (60, 45)]):
         await usage.append(
@@ -447,7 +505,9 @@ async def test_usage_shows_what_was_charged_beside_what_upstreams_charged_us(
         )  # fmt: skip
     [day] = await admin.usage("reseller")
     assert (day.requests, day.cost, day.upstream_cost) == (
-        2, Money(180, Currency.USD), Money(145, Currency.USD)
+        2,
+        Money(180, Currency.USD),
+        Money(145, Currency.USD),
     )  # a margin of 35 micros
     with pytest.raises(InvalidRequest) as info:
         await admin.usage("reseller", since_day="yesterday")

@@ -11,19 +11,22 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from openmaas.core.clock import SystemClock
 from openmaas.core.errors import ModelNotFound
 from openmaas.core.ids import new_request_id
 from openmaas.core.types import GenerationRequest, Message, Role, TextDelta
 from openmaas.engines.base import EngineState
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.catalog.served import ModelCatalog, ServedModel
-from openmaas.catalog.admin import CatalogAdmin, describe_model
+from openmaas.catalog.admin import CatalogAdmin, CredentialValue, describe_model
 from openmaas.catalog.document import CatalogRejected
 from openmaas.catalog.reloader import CatalogFileManaged, CatalogManager
 from openmaas.serving.router import RoutedEngine
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
+from openmaas.store.audit import AuditedChanges
 from openmaas.store.database import migrate, open_database
+from openmaas.store.ledger import LedgerStore
 from tests.engines.upstream import Behaviour, Upstream
 
 MASTER = bytes(range(32))
@@ -75,7 +78,9 @@ class Site:
         return self.manager
 
     def admin(self, master: bytes = MASTER) -> CatalogAdmin:
-        return CatalogAdmin(self.database, self.settings, master, "test", manager=self.manager)
+        now = SystemClock().now_ms
+        changes = AuditedChanges(self.database, LedgerStore(self.database, now), now, "test")
+        return CatalogAdmin(changes, self.settings, master, manager=self.manager)
 
     async def close(self) -> None:
         if self.manager is not None:
@@ -207,7 +212,7 @@ models:
             "catalog:10: models[0].deployments[0].credential: no credential named "
             "'cloud-key' (openmaas credentials set cloud-key)"
         ]
-        assert await admin.set_credential("cloud-key", SECRET) is True
+        assert await admin.set_credential("cloud-key", CredentialValue(value=SECRET)) is True
         version = await admin.apply(document)
         assert manager.version == version
         assert db_site.catalog.resolve("cloud-latest") == "cloud"
@@ -225,7 +230,9 @@ models:
 
         # Rotating the credential rebuilds the model that uses it.
         engine = db_site.catalog.get("cloud").engine
-        assert await admin.set_credential("cloud-key", SECRET + "-2") is False
+        assert (
+            await admin.set_credential("cloud-key", CredentialValue(value=SECRET + "-2")) is False
+        )
         assert db_site.catalog.get("cloud").engine is not engine
         assert await text_of(db_site.catalog, "cloud") == "from upstream"
         assert upstream.requests[-1].headers["authorization"] == f"Bearer {SECRET}-2"
@@ -243,7 +250,7 @@ models:
 
     # Another master key cannot use it: the catalog is refused, naming the credential.
     with pytest.raises(CatalogRejected, match="cannot be decrypted"):
-        await CatalogAdmin(db_site.database, db_site.settings, bytes(32), "t").check(document)
+        await db_site.admin(bytes(32)).check(document)
 
 
 async def test_a_file_managed_catalog_refuses_database_changes(file_site: Site) -> None:

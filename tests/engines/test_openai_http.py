@@ -728,7 +728,7 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
 ) -> None:
     from openmaas.core.ids import new_request_id
     from openmaas.accounts.auth import Principal
-    from openmaas.billing.accountant import Billing
+    from openmaas.billing.accountant import Accountant
     from openmaas.catalog.served import ModelCatalog, ServedModel
     from openmaas.serving.gateway import Gateway
     from openmaas.billing.limiter import InProcessLimiter
@@ -764,7 +764,7 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
     try:
         clock = Clock()
         usage_repo = UsageRepository(database)
-        billing = Billing(
+        billing = Accountant(
             database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock
         )
         gateway = Gateway(

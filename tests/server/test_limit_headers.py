@@ -10,25 +10,22 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from openmaas.core.tiers import Limits, Tier
+from openmaas.accounts.admin import NewOrganization
+from openmaas.billing.admin_bodies import TermsChange, TierLimits
+from openmaas.platform import open_platform
 from openmaas.server.app import create_app
-from openmaas.accounts.admin import open_admin
 from openmaas.settings import Settings
-from openmaas.store.billing import set_tier, update_org
-from openmaas.store.database import open_database
 
 CHAT = {"model": "fake-echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
 
 async def _member_key_of_a_limited_org(settings: Settings) -> str:
-    async with open_admin(settings) as admin:
-        org = await admin.create_org("limited")
-        issued = await admin.issue_key(org.id, "app")
-    database = open_database(settings.resolved_database_url)
-    async with database.begin() as conn:
-        await set_tier(conn, Tier("two-a-minute", Limits(rpm=2, tpm=1_000)))
-        await update_org(conn, org.id, tier="two-a-minute")
-    await database.dispose()
+    async with open_platform(settings) as platform:
+        accounts, billing = platform.accounts_admin("test"), platform.billing_admin("test")
+        org = await accounts.create_org(NewOrganization(name="limited"))
+        issued = await accounts.issue_key(org.id, "app")
+        await billing.set_tier("two-a-minute", TierLimits.parse({"rpm": 2, "tpm": 1_000}))
+        await billing.set_org(org.id, TermsChange.parse({"tier": "two-a-minute"}))
     return issued.token
 
 
@@ -75,3 +72,29 @@ def test_each_protocol_reports_limits_and_refuses_the_third_request(
     )
     assert anthropic.status_code == 429
     assert anthropic.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_count_tokens_counts_against_the_request_limit_and_is_never_charged(
+    client_and_key: tuple[TestClient, str],
+) -> None:
+    """``count_tokens`` costs engine work, so it is admitted like a request: a tier of two
+    requests a minute refuses the third count with Anthropic's 429. It writes no usage."""
+    client, key = client_and_key
+    anthropic = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    body = {"model": "fake-echo", "messages": [{"role": "user", "content": "count these words"}]}
+    counted = [client.post("/v1/messages/count_tokens", json=body, headers=anthropic)
+               for _ in range(2)]  # fmt: skip
+    assert [c.status_code for c in counted] == [200, 200]
+    assert counted[0].json()["input_tokens"] > 0
+    assert counted[1].headers["x-ratelimit-remaining-requests"] == "0"
+
+    refused = client.post("/v1/messages/count_tokens", json=body, headers=anthropic)
+    assert refused.status_code == 429
+    assert refused.json()["type"] == "error"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert int(refused.headers["retry-after"]) >= 1
+    # The limit it used up is the one generation uses too.
+    chat = client.post("/v1/messages", json=CHAT, headers=anthropic)
+    assert chat.status_code == 429
+    usage = client.get("/v1/usage", headers={"Authorization": f"Bearer {key}"})
+    assert usage.json()["data"] == []  # counts are neither recorded nor charged

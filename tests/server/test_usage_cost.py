@@ -7,27 +7,23 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from openmaas.core.ledger_events import TopUp
-from openmaas.core.prices import ModelPrice
+from openmaas.accounts.admin import NewOrganization
+from openmaas.billing.admin_bodies import NewFunds, NewPrice
+from openmaas.platform import open_platform
 from openmaas.server.app import create_app
-from openmaas.accounts.admin import open_admin
 from openmaas.settings import Settings
-from openmaas.store.billing import set_price
-from openmaas.store.database import open_database
-from openmaas.store.ledger import LedgerStore
 
 CHAT = {"model": "fake-echo", "messages": [{"role": "user", "content": "three word prompt"}]}
 
 
 async def _funded_key(settings: Settings) -> str:
-    async with open_admin(settings) as admin:
-        org = await admin.create_org("payer")
-        issued = await admin.issue_key(org.id, "app")
-    database = open_database(settings.resolved_database_url)
-    async with database.begin() as conn:  # 0.50 CNY per 1M input, 1.25 CNY per 1M output
-        await set_price(conn, ModelPrice("fake-echo", 500_000, 0, 1_250_000))
-    await LedgerStore(database, lambda: 0).execute(TopUp("t1", org.id, 1_000_000))
-    await database.dispose()
+    async with open_platform(settings) as platform:
+        accounts, billing = platform.accounts_admin("test"), platform.billing_admin("test")
+        org = await accounts.create_org(NewOrganization(name="payer"))
+        issued = await accounts.issue_key(org.id, "app")
+        price = {"model": "fake-echo", "input": "0.5", "cached_input": "0", "output": "1.25"}
+        await billing.set_price(NewPrice.parse(price))  # CNY per 1M tokens
+        await billing.top_up(org.id, NewFunds.parse({"amount": "1"}))
     return issued.token
 
 

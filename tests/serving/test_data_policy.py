@@ -23,7 +23,7 @@ from openmaas.core.types import (
 from openmaas.engines.base import ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Billing
+from openmaas.billing.accountant import Accountant
 from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.serving.gateway import Gateway
 from openmaas.billing.limiter import InProcessLimiter
@@ -82,7 +82,7 @@ class Site:
         )
         self.models = [ServedModel("chat", chat), ServedModel("emb", embed)]
         clock = Clock()
-        billing = Billing(
+        billing = Accountant(
             database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock,
             refresh_seconds=0,
         )  # fmt: skip

@@ -36,7 +36,7 @@ from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import Engine, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Billing, Ticket
+from openmaas.billing.accountant import Accountant, Ticket
 from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.serving.gateway import Gateway, Generation
 from openmaas.billing.limiter import InProcessLimiter
@@ -66,9 +66,9 @@ class FakeClock:
         return self.t
 
 
-def billing_over(database: AsyncEngine, clock: FakeClock) -> Billing:
+def billing_over(database: AsyncEngine, clock: FakeClock) -> Accountant:
     ledger = LedgerStore(database, clock.now_ms)
-    return Billing(database, ledger, InProcessLimiter(), clock)
+    return Accountant(database, ledger, InProcessLimiter(), clock)
 
 
 class Harness:
@@ -512,7 +512,7 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_pat
     repository = UsageRepository(database)
     clock = FakeClock()
     ledger = SlowLedger(database, clock.now_ms)
-    billing = Billing(database, ledger, InProcessLimiter(), clock)
+    billing = Accountant(database, ledger, InProcessLimiter(), clock)
     gateway = Gateway(ModelCatalog([]), billing, clock, lambda: False)
     unpriced = InFlight("r-cancel", "k", "o", "m", "chat.completions", NOW_MS, None)
     ticket = Ticket(unpriced, price=None, limit=None)

@@ -37,7 +37,7 @@ from openmaas.core.types import (
 from openmaas.engines.base import EngineState, EngineStream, ModelKind, SlotEngine, UsageTracker
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Billing
+from openmaas.billing.accountant import Accountant
 from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.serving.gateway import Gateway
 from openmaas.billing.limiter import InProcessLimiter
@@ -688,7 +688,7 @@ async def test_the_gateway_records_the_route_and_releases_a_client_gone_mid_stre
         router = await make([Deployment("bad", bad), Deployment("good", good, priority=1)])
         usage = UsageRepository(database)
         clock = ManualClock()
-        billing = Billing(database, LedgerStore(database, clock.now_ms), InProcessLimiter(),
+        billing = Accountant(database, LedgerStore(database, clock.now_ms), InProcessLimiter(),
                           clock)  # fmt: skip
         gateway = Gateway(ModelCatalog([ServedModel("m", router)]), billing, clock, lambda: False)
         principal = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")

@@ -18,7 +18,8 @@ from openmaas.core.ledger import Ledger
 from openmaas.core.ledger_events import Event, Hold, Release, Settle, TopUp, cash, held
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
-from openmaas.store.billing import audit, statement
+from openmaas.store.audit import audit
+from openmaas.store.billing import statement
 from openmaas.store.database import MIGRATIONS_DIR, migrate, open_database
 from openmaas.store.ledger import EVENT, LedgerStore
 from openmaas.store.repositories import OrganizationRepository

@@ -1,29 +1,61 @@
-"""Administration of organizations and keys, shared by the CLI and first-run bootstrap."""
+"""Administration of organizations and keys, for the CLI, the admin API and first-run
+bootstrap. Each change goes through the unit of work (``store/audit.py``): its audit row
+commits with it. Creating an organization is one path, whoever asks: its row, its opening
+in the ledger (currency, credit limit) and its audit row, in one transaction."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from openmaas.core.clock import Clock, SystemClock
+from openmaas.core.admin_fields import AdminBody, CurrencyCode, Money, Name, iso_ms
+from openmaas.core.clock import Clock
+from openmaas.core.errors import InvalidRequest
 from openmaas.core.keys import generate_key
-from openmaas.accounts.auth import load_master_key
+from openmaas.core.ledger_events import Event, OpenOrg
+from openmaas.core.money import Currency, format_micros
 from openmaas.settings import Settings
-from openmaas.store.database import migrate, open_database
+from openmaas.store.audit import AuditedChanges, AuditRecord
+from openmaas.store.billing import check_tier
 from openmaas.store.repositories import (
     ApiKey,
     ApiKeyRepository,
     Organization,
     OrganizationRepository,
     UsageRepository,
+    insert_key,
+    insert_organization,
+    new_organization,
+    revoke_key,
 )
 
 DEFAULT_ORG = "default"
-ROLES = ("admin", "member")
+Role = Literal["admin", "member"]
+ROLES: tuple[Role, ...] = ("admin", "member")
+
+
+def org_json(org: Organization) -> dict[str, Any]:
+    return {
+        "id": org.id,
+        "name": org.name,
+        "currency": org.currency,
+        "tier": org.tier,
+        "discount_bp": org.discount_bp,
+        "data_policy": org.data_policy,
+        "created_at": iso_ms(org.created_at_ms),
+    }
+
+
+class NewOrganization(AdminBody):
+    """``POST /admin/v1/orgs``; the currency is fixed at creation."""
+
+    name: Name
+    currency: CurrencyCode = Currency.CNY
+    tier: str | None = None
+    credit_limit: Money = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,43 +64,61 @@ class IssuedKey:
     token: str  # shown once, never stored
 
 
-class Admin:
+class AccountsAdmin:
+    """Organizations and keys, changed as ``changes``' actor."""
+
     def __init__(
-        self, database: AsyncEngine, clock: Clock | None = None, master_key: bytes | None = None
+        self, changes: AuditedChanges, clock: Clock, master_key: bytes | None = None
     ) -> None:
+        self.changes = changes
+        self._clock = clock
         self._master_key = master_key
-        self.orgs = OrganizationRepository(database)
-        self.keys = ApiKeyRepository(database)
-        self.usage = UsageRepository(database)
-        self._clock = clock or SystemClock()
+        self.orgs = OrganizationRepository(changes.database)
+        self.keys = ApiKeyRepository(changes.database)
+        self.usage = UsageRepository(changes.database)
 
-    async def create_org(self, name: str) -> Organization:
-        return await self.orgs.create(name, self._clock.now_ms())
+    async def create_org(self, new: NewOrganization) -> Organization:
+        """The organization's row, its opening in the ledger in its currency with its credit
+        limit, and the audit row: one transaction."""
+        tier = await check_tier(self.changes.database, new.tier)
+        org = new_organization(
+            new.name, self._clock.now_ms(), currency=new.currency.value, tier=tier
+        )
 
-    async def issue_key(self, org: str, name: str, role: str = "member") -> IssuedKey:
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
+            await insert_organization(conn, org)
+            after = {**org_json(org), "credit_limit": format_micros(new.credit_limit)}
+            return AuditRecord("org.create", org.id, None, after)
+
+        await self.changes.commit(write, OpenOrg(org.id, new.currency, new.credit_limit))
+        return org
+
+    async def issue_key(self, org: str, name: str, role: Role = "member") -> IssuedKey:
         if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}")
+            raise InvalidRequest(f"'role' must be one of {', '.join(ROLES)}.", "role")
         organization = await self.orgs.find(org)
         new = generate_key(self._master_key)
-        key = await self.keys.create(organization.id, name, role, new, self._clock.now_ms())
-        return IssuedKey(key, new.token)
+        issued: list[ApiKey] = []
+
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
+            key = await insert_key(conn, organization.id, name, role, new, self._clock.now_ms())
+            issued.append(key)
+            after = {"org": organization.id, "name": name, "role": role}  # never the secret
+            return AuditRecord("key.create", key.id, None, after)
+
+        await self.changes.commit(write)
+        return IssuedKey(issued[0], new.token)
 
     async def revoke_key(self, key_id: str) -> None:
-        await self.keys.revoke(key_id, self._clock.now_ms())
+        """Revoke a key; revoking it again changes nothing and is not audited again."""
+        now = self._clock.now_ms()
 
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord | None:
+            if await revoke_key(conn, key_id, now) is not None:
+                return None  # revoked before
+            return AuditRecord("key.revoke", key_id, {"revoked": False}, {"revoked": True})
 
-@asynccontextmanager
-async def open_admin(settings: Settings) -> AsyncIterator[Admin]:
-    """The data directory, migrated, ready to administer."""
-    ensure_home(settings)
-    database = open_database(
-        settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
-    )
-    try:
-        await migrate(database)
-        yield Admin(database, master_key=load_master_key(settings))
-    finally:
-        await database.dispose()
+        await self.changes.commit(write)
 
 
 def ensure_home(settings: Settings) -> None:
@@ -76,14 +126,14 @@ def ensure_home(settings: Settings) -> None:
     os.chmod(settings.home, 0o700)
 
 
-async def first_run(settings: Settings) -> IssuedKey | None:
-    """On the very first start: the default organization and an admin key, saved to a file
-    only the owner can read. Later starts change nothing and return None."""
-    async with open_admin(settings) as admin:
-        if await admin.orgs.count() > 0:
-            return None
-        await admin.create_org(DEFAULT_ORG)
-        issued = await admin.issue_key(DEFAULT_ORG, "admin", role="admin")
+async def first_run(admin: AccountsAdmin, settings: Settings) -> IssuedKey | None:
+    """On the very first start: the default organization and an admin key (both audited),
+    the key saved to a file only the owner can read. Later starts change nothing and
+    return None."""
+    if await admin.orgs.count() > 0:
+        return None
+    await admin.create_org(NewOrganization(name=DEFAULT_ORG))
+    issued = await admin.issue_key(DEFAULT_ORG, "admin", role="admin")
     fd = os.open(settings.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(issued.token + "\n")

@@ -1,17 +1,17 @@
-"""Admission and settlement: rate limits and the ledger around every request.
+"""The accountant: admission and settlement, rate limits and the ledger around every request.
 
-``Billing.admit`` runs before an engine is called: rate limits first (key and organization,
+``Accountant.admit`` runs before an engine is called: rate limits first (key and organization,
 per the tiers), then, for a model with a price in the organization's currency, a ledger hold
 for the worst case (prompt tokens + the most output the request allows). A refusal raises
 ``RateLimited``, ``InsufficientBalance`` or ``BudgetExceeded`` and nothing was reserved.
 
-Exactly one of ``Billing.finish`` (the engine ran: settle the hold with the billable usage
+Exactly one of ``Accountant.finish`` (the engine ran: settle the hold with the billable usage
 in the same transaction as the usage record, correct the TPM reservation) or
-``Billing.cancel`` (the engine never saw the request: release everything) ends a ticket.
+``Accountant.cancel`` (the engine never saw the request: release everything) ends a ticket.
 
-While a request runs, ``Billing.checkpoint`` writes the engine's running count to the
+While a request runs, ``Accountant.checkpoint`` writes the engine's running count to the
 ``inflight`` table (its row is written at admission) every ``checkpoint_seconds``; after a
-crash, ``Billing.recover`` settles every request left there by ``recovery_usage`` (see
+crash, ``Accountant.recover`` settles every request left there by ``recovery_usage`` (see
 ``docs/billing.md``). Organizations without a tier and models without a price are neither
 limited nor charged: a fresh install meters usage and refuses nothing.
 """
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -105,7 +106,10 @@ class Ticket:
         return self.price is not None
 
 
-class Billing:
+class Accountant:
+    """Admits requests (rate limits, data policy, holds), checkpoints them while they run,
+    settles them, and recovers what a killed process left in flight."""
+
     def __init__(
         self,
         database: AsyncEngine,
@@ -213,6 +217,22 @@ class Billing:
             await self.cancel(ticket)
             raise
         return ticket
+
+    @asynccontextmanager
+    async def counting(self, principal: Principal, model: str) -> AsyncIterator[Admission | None]:
+        """Admit a token count (``POST /v1/messages/count_tokens``) for the body of the
+        ``with``: it costs engine work, so it counts against the request limits (RPM and
+        concurrency) as one request of no tokens, or raises ``RateLimited`` having counted
+        nothing. It holds no money, is never charged and writes no usage record."""
+        scopes = (await self.terms()).scopes(principal)
+        if not scopes:
+            yield None
+            return
+        admission = await self._limiter.admit(scopes, model, 0, self._clock.now_ms())
+        try:
+            yield admission
+        finally:
+            await self._limiter.settle(admission, 0, self._clock.now_ms())
 
     def checkpoint(self, ticket: Ticket, usage: Callable[[], Usage]) -> None:
         """Note the engine's running count: written at most every ``checkpoint_seconds``

@@ -1,16 +1,21 @@
 """Changing the catalog: the stored document and upstream credentials (sealed at rest),
-for the CLI and the admin API; every change audited in its own transaction."""
+for the CLI and the admin API; every change goes through the unit of work
+(``store/audit.py``), its audit row in the transaction that makes it."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from pydantic import PlainValidator, WithJsonSchema
 
-from openmaas.core.clock import Clock, SystemClock
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from openmaas.core.admin_fields import AdminBody, refuse
 from openmaas.core.errors import InvalidRequest, NotFound
+from openmaas.core.ledger_events import Event
 from openmaas.catalog.served import (
     CREDENTIAL_PURPOSE,
     ServedModel,
@@ -29,12 +34,31 @@ from openmaas.catalog.schema import (
 from openmaas.serving.router import RoutedEngine
 from openmaas.accounts.secretbox import SecretBox
 from openmaas.settings import Settings
-from openmaas.store import billing as billing_store
 from openmaas.store import catalog as catalog_store
+from openmaas.store.audit import AuditedChanges, AuditRecord
 
 log = logging.getLogger("openmaas.catalog")
 
 _MAX_CREDENTIAL_CHARS = 16_384
+
+
+def _credential_value(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise refuse("must be a non-empty string.")
+    if len(value) > _MAX_CREDENTIAL_CHARS or any(c in value for c in "\r\n\0"):
+        raise refuse(f"must be one line of at most {_MAX_CREDENTIAL_CHARS} characters.")
+    return value
+
+
+class CredentialValue(AdminBody):
+    """``PUT /admin/v1/credentials/{name}``: the value, sealed before it is stored and never
+    shown, logged or audited."""
+
+    value: Annotated[
+        str,
+        PlainValidator(_credential_value),
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": _MAX_CREDENTIAL_CHARS}),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +71,26 @@ class CurrentCatalog:
 
 
 class CatalogAdmin:
-    """Changes to the catalog document and the upstream credentials, each audited in the
-    transaction that makes it (as ``actor``). With ``manager`` (in the server) a change
+    """Changes to the catalog document and the upstream credentials, each committed with
+    its audit row by ``changes`` (as its actor). With ``manager`` (in the server) a change
     applies at once; otherwise (the CLI) the server's poll picks it up."""
 
     def __init__(
         self,
-        database: AsyncEngine,
+        changes: AuditedChanges,
         settings: Settings,
         master_key: bytes,
-        actor: str,
         *,
         manager: CatalogManager | None = None,
-        clock: Clock | None = None,
     ) -> None:
-        self.database = database
+        self.changes = changes
         self.settings = settings
-        self.actor = actor
         self.manager = manager
-        self.clock = clock or SystemClock()
         self._box = SecretBox(master_key, CREDENTIAL_PURPOSE)
+
+    @property
+    def database(self) -> AsyncEngine:
+        return self.changes.database
 
     @property
     def file_managed(self) -> bool:
@@ -116,43 +140,44 @@ class CatalogAdmin:
         else:
             await self.check(text, source)
         version = document_version(text)
-        async with self.database.begin() as conn:
+
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
             old = await catalog_store.latest_document(conn)
             await catalog_store.insert_document(
-                conn, version, text, self.clock.now_ms(), self.actor
+                conn, version, text, self.changes.now_ms(), self.changes.actor
             )
             before = None if old is None else {"version": old.version}
-            await self._audit(conn, "catalog.apply", "catalog", before, {"version": version})
+            return AuditRecord("catalog.apply", "catalog", before, {"version": version})
+
+        await self.changes.commit(write)
         if self.manager is not None:
             await self.manager.apply_text(text)
         return version
 
     # -- credentials --
 
-    async def set_credential(self, name: object, value: object) -> bool:
+    async def set_credential(self, name: str, credential: CredentialValue) -> bool:
         """Create or replace a credential; True when it is new. The value is sealed before
         it reaches the database and is never returned, logged or audited."""
         checked = _credential_name(name)
-        if not isinstance(value, str) or not value:
-            raise InvalidRequest("'value' must be a non-empty string.", "value")
-        if len(value) > _MAX_CREDENTIAL_CHARS or any(c in value for c in "\r\n\0"):
-            raise InvalidRequest(
-                f"'value' must be one line of at most {_MAX_CREDENTIAL_CHARS} characters.",
-                "value",
-            )
-        sealed = self._box.seal(value, checked)
-        async with self.database.begin() as conn:
-            created = await catalog_store.put_credential(conn, checked, sealed, self.clock.now_ms())
-            action = "credential.create" if created else "credential.replace"
-            await self._audit(conn, action, checked, None, {"name": checked})
+        sealed = self._box.seal(credential.value, checked)
+        created: list[bool] = []
+
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
+            new = await catalog_store.put_credential(conn, checked, sealed, self.changes.now_ms())
+            created.append(new)
+            action = "credential.create" if new else "credential.replace"
+            return AuditRecord(action, checked, None, {"name": checked})
+
+        await self.changes.commit(write)
         await self._changed()
-        return created
+        return created[0]
 
     async def list_credentials(self) -> list[catalog_store.CredentialInfo]:
         async with self.database.connect() as conn:
             return await catalog_store.list_credentials(conn)
 
-    async def delete_credential(self, name: object) -> None:
+    async def delete_credential(self, name: str) -> None:
         checked = _credential_name(name)
         users = await self._credential_users(checked)
         if users:
@@ -161,10 +186,13 @@ class CatalogAdmin:
                 f"{', '.join(sorted(users))}); change the catalog first.",
                 "name",
             )
-        async with self.database.begin() as conn:
+
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
             if not await catalog_store.delete_credential(conn, checked):
                 raise NotFound(f"No credential named '{checked}'.")
-            await self._audit(conn, "credential.delete", checked, {"name": checked}, None)
+            return AuditRecord("credential.delete", checked, {"name": checked}, None)
+
+        await self.changes.commit(write)
         await self._changed()
 
     async def _credential_users(self, name: str) -> set[str]:
@@ -183,21 +211,8 @@ class CatalogAdmin:
         if self.manager is not None:
             await self.manager.refresh()
 
-    async def _audit(
-        self, conn: object, action: str, target: str, before: object, after: object
-    ) -> None:
-        await billing_store.audit(
-            conn,  # type: ignore[arg-type]
-            self.clock.now_ms(),
-            self.actor,
-            action,
-            target,
-            before,
-            after,
-        )
 
-
-def _credential_name(name: object) -> str:
+def _credential_name(name: str) -> str:
     import re
 
     if not isinstance(name, str) or not re.match(CREDENTIAL_PATTERN, name):

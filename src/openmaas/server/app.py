@@ -10,7 +10,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from openmaas import __version__
-from openmaas.core.clock import Clock, SystemClock
+from openmaas.accounts.auth import Authenticator
+from openmaas.billing.accountant import Accountant
+from openmaas.catalog.served import ModelCatalog
+from openmaas.core.clock import Clock
+from openmaas.platform import open_platform
 from openmaas.protocols.anthropic.errors import to_anthropic_error
 from openmaas.protocols.zhipu.errors import to_zhipu_error
 from openmaas.server.errors import install_error_handlers
@@ -22,16 +26,8 @@ from openmaas.server.routes import platform as platform_routes
 from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
-from openmaas.accounts.auth import Authenticator, load_master_key
-from openmaas.billing.accountant import Billing
-from openmaas.catalog.served import ModelCatalog, build_catalog
-from openmaas.catalog.reloader import CatalogManager
 from openmaas.serving.gateway import Gateway
-from openmaas.billing.limiter import InProcessLimiter
 from openmaas.settings import Settings
-from openmaas.store.database import migrate, open_database
-from openmaas.store.instance import acquire_server_lock
-from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import ApiKeyRepository, UsageRepository
 
 log = logging.getLogger("openmaas.server")
@@ -39,12 +35,12 @@ log = logging.getLogger("openmaas.server")
 PACK_EXPIRY_SECONDS = 60.0
 
 
-async def _expire_packs(billing: Billing) -> None:
+async def _expire_packs(accountant: Accountant) -> None:
     """Expire resource packs on start and every minute (holds check expiry themselves;
     this moves what is left of an expired pack out of the organization's accounts)."""
     while True:
         try:
-            await billing.expire_packs()
+            await accountant.expire_packs()
         except Exception:  # the next round tries again
             log.exception("expiring resource packs failed")
         await asyncio.sleep(PACK_EXPIRY_SECONDS)
@@ -61,63 +57,31 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = open_database(
-            settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
-        )
-        await migrate(database)
-        try:
-            server_lock = await acquire_server_lock(database)  # before recovery: one per database
-        except BaseException:
-            await database.dispose()
-            raise
-        models = catalog or build_catalog(settings)
-        usage = UsageRepository(database)
         life = lifecycle or Lifecycle()
-        state_clock = clock or SystemClock()
-        billing = Billing(
-            database,
-            LedgerStore(database, state_clock.now_ms),
-            InProcessLimiter(),
-            state_clock,
-            refresh_seconds=settings.billing_refresh_seconds,
-            checkpoint_seconds=settings.checkpoint_seconds,
-        )
-        recovered = await billing.recover()  # requests a killed process left in flight
-        if recovered:
-            log.warning("recovered %d requests left in flight by a previous process", recovered)
-        master_key = load_master_key(settings)
-        manager = CatalogManager(models, settings, database, master_key, state_clock)
-        try:
-            await manager.start()  # the catalog document's models join the settings' ones
-        except BaseException:
-            await server_lock.release()
-            await database.dispose()
-            raise
-        app.state.openmaas = AppState(
-            settings=settings,
-            database=database,
-            catalog=models,
-            auth=Authenticator(ApiKeyRepository(database), master_key, state_clock.now_ms),
-            usage=usage,
-            gateway=Gateway(models, billing, state_clock, lambda: life.draining),
-            clock=state_clock,
-            lifecycle=life,
-            catalog_manager=manager,
-            master_key=master_key,
-        )
-        models.start_loading()
-        housekeeping = asyncio.create_task(_expire_packs(billing))
-        try:
-            yield
-        finally:
-            housekeeping.cancel()
-            await zhipu_routes.close(app)  # cancel async jobs: they record usage as they close
-            # Requests cut off by the grace period are still closing: let them record usage.
-            await app.state.openmaas.gateway.wait_idle(timeout=10.0)
-            await manager.stop()
-            await models.stop()
-            await server_lock.release()
-            await database.dispose()
+        async with open_platform(settings, clock=clock, catalog=catalog, serve=True) as platform:
+            assert platform.catalog is not None
+            app.state.openmaas = AppState(
+                platform=platform,
+                auth=Authenticator(
+                    ApiKeyRepository(platform.database),
+                    platform.master_key,
+                    platform.clock.now_ms,
+                ),
+                usage=UsageRepository(platform.database),
+                gateway=Gateway(
+                    platform.catalog, platform.accountant, platform.clock, lambda: life.draining
+                ),
+                lifecycle=life,
+            )
+            platform.catalog.start_loading()
+            housekeeping = asyncio.create_task(_expire_packs(platform.accountant))
+            try:
+                yield
+            finally:
+                housekeeping.cancel()
+                await zhipu_routes.close(app)  # cancel async jobs: they record usage as they close
+                # Requests cut off by the grace period are still closing: let them record usage.
+                await app.state.openmaas.gateway.wait_idle(timeout=10.0)
 
     app = FastAPI(
         title="OpenMaaS",
@@ -135,7 +99,10 @@ def create_app(
     )
     install_openapi(
         app,
-        openai_routes.BODY_MODELS + anthropic_routes.BODY_MODELS + zhipu_routes.BODY_MODELS,
+        openai_routes.BODY_MODELS
+        + anthropic_routes.BODY_MODELS
+        + zhipu_routes.BODY_MODELS
+        + list(admin_routes.BODY_MODELS),
     )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

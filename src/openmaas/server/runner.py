@@ -16,7 +16,8 @@ import uvicorn
 from openmaas.server.app import create_app
 from openmaas.server.logs import configure_logging
 from openmaas.server.state import Lifecycle
-from openmaas.accounts.admin import IssuedKey, first_run
+from openmaas.accounts.admin import IssuedKey
+from openmaas.platform import open_platform
 from openmaas.settings import Settings
 
 log = logging.getLogger("openmaas.server")
@@ -48,9 +49,14 @@ class _DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+async def _first_run(settings: Settings) -> IssuedKey | None:
+    async with open_platform(settings) as platform:
+        return await platform.first_run()
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
-    issued = asyncio.run(first_run(settings))
+    issued = asyncio.run(_first_run(settings))
     if issued is not None:
         click.echo(welcome(settings, issued))
     lifecycle = Lifecycle()

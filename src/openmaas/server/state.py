@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
-from openmaas.core.clock import Clock
 from openmaas.accounts.auth import Authenticator
-from openmaas.catalog.served import ModelCatalog
+from openmaas.billing.accountant import Accountant
 from openmaas.catalog.reloader import CatalogManager
+from openmaas.catalog.served import ModelCatalog
+from openmaas.core.clock import Clock
+from openmaas.platform import Platform
 from openmaas.serving.gateway import Gateway
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
@@ -25,16 +27,36 @@ class Lifecycle:
 
 @dataclass
 class AppState:
-    settings: Settings
-    database: AsyncEngine
-    catalog: ModelCatalog
+    platform: Platform  # the services, built once by the composition root
     auth: Authenticator
     usage: UsageRepository
     gateway: Gateway
-    clock: Clock
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
-    catalog_manager: CatalogManager | None = None  # the catalog document, reloaded live
-    master_key: bytes = field(default=b"", repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.platform.settings
+
+    @property
+    def database(self) -> AsyncEngine:
+        return self.platform.database
+
+    @property
+    def clock(self) -> Clock:
+        return self.platform.clock
+
+    @property
+    def accountant(self) -> Accountant:
+        return self.platform.accountant
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        assert self.platform.catalog is not None  # the server's platform serves
+        return self.platform.catalog
+
+    @property
+    def catalog_manager(self) -> CatalogManager | None:
+        return self.platform.catalog_manager
 
 
 def app_state(request: Request) -> AppState:

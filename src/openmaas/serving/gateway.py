@@ -44,7 +44,7 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind, Route
 from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Billing, Ticket
+from openmaas.billing.accountant import Accountant, Ticket
 from openmaas.catalog.served import ModelCatalog
 
 log = logging.getLogger("openmaas.gateway")
@@ -54,12 +54,12 @@ class Gateway:
     def __init__(
         self,
         catalog: ModelCatalog,
-        billing: Billing,
+        accountant: Accountant,
         clock: Clock,
         shutting_down: Callable[[], bool],
     ) -> None:
         self.catalog = catalog
-        self.billing = billing
+        self.accountant = accountant
         self._clock = clock
         self._shutting_down = shutting_down
         self._open = 0  # generations not yet closed (their usage not yet recorded)
@@ -70,7 +70,7 @@ class Gateway:
         served = self.catalog.for_kind(request.model, ModelKind.CHAT)
         engine = served.engine
         started = self._clock.monotonic()
-        ticket = await self.billing.admit(
+        ticket = await self.accountant.admit(
             principal,
             served.name,
             endpoint,
@@ -84,7 +84,7 @@ class Gateway:
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.billing.cancel(ticket)
+                await self.accountant.cancel(ticket)
             raise
         self._open += 1
         admitted = _Admitted(self, principal, request, endpoint, ticket, started)
@@ -105,7 +105,7 @@ class Gateway:
         """Embed, metered; ``headers`` (if given) receives the admission's rate-limit headers."""
         served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
         started = self._clock.monotonic()
-        ticket = await self.billing.admit(
+        ticket = await self.accountant.admit(
             principal,
             served.name,
             endpoint,
@@ -131,7 +131,7 @@ class Gateway:
         finally:
             with anyio.CancelScope(shield=True):
                 if termination is None:  # refused before the engine saw it: no record
-                    await self.billing.cancel(ticket)
+                    await self.accountant.cancel(ticket)
                 else:
                     record = UsageRecord(
                         request.request_id,
@@ -153,7 +153,7 @@ class Gateway:
         task and is waited for even if the caller is cancelled again meanwhile (a
         cancellation is re-raised afterwards)."""
         try:
-            return await finish_despite_cancellation(self.billing.finish(ticket, record))
+            return await finish_despite_cancellation(self.accountant.finish(ticket, record))
         except Exception:
             # The record is also logged in full, so an operator can replay it.
             log.exception("failed to append usage record", extra={"usage": record})
@@ -228,11 +228,11 @@ class _Admitted:
         return self._gateway._elapsed_ms(self._started)
 
     def checkpoint(self, usage: Callable[[], Usage]) -> None:
-        self._gateway.billing.checkpoint(self._ticket, usage)
+        self._gateway.accountant.checkpoint(self._ticket, usage)
 
     async def cancel(self) -> None:
         try:
-            await self._gateway.billing.cancel(self._ticket)
+            await self._gateway.accountant.cancel(self._ticket)
         finally:
             self._gateway._open -= 1
 

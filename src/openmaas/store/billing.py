@@ -1,6 +1,6 @@
-"""Billing tables besides the ledger: prices, tiers, organization terms, the audit log and the
-checkpoints of requests in flight. Each writer takes an ``AsyncConnection`` where its row
-must commit together with something else (an audit row with the change it describes)."""
+"""Billing tables besides the ledger: prices, tiers, organization terms and the checkpoints
+of requests in flight. Each writer takes an ``AsyncConnection`` where its row must commit
+together with something else (an audit row with the change it describes, ``store/audit.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.errors import InvalidRequest
@@ -19,7 +18,6 @@ from openmaas.core.tiers import Limits, Tier
 from openmaas.core.types import DataPolicy, Usage
 from openmaas.store.schema import (
     api_keys,
-    audit_log,
     inflight,
     ledger_entries,
     ledger_events,
@@ -126,28 +124,17 @@ async def set_tier(conn: AsyncConnection, tier: Tier) -> dict[str, Any] | None:
 # -- organization and key terms -------------------------------------------------------
 
 
-async def insert_organization(
-    conn: AsyncConnection,
-    org_id: str,
-    name: str,
-    created_at_ms: int,
-    currency: Currency,
-    tier: str | None,
-) -> None:
-    """Insert an organization's row in the caller's transaction (with its audit row)."""
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                insert(organizations).values(
-                    id=org_id,
-                    name=name,
-                    created_at_ms=created_at_ms,
-                    currency=currency.value,
-                    tier=tier,
-                )
-            )
-    except IntegrityError as exc:
-        raise InvalidRequest(f"An organization named '{name}' already exists.", "name") from exc
+async def check_tier(database: AsyncEngine, tier: str | None, name: str = "tier") -> str | None:
+    """``tier`` if it exists (None stays None), else ``InvalidRequest`` naming ``name``."""
+    if tier is None:
+        return None
+    async with database.connect() as conn:
+        known = set(await load_tiers(conn))
+    if tier not in known:
+        raise InvalidRequest(
+            f"Unknown tier {tier!r}; the tiers are: {', '.join(sorted(known))}.", name
+        )
+    return tier
 
 
 async def update_org(conn: AsyncConnection, org_id: str, **values: Any) -> dict[str, Any]:
@@ -182,60 +169,6 @@ async def load_org_terms(conn: AsyncConnection) -> dict[str, OrgTerms]:
     o = organizations.c
     rows = await conn.execute(select(o.id, o.currency, o.tier, o.data_policy))
     return {r.id: OrgTerms(Currency(r.currency), r.tier, DataPolicy(r.data_policy)) for r in rows}
-
-
-# -- audit log ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    id: int
-    at_ms: int
-    actor: str
-    action: str
-    target: str
-    before: Any
-    after: Any
-
-
-async def audit(
-    conn: AsyncConnection,
-    at_ms: int,
-    actor: str,
-    action: str,
-    target: str,
-    before: Any = None,
-    after: Any = None,
-) -> None:
-    """Append one line to the audit log, in the caller's transaction (append-only)."""
-    await conn.execute(
-        insert(audit_log).values(
-            at_ms=at_ms,
-            actor=actor,
-            action=action,
-            target=target,
-            before=None if before is None else json.dumps(before, sort_keys=True),
-            after=None if after is None else json.dumps(after, sort_keys=True),
-        )
-    )
-
-
-async def read_audit(engine: AsyncEngine, limit: int = 100) -> list[AuditEntry]:
-    """The newest ``limit`` entries, newest first."""
-    async with engine.connect() as conn:
-        rows = await conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
-        return [
-            AuditEntry(
-                r.id,
-                r.at_ms,
-                r.actor,
-                r.action,
-                r.target,
-                None if r.before is None else json.loads(r.before),
-                None if r.after is None else json.loads(r.after),
-            )
-            for r in rows
-        ]
 
 
 # -- requests in flight ---------------------------------------------------------------

@@ -52,6 +52,64 @@ def utc_day(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
+def new_organization(
+    name: str, now_ms: int, *, currency: str = "CNY", tier: str | None = None
+) -> Organization:
+    """An organization not yet stored, with a fresh id."""
+    return Organization("org_" + secrets.token_hex(8), name, now_ms, currency, tier)
+
+
+async def insert_organization(conn: AsyncConnection, org: Organization) -> None:
+    """Insert an organization's row in the caller's transaction (the one way organizations
+    are created); a taken name is refused naming ``name``."""
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(organizations).values(
+                    id=org.id,
+                    name=org.name,
+                    created_at_ms=org.created_at_ms,
+                    currency=org.currency,
+                    tier=org.tier,
+                )
+            )
+    except IntegrityError as exc:
+        raise InvalidRequest(f"An organization named '{org.name}' already exists.", "name") from exc
+
+
+async def insert_key(
+    conn: AsyncConnection, org_id: str, name: str, role: str, key: NewKey, now_ms: int
+) -> ApiKey:
+    """Insert a key's row (its secret's hash only) in the caller's transaction."""
+    row = ApiKey(key.key_id, org_id, name, role, key.secret_hash, now_ms, None)
+    await conn.execute(
+        insert(api_keys).values(
+            id=row.id,
+            org_id=org_id,
+            name=name,
+            role=role,
+            secret_hash=row.secret_hash,
+            created_at_ms=now_ms,
+        )
+    )
+    return row
+
+
+async def revoke_key(conn: AsyncConnection, key_id: str, now_ms: int) -> int | None:
+    """Revoke a key in the caller's transaction; returns when it was revoked before (None:
+    it was live until now). Raises ``NotFound`` for an unknown key."""
+    old = (
+        await conn.execute(select(api_keys.c.revoked_at_ms).where(api_keys.c.id == key_id))
+    ).first()
+    if old is None:
+        raise NotFound(f"No API key with id '{key_id}'.")
+    if old.revoked_at_ms is None:
+        await conn.execute(
+            update(api_keys).where(api_keys.c.id == key_id).values(revoked_at_ms=now_ms)
+        )
+    return old.revoked_at_ms  # type: ignore[no-any-return]
+
+
 class OrganizationRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -59,16 +117,11 @@ class OrganizationRepository:
     async def create(
         self, name: str, now_ms: int, *, currency: str = "CNY", tier: str | None = None
     ) -> Organization:
-        org = Organization("org_" + secrets.token_hex(8), name, now_ms, currency, tier)
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    insert(organizations).values(
-                        id=org.id, name=name, created_at_ms=now_ms, currency=currency, tier=tier
-                    )
-                )
-        except IntegrityError as exc:
-            raise InvalidRequest(f"An organization named '{name}' already exists.", "name") from exc
+        """An organization with no audit row (tests and benchmarks; administration goes
+        through ``accounts.admin.AccountsAdmin.create_org``)."""
+        org = new_organization(name, now_ms, currency=currency, tier=tier)
+        async with self._engine.begin() as conn:
+            await insert_organization(conn, org)
         return org
 
     async def list(self) -> list[Organization]:
@@ -101,19 +154,9 @@ class ApiKeyRepository:
         self._engine = engine
 
     async def create(self, org_id: str, name: str, role: str, key: NewKey, now_ms: int) -> ApiKey:
-        row = ApiKey(key.key_id, org_id, name, role, key.secret_hash, now_ms, None)
+        """A key with no audit row (tests; administration goes through ``AccountsAdmin``)."""
         async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(api_keys).values(
-                    id=row.id,
-                    org_id=org_id,
-                    name=name,
-                    role=role,
-                    secret_hash=row.secret_hash,
-                    created_at_ms=now_ms,
-                )
-            )
-        return row
+            return await insert_key(conn, org_id, name, role, key, now_ms)
 
     async def get(self, key_id: str) -> ApiKey | None:
         async with self._engine.connect() as conn:
@@ -128,18 +171,9 @@ class ApiKeyRepository:
             return [ApiKey(**row._mapping) for row in await conn.execute(query)]
 
     async def revoke(self, key_id: str, now_ms: int) -> None:
+        """Revoke with no audit row (tests; administration goes through ``AccountsAdmin``)."""
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at_ms.is_(None))
-                .values(revoked_at_ms=now_ms)
-            )
-            if result.rowcount == 0:
-                exists = (
-                    await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))
-                ).first()
-                if exists is None:
-                    raise NotFound(f"No API key with id '{key_id}'.")
+            await revoke_key(conn, key_id, now_ms)
 
 
 def usage_row(record: UsageRecord) -> dict[str, object]:

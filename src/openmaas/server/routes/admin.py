@@ -1,42 +1,59 @@
 """The admin HTTP API (``/admin/v1/...``): billing and catalog administration for admin keys.
 
 JSON in and out (the catalog document itself is YAML); money as decimal strings
-(``"12.50"``), never JSON numbers. Every change is written to the audit log as
-``key:<admin key id>``. Errors have OpenAI's shape: 401 without a key, 403 for a member key,
-400 naming the field (an invalid catalog: every problem with its line and field), 404 for an
-unknown organization, key, budget or credential, 409 for a catalog managed by a file.
+(``"12.50"``), never JSON numbers. Each body is a pydantic model (``AdminBody``: its schema
+is in ``/openapi.json``) validated before the service sees it. Every change is written to
+the audit log as ``key:<admin key id>``, by the unit of work the services are built on.
+Errors have OpenAI's shape: 401 without a key, 403 for a member key, 400 naming the field
+(an invalid catalog: every problem with its line and field), 404 for an unknown
+organization, key, budget or credential, 409 for a catalog managed by a file.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from openmaas.accounts.admin import AccountsAdmin, NewOrganization, org_json
+from openmaas.billing.admin import BillingAdmin
+from openmaas.billing.admin_bodies import (
+    BudgetLimit,
+    KeyTierChange,
+    NewFunds,
+    NewPack,
+    NewPrice,
+    TermsChange,
+    TierLimits,
+)
+from openmaas.billing.reports import price_json, statement_csv, statement_json, tier_json
+from openmaas.catalog.admin import CatalogAdmin, CredentialValue, CurrentCatalog, describe_model
+from openmaas.catalog.document import CatalogRejected
+from openmaas.catalog.reloader import CatalogFileManaged
+from openmaas.core.admin_fields import AdminBody, iso_ms, parse_time
 from openmaas.core.errors import InvalidRequest, PermissionDenied
 from openmaas.core.money import Money, format_micros
 from openmaas.protocols.openai.errors import error_body
 from openmaas.server.responses import json_response
 from openmaas.server.routes.common import authenticate
+from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state
-from openmaas.billing.admin import (
-    UNSET,
-    BillingAdmin,
-    iso_ms,
-    org_json,
-    parse_time,
-    price_json,
-    statement_csv,
-    statement_json,
-    tier_json,
-)
-from openmaas.catalog.admin import CatalogAdmin, CurrentCatalog, describe_model
-from openmaas.catalog.document import CatalogRejected
-from openmaas.catalog.reloader import CatalogFileManaged
 
 router = APIRouter(prefix="/admin/v1", tags=["Admin"])
+BODY_MODELS: list[type[AdminBody]] = [
+    NewOrganization,
+    TermsChange,
+    NewFunds,
+    NewPack,
+    BudgetLimit,
+    KeyTierChange,
+    NewPrice,
+    TierLimits,
+    CredentialValue,
+]
+B = TypeVar("B", bound=AdminBody)
 
 
 async def _actor(request: Request, state: AppState) -> str:
@@ -49,42 +66,26 @@ async def _actor(request: Request, state: AppState) -> str:
 
 async def _admin(request: Request) -> BillingAdmin:
     state = app_state(request)
-    actor = await _actor(request, state)
-    billing = state.gateway.billing
-    return BillingAdmin(
-        state.database,
-        billing.ledger,
-        state.clock,
-        actor,
-        on_change=billing.invalidate,
-    )
+    return state.platform.billing_admin(await _actor(request, state))
+
+
+async def _accounts(request: Request) -> AccountsAdmin:
+    state = app_state(request)
+    return state.platform.accounts_admin(await _actor(request, state))
 
 
 async def _catalog_admin(request: Request) -> CatalogAdmin:
     state = app_state(request)
-    actor = await _actor(request, state)
-    return CatalogAdmin(
-        state.database,
-        state.settings,
-        state.master_key,
-        actor,
-        manager=state.catalog_manager,
-        clock=state.clock,
-    )
+    return state.platform.catalog_admin(await _actor(request, state))
 
 
-async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    """The JSON object of the request; a field not in ``allowed`` is refused by name."""
+async def _body(request: Request, model: type[B]) -> B:
+    """The JSON object of the request as ``model``; errors name the field (400)."""
     try:
         body = json.loads(await request.body() or b"{}")
     except ValueError:
         raise InvalidRequest("The body must be a JSON object.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    for name in body:
-        if name not in allowed:
-            raise InvalidRequest(f"Unknown field '{name}'.", name)
-    return body
+    return model.parse(body)
 
 
 def _query_int(request: Request, name: str, default: int) -> int:
@@ -105,46 +106,51 @@ async def list_orgs(request: Request) -> Response:
     return json_response({"object": "list", "data": [org_json(o) for o in await admin.list_orgs()]})
 
 
-@router.post("/orgs", summary="Create an organization", status_code=201)
+@router.post(
+    "/orgs",
+    summary="Create an organization",
+    status_code=201,
+    openapi_extra=json_body(NewOrganization),
+)
 async def create_org(request: Request) -> Response:
-    admin = await _admin(request)
-    body = await _body(request, {"name", "currency", "tier", "credit_limit"})
-    org = await admin.create_org(
-        body.get("name"), body.get("currency", "CNY"), body.get("tier"), body.get("credit_limit")
-    )
+    admin = await _accounts(request)
+    org = await admin.create_org(await _body(request, NewOrganization))
     return json_response(org_json(org), 201)
 
 
 @router.patch(
-    "/orgs/{org}", summary="Change an organization's tier, discount, credit limit or data policy"
+    "/orgs/{org}",
+    summary="Change an organization's tier, discount, credit limit or data policy",
+    openapi_extra=json_body(TermsChange),
 )
 async def update_org(request: Request, org: str) -> Response:
     admin = await _admin(request)
-    body = await _body(request, {"tier", "discount_bp", "credit_limit", "data_policy"})
-    changed = await admin.set_org(
-        org,
-        tier=body["tier"] if "tier" in body else UNSET,
-        discount_bp=body.get("discount_bp"),
-        credit_limit=body.get("credit_limit"),
-        data_policy=body.get("data_policy"),
-    )
+    changed = await admin.set_org(org, await _body(request, TermsChange))
     balance = await admin.balance(changed.id)
     return json_response({**org_json(changed), "credit_limit": balance.as_json()["credit_limit"]})
 
 
-@router.post("/orgs/{org}/topups", summary="Add prepaid money", status_code=201)
+@router.post(
+    "/orgs/{org}/topups",
+    summary="Add prepaid money",
+    status_code=201,
+    openapi_extra=json_body(NewFunds),
+)
 async def top_up(request: Request, org: str) -> Response:
     admin = await _admin(request)
-    body = await _body(request, {"amount", "id"})
-    done = await admin.top_up(org, body.get("amount"), body.get("id"))
+    done = await admin.top_up(org, await _body(request, NewFunds))
     return json_response(done.as_json(), 201 if done.applied else 200)
 
 
-@router.post("/orgs/{org}/promotions", summary="Grant promotional credit", status_code=201)
+@router.post(
+    "/orgs/{org}/promotions",
+    summary="Grant promotional credit",
+    status_code=201,
+    openapi_extra=json_body(NewFunds),
+)
 async def grant_promo(request: Request, org: str) -> Response:
     admin = await _admin(request)
-    body = await _body(request, {"amount", "id"})
-    done = await admin.grant_promo(org, body.get("amount"), body.get("id"))
+    done = await admin.grant_promo(org, await _body(request, NewFunds))
     return json_response(done.as_json(), 201 if done.applied else 200)
 
 
@@ -160,13 +166,15 @@ async def list_packs(request: Request, org: str) -> Response:
     return json_response({"object": "list", "data": [p.as_json() for p in await admin.packs(org)]})
 
 
-@router.post("/orgs/{org}/packs", summary="Grant a resource pack", status_code=201)
+@router.post(
+    "/orgs/{org}/packs",
+    summary="Grant a resource pack",
+    status_code=201,
+    openapi_extra=json_body(NewPack),
+)
 async def grant_pack(request: Request, org: str) -> Response:
     admin = await _admin(request)
-    body = await _body(request, {"models", "tokens", "expires_at", "id"})
-    granted = await admin.grant_pack(
-        org, body.get("models"), body.get("tokens"), body.get("expires_at"), body.get("id")
-    )
+    granted = await admin.grant_pack(org, await _body(request, NewPack))
     return json_response(granted.as_json(), 201)
 
 
@@ -226,11 +234,14 @@ async def statement(request: Request, org: str) -> Response:
 # -- budgets, keys ----------------------------------------------------------------------
 
 
-@router.put("/budgets/{scope}/{period}", summary="Set a budget (scope org:<id> or key:<id>)")
+@router.put(
+    "/budgets/{scope}/{period}",
+    summary="Set a budget (scope org:<id> or key:<id>)",
+    openapi_extra=json_body(BudgetLimit),
+)
 async def set_budget(request: Request, scope: str, period: str) -> Response:
     admin = await _admin(request)
-    body = await _body(request, {"limit"})
-    budget = await admin.set_budget(scope, period, body.get("limit"))
+    budget = await admin.set_budget(scope, period, await _body(request, BudgetLimit))
     return json_response(budget.as_json())
 
 
@@ -241,13 +252,17 @@ async def clear_budget(request: Request, scope: str, period: str) -> Response:
     return Response(status_code=204)
 
 
-@router.patch("/keys/{key_id}", summary="Give a key its own tier (null: the organization's)")
+@router.patch(
+    "/keys/{key_id}",
+    summary="Give a key its own tier (null: the organization's)",
+    openapi_extra=json_body(KeyTierChange),
+)
 async def update_key(request: Request, key_id: str) -> Response:
     admin = await _admin(request)
-    body = await _body(request, {"tier"})
-    if "tier" not in body:
+    body = await _body(request, KeyTierChange)
+    if "tier" not in body.model_fields_set:
         raise InvalidRequest("Give 'tier' (a tier name, or null).", "tier")
-    tier = await admin.set_key_tier(key_id, body["tier"])
+    tier = await admin.set_key_tier(key_id, body.tier)
     return json_response({"id": key_id, "tier": tier})
 
 
@@ -261,20 +276,15 @@ async def list_prices(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
-@router.post("/prices", summary="Set a model's prices per 1M tokens", status_code=201)
+@router.post(
+    "/prices",
+    summary="Set a model's prices per 1M tokens",
+    status_code=201,
+    openapi_extra=json_body(NewPrice),
+)
 async def set_price(request: Request) -> Response:
     admin = await _admin(request)
-    fields = {"model", "input", "cached_input", "output", "reasoning", "currency"}
-    body = await _body(request, fields | {"effective_from"})
-    price = await admin.set_price(
-        body.get("model"),  # type: ignore[arg-type]
-        input=body.get("input"),
-        cached_input=body.get("cached_input"),
-        output=body.get("output"),
-        reasoning=body.get("reasoning"),
-        currency=body.get("currency", "CNY"),
-        effective_from=body.get("effective_from"),
-    )
+    price = await admin.set_price(await _body(request, NewPrice))
     return json_response(price_json(price), 201)
 
 
@@ -285,22 +295,14 @@ async def list_tiers(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
-@router.put("/tiers/{name}", summary="Define or replace a tier (a cap left out is unlimited)")
+@router.put(
+    "/tiers/{name}",
+    summary="Define or replace a tier (a cap left out is unlimited)",
+    openapi_extra=json_body(TierLimits),
+)
 async def set_tier(request: Request, name: str) -> Response:
     admin = await _admin(request)
-    body = await _body(request, {"rpm", "tpm", "concurrency", "models"})
-    models = body.get("models")
-    if models is not None and not isinstance(models, dict):
-        raise InvalidRequest(
-            "'models' must be an object of {model: {rpm, tpm, concurrency}}.", "models"
-        )
-    tier = await admin.set_tier(
-        name,
-        rpm=body.get("rpm"),
-        tpm=body.get("tpm"),
-        concurrency=body.get("concurrency"),
-        models=models,
-    )
+    tier = await admin.set_tier(name, await _body(request, TierLimits))
     return json_response(tier_json(tier))
 
 
@@ -346,6 +348,12 @@ async def get_catalog(request: Request) -> Response:
 @router.put(
     "/catalog",
     summary="Replace the catalog document (YAML body); applied at once, without a restart",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/yaml": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def put_catalog(request: Request) -> Response:
     admin = await _catalog_admin(request)
@@ -395,12 +403,14 @@ async def list_credentials(request: Request) -> Response:
 
 
 @router.put(
-    "/credentials/{name}", summary="Set an upstream credential (sealed at rest)", status_code=204
+    "/credentials/{name}",
+    summary="Set an upstream credential (sealed at rest)",
+    status_code=204,
+    openapi_extra=json_body(CredentialValue),
 )
 async def put_credential(request: Request, name: str) -> Response:
     admin = await _catalog_admin(request)
-    body = await _body(request, {"value"})
-    await admin.set_credential(name, body.get("value"))
+    await admin.set_credential(name, await _body(request, CredentialValue))
     return Response(status_code=204)
 
 

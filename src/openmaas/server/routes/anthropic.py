@@ -24,6 +24,7 @@ from openmaas.server.responses import json_response
 from openmaas.server.routes.common import (
     authenticate,
     collect,
+    response_headers,
     sse_stream,
     start_generation,
     unless_disconnected,
@@ -57,12 +58,19 @@ async def create_message(request: Request) -> Response:
     openapi_extra=json_body(AnthropicCountTokensRequest),
 )
 async def count_tokens(request: Request) -> Response:
+    """Admitted like a request (it costs engine work): it counts against the caller's request
+    limits (RPM, concurrency; a 429 over them), but holds no money, is never charged and
+    writes no usage record."""
     state = app_state(request)
-    await authenticate(request, state)
+    principal = await authenticate(request, state)
     body = adapter.parse_body(await request.body(), AnthropicCountTokensRequest)
     model = state.catalog.resolve(body.model)
     core = adapter.count_request(body, request_id(request), model)
-    return json_response({"input_tokens": await state.gateway.count_prompt_tokens(core)})
+    async with state.accountant.counting(principal, model) as admission:
+        if admission is not None:
+            response_headers(request).update(admission.headers)
+        tokens = await state.gateway.count_prompt_tokens(core)
+    return json_response({"input_tokens": tokens})
 
 
 async def _generate(

@@ -1,0 +1,126 @@
+"""The composition root: the one place that opens the database, brings its schema up to
+date, and builds the services on it, once, for the server, the CLI and the tests.
+
+``open_platform(settings)`` yields a ``Platform``: the database, the ledger, the accountant
+(admission and settlement), the master key, and the three administrative services, each
+built the same way for an actor (``cli:<user>``, ``key:<admin key id>``) on one unit of work
+that writes every change with its audit row. With ``serve=True`` (the server) it also holds
+the database's server lock, recovers the requests a killed process left in flight, and
+builds and starts the model catalog and its reloader; leaving the ``with`` stops them and
+releases everything in the reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.accounts.admin import AccountsAdmin, IssuedKey, ensure_home, first_run
+from openmaas.accounts.auth import load_master_key
+from openmaas.billing.accountant import Accountant
+from openmaas.billing.admin import BillingAdmin
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.catalog.admin import CatalogAdmin
+from openmaas.catalog.reloader import CatalogManager
+from openmaas.catalog.served import ModelCatalog, build_catalog
+from openmaas.core.clock import Clock, SystemClock
+from openmaas.settings import Settings
+from openmaas.store.audit import AuditedChanges
+from openmaas.store.database import migrate, open_database
+from openmaas.store.instance import acquire_server_lock
+from openmaas.store.ledger import LedgerStore
+
+log = logging.getLogger("openmaas.platform")
+
+FIRST_RUN_ACTOR = "system:first-run"
+"""Who the audit log names for the default organization and admin key of a first start."""
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    database: AsyncEngine
+    clock: Clock
+    master_key: bytes = field(repr=False)
+    ledger: LedgerStore
+    accountant: Accountant
+    catalog: ModelCatalog | None = None  # serving only
+    catalog_manager: CatalogManager | None = None  # serving only: the document, reloaded live
+
+    def changes(self, actor: str) -> AuditedChanges:
+        """The unit of work of ``actor``'s administrative changes."""
+        return AuditedChanges(self.database, self.ledger, self.clock.now_ms, actor)
+
+    def accounts_admin(self, actor: str) -> AccountsAdmin:
+        return AccountsAdmin(self.changes(actor), self.clock, self.master_key)
+
+    def billing_admin(self, actor: str) -> BillingAdmin:
+        """Billing administration; a change makes this process's accountant re-read terms."""
+        return BillingAdmin(self.changes(actor), self.clock, on_change=self.accountant.invalidate)
+
+    def catalog_admin(self, actor: str) -> CatalogAdmin:
+        """Catalog administration; in the server a change applies at once."""
+        return CatalogAdmin(
+            self.changes(actor), self.settings, self.master_key, manager=self.catalog_manager
+        )
+
+    async def first_run(self) -> IssuedKey | None:
+        """The default organization and admin key on the very first start (None later)."""
+        return await first_run(self.accounts_admin(FIRST_RUN_ACTOR), self.settings)
+
+
+@asynccontextmanager
+async def open_platform(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    catalog: ModelCatalog | None = None,
+    serve: bool = False,
+) -> AsyncIterator[Platform]:
+    """The data directory's database, migrated, and the services on it. ``serve``: also
+    the server lock, crash recovery, and the model catalog (``catalog``, or the one the
+    settings and the catalog document declare), started."""
+    ensure_home(settings)
+    database = open_database(
+        settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
+    )
+    try:
+        await migrate(database)
+        clock = clock or SystemClock()
+        ledger = LedgerStore(database, clock.now_ms)
+        accountant = Accountant(
+            database,
+            ledger,
+            InProcessLimiter(),
+            clock,
+            refresh_seconds=settings.billing_refresh_seconds,
+            checkpoint_seconds=settings.checkpoint_seconds,
+        )
+        platform = Platform(
+            settings, database, clock, load_master_key(settings), ledger, accountant
+        )
+        if not serve:
+            yield platform
+            return
+        server_lock = await acquire_server_lock(database)  # before recovery: one per database
+        try:
+            recovered = await accountant.recover()  # requests a killed process left in flight
+            if recovered:
+                log.warning("recovered %d requests left in flight by a previous process", recovered)
+            models = catalog or build_catalog(settings)
+            manager = CatalogManager(models, settings, database, platform.master_key, clock)
+            await manager.start()  # the catalog document's models join the settings' ones
+            platform.catalog, platform.catalog_manager = models, manager
+            try:
+                yield platform
+            finally:
+                await manager.stop()
+                await models.stop()
+        finally:
+            await server_lock.release()
+    finally:
+        await database.dispose()
