@@ -9,10 +9,25 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from openmaas.catalog.schema import LlamaCppModel
+
+class LlamaCppModel(BaseModel):
+    """A GGUF file served in-process by llama.cpp: the fields an ``engine: llamacpp``
+    catalog deployment (``catalog/schema.py``) shares with an ``OPENMAAS_LOCAL_MODELS`` entry.
+    Defined here, below the catalog, so that settings import nothing of the feature packages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    # "gguf": the file's own chat template; a GLM family: OpenMaaS renders the prompt and
+    # parses the output (glm/), for reasoning and tools.
+    chat_format: Literal["gguf", "glm4-9b", "glm45", "glm47"] = "gguf"
+    slots: int = Field(2, ge=1)
+    context: int = Field(4096, ge=256, description="Context window per slot, in tokens.")
+    threads: int | None = Field(None, ge=1, description="Default: OPENMAAS_THREADS.")
+    pooling: Literal["mean", "cls", "last"] | None = None
 
 
 class LocalModel(LlamaCppModel):

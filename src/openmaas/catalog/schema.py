@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from openmaas.engines.base import Engine, ModelKind
 from openmaas.engines.fake import FakeScript
+from openmaas.settings import LlamaCppModel
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,199}$"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,119}$"
@@ -204,20 +205,6 @@ class OpenAIDeployment(DeploymentBase):
                 probe_models=self.probe_models,
             ),
         )
-
-
-class LlamaCppModel(_Strict):
-    """A GGUF file served in-process by llama.cpp: the fields an ``engine: llamacpp``
-    deployment shares with an ``OPENMAAS_LOCAL_MODELS`` entry (``settings.LocalModel``)."""
-
-    path: Path
-    # "gguf": the file's own chat template; a GLM family: OpenMaaS renders the prompt and
-    # parses the output (glm/), for reasoning and tools.
-    chat_format: Literal["gguf", "glm4-9b", "glm45", "glm47"] = "gguf"
-    slots: int = Field(2, ge=1)
-    context: int = Field(4096, ge=256, description="Context window per slot, in tokens.")
-    threads: int | None = Field(None, ge=1, description="Default: OPENMAAS_THREADS.")
-    pooling: Literal["mean", "cls", "last"] | None = None
 
 
 class LlamaCppDeployment(LlamaCppModel, DeploymentBase):
