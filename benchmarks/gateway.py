@@ -88,7 +88,7 @@ def run_openmaas(home: Path, port: int, upstream: str, profile: str | None) -> N
     from openmaas.accounts.admin import NewOrganization
     from openmaas.platform import open_platform
     from openmaas.catalog.served import ModelCatalog, ServedModel
-    from openmaas.serving.router import Deployment, RoutedEngine
+    from openmaas.routing.router import Deployment, RoutedEngine
     from openmaas.settings import Settings
     from openmaas.store.billing import set_price, set_tier, update_org
     from openmaas.store.database import open_database

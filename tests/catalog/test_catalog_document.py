@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from openmaas.engines.base import ModelKind
 from openmaas.catalog.document import (
     CatalogRejected,
     build_router,
@@ -15,7 +14,8 @@ from openmaas.catalog.document import (
     parse_catalog,
 )
 from openmaas.catalog.schema import BuildContext, OpenAIDeployment
-from openmaas.serving.router import DataClass
+from openmaas.engines.base import ModelKind
+from openmaas.routing.router import DataClass
 
 FULL = """\
 models:

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from openmaas.catalog.admin import CatalogAdmin, CredentialValue, describe_model
+from openmaas.catalog.document import CatalogRejected
+from openmaas.catalog.reloader import CatalogFileManaged, CatalogManager
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.clock import SystemClock
 from openmaas.core.errors import ModelNotFound
 from openmaas.core.ids import new_request_id
 from openmaas.core.types import GenerationRequest, Message, Role, TextDelta
 from openmaas.engines.base import EngineState
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.catalog.served import ModelCatalog, ServedModel
-from openmaas.catalog.admin import CatalogAdmin, CredentialValue, describe_model
-from openmaas.catalog.document import CatalogRejected
-from openmaas.catalog.reloader import CatalogFileManaged, CatalogManager
-from openmaas.serving.router import RoutedEngine
+from openmaas.routing.router import RoutedEngine
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
 from openmaas.store.audit import AuditedChanges

@@ -42,7 +42,7 @@ from openmaas.engines.vllm import (
     VllmNotInstalled,
     VllmStartFailed,
 )
-from openmaas.serving.router import Deployment, RoutedEngine
+from openmaas.routing.router import Deployment, RoutedEngine
 from tests.engines import fake_vllm
 
 WAIT_S = 30.0  # the longest any condition is waited for

@@ -1,4 +1,4 @@
-"""Routing and failover over FakeEngine deployments (serving/router.py).
+"""Routing and failover over FakeEngine deployments (routing/router.py).
 
 Time for circuit breakers comes from a manual clock; the only real waiting is polling a
 condition (the health check's loop) against a deadline.
@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Accountant
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.errors import (
     EngineFailure,
     EngineOverloaded,
@@ -36,12 +40,8 @@ from openmaas.core.types import (
 )
 from openmaas.engines.base import EngineState, EngineStream, ModelKind, SlotEngine, UsageTracker
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Accountant
-from openmaas.catalog.served import ModelCatalog, ServedModel
+from openmaas.routing.router import DataClass, Deployment, RoutedEngine, RouterConfig
 from openmaas.serving.gateway import Gateway
-from openmaas.billing.limiter import InProcessLimiter
-from openmaas.serving.router import DataClass, Deployment, RoutedEngine, RouterConfig
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository

@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Accountant
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.errors import EngineFailure, UpstreamUnavailable
 from openmaas.core.ids import new_request_id
 from openmaas.core.types import (
@@ -22,12 +26,8 @@ from openmaas.core.types import (
 )
 from openmaas.engines.base import ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Accountant
-from openmaas.catalog.served import ModelCatalog, ServedModel
+from openmaas.routing.router import DataClass, Deployment, RoutedEngine
 from openmaas.serving.gateway import Gateway
-from openmaas.billing.limiter import InProcessLimiter
-from openmaas.serving.router import DataClass, Deployment, RoutedEngine
 from openmaas.store.billing import update_org
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore

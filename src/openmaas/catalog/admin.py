@@ -10,17 +10,9 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import PlainValidator, WithJsonSchema
-
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from openmaas.core.admin_fields import AdminBody, refuse
-from openmaas.core.errors import InvalidRequest, NotFound
-from openmaas.core.ledger_events import Event
-from openmaas.catalog.served import (
-    CREDENTIAL_PURPOSE,
-    ServedModel,
-    settings_model_names,
-)
+from openmaas.accounts.secretbox import SecretBox
 from openmaas.catalog.document import (
     CatalogRejected,
     document_version,
@@ -31,8 +23,15 @@ from openmaas.catalog.schema import (
     CREDENTIAL_PATTERN,
     CatalogDocument,
 )
-from openmaas.serving.router import RoutedEngine
-from openmaas.accounts.secretbox import SecretBox
+from openmaas.catalog.served import (
+    CREDENTIAL_PURPOSE,
+    ServedModel,
+    settings_model_names,
+)
+from openmaas.core.admin_fields import AdminBody, refuse
+from openmaas.core.errors import InvalidRequest, NotFound
+from openmaas.core.ledger_events import Event
+from openmaas.routing.router import RoutedEngine
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
 from openmaas.store.audit import AuditedChanges, AuditRecord

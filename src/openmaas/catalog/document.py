@@ -29,14 +29,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from openmaas.core.errors import InvalidRequest
 from openmaas.catalog.schema import (
     BuildContext,
     CatalogDocument,
     ModelSpec,
     engine_kind_names,
 )
-from openmaas.serving.router import DataClass, Deployment, RoutedEngine, RouterConfig
+from openmaas.core.errors import InvalidRequest
+from openmaas.routing.router import DataClass, Deployment, RoutedEngine, RouterConfig
 
 Path_ = tuple[str | int, ...]
 

@@ -12,14 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from openmaas.core.clock import Clock, SystemClock
-from openmaas.core.errors import ConfigurationError, InvalidRequest
-from openmaas.engines.base import Engine
-from openmaas.catalog.served import (
-    CREDENTIAL_PURPOSE,
-    ModelCatalog,
-    ServedModel,
-)
+from openmaas.accounts.secretbox import SecretBox, SecretBoxError
 from openmaas.catalog.document import (
     CatalogRejected,
     build_router,
@@ -32,8 +25,15 @@ from openmaas.catalog.schema import (
     CatalogDocument,
     ModelSpec,
 )
-from openmaas.serving.router import RoutedEngine
-from openmaas.accounts.secretbox import SecretBox, SecretBoxError
+from openmaas.catalog.served import (
+    CREDENTIAL_PURPOSE,
+    ModelCatalog,
+    ServedModel,
+)
+from openmaas.core.clock import Clock, SystemClock
+from openmaas.core.errors import ConfigurationError, InvalidRequest
+from openmaas.engines.base import Engine
+from openmaas.routing.router import RoutedEngine
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
 

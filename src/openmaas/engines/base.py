@@ -5,7 +5,7 @@ An engine turns a canonical ``GenerationRequest`` into an async stream of canoni
 early (``aclose()``, or cancelling the task that iterates it) must stop generation in the
 engine: no tokens are generated for nobody.
 
-:class:`Engine` is that interface, a protocol: the router (``serving/router.py``) and the
+:class:`Engine` is that interface, a protocol: the router (``routing/router.py``) and the
 managed vLLM engine (``engines/vllm.py``) implement it directly. :class:`SlotEngine` is a
 template for the engines that really have slots (llama.cpp, the HTTP relay, the fake, the
 GLM wrapper): it counts requests against slots and queue (:class:`SlotCounter`) and runs
@@ -93,7 +93,7 @@ class UsageTracker:
 
 @dataclass(slots=True)
 class Route:
-    """Which deployment served a request and why: set by the router (``serving/router.py``),
+    """Which deployment served a request and why: set by the router (``routing/router.py``),
     recorded with the request's usage. Empty for a model served by one engine directly."""
 
     deployment: str | None = None  # the deployment's id in the catalog

@@ -1,2 +1,3 @@
-"""The metered request path: the gateway around each generation, the router over a model's
-deployments, and fetching client URLs under the egress policy."""
+"""The metered request path: the gateway around each generation and embedding (admission,
+the engine, settlement with the usage record), and fetching client URLs under the egress
+policy."""

@@ -24,7 +24,10 @@ from typing import Protocol
 
 import anyio
 
+from openmaas.accounts.auth import Principal
 from openmaas.aio import finish_despite_cancellation
+from openmaas.billing.accountant import Accountant, Ticket
+from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
 from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest
 from openmaas.core.termination import (
@@ -43,9 +46,6 @@ from openmaas.core.types import (
 )
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind, Route
-from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Accountant, Ticket
-from openmaas.catalog.served import ModelCatalog
 
 log = logging.getLogger("openmaas.gateway")
 
