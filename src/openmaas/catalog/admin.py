@@ -4,7 +4,6 @@ for the CLI and the admin API; every change goes through the unit of work
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
@@ -35,8 +34,6 @@ from openmaas.routing.router import RoutedEngine
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
 from openmaas.store.audit import AuditedChanges, AuditRecord
-
-log = logging.getLogger("openmaas.catalog")
 
 _MAX_CREDENTIAL_CHARS = 16_384
 
