@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -93,7 +93,7 @@ def _money(micros: int, currency: str) -> str:
     return f"{format_micros(micros)} {currency}"
 
 
-def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     """A table on a terminal; tab-separated lines, whole and script-friendly, otherwise."""
     if console.is_terminal:
         table = Table(*headers)
@@ -125,8 +125,8 @@ def main() -> None:
 def serve(host: str | None, port: int | None) -> None:
     from openmaas.server.runner import serve as run_server
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    run_server(Settings(**overrides))
+    overrides: dict[str, Any] = {"host": host, "port": port}
+    run_server(Settings(**{k: v for k, v in overrides.items() if v is not None}))
 
 
 @main.group(help="Organizations.")

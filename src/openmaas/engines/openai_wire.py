@@ -368,8 +368,9 @@ def error_detail(raw: bytes) -> str:
 def error_text(error: Any) -> str:
     if isinstance(error, dict):
         for key in ("message", "msg", "detail"):
-            if isinstance(error.get(key), str):
-                return error[key]
+            text = error.get(key)
+            if isinstance(text, str):
+                return text
         return orjson.dumps(error).decode()
     return str(error)
 

@@ -118,7 +118,8 @@ async def set_tier(conn: AsyncConnection, tier: Tier) -> dict[str, Any] | None:
         await conn.execute(insert(tiers).values(name=tier.name, body=body))
         return None
     await conn.execute(update(tiers).where(tiers.c.name == tier.name).values(body=body))
-    return json.loads(old.body)
+    previous: dict[str, Any] = json.loads(old.body)
+    return previous
 
 
 # -- organization and key terms -------------------------------------------------------
@@ -152,7 +153,8 @@ async def update_key_tier(conn: AsyncConnection, key_id: str, tier: str | None) 
     if old is None:
         raise LookupError(key_id)
     await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(tier=tier))
-    return old.tier
+    previous: str | None = old.tier
+    return previous
 
 
 @dataclass(frozen=True, slots=True)

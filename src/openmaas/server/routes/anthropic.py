@@ -10,8 +10,10 @@ request, its usage record and the response all carry the served model's name.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
+from openmaas.accounts.auth import Principal
 from openmaas.core.types import GenerationRequest
 from openmaas.protocols.anthropic import adapter
 from openmaas.protocols.anthropic.errors import to_anthropic_error
@@ -31,10 +33,9 @@ from openmaas.server.routes.common import (
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
-from openmaas.accounts.auth import Principal
 
 router = APIRouter(prefix="/v1/messages", tags=["Anthropic-compatible"])
-BODY_MODELS = [AnthropicMessagesRequest, AnthropicCountTokensRequest]
+BODY_MODELS: list[type[BaseModel]] = [AnthropicMessagesRequest, AnthropicCountTokensRequest]
 ENDPOINT = "messages"
 
 

@@ -10,11 +10,11 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
+from openmaas.accounts.auth import Principal
 from openmaas.core.assembly import Assembler
 from openmaas.core.errors import OpenMaaSError
 from openmaas.core.types import Finished, GenerationRequest, StreamEvent
 from openmaas.server.state import AppState
-from openmaas.accounts.auth import Principal
 from openmaas.serving.gateway import Generation
 
 T = TypeVar("T")

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
+from openmaas.accounts.auth import Principal
 from openmaas.core.types import GenerationRequest
 from openmaas.protocols.openai import adapter
 from openmaas.protocols.openai.errors import to_openai_error
@@ -29,10 +31,13 @@ from openmaas.server.routes.common import (
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
-from openmaas.accounts.auth import Principal
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
-BODY_MODELS = [ChatCompletionRequest, CompletionRequest, EmbeddingRequestBody]
+BODY_MODELS: list[type[BaseModel]] = [
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequestBody,
+]
 
 
 @router.post(

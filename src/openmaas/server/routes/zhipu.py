@@ -10,8 +10,10 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
+from openmaas.accounts.auth import Principal
 from openmaas.core.assembly import Assembler
 from openmaas.core.errors import NotFound
 from openmaas.core.types import GenerationRequest
@@ -32,11 +34,10 @@ from openmaas.server.routes.common import (
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
-from openmaas.accounts.auth import Principal
 
 PREFIX = "/api/paas/v4"
 router = APIRouter(prefix=PREFIX, tags=["Zhipu-compatible (paas/v4)"])
-BODY_MODELS = [ZhipuChatRequest, ZhipuEmbeddingRequest]
+BODY_MODELS: list[type[BaseModel]] = [ZhipuChatRequest, ZhipuEmbeddingRequest]
 
 
 def install(app: FastAPI) -> None:
