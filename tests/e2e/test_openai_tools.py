@@ -116,6 +116,8 @@ def test_embedded_model_makes_a_well_formed_call(client: openai.OpenAI, live: Li
             assert call.id and call.function.name == "get_weather"
             arguments = json.loads(call.function.arguments)
             assert isinstance(arguments, dict) and isinstance(arguments.get("city"), str)
+            # compact, as the model was made to write it: no whitespace billed
+            assert call.function.arguments == json.dumps(arguments, separators=(",", ":"))
         assert live.usage_row(reply.id)["completion_tokens"] == reply.usage.completion_tokens
 
 

@@ -382,6 +382,25 @@ def test_tool_input_keeps_what_is_not_an_object() -> None:
     assert tool_input("{broken") == {"_raw": "{broken"}
 
 
+def test_a_tool_call_cut_by_max_tokens_has_its_whole_members() -> None:
+    """Non-streamed, a call cut short has the members whose values are whole: what the
+    anthropic SDK assembles from the same arguments streamed as input_json_delta."""
+    answer = _assemble(
+        ToolCallDelta(0, "toolu_a", "get_weather", '{"city":"Paris"}', 3),
+        ToolCallDelta(1, "toolu_b", "get_weather", '{"city":"Oslo","days":', 8),
+        ToolCallDelta(2, "toolu_c", "get_weather", "", 9),
+        Finished(FinishReason.LENGTH, USAGE),
+    )
+    body = message_response(RID, "served", answer)
+    assert [block["input"] for block in body["content"]] == [
+        {"city": "Paris"}, {"city": "Oslo"}, {}
+    ]
+    assert body["stop_reason"] == "max_tokens"
+    assert tool_input('{"city":"Pa', cut=True) == {}
+    assert tool_input('{"a":[1,{"b":"c"}],"d":"e', cut=True) == {"a": [1, {"b": "c"}]}
+    assert tool_input("[1", cut=True) == {}
+
+
 def test_between_tools_thinking_is_on() -> None:
     assert _request(thinking={"type": "between_tools"}).thinking.enabled is True
 

@@ -124,6 +124,18 @@ def test_empty_output_and_length() -> None:
     assert frames[2][1]["delta"]["stop_reason"] == "max_tokens"
 
 
+def test_a_tool_call_cut_by_max_tokens() -> None:
+    frames = run(
+        ToolCallDelta(0, "toolu_a", "get_weather", '{"city":"Pa', 5),
+        Finished(FinishReason.LENGTH, USAGE),
+    )
+    names = [n for n, _ in frames]
+    assert names[2:] == ["content_block_start", "content_block_delta", "content_block_stop",
+                         "message_delta", "message_stop"]
+    assert frames[3][1]["delta"] == {"type": "input_json_delta", "partial_json": '{"city":"Pa'}
+    assert frames[5][1]["delta"]["stop_reason"] == "max_tokens"
+
+
 def test_finish_as_first_event_still_starts_the_message() -> None:
     frames = run(Finished(FinishReason.STOP, USAGE))
     assert [n for n, _ in frames] == ["message_start", "ping", "message_delta", "message_stop"]

@@ -497,6 +497,22 @@ def test_chat_completion_with_reasoning_and_tool_calls() -> None:
     assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2}
 
 
+def test_chat_completion_cut_by_max_tokens_inside_a_tool_call() -> None:
+    """The call so far, its arguments not yet valid JSON, and finish_reason "length"."""
+    answer = _answer(
+        ToolCallDelta(0, "call_1", "get_weather", '{"city":"Pa'),
+        Finished(FinishReason.LENGTH, Usage(10, 0, 20)),
+    )
+    (choice,) = chat_completion(RID, "m", 1, answer)["choices"]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Pa'}}],
+    }
+
+
 def _result(vectors: list[list[float]], prompt_tokens: int = 5) -> EmbeddingResult:
     return EmbeddingResult(tuple(tuple(v) for v in vectors), Usage(prompt_tokens=prompt_tokens))
 

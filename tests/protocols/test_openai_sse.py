@@ -189,3 +189,13 @@ def test_reasoning_and_tool_call_deltas() -> None:
                      "function": {"name": "get_weather", "arguments": '{"city": '}}
     assert second == {"index": 0, "function": {"arguments": '"Paris"}'}}
     assert payloads[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_a_tool_call_cut_by_max_tokens() -> None:
+    writer = chat_writer()
+    out = writer.tool_call(ToolCallDelta(0, "call_1", "get_weather", '{"city":"Pa'))
+    chunks, done = parse_sse(out + writer.finish(Finished(FinishReason.LENGTH, USAGE)))
+    assert done
+    (call,) = chunks[1]["choices"][0]["delta"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city":"Pa'}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"

@@ -240,6 +240,16 @@ def test_tool_call_answer_and_sensitive_finish() -> None:
     assert adapter.choices_json(cut)[0]["finish_reason"] == "sensitive"
 
 
+def test_tool_call_cut_by_max_tokens() -> None:
+    answer = _answer(
+        ToolCallDelta(0, "c1", "w", '{"city":"P'), Finished(FinishReason.LENGTH, Usage())
+    )
+    (choice,) = adapter.choices_json(answer)
+    assert choice["finish_reason"] == "length" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "w", "arguments": '{"city":"P'}
+
+
 def test_every_core_finish_reason_has_a_zhipu_name() -> None:
     assert set(adapter.FINISH_REASONS) == set(FinishReason)
 

@@ -139,3 +139,14 @@ def test_with_tool_stream_fragments_stream_and_concatenate_by_index() -> None:
 def test_error_frame_is_a_top_level_error_then_done() -> None:
     body = {"error": {"code": "500", "message": "boom"}}
     assert frames(writer().error(body)) == [body, "[DONE]"]
+
+
+def test_a_call_cut_by_max_tokens_is_sent_as_far_as_it_goes() -> None:
+    for tool_stream in (False, True):
+        w = writer(tool_stream=tool_stream)
+        out = w.event(ToolCallDelta(0, "c0", "weather", '{"city":"Pa'))
+        out += w.event(Finished(FinishReason.LENGTH, Usage()))
+        sent = [f for f in frames(out) if f != "[DONE]"]
+        parts = [p for f in sent for p in f["choices"][0]["delta"].get("tool_calls", [])]
+        assert [p["function"]["arguments"] for p in parts] == ['{"city":"Pa']
+        assert sent[-1]["choices"][0]["finish_reason"] == "length"

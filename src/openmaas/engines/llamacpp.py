@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import re
 import secrets
 import threading
 import time
@@ -45,6 +46,10 @@ _DONE = object()
 # Before a server is freed: how often (and how far apart) its listener is asked to answer.
 _LISTENER_TRIES = 200
 _LISTENER_RETRY_SECONDS = 0.01
+_UNCONSTRAINED = (
+    "The tools' parameter schemas could not be turned into a grammar for this model; "
+    "check that they are valid JSON Schema."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,17 +161,22 @@ class LlamaCppEngine(SlotEngine):
         try:
             async for event in raw:
                 if isinstance(event, TextDelta):
+                    if not parts and not event.text.startswith("{"):
+                        # llama.cpp samples without a grammar it could not build
+                        raise InvalidRequest(_UNCONSTRAINED, param="tools")
                     parts.append(event.text)
                     continue
                 assert isinstance(event, Finished)
-                content, calls = generic_tools.parse_reply("".join(parts), request.request_id)
+                # Cut short (max_tokens), the reply is the part that parsed, and the
+                # engine's own finish reason says so.
+                reply = generic_tools.parse_reply("".join(parts), request.request_id)
                 count = event.usage.completion_tokens
-                if content:
-                    yield TextDelta(content, count, event.usage.prompt_tokens)
-                for index, call in enumerate(calls):
+                if reply.content:
+                    yield TextDelta(reply.content, count, event.usage.prompt_tokens)
+                for index, call in enumerate(reply.calls):
                     yield ToolCallDelta(index, call.id, call.name, call.arguments, count)
-                reason = FinishReason.TOOL_CALLS if calls else event.reason
-                yield Finished(reason, event.usage)
+                called = reply.calls and reply.complete
+                yield Finished(FinishReason.TOOL_CALLS if called else event.reason, event.usage)
         finally:
             await raw.aclose()
 
@@ -361,11 +371,7 @@ def _llama_body(request: GenerationRequest) -> dict[str, Any]:
     body.update(sampling_fields(sampling))
     fmt = request.response_format
     if request.wants_tools:
-        schema = generic_tools.reply_schema(request.tools, request.tool_choice)
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "reply", "schema": schema},
-        }
+        body["grammar"] = _tool_grammar(request)
     elif fmt.kind is ResponseFormatKind.JSON_OBJECT:
         body["response_format"] = {"type": "json_object"}
     elif fmt.kind is ResponseFormatKind.JSON_SCHEMA:
@@ -374,6 +380,27 @@ def _llama_body(request: GenerationRequest) -> dict[str, Any]:
             "json_schema": {"name": fmt.name or "response", "schema": fmt.json_schema or {}},
         }
     return body
+
+
+def _tool_grammar(request: GenerationRequest) -> str:
+    """The grammar of a tool reply, in compact JSON: llama.cpp's own conversion of the
+    reply's schema, told to allow no whitespace. Its llguidance form reads that from the
+    schema's ``x-guidance`` (lenient: keywords and formats it does not know are not
+    enforced, as llama.cpp's GBNF conversion does); its GBNF form (builds without
+    llguidance) gets an empty ``space`` rule. Sent as ``grammar``: ``response_format``
+    would allow whitespace. A grammar llama.cpp cannot build is not an error there (it
+    samples unconstrained), so ``_stream`` checks that the reply opens as JSON."""
+    import xllamacpp
+
+    schema = generic_tools.reply_schema(request.tools, request.tool_choice)
+    compact = {"x-guidance": {"whitespace_flexible": False, "lenient": True}, **schema}
+    return _compact_grammar(xllamacpp.json_schema_to_grammar(compact))
+
+
+def _compact_grammar(grammar: str) -> str:
+    """A GBNF grammar from llama.cpp's json-schema-to-grammar with its optional whitespace
+    (the one ``space`` rule) made empty; an llguidance grammar is returned as it is."""
+    return re.sub(r"^space ::= .*$", 'space ::= ""', grammar, count=1, flags=re.M)
 
 
 def _llama_messages(request: GenerationRequest) -> list[dict[str, str]]:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from openmaas.core.assembly import Assembler
 from openmaas.core.errors import InvalidRequest
@@ -294,15 +295,23 @@ def stop_reason(reason: FinishReason, called_tools: bool) -> str:
     return _STOP_REASONS[reason]
 
 
-def tool_input(arguments: str) -> dict[str, Any]:
+def tool_input(arguments: str, *, cut: bool = False) -> dict[str, Any]:
     """A tool call's ``input`` object. Text that is not a JSON object (a model's mistake)
-    is passed on unparsed as ``{"_raw": text}`` rather than lost."""
+    is passed on unparsed as ``{"_raw": text}`` rather than lost. Arguments ``cut`` short
+    by max_tokens give the members whose values are whole, as the anthropic SDK assembles
+    the same arguments streamed as ``input_json_delta`` fragments."""
     if not arguments.strip():
         return {}
     try:
         value = json.loads(arguments)
     except ValueError:
-        return {"_raw": arguments}
+        if not cut:
+            return {"_raw": arguments}
+        try:
+            value = from_json(arguments, allow_partial=True)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
     return value if isinstance(value, dict) else {"_raw": arguments}
 
 
@@ -317,13 +326,14 @@ def message_response(request_id: str, model: str, answer: Assembler) -> dict[str
     if answer.text:
         content.append({"type": "text", "text": answer.text})
     calls = answer.tool_calls
+    cut = answer.finished.reason is FinishReason.LENGTH
     for index, call in enumerate(calls):
         content.append(
             {
                 "type": "tool_use",
                 "id": call.id or tool_use_id(request_id, index),
                 "name": call.name,
-                "input": tool_input(call.arguments),
+                "input": tool_input(call.arguments, cut=cut),
             }
         )
     return {
