@@ -53,7 +53,7 @@ class MessageStreamWriter:
         prompt = event.prompt_tokens if isinstance(event, TextDelta) else 0
         cached = event.cached_tokens if isinstance(event, TextDelta) else 0
         usage = usage_json(Usage(prompt_tokens=prompt, cached_tokens=cached))
-        message = {
+        message: dict[str, Any] = {
             "id": self._request_id,
             "type": "message",
             "role": "assistant",

@@ -35,7 +35,7 @@ class ChunkWriter:
         }
 
     def _chunk(self, choice: dict[str, Any]) -> bytes:
-        payload = {**self._base, "choices": [choice]}
+        payload: dict[str, Any] = {**self._base, "choices": [choice]}
         if self._include_usage:
             payload["usage"] = None
         return frame(payload)
