@@ -79,16 +79,16 @@ MESSAGES = [
 def run_openmaas(home: Path, port: int, upstream: str, profile: str | None) -> None:
     import uvicorn
 
+    from openmaas.accounts.admin import NewOrganization
+    from openmaas.catalog.served import ModelCatalog, ServedModel
     from openmaas.core.ledger_events import TopUp
     from openmaas.core.prices import ModelPrice
     from openmaas.core.tiers import Limits, Tier
     from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
+    from openmaas.platform import open_platform
+    from openmaas.routing.router import Deployment, RoutedEngine
     from openmaas.server.app import create_app
     from openmaas.server.logs import configure_logging
-    from openmaas.accounts.admin import NewOrganization
-    from openmaas.platform import open_platform
-    from openmaas.catalog.served import ModelCatalog, ServedModel
-    from openmaas.routing.router import Deployment, RoutedEngine
     from openmaas.settings import Settings
     from openmaas.store.billing import set_price, set_tier, update_org
     from openmaas.store.database import open_database

@@ -31,6 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Accountant
+from openmaas.billing.limiter import InProcessLimiter
 from openmaas.core.clock import SystemClock
 from openmaas.core.ids import new_request_id
 from openmaas.core.ledger_events import TopUp
@@ -38,9 +41,6 @@ from openmaas.core.prices import ModelPrice
 from openmaas.core.termination import Termination
 from openmaas.core.types import Usage
 from openmaas.core.usage import UsageRecord
-from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Accountant
-from openmaas.billing.limiter import InProcessLimiter
 from openmaas.store.billing import set_price
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
@@ -154,7 +154,8 @@ async def measure(args: argparse.Namespace) -> None:
             totals = billing.ledger.ledger.totals_by_unit()
             assert all(v == 0 for v in totals.values()) and not billing.ledger.ledger.holds
     print()
-    print("load average (1, 5, 15 min) at the end: %.2f %.2f %.2f" % os.getloadavg())
+    one, five, fifteen = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at the end: {one:.2f} {five:.2f} {fifteen:.2f}")
 
 
 def main() -> None:

@@ -140,9 +140,7 @@ def orgs() -> None:
 @click.option("--tier", default=None, help="Rate-limit tier (see `openmaas tiers list`).")
 @click.option("--credit-limit", default=None, help="How far below zero cash may go, e.g. 100.")
 def orgs_create(name: str, currency: str, tier: str | None, credit_limit: str | None) -> None:
-    new = _body(
-        NewOrganization, name=name, currency=currency, tier=tier, credit_limit=credit_limit
-    )
+    new = _body(NewOrganization, name=name, currency=currency, tier=tier, credit_limit=credit_limit)
     org = _accounts(lambda admin: admin.create_org(new))
     click.echo(f"{org.id}\t{org.name}")
 

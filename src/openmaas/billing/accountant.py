@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from openmaas.accounts.auth import Principal
+from openmaas.billing.limiter import Limiter
 from openmaas.core.billing import billable_usage
 from openmaas.core.clock import Clock
 from openmaas.core.ledger_events import Event, ExpirePacks, Hold, HoldResolved, Release, Settle
@@ -36,8 +38,6 @@ from openmaas.core.termination import Termination
 from openmaas.core.tiers import Scope, Tier, scopes_for
 from openmaas.core.types import DataPolicy, Usage
 from openmaas.core.usage import UsageRecord
-from openmaas.accounts.auth import Principal
-from openmaas.billing.limiter import Limiter
 from openmaas.store.billing import (
     InFlight,
     OrgTerms,

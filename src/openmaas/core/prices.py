@@ -277,9 +277,7 @@ class PriceCatalog:
         _check_discount(discount_bp)
         return PriceCatalog(self.prices, {**self.discounts_bp, org_id: discount_bp})
 
-    def find(
-        self, model: str, at_ms: int, currency: Currency | None = None
-    ) -> ModelPrice | None:
+    def find(self, model: str, at_ms: int, currency: Currency | None = None) -> ModelPrice | None:
         """The price of ``model`` in force at ``at_ms`` (in ``currency``, if given): the
         latest not after it. A model may have a price list per currency."""
         best: ModelPrice | None = None

@@ -13,11 +13,11 @@ from types import FrameType
 import click
 import uvicorn
 
+from openmaas.accounts.admin import IssuedKey
+from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.server.logs import configure_logging
 from openmaas.server.state import Lifecycle
-from openmaas.accounts.admin import IssuedKey
-from openmaas.platform import open_platform
 from openmaas.settings import Settings
 
 log = logging.getLogger("openmaas.server")
