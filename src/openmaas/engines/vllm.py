@@ -18,14 +18,14 @@ Lifecycle (``health()``):
   backoff. After ``RestartPolicy.max_restarts`` restarts without a stable run: FAILED.
 - ``stop()``: SIGTERM to vLLM's process group, SIGKILL after ``stop_grace_s``; STOPPED.
 
-No orphans. vLLM runs under a small guard process (``vllm_process._GUARD``, plain Python,
-no imports of ours): the guard is spawned in a new session, starts vLLM in a process
-group of its own, and holds the read end of a pipe whose write end only the gateway holds. When the gateway
-stops the engine, or dies in any way (``kill -9`` included: the kernel closes the pipe), or
-when vLLM exits by itself, the guard terminates vLLM's whole process group (vLLM's engine
-core and tensor-parallel workers are in it): SIGTERM, then SIGKILL after the grace. The
-group is killed while vLLM is still an unreaped zombie, so its id cannot have been reused.
-(``prctl(PR_SET_PDEATHSIG)`` alone would reach only the direct child, not vLLM's own
+No orphans. vLLM runs under a small guard process (``vllm_process._GUARD``, plain Python, no
+imports of ours): the guard is spawned in a new session, starts vLLM in a process group of
+its own, and holds the read end of a pipe whose write end only the gateway holds. When the
+gateway stops the engine, or dies in any way (``kill -9`` included: the kernel closes the
+pipe), or when vLLM exits by itself, the guard terminates vLLM's whole process group (vLLM's
+engine core and tensor-parallel workers are in it): SIGTERM, then SIGKILL after the grace.
+The group is killed while vLLM is still an unreaped zombie, so its id cannot have been
+reused. (``prctl(PR_SET_PDEATHSIG)`` alone would reach only the direct child, not vLLM's own
 workers, and fires when the forking *thread* ends, not the process.)
 
 Secrets. A fresh API key is generated at each start and given to vLLM as ``VLLM_API_KEY``
