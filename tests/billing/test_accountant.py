@@ -12,6 +12,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Accountant
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.errors import (
     BudgetExceeded,
     EngineFailure,
@@ -43,16 +47,13 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Accountant
-from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.serving.gateway import Gateway
-from openmaas.billing.limiter import InProcessLimiter
 from openmaas.store.billing import load_inflight, set_price, set_tier, update_org
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository, UsageRepository
 from openmaas.store.schema import usage_records
+from tests.support.clock import ManualClock
 
 NOW_MS = 1_790_000_000_000
 PROMPT = "price this prompt please"  # the fake counts 4 prompt tokens (one per word)
@@ -60,23 +61,12 @@ PROMPT = "price this prompt please"  # the fake counts 4 prompt tokens (one per 
 PRICE = ModelPrice("priced", 1_000_000, 500_000, 2_000_000, effective_from_ms=0)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now_ms(self) -> int:
-        return NOW_MS + int(self.t * 1000)
-
-    def monotonic(self) -> float:
-        return self.t
-
-
 class Rig:
     def __init__(self, database: AsyncEngine, org_id: str) -> None:
         self.database = database
         self.org_id = org_id
         self.principal = Principal(key_id="om_member", org_id=org_id, role="member")
-        self.clock = Clock()
+        self.clock = ManualClock(NOW_MS)
         self.usage = UsageRepository(database)
         self.engines: dict[str, FakeEngine] = {}
         self.accountant = self.new_accountant()
@@ -342,7 +332,7 @@ async def test_recovery_bills_a_killed_request_by_its_checkpoint(rig: Rig) -> No
     async with rig.database.connect() as conn:
         [row] = await load_inflight(conn)
     assert row.request_id == doomed.request_id and row.checkpoint is None  # admitted only
-    rig.clock.t += 0.5  # a checkpoint interval passes
+    rig.clock.advance(0.5)  # a checkpoint interval passes
     for _ in range(2):
         await generation.__anext__()
     await asyncio.sleep(0.05)  # the checkpoint is written in the background

@@ -36,26 +36,16 @@ from openmaas.platform import Platform, open_platform
 from openmaas.settings import Settings
 from openmaas.store.audit import read_audit
 from openmaas.store.repositories import ApiKeyRepository
+from tests.support.clock import ManualClock
 
 NOW_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 DAY_MS = 86_400_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.ms = NOW_MS
-
-    def now_ms(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
-
-
 @pytest.fixture
 async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
     settings = Settings(home=tmp_path / "home", embedded_models=False)
-    async with open_platform(settings, clock=Clock()) as opened:
+    async with open_platform(settings, clock=ManualClock(NOW_MS)) as opened:
         yield opened
 
 

@@ -52,6 +52,7 @@ from openmaas.engines.openai_http import (
 )
 from openmaas.engines.openai_wire import SseDecoder
 from tests.engines.upstream import Behaviour, ToolCallSpec, Upstream
+from tests.support.clock import ManualClock
 
 KEY = "sk-test-4b1d0c9e7f2a8d6b"  # must never appear in a log line or an error message
 LONG = " ".join(f"w{i}" for i in range(60))
@@ -726,26 +727,15 @@ def tmp_db(tmp_path: Path) -> Iterator[str]:
 async def test_gateway_records_upstream_usage_cost_and_timeouts(
     upstream: Upstream, tmp_db: str
 ) -> None:
-    from openmaas.core.ids import new_request_id
     from openmaas.accounts.auth import Principal
     from openmaas.billing.accountant import Accountant
-    from openmaas.catalog.served import ModelCatalog, ServedModel
-    from openmaas.serving.gateway import Gateway
     from openmaas.billing.limiter import InProcessLimiter
+    from openmaas.catalog.served import ModelCatalog, ServedModel
+    from openmaas.core.ids import new_request_id
+    from openmaas.serving.gateway import Gateway
     from openmaas.store.database import migrate, open_database
     from openmaas.store.ledger import LedgerStore
     from openmaas.store.repositories import UsageRepository
-
-    class Clock:
-        def __init__(self) -> None:
-            self.t = 100.0
-
-        def now_ms(self) -> int:
-            return 1709251200000
-
-        def monotonic(self) -> float:
-            self.t += 0.01
-            return self.t
 
     upstream.behaviour = Behaviour(text="Hi from afar.", prompt_tokens=9, cached_tokens=4)
     engine = OpenAIHttpEngine(
@@ -762,7 +752,7 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
     await migrate(database)
     await engine.start()
     try:
-        clock = Clock()
+        clock = ManualClock(1709251200000, monotonic=100.0, tick=0.01)
         usage_repo = UsageRepository(database)
         billing = Accountant(
             database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock

@@ -45,20 +45,10 @@ from openmaas.serving.gateway import Gateway
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
+from tests.support.clock import ManualClock
 
 LOCAL, EXTERNAL = DataClass.LOCAL, DataClass.EXTERNAL
 TEXT = "one two three four five"
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now_ms(self) -> int:
-        return int(self.t * 1000)
 
 
 def fake(**script: Any) -> FakeEngine:
@@ -78,7 +68,7 @@ def config(**overrides: Any) -> RouterConfig:
 
 @pytest.fixture()
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(1_000_000, monotonic=1000.0)
 
 
 @pytest.fixture()
@@ -359,10 +349,10 @@ async def test_a_dead_replica_is_avoided_then_comes_back_after_the_cool_down(
 
     # After the cool-down the health check probes it; a failed probe re-opens it.
     probes_failed = router.members[0].breaker
-    clock.t += 30
-    await until(lambda: probes_failed.state(clock.t) is BreakerState.OPEN)
+    clock.advance(30)
+    await until(lambda: probes_failed.state(clock.monotonic()) is BreakerState.OPEN)
     assert router.breaker_state("dead") is BreakerState.OPEN
-    clock.t += 30
+    clock.advance(30)
     healthy = True
     await until(lambda: router.breaker_state("dead") is BreakerState.CLOSED)
     back = router.stream(request())
@@ -377,7 +367,7 @@ async def test_without_a_probe_a_ready_engine_is_brought_back(
     router = await make([Deployment("flaky", flaky), Deployment("other", fake(), priority=1)])
     await drain(router.stream(request()))
     assert router.breaker_state("flaky") is BreakerState.OPEN
-    clock.t += 30
+    clock.advance(30)
     await until(lambda: router.breaker_state("flaky") is BreakerState.CLOSED)
 
 
@@ -391,7 +381,7 @@ async def test_a_half_open_circuit_lets_one_real_request_probe(
         health_interval_s=3600,
     )
     await drain(router.stream(request()))
-    clock.t += 30
+    clock.advance(30)
     assert router.breaker_state("flaky") is BreakerState.HALF_OPEN
     probe = router.stream(request())
     assert probe.route.deployment == "flaky"
@@ -597,7 +587,7 @@ async def test_a_cancelled_probe_gives_its_slot_back(make: Any, clock: ManualClo
         health_interval_s=3600,
     )
     await drain(router.stream(request()))
-    clock.t += 30
+    clock.advance(30)
     flaky.script.first_token_delay = 60
     probe = router.stream(request())
     assert probe.route.deployment == "flaky"
@@ -687,7 +677,7 @@ async def test_the_gateway_records_the_route_and_releases_a_client_gone_mid_stre
         bad, good = fake(fail_before_first_token=True), fake(token_delay=60)
         router = await make([Deployment("bad", bad), Deployment("good", good, priority=1)])
         usage = UsageRepository(database)
-        clock = ManualClock()
+        clock = ManualClock(1_000_000, monotonic=1000.0)
         billing = Accountant(database, LedgerStore(database, clock.now_ms), InProcessLimiter(),
                           clock)  # fmt: skip
         gateway = Gateway(ModelCatalog([ServedModel("m", router)]), billing, clock, lambda: False)

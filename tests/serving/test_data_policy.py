@@ -33,16 +33,9 @@ from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import usage_records
+from tests.support.clock import ManualClock
 
 NOW_MS = 1_790_000_000_000
-
-
-class Clock:
-    def now_ms(self) -> int:
-        return NOW_MS
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 class Embedder(SlotEngine):
@@ -81,7 +74,7 @@ class Site:
             "emb", [Deployment("cloud-emb", self.cloud_embedder, data_class=DataClass.EXTERNAL)]
         )
         self.models = [ServedModel("chat", chat), ServedModel("emb", embed)]
-        clock = Clock()
+        clock = ManualClock(NOW_MS)
         billing = Accountant(
             database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock,
             refresh_seconds=0,

@@ -11,6 +11,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Accountant, Ticket
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.errors import (
     EngineFailure,
     EngineNotReady,
@@ -35,16 +39,13 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import Engine, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Accountant, Ticket
-from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.serving.gateway import Gateway, Generation
-from openmaas.billing.limiter import InProcessLimiter
 from openmaas.store.billing import InFlight
 from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from openmaas.store.schema import usage_records
+from tests.support.clock import ManualClock
 
 NOW_MS = 1709251200000  # 2024-03-01T00:00:00Z
 PRINCIPAL = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
@@ -52,21 +53,12 @@ PROMPT = "say hello to the tests"  # 5 words: the fake counts one prompt token p
 LONG_TEXT = "one two three four five six seven eight nine ten"
 
 
-class FakeClock:
+def frozen_clock() -> ManualClock:
     """Wall clock frozen at NOW_MS; the monotonic clock moves 10 ms each time it is read."""
-
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def now_ms(self) -> int:
-        return NOW_MS
-
-    def monotonic(self) -> float:
-        self.t += 0.01
-        return self.t
+    return ManualClock(NOW_MS, monotonic=100.0, tick=0.01)
 
 
-def billing_over(database: AsyncEngine, clock: FakeClock) -> Accountant:
+def billing_over(database: AsyncEngine, clock: ManualClock) -> Accountant:
     ledger = LedgerStore(database, clock.now_ms)
     return Accountant(database, ledger, InProcessLimiter(), clock)
 
@@ -86,7 +78,7 @@ class Harness:
         return self.gateway_over(*models)
 
     def gateway_over(self, *models: ServedModel) -> Gateway:
-        clock = FakeClock()
+        clock = frozen_clock()
         return Gateway(
             ModelCatalog(models), billing_over(self.database, clock), clock,
             lambda: self.shutting_down,
@@ -510,7 +502,7 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_pat
     database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")
     await migrate(database)
     repository = UsageRepository(database)
-    clock = FakeClock()
+    clock = frozen_clock()
     ledger = SlowLedger(database, clock.now_ms)
     billing = Accountant(database, ledger, InProcessLimiter(), clock)
     gateway = Gateway(ModelCatalog([]), billing, clock, lambda: False)
