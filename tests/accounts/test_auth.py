@@ -29,6 +29,7 @@ from openmaas.accounts.auth import (
 from openmaas.settings import Settings
 from openmaas.store.database import migrate, open_database
 from openmaas.store.repositories import ApiKeyRepository, OrganizationRepository
+from tests.support.clock import ManualClock
 
 NOW = 1709251200000
 MASTER = b"k" * 32
@@ -41,7 +42,7 @@ class World:
     org_id: str
     member: NewKey
     admin: NewKey
-    clock: list[int]
+    clock: ManualClock
 
 
 @pytest.fixture
@@ -54,8 +55,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         member, admin = generate_key(MASTER), generate_key(MASTER)
         await keys.create(org.id, "member key", "member", member, NOW)
         await keys.create(org.id, "admin key", "admin", admin, NOW)
-        clock = [NOW]
-        auth = Authenticator(keys, MASTER, lambda: clock[0])
+        clock = ManualClock(NOW)
+        auth = Authenticator(keys, MASTER, clock.now_ms)
         yield World(auth, keys, org.id, member, admin, clock)
     finally:
         await database.dispose()
@@ -172,7 +173,7 @@ async def test_valid_jwt_gives_its_principal(world: World) -> None:
 
 async def test_expired_jwt_is_refused(world: World) -> None:
     token = _jwt(world.member, ttl=1000)
-    world.clock[0] = NOW + 1000 + 60_000
+    world.clock.advance(1 + 60)  # past its expiry and the allowed clock skew
     with pytest.raises(TokenExpired):
         await world.auth.authenticate(f"Bearer {token}")
 
