@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openmaas.accounts.auth import (
+    Authenticator,
+    Principal,
+    bearer_token,
+    load_master_key,
+    presented_token,
+)
 from openmaas.core.errors import AuthenticationFailed
 from openmaas.core.keys import (
     CredentialMissing,
@@ -19,15 +26,7 @@ from openmaas.core.keys import (
     derive_secret,
     generate_key,
 )
-from openmaas.accounts.auth import (
-    Authenticator,
-    Principal,
-    bearer_token,
-    load_master_key,
-    presented_token,
-)
 from openmaas.settings import Settings
-from openmaas.store.database import migrate, open_database
 from openmaas.store.repositories import ApiKeyRepository, OrganizationRepository
 from tests.support.clock import ManualClock
 
@@ -46,20 +45,15 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "auth.db"))
-    await migrate(database)
-    try:
-        org = await OrganizationRepository(database).create("acme", NOW)
-        keys = ApiKeyRepository(database)
-        member, admin = generate_key(MASTER), generate_key(MASTER)
-        await keys.create(org.id, "member key", "member", member, NOW)
-        await keys.create(org.id, "admin key", "admin", admin, NOW)
-        clock = ManualClock(NOW)
-        auth = Authenticator(keys, MASTER, clock.now_ms)
-        yield World(auth, keys, org.id, member, admin, clock)
-    finally:
-        await database.dispose()
+async def world(database: AsyncEngine) -> World:
+    org = await OrganizationRepository(database).create("acme", NOW)
+    keys = ApiKeyRepository(database)
+    member, admin = generate_key(MASTER), generate_key(MASTER)
+    await keys.create(org.id, "member key", "member", member, NOW)
+    await keys.create(org.id, "admin key", "admin", admin, NOW)
+    clock = ManualClock(NOW)
+    auth = Authenticator(keys, MASTER, clock.now_ms)
+    return World(auth, keys, org.id, member, admin, clock)
 
 
 async def test_valid_key_gives_its_principal(world: World) -> None:

@@ -49,7 +49,6 @@ from openmaas.core.types import (
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.serving.gateway import Gateway
 from openmaas.store.billing import load_inflight, set_price, set_tier, update_org
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository, UsageRepository
 from openmaas.store.schema import usage_records
@@ -62,11 +61,11 @@ PRICE = ModelPrice("priced", 1_000_000, 500_000, 2_000_000, effective_from_ms=0)
 
 
 class Rig:
-    def __init__(self, database: AsyncEngine, org_id: str) -> None:
+    def __init__(self, database: AsyncEngine, org_id: str, clock: ManualClock) -> None:
         self.database = database
         self.org_id = org_id
         self.principal = Principal(key_id="om_member", org_id=org_id, role="member")
-        self.clock = ManualClock(NOW_MS)
+        self.clock = clock
         self.usage = UsageRepository(database)
         self.engines: dict[str, FakeEngine] = {}
         self.accountant = self.new_accountant()
@@ -107,13 +106,16 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "billing.db"))
-    await migrate(database)
+def clock() -> ManualClock:
+    return ManualClock(NOW_MS)
+
+
+@pytest.fixture
+async def rig(database: AsyncEngine, clock: ManualClock) -> AsyncIterator[Rig]:
     org = await OrganizationRepository(database).create("acme", NOW_MS)
     async with database.begin() as conn:
         await set_price(conn, PRICE)
-    r = Rig(database, org.id)
+    r = Rig(database, org.id, clock)
     try:
         yield r
     finally:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.catalog.reloader import CatalogManager
 from openmaas.catalog.served import ModelCatalog, ServedModel
@@ -16,7 +17,6 @@ from openmaas.engines.base import EngineState
 from openmaas.engines.embedded import chat_model_path
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.settings import Settings
-from openmaas.store.database import migrate, open_database
 from tests.engines.loop_watch import (
     ANSWERS_DURING,
     GUARD_SECONDS,
@@ -35,23 +35,17 @@ models:
 
 
 class Site:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, settings: Settings, database: AsyncEngine) -> None:
         self.path = tmp_path / "catalog.yaml"
-        self.settings = Settings(
-            home=tmp_path / "home",
-            embedded_models=False,
-            catalog_file=self.path,
-            catalog_drain_seconds=30,
-            threads=1,
+        self.settings = settings.model_copy(
+            update={"catalog_file": self.path, "catalog_drain_seconds": 30, "threads": 1}
         )
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.database = open_database(self.settings.resolved_database_url)
+        self.database = database
         base = FakeEngine("base", FakeScript(text="still here", first_token_delay=0.001))
         self.catalog = ModelCatalog([ServedModel("base", base)])
         self.manager = CatalogManager(self.catalog, self.settings, self.database, MASTER)
 
     async def start(self) -> None:
-        await migrate(self.database)
         await self.manager.start()
         self.catalog.start_loading()
         await self.catalog.wait_loaded()
@@ -59,12 +53,11 @@ class Site:
     async def close(self) -> None:
         await self.manager.stop()
         await self.catalog.stop()
-        await self.database.dispose()
 
 
 @pytest.fixture()
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    site = Site(tmp_path)
+async def site(tmp_path: Path, settings: Settings, database: AsyncEngine) -> AsyncIterator[Site]:
+    site = Site(tmp_path, settings, database)
     yield site
     await site.close()
 

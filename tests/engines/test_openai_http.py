@@ -7,11 +7,11 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.errors import (
     EngineFailure,
@@ -719,13 +719,8 @@ def test_sse_decoder_flushes_an_unterminated_last_event() -> None:
 
 
 # -- through the gateway --------------------------------------------------------------------
-@pytest.fixture()
-def tmp_db(tmp_path: Path) -> Iterator[str]:
-    yield "sqlite+aiosqlite:///" + str(tmp_path / "usage.db")
-
-
 async def test_gateway_records_upstream_usage_cost_and_timeouts(
-    upstream: Upstream, tmp_db: str
+    database: AsyncEngine, upstream: Upstream
 ) -> None:
     from openmaas.accounts.auth import Principal
     from openmaas.billing.accountant import Accountant
@@ -733,7 +728,6 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
     from openmaas.catalog.served import ModelCatalog, ServedModel
     from openmaas.core.ids import new_request_id
     from openmaas.serving.gateway import Gateway
-    from openmaas.store.database import migrate, open_database
     from openmaas.store.ledger import LedgerStore
     from openmaas.store.repositories import UsageRepository
 
@@ -748,8 +742,6 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
             timeouts=Timeouts(idle=0.3),
         ),
     )
-    database = open_database(tmp_db)
-    await migrate(database)
     await engine.start()
     try:
         clock = ManualClock(1709251200000, monotonic=100.0, tick=0.01)
@@ -787,7 +779,6 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
         timed_out = await usage_repo.get(stalled.request_id)
     finally:
         await engine.stop()
-        await database.dispose()
     assert row is not None
     assert row["termination"] == "finished"
     assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (9, 4, 3)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Accountant
@@ -42,7 +42,6 @@ from openmaas.engines.base import EngineState, EngineStream, ModelKind, SlotEngi
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.routing.router import DataClass, Deployment, RoutedEngine, RouterConfig
 from openmaas.serving.gateway import Gateway
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from tests.support.clock import ManualClock
@@ -667,37 +666,30 @@ def test_a_router_needs_consistent_deployments() -> None:
 
 
 async def test_the_gateway_records_the_route_and_releases_a_client_gone_mid_stream(
-    make: Any, tmp_path: Path
+    database: AsyncEngine, make: Any, clock: ManualClock
 ) -> None:
     """The router plugs into the gateway unchanged: its usage record names the serving
     deployment and how it was chosen, and a client gone mid-stream frees the deployment."""
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "usage.db"))
-    await migrate(database)
-    try:
-        bad, good = fake(fail_before_first_token=True), fake(token_delay=60)
-        router = await make([Deployment("bad", bad), Deployment("good", good, priority=1)])
-        usage = UsageRepository(database)
-        clock = ManualClock(1_000_000, monotonic=1000.0)
-        billing = Accountant(database, LedgerStore(database, clock.now_ms), InProcessLimiter(),
-                          clock)  # fmt: skip
-        gateway = Gateway(ModelCatalog([ServedModel("m", router)]), billing, clock, lambda: False)
-        principal = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
-        req = request()
-        generation = await gateway.generate(principal, req, "chat.completions")
-        first = await generation.__anext__()
-        assert isinstance(first, TextDelta) and router.outstanding() == {"bad": 0, "good": 1}
-        await generation.aclose()  # the client went away
-        assert all_idle(router) and good.stats.streams_open == 0
-        record = await usage.get(req.request_id)
-        assert record is not None
-        assert (record["deployment"], record["data_class"], record["route"]) == (
-            "good",
-            "local",
-            "least_loaded",
-        )
-        assert record["attempts"] == 2 and record["completion_tokens"] == 1
-    finally:
-        await database.dispose()
+    bad, good = fake(fail_before_first_token=True), fake(token_delay=60)
+    router = await make([Deployment("bad", bad), Deployment("good", good, priority=1)])
+    usage = UsageRepository(database)
+    billing = Accountant(database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock)
+    gateway = Gateway(ModelCatalog([ServedModel("m", router)]), billing, clock, lambda: False)
+    principal = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
+    req = request()
+    generation = await gateway.generate(principal, req, "chat.completions")
+    first = await generation.__anext__()
+    assert isinstance(first, TextDelta) and router.outstanding() == {"bad": 0, "good": 1}
+    await generation.aclose()  # the client went away
+    assert all_idle(router) and good.stats.streams_open == 0
+    record = await usage.get(req.request_id)
+    assert record is not None
+    assert (record["deployment"], record["data_class"], record["route"]) == (
+        "good",
+        "local",
+        "least_loaded",
+    )
+    assert record["attempts"] == 2 and record["completion_tokens"] == 1
 
 
 # --- two replicas of the real embedded model ------------------------------------------------

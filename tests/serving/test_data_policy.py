@@ -4,10 +4,10 @@ through the gateway to the router, for chat and for embeddings."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Accountant
@@ -29,7 +29,6 @@ from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.routing.router import DataClass, Deployment, RoutedEngine
 from openmaas.serving.gateway import Gateway
 from openmaas.store.billing import update_org
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import usage_records
@@ -98,9 +97,7 @@ class Site:
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "policy.db"))
-    await migrate(database)
+async def site(database: AsyncEngine) -> AsyncIterator[Site]:
     org = await OrganizationRepository(database).create("hospital", NOW_MS)
     s = Site(database, org.id)
     for model in s.models:
@@ -110,7 +107,6 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     finally:
         for model in s.models:
             await model.engine.stop()
-        await database.dispose()
 
 
 async def test_a_local_only_organization_never_reaches_the_cloud(site: Site) -> None:

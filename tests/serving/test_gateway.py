@@ -41,7 +41,6 @@ from openmaas.engines.base import Engine, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.serving.gateway import Gateway, Generation
 from openmaas.store.billing import InFlight
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from openmaas.store.schema import usage_records
@@ -101,16 +100,13 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "usage.db"))
-    await migrate(database)
+async def harness(database: AsyncEngine) -> AsyncIterator[Harness]:
     h = Harness(database)
     try:
         yield h
     finally:
         for engine in h.engines:
             await engine.stop()
-        await database.dispose()
 
 
 def chat(max_tokens: int | None = None, model: str = "fake-chat") -> GenerationRequest:
@@ -488,7 +484,9 @@ async def test_embed_model_cannot_serve_chat(harness: Harness) -> None:
 
 
 
-async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_path: Path) -> None:
+async def test_usage_record_survives_repeated_plain_asyncio_cancellation(
+    database: AsyncEngine,
+) -> None:
     """A shutdown may cancel a task more than once; the record must still be written."""
 
     class SlowLedger(LedgerStore):
@@ -499,8 +497,6 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_pat
 
             await super().write(slowly)
 
-    database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")
-    await migrate(database)
     repository = UsageRepository(database)
     clock = frozen_clock()
     ledger = SlowLedger(database, clock.now_ms)
@@ -519,7 +515,6 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_pat
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await repository.get("r-cancel")) is not None
-    await database.dispose()
 
 
 async def test_fake_reasons_then_calls_the_offered_tools(tmp_path: Path) -> None:

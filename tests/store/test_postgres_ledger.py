@@ -47,9 +47,9 @@ async def new_engine(url: str) -> AsyncEngine:
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def db_url(
+def database_url(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> str:  # PostgreSQL skips where it cannot run; SQLite always runs
+) -> str:  # the shared database fixture on both; PostgreSQL skips where it cannot run
     if request.param == "sqlite":
         return "sqlite+aiosqlite:///" + str(tmp_path / "openmaas.db")
     return request.getfixturevalue("new_pg_database")()
@@ -61,14 +61,14 @@ def pg_url(new_pg_database: Callable[[], str]) -> str:
 
 
 @pytest.fixture
-async def engines(db_url: str) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+async def engines(
+    database: AsyncEngine, database_url: str
+) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
     """Two engines on one database: two processes' connection pools."""
-    first = await new_engine(db_url)
-    second = open_database(db_url)
+    second = open_database(database_url)
     try:
-        yield first, second
+        yield database, second
     finally:
-        await first.dispose()
         await second.dispose()
 
 
