@@ -37,7 +37,7 @@ async def burst(
             return exc
 
     tasks = [asyncio.create_task(one()) for _ in range(n)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: every task waits on start
     start.set()
     results = await asyncio.gather(*tasks)
     admitted = [r for r in results if isinstance(r, Admission)]

@@ -3,9 +3,8 @@ credentials sealed at rest (real SQLite, fake engines, a real local HTTP upstrea
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from openmaas.store import catalog as catalog_store
 from openmaas.store.audit import AuditedChanges
 from openmaas.store.ledger import LedgerStore
 from tests.engines.upstream import Behaviour, Upstream
+from tests.support.waiting import eventually
 
 MASTER = bytes(range(32))
 SECRET = "sk-upstream-7f3a9c0e5b"
@@ -35,13 +35,6 @@ SECRET = "sk-upstream-7f3a9c0e5b"
 
 def chat_request(model: str) -> GenerationRequest:
     return GenerationRequest(new_request_id(), model, (Message(Role.USER, "hi there"),))
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def fake_model(name: str, deployment: str, text: str, token_delay: float = 0.0) -> str:
@@ -93,9 +86,7 @@ async def file_site(
 
 
 @pytest.fixture()
-async def db_site(
-    tmp_path: Path, settings: Settings, database: AsyncEngine
-) -> AsyncIterator[Site]:
+async def db_site(tmp_path: Path, settings: Settings, database: AsyncEngine) -> AsyncIterator[Site]:
     site = Site(tmp_path, settings, database, file=False)
     yield site
     await site.close()

@@ -5,7 +5,7 @@ loop keeps answering (``tests/engines/loop_watch.py`` says how that is observed)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from tests.engines.loop_watch import (
     keep_asking,
     watch_llamacpp,
 )
+from tests.support.waiting import eventually
 
 MASTER = bytes(range(32))
 SMOL = f"""\
@@ -69,13 +70,6 @@ def answers(monkeypatch: pytest.MonkeyPatch) -> Answers:
     return watched
 
 
-async def eventually(condition: Callable[[], bool]) -> None:
-    deadline = asyncio.get_running_loop().time() + GUARD_SECONDS
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_requests_are_answered_while_a_model_loads_and_unloads(
     site: Site, answers: Answers
 ) -> None:
@@ -95,7 +89,9 @@ async def test_requests_are_answered_while_a_model_loads_and_unloads(
         # ... and removed again: drained, stopped and freed while "base" keeps answering.
         site.path.write_text("models: []\n")
         assert await site.manager.refresh()
-        await eventually(lambda: site.manager.retiring() == 0)
+        await eventually(
+            lambda: site.manager.retiring() == 0, timeout=GUARD_SECONDS, what="smol retired"
+        )
         assert smol.health().state is EngineState.STOPPED
     finally:
         done.set()

@@ -45,6 +45,7 @@ from openmaas.serving.gateway import Gateway
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from tests.support.clock import ManualClock
+from tests.support.waiting import eventually
 
 LOCAL, EXTERNAL = DataClass.LOCAL, DataClass.EXTERNAL
 TEXT = "one two three four five"
@@ -117,13 +118,6 @@ async def drain(stream: EngineStream) -> list[StreamEvent]:
         return [event async for event in stream]
     finally:
         await stream.aclose()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.002)
 
 
 def text_of(events: list[StreamEvent]) -> str:
@@ -349,11 +343,11 @@ async def test_a_dead_replica_is_avoided_then_comes_back_after_the_cool_down(
     # After the cool-down the health check probes it; a failed probe re-opens it.
     probes_failed = router.members[0].breaker
     clock.advance(30)
-    await until(lambda: probes_failed.state(clock.monotonic()) is BreakerState.OPEN)
+    await eventually(lambda: probes_failed.state(clock.monotonic()) is BreakerState.OPEN)
     assert router.breaker_state("dead") is BreakerState.OPEN
     clock.advance(30)
     healthy = True
-    await until(lambda: router.breaker_state("dead") is BreakerState.CLOSED)
+    await eventually(lambda: router.breaker_state("dead") is BreakerState.CLOSED)
     back = router.stream(request())
     await drain(back)
     assert (back.route.deployment, back.route.attempts) == ("dead", 1)
@@ -367,7 +361,7 @@ async def test_without_a_probe_a_ready_engine_is_brought_back(
     await drain(router.stream(request()))
     assert router.breaker_state("flaky") is BreakerState.OPEN
     clock.advance(30)
-    await until(lambda: router.breaker_state("flaky") is BreakerState.CLOSED)
+    await eventually(lambda: router.breaker_state("flaky") is BreakerState.CLOSED)
 
 
 async def test_a_half_open_circuit_lets_one_real_request_probe(
@@ -552,7 +546,7 @@ async def test_a_client_gone_mid_stream_or_before_the_first_token_is_released(
     # Before the first token.
     stream = router.stream(request())
     task = asyncio.create_task(drain(stream))
-    await until(lambda: slow_start.stats.streams_open == 1)
+    await eventually(lambda: slow_start.stats.streams_open == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -568,7 +562,7 @@ async def test_a_client_gone_mid_stream_or_before_the_first_token_is_released(
             seen.append(event)
 
     task = asyncio.create_task(read())
-    await until(lambda: len(seen) == 1)
+    await eventually(lambda: len(seen) == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -591,7 +585,7 @@ async def test_a_cancelled_probe_gives_its_slot_back(make: Any, clock: ManualClo
     probe = router.stream(request())
     assert probe.route.deployment == "flaky"
     task = asyncio.create_task(drain(probe))
-    await until(lambda: flaky.stats.streams_open == 1)
+    await eventually(lambda: flaky.stats.streams_open == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

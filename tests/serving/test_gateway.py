@@ -45,6 +45,7 @@ from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from openmaas.store.schema import usage_records
 from tests.support.clock import ManualClock
+from tests.support.waiting import eventually
 
 NOW_MS = 1709251200000  # 2024-03-01T00:00:00Z
 PRINCIPAL = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
@@ -234,8 +235,8 @@ async def test_closing_early_stops_the_engine_and_bills_what_it_generated(
     assert row["termination"] == termination
     assert row["completion_tokens"] == 2
     assert row["prompt_tokens"] == 5
-    # the engine really stopped: nothing is generated for nobody
-    await asyncio.sleep(4 * delay)
+    # the engine really stopped: its stream is closed, nothing is generated for nobody
+    await eventually(lambda: engine.stats.streams_open == 0, what="the engine's stream closed")
     assert engine.stats.tokens_generated == 2
     assert engine.stats.streams_open == 0
     assert engine.capacity().in_flight == 0
@@ -457,8 +458,7 @@ async def test_overloaded_embedding_records_nothing(harness: Harness) -> None:
     gateway = await harness.gateway(ServedModel("tiny-embed", engine))
     busy = embed_request("busy")
     task = asyncio.create_task(gateway.embed(PRINCIPAL, busy, "embeddings"))
-    while engine.capacity().in_flight == 0:
-        await asyncio.sleep(0)
+    await eventually(lambda: engine.capacity().in_flight, what="the busy request in the engine")
     refused = embed_request("refused")
     with pytest.raises(EngineOverloaded):
         await gateway.embed(PRINCIPAL, refused, "embeddings")
@@ -492,7 +492,7 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(
     class SlowLedger(LedgerStore):
         async def write(self, also):  # type: ignore[no-untyped-def]
             async def slowly(conn, events):  # type: ignore[no-untyped-def]
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # a slow write: the cancellations arrive during it
                 await also(conn, events)
 
             await super().write(slowly)
@@ -510,7 +510,7 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(
     )
     task = asyncio.create_task(gateway.finish(ticket, record))
     for _ in range(3):
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # cancelled again and again while the record is written
         task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
