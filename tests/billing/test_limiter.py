@@ -30,7 +30,7 @@ async def burst(
 
     async def one() -> Admission | RateLimited:
         await start.wait()  # everyone is already waiting: they really arrive together
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: all are woken before any admits
         try:
             return await limiter.admit(scope_list, "glm-4", tokens, now_ms)
         except RateLimited as exc:

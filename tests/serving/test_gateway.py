@@ -382,7 +382,7 @@ async def test_wait_idle_waits_for_open_generations(harness: Harness) -> None:
     assert not await gateway.wait_idle(timeout=0.02)
 
     waiter = asyncio.create_task(gateway.wait_idle(timeout=30.0))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the waiter is waiting
     assert not waiter.done()
     await g2.aclose()
     assert await waiter
