@@ -69,7 +69,9 @@ async def test_admin_key_is_admin(world: World) -> None:
 
 
 @pytest.mark.parametrize("header", ["bearer {t}", "BEARER {t}", "  Bearer {t}  ", "Bearer   {t}"])
-async def test_scheme_is_case_insensitive_and_whitespace_tolerant(world: World, header: str) -> None:
+async def test_scheme_is_case_insensitive_and_whitespace_tolerant(
+    world: World, header: str
+) -> None:
     principal = await world.auth.authenticate(header.format(t=world.member.token))
     assert principal.key_id == world.member.key_id
 

@@ -81,8 +81,10 @@ class LiveServer:
             "OPENMAAS_HOME": str(home),
             "OPENMAAS_PORT": str(self.port),
             "OPENMAAS_THREADS": "2",
-            **{f"OPENMAAS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-               for k, v in settings.items()},
+            **{
+                f"OPENMAAS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
+                for k, v in settings.items()
+            },
         }
         self.process: subprocess.Popen[bytes] | None = None
         logs = logs or home.parent / home.name
@@ -166,7 +168,11 @@ class LiveServer:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "openmaas", *args],
-            env=self.env, capture_output=True, text=True, check=check, timeout=60,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
         )
 
     def new_key(self, org: str = "default", name: str = "test") -> str:

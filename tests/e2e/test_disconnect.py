@@ -26,8 +26,11 @@ def test_stream_cut_by_client_stops_engine_and_is_billed_for_what_was_made(
 ) -> None:
     headers = {"Authorization": f"Bearer {admin_key}"}
     with httpx.stream(
-        "POST", f"{live.base_url}/v1/chat/completions",
-        json={**LONG, "model": model, "stream": True}, headers=headers, timeout=30,
+        "POST",
+        f"{live.base_url}/v1/chat/completions",
+        json={**LONG, "model": model, "stream": True},
+        headers=headers,
+        timeout=30,
     ) as response:
         request_id = response.headers["x-request-id"]
         seen = 0
@@ -49,8 +52,12 @@ def test_non_streamed_request_cut_by_client_stops_engine(live: LiveServer, admin
     headers = {"Authorization": f"Bearer {admin_key}"}
     before = _rows_for(live, "fake-slow", "client_disconnected")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{live.base_url}/v1/chat/completions", json={**LONG, "model": "fake-slow"},
-                   headers=headers, timeout=1.0)
+        httpx.post(
+            f"{live.base_url}/v1/chat/completions",
+            json={**LONG, "model": "fake-slow"},
+            headers=headers,
+            timeout=1.0,
+        )
     _wait_idle(live, "fake-slow")
     (new,) = wait_until(
         lambda: [r for r in _rows_for(live, "fake-slow", "client_disconnected") if r not in before],
@@ -73,8 +80,12 @@ def test_client_gone_before_the_first_token_stops_the_queued_request(
     headers = {"Authorization": f"Bearer {admin_key}"}
     before = _rows_for(live, "fake-busy", "client_disconnected")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{live.base_url}/v1/chat/completions", headers=headers, timeout=0.5,
-                   json={"model": "fake-busy", "messages": [{"role": "user", "content": "hi"}]})
+        httpx.post(
+            f"{live.base_url}/v1/chat/completions",
+            headers=headers,
+            timeout=0.5,
+            json={"model": "fake-busy", "messages": [{"role": "user", "content": "hi"}]},
+        )
     _wait_idle(live, "fake-busy")
     (new,) = wait_until(
         lambda: [r for r in _rows_for(live, "fake-busy", "client_disconnected") if r not in before],

@@ -41,8 +41,9 @@ def test_first_start_prints_a_working_key_once_and_later_starts_reuse_data(tmp_p
     try:
         assert key not in server.stdout[printed:]
         # The same key still works and the usage from before the restart is still there.
-        usage = httpx.get(f"{server.base_url}/v1/usage",
-                          headers={"Authorization": f"Bearer {key}"}).json()
+        usage = httpx.get(
+            f"{server.base_url}/v1/usage", headers={"Authorization": f"Bearer {key}"}
+        ).json()
         (day,) = usage["data"]
         assert (day["model"], day["requests"], day["completion_tokens"]) == ("fake-slow", 1, 3)
     finally:
@@ -57,11 +58,17 @@ def test_sigterm_lets_inflight_streams_finish_and_records_them(tmp_path: Path) -
 
     def stream() -> None:
         with httpx.stream(
-            "POST", f"{server.base_url}/v1/chat/completions",
+            "POST",
+            f"{server.base_url}/v1/chat/completions",
             headers={"Authorization": f"Bearer {key}"},
-            json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Tell a story."}],
-                  "max_tokens": 120, "ignore_eos": True, "stream": True,
-                  "stream_options": {"include_usage": True}},
+            json={
+                "model": CHAT_MODEL,
+                "messages": [{"role": "user", "content": "Tell a story."}],
+                "max_tokens": 120,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
             timeout=60,
         ) as response:
             result["request_id"] = response.headers["x-request-id"]
@@ -78,7 +85,7 @@ def test_sigterm_lets_inflight_streams_finish_and_records_them(tmp_path: Path) -
     client.join(60)
     assert server.wait_exit(60) == 0
     assert result["events"][-1] == "data: [DONE]"
-    usage = json.loads(result["events"][-2][len("data: "):])["usage"]
+    usage = json.loads(result["events"][-2][len("data: ") :])["usage"]
     assert usage["completion_tokens"] == 120
     row = server.usage_row(result["request_id"])
     assert row["termination"] == "length" and row["completion_tokens"] == 120
@@ -98,10 +105,14 @@ def test_sigterm_grace_period_cuts_long_streams_and_bills_them(tmp_path: Path) -
     def stream() -> None:
         try:
             with httpx.stream(
-                "POST", f"{server.base_url}/v1/chat/completions",
+                "POST",
+                f"{server.base_url}/v1/chat/completions",
                 headers={"Authorization": f"Bearer {key}"},
-                json={"model": "fake-slow", "messages": [{"role": "user", "content": "go"}],
-                      "stream": True},
+                json={
+                    "model": "fake-slow",
+                    "messages": [{"role": "user", "content": "go"}],
+                    "stream": True,
+                },
                 timeout=30,
             ) as response:
                 result["request_id"] = response.headers["x-request-id"]

@@ -483,7 +483,6 @@ async def test_embed_model_cannot_serve_chat(harness: Harness) -> None:
     assert info.value.param == "model"
 
 
-
 async def test_usage_record_survives_repeated_plain_asyncio_cancellation(
     database: AsyncEngine,
 ) -> None:
@@ -505,8 +504,16 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(
     unpriced = InFlight("r-cancel", "k", "o", "m", "chat.completions", NOW_MS, None)
     ticket = Ticket(unpriced, price=None, limit=None)
     record = UsageRecord(
-        "r-cancel", PRINCIPAL.key_id, PRINCIPAL.org_id, "m", "chat.completions",
-        Usage(1, 0, 2), Termination.CLIENT_DISCONNECTED, NOW_MS, None, 5,
+        "r-cancel",
+        PRINCIPAL.key_id,
+        PRINCIPAL.org_id,
+        "m",
+        "chat.completions",
+        Usage(1, 0, 2),
+        Termination.CLIENT_DISCONNECTED,
+        NOW_MS,
+        None,
+        5,
     )
     task = asyncio.create_task(gateway.finish(ticket, record))
     for _ in range(3):
@@ -534,7 +541,9 @@ async def test_fake_reasons_then_calls_the_offered_tools(tmp_path: Path) -> None
     tools = (Tool("get_weather", "weather", {"type": "object"}),)
 
     async def run(**fields: object) -> Assembler:
-        request = GenerationRequest(new_request_id(), "fake-tools", messages=(Message(Role.USER, "hi"),), **fields)  # type: ignore[arg-type]
+        request = GenerationRequest(
+            new_request_id(), "fake-tools", messages=(Message(Role.USER, "hi"),), **fields
+        )  # type: ignore[arg-type]
         stream = engine.stream(request)
         answer = Assembler()
         async for event in stream:
@@ -544,7 +553,9 @@ async def test_fake_reasons_then_calls_the_offered_tools(tmp_path: Path) -> None
 
     with_tools = await run(tools=tools)
     assert with_tools.reasoning == "let me think"
-    assert [(c.name, c.arguments) for c in with_tools.tool_calls] == [("get_weather", '{"city": "Paris"}')]
+    assert [(c.name, c.arguments) for c in with_tools.tool_calls] == [
+        ("get_weather", '{"city": "Paris"}')
+    ]
     assert with_tools.finished is not None and with_tools.finished.reason is FinishReason.TOOL_CALLS
     assert with_tools.finished.usage.completion_tokens == 4  # 3 reasoning words + 1 call
     refused = await run(tools=tools, tool_choice=ToolChoice(ToolChoiceKind.NONE))

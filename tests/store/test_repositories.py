@@ -85,7 +85,9 @@ async def test_migrate_creates_the_tables_and_is_idempotent(db_path: Path) -> No
         assert [o.name for o in await OrganizationRepository(eng).list()] == ["acme"]
         async with eng.connect() as conn:
             tables = await conn.run_sync(lambda c: set(sa_inspect(c).get_table_names()))
-            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+            version = (
+                await conn.execute(text("SELECT version_num FROM alembic_version"))
+            ).scalar_one()
         assert {"organizations", "api_keys", "usage_records", "ledger_events", "prices"} <= tables
         assert version == head_revision()
     finally:
@@ -218,7 +220,9 @@ async def test_revoke_only_touches_that_key(database: AsyncEngine) -> None:
 # -- usage ----------------------------------------------------------------------------
 async def test_usage_append_and_get(database: AsyncEngine) -> None:
     usage = UsageRepository(database)
-    await usage.append(record("r1", prompt=7, cached=2, completion=3, termination=Termination.LENGTH))
+    await usage.append(
+        record("r1", prompt=7, cached=2, completion=3, termination=Termination.LENGTH)
+    )
     row = await usage.get("r1")
     assert row is not None
     assert row["prompt_tokens"] == 7 and row["cached_tokens"] == 2 and row["completion_tokens"] == 3
@@ -248,7 +252,9 @@ async def test_usage_append_is_idempotent_by_request_id(database: AsyncEngine) -
     usage = UsageRepository(database)
     first = record("r1", prompt=10, completion=5)
     await usage.append(first)
-    await usage.append(replace(first, usage=Usage(999, 9, 999), termination=Termination.ENGINE_ERROR))
+    await usage.append(
+        replace(first, usage=Usage(999, 9, 999), termination=Termination.ENGINE_ERROR)
+    )
     row = await usage.get("r1")
     assert row["prompt_tokens"] == 10 and row["completion_tokens"] == 5
     assert row["termination"] == "finished"
@@ -291,7 +297,9 @@ async def test_usage_totals_filter_by_day_inclusive(database: AsyncEngine) -> No
     days = lambda totals: [t.day for t in totals]  # noqa: E731
     assert days(await usage.totals(since_day="2024-03-02")) == ["2024-03-02", "2024-03-03"]
     assert days(await usage.totals(until_day="2024-03-02")) == ["2024-03-01", "2024-03-02"]
-    assert days(await usage.totals(since_day="2024-03-02", until_day="2024-03-02")) == ["2024-03-02"]
+    assert days(await usage.totals(since_day="2024-03-02", until_day="2024-03-02")) == [
+        "2024-03-02"
+    ]
     assert await usage.totals(since_day="2024-03-04") == []
 
 
