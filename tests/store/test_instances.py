@@ -23,7 +23,7 @@ from openmaas.billing.accountant import Accountant
 from openmaas.billing.limiter import InProcessLimiter
 from openmaas.core.clock import SystemClock
 from openmaas.core.ids import new_request_id
-from openmaas.core.ledger_events import TopUp, cash, held, system
+from openmaas.core.ledger_events import Settle, TopUp, cash, held, system
 from openmaas.core.prices import ModelPrice
 from openmaas.core.types import Usage
 from openmaas.store.billing import checkpoint, inflight_owners, load_inflight, set_price
@@ -263,5 +263,30 @@ async def test_an_instance_that_died_idle_leaves_no_lock_file(
         holder.kill()
         assert await accountant(database, survivor).sweep() == 0
         assert survivor.lock_files() == []
+    finally:
+        await survivor.stop()
+
+
+async def test_a_row_whose_hold_was_resolved_already_is_dropped_not_billed_again(
+    database: AsyncEngine, holder: Holder
+) -> None:
+    """A settlement already in the log (its process lost its lock while it still ran, and
+    settled afterwards) is not repeated; the row it left goes with the recovery."""
+    org, ids = await admit_requests(database, holder.instance_id)
+    settled = accountant(database)
+    await settled.ledger.execute(Settle(ids[1], Usage(prompt_tokens=5, completion_tokens=1)))
+    survivor = await Liveness.start(database)
+    try:
+        holder.kill()
+        await await_dead(survivor, holder.instance_id)
+        recovering = accountant(database, survivor)
+        assert await recovering.sweep() == len(ids)
+        async with database.connect() as conn:
+            assert await load_inflight(conn) == []
+            recorded = {r.request_id for r in await conn.execute(select(usage_records))}
+        assert recorded == {ids[0], ids[2], ids[3]}  # ids[1]: its settler records it
+        ledger = await recovering.ledger.refresh()
+        assert ledger.open_holds() == []
+        assert ledger.balance(system("CNY", "revenue")) == 5 * 1 + 10 * 2 + 5 * 1 + 1 * 2
     finally:
         await survivor.stop()

@@ -46,7 +46,7 @@ from openmaas.store.billing import (
     admit_inflight,
     checkpoint,
     forget_inflight,
-    forget_instance,
+    forget_recovered,
     inflight_owners,
     load_inflight,
     load_org_terms,
@@ -406,14 +406,14 @@ class Accountant:
             )
             if request.request_id in ledger.holds:
                 await self._settle(record)  # billed by recovery_usage(checkpoint)
-            else:
+            elif request.request_id not in ledger.resolved:  # settled: its settler recorded it
                 await self._record_unpriced(record)
-        if owner is not None:
 
-            async def rest(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
-                await forget_instance(conn, owner)  # a row whose hold was resolved already
+        async def rest(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
+            ids = [request.request_id for request in left]  # only those read: a row
+            await forget_recovered(conn, ids)  # whose hold was resolved already
 
-            await self.ledger.write(rest)
+        await self.ledger.write(rest)
         return len(left)
 
     async def _record_unpriced(self, record: UsageRecord) -> None:

@@ -234,9 +234,10 @@ async def forget_inflight(conn: AsyncConnection, request_id: str) -> bool:
     return bool(result.rowcount)
 
 
-async def forget_instance(conn: AsyncConnection, instance_id: str) -> int:
-    """Delete what is left of a recovered instance's rows; returns how many."""
-    result = await conn.execute(delete(inflight).where(inflight.c.instance_id == instance_id))
+async def forget_recovered(conn: AsyncConnection, request_ids: list[str]) -> int:
+    """Delete what is left of the rows a recovery read (a row whose hold was resolved
+    already, so its settlement wrote nothing); returns how many."""
+    result = await conn.execute(delete(inflight).where(inflight.c.request_id.in_(request_ids)))
     return int(result.rowcount or 0)
 
 
