@@ -10,7 +10,6 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from openmaas.store.instance import Liveness, lock_directory
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import inflight, usage_records
+from tests.support.waiting import eventually
 
 PRICE = ModelPrice("priced", 1_000_000, 500_000, 2_000_000)  # 1 micro/input, 2/output token
 TOP_UP = 1_000_000
@@ -94,13 +94,12 @@ def holder(db_url: str) -> Iterator[Holder]:
             held_by.kill()
 
 
-async def await_dead(liveness: Liveness, instance_id: str, timeout: float = 30.0) -> None:
+async def await_dead(liveness: Liveness, instance_id: str) -> None:
     """Until the lock of ``instance_id`` is free (PostgreSQL ends a dead client's session
     a moment after its death); the probe lets it go again, leaving any lock file."""
-    deadline = time.monotonic() + timeout
-    while (lock := await liveness.claim(instance_id)) is None:
-        assert time.monotonic() < deadline, f"instance {instance_id} never died"
-        await asyncio.sleep(0.05)
+    lock = await eventually(
+        lambda: liveness.claim(instance_id), timeout=30, what=f"instance {instance_id} to die"
+    )
     await lock.release(forget=False)
 
 
