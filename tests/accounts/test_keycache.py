@@ -219,3 +219,24 @@ async def test_the_cache_keeps_the_most_recently_used_keys() -> None:
     assert lookups == [] and len(cache) == 3
     await cache.get(ids[1])
     assert lookups == [ids[1]]
+
+
+async def test_a_server_platform_answers_keys_from_memory_and_applies_its_own_changes_at_once(
+    tmp_path: Path,
+) -> None:
+    from openmaas.platform import open_platform
+    from openmaas.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", embedded_models=False, secret_key="s" * 32)
+    async with open_platform(settings, serve=True) as platform:
+        issued = await platform.first_run()
+        assert issued is not None
+        auth = Authenticator(platform.keys, platform.master_key, platform.clock.now_ms)
+        header = f"Bearer {issued.token}"
+        await auth.authenticate(header)
+        statements = Statements(platform.database)
+        assert (await auth.authenticate(header)).is_admin
+        assert statements.seen == []  # from memory
+        await platform.accounts_admin("key:admin").revoke_key(issued.key.id)
+        with pytest.raises(AuthenticationFailed, match="revoked"):  # this process: at once
+            await auth.authenticate(header)
