@@ -4,7 +4,7 @@ subscribers once, ids that commit out of order are not missed, and a failing pol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,9 +28,13 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = open_database("sqlite+aiosqlite:///" + str(tmp_path / "feed.db"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("new_pg_database")()
+    else:
+        url = "sqlite+aiosqlite:///" + str(tmp_path / "feed.db")
+    engine = open_database(url)
     await migrate(engine)
     yield engine
     await engine.dispose()
@@ -148,3 +152,25 @@ async def test_a_failing_poll_is_retried_and_a_failing_subscriber_spares_the_oth
     down[0] = False
     await feed.poll_now()
     assert feed.current() and seen.actions == [("key.revoke", "om1")]
+
+
+async def test_on_postgresql_a_change_committed_late_is_still_reported(
+    new_pg_database: Callable[[], str],
+) -> None:
+    database = open_database(new_pg_database())
+    await migrate(database)
+    try:
+        feed, seen = ChangeFeed(database, Clock(), 0.5), Seen()
+        feed.subscribe(seen)
+        await feed.start()
+        async with database.connect() as slow:
+            await slow.begin()
+            await audit(slow, 0, "cli:a", "key.revoke", "om_slow")  # takes the lower id...
+            await change(database, "price.set", "m/CNY")  # ...this one commits first
+            await feed.poll()
+            assert seen.actions == [("price.set", "m/CNY")]
+            await slow.commit()
+        await feed.poll()
+        assert seen.actions == [("price.set", "m/CNY"), ("key.revoke", "om_slow")]
+    finally:
+        await database.dispose()
