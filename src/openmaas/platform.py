@@ -9,8 +9,8 @@ also starts this process's instance (an id and its liveness lock, ``store/instan
 any number of processes may serve from one database), recovers the requests that dead
 processes left in flight, on start and every ``recovery_seconds``, starts the change feed
 (``store/changes.py``) that keeps the key cache and the accountant's terms true to every
-process's changes, and builds and starts the model catalog and its reloader; leaving the ``with`` stops them and releases everything
-in the reverse order.
+process's changes, and builds and starts the model catalog and its reloader; leaving the
+``with`` stops them and releases everything in the reverse order.
 """
 
 from __future__ import annotations
