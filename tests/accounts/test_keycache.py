@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event
@@ -17,25 +16,15 @@ from openmaas.accounts.auth import Authenticator
 from openmaas.accounts.keycache import KeyCache
 from openmaas.core.errors import AuthenticationFailed
 from openmaas.core.keys import generate_key
+from openmaas.platform import open_platform
+from openmaas.settings import Settings
 from openmaas.store.audit import AuditedChanges
 from openmaas.store.changes import RESET, Change, ChangeFeed
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import ApiKey, ApiKeyRepository, OrganizationRepository
+from tests.support.clock import ManualClock
 
-NOW = 1709251200000
 MASTER = b"k" * 32
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def now_ms(self) -> int:
-        return NOW
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 class Statements:
@@ -60,21 +49,20 @@ class World:
     feed: ChangeFeed
     cache: KeyCache
     auth: Authenticator
-    clock: Clock
+    clock: ManualClock
     statements: Statements
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "keys.db"))
-    await migrate(database)
-    clock = Clock()
+async def world(database: AsyncEngine, clock: ManualClock) -> AsyncIterator[World]:
+    """A serving process's key cache and feed; ``admin`` changes keys as another process
+    (the CLI) would, so this process learns of them only by polling."""
     admin = AccountsAdmin(
         AuditedChanges(database, LedgerStore(database, clock.now_ms), clock.now_ms, "cli:t"),
         clock,
         MASTER,
     )
-    await OrganizationRepository(database).create("acme", NOW)
+    await OrganizationRepository(database).create("acme", clock.now_ms())
     feed = ChangeFeed(database, clock, 0.5)
     cache = KeyCache(ApiKeyRepository(database), current=feed.current)
     feed.subscribe(cache.apply)
@@ -84,7 +72,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         yield World(database, admin, feed, cache, auth, clock, Statements(database))
     finally:
         await feed.stop()
-        await database.dispose()
 
 
 async def test_a_cached_key_is_authenticated_without_any_sql(world: World) -> None:
@@ -150,7 +137,7 @@ async def test_an_unknown_key_is_remembered_until_a_key_is_created_under_its_id(
         await world.auth.authenticate(f"Bearer {new.token}")
     assert world.statements.count("FROM api_keys") == before  # the miss is kept
     org = await OrganizationRepository(world.database).find("acme")
-    await ApiKeyRepository(world.database).create(org.id, "late", "member", new, NOW)
+    await ApiKeyRepository(world.database).create(org.id, "late", "member", new, org.created_at_ms)
     await world.cache.apply([Change(99, "key.create", new.key_id)])
     assert (await world.auth.authenticate(f"Bearer {new.token}")).key_id == new.key_id
 
@@ -192,7 +179,7 @@ async def test_memory_is_not_trusted_while_the_feed_is_behind(world: World) -> N
     issued = await world.admin.issue_key("acme", "bot")
     header = f"Bearer {issued.token}"
     await world.auth.authenticate(header)
-    world.clock.now += 10  # no poll for ten seconds: a revocation may have been missed
+    world.clock.advance(10)  # no poll for ten seconds: a revocation may have been missed
     await world.admin.revoke_key(issued.key.id)
     with pytest.raises(AuthenticationFailed, match="revoked"):
         await world.auth.authenticate(header)
@@ -222,13 +209,9 @@ async def test_the_cache_keeps_the_most_recently_used_keys() -> None:
 
 
 async def test_a_server_platform_answers_keys_from_memory_and_applies_its_own_changes_at_once(
-    tmp_path: Path,
+    settings: Settings, clock: ManualClock
 ) -> None:
-    from openmaas.platform import open_platform
-    from openmaas.settings import Settings
-
-    settings = Settings(home=tmp_path / "home", embedded_models=False, secret_key="s" * 32)
-    async with open_platform(settings, serve=True) as platform:
+    async with open_platform(settings, clock=clock, serve=True) as platform:
         issued = await platform.first_run()
         assert issued is not None
         auth = Authenticator(platform.keys, platform.master_key, platform.clock.now_ms)

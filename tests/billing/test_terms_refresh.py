@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event
@@ -22,25 +21,13 @@ from openmaas.core.keys import generate_key
 from openmaas.core.prices import ModelPrice
 from openmaas.store.billing import set_price
 from openmaas.store.changes import Change
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import ApiKeyRepository, OrganizationRepository
+from tests.support.clock import NOW_MS, ManualClock
 
-NOW_MS = 1_790_000_000_000
 MASTER = b"m" * 32
 TERMS_READ = "FROM tiers ORDER BY"  # one statement of each read of the terms
 KEY_READ = "FROM api_keys"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now_ms(self) -> int:
-        return NOW_MS + int(self.t * 1000)
-
-    def monotonic(self) -> float:
-        return self.t
 
 
 class Statements:
@@ -78,25 +65,19 @@ class Rig:
     database: AsyncEngine
     held: Held  # what the accountant reads the terms through
     accountant: Accountant
-    clock: Clock
+    clock: ManualClock
     org_id: str
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "terms.db"))
-    await migrate(database)
-    clock = Clock()
+async def rig(database: AsyncEngine, clock: ManualClock) -> AsyncIterator[Rig]:
     org = await OrganizationRepository(database).create("acme", NOW_MS)
     held = Held(database)
     accountant = Accountant(
         held, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock,  # type: ignore[arg-type]
         refresh_seconds=60,
     )  # fmt: skip
-    try:
-        yield Rig(database, held, accountant, clock, org.id)
-    finally:
-        await database.dispose()
+    yield Rig(database, held, accountant, clock, org.id)
 
 
 async def price(database: AsyncEngine, output_per_million: int) -> None:
@@ -176,7 +157,7 @@ async def test_the_safety_net_rereads_in_the_background(rig: Rig) -> None:
     await price(rig.database, 2_000_000)
     await rig.accountant.terms()
     await price(rig.database, 3_000_000)  # changed beside OpenMaaS: no audit row
-    rig.clock.t += 60
+    rig.clock.advance(60)
     gate = Statements(rig.database, TERMS_READ)
     rig.held.open.clear()
     stale = (await rig.accountant.terms()).price(principal, "m", NOW_MS)  # does not wait

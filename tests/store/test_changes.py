@@ -4,7 +4,7 @@ subscribers once, ids that commit out of order are not missed, and a failing pol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,29 +15,16 @@ from openmaas.store.audit import audit
 from openmaas.store.changes import GAP_SECONDS, RESET, Change, ChangeFeed
 from openmaas.store.database import migrate, open_database
 from openmaas.store.schema import audit_log
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def now_ms(self) -> int:
-        return int(self.now * 1000)
-
-    def monotonic(self) -> float:
-        return self.now
+from tests.support.clock import ManualClock
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The feed on both databases (the shared ``database`` fixture opens it)."""
     if request.param == "postgresql":
-        url = request.getfixturevalue("new_pg_database")()
-    else:
-        url = "sqlite+aiosqlite:///" + str(tmp_path / "feed.db")
-    engine = open_database(url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
+        url: str = request.getfixturevalue("new_pg_database")()
+        return url
+    return "sqlite+aiosqlite:///" + str(tmp_path / "feed.db")
 
 
 async def change(database: AsyncEngine, action: str, target: str, id: int | None = None) -> None:
@@ -66,7 +53,7 @@ async def test_changes_before_the_start_are_not_replayed_later_ones_are(
     database: AsyncEngine,
 ) -> None:
     await change(database, "key.create", "om1")
-    feed, seen = ChangeFeed(database, Clock(), 0.5), Seen()
+    feed, seen = ChangeFeed(database, ManualClock(), 0.5), Seen()
     feed.subscribe(seen)
     await feed.start()
     try:
@@ -82,7 +69,7 @@ async def test_changes_before_the_start_are_not_replayed_later_ones_are(
 
 
 async def test_the_feed_polls_by_itself(database: AsyncEngine) -> None:
-    feed = ChangeFeed(database, Clock(), 0.01)
+    feed = ChangeFeed(database, ManualClock(), 0.01)
     told: list[Change] = []
     arrived = asyncio.Event()
 
@@ -101,7 +88,7 @@ async def test_the_feed_polls_by_itself(database: AsyncEngine) -> None:
 
 
 async def test_an_id_that_commits_after_a_higher_one_is_not_missed(database: AsyncEngine) -> None:
-    feed, seen = ChangeFeed(database, Clock(), 0.5), Seen()
+    feed, seen = ChangeFeed(database, ManualClock(), 0.5), Seen()
     feed.subscribe(seen)
     await feed.start()
     await change(database, "key.create", "om1", id=1)
@@ -113,13 +100,13 @@ async def test_an_id_that_commits_after_a_higher_one_is_not_missed(database: Asy
 
 
 async def test_a_gap_never_filled_is_given_up_as_a_reset(database: AsyncEngine) -> None:
-    clock = Clock()
+    clock = ManualClock()
     feed, seen = ChangeFeed(database, clock, 0.5), Seen()
     feed.subscribe(seen)
     await feed.start()
     await change(database, "key.create", "om2", id=2)  # id 1: a change rolled back
     await feed.poll()
-    clock.now += GAP_SECONDS
+    clock.advance(GAP_SECONDS)
     await feed.poll()
     assert seen.batches[-1][-1].action == RESET and seen.batches[-1][-1].resets
 
@@ -127,7 +114,7 @@ async def test_a_gap_never_filled_is_given_up_as_a_reset(database: AsyncEngine) 
 async def test_a_failing_poll_is_retried_and_a_failing_subscriber_spares_the_others(
     database: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     feed, seen = ChangeFeed(database, clock, 0.5), Seen()
 
     async def broken(_changes: Sequence[Change]) -> None:
@@ -147,7 +134,7 @@ async def test_a_failing_poll_is_retried_and_a_failing_subscriber_spares_the_oth
     event.listen(database.sync_engine, "before_cursor_execute", fail)
     await feed.poll_now()  # logged, not raised
     assert "polling the change feed failed" in caplog.text
-    clock.now += 2.0
+    clock.advance(2.0)
     assert not feed.current()  # no successful poll lately: the key cache stops trusting memory
     down[0] = False
     await feed.poll_now()
@@ -160,7 +147,7 @@ async def test_on_postgresql_a_change_committed_late_is_still_reported(
     database = open_database(new_pg_database())
     await migrate(database)
     try:
-        feed, seen = ChangeFeed(database, Clock(), 0.5), Seen()
+        feed, seen = ChangeFeed(database, ManualClock(), 0.5), Seen()
         feed.subscribe(seen)
         await feed.start()
         async with database.connect() as slow:
