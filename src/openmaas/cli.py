@@ -228,7 +228,7 @@ def keys_list(org: str | None) -> None:
     _print_table(("id", "org", "name", "role", "created (UTC)", "revoked (UTC)"), rows)
 
 
-@keys.command("revoke", help="Revoke a key; it fails on its very next request.")
+@keys.command("revoke", help="Revoke a key; every server refuses it within a second.")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     _accounts(lambda admin: admin.revoke_key(key_id.partition(".")[0]))

@@ -7,9 +7,10 @@ built the same way for an actor (``cli:<user>``, ``key:<admin key id>``) on one 
 that writes every change with its audit row. With ``serve=True`` (a serving process) it
 also starts this process's instance (an id and its liveness lock, ``store/instance.py``:
 any number of processes may serve from one database), recovers the requests that dead
-processes left in flight, on start and every ``recovery_seconds``, and builds and starts
-the model catalog and its reloader; leaving the ``with`` stops them and releases everything
-in the reverse order.
+processes left in flight, on start and every ``recovery_seconds``, starts the change feed
+(``store/changes.py``) that keeps the key cache and the accountant's terms true to every
+process's changes, and builds and starts the model catalog and its reloader; leaving the
+``with`` stops them and releases everything in the reverse order.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.accounts.admin import AccountsAdmin, IssuedKey, ensure_home, first_run
 from openmaas.accounts.auth import load_master_key
+from openmaas.accounts.keycache import KeyCache, KeySource
 from openmaas.billing.accountant import Accountant
 from openmaas.billing.admin import BillingAdmin
 from openmaas.billing.limiter import InProcessLimiter
@@ -33,9 +35,11 @@ from openmaas.catalog.served import ModelCatalog, build_catalog
 from openmaas.core.clock import Clock, SystemClock
 from openmaas.settings import Settings
 from openmaas.store.audit import AuditedChanges
+from openmaas.store.changes import ChangeFeed
 from openmaas.store.database import migrate, open_database
 from openmaas.store.instance import Liveness
 from openmaas.store.ledger import LedgerStore
+from openmaas.store.repositories import ApiKeyRepository
 
 log = logging.getLogger("openmaas.platform")
 
@@ -53,10 +57,23 @@ class Platform:
     accountant: Accountant
     catalog: ModelCatalog | None = None  # serving only
     catalog_manager: CatalogManager | None = None  # serving only: the document, reloaded live
+    feed: ChangeFeed | None = None  # serving only: every process's changes, polled
+    key_cache: KeyCache | None = None  # serving only: keys from memory, kept by the feed
+
+    @property
+    def keys(self) -> KeySource:
+        """Where authentication finds keys: the cache in a server, else the database."""
+        if self.key_cache is not None:
+            return self.key_cache
+        return ApiKeyRepository(self.database)
 
     def changes(self, actor: str) -> AuditedChanges:
-        """The unit of work of ``actor``'s administrative changes."""
-        return AuditedChanges(self.database, self.ledger, self.clock.now_ms, actor)
+        """The unit of work of ``actor``'s administrative changes; in a server each change
+        polls the feed once committed, so it applies here before its caller is answered."""
+        committed = None if self.feed is None else self.feed.poll_now
+        return AuditedChanges(
+            self.database, self.ledger, self.clock.now_ms, actor, committed=committed
+        )
 
     def accounts_admin(self, actor: str) -> AccountsAdmin:
         return AccountsAdmin(self.changes(actor), self.clock, self.master_key)
@@ -128,7 +145,13 @@ async def open_platform(
         if recovered:
             log.warning("recovered %d requests left in flight by dead processes", recovered)
         recovery = asyncio.create_task(_keep_recovering(accountant, settings.recovery_seconds))
+        feed = ChangeFeed(database, clock, settings.change_poll_seconds)
         try:
+            key_cache = KeyCache(ApiKeyRepository(database), current=feed.current)
+            feed.subscribe(key_cache.apply)
+            feed.subscribe(accountant.apply_changes)
+            await feed.start()  # before anything is cached
+            platform.feed, platform.key_cache = feed, key_cache
             models = catalog or build_catalog(settings)
             manager = CatalogManager(models, settings, database, platform.master_key, clock)
             await manager.start()  # the catalog document's models join the settings' ones
@@ -139,6 +162,7 @@ async def open_platform(
                 await manager.stop()
                 await models.stop()
         finally:
+            await feed.stop()
             recovery.cancel()
             await asyncio.gather(recovery, return_exceptions=True)
     finally:

@@ -81,7 +81,16 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
     billing_refresh_seconds: float = Field(
-        2.0, ge=0, description="How often prices, tiers and organization terms are re-read."
+        60.0,
+        ge=0,
+        description="How often prices, tiers and organization terms are re-read in the "
+        "background besides on every change the change feed reports (0: before every request).",
+    )
+    change_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="How often each server process polls the audit log for administrative "
+        "changes made by any process (a revoked key is refused within this plus one poll).",
     )
     checkpoint_seconds: float = Field(
         1.0,

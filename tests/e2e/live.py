@@ -178,6 +178,18 @@ class LiveServer:
     def new_key(self, org: str = "default", name: str = "test") -> str:
         return self.cli("keys", "create", "--org", org, "--name", name).stdout.strip()
 
+    def await_refused(self, key: str, timeout: float = 10.0) -> httpx.Response:
+        """The answer to ``key`` once the server refuses it: a change made by another
+        process reaches a running server within its change feed's poll."""
+        headers = {"Authorization": f"Bearer {key}"}
+
+        def refused() -> list[httpx.Response]:
+            response = httpx.get(f"{self.base_url}/v1/models", headers=headers)
+            return [response] if response.status_code == 401 else []
+
+        [response] = wait_until(refused, timeout=timeout, what=f"the server to refuse {key}")
+        return response
+
     def in_flight(self, model: str) -> int:
         """Requests the model's engine holds now, as ``/readyz`` reports them."""
         return int(httpx.get(f"{self.base_url}/readyz").json()["in_flight"][model])

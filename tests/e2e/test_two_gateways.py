@@ -206,3 +206,18 @@ async def test_kill_9_of_one_gateway_is_recovered_once_by_the_survivor(
     doomed.start()
     again: Books = await read_books_at(database_url, org)
     assert again == books
+
+
+def test_a_revoked_key_is_refused_by_both_gateways(
+    gateways: tuple[LiveServer, LiveServer],
+) -> None:
+    first, second = gateways
+    key = first.new_key(name="both")
+    for server in (first, second):  # each gateway now has the key in memory
+        response = httpx.get(
+            f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert response.status_code == 200
+    first.cli("keys", "revoke", key.split(".")[0])
+    for server in (first, second):
+        assert "revoked" in server.await_refused(key).json()["error"]["message"]

@@ -2,8 +2,11 @@
 
 Credentials arrive as ``Authorization: Bearer <token>``, ``Authorization: <token>`` (older
 Zhipu SDKs) or ``x-api-key: <token>``; the token is a raw key ``<id>.<secret>`` or the HS256
-JWT that Zhipu's SDKs build from one (see ``core/keys.py``). Every request is checked
-against the database, so a revoked key fails at once.
+JWT that Zhipu's SDKs build from one (see ``core/keys.py``). The key's row comes from a
+``KeySource``: the database itself (``ApiKeyRepository``: a revoked key fails at once), or,
+in a server, the ``KeyCache`` kept true by the change feed (``accounts/keycache.py``: a key
+revoked anywhere fails in every process within a second). Either way the presented secret
+is hashed and compared with the stored hash on every request.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from openmaas.accounts.keycache import KeySource
 from openmaas.core.errors import AuthenticationFailed, ConfigurationError
 from openmaas.core.keys import (
     CredentialMissing,
@@ -28,7 +32,7 @@ from openmaas.core.keys import (
     split_key,
 )
 from openmaas.settings import Settings
-from openmaas.store.repositories import ApiKey, ApiKeyRepository
+from openmaas.store.repositories import ApiKey
 
 MASTER_KEY_BYTES = 32
 
@@ -109,7 +113,7 @@ def presented_token(headers: Mapping[str, str]) -> str:
 class Authenticator:
     def __init__(
         self,
-        keys: ApiKeyRepository,
+        keys: KeySource,
         master_key: bytes | None = None,
         now_ms: Callable[[], int] | None = None,
     ) -> None:

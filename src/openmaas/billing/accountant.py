@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
@@ -54,6 +55,7 @@ from openmaas.store.billing import (
     load_price_catalog,
     load_tiers,
 )
+from openmaas.store.changes import Change
 from openmaas.store.instance import Liveness
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import insert_usage
@@ -93,6 +95,24 @@ class Terms:
         if price is None:
             return None
         return AppliedPrice(price, self.prices.discounts_bp.get(principal.org_id, 0))
+
+
+TERMS_ACTIONS = frozenset({"org.create", "org.update", "price.set", "tier.set"})
+"""The audited actions that change what ``Terms`` holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadedTerms:
+    terms: Terms
+    generation: int  # the accountant's generation when the read began
+    started_at: float  # monotonic time the read began
+
+
+@dataclass(slots=True)
+class _TermsRead:
+    generation: int
+    started_at: float
+    future: asyncio.Future[_LoadedTerms] = field(init=False)
 
 
 @dataclass(slots=True)
@@ -135,28 +155,78 @@ class Accountant:
         self._checkpoint_seconds = checkpoint_seconds
         self._liveness = liveness  # None: rows without an owner (no serving instance)
         self._instance_id = liveness.instance_id if liveness is not None else None
-        self._terms: Terms | None = None
-        self._terms_at = 0.0
+        self._generation = 0  # moved by invalidate(): terms read before are stale
+        self._loaded: _LoadedTerms | None = None
+        self._refreshing: _TermsRead | None = None  # the one read of the terms in flight
 
     # -- configuration --------------------------------------------------------------
 
     async def terms(self) -> Terms:
-        """Prices, tiers and organization terms, re-read at most every ``refresh_seconds``
-        (so a change made by the CLI in another process applies without a restart)."""
+        """Prices, tiers and organization terms, from memory. Re-read after ``invalidate``
+        (this process's own changes, and the change feed's from any process: the next
+        request waits for the read), and in the background every ``refresh_seconds`` as a
+        safety net for changes made beside OpenMaaS (``0``: before every request). One read
+        at a time: every caller that needs a fresh one awaits the same read."""
         now = self._clock.monotonic()
-        if self._terms is None or now - self._terms_at >= self._refresh_seconds:
-            async with self._database.connect() as conn:
-                self._terms = Terms(
-                    await load_price_catalog(conn),
-                    await load_tiers(conn),
-                    await load_org_terms(conn),
-                )
-            self._terms_at = now
-        return self._terms
+        if self._refresh_seconds <= 0:
+            return await self._fresh_terms(self._generation, now)
+        loaded = self._loaded
+        if loaded is None or loaded.generation != self._generation:
+            return await self._fresh_terms(self._generation, -math.inf)
+        if now - loaded.started_at >= self._refresh_seconds and self._refreshing is None:
+            self._start_refresh()  # the safety net: this request does not wait for it
+        return loaded.terms
 
     def invalidate(self) -> None:
-        """Forget the cached terms (after an admin change in this process)."""
-        self._terms = None
+        """Forget the cached terms (after an admin change in this process, or one the
+        change feed reports): the next request reads them again."""
+        self._generation += 1
+
+    async def apply_changes(self, changes: Sequence[Change]) -> None:
+        """A change-feed subscriber: a change of a price, a tier or an organization re-reads
+        the terms now, so that requests seldom wait for it."""
+        if any(change.resets or change.action in TERMS_ACTIONS for change in changes):
+            self.invalidate()
+            await self.terms()
+
+    async def _fresh_terms(self, generation: int, since: float) -> Terms:
+        """Terms read by a refresh begun at or after ``since`` with ``generation`` (joining
+        the one in flight when it qualifies, else waiting it out and starting the next)."""
+        while True:
+            loaded = self._loaded
+            if (
+                loaded is not None
+                and loaded.generation >= generation
+                and loaded.started_at >= since
+            ):
+                return loaded.terms
+            flight = self._refreshing
+            if flight is None or flight.future.done():
+                flight = self._start_refresh()
+            if flight.generation >= generation and flight.started_at >= since:
+                return (await asyncio.shield(flight.future)).terms
+            await asyncio.gather(asyncio.shield(flight.future), return_exceptions=True)
+
+    def _start_refresh(self) -> _TermsRead:
+        flight = _TermsRead(self._generation, self._clock.monotonic())
+        flight.future = asyncio.ensure_future(self._read_terms(flight))
+        self._refreshing = flight
+        flight.future.add_done_callback(lambda _: self._refreshed(flight))
+        return flight
+
+    async def _read_terms(self, flight: _TermsRead) -> _LoadedTerms:
+        async with self._database.connect() as conn:
+            terms = Terms(
+                await load_price_catalog(conn), await load_tiers(conn), await load_org_terms(conn)
+            )
+        self._loaded = _LoadedTerms(terms, flight.generation, flight.started_at)
+        return self._loaded
+
+    def _refreshed(self, flight: _TermsRead) -> None:
+        if self._refreshing is flight:
+            self._refreshing = None
+        if not flight.future.cancelled() and flight.future.exception() is not None:
+            log.warning("reading the billing terms failed: %s", flight.future.exception())
 
     # -- a request ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
 from openmaas.serving.gateway import Gateway
 from openmaas.settings import Settings
-from openmaas.store.repositories import ApiKeyRepository, UsageRepository
+from openmaas.store.repositories import UsageRepository
 
 log = logging.getLogger("openmaas.server")
 
@@ -62,11 +62,7 @@ def create_app(
             assert platform.catalog is not None
             app.state.openmaas = AppState(
                 platform=platform,
-                auth=Authenticator(
-                    ApiKeyRepository(platform.database),
-                    platform.master_key,
-                    platform.clock.now_ms,
-                ),
+                auth=Authenticator(platform.keys, platform.master_key, platform.clock.now_ms),
                 usage=UsageRepository(platform.database),
                 gateway=Gateway(
                     platform.catalog, platform.accountant, platform.clock, lambda: life.draining

@@ -99,12 +99,19 @@ class AuditedChanges:
     ``system:first-run``), each committed with its audit row."""
 
     def __init__(
-        self, database: AsyncEngine, ledger: LedgerStore, now_ms: Callable[[], int], actor: str
+        self,
+        database: AsyncEngine,
+        ledger: LedgerStore,
+        now_ms: Callable[[], int],
+        actor: str,
+        *,
+        committed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.database = database
         self.ledger = ledger
         self.actor = actor
         self.now_ms = now_ms
+        self._committed = committed  # after each change commits (the server: poll the feed)
 
     async def commit(self, change: Change, command: Command | None = None) -> tuple[Event, ...]:
         """Run ``change`` and write its audit row in one transaction (the ledger's when
@@ -124,7 +131,11 @@ class AuditedChanges:
                 )
 
         if command is not None:
-            return await self.ledger.execute(command, also=write)
-        async with self.database.begin() as conn:
-            await write(conn, ())
-        return ()
+            events = await self.ledger.execute(command, also=write)
+        else:
+            async with self.database.begin() as conn:
+                await write(conn, ())
+            events = ()
+        if self._committed is not None:
+            await self._committed()
+        return events

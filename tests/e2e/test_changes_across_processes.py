@@ -1,0 +1,68 @@
+"""A running server answers keys and terms from memory and still sees every change the CLI
+makes in another process: a revoked key is refused within the change feed's poll, a new key
+works at once, a new price applies to the requests after the poll."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.live import LiveServer
+
+MODEL = "fake-words"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = LiveServer(
+        tmp_path_factory.mktemp("changes") / "home",
+        embedded_models="false",
+        fake_models={MODEL: {"text": "one two three"}},
+    )
+    live.start()
+    yield live
+    live.stop()
+
+
+def status(server: LiveServer, key: str) -> int:
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.get(f"{server.base_url}/v1/models", headers=headers).status_code
+
+
+def test_a_key_created_by_the_cli_works_at_once(server: LiveServer) -> None:
+    key = server.new_key(name="fresh")
+    assert status(server, key) == 200
+
+
+def test_a_key_revoked_by_the_cli_is_refused_by_the_running_server(server: LiveServer) -> None:
+    key = server.new_key(name="short-lived")
+    assert status(server, key) == 200  # cached by the server now
+    assert status(server, key) == 200
+    server.cli("keys", "revoke", key.split(".")[0])
+    response = server.await_refused(key)
+    assert response.status_code == 401 and "revoked" in response.json()["error"]["message"]
+
+
+def test_a_price_set_by_the_cli_applies_after_the_poll(server: LiveServer) -> None:
+    server.cli("orgs", "create", "payer")
+    server.cli("billing", "topup", "payer", "10")
+    key = server.new_key(org="payer", name="payer")
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def request_cost() -> object:
+        response = httpx.post(f"{server.base_url}/v1/chat/completions", json=chat, headers=headers)
+        assert response.status_code == 200, response.text
+        return server.usage_row(response.headers["x-request-id"])["cost_micros"]
+
+    assert request_cost() is None  # no price yet: metered, not charged
+    marker = server.new_key(org="payer", name="marker")
+    assert status(server, marker) == 200  # cached: refused only once the feed reports it
+    server.cli("prices", "set", MODEL, "--input", "1", "--cached-input", "1", "--output", "2")
+    # Audit ids grow with every change: once a key revoked after the price is refused, the
+    # server's feed has read past the price too.
+    server.cli("keys", "revoke", marker.split(".")[0])
+    assert server.await_refused(marker).status_code == 401
+    assert request_cost() == 1 * 1 + 3 * 2  # 1 prompt word, 3 output words, micros per token
