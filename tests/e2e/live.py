@@ -80,7 +80,9 @@ class LiveServer:
             **os.environ,
             "OPENMAAS_HOME": str(home),
             "OPENMAAS_PORT": str(self.port),
-            "OPENMAAS_THREADS": "2",
+            # One llama.cpp thread: with two on two cores, any other busy process makes
+            # OpenMP's barriers stall a stream for seconds (a 120-token stream took 30 s).
+            "OPENMAAS_THREADS": "1",
             **{
                 f"OPENMAAS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
                 for k, v in settings.items()
