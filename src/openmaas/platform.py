@@ -2,7 +2,8 @@
 date, and builds the services on it, once, for the server, the CLI and the tests.
 
 ``open_platform(settings)`` yields a ``Platform``: the database, the ledger, the accountant
-(admission and settlement), the master key, and the three administrative services, each
+(admission and settlement) and its rate limiter (in process, or in Redis when
+``OPENMAAS_REDIS_URL`` is set), the master key, and the three administrative services, each
 built the same way for an actor (``cli:<user>``, ``key:<admin key id>``) on one unit of work
 that writes every change with its audit row. With ``serve=True`` (the server) it also holds
 the database's server lock, recovers the requests a killed process left in flight, and
@@ -23,11 +24,13 @@ from openmaas.accounts.admin import AccountsAdmin, IssuedKey, ensure_home, first
 from openmaas.accounts.auth import load_master_key
 from openmaas.billing.accountant import Accountant
 from openmaas.billing.admin import BillingAdmin
-from openmaas.billing.limiter import InProcessLimiter
+from openmaas.billing.limiter import InProcessLimiter, Limiter
+from openmaas.billing.limiter_redis import RedisLimiter
 from openmaas.catalog.admin import CatalogAdmin
 from openmaas.catalog.reloader import CatalogManager
 from openmaas.catalog.served import ModelCatalog, build_catalog
 from openmaas.core.clock import Clock, SystemClock
+from openmaas.core.errors import ConfigurationError
 from openmaas.settings import Settings
 from openmaas.store.audit import AuditedChanges
 from openmaas.store.database import migrate, open_database
@@ -48,6 +51,7 @@ class Platform:
     master_key: bytes = field(repr=False)
     ledger: LedgerStore
     accountant: Accountant
+    limiter: Limiter
     catalog: ModelCatalog | None = None  # serving only
     catalog_manager: CatalogManager | None = None  # serving only: the document, reloaded live
 
@@ -85,23 +89,24 @@ async def open_platform(
     the server lock, crash recovery, and the model catalog (``catalog``, or the one the
     settings and the catalog document declare), started."""
     ensure_home(settings)
+    clock = clock or SystemClock()
+    limiter = make_limiter(settings, clock)  # connects on first use
     database = open_database(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
     try:
         await migrate(database)
-        clock = clock or SystemClock()
         ledger = LedgerStore(database, clock.now_ms)
         accountant = Accountant(
             database,
             ledger,
-            InProcessLimiter(),
+            limiter,
             clock,
             refresh_seconds=settings.billing_refresh_seconds,
             checkpoint_seconds=settings.checkpoint_seconds,
         )
         platform = Platform(
-            settings, database, clock, load_master_key(settings), ledger, accountant
+            settings, database, clock, load_master_key(settings), ledger, accountant, limiter
         )
         if not serve:
             yield platform
@@ -123,4 +128,18 @@ async def open_platform(
         finally:
             await server_lock.release()
     finally:
+        await limiter.aclose()
         await database.dispose()
+
+
+def make_limiter(settings: Settings, clock: Clock) -> Limiter:
+    """Rate limits shared in Redis when ``OPENMAAS_REDIS_URL`` is set (many processes or
+    machines), else counted in this process (one gateway process)."""
+    if not settings.redis_url:
+        return InProcessLimiter()
+    try:
+        return RedisLimiter(
+            settings.redis_url, failure_mode=settings.redis_failure_mode, clock=clock
+        )
+    except ValueError as exc:  # redis-py's word for a URL it cannot parse
+        raise ConfigurationError(f"OPENMAAS_REDIS_URL is not a Redis URL: {exc}") from None
