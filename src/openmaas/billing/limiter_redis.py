@@ -260,6 +260,17 @@ return 1
 """
 )
 
+# KEYS: clock, counter; ARGV: window, bucket, now, kind. Returns the counter's usage (it may
+# delete buckets that left the window, which changes no count).
+_USED = (
+    _COMMON
+    + """
+local now = math.max(clock(KEYS[1], nil), tonumber(ARGV[3]))
+if ARGV[4] == 'c' then return redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf') end
+return load(KEYS[2], now).total
+"""
+)
+
 # KEYS: slot keys; ARGV: lease end, slot key ttl, then the admission id of each key.
 _RENEW = """
 local renewed = 0
@@ -314,6 +325,7 @@ class RedisLimiter:
         self._admit = self._redis.register_script(_ADMIT)
         self._end = self._redis.register_script(_END)
         self._renew = self._redis.register_script(_RENEW)
+        self._used = self._redis.register_script(_USED)
         self._open: dict[str, Admission] = {}  # this process's admissions holding slots
         self._renewer: asyncio.Task[None] | None = None
         self._down_until: float | None = None  # monotonic seconds; None: Redis is up
@@ -544,13 +556,10 @@ class RedisLimiter:
         await self._redis.aclose()
 
     async def used(self, scope: str, model: str, dimension: Dimension, now_ms: int) -> int:
-        """Current usage of one counter, as :meth:`LimitState.used` (for tests and metrics;
-        read without the scripts' atomicity)."""
-        key = self._key((scope, model, dimension))
-        latest = int(await self._redis.get(self._clock_key) or 0)
-        now = max(now_ms, latest)
-        if dimension is Dimension.CONCURRENCY:
-            return int(await self._redis.zcount(key, f"({now}", "+inf"))
-        oldest = now // self._bucket_ms - self._window_ms // self._bucket_ms
-        buckets = await self._redis.hgetall(key)
-        return sum(int(v) for k, v in buckets.items() if int(k) >= oldest)
+        """Current usage of one counter at ``now_ms`` (or the latest time seen, if later),
+        changing nothing; for tests and metrics."""
+        reply = await self._used(
+            keys=[self._clock_key, self._key((scope, model, dimension))],
+            args=[self._window_ms, self._bucket_ms, now_ms, _KIND[dimension]],
+        )
+        return int(reply)
