@@ -186,6 +186,27 @@ async def test_redis_stopped_fails_closed_then_recovers_by_itself(
         await limiter.aclose()
 
 
+async def test_a_quick_redis_restart_costs_no_request(
+    private_redis: RedisServer, redis_prefix: str
+) -> None:
+    """Connections a restarted Redis closed while idle are replaced, not failed on."""
+    clock = Clock()
+    limiter = RedisLimiter(private_redis.url, prefix=redis_prefix, clock=clock)
+    try:
+        admitted, _ = await burst(limiter, 20, SIXTY_RPM, 0, clock.now_ms())  # 20 connections
+        assert len(admitted) == 20
+        private_redis.stop()
+        private_redis.start()  # unseen by the limiter: no call failed meanwhile
+        again, refused = await burst(limiter, 20, SIXTY_RPM, 0, clock.now_ms())
+        assert (len(again), refused) == (20, [])
+        assert again[-1].headers["x-ratelimit-remaining-requests"] in {
+            str(n) for n in range(40, 60)
+        }
+        assert (await limiter.health()).enforcing
+    finally:
+        await limiter.aclose()
+
+
 async def test_redis_stopped_fails_open_when_so_set(
     private_redis: RedisServer, redis_prefix: str
 ) -> None:

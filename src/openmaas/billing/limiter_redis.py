@@ -42,8 +42,9 @@ admits it without counting. Requests without limits never touch Redis. After a f
 limiter does not call Redis again for :data:`RETRY_MS` (the requests in between are decided
 by the failure mode at once), then tries again; :meth:`RedisLimiter.health` pings Redis and
 reports the state (``/readyz``). Settling or releasing never raises: if Redis cannot be
-reached then, the admission's slots are reclaimed when their lease ends. Commands are never
-retried (a retried admit could charge twice).
+reached then, the admission's slots are reclaimed when their lease ends. Every script is
+safe to run twice, so a call that loses its connection is tried once more on a fresh one
+(redis-py's own retries are off).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -158,7 +160,8 @@ end
 # KEYS: clock, record, counters...; ARGV: window, bucket, now, reserve, id, lease end,
 # slot key ttl, record ttl, concurrency retry, then (kind, limit) per counter.
 # Returns {admitted, now, then (used, wait, used after, reset after) per counter}; wait -1:
-# never (the request alone is over the limit).
+# never (the request alone is over the limit). Run again for an admission already recorded
+# (a retry after a lost reply), it charges nothing more and answers admitted.
 _ADMIT = (
     _COMMON
     + """
@@ -169,6 +172,7 @@ local lease_end = tonumber(ARGV[6])
 local slot_ttl = tonumber(ARGV[7])
 local record_ttl = tonumber(ARGV[8])
 local busy_retry = tonumber(ARGV[9])
+local again = redis.call('EXISTS', KEYS[2]) == 1
 local n = #KEYS - 2
 local rows, windows, admitted = {}, {}, true
 for i = 1, n do
@@ -200,10 +204,11 @@ for i = 1, n do
       end
     end
   end
+  if again then wait = 0 end
   if wait ~= 0 then admitted = false end
   rows[i] = {used, wait, amount}
 end
-if admitted then
+if admitted and not again then
   for i = 1, n do
     local key, kind = KEYS[i + 2], ARGV[8 + 2 * i]
     if kind == 'c' then
@@ -213,7 +218,7 @@ if admitted then
       charge(key, rows[i][3], now)
     end
   end
-  redis.call('SET', KEYS[2], reserve, 'PX', record_ttl)
+  redis.call('SET', KEYS[2], reserve .. ':' .. math.floor(now / BUCKET), 'PX', record_ttl)
 end
 local out = {admitted and 1 or 0, now}
 for i = 1, n do
@@ -222,7 +227,7 @@ for i = 1, n do
   local w = windows[i]
   if w ~= nil then
     if #w.idx > 0 then reset = expires_at(w.idx[#w.idx]) - now end
-    if admitted and amount > 0 then
+    if admitted and amount > 0 and not again then
       after = used + amount
       reset = expires_at(math.floor(now / BUCKET)) - now
     end
@@ -237,22 +242,24 @@ return out
 )
 
 # KEYS: clock, record, token counters..., slot keys...; ARGV: window, bucket, now ('' for a
-# release: the latest time seen), actual tokens ('' for a release), admitted bucket index,
-# id, number of token counters. Returns 1 when it ended the admission, 0 when it had ended.
+# release: the latest time seen), actual tokens ('' for a release), id, number of token
+# counters. Returns 1 when it ended the admission, 0 when it had ended. The record holds
+# "<reserved tokens>:<bucket index of the reservation>".
 _END = (
     _COMMON
     + """
-local id = ARGV[6]
-local tokens = tonumber(ARGV[7])
+local id = ARGV[5]
+local tokens = tonumber(ARGV[6])
 for i = 3 + tokens, #KEYS do redis.call('ZREM', KEYS[i], id) end
-local reserved = redis.call('GET', KEYS[2])
-if not reserved then return 0 end
+local record = redis.call('GET', KEYS[2])
+if not record then return 0 end
 redis.call('DEL', KEYS[2])
-reserved = tonumber(reserved)
+local sep = string.find(record, ':', 1, true)
+local reserved = tonumber(string.sub(record, 1, sep - 1))
+local index = tonumber(string.sub(record, sep + 1))
 local now = clock(KEYS[1], tonumber(ARGV[3]))
 local delta = -reserved
 if ARGV[4] ~= '' then delta = tonumber(ARGV[4]) - reserved end
-local index = tonumber(ARGV[5])
 for i = 3, 2 + tokens do
   if delta < 0 then refund(KEYS[i], index, -delta, now) else charge(KEYS[i], delta, now) end
 end
@@ -373,7 +380,7 @@ class RedisLimiter:
             keys.append(self._key(key))
             args += [_KIND[key[2]], limit]
         try:
-            reply = await self._admit(keys=keys, args=args)
+            reply = await self._call(self._admit, keys, args)
         except _UNREACHABLE as exc:
             self._failed(exc)
             return self._unreachable(model, reserve_tokens, now_ms)
@@ -443,12 +450,11 @@ class RedisLimiter:
             self._bucket_ms,
             "" if now_ms is None else now_ms,
             "" if actual is None else actual,
-            admission.admitted_ms // self._bucket_ms,
             admission.id,
             len(admission.token_counters),
         ]
         try:
-            await self._end(keys=keys, args=args)
+            await self._call(self._end, keys, args)
         except _UNREACHABLE as exc:
             self._failed(exc)
             log.warning(
@@ -459,6 +465,20 @@ class RedisLimiter:
             )
             return
         self._recovered()
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script``; after a connection failure, once more on a fresh connection.
+
+        Every script is safe to run twice (an admission already recorded is not charged
+        again; ending one deletes its record first; renewing sets the same lease), so a
+        reply lost with its connection is recovered, and connections that a restarted
+        Redis closed while idle are replaced instead of failing one request each.
+        """
+        try:
+            return await script(keys=keys, args=args)
+        except _UNREACHABLE:
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            return await script(keys=keys, args=args)
 
     # -- leases ---------------------------------------------------------------------
 
@@ -485,9 +505,8 @@ class RedisLimiter:
         if not keys:
             return 0
         try:
-            renewed = await self._renew(
-                keys=keys, args=[self._clock.now_ms() + self._lease_ms, 2 * self._lease_ms, *ids]
-            )
+            args = [self._clock.now_ms() + self._lease_ms, 2 * self._lease_ms, *ids]
+            renewed = await self._call(self._renew, keys, args)
         except _UNREACHABLE as exc:
             self._failed(exc)
             return 0
