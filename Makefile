@@ -37,7 +37,9 @@ lint: install-dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
+# The servers the tests start on loopback (redis-server) are installed first when missing.
 test: lint
+	bash scripts/test-services.sh
 	$(BIN)/python -m pytest -q
 
 bench: install-dev

@@ -4,7 +4,8 @@ database, opened and migrated by the composition root (``openmaas.platform``).
 ``database_url`` is SQLite in ``tmp_path``; a module overrides it to run on PostgreSQL
 (tests/store/conftest.py's ``new_pg_database``). ``platform`` is what the server and the CLI
 build on that database (ledger, accountant, administrative services) with the test's
-``clock``; ``database`` is its engine, for tests that need only the tables.
+``clock``; ``database`` is its engine, for tests that need only the tables. The throwaway Redis
+server fixtures come from tests/support/redis.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from openmaas.platform import Platform, open_platform
 from openmaas.settings import Settings
 from tests.support.clock import ManualClock
+
+pytest_plugins = ("tests.support.redis",)  # the redis_server fixtures
 
 
 @pytest.fixture

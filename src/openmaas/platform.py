@@ -2,7 +2,8 @@
 date, and builds the services on it, once, for the server, the CLI and the tests.
 
 ``open_platform(settings)`` yields a ``Platform``: the database, the ledger, the accountant
-(admission and settlement), the master key, and the three administrative services, each
+(admission and settlement) and its rate limiter (in process, or in Redis when
+``OPENMAAS_REDIS_URL`` is set), the master key, and the three administrative services, each
 built the same way for an actor (``cli:<user>``, ``key:<admin key id>``) on one unit of work
 that writes every change with its audit row. With ``serve=True`` (a serving process) it
 also starts this process's instance (an id and its liveness lock, ``store/instance.py``:
@@ -28,11 +29,13 @@ from openmaas.accounts.auth import load_master_key
 from openmaas.accounts.keycache import KeyCache, KeySource
 from openmaas.billing.accountant import Accountant
 from openmaas.billing.admin import BillingAdmin
-from openmaas.billing.limiter import InProcessLimiter
+from openmaas.billing.limiter import InProcessLimiter, Limiter
+from openmaas.billing.limiter_redis import RedisLimiter
 from openmaas.catalog.admin import CatalogAdmin
 from openmaas.catalog.reloader import CatalogManager
 from openmaas.catalog.served import ModelCatalog, build_catalog
 from openmaas.core.clock import Clock, SystemClock
+from openmaas.core.errors import ConfigurationError
 from openmaas.settings import Settings
 from openmaas.store.audit import AuditedChanges
 from openmaas.store.changes import ChangeFeed
@@ -55,6 +58,7 @@ class Platform:
     master_key: bytes = field(repr=False)
     ledger: LedgerStore
     accountant: Accountant
+    limiter: Limiter
     catalog: ModelCatalog | None = None  # serving only
     catalog_manager: CatalogManager | None = None  # serving only: the document, reloaded live
     feed: ChangeFeed | None = None  # serving only: every process's changes, polled
@@ -116,27 +120,28 @@ async def open_platform(
     catalog (``catalog``, or the one the settings and the catalog document declare),
     started."""
     ensure_home(settings)
+    clock = clock or SystemClock()
+    limiter = make_limiter(settings, clock)  # connects on first use
     database = open_database(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
     liveness: Liveness | None = None
     try:
         await migrate(database)
-        clock = clock or SystemClock()
         if serve:  # before the accountant: every request it admits names this instance
             liveness = await Liveness.start(database)
         ledger = LedgerStore(database, clock.now_ms)
         accountant = Accountant(
             database,
             ledger,
-            InProcessLimiter(),
+            limiter,
             clock,
             refresh_seconds=settings.billing_refresh_seconds,
             checkpoint_seconds=settings.checkpoint_seconds,
             liveness=liveness,
         )
         platform = Platform(
-            settings, database, clock, load_master_key(settings), ledger, accountant
+            settings, database, clock, load_master_key(settings), ledger, accountant, limiter
         )
         if not serve:
             yield platform
@@ -168,4 +173,18 @@ async def open_platform(
     finally:
         if liveness is not None:
             await liveness.stop()
+        await limiter.aclose()
         await database.dispose()
+
+
+def make_limiter(settings: Settings, clock: Clock) -> Limiter:
+    """Rate limits shared in Redis when ``OPENMAAS_REDIS_URL`` is set (many processes or
+    machines), else counted in this process (one gateway process)."""
+    if not settings.redis_url:
+        return InProcessLimiter()
+    try:
+        return RedisLimiter(
+            settings.redis_url, failure_mode=settings.redis_failure_mode, clock=clock
+        )
+    except ValueError as exc:  # redis-py's word for a URL it cannot parse
+        raise ConfigurationError(f"OPENMAAS_REDIS_URL is not a Redis URL: {exc}") from None

@@ -104,6 +104,16 @@ class Settings(BaseSettings):
         description="How often a serving process looks for processes that died with "
         "requests in flight on the same database, and settles those requests.",
     )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:6379/0) for rate-limit counters shared by every "
+        "gateway process and machine; unset: each process counts alone (in-process limiter).",
+    )
+    redis_failure_mode: Literal["closed", "open"] = Field(
+        "closed",
+        description="When Redis is unreachable: closed refuses requests that have limits "
+        "(503, retry later), open admits them without counting; /readyz says which.",
+    )
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
     secret_key: str | None = Field(
         None,

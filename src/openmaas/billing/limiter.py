@@ -1,4 +1,4 @@
-"""Rate limiting behind one interface: the in-process backend now, Redis + Lua later.
+"""Rate limiting behind one interface: in one process, or shared in Redis (limiter_redis.py).
 
 Admission calls :meth:`Limiter.admit` with the request's scopes (its key and its
 organization, from :func:`openmaas.core.tiers.scopes_for`), the model, the tokens to reserve
@@ -13,19 +13,54 @@ A backend must make each call atomic across every counter it touches: two concur
 never both see the same room, and a refusal by one scope leaves nothing reserved on another.
 :class:`InProcessLimiter` gets that from running the pure state transition of
 :class:`~openmaas.core.limits.LimitState` under a lock with no ``await`` inside; the Redis
-backend will run the same transition as one Lua script over the same counter keys.
+backend (:mod:`openmaas.billing.limiter_redis`) runs the same transition as Lua scripts over
+counter keys shared by every process. The composition root picks one: Redis when
+``OPENMAAS_REDIS_URL`` is set, else the in-process one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from openmaas.core.limits import BUCKET_MS, WINDOW_MS, Admission, LimitState, rate_limited
 from openmaas.core.tiers import Scope
 
-__all__ = ["Admission", "InProcessLimiter", "Limiter"]
+__all__ = ["Admission", "InProcessLimiter", "Limiter", "LimiterHealth"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterHealth:
+    """What ``/readyz`` says of the limiter."""
+
+    backend: str  # "in-process" or "redis"
+    reachable: bool  # the shared counters can be reached (always, in process)
+    failure_mode: str | None = None  # when they cannot: "closed" refuses, "open" admits
+    detail: str | None = None  # the last error, while unreachable
+
+    @property
+    def enforcing(self) -> bool:
+        """Whether limits are being enforced (not while failing open)."""
+        return self.reachable
+
+    @property
+    def ready(self) -> bool:
+        """Whether requests with limits can be served (failing closed refuses them)."""
+        return self.reachable or self.failure_mode == "open"
+
+    def as_json(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "backend": self.backend,
+            "status": "ok" if self.reachable else "unreachable",
+            "enforcing": self.enforcing,
+        }
+        if self.failure_mode is not None:
+            body["failure_mode"] = self.failure_mode
+        if self.detail is not None:
+            body["error"] = self.detail
+        return body
 
 
 @runtime_checkable
@@ -45,6 +80,14 @@ class Limiter(Protocol):
     async def release(self, admission: Admission) -> None:
         """The request ended before the engine ran: refund its tokens, free its slots.
         It still counts as a request. Idempotent; a no-op after :meth:`settle`."""
+        ...
+
+    async def health(self) -> LimiterHealth:
+        """Whether the counters can be reached now (``/readyz``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop background work and close connections (the composition root's exit)."""
         ...
 
 
@@ -89,6 +132,12 @@ class InProcessLimiter:
     async def release(self, admission: Admission) -> None:
         with self._lock:
             self._state.release(admission.id)
+
+    async def health(self) -> LimiterHealth:
+        return LimiterHealth(backend="in-process", reachable=True)
+
+    async def aclose(self) -> None:
+        return None
 
     @property
     def state(self) -> LimitState:

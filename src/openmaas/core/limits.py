@@ -24,7 +24,7 @@ the organization's) leaves no reservation on any other (the key's).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -282,12 +282,7 @@ class LimitState:
         if reserve_tokens < 0:
             raise ValueError("reserve_tokens must be >= 0")
         now = self._now(now_ms)
-        caps: dict[CounterKey, int] = {}  # a counter named twice is checked once, strictest cap
-        for scope in scopes:
-            for group, limits in scope.tier.counter_limits(model):
-                for key, limit in _caps(scope.key, group, limits):
-                    caps[key] = min(limit, caps.get(key, limit))
-        checks = list(caps.items())
+        checks = counter_caps(scopes, model)
 
         refusal: Refusal | None = None
         retry_ms = 0
@@ -335,17 +330,11 @@ class LimitState:
         self, checks: Sequence[tuple[CounterKey, int]], now: int
     ) -> tuple[Status | None, Status | None]:
         """The most constrained RPM and TPM counters among ``checks``, for the headers."""
-        found: dict[Dimension, Status] = {}
-        for key, limit in checks:
-            if key[2] is Dimension.CONCURRENCY:
-                continue
-            counter = self._window(key)
-            remaining = max(limit - counter.used(now), 0)
-            status = Status(limit, remaining, counter.reset_ms(now))
-            best = found.get(key[2])
-            if best is None or (remaining, -status.reset_ms) < (best.remaining, -best.reset_ms):
-                found[key[2]] = status
-        return found.get(Dimension.REQUESTS), found.get(Dimension.TOKENS)
+        return strictest(
+            (key[2], limit, self._window(key).used(now), self._window(key).reset_ms(now))
+            for key, limit in checks
+            if key[2] is not Dimension.CONCURRENCY
+        )
 
     def settle(self, admission_id: str, actual_tokens: int, now_ms: int) -> bool:
         """Correct the reservation to ``actual_tokens`` and free the slots; once per admission.
@@ -414,6 +403,31 @@ class LimitState:
         for key in idle:
             del self._windows[key]
         return len(idle)
+
+
+def counter_caps(scopes: Sequence[Scope], model: str) -> list[tuple[CounterKey, int]]:
+    """Every counter a request for ``model`` counts against and its cap, in scope order; a
+    counter named twice is checked once, with the strictest cap. Shared by every backend."""
+    caps: dict[CounterKey, int] = {}
+    for scope in scopes:
+        for group, limits in scope.tier.counter_limits(model):
+            for key, limit in _caps(scope.key, group, limits):
+                caps[key] = min(limit, caps.get(key, limit))
+    return list(caps.items())
+
+
+def strictest(
+    windows: Iterable[tuple[Dimension, int, int, int]],
+) -> tuple[Status | None, Status | None]:
+    """The headers' RPM and TPM status from ``(dimension, limit, used, reset_ms)`` of each
+    window counter of a request: the least remaining (then the latest reset) per dimension."""
+    found: dict[Dimension, Status] = {}
+    for dimension, limit, used, reset_ms in windows:
+        status = Status(limit, max(limit - used, 0), reset_ms)
+        best = found.get(dimension)
+        if best is None or (status.remaining, -reset_ms) < (best.remaining, -best.reset_ms):
+            found[dimension] = status
+    return found.get(Dimension.REQUESTS), found.get(Dimension.TOKENS)
 
 
 def _caps(scope: str, group: str, limits: Limits) -> list[tuple[CounterKey, int]]:

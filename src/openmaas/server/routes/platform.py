@@ -22,16 +22,26 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: no engine still loading, database reachable")
+@router.get(
+    "/readyz",
+    summary="Readiness: no engine still loading, database reachable, rate limits checkable",
+)
 async def readyz(request: Request) -> Response:
+    """Not ready (503) while an engine loads, the database cannot be reached, the process
+    drains, or the rate limiter's Redis is unreachable and it fails closed. Failing open, it
+    stays ready and ``limiter.enforcing`` is false."""
     state = app_state(request)
     models = state.catalog.list()
     engines = {m.name: m.engine.health().state.value for m in models}
     database = await ping(state.database)
-    ready = database and state.catalog.all_settled() and not state.lifecycle.draining
+    limiter = await state.platform.limiter.health()
+    ready = (
+        database and limiter.ready and state.catalog.all_settled() and not state.lifecycle.draining
+    )
     body = {
         "status": "ready" if ready else "not_ready",
         "database": "ok" if database else "unreachable",
+        "limiter": limiter.as_json(),
         "engines": engines,
         "in_flight": {m.name: m.engine.capacity().in_flight for m in models},
         "draining": state.lifecycle.draining,
