@@ -37,7 +37,7 @@ lint: install-dev
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-test: install-dev
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: install-dev

@@ -54,4 +54,3 @@ def test_every_import_points_inward() -> None:
         for target in _imports(path) - ALLOWED[part] - {part}:
             wrong.append(f"{path.relative_to(PACKAGE)} imports openmaas.{target}")
     assert wrong == []
-

@@ -4,14 +4,17 @@ date, and builds the services on it, once, for the server, the CLI and the tests
 ``open_platform(settings)`` yields a ``Platform``: the database, the ledger, the accountant
 (admission and settlement), the master key, and the three administrative services, each
 built the same way for an actor (``cli:<user>``, ``key:<admin key id>``) on one unit of work
-that writes every change with its audit row. With ``serve=True`` (the server) it also holds
-the database's server lock, recovers the requests a killed process left in flight, and
-builds and starts the model catalog and its reloader; leaving the ``with`` stops them and
-releases everything in the reverse order.
+that writes every change with its audit row. With ``serve=True`` (a serving process) it
+also starts this process's instance (an id and its liveness lock, ``store/instance.py``:
+any number of processes may serve from one database), recovers the requests that dead
+processes left in flight, on start and every ``recovery_seconds``, and builds and starts
+the model catalog and its reloader; leaving the ``with`` stops them and releases everything
+in the reverse order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +34,7 @@ from openmaas.core.clock import Clock, SystemClock
 from openmaas.settings import Settings
 from openmaas.store.audit import AuditedChanges
 from openmaas.store.database import migrate, open_database
-from openmaas.store.instance import acquire_server_lock
+from openmaas.store.instance import Liveness
 from openmaas.store.ledger import LedgerStore
 
 log = logging.getLogger("openmaas.platform")
@@ -73,6 +76,16 @@ class Platform:
         return await first_run(self.accounts_admin(FIRST_RUN_ACTOR), self.settings)
 
 
+async def _keep_recovering(accountant: Accountant, every_seconds: float) -> None:
+    """Recover the requests of processes that die while this one serves."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            await accountant.sweep()
+        except Exception:  # the next round tries again
+            log.exception("recovering the requests of dead processes failed")
+
+
 @asynccontextmanager
 async def open_platform(
     settings: Settings,
@@ -82,15 +95,19 @@ async def open_platform(
     serve: bool = False,
 ) -> AsyncIterator[Platform]:
     """The data directory's database, migrated, and the services on it. ``serve``: also
-    the server lock, crash recovery, and the model catalog (``catalog``, or the one the
-    settings and the catalog document declare), started."""
+    this process's instance, crash recovery (on start and periodically), and the model
+    catalog (``catalog``, or the one the settings and the catalog document declare),
+    started."""
     ensure_home(settings)
     database = open_database(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
+    liveness: Liveness | None = None
     try:
         await migrate(database)
         clock = clock or SystemClock()
+        if serve:  # before the accountant: every request it admits names this instance
+            liveness = await Liveness.start(database)
         ledger = LedgerStore(database, clock.now_ms)
         accountant = Accountant(
             database,
@@ -99,6 +116,7 @@ async def open_platform(
             clock,
             refresh_seconds=settings.billing_refresh_seconds,
             checkpoint_seconds=settings.checkpoint_seconds,
+            liveness=liveness,
         )
         platform = Platform(
             settings, database, clock, load_master_key(settings), ledger, accountant
@@ -106,11 +124,11 @@ async def open_platform(
         if not serve:
             yield platform
             return
-        server_lock = await acquire_server_lock(database)  # before recovery: one per database
+        recovered = await accountant.recover()  # what dead processes left in flight
+        if recovered:
+            log.warning("recovered %d requests left in flight by dead processes", recovered)
+        recovery = asyncio.create_task(_keep_recovering(accountant, settings.recovery_seconds))
         try:
-            recovered = await accountant.recover()  # requests a killed process left in flight
-            if recovered:
-                log.warning("recovered %d requests left in flight by a previous process", recovered)
             models = catalog or build_catalog(settings)
             manager = CatalogManager(models, settings, database, platform.master_key, clock)
             await manager.start()  # the catalog document's models join the settings' ones
@@ -121,6 +139,9 @@ async def open_platform(
                 await manager.stop()
                 await models.stop()
         finally:
-            await server_lock.release()
+            recovery.cancel()
+            await asyncio.gather(recovery, return_exceptions=True)
     finally:
+        if liveness is not None:
+            await liveness.stop()
         await database.dispose()

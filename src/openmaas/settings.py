@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         description="How often a running request's token count is saved for crash recovery "
         "(0: never; a kill -9 then releases its hold unbilled).",
     )
+    recovery_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often a serving process looks for processes that died with "
+        "requests in flight on the same database, and settles those requests.",
+    )
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
     secret_key: str | None = Field(
         None,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openmaas.accounts.auth import (
+    Authenticator,
+    Principal,
+    bearer_token,
+    load_master_key,
+    presented_token,
+)
 from openmaas.core.errors import AuthenticationFailed
 from openmaas.core.keys import (
     CredentialMissing,
@@ -19,16 +26,9 @@ from openmaas.core.keys import (
     derive_secret,
     generate_key,
 )
-from openmaas.accounts.auth import (
-    Authenticator,
-    Principal,
-    bearer_token,
-    load_master_key,
-    presented_token,
-)
 from openmaas.settings import Settings
-from openmaas.store.database import migrate, open_database
 from openmaas.store.repositories import ApiKeyRepository, OrganizationRepository
+from tests.support.clock import ManualClock
 
 NOW = 1709251200000
 MASTER = b"k" * 32
@@ -41,24 +41,19 @@ class World:
     org_id: str
     member: NewKey
     admin: NewKey
-    clock: list[int]
+    clock: ManualClock
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "auth.db"))
-    await migrate(database)
-    try:
-        org = await OrganizationRepository(database).create("acme", NOW)
-        keys = ApiKeyRepository(database)
-        member, admin = generate_key(MASTER), generate_key(MASTER)
-        await keys.create(org.id, "member key", "member", member, NOW)
-        await keys.create(org.id, "admin key", "admin", admin, NOW)
-        clock = [NOW]
-        auth = Authenticator(keys, MASTER, lambda: clock[0])
-        yield World(auth, keys, org.id, member, admin, clock)
-    finally:
-        await database.dispose()
+async def world(database: AsyncEngine) -> World:
+    org = await OrganizationRepository(database).create("acme", NOW)
+    keys = ApiKeyRepository(database)
+    member, admin = generate_key(MASTER), generate_key(MASTER)
+    await keys.create(org.id, "member key", "member", member, NOW)
+    await keys.create(org.id, "admin key", "admin", admin, NOW)
+    clock = ManualClock(NOW)
+    auth = Authenticator(keys, MASTER, clock.now_ms)
+    return World(auth, keys, org.id, member, admin, clock)
 
 
 async def test_valid_key_gives_its_principal(world: World) -> None:
@@ -74,7 +69,9 @@ async def test_admin_key_is_admin(world: World) -> None:
 
 
 @pytest.mark.parametrize("header", ["bearer {t}", "BEARER {t}", "  Bearer {t}  ", "Bearer   {t}"])
-async def test_scheme_is_case_insensitive_and_whitespace_tolerant(world: World, header: str) -> None:
+async def test_scheme_is_case_insensitive_and_whitespace_tolerant(
+    world: World, header: str
+) -> None:
     principal = await world.auth.authenticate(header.format(t=world.member.token))
     assert principal.key_id == world.member.key_id
 
@@ -172,7 +169,7 @@ async def test_valid_jwt_gives_its_principal(world: World) -> None:
 
 async def test_expired_jwt_is_refused(world: World) -> None:
     token = _jwt(world.member, ttl=1000)
-    world.clock[0] = NOW + 1000 + 60_000
+    world.clock.advance(1 + 60)  # past its expiry and the allowed clock skew
     with pytest.raises(TokenExpired):
         await world.auth.authenticate(f"Bearer {token}")
 

@@ -12,6 +12,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Accountant
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.errors import (
     BudgetExceeded,
     EngineFailure,
@@ -43,16 +47,13 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Accountant
-from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.serving.gateway import Gateway
-from openmaas.billing.limiter import InProcessLimiter
-from openmaas.store.billing import load_inflight, set_price, set_tier, update_org
-from openmaas.store.database import migrate, open_database
+from openmaas.store.billing import InFlight, load_inflight, set_price, set_tier, update_org
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository, UsageRepository
 from openmaas.store.schema import usage_records
+from tests.support.clock import ManualClock
+from tests.support.waiting import eventually
 
 NOW_MS = 1_790_000_000_000
 PROMPT = "price this prompt please"  # the fake counts 4 prompt tokens (one per word)
@@ -60,23 +61,12 @@ PROMPT = "price this prompt please"  # the fake counts 4 prompt tokens (one per 
 PRICE = ModelPrice("priced", 1_000_000, 500_000, 2_000_000, effective_from_ms=0)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now_ms(self) -> int:
-        return NOW_MS + int(self.t * 1000)
-
-    def monotonic(self) -> float:
-        return self.t
-
-
 class Rig:
-    def __init__(self, database: AsyncEngine, org_id: str) -> None:
+    def __init__(self, database: AsyncEngine, org_id: str, clock: ManualClock) -> None:
         self.database = database
         self.org_id = org_id
         self.principal = Principal(key_id="om_member", org_id=org_id, role="member")
-        self.clock = Clock()
+        self.clock = clock
         self.usage = UsageRepository(database)
         self.engines: dict[str, FakeEngine] = {}
         self.accountant = self.new_accountant()
@@ -117,13 +107,16 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "billing.db"))
-    await migrate(database)
+def clock() -> ManualClock:
+    return ManualClock(NOW_MS)
+
+
+@pytest.fixture
+async def rig(database: AsyncEngine, clock: ManualClock) -> AsyncIterator[Rig]:
     org = await OrganizationRepository(database).create("acme", NOW_MS)
     async with database.begin() as conn:
         await set_price(conn, PRICE)
-    r = Rig(database, org.id)
+    r = Rig(database, org.id, clock)
     try:
         yield r
     finally:
@@ -200,8 +193,7 @@ async def test_an_engine_that_refuses_releases_the_hold(rig: Rig) -> None:
     gateway = await rig.serve(priced={"text": "a b c", "first_token_delay": 5, "slots": 1})
     await rig.top_up(1_000)
     first = asyncio.create_task(gateway.generate(rig.principal, chat(), "chat.completions"))
-    while rig.engines["priced"].stats.streams_started == 0:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: rig.engines["priced"].stats.streams_started, what="the engine")
     with pytest.raises(EngineOverloaded):
         await gateway.generate(rig.principal, chat(), "chat.completions")
     ledger = await rig.accountant.ledger.refresh()
@@ -342,12 +334,16 @@ async def test_recovery_bills_a_killed_request_by_its_checkpoint(rig: Rig) -> No
     async with rig.database.connect() as conn:
         [row] = await load_inflight(conn)
     assert row.request_id == doomed.request_id and row.checkpoint is None  # admitted only
-    rig.clock.t += 0.5  # a checkpoint interval passes
+    rig.clock.advance(0.5)  # a checkpoint interval passes
     for _ in range(2):
         await generation.__anext__()
-    await asyncio.sleep(0.05)  # the checkpoint is written in the background
-    async with rig.database.connect() as conn:
-        [row] = await load_inflight(conn)
+
+    async def checkpointed_row() -> InFlight | None:  # written in the background
+        async with rig.database.connect() as conn:
+            [row] = await load_inflight(conn)
+        return row if row.checkpoint is not None else None
+
+    row = await eventually(checkpointed_row, what="the checkpoint")
     assert row.checkpoint is not None
     checkpointed = row.checkpoint.completion_tokens
     assert checkpointed >= 1
@@ -369,8 +365,7 @@ async def test_recovery_releases_a_request_killed_before_its_first_token(rig: Ri
     gateway = await rig.serve(priced={"text": "a b c", "first_token_delay": 5})
     await rig.top_up(1_000)
     pending = asyncio.create_task(gateway.generate(rig.principal, chat(), "chat.completions"))
-    while rig.engines["priced"].stats.streams_started == 0:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: rig.engines["priced"].stats.streams_started, what="the engine")
     restarted = rig.new_accountant()
     assert await restarted.recover() == 1
     [record] = await rig.records()
@@ -409,7 +404,8 @@ async def test_a_client_gone_during_admission_leaves_no_hold(rig: Rig) -> None:
             events = await super().execute(command, also=also)
             if isinstance(command, Hold):
                 placed.set()
-                await asyncio.sleep(0.2)  # committed; the caller waits for the answer
+                # Committed, and slow to answer: the caller is cancelled while it waits.
+                await asyncio.sleep(0.2)
             return events
 
     placed = asyncio.Event()

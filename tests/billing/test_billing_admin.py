@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -32,36 +30,18 @@ from openmaas.core.keys import generate_key
 from openmaas.core.ledger_events import Hold, Settle
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
-from openmaas.platform import Platform, open_platform
-from openmaas.settings import Settings
+from openmaas.platform import Platform
 from openmaas.store.audit import read_audit
 from openmaas.store.repositories import ApiKeyRepository
+from tests.support.clock import ManualClock
 
 NOW_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 DAY_MS = 86_400_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.ms = NOW_MS
-
-    def now_ms(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
-
-
 @pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
-    settings = Settings(home=tmp_path / "home", embedded_models=False)
-    async with open_platform(settings, clock=Clock()) as opened:
-        yield opened
-
-
-@pytest.fixture
-def database(platform: Platform) -> AsyncEngine:
-    return platform.database
+def clock() -> ManualClock:
+    return ManualClock(NOW_MS)
 
 
 @pytest.fixture

@@ -7,18 +7,11 @@ import threading
 
 import pytest
 
+from openmaas.billing.limiter import InProcessLimiter, Limiter
 from openmaas.core.errors import RateLimited
 from openmaas.core.limits import Admission, Dimension
 from openmaas.core.tiers import Limits, Scope, Tier, scopes_for
-from openmaas.billing.limiter import InProcessLimiter, Limiter
-
-
-class FakeClock:
-    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
-        self.ms = start_ms
-
-    def now_ms(self) -> int:
-        return self.ms
+from tests.support.clock import ManualClock
 
 
 def scopes(limits: Limits, org: Limits | None = None) -> list[Scope]:
@@ -37,14 +30,14 @@ async def burst(
 
     async def one() -> Admission | RateLimited:
         await start.wait()  # everyone is already waiting: they really arrive together
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: all are woken before any admits
         try:
             return await limiter.admit(scope_list, "glm-4", tokens, now_ms)
         except RateLimited as exc:
             return exc
 
     tasks = [asyncio.create_task(one()) for _ in range(n)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: every task waits on start
     start.set()
     results = await asyncio.gather(*tasks)
     admitted = [r for r in results if isinstance(r, Admission)]
@@ -57,7 +50,7 @@ def test_in_process_limiter_implements_the_protocol() -> None:
 
 
 async def test_100_simultaneous_admits_of_10_tokens_against_100_tpm_admit_exactly_10() -> None:
-    limiter, clock = InProcessLimiter(), FakeClock()
+    limiter, clock = InProcessLimiter(), ManualClock(1_700_000_000_000)
     admitted, refused = await burst(limiter, 100, scopes(Limits(tpm=100)), 10, clock.now_ms())
     assert len(admitted) == 10 and len(refused) == 90
     assert {e.limit for e in refused} == {"tokens"}
@@ -67,7 +60,7 @@ async def test_100_simultaneous_admits_of_10_tokens_against_100_tpm_admit_exactl
 
 
 async def test_100_simultaneous_admits_against_a_concurrency_cap_of_10() -> None:
-    limiter, clock = InProcessLimiter(), FakeClock()
+    limiter, clock = InProcessLimiter(), ManualClock(1_700_000_000_000)
     scope_list = scopes(Limits(concurrency=10))
     admitted, refused = await burst(limiter, 100, scope_list, 0, clock.now_ms())
     assert len(admitted) == 10 and len(refused) == 90
@@ -80,7 +73,7 @@ async def test_100_simultaneous_admits_against_a_concurrency_cap_of_10() -> None
 
 
 async def test_100_simultaneous_admits_against_60_rpm_admit_exactly_60() -> None:
-    limiter, clock = InProcessLimiter(), FakeClock()
+    limiter, clock = InProcessLimiter(), ManualClock(1_700_000_000_000)
     admitted, _ = await burst(limiter, 100, scopes(Limits(rpm=60)), 1, clock.now_ms())
     assert len(admitted) == 60
 
@@ -88,7 +81,7 @@ async def test_100_simultaneous_admits_against_60_rpm_admit_exactly_60() -> None
 async def test_burst_shared_by_two_keys_is_capped_by_the_org_and_leaves_no_stray_reservations() -> (
     None
 ):
-    limiter, clock = InProcessLimiter(), FakeClock()
+    limiter, clock = InProcessLimiter(), ManualClock(1_700_000_000_000)
     org = Tier("org", Limits(tpm=100, concurrency=7))
     a = scopes_for(org_id="o", org_tier=org, key_id="a")
     b = scopes_for(org_id="o", org_tier=org, key_id="b")
@@ -103,13 +96,13 @@ async def test_burst_shared_by_two_keys_is_capped_by_the_org_and_leaves_no_stray
 
 
 async def test_settle_refunds_and_a_later_request_fits() -> None:
-    limiter, clock = InProcessLimiter(), FakeClock()
+    limiter, clock = InProcessLimiter(), ManualClock(1_700_000_000_000)
     scope_list = scopes(Limits(tpm=1_000))
     admission = await limiter.admit(scope_list, "glm-4", 1_000, clock.now_ms())
     assert admission.headers["x-ratelimit-remaining-tokens"] == "0"
     with pytest.raises(RateLimited):
         await limiter.admit(scope_list, "glm-4", 1, clock.now_ms())
-    clock.ms += 2_000
+    clock.advance(2)
     await limiter.settle(admission, 250, clock.now_ms())
     await limiter.settle(admission, 0, clock.now_ms())  # idempotent: the first settlement holds
     nxt = await limiter.admit(scope_list, "glm-4", 750, clock.now_ms())
@@ -117,7 +110,7 @@ async def test_settle_refunds_and_a_later_request_fits() -> None:
 
 
 async def test_release_frees_the_slot_and_the_tokens() -> None:
-    limiter, clock = InProcessLimiter(), FakeClock()
+    limiter, clock = InProcessLimiter(), ManualClock(1_700_000_000_000)
     scope_list = scopes(Limits(tpm=100, concurrency=1))
     admission = await limiter.admit(scope_list, "glm-4", 100, clock.now_ms())
     await limiter.release(admission)
@@ -126,21 +119,21 @@ async def test_release_frees_the_slot_and_the_tokens() -> None:
 
 
 async def test_window_rollover_with_a_fake_clock() -> None:
-    limiter, clock = InProcessLimiter(), FakeClock(start_ms=0)
+    limiter, clock = InProcessLimiter(), ManualClock(0)
     scope_list = scopes(Limits(rpm=2))
     await limiter.admit(scope_list, "glm-4", 0, clock.now_ms())
     await limiter.admit(scope_list, "glm-4", 0, clock.now_ms())
-    clock.ms = 30_000
+    clock.advance(30)  # 30 s into the window
     with pytest.raises(RateLimited) as info:
         await limiter.admit(scope_list, "glm-4", 0, clock.now_ms())
     assert info.value.retry_after_seconds == 31.0
     assert info.value.headers["retry-after"] == "31"
-    clock.ms = 61_000
+    clock.advance(31)  # 61 s: the first admissions left the window
     await limiter.admit(scope_list, "glm-4", 0, clock.now_ms())
 
 
 async def test_refusal_by_the_org_reserves_nothing_for_the_key() -> None:
-    limiter, clock = InProcessLimiter(), FakeClock()
+    limiter, clock = InProcessLimiter(), ManualClock(1_700_000_000_000)
     scope_list = scopes(Limits(tpm=1_000), org=Limits(tpm=100))  # the key's effective TPM: 100
     sibling = scopes_for(org_id="o", org_tier=Tier("org", Limits(tpm=100)), key_id="sibling")
     await limiter.admit(sibling, "glm-4", 90, clock.now_ms())  # the org has 10 left
@@ -151,7 +144,7 @@ async def test_refusal_by_the_org_reserves_nothing_for_the_key() -> None:
 
 
 async def test_limiters_share_nothing() -> None:
-    clock = FakeClock()
+    clock = ManualClock(1_700_000_000_000)
     one, two = InProcessLimiter(), InProcessLimiter()
     scope_list = scopes(Limits(concurrency=1))
     await one.admit(scope_list, "glm-4", 0, clock.now_ms())
@@ -159,7 +152,7 @@ async def test_limiters_share_nothing() -> None:
 
 
 def test_threads_cannot_oversubscribe() -> None:
-    limiter, clock = InProcessLimiter(sweep_every=7), FakeClock()
+    limiter, clock = InProcessLimiter(sweep_every=7), ManualClock(1_700_000_000_000)
     scope_list = scopes(Limits(tpm=500, concurrency=40))
     admitted: list[Admission] = []
     barrier = threading.Barrier(16)

@@ -3,13 +3,13 @@ credentials sealed at rest (real SQLite, fake engines, a real local HTTP upstrea
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.catalog.admin import CatalogAdmin, CredentialValue, describe_model
 from openmaas.catalog.document import CatalogRejected
@@ -25,9 +25,9 @@ from openmaas.routing.router import RoutedEngine
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
 from openmaas.store.audit import AuditedChanges
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from tests.engines.upstream import Behaviour, Upstream
+from tests.support.waiting import eventually
 
 MASTER = bytes(range(32))
 SECRET = "sk-upstream-7f3a9c0e5b"
@@ -35,13 +35,6 @@ SECRET = "sk-upstream-7f3a9c0e5b"
 
 def chat_request(model: str) -> GenerationRequest:
     return GenerationRequest(new_request_id(), model, (Message(Role.USER, "hi there"),))
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def fake_model(name: str, deployment: str, text: str, token_delay: float = 0.0) -> str:
@@ -55,22 +48,17 @@ def fake_model(name: str, deployment: str, text: str, token_delay: float = 0.0) 
 
 
 class Site:
-    def __init__(self, tmp_path: Path, *, file: bool) -> None:
+    def __init__(self, tmp_path: Path, settings: Settings, database: AsyncEngine, *, file: bool):
         self.path = tmp_path / "catalog.yaml"
-        self.settings = Settings(
-            home=tmp_path / "home",
-            embedded_models=False,
-            catalog_file=self.path if file else None,
-            catalog_drain_seconds=30,
+        self.settings = settings.model_copy(
+            update={"catalog_file": self.path if file else None, "catalog_drain_seconds": 30}
         )
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.database = open_database(self.settings.resolved_database_url)
+        self.database = database
         self.base = FakeEngine("base", FakeScript(text="from settings"))
         self.catalog = ModelCatalog([ServedModel("base", self.base)], {"base-alias": "base"})
         self.manager: CatalogManager | None = None
 
     async def start(self) -> CatalogManager:
-        await migrate(self.database)
         self.manager = CatalogManager(self.catalog, self.settings, self.database, MASTER)
         await self.manager.start()
         self.catalog.start_loading()
@@ -86,19 +74,20 @@ class Site:
         if self.manager is not None:
             await self.manager.stop()
         await self.catalog.stop()
-        await self.database.dispose()
 
 
 @pytest.fixture()
-async def file_site(tmp_path: Path) -> AsyncIterator[Site]:
-    site = Site(tmp_path, file=True)
+async def file_site(
+    tmp_path: Path, settings: Settings, database: AsyncEngine
+) -> AsyncIterator[Site]:
+    site = Site(tmp_path, settings, database, file=True)
     yield site
     await site.close()
 
 
 @pytest.fixture()
-async def db_site(tmp_path: Path) -> AsyncIterator[Site]:
-    site = Site(tmp_path, file=False)
+async def db_site(tmp_path: Path, settings: Settings, database: AsyncEngine) -> AsyncIterator[Site]:
+    site = Site(tmp_path, settings, database, file=False)
     yield site
     await site.close()
 
@@ -245,7 +234,7 @@ models:
     async with db_site.database.connect() as conn:
         sealed = (await conn.execute(select(catalog_store.upstream_credentials))).one().sealed
     assert sealed.startswith("v1.") and SECRET not in sealed
-    raw = b"".join(p.read_bytes() for p in db_site.settings.home.glob("openmaas.db*"))
+    raw = b"".join(p.read_bytes() for p in db_site.path.parent.glob("openmaas.db*"))
     assert SECRET.encode() not in raw
 
     # Another master key cannot use it: the catalog is refused, naming the credential.

@@ -5,10 +5,11 @@ loop keeps answering (``tests/engines/loop_watch.py`` says how that is observed)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.catalog.reloader import CatalogManager
 from openmaas.catalog.served import ModelCatalog, ServedModel
@@ -16,7 +17,6 @@ from openmaas.engines.base import EngineState
 from openmaas.engines.embedded import chat_model_path
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.settings import Settings
-from openmaas.store.database import migrate, open_database
 from tests.engines.loop_watch import (
     ANSWERS_DURING,
     GUARD_SECONDS,
@@ -24,6 +24,7 @@ from tests.engines.loop_watch import (
     keep_asking,
     watch_llamacpp,
 )
+from tests.support.waiting import eventually
 
 MASTER = bytes(range(32))
 SMOL = f"""\
@@ -35,23 +36,17 @@ models:
 
 
 class Site:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, settings: Settings, database: AsyncEngine) -> None:
         self.path = tmp_path / "catalog.yaml"
-        self.settings = Settings(
-            home=tmp_path / "home",
-            embedded_models=False,
-            catalog_file=self.path,
-            catalog_drain_seconds=30,
-            threads=1,
+        self.settings = settings.model_copy(
+            update={"catalog_file": self.path, "catalog_drain_seconds": 30, "threads": 1}
         )
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.database = open_database(self.settings.resolved_database_url)
+        self.database = database
         base = FakeEngine("base", FakeScript(text="still here", first_token_delay=0.001))
         self.catalog = ModelCatalog([ServedModel("base", base)])
         self.manager = CatalogManager(self.catalog, self.settings, self.database, MASTER)
 
     async def start(self) -> None:
-        await migrate(self.database)
         await self.manager.start()
         self.catalog.start_loading()
         await self.catalog.wait_loaded()
@@ -59,12 +54,11 @@ class Site:
     async def close(self) -> None:
         await self.manager.stop()
         await self.catalog.stop()
-        await self.database.dispose()
 
 
 @pytest.fixture()
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    site = Site(tmp_path)
+async def site(tmp_path: Path, settings: Settings, database: AsyncEngine) -> AsyncIterator[Site]:
+    site = Site(tmp_path, settings, database)
     yield site
     await site.close()
 
@@ -74,13 +68,6 @@ def answers(monkeypatch: pytest.MonkeyPatch) -> Answers:
     watched = Answers()
     watch_llamacpp(monkeypatch, watched)
     return watched
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    deadline = asyncio.get_running_loop().time() + GUARD_SECONDS
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_requests_are_answered_while_a_model_loads_and_unloads(
@@ -102,7 +89,9 @@ async def test_requests_are_answered_while_a_model_loads_and_unloads(
         # ... and removed again: drained, stopped and freed while "base" keeps answering.
         site.path.write_text("models: []\n")
         assert await site.manager.refresh()
-        await eventually(lambda: site.manager.retiring() == 0)
+        await eventually(
+            lambda: site.manager.retiring() == 0, timeout=GUARD_SECONDS, what="smol retired"
+        )
         assert smol.health().state is EngineState.STOPPED
     finally:
         done.set()

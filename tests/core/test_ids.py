@@ -68,7 +68,9 @@ def test_entropy_of_wrong_size_is_refused(size: int) -> None:
         encode_ulid(0, bytes(size))
 
 
-@pytest.mark.parametrize("bad", ["0" * 25 + "I", "0" * 25 + "L", "0" * 25 + "O", "0" * 25 + "U", "0" * 25 + "-"])
+@pytest.mark.parametrize(
+    "bad", ["0" * 25 + "I", "0" * 25 + "L", "0" * 25 + "O", "0" * 25 + "U", "0" * 25 + "-"]
+)
 def test_decoding_a_character_outside_the_alphabet_raises_value_error(bad: str) -> None:
     with pytest.raises(ValueError):
         decode_ulid_timestamp(bad)

@@ -152,7 +152,9 @@ def test_secret_matches_only_the_right_secret() -> None:
     key, other = generate_key(), generate_key()
     assert secret_matches(key.secret, key.secret_hash)
     assert not secret_matches(other.secret, key.secret_hash)
-    assert not secret_matches(key.secret[:-1] + ("A" if key.secret[-1] != "A" else "B"), key.secret_hash)
+    assert not secret_matches(
+        key.secret[:-1] + ("A" if key.secret[-1] != "A" else "B"), key.secret_hash
+    )
     assert not secret_matches("", key.secret_hash)
     assert not secret_matches(key.secret_hash, key.secret_hash)  # the hash is not a password
 

@@ -61,7 +61,8 @@ def test_create_message(client: anthropic.Anthropic, live: LiveServer) -> None:
 
 def test_max_tokens_stop_reason(client: anthropic.Anthropic) -> None:
     message = client.messages.create(
-        model=CHAT_MODEL, max_tokens=3,
+        model=CHAT_MODEL,
+        max_tokens=3,
         messages=[{"role": "user", "content": "Write a long story about the sea."}],
     )
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 3
@@ -71,7 +72,8 @@ def test_claude_model_alias_is_served_by_the_local_model(
     client: anthropic.Anthropic, live: LiveServer
 ) -> None:
     message = client.messages.create(
-        model="claude-sonnet-4-6", max_tokens=4,
+        model="claude-sonnet-4-6",
+        max_tokens=4,
         messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
     )
     assert message.model == CHAT_MODEL
@@ -91,15 +93,21 @@ def test_stream_text_and_final_usage(client: anthropic.Anthropic, live: LiveServ
 
 
 def test_raw_stream_event_sequence(live: LiveServer, admin_key: str) -> None:
-    body = {"model": CHAT_MODEL, "max_tokens": 5, "stream": True,
-            "messages": [{"role": "user", "content": "Hi"}]}
+    body = {
+        "model": CHAT_MODEL,
+        "max_tokens": 5,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
     headers = {"x-api-key": admin_key, "anthropic-version": "2023-06-01"}
-    with httpx.stream("POST", f"{live.base_url}/v1/messages", json=body, headers=headers,
-                      timeout=60) as response:
+    with httpx.stream(
+        "POST", f"{live.base_url}/v1/messages", json=body, headers=headers, timeout=60
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        names = [line[len("event: "):] for line in response.iter_lines()
-                 if line.startswith("event: ")]
+        names = [
+            line[len("event: ") :] for line in response.iter_lines() if line.startswith("event: ")
+        ]
     assert names[:3] == ["message_start", "ping", "content_block_start"]
     assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(names[3:-3]) == {"content_block_delta"}
@@ -180,7 +188,9 @@ def test_unknown_model_is_not_found(client: anthropic.Anthropic, live: LiveServe
 def test_invalid_request_is_bad_request_naming_the_field(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         client.messages.create(
-            model=CHAT_MODEL, max_tokens=2, extra_body={"temperature": 5},
+            model=CHAT_MODEL,
+            max_tokens=2,
+            extra_body={"temperature": 5},
             messages=[{"role": "user", "content": "Hi"}],
         )
     error = info.value.body["error"]  # type: ignore[index]
@@ -191,8 +201,10 @@ def test_invalid_request_is_bad_request_naming_the_field(client: anthropic.Anthr
     ("patch", "field"),
     [
         ({"max_tokens": None}, "max_tokens"),
-        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
-         "messages[0].content[0]"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+            "messages[0].content[0]",
+        ),
     ],
 )
 def test_invalid_body_over_http(
@@ -201,8 +213,9 @@ def test_invalid_body_over_http(
     body = {"model": CHAT_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
     body.update(patch)
     body = {k: v for k, v in body.items() if v is not None}
-    response = httpx.post(f"{live.base_url}/v1/messages", json=body,
-                          headers={"x-api-key": admin_key}, timeout=10)
+    response = httpx.post(
+        f"{live.base_url}/v1/messages", json=body, headers={"x-api-key": admin_key}, timeout=10
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and field in error["message"]
@@ -225,9 +238,11 @@ def test_full_engine_is_overloaded_and_retryable(live: LiveServer, admin_key: st
 
     def call() -> None:
         try:
-            outcomes.append(sdk.messages.create(
-                model="fake-busy", max_tokens=2, messages=[{"role": "user", "content": "x"}]
-            ))
+            outcomes.append(
+                sdk.messages.create(
+                    model="fake-busy", max_tokens=2, messages=[{"role": "user", "content": "x"}]
+                )
+            )
         except anthropic.APIStatusError as exc:
             outcomes.append(exc)
 
@@ -246,7 +261,10 @@ def test_full_engine_is_overloaded_and_retryable(live: LiveServer, admin_key: st
 def test_thinking_and_tool_use_round_trip(client: anthropic.Anthropic, live: LiveServer) -> None:
     question = {"role": "user", "content": "Weather in Paris?"}
     first = client.messages.create(
-        model="claude-haiku-4-5", max_tokens=50, messages=[question], tools=[WEATHER_TOOL],
+        model="claude-haiku-4-5",
+        max_tokens=50,
+        messages=[question],
+        tools=[WEATHER_TOOL],
         thinking={"type": "enabled", "budget_tokens": 1024},
     )
     assert first.model == "fake-claude" and first.stop_reason == "tool_use"
@@ -258,14 +276,20 @@ def test_thinking_and_tool_use_round_trip(client: anthropic.Anthropic, live: Liv
     _check_usage_recorded(live, first, "fake-claude")
 
     second = client.messages.create(
-        model="claude-haiku-4-5", max_tokens=50, tools=[WEATHER_TOOL],
-        tool_choice={"type": "none"}, thinking={"type": "disabled"},
+        model="claude-haiku-4-5",
+        max_tokens=50,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "none"},
+        thinking={"type": "disabled"},
         messages=[
             question,
             {"role": "assistant", "content": [b.model_dump() for b in first.content]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": call.id, "content": "18C, sunny"}
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": call.id, "content": "18C, sunny"}
+                ],
+            },
         ],
     )
     assert second.stop_reason == "end_turn"
@@ -277,7 +301,9 @@ def test_streamed_tool_use_is_accumulated_by_the_sdk(
     client: anthropic.Anthropic, live: LiveServer
 ) -> None:
     with client.messages.stream(
-        model="claude-haiku-4-5", max_tokens=50, tools=[WEATHER_TOOL],
+        model="claude-haiku-4-5",
+        max_tokens=50,
+        tools=[WEATHER_TOOL],
         messages=[{"role": "user", "content": "Weather in Paris?"}],
     ) as stream:
         events = [event.type for event in stream]
@@ -296,7 +322,10 @@ def test_real_model_tool_use_round_trip(client: anthropic.Anthropic, live: LiveS
     answering from the tool's result: what Claude Code does on every turn."""
     question = {"role": "user", "content": "What is the weather in Paris?"}
     first = client.messages.create(
-        model="claude-sonnet-4-6", max_tokens=200, messages=[question], tools=[WEATHER_TOOL],
+        model="claude-sonnet-4-6",
+        max_tokens=200,
+        messages=[question],
+        tools=[WEATHER_TOOL],
         tool_choice={"type": "tool", "name": "get_weather"},
         extra_body={"temperature": 0},  # room for the whole constrained reply, repeatably
     )
@@ -305,13 +334,18 @@ def test_real_model_tool_use_round_trip(client: anthropic.Anthropic, live: LiveS
     assert calls and calls[0].name == "get_weather" and isinstance(calls[0].input, dict)
     _check_usage_recorded(live, first, CHAT_MODEL)
     second = client.messages.create(
-        model="claude-sonnet-4-6", max_tokens=20, tools=[WEATHER_TOOL],
+        model="claude-sonnet-4-6",
+        max_tokens=20,
+        tools=[WEATHER_TOOL],
         messages=[
             question,
             {"role": "assistant", "content": [b.model_dump() for b in first.content]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": calls[0].id, "content": "18C, sunny"}
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": calls[0].id, "content": "18C, sunny"}
+                ],
+            },
         ],
     )
     assert second.stop_reason in {"end_turn", "max_tokens", "tool_use"}
@@ -320,20 +354,29 @@ def test_real_model_tool_use_round_trip(client: anthropic.Anthropic, live: LiveS
 
 def test_openapi_document_describes_the_messages_routes(live: LiveServer) -> None:
     spec = httpx.get(f"{live.base_url}/openapi.json", timeout=10).json()
-    for path, model in (("/v1/messages", "AnthropicMessagesRequest"),
-                        ("/v1/messages/count_tokens", "AnthropicCountTokensRequest")):
+    for path, model in (
+        ("/v1/messages", "AnthropicMessagesRequest"),
+        ("/v1/messages/count_tokens", "AnthropicCountTokensRequest"),
+    ):
         body = spec["paths"][path]["post"]["requestBody"]
         assert body["content"]["application/json"]["schema"]["$ref"].endswith("/" + model)
         assert "messages" in spec["components"]["schemas"][model]["properties"]
 
 
-def test_stream_cut_by_client_is_billed_for_what_was_made(
-    live: LiveServer, admin_key: str
-) -> None:
-    body = {"model": "fake-slow", "max_tokens": 400, "stream": True,
-            "messages": [{"role": "user", "content": "Go on."}]}
-    with httpx.stream("POST", f"{live.base_url}/v1/messages", json=body,
-                      headers={"x-api-key": admin_key}, timeout=30) as response:
+def test_stream_cut_by_client_is_billed_for_what_was_made(live: LiveServer, admin_key: str) -> None:
+    body = {
+        "model": "fake-slow",
+        "max_tokens": 400,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Go on."}],
+    }
+    with httpx.stream(
+        "POST",
+        f"{live.base_url}/v1/messages",
+        json=body,
+        headers={"x-api-key": admin_key},
+        timeout=30,
+    ) as response:
         request_id = response.headers["x-request-id"]
         deltas = 0
         for line in response.iter_lines():

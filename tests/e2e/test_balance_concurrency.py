@@ -14,7 +14,7 @@ import pytest
 from openmaas.core.ledger_events import cash
 from openmaas.core.prices import LINE_SLACK, AppliedPrice, ModelPrice
 from tests.e2e.live import LiveServer
-from tests.e2e.test_crash_recovery import assert_balanced, read_books, rows, seed
+from tests.e2e.test_crash_recovery import assert_balanced, read_books, seed
 
 MODEL = "fake-quota"
 PROMPT = "hello there"  # the fake engine counts 2 prompt tokens (words)
@@ -53,7 +53,7 @@ def live(tmp_path: Path) -> Iterator[LiveServer]:
 
 
 async def test_200_requests_at_once_never_overdraw_a_balance_for_10(live: LiveServer) -> None:
-    org = await seed(live.home, [PRICE], TOP_UP)
+    org = await seed(live, [PRICE], TOP_UP)
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": [{"role": "user", "content": PROMPT}],
@@ -79,7 +79,7 @@ async def test_200_requests_at_once_never_overdraw_a_balance_for_10(live: LiveSe
     for response in ok:
         assert response.json()["usage"]["total_tokens"] == PROMPT_TOKENS + MAX_TOKENS
 
-    books = await read_books(live.home, org)
+    books = await read_books(live, org)
     assert set(books.usage) == {r.headers["x-request-id"] for r in ok}
     assert all(r["cost_micros"] == CHARGE for r in books.usage.values())
     assert books.cash == AFFORDABLE * LINE_SLACK
@@ -87,8 +87,7 @@ async def test_200_requests_at_once_never_overdraw_a_balance_for_10(live: LiveSe
     # Never below 0, in any committed state: replay the cash account's entries in order.
     balance, lowest = 0, 0
     account = cash(org)
-    for entry in rows(
-        live.home,
+    for entry in live.rows(
         "SELECT debit, credit, amount FROM ledger_entries"
         " WHERE debit = ? OR credit = ? ORDER BY event_seq, id",
         account, account,

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,16 +14,10 @@ import pytest
 
 from tests.e2e.live import LiveServer
 from tests.engines.upstream import Behaviour, Upstream
+from tests.support.waiting import wait_until
 
 SECRET = "sk-cloud-Zq81vT3mXw0"
 WORDS = " ".join(f"w{i}" for i in range(40))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def relay_model(name: str, deployment: str, base_url: str, extra: str = "") -> str:
@@ -64,13 +57,10 @@ def upstream() -> Iterator[Upstream]:
 def file_server(
     tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
 ) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("catalog-file")
-    path = root / "catalog.yaml"
-    path.write_text("models:\n" + relay_model("relay", "relay-1", upstream.base_url))
     server = LiveServer(
-        root / "home",
+        tmp_path_factory.mktemp("catalog-file") / "home",
+        catalog="models:\n" + relay_model("relay", "relay-1", upstream.base_url),
         embedded_models="false",
-        catalog_file=str(path),
         catalog_poll_seconds=0.2,
         catalog_drain_seconds=30,
     )
@@ -107,7 +97,7 @@ def model_ids(client: httpx.Client) -> set[str]:
 def test_a_file_edit_applies_while_a_stream_is_in_flight(
     file_server: LiveServer, upstream: Upstream
 ) -> None:
-    path = Path(file_server.env["OPENMAAS_CATALOG_FILE"])
+    path = file_server.catalog_file
     with admin_client(file_server) as client:
         assert model_ids(client) == {"relay"}
         body = {
@@ -121,7 +111,7 @@ def test_a_file_edit_applies_while_a_stream_is_in_flight(
             first = next(line for line in lines if '"content":"w0' in line.replace(" ", ""))
             # Mid-stream: "relay" is removed and "newcomer" appears.
             path.write_text("models:\n" + fake_model("newcomer", "fresh words"))
-            wait_until(lambda: model_ids(client) == {"newcomer"})
+            wait_until(lambda: model_ids(client) == {"newcomer"}, what="the edit applied")
             refused = chat(client, "relay")
             assert refused.status_code == 404
             assert chat(client, "newcomer").json()["choices"][0]["message"]["content"] == (
@@ -142,7 +132,7 @@ def test_a_file_edit_applies_while_a_stream_is_in_flight(
 
         # An invalid edit: logged with its line and field, the running catalog stays.
         path.write_text("models:\n  - name: newcomer\n    deployments:\n      - id: x\n")
-        wait_until(lambda: "catalog change refused" in file_server.stderr)
+        wait_until(lambda: "catalog change refused" in file_server.stderr, what="the refusal")
         assert f"{path}:4: models[0].deployments[0].engine: is required" in file_server.stderr
         assert client.get("/admin/v1/catalog").json()["version"] == catalog["version"]
         assert chat(client, "newcomer").status_code == 200
@@ -281,7 +271,7 @@ def test_the_cli_stores_a_catalog_the_running_server_applies(
     assert "valid, 2 models, 2 deployments" in db_server.cli("catalog", "check", str(good)).stdout
     db_server.cli("catalog", "apply", str(good))
     with admin_client(db_server) as client:
-        wait_until(lambda: "from-cli" in model_ids(client))
+        wait_until(lambda: "from-cli" in model_ids(client), what="the stored catalog applied")
         assert chat(client, "from-cli").json()["choices"][0]["message"]["content"] == "cli words"
         assert "cloud" not in model_ids(client)  # the API's document was replaced
     assert db_server.cli("catalog", "show").stdout == good.read_text()

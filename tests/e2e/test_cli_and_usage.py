@@ -44,19 +44,27 @@ def test_each_organization_sees_only_its_own_usage(live: LiveServer) -> None:
     chat(globex, "one two three", 1)
 
     def usage(key: str) -> dict:
-        response = httpx.get(f"{live.base_url}/v1/usage", headers={"Authorization": f"Bearer {key}"})
+        response = httpx.get(
+            f"{live.base_url}/v1/usage", headers={"Authorization": f"Bearer {key}"}
+        )
         assert response.status_code == 200
         return response.json()
 
     acme_usage, globex_usage = usage(acme), usage(globex)
     assert acme_usage["organization"] != globex_usage["organization"]
-    assert [(d["model"], d["requests"], d["prompt_tokens"], d["completion_tokens"])
-            for d in acme_usage["data"]] == [("fake-echo", 2, 4, 10)]
-    assert [(d["model"], d["requests"], d["prompt_tokens"])
-            for d in globex_usage["data"]] == [("fake-echo", 1, 3)]
+    assert [
+        (d["model"], d["requests"], d["prompt_tokens"], d["completion_tokens"])
+        for d in acme_usage["data"]
+    ] == [("fake-echo", 2, 4, 10)]
+    assert [(d["model"], d["requests"], d["prompt_tokens"]) for d in globex_usage["data"]] == [
+        ("fake-echo", 1, 3)
+    ]
 
     table = live.cli("usage", "--org", "acme").stdout
     assert "fake-echo" in table and "10" in table
-    bad_date = httpx.get(f"{live.base_url}/v1/usage", params={"start_date": "yesterday"},
-                         headers={"Authorization": f"Bearer {acme}"})
+    bad_date = httpx.get(
+        f"{live.base_url}/v1/usage",
+        params={"start_date": "yesterday"},
+        headers={"Authorization": f"Bearer {acme}"},
+    )
     assert bad_date.status_code == 400 and bad_date.json()["error"]["param"] == "start_date"

@@ -12,24 +12,31 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import closing
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from openmaas.core.clock import SystemClock
 from openmaas.core.ledger_events import TopUp, cash, held, system
 from openmaas.core.money import Currency
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.store.billing import set_price
 from openmaas.store.database import open_database
 from openmaas.store.ledger import LedgerStore
+from openmaas.store.schema import (
+    inflight,
+    ledger_entries,
+    ledger_events,
+    organizations,
+    usage_records,
+)
 from tests.e2e.live import LiveServer
+from tests.support.waiting import eventually
 
 PROMPT = "tell me a long story"  # the fake engine counts 5 prompt tokens (words)
 PROMPT_TOKENS = 5
@@ -74,38 +81,30 @@ def chat(model: str, *, stream: bool = True, max_tokens: int = MAX_TOKENS) -> di
     }
 
 
-def rows(home: Path, query: str, *args: Any) -> list[dict[str, Any]]:
-    with closing(sqlite3.connect(home / "openmaas.db")) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(query, args).fetchall()]
-
-
-async def apoll(what: str, condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-    return found
-
-
 # -- seeding and reading the books, through the store as another process would ---------
 
 
-def default_org(home: Path) -> str:
-    return str(rows(home, "SELECT id FROM organizations WHERE name = 'default'")[0]["id"])
+def sqlite_url(home: Path) -> str:
+    return f"sqlite+aiosqlite:///{home / 'openmaas.db'}"
 
 
-async def seed(home: Path, prices: list[ModelPrice], top_up: int, topup_id: str = "t1") -> str:
+async def seed(
+    live: LiveServer, prices: list[ModelPrice], top_up: int, topup_id: str = "t1"
+) -> str:
     """Prices and a top-up of the default organization, written while the server runs."""
-    org = default_org(home)
-    engine = open_database(f"sqlite+aiosqlite:///{home / 'openmaas.db'}")
+    return await seed_at(sqlite_url(live.home), prices, top_up, topup_id)
+
+
+async def seed_at(url: str, prices: list[ModelPrice], top_up: int, topup_id: str = "t1") -> str:
+    """``seed`` on the database at ``url`` (SQLite or PostgreSQL); returns the organization."""
+    engine = open_database(url)
     try:
         async with engine.begin() as conn:
+            named = select(organizations.c.id).where(organizations.c.name == "default")
+            org = str((await conn.execute(named)).scalar_one())
             for price in prices:
                 await set_price(conn, price)
-        await LedgerStore(engine, lambda: int(time.time() * 1000)).execute(
-            TopUp(topup_id, org, top_up)
-        )
+        await LedgerStore(engine, SystemClock().now_ms).execute(TopUp(topup_id, org, top_up))
     finally:
         await engine.dispose()
     return org
@@ -124,35 +123,50 @@ class Books:
     inflight: list[dict[str, Any]]
 
 
-async def read_books(home: Path, org: str) -> Books:
-    engine = open_database(f"sqlite+aiosqlite:///{home / 'openmaas.db'}")
+async def read_books(live: LiveServer, org: str) -> Books:
+    return await read_books_at(sqlite_url(live.home), org)
+
+
+async def read_books_at(url: str, org: str) -> Books:
+    """The ledger, the usage records and what is left in flight, as another process reads
+    them from the database at ``url`` (SQLite or PostgreSQL)."""
+    revenue = system(Currency.CNY.value, "revenue")
+    e = ledger_entries.c
+    engine = open_database(url)
     try:
-        ledger = await LedgerStore(engine, lambda: int(time.time() * 1000)).refresh()
+        ledger = await LedgerStore(engine, SystemClock().now_ms).refresh()
+        async with engine.connect() as conn:
+            credits = select(func.coalesce(func.sum(e.amount), 0)).where(e.credit == revenue)
+            debits = select(func.coalesce(func.sum(e.amount), 0)).where(e.debit == revenue)
+            net = int((await conn.execute(credits)).scalar_one()) - int(
+                (await conn.execute(debits)).scalar_one()
+            )
+            holds: dict[str, int] = {}
+            placed = select(ledger_events.c.request_id, ledger_events.c.body).where(
+                ledger_events.c.kind == "hold_placed"
+            )
+            for request_id, body in await conn.execute(placed):
+                assert request_id not in holds, "two holds for one request"
+                holds[request_id] = json.loads(body)["promo"] + json.loads(body)["cash"]
+            usage = {
+                r.request_id: dict(r._mapping) for r in await conn.execute(select(usage_records))
+            }
+            left = [
+                dict(r._mapping)
+                for r in await conn.execute(select(inflight).order_by(inflight.c.request_id))
+            ]
     finally:
         await engine.dispose()
-    revenue = system(Currency.CNY.value, "revenue")
-    sums = rows(
-        home,
-        "SELECT (SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE credit = ?)"
-        " - (SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE debit = ?) AS net",
-        revenue, revenue,
-    )  # fmt: skip
-    holds: dict[str, int] = {}
-    for row in rows(home, "SELECT request_id, body FROM ledger_events WHERE kind='hold_placed'"):
-        body = json.loads(row["body"])
-        assert row["request_id"] not in holds, "two holds for one request"
-        holds[row["request_id"]] = body["promo"] + body["cash"]
-    usage = {r["request_id"]: r for r in rows(home, "SELECT * FROM usage_records")}
     return Books(
         totals=ledger.totals_by_unit(),
         open_holds=ledger.open_holds(),
         cash=ledger.balance(cash(org)),
         held=ledger.balance(held(org)),
         revenue=ledger.balance(revenue),
-        revenue_sql=int(sums[0]["net"]),
+        revenue_sql=net,
         holds=holds,
         usage=usage,
-        inflight=rows(home, "SELECT * FROM inflight"),
+        inflight=left,
     )
 
 
@@ -182,16 +196,15 @@ def assert_balanced(books: Books, top_up: int) -> None:
 @pytest.fixture()
 async def server(tmp_path: Path) -> AsyncIterator[tuple[LiveServer, str]]:
     live = LiveServer(tmp_path / "home", **SETTINGS).start()
-    org = await seed(live.home, PRICES, TOP_UP)
+    org = await seed(live, PRICES, TOP_UP)
     try:
         yield live, org
     finally:
-        live.stop(signal.SIGKILL)
+        live.kill()
 
 
 def kill_and_restart(live: LiveServer) -> None:
-    assert live.stop(signal.SIGKILL) == -signal.SIGKILL
-    live.start()  # ready only once recovery has run
+    assert live.restart(signal.SIGKILL) == -signal.SIGKILL  # ready only once recovery has run
 
 
 def client(live: LiveServer) -> httpx.AsyncClient:
@@ -231,7 +244,7 @@ async def test_kill_before_any_request_leaves_the_books_as_they_were(
 ) -> None:
     live, org = server
     kill_and_restart(live)
-    books = await read_books(live.home, org)
+    books = await read_books(live, org)
     assert books.usage == {} and books.holds == {}
     assert books.cash == TOP_UP and books.revenue == 0
     assert_balanced(books, TOP_UP)
@@ -246,16 +259,16 @@ async def test_kill_before_the_first_token_is_free(server: tuple[LiveServer, str
             asyncio.create_task(http.post("/v1/chat/completions", json=chat(STUCK)))
             for _ in range(2)
         ]
-        left = await apoll(
-            "two held requests in flight",
-            lambda: len(r := rows(live.home, "SELECT * FROM inflight")) == 2 and r,
+        left = await eventually(
+            lambda: len(r := live.rows("SELECT * FROM inflight")) == 2 and r,
+            what="two held requests in flight",
         )
         assert all(r["checkpoint_at_ms"] is None for r in left)
         kill_and_restart(live)
         for outcome in await asyncio.gather(*waiting, return_exceptions=True):
             assert isinstance(outcome, httpx.HTTPError), outcome  # the server died mid-request
 
-    books = await read_books(live.home, org)
+    books = await read_books(live, org)
     assert set(books.usage) == {r["request_id"] for r in left}
     for record in books.usage.values():
         assert record["termination"] == "gateway_killed"
@@ -280,20 +293,19 @@ async def test_kill_mid_stream_bills_the_last_checkpoint_once(
         streams = [
             asyncio.create_task(stream_until_cut(http, chat(SLOW), seen, ids)) for _ in range(4)
         ]
-        await apoll("four streams with 10 tokens each",
-                    lambda: len(seen) == 4 and min(seen.values()) >= 10)  # fmt: skip
-        checkpoints = await apoll(
-            "a checkpoint of every stream past its first tokens",
-            lambda: len(r := rows(
-                live.home, "SELECT * FROM inflight WHERE completion_tokens >= 10"
-            )) == 4 and r,
+        await eventually(lambda: len(seen) == 4 and min(seen.values()) >= 10,
+                         what="four streams with 10 tokens each")  # fmt: skip
+        checkpoints = await eventually(
+            lambda: len(r := live.rows("SELECT * FROM inflight WHERE completion_tokens >= 10"))
+            == 4 and r,
+            what="a checkpoint of every stream past its first tokens",
         )  # fmt: skip
         kill_and_restart(live)
         assert await asyncio.gather(*streams) == [False] * 4, "a stream ended before the kill"
     checkpointed = {r["request_id"]: r["completion_tokens"] for r in checkpoints}
     assert set(checkpointed) == set(ids)
 
-    books = await read_books(live.home, org)
+    books = await read_books(live, org)
     assert set(books.usage) == {finished_id, *ids}
     finished = books.usage[finished_id]
     assert finished["termination"] == "length"
@@ -310,7 +322,7 @@ async def test_kill_mid_stream_bills_the_last_checkpoint_once(
 
     # A second crash with nothing in flight recovers nothing again: the books stay put.
     kill_and_restart(live)
-    again = await read_books(live.home, org)
+    again = await read_books(live, org)
     assert again == books
 
 
@@ -325,7 +337,7 @@ async def test_kill_right_after_a_stream_finished_bills_it_once(
         kill_and_restart(live)  # at once: [DONE] was the last thing the server sent
     (request_id,) = ids
 
-    books = await read_books(live.home, org)
+    books = await read_books(live, org)
     assert list(books.usage) == [request_id]
     record = books.usage[request_id]
     # The record was durable before the client saw the end: not recovered, not re-billed.
@@ -343,20 +355,22 @@ async def test_a_second_process_starting_does_not_recover_live_requests(
         running = asyncio.create_task(
             http.post("/v1/chat/completions", json=chat(SLOW, stream=False, max_tokens=150))
         )
-        await apoll(
-            "a checkpoint of the running request",
-            lambda: rows(live.home, "SELECT * FROM inflight WHERE completion_tokens > 0"),
+        await eventually(
+            lambda: live.rows("SELECT * FROM inflight WHERE completion_tokens > 0"),
+            what="a checkpoint of the running request",
         )
-        # A second gateway on the same database (several processes, or a rolling restart).
-        second = LiveServer(live.home, **SETTINGS)
-        second.stdout_path, second.stderr_path = tmp_path / "2.stdout", tmp_path / "2.stderr"
-        with pytest.raises(RuntimeError, match="server exited early"):
-            second.start()  # refuses: recovering now would settle the live request
-        assert "Another OpenMaaS server is already serving from this database" in second.stderr
-        response = await running
+        # A second gateway on the same database (several processes, or a rolling restart):
+        # it starts, and its recovery leaves the first one's live request alone.
+        second = LiveServer(
+            live.home, logs=tmp_path / "second", **SETTINGS, recovery_seconds="0.2"
+        ).start()
+        try:
+            response = await running
+        finally:
+            second.stop()
     assert response.status_code == 200, response.text
     request_id = response.headers["x-request-id"]
-    books = await read_books(live.home, org)
+    books = await read_books(live, org)
     record = books.usage[request_id]
     assert (record["termination"], record["completion_tokens"]) == ("length", 150)
     assert record["cost_micros"] == cost_of(PROMPT_TOKENS, 150)
@@ -369,12 +383,12 @@ async def test_kill_before_the_first_token_of_an_unpriced_request_still_records_
     live, org = server
     async with client(live) as http:
         waiting = asyncio.create_task(http.post("/v1/chat/completions", json=chat(UNPRICED_STUCK)))
-        await apoll(
-            "the request in the engine",
-            lambda: httpx.get(f"{live.base_url}/readyz").json()["in_flight"][UNPRICED_STUCK],
+        await eventually(
+            lambda: live.in_flight(UNPRICED_STUCK),
+            what="the request in the engine",
         )
         kill_and_restart(live)
         (outcome,) = await asyncio.gather(waiting, return_exceptions=True)
         assert isinstance(outcome, httpx.HTTPError), outcome
-    books = await read_books(live.home, org)
+    books = await read_books(live, org)
     assert [r["termination"] for r in books.usage.values()] == ["gateway_killed"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
 from tests.e2e.live import CHAT_MODEL, LiveServer
+from tests.support.waiting import wait_until
 
 LONG = {
     "model": CHAT_MODEL,
@@ -17,15 +16,8 @@ LONG = {
 }
 
 
-def _in_flight(live: LiveServer, model: str) -> int:
-    return int(httpx.get(f"{live.base_url}/readyz").json()["in_flight"][model])
-
-
-def _wait_idle(live: LiveServer, model: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _in_flight(live, model) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _in_flight(live, model) == 0
+def _wait_idle(live: LiveServer, model: str) -> None:
+    wait_until(lambda: live.in_flight(model) == 0, what=f"{model} idle")
 
 
 @pytest.mark.parametrize("model", [CHAT_MODEL, "fake-slow"])
@@ -34,8 +26,11 @@ def test_stream_cut_by_client_stops_engine_and_is_billed_for_what_was_made(
 ) -> None:
     headers = {"Authorization": f"Bearer {admin_key}"}
     with httpx.stream(
-        "POST", f"{live.base_url}/v1/chat/completions",
-        json={**LONG, "model": model, "stream": True}, headers=headers, timeout=30,
+        "POST",
+        f"{live.base_url}/v1/chat/completions",
+        json={**LONG, "model": model, "stream": True},
+        headers=headers,
+        timeout=30,
     ) as response:
         request_id = response.headers["x-request-id"]
         seen = 0
@@ -57,27 +52,25 @@ def test_non_streamed_request_cut_by_client_stops_engine(live: LiveServer, admin
     headers = {"Authorization": f"Bearer {admin_key}"}
     before = _rows_for(live, "fake-slow", "client_disconnected")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{live.base_url}/v1/chat/completions", json={**LONG, "model": "fake-slow"},
-                   headers=headers, timeout=1.0)
+        httpx.post(
+            f"{live.base_url}/v1/chat/completions",
+            json={**LONG, "model": "fake-slow"},
+            headers=headers,
+            timeout=1.0,
+        )
     _wait_idle(live, "fake-slow")
-    deadline = time.monotonic() + 5
-    while len(rows := _rows_for(live, "fake-slow", "client_disconnected")) == len(before):
-        assert time.monotonic() < deadline, "no usage record for the abandoned request"
-        time.sleep(0.05)
-    (new,) = [r for r in rows if r not in before]
+    (new,) = wait_until(
+        lambda: [r for r in _rows_for(live, "fake-slow", "client_disconnected") if r not in before],
+        what="the usage record of the abandoned request",
+    )
     assert 0 < new["completion_tokens"] < 400
 
 
 def _rows_for(live: LiveServer, model: str, termination: str) -> list[dict]:
-    import sqlite3
-
-    with sqlite3.connect(live.home / "openmaas.db") as conn:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute(
-            "SELECT * FROM usage_records WHERE model = ? AND termination = ? AND endpoint = ?",
-            (model, termination, "chat.completions"),
-        ).fetchall()
-    return [dict(r) for r in rows]
+    return live.rows(
+        "SELECT * FROM usage_records WHERE model = ? AND termination = ? AND endpoint = ?",
+        model, termination, "chat.completions",
+    )  # fmt: skip
 
 
 def test_client_gone_before_the_first_token_stops_the_queued_request(
@@ -87,13 +80,16 @@ def test_client_gone_before_the_first_token_stops_the_queued_request(
     headers = {"Authorization": f"Bearer {admin_key}"}
     before = _rows_for(live, "fake-busy", "client_disconnected")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{live.base_url}/v1/chat/completions", headers=headers, timeout=0.5,
-                   json={"model": "fake-busy", "messages": [{"role": "user", "content": "hi"}]})
+        httpx.post(
+            f"{live.base_url}/v1/chat/completions",
+            headers=headers,
+            timeout=0.5,
+            json={"model": "fake-busy", "messages": [{"role": "user", "content": "hi"}]},
+        )
     _wait_idle(live, "fake-busy")
-    deadline = time.monotonic() + 5
-    while len(rows := _rows_for(live, "fake-busy", "client_disconnected")) == len(before):
-        assert time.monotonic() < deadline, "no usage record for the abandoned request"
-        time.sleep(0.05)
-    (new,) = [r for r in rows if r not in before]
+    (new,) = wait_until(
+        lambda: [r for r in _rows_for(live, "fake-busy", "client_disconnected") if r not in before],
+        what="the usage record of the abandoned request",
+    )
     # Stopped in the queue: had it run on to its first token, that token would be recorded.
     assert new["completion_tokens"] == 0 and new["ttft_ms"] is None

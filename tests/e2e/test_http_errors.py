@@ -25,8 +25,13 @@ def _error(response: httpx.Response, status: int) -> dict:
 def test_malformed_json_is_400_and_reaches_no_engine(http: httpx.Client, live: LiveServer) -> None:
     before = live.usage_count()
     error = _error(
-        http.post("/v1/chat/completions", content=b'{"model": "x", "messages": [',
-                  headers={"content-type": "application/json"}), 400)
+        http.post(
+            "/v1/chat/completions",
+            content=b'{"model": "x", "messages": [',
+            headers={"content-type": "application/json"},
+        ),
+        400,
+    )
     assert "JSON" in error["message"] and error["type"] == "invalid_request_error"
     assert live.usage_count() == before
 
@@ -41,7 +46,10 @@ def test_malformed_json_is_400_and_reaches_no_engine(http: httpx.Client, live: L
         ({"n": 3}, "n"),
         ({"top_p": "high"}, "top_p"),
         ({"stream": "yes please"}, "stream"),
-        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "bad name"}}]},
+            "tools[0].function.name",
+        ),
         ({"tool_choice": "required"}, "tool_choice"),
     ],
 )
@@ -53,7 +61,8 @@ def test_invalid_field_is_400_naming_it(http: httpx.Client, patch: dict, param: 
 
 def test_missing_model_field_is_named(http: httpx.Client) -> None:
     assert _error(http.post("/v1/chat/completions", json={"messages": []}), 400)["param"] in {
-        "model", "messages",
+        "model",
+        "messages",
     }
 
 
@@ -78,7 +87,9 @@ def test_bad_credentials_are_401(live: LiveServer, headers: dict) -> None:
 def test_wrong_secret_for_a_real_key_id_is_401(live: LiveServer, admin_key: str) -> None:
     key_id = admin_key.split(".")[0]
     forged = f"{key_id}.{'B' * 43}"
-    response = httpx.get(f"{live.base_url}/v1/models", headers={"Authorization": f"Bearer {forged}"})
+    response = httpx.get(
+        f"{live.base_url}/v1/models", headers={"Authorization": f"Bearer {forged}"}
+    )
     _error(response, 401)
 
 
@@ -114,11 +125,15 @@ def test_wrong_kind_of_model_is_400(http: httpx.Client) -> None:
 
 def test_embedding_dimensions_are_refused_clearly(http: httpx.Client) -> None:
     error = _error(
-        http.post("/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": "x", "dimensions": 128}),
+        http.post(
+            "/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": "x", "dimensions": 128}
+        ),
         400,
     )
     assert error["param"] == "dimensions" and "384" in error["message"]
-    ok = http.post("/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": "x", "dimensions": 384})
+    ok = http.post(
+        "/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": "x", "dimensions": 384}
+    )
     assert ok.status_code == 200
 
 
@@ -127,12 +142,14 @@ def test_oversize_body_is_413(http: httpx.Client, live: LiveServer) -> None:
     huge = {**CHAT, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}
     error = _error(http.post("/v1/chat/completions", json=huge), 413)
     assert error["code"] == "request_too_large"
+
     # A body that lies about its length is cut off all the same.
     def chunks():
         yield b'{"model": "x", "messages": [{"role": "user", "content": "'
         for _ in range(6):
             yield b"y" * (1024 * 1024)
         yield b'"}]}'
+
     _error(http.post("/v1/chat/completions", content=chunks()), 413)
     assert live.usage_count() == before
 
@@ -163,8 +180,11 @@ def test_full_engine_queue_is_429_with_retry_after(live: LiveServer, admin_key: 
 
     def call() -> None:
         try:
-            responses.append(httpx.post(f"{live.base_url}/v1/chat/completions", json=busy,
-                                        headers=headers, timeout=10))
+            responses.append(
+                httpx.post(
+                    f"{live.base_url}/v1/chat/completions", json=busy, headers=headers, timeout=10
+                )
+            )
         except httpx.HTTPError as exc:
             responses.append(exc)
 
@@ -195,10 +215,11 @@ def test_engine_error_mid_stream_ends_the_stream_with_an_error_event(
     http: httpx.Client, live: LiveServer
 ) -> None:
     response = http.post(
-        "/v1/chat/completions", json={**CHAT, "model": "fake-fail-mid", "stream": True, "max_tokens": 50}
+        "/v1/chat/completions",
+        json={**CHAT, "model": "fake-fail-mid", "stream": True, "max_tokens": 50},
     )
     assert response.status_code == 200
-    events = [e[len("data: "):] for e in response.text.split("\n\n") if e]
+    events = [e[len("data: ") :] for e in response.text.split("\n\n") if e]
     assert events[-1] == "[DONE]"
     assert '"error"' in events[-2] and "engine_error" in events[-2]
     row = live.usage_row(response.headers["x-request-id"])
@@ -221,8 +242,16 @@ def test_health_and_readiness(live: LiveServer) -> None:
 
 def test_openapi_document_describes_the_routes(live: LiveServer) -> None:
     spec = httpx.get(f"{live.base_url}/openapi.json").json()
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-                 "/v1/models/{model_id}", "/v1/usage", "/healthz", "/readyz"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/models/{model_id}",
+        "/v1/usage",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in spec["paths"], path
     body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
     ref = body["content"]["application/json"]["schema"]["$ref"].split("/")[-1]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import openai
 
 from tests.e2e.live import CHAT_MODEL, LiveServer
+from tests.support.waiting import wait_until
 
 FAKE = {"fake-slow": {"text": " ".join(f"w{i}" for i in range(400)), "token_delay": 0.02}}
 
@@ -40,8 +41,9 @@ def test_first_start_prints_a_working_key_once_and_later_starts_reuse_data(tmp_p
     try:
         assert key not in server.stdout[printed:]
         # The same key still works and the usage from before the restart is still there.
-        usage = httpx.get(f"{server.base_url}/v1/usage",
-                          headers={"Authorization": f"Bearer {key}"}).json()
+        usage = httpx.get(
+            f"{server.base_url}/v1/usage", headers={"Authorization": f"Bearer {key}"}
+        ).json()
         (day,) = usage["data"]
         assert (day["model"], day["requests"], day["completion_tokens"]) == ("fake-slow", 1, 3)
     finally:
@@ -52,31 +54,38 @@ def test_first_start_prints_a_working_key_once_and_later_starts_reuse_data(tmp_p
 def test_sigterm_lets_inflight_streams_finish_and_records_them(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "home").start()  # the real embedded models
     key = server.admin_key
-    result: dict = {}
+    result: dict = {"lines": []}
 
     def stream() -> None:
         with httpx.stream(
-            "POST", f"{server.base_url}/v1/chat/completions",
+            "POST",
+            f"{server.base_url}/v1/chat/completions",
             headers={"Authorization": f"Bearer {key}"},
-            json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Tell a story."}],
-                  "max_tokens": 120, "ignore_eos": True, "stream": True,
-                  "stream_options": {"include_usage": True}},
+            json={
+                "model": CHAT_MODEL,
+                "messages": [{"role": "user", "content": "Tell a story."}],
+                "max_tokens": 120,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
             timeout=60,
         ) as response:
             result["request_id"] = response.headers["x-request-id"]
-            result["events"] = [line for line in response.iter_lines() if line.startswith("data: ")]
-            result["first"] = time.monotonic()
+            for line in response.iter_lines():
+                result["lines"].append(line)
+            result["events"] = [line for line in result["lines"] if line.startswith("data: ")]
 
     client = threading.Thread(target=stream)
     client.start()
-    while "request_id" not in result:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    server.process.send_signal(15)  # SIGTERM mid-stream
+    # Mid-stream: tokens are arriving.
+    wait_until(lambda: sum(line.startswith("data: ") for line in result["lines"]) >= 3,
+               timeout=60, what="the first tokens")  # fmt: skip
+    server.send(signal.SIGTERM)
     client.join(60)
-    assert server.process.wait(60) == 0
+    assert server.wait_exit(60) == 0
     assert result["events"][-1] == "data: [DONE]"
-    usage = json.loads(result["events"][-2][len("data: "):])["usage"]
+    usage = json.loads(result["events"][-2][len("data: ") :])["usage"]
     assert usage["completion_tokens"] == 120
     row = server.usage_row(result["request_id"])
     assert row["termination"] == "length" and row["completion_tokens"] == 120
@@ -96,10 +105,14 @@ def test_sigterm_grace_period_cuts_long_streams_and_bills_them(tmp_path: Path) -
     def stream() -> None:
         try:
             with httpx.stream(
-                "POST", f"{server.base_url}/v1/chat/completions",
+                "POST",
+                f"{server.base_url}/v1/chat/completions",
                 headers={"Authorization": f"Bearer {key}"},
-                json={"model": "fake-slow", "messages": [{"role": "user", "content": "go"}],
-                      "stream": True},
+                json={
+                    "model": "fake-slow",
+                    "messages": [{"role": "user", "content": "go"}],
+                    "stream": True,
+                },
                 timeout=30,
             ) as response:
                 result["request_id"] = response.headers["x-request-id"]
@@ -108,18 +121,18 @@ def test_sigterm_grace_period_cuts_long_streams_and_bills_them(tmp_path: Path) -
         except httpx.HTTPError:
             pass
 
+    def draining() -> bool:  # no longer ready, or already no longer accepting connections
+        try:
+            return httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 503
+        except httpx.HTTPError:
+            return True
+
     client = threading.Thread(target=stream)
     client.start()
-    while "request_id" not in result:
-        time.sleep(0.01)
-    server.process.send_signal(15)
-    time.sleep(0.2)
-    # Draining: no longer ready.
-    try:
-        assert httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 503
-    except httpx.HTTPError:
-        pass  # or already no longer accepting connections
-    assert server.process.wait(30) == 0
+    wait_until(lambda: "request_id" in result, what="the stream to start")
+    server.send(signal.SIGTERM)
+    wait_until(draining, what="the server to stop being ready")
+    assert server.wait_exit(30) == 0
     client.join(30)
     row = server.usage_row(result["request_id"])
     assert row["termination"] == "gateway_shutdown"

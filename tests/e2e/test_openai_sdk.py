@@ -46,10 +46,14 @@ def test_chat_completion_reports_engine_usage_and_records_it(
     assert usage.prompt_tokens_details is not None
     row = live.usage_row(reply.id)
     assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (
-        usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details.cached_tokens,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.prompt_tokens_details.cached_tokens,
     )
     assert row["model"] == CHAT_MODEL and row["endpoint"] == "chat.completions"
-    assert row["termination"] == ("length" if reply.choices[0].finish_reason == "length" else "finished")
+    assert row["termination"] == (
+        "length" if reply.choices[0].finish_reason == "length" else "finished"
+    )
     assert row["ttft_ms"] is not None and row["latency_ms"] >= row["ttft_ms"]
 
 
@@ -67,11 +71,18 @@ def test_max_tokens_ends_with_length(client: openai.OpenAI, live: LiveServer) ->
 
 def test_same_seed_same_answer(client: openai.OpenAI) -> None:
     def ask() -> str | None:
-        return client.chat.completions.create(
-            model=CHAT_MODEL,
-            messages=[{"role": "user", "content": "Tell me a fun fact."}],
-            max_tokens=16, seed=42, temperature=0.9, top_p=0.9,
-        ).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model=CHAT_MODEL,
+                messages=[{"role": "user", "content": "Tell me a fun fact."}],
+                max_tokens=16,
+                seed=42,
+                temperature=0.9,
+                top_p=0.9,
+            )
+            .choices[0]
+            .message.content
+        )
 
     assert ask() == ask()
 
@@ -88,7 +99,9 @@ def test_stop_sequence_cuts_output(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=CHAT_MODEL,
         messages=[{"role": "user", "content": "Count from 1 to 20, separated by commas."}],
-        max_tokens=60, temperature=0, stop=["5"],
+        max_tokens=60,
+        temperature=0,
+        stop=["5"],
     )
     text = reply.choices[0].message.content or ""
     assert "5" not in text
@@ -109,7 +122,9 @@ def test_streaming_chat_with_usage(client: openai.OpenAI, live: LiveServer) -> N
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert len(finishes) == 1
     usage_chunks = [c for c in chunks if c.usage is not None]
     assert len(usage_chunks) == 1 and chunks[-1].usage is not None and chunks[-1].choices == []
@@ -122,7 +137,10 @@ def test_streaming_chat_with_usage(client: openai.OpenAI, live: LiveServer) -> N
 def test_streaming_without_usage_sends_no_usage_chunk(client: openai.OpenAI) -> None:
     chunks = list(
         client.chat.completions.create(
-            model=CHAT_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True
+            model=CHAT_MODEL,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4,
+            stream=True,
         )
     )
     assert all(c.usage is None for c in chunks)
@@ -152,7 +170,10 @@ def test_json_schema_response_format_is_enforced(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=CHAT_MODEL,
         messages=[{"role": "user", "content": "Invent a person."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema},
+        },
         max_tokens=200,
         temperature=0,
     )
@@ -169,7 +190,9 @@ async def test_async_client_streams_concurrently(aclient: openai.AsyncOpenAI) ->
         stream = await aclient.chat.completions.create(
             model=CHAT_MODEL,
             messages=[{"role": "user", "content": f"Say a word about the number {i}."}],
-            max_tokens=8, stream=True, stream_options={"include_usage": True},
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
             extra_body={"ignore_eos": True},
         )
         text, tokens = "", 0
@@ -202,7 +225,10 @@ def test_text_completion(client: openai.OpenAI, live: LiveServer) -> None:
 def test_text_completion_streaming(client: openai.OpenAI) -> None:
     chunks = list(
         client.completions.create(
-            model=CHAT_MODEL, prompt="Once upon a time", max_tokens=8, stream=True,
+            model=CHAT_MODEL,
+            prompt="Once upon a time",
+            max_tokens=8,
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -226,7 +252,9 @@ def test_embeddings_float_and_base64_agree(client: openai.OpenAI, live: LiveServ
         assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
         assert _norm(a.embedding) == pytest.approx(1.0, abs=1e-3)
     assert as_float.usage.prompt_tokens > 0
-    single = client.embeddings.create(model=EMBEDDING_MODEL, input=texts[0], encoding_format="float")
+    single = client.embeddings.create(
+        model=EMBEDDING_MODEL, input=texts[0], encoding_format="float"
+    )
     assert single.data[0].embedding == pytest.approx(as_float.data[0].embedding, abs=1e-5)
     assert live.usage_count() > 0
 
@@ -246,7 +274,9 @@ def test_embeddings_match_the_golden_set(client: openai.OpenAI) -> None:
 
 def test_long_embedding_input_is_truncated_like_the_reference(client: openai.OpenAI) -> None:
     long_text = "word " * 1200  # far beyond the model's 256-token window
-    reply = client.embeddings.create(model=EMBEDDING_MODEL, input=long_text, encoding_format="float")
+    reply = client.embeddings.create(
+        model=EMBEDDING_MODEL, input=long_text, encoding_format="float"
+    )
     assert reply.usage.prompt_tokens == 256
     assert len(reply.data[0].embedding) == 384
 
@@ -262,13 +292,17 @@ def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
 
 def test_sdk_sees_typed_errors(client: openai.OpenAI, live: LiveServer) -> None:
     with pytest.raises(openai.NotFoundError) as not_found:
-        client.chat.completions.create(model="gpt-nonexistent", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="gpt-nonexistent", messages=[{"role": "user", "content": "x"}]
+        )
     assert not_found.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(
             model=CHAT_MODEL, messages=[{"role": "user", "content": "x"}], n=2
         )
     assert bad.value.param == "n"
-    bad_key = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="om0000000000000000.nope", max_retries=0)
+    bad_key = openai.OpenAI(
+        base_url=f"{live.base_url}/v1", api_key="om0000000000000000.nope", max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError):
         bad_key.models.list()

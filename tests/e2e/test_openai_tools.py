@@ -44,7 +44,10 @@ def test_tool_call_and_reasoning_non_streamed(client: openai.OpenAI, live: LiveS
 
 def test_tool_call_streamed_reassembles(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="fake-agent", messages=ASK, tools=[WEATHER], stream=True,
+        model="fake-agent",
+        messages=ASK,
+        tools=[WEATHER],
+        stream=True,
         stream_options={"include_usage": True},
     )
     reasoning, calls, finish = "", {}, None
@@ -92,7 +95,9 @@ def test_thinking_can_be_turned_off(client: openai.OpenAI) -> None:
 def test_unknown_named_tool_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="fake-agent", messages=ASK, tools=[WEATHER],
+            model="fake-agent",
+            messages=ASK,
+            tools=[WEATHER],
             tool_choice={"type": "function", "function": {"name": "get_time"}},
         )
     assert info.value.param == "tool_choice.function.name"
@@ -103,8 +108,12 @@ def test_embedded_model_makes_a_well_formed_call(client: openai.OpenAI, live: Li
 
     for choice in ("auto", "required", {"type": "function", "function": {"name": "get_weather"}}):
         reply = client.chat.completions.create(
-            model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice=choice,
-            temperature=0, max_tokens=200,
+            model=CHAT_MODEL,
+            messages=ASK,
+            tools=[WEATHER],
+            tool_choice=choice,
+            temperature=0,
+            max_tokens=200,
         )
         message = reply.choices[0].message
         if choice == "auto" and not message.tool_calls:
@@ -124,11 +133,19 @@ def test_embedded_model_makes_a_well_formed_call(client: openai.OpenAI, live: Li
 def test_embedded_model_answers_from_a_tool_result(client: openai.OpenAI) -> None:
     from tests.e2e.live import CHAT_MODEL
 
-    call = {"id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
     reply = client.chat.completions.create(
-        model=CHAT_MODEL, temperature=0, max_tokens=60,
-        messages=[*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
-                  {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature_c": 18}'}],
+        model=CHAT_MODEL,
+        temperature=0,
+        max_tokens=60,
+        messages=[
+            *ASK,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature_c": 18}'},
+        ],
     )
     assert reply.choices[0].message.content

@@ -23,6 +23,8 @@ def test_a_gguf_from_settings_is_served_and_metered(tmp_path: Path) -> None:
         )
         assert reply.model == "my-model" and reply.choices[0].message.content
         row = server.usage_row(reply.id)
-        assert row["model"] == "my-model" and row["completion_tokens"] == reply.usage.completion_tokens
+        assert (
+            row["model"] == "my-model" and row["completion_tokens"] == reply.usage.completion_tokens
+        )
     finally:
         assert server.stop() == 0

@@ -26,8 +26,11 @@ PARAMETERS = {
 }
 OPENAI_TOOL = {
     "type": "function",
-    "function": {"name": "get_weather", "description": "Weather for a city",
-                 "parameters": PARAMETERS},
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": PARAMETERS,
+    },
 }
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
@@ -50,8 +53,12 @@ def _check_partial_call(name: str, arguments: str) -> None:
 # -- OpenAI -------------------------------------------------------------------------------
 def test_openai_non_streamed(oai: openai.OpenAI, live: LiveServer) -> None:
     reply = oai.chat.completions.create(
-        model=CHAT_MODEL, messages=ASK, tools=[OPENAI_TOOL], tool_choice=NAMED,
-        temperature=0, max_tokens=CUT,
+        model=CHAT_MODEL,
+        messages=ASK,
+        tools=[OPENAI_TOOL],
+        tool_choice=NAMED,
+        temperature=0,
+        max_tokens=CUT,
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "length"
@@ -65,8 +72,14 @@ def test_openai_non_streamed(oai: openai.OpenAI, live: LiveServer) -> None:
 
 def test_openai_streamed(oai: openai.OpenAI) -> None:
     stream = oai.chat.completions.create(
-        model=CHAT_MODEL, messages=ASK, tools=[OPENAI_TOOL], tool_choice=NAMED,
-        temperature=0, max_tokens=CUT, stream=True, stream_options={"include_usage": True},
+        model=CHAT_MODEL,
+        messages=ASK,
+        tools=[OPENAI_TOOL],
+        tool_choice=NAMED,
+        temperature=0,
+        max_tokens=CUT,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     content, name, arguments, finish, usage = "", "", "", None, None
     for chunk in stream:
@@ -86,8 +99,12 @@ def test_openai_streamed(oai: openai.OpenAI) -> None:
 
 def test_openai_cut_before_the_name_is_whole_has_no_call_and_no_text(oai: openai.OpenAI) -> None:
     reply = oai.chat.completions.create(
-        model=CHAT_MODEL, messages=ASK, tools=[OPENAI_TOOL], tool_choice=NAMED,
-        temperature=0, max_tokens=4,
+        model=CHAT_MODEL,
+        messages=ASK,
+        tools=[OPENAI_TOOL],
+        tool_choice=NAMED,
+        temperature=0,
+        max_tokens=4,
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "length"
@@ -105,8 +122,9 @@ ANTHROPIC_ARGS: dict[str, Any] = {
     "max_tokens": CUT,
     "extra_body": {"temperature": 0},  # this SDK version has no temperature argument
     "messages": ASK,
-    "tools": [{"name": "get_weather", "description": "Weather for a city",
-               "input_schema": PARAMETERS}],
+    "tools": [
+        {"name": "get_weather", "description": "Weather for a city", "input_schema": PARAMETERS}
+    ],
     "tool_choice": {"type": "tool", "name": "get_weather"},
 }
 
@@ -121,9 +139,7 @@ def test_anthropic_non_streamed_and_streamed(claude: anthropic.Anthropic) -> Non
     assert message.usage.output_tokens == CUT
 
     with claude.messages.stream(**ANTHROPIC_ARGS) as stream:
-        partial = "".join(
-            event.partial_json for event in stream if event.type == "input_json"
-        )
+        partial = "".join(event.partial_json for event in stream if event.type == "input_json")
         final = stream.get_final_message()
     assert final.stop_reason == "max_tokens"
     (streamed,) = final.content
@@ -142,8 +158,12 @@ def zhipu(live: LiveServer, admin_key: str) -> Any:
 
 
 ZHIPU_BODY: dict[str, Any] = {
-    "model": CHAT_MODEL, "messages": ASK, "tools": [OPENAI_TOOL], "tool_choice": NAMED,
-    "temperature": 0, "max_tokens": CUT,
+    "model": CHAT_MODEL,
+    "messages": ASK,
+    "tools": [OPENAI_TOOL],
+    "tool_choice": NAMED,
+    "temperature": 0,
+    "max_tokens": CUT,
 }
 
 
@@ -160,8 +180,11 @@ def test_zhipu_non_streamed(zhipu: httpx.Client) -> None:
 def test_zhipu_streamed(zhipu: httpx.Client, tool_stream: bool) -> None:
     body = {**ZHIPU_BODY, "stream": True, "tool_stream": tool_stream}
     text = zhipu.post("/chat/completions", json=body).text
-    frames = [orjson.loads(line[6:]) for line in text.split("\n")
-              if line.startswith("data: ") and line != "data: [DONE]"]
+    frames = [
+        orjson.loads(line[6:])
+        for line in text.split("\n")
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
     assert frames[-1]["choices"][0]["finish_reason"] == "length"
     deltas = [f["choices"][0]["delta"] for f in frames]
     assert not "".join(d.get("content") or "" for d in deltas)

@@ -23,6 +23,7 @@ import pytest
 
 from openmaas.core.keys import build_jwt
 from tests.e2e.live import CHAT_MODEL, EMBEDDING_MODEL, LiveServer
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK_VENVS = ROOT / ".venv-sdk"
@@ -279,13 +280,11 @@ def test_malformed_json_is_1210(zhipu: httpx.Client) -> None:
 
 
 def _wait_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def finished() -> dict[str, Any] | None:
         body: dict[str, Any] = client.get(f"/async-result/{job_id}").json()
-        if body.get("task_status") != "PROCESSING":
-            return body
-        time.sleep(0.1)
-    raise AssertionError("job never finished")
+        return body if body.get("task_status") != "PROCESSING" else None
+
+    return wait_until(finished, timeout=60, what=f"job {job_id} to finish", interval=0.1)
 
 
 def test_async_job_belongs_to_its_organization(zhipu: httpx.Client, live: LiveServer) -> None:

@@ -83,7 +83,9 @@ def main(argv: list[str]) -> int:
     grandchild = None
     if os.environ.get("FAKE_VLLM_GRANDCHILD") == "1":
         grandchild = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(600)"], stdin=subprocess.DEVNULL
+            # A worker that lives until it is killed: the engine must not leave it behind.
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            stdin=subprocess.DEVNULL,
         )
     record = os.environ.get("FAKE_VLLM_RECORD")
     if record:

@@ -39,6 +39,7 @@ from tests.engines.loop_watch import (
     keep_asking,
     watch_llamacpp,
 )
+from tests.support.waiting import eventually
 
 
 @pytest.fixture()
@@ -58,10 +59,14 @@ def _request(text: str, **sampling: object) -> GenerationRequest:
     )
 
 
-def _predicted_total(engine: LlamaCppEngine) -> int:
-    match = re.search(r"^llamacpp:tokens_predicted_total (\d+)", engine.metrics_text(), re.M)
-    assert match is not None
+def _metric(engine: LlamaCppEngine, name: str) -> int:
+    match = re.search(rf"^llamacpp:{name} (\d+)", engine.metrics_text(), re.M)
+    assert match is not None, f"llama.cpp reports no {name}"
     return int(match.group(1))
+
+
+def _predicted_total(engine: LlamaCppEngine) -> int:
+    return _metric(engine, "tokens_predicted_total")
 
 
 async def test_stream_yields_text_and_engine_counted_usage(engine: LlamaCppEngine) -> None:
@@ -88,7 +93,10 @@ async def test_closing_a_stream_stops_generation_in_llama_cpp(engine: LlamaCppEn
         if seen == 5:
             break
     await stream.aclose()
-    await asyncio.sleep(0.5)  # were it still running, it would make ~50 more tokens meanwhile
+    # llama.cpp counts a request's tokens when its slot is released: wait for that.
+    await eventually(
+        lambda: _metric(engine, "requests_processing") == 0, what="llama.cpp's slot idle"
+    )
     generated = _predicted_total(engine) - before
     reported = stream.tracker.completion_tokens
     assert 5 <= reported <= generated <= reported + 2

@@ -7,11 +7,11 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.errors import (
     EngineFailure,
@@ -52,6 +52,7 @@ from openmaas.engines.openai_http import (
 )
 from openmaas.engines.openai_wire import SseDecoder
 from tests.engines.upstream import Behaviour, ToolCallSpec, Upstream
+from tests.support.clock import ManualClock
 
 KEY = "sk-test-4b1d0c9e7f2a8d6b"  # must never appear in a log line or an error message
 LONG = " ".join(f"w{i}" for i in range(60))
@@ -718,34 +719,17 @@ def test_sse_decoder_flushes_an_unterminated_last_event() -> None:
 
 
 # -- through the gateway --------------------------------------------------------------------
-@pytest.fixture()
-def tmp_db(tmp_path: Path) -> Iterator[str]:
-    yield "sqlite+aiosqlite:///" + str(tmp_path / "usage.db")
-
-
 async def test_gateway_records_upstream_usage_cost_and_timeouts(
-    upstream: Upstream, tmp_db: str
+    database: AsyncEngine, upstream: Upstream
 ) -> None:
-    from openmaas.core.ids import new_request_id
     from openmaas.accounts.auth import Principal
     from openmaas.billing.accountant import Accountant
-    from openmaas.catalog.served import ModelCatalog, ServedModel
-    from openmaas.serving.gateway import Gateway
     from openmaas.billing.limiter import InProcessLimiter
-    from openmaas.store.database import migrate, open_database
+    from openmaas.catalog.served import ModelCatalog, ServedModel
+    from openmaas.core.ids import new_request_id
+    from openmaas.serving.gateway import Gateway
     from openmaas.store.ledger import LedgerStore
     from openmaas.store.repositories import UsageRepository
-
-    class Clock:
-        def __init__(self) -> None:
-            self.t = 100.0
-
-        def now_ms(self) -> int:
-            return 1709251200000
-
-        def monotonic(self) -> float:
-            self.t += 0.01
-            return self.t
 
     upstream.behaviour = Behaviour(text="Hi from afar.", prompt_tokens=9, cached_tokens=4)
     engine = OpenAIHttpEngine(
@@ -758,11 +742,9 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
             timeouts=Timeouts(idle=0.3),
         ),
     )
-    database = open_database(tmp_db)
-    await migrate(database)
     await engine.start()
     try:
-        clock = Clock()
+        clock = ManualClock(1709251200000, monotonic=100.0, tick=0.01)
         usage_repo = UsageRepository(database)
         billing = Accountant(
             database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock
@@ -797,7 +779,6 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
         timed_out = await usage_repo.get(stalled.request_id)
     finally:
         await engine.stop()
-        await database.dispose()
     assert row is not None
     assert row["termination"] == "finished"
     assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (9, 4, 3)

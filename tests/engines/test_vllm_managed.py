@@ -12,8 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from openmaas.engines.vllm import (
 )
 from openmaas.routing.router import Deployment, RoutedEngine
 from tests.engines import fake_vllm
+from tests.support.waiting import eventually
 
 WAIT_S = 30.0  # the longest any condition is waited for
 LONG = " ".join(f"w{i}" for i in range(40))
@@ -57,14 +57,6 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.02)
 
 
 def chat(text: str = "Say hello") -> GenerationRequest:
@@ -310,7 +302,9 @@ async def test_a_slow_start_is_waited_for(engines: Engines) -> None:
     engine = engines(env={"FAKE_VLLM_START_DELAY": "1"})
     task = asyncio.create_task(engine.start())
     try:
-        await until(lambda: bool(engines.starts()), "the stand-in started")
+        await eventually(
+            lambda: bool(engines.starts()), timeout=WAIT_S, what="the stand-in started"
+        )
         assert engine.health().state is EngineState.LOADING
         with pytest.raises(EngineNotReady):
             engine.stream(chat())
@@ -330,9 +324,10 @@ async def test_a_crash_fails_requests_retryably_then_vllm_is_restarted(engines: 
         await collect(engine.stream(chat()))
     assert caught.value.deployment == "dep-vllm"
 
-    await until(
+    await eventually(
         lambda: engine.restarts == 1 and engine.health().state is EngineState.READY,
-        "vLLM restarted",
+        timeout=WAIT_S,
+        what="vLLM restarted",
     )
     assert engine.pid != first_pid
     starts = engines.starts()
@@ -353,7 +348,7 @@ async def test_a_crash_mid_stream_is_an_engine_failure_with_the_tokens_counted(
     await stream.aclose()
     assert text_of(seen) == "Hello from "
     assert stream.tracker.completion_tokens >= 2 and stream.tracker.estimated
-    await until(lambda: engine.restarts == 1, "vLLM restarted")
+    await eventually(lambda: engine.restarts == 1, timeout=WAIT_S, what="vLLM restarted")
 
 
 async def test_the_process_group_dies_with_vllm(engines: Engines) -> None:
@@ -362,7 +357,11 @@ async def test_the_process_group_dies_with_vllm(engines: Engines) -> None:
     with pytest.raises(UpstreamUnavailable):
         await collect(engine.stream(chat()))
     [first, *_] = engines.starts()
-    await until(lambda: not alive(first["grandchild"]), "the crashed vLLM's worker is gone")
+    await eventually(
+        lambda: not alive(first["grandchild"]),
+        timeout=WAIT_S,
+        what="the crashed vLLM's worker is gone",
+    )
 
 
 async def test_restarts_stop_at_the_limit(engines: Engines) -> None:
@@ -373,11 +372,15 @@ async def test_restarts_stop_at_the_limit(engines: Engines) -> None:
     await engine.start()
     with pytest.raises(UpstreamUnavailable):
         await collect(engine.stream(chat()))
-    await until(lambda: engine.restarts == 1, "vLLM restarted")
-    await until(lambda: engine.health().state is EngineState.READY, "READY again")
+    await eventually(lambda: engine.restarts == 1, timeout=WAIT_S, what="vLLM restarted")
+    await eventually(
+        lambda: engine.health().state is EngineState.READY, timeout=WAIT_S, what="READY again"
+    )
     with pytest.raises(UpstreamUnavailable):
         await collect(engine.stream(chat()))
-    await until(lambda: engine.health().state is EngineState.FAILED, "gave up")
+    await eventually(
+        lambda: engine.health().state is EngineState.FAILED, timeout=WAIT_S, what="gave up"
+    )
     assert "gave up after 1 restarts" in engine.health().detail
     assert "exited with code 1" in engine.health().detail
     assert len(engines.starts()) == 2
@@ -390,10 +393,14 @@ async def test_an_unhealthy_vllm_is_restarted(engines: Engines, tmp_path: Path) 
     await engine.start()
     first_pid = engine.pid
     sick.touch()
-    await until(lambda: engine.health().state is EngineState.LOADING, "noticed")
+    await eventually(
+        lambda: engine.health().state is EngineState.LOADING, timeout=WAIT_S, what="noticed"
+    )
     assert "failed 2 health checks in a row" in engine.health().detail
     sick.unlink()
-    await until(lambda: engine.health().state is EngineState.READY, "READY again")
+    await eventually(
+        lambda: engine.health().state is EngineState.READY, timeout=WAIT_S, what="READY again"
+    )
     assert engine.restarts == 1 and engine.pid != first_pid
     assert not alive(engines.starts()[0]["pid"])
     assert text_of(await collect(engine.stream(chat()))) == "Hello from fake vLLM."
@@ -440,7 +447,7 @@ async def test_stop_kills_a_vllm_that_ignores_sigterm(engines: Engines) -> None:
 async def test_stop_while_starting_leaves_no_process(engines: Engines) -> None:
     engine = engines(env={"FAKE_VLLM_START_DELAY": "60"})
     task = asyncio.create_task(engine.start())
-    await until(lambda: bool(engines.starts()), "the stand-in started")
+    await eventually(lambda: bool(engines.starts()), timeout=WAIT_S, what="the stand-in started")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await engine.stop()
@@ -458,7 +465,7 @@ async def main():
         stop_grace_s=2.0))
     await engine.start()
     print("ready", flush=True)
-    await asyncio.sleep(600)
+    await asyncio.sleep(600)  # a gateway that serves until it is killed
 
 asyncio.run(main())
 """
@@ -479,9 +486,10 @@ async def test_vllm_dies_with_a_gateway_killed_by_sigkill(engines: Engines) -> N
         [start] = engines.starts()
         gateway.kill()
         gateway.wait(timeout=WAIT_S)
-        await until(
+        await eventually(
             lambda: not alive(start["pid"]) and not alive(start["grandchild"]),
-            "vLLM and its worker are gone",
+            timeout=WAIT_S,
+            what="vLLM and its worker are gone",
         )
     finally:
         if gateway.poll() is None:
@@ -538,8 +546,10 @@ async def test_a_killed_guard_leaves_no_vllm_behind(engines: Engines) -> None:
     assert guard is not None
     [first] = engines.starts()
     os.kill(guard, signal.SIGKILL)  # the guard cannot clean up: the engine does
-    await until(lambda: engine.health().state is EngineState.LOADING, "noticed")
+    await eventually(
+        lambda: engine.health().state is EngineState.LOADING, timeout=WAIT_S, what="noticed"
+    )
     assert "guard was killed by SIGKILL" in engine.health().detail
-    await until(lambda: engine.restarts == 1, "vLLM restarted")
+    await eventually(lambda: engine.restarts == 1, timeout=WAIT_S, what="vLLM restarted")
     assert not alive(first["pid"]) and not alive(first["grandchild"])
     assert engine.health().state is EngineState.READY

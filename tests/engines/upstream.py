@@ -39,13 +39,14 @@ import asyncio
 import json
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+
+from tests.support.waiting import eventually, wait_until
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
@@ -163,11 +164,10 @@ class Upstream:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="test-upstream", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test upstream did not start")
-            time.sleep(0.01)
+        thread, server = self._thread, self._server
+        wait_until(lambda: server.started or not thread.is_alive(), what="the test upstream")
+        if not server.started:
+            raise RuntimeError("the test upstream did not start")
         return self
 
     def _run(self) -> None:
@@ -198,11 +198,7 @@ class Upstream:
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         """Poll ``condition`` (e.g. ``lambda: upstream.requests[-1].disconnected``)."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError("the upstream never saw the expected condition")
-            await asyncio.sleep(0.01)
+        await eventually(condition, timeout=timeout, what="the upstream's expected condition")
 
     # -- the ASGI app --------------------------------------------------------------------
     def _next_behaviour(self) -> Behaviour:

@@ -139,8 +139,10 @@ def test_system_as_string_and_as_blocks() -> None:
 def test_user_text_blocks_are_joined() -> None:
     request = _request(
         messages=[
-            {"role": "user",
-             "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            }
         ]
     )
     assert request.messages is not None and request.messages[0].content == "a\nb"
@@ -163,16 +165,24 @@ def test_tool_round_trip_maps_to_calls_and_tool_messages() -> None:
                 "content": [
                     {"type": "thinking", "thinking": "I should call it.", "signature": "sig"},
                     {"type": "text", "text": "Let me check."},
-                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
-                     "input": {"city": "Paris"}},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": {"city": "Paris"},
+                    },
                 ],
             },
             {
                 "role": "user",
                 "content": [
                     {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C sunny"},
-                    {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": True,
-                     "content": [{"type": "text", "text": "timeout"}]},
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_2",
+                        "is_error": True,
+                        "content": [{"type": "text", "text": "timeout"}],
+                    },
                     {"type": "text", "text": "And tomorrow?"},
                 ],
             },
@@ -185,13 +195,19 @@ def test_tool_round_trip_maps_to_calls_and_tool_messages() -> None:
     messages = request.messages
     assert messages is not None
     assert [m.role for m in messages] == [
-        Role.USER, Role.ASSISTANT, Role.TOOL, Role.TOOL, Role.USER
+        Role.USER,
+        Role.ASSISTANT,
+        Role.TOOL,
+        Role.TOOL,
+        Role.USER,
     ]
     assistant = messages[1]
     assert assistant.content == "Let me check." and assistant.reasoning == "I should call it."
     (call,) = assistant.tool_calls
     assert (call.id, call.name, json.loads(call.arguments)) == (
-        "toolu_1", "get_weather", {"city": "Paris"}
+        "toolu_1",
+        "get_weather",
+        {"city": "Paris"},
     )
     assert (messages[2].tool_call_id, messages[2].content) == ("toolu_1", "18C sunny")
     assert (messages[3].tool_call_id, messages[3].content) == ("toolu_2", "Error: timeout")
@@ -202,9 +218,13 @@ def test_redacted_thinking_is_dropped() -> None:
     request = _request(
         messages=[
             {"role": "user", "content": "q"},
-            {"role": "assistant", "content": [
-                {"type": "redacted_thinking", "data": "xx"}, {"type": "text", "text": "a"}
-            ]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "redacted_thinking", "data": "xx"},
+                    {"type": "text", "text": "a"},
+                ],
+            },
             {"role": "user", "content": "q2"},
         ]
     )
@@ -244,28 +264,52 @@ def test_tool_choice_kinds(choice: dict[str, Any], kind: ToolChoiceKind) -> None
             "messages[0].content[0].text",
         ),
         (
-            {"messages": [{"role": "user", "content": [
-                {"type": "tool_use", "id": "x", "name": "t", "input": {}}
-            ]}]},
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_use", "id": "x", "name": "t", "input": {}}],
+                    }
+                ]
+            },
             "messages[0].content[0]",
         ),
         (
-            {"messages": [{"role": "assistant", "content": [
-                {"type": "tool_use", "id": "x", "name": "t", "input": "not an object"}
-            ]}]},
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "tool_use", "id": "x", "name": "t", "input": "not an object"}
+                        ],
+                    }
+                ]
+            },
             "messages[0].content[0].input",
         ),
         (
-            {"messages": [{"role": "assistant", "content": [
-                {"type": "tool_result", "tool_use_id": "x"}
-            ]}]},
+            {
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "x"}]}
+                ]
+            },
             "messages[0].content[0]",
         ),
         (
-            {"messages": [{"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "x",
-                 "content": [{"type": "image", "source": {}}]}
-            ]}]},
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": "x",
+                                "content": [{"type": "image", "source": {}}],
+                            }
+                        ],
+                    }
+                ]
+            },
             "messages[0].content[0].content[0]",
         ),
     ],
@@ -291,14 +335,16 @@ def test_thinking_maps_to_core(spec: dict[str, Any] | None, enabled: bool | None
 
 def test_count_request_carries_what_generation_would_read() -> None:
     body = parse_body(
-        orjson.dumps({
-            "model": "alias",
-            "system": "Be brief.",
-            "messages": [{"role": "user", "content": "efgh"}],
-            "tools": [{"name": "t", "input_schema": {"type": "object"}}],
-            "tool_choice": {"type": "any"},
-            "thinking": {"type": "disabled"},
-        }),
+        orjson.dumps(
+            {
+                "model": "alias",
+                "system": "Be brief.",
+                "messages": [{"role": "user", "content": "efgh"}],
+                "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+                "tool_choice": {"type": "any"},
+                "thinking": {"type": "disabled"},
+            }
+        ),
         AnthropicCountTokensRequest,
     )
     core = count_request(body, "rid", "served")
@@ -393,7 +439,9 @@ def test_a_tool_call_cut_by_max_tokens_has_its_whole_members() -> None:
     )
     body = message_response(RID, "served", answer)
     assert [block["input"] for block in body["content"]] == [
-        {"city": "Paris"}, {"city": "Oslo"}, {}
+        {"city": "Paris"},
+        {"city": "Oslo"},
+        {},
     ]
     assert body["stop_reason"] == "max_tokens"
     assert tool_input('{"city":"Pa', cut=True) == {}
@@ -407,8 +455,9 @@ def test_between_tools_thinking_is_on() -> None:
 
 def test_output_config_format_is_a_json_schema_response_format() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    request = _request(output_config={"format": {"type": "json_schema", "schema": schema},
-                                      "effort": "high"})
+    request = _request(
+        output_config={"format": {"type": "json_schema", "schema": schema}, "effort": "high"}
+    )
     assert request.response_format.kind is ResponseFormatKind.JSON_SCHEMA
     assert request.response_format.json_schema == schema
     assert _request(output_config={"effort": "low"}).response_format.kind is ResponseFormatKind.TEXT

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.errors import ConfigurationError, ModelNotFound
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.settings import Settings
 
 

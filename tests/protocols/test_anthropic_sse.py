@@ -48,23 +48,33 @@ def test_text_stream_sequence() -> None:
         Finished(FinishReason.STOP, USAGE),
     )
     assert [name for name, _ in frames] == [
-        "message_start", "ping", "content_block_start", "content_block_delta",
-        "content_block_delta", "content_block_stop", "message_delta", "message_stop",
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]
     start = frames[0][1]["message"]
     assert start["id"] == RID and start["model"] == "served" and start["role"] == "assistant"
     assert start["content"] == [] and start["stop_reason"] is None
     assert start["usage"]["input_tokens"] == 7 and start["usage"]["cache_read_input_tokens"] == 2
     assert frames[2][1] == {
-        "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
     }
     assert frames[3][1]["delta"] == {"type": "text_delta", "text": "Hel"}
     assert frames[5][1] == {"type": "content_block_stop", "index": 0}
     delta = frames[6][1]
     assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     assert delta["usage"] == {
-        "input_tokens": 7, "output_tokens": 5,
-        "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0,
+        "input_tokens": 7,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 2,
+        "cache_creation_input_tokens": 0,
     }
 
 
@@ -80,10 +90,16 @@ def test_thinking_then_text_then_tools_are_blocks_in_order() -> None:
     )
     starts = [p for n, p in frames if n == "content_block_start"]
     assert [(p["index"], p["content_block"]["type"]) for p in starts] == [
-        (0, "thinking"), (1, "text"), (2, "tool_use"), (3, "tool_use")
+        (0, "thinking"),
+        (1, "text"),
+        (2, "tool_use"),
+        (3, "tool_use"),
     ]
     assert starts[2]["content_block"] == {
-        "type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {}
+        "type": "tool_use",
+        "id": "toolu_a",
+        "name": "get_weather",
+        "input": {},
     }
     deltas = [(p["index"], p["delta"]) for n, p in frames if n == "content_block_delta"]
     assert deltas == [
@@ -100,10 +116,14 @@ def test_thinking_then_text_then_tools_are_blocks_in_order() -> None:
     # every block is closed before the next one opens
     order = [(n, p.get("index")) for n, p in frames if n.startswith("content_block_s")]
     assert order == [
-        ("content_block_start", 0), ("content_block_stop", 0),
-        ("content_block_start", 1), ("content_block_stop", 1),
-        ("content_block_start", 2), ("content_block_stop", 2),
-        ("content_block_start", 3), ("content_block_stop", 3),
+        ("content_block_start", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_stop", 1),
+        ("content_block_start", 2),
+        ("content_block_stop", 2),
+        ("content_block_start", 3),
+        ("content_block_stop", 3),
     ]
     message_delta = next(p for n, p in frames if n == "message_delta")
     assert message_delta["delta"]["stop_reason"] == "tool_use"
@@ -130,8 +150,13 @@ def test_a_tool_call_cut_by_max_tokens() -> None:
         Finished(FinishReason.LENGTH, USAGE),
     )
     names = [n for n, _ in frames]
-    assert names[2:] == ["content_block_start", "content_block_delta", "content_block_stop",
-                         "message_delta", "message_stop"]
+    assert names[2:] == [
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert frames[3][1]["delta"] == {"type": "input_json_delta", "partial_json": '{"city":"Pa'}
     assert frames[5][1]["delta"]["stop_reason"] == "max_tokens"
 
@@ -146,6 +171,7 @@ def test_error_frame_mid_stream() -> None:
     out = writer.event(TextDelta("a", 1)) + writer.error(error_body("api_error", "boom"))
     frames = parse_sse(out)
     assert frames[-1] == (
-        "error", {"type": "error", "error": {"type": "api_error", "message": "boom"}}
+        "error",
+        {"type": "error", "error": {"type": "api_error", "message": "boom"}},
     )
     assert "message_stop" not in [n for n, _ in frames]

@@ -199,9 +199,15 @@ def test_tools_and_tool_choice_map_to_core() -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
+        (
+            {"tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice.function.name",
+        ),
         ({"tool_choice": "sometimes"}, "tool_choice"),
-        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+            "tools[0].function.name",
+        ),
     ],
 )
 def test_bad_tool_fields_are_named(fields: dict, param: str) -> None:
@@ -223,8 +229,13 @@ def test_tool_results_and_earlier_calls_come_back_as_core_messages() -> None:
             "role": "assistant",
             "content": None,
             "reasoning_content": "Need the tool.",
-            "tool_calls": [{"id": "call_1", "type": "function",
-                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}],
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"c": 18}'},
     ]
@@ -315,7 +326,9 @@ def test_max_tokens_and_max_completion_tokens_conflict() -> None:
 
 def test_response_formats() -> None:
     assert _chat_req().response_format.kind is ResponseFormatKind.TEXT
-    assert _chat_req(response_format={"type": "text"}).response_format.kind is ResponseFormatKind.TEXT
+    assert (
+        _chat_req(response_format={"type": "text"}).response_format.kind is ResponseFormatKind.TEXT
+    )
     assert (
         _chat_req(response_format={"type": "json_object"}).response_format.kind
         is ResponseFormatKind.JSON_OBJECT
@@ -364,9 +377,7 @@ def test_completion_needs_exactly_one_prompt(prompt: list[str]) -> None:
     assert info.value.param == "prompt"
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("echo", True), ("suffix", "end"), ("logprobs", 2)]
-)
+@pytest.mark.parametrize(("field", "value"), [("echo", True), ("suffix", "end"), ("logprobs", 2)])
 def test_completion_unsupported_fields_are_refused_by_name(field: str, value: Any) -> None:
     with pytest.raises(InvalidRequest) as info:
         _completion(**{field: value})
@@ -427,7 +438,9 @@ def test_embedding_dimensions_equal_to_native_are_accepted() -> None:
 
 
 def test_embedding_bad_encoding_format_is_refused() -> None:
-    exc = _invalid(_raw({"model": "e", "input": "x", "encoding_format": "hex"}), EmbeddingRequestBody)
+    exc = _invalid(
+        _raw({"model": "e", "input": "x", "encoding_format": "hex"}), EmbeddingRequestBody
+    )
     assert exc.param == "encoding_format"
 
 
@@ -490,8 +503,11 @@ def test_chat_completion_with_reasoning_and_tool_calls() -> None:
     assert message["content"] is None
     assert message["reasoning_content"] == "Need the tool."
     assert message["tool_calls"] == [
-        {"id": "call_1", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
         {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
     ]
     assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2}
@@ -508,8 +524,13 @@ def test_chat_completion_cut_by_max_tokens_inside_a_tool_call() -> None:
     assert choice["message"] == {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "call_1", "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city":"Pa'}}],
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Pa'},
+            }
+        ],
     }
 
 

@@ -36,15 +36,21 @@ from openmaas.protocols.openai.errors import to_openai_error
         (EngineNotReady("m"), 503, "server_error", "model_not_ready"),
         (EngineFailure("died"), 500, "server_error", "engine_error"),
         (EngineTimeout("idle", 30), 504, "server_error", "timeout"),
-        (UpstreamUnavailable("down", deployment="d1", status=503), 503, "server_error",
-         "upstream_unavailable"),
+        (
+            UpstreamUnavailable("down", deployment="d1", status=503),
+            503,
+            "server_error",
+            "upstream_unavailable",
+        ),
         (ConfigurationError("bad setting"), 500, "server_error", "internal_error"),
         (ModelFilesMissing("pkg", "install it"), 500, "server_error", "internal_error"),
         (OpenMaaSError("generic"), 500, "server_error", "internal_error"),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
 )
-def test_status_type_and_code(exc: OpenMaaSError, status: int, type_: str, code: str | None) -> None:
+def test_status_type_and_code(
+    exc: OpenMaaSError, status: int, type_: str, code: str | None
+) -> None:
     got_status, body, _ = to_openai_error(exc)
     assert got_status == status
     assert set(body) == {"error"}
@@ -72,7 +78,9 @@ def test_model_not_found_names_param_model() -> None:
     [(EngineOverloaded("m", 4), 429, "1"), (EngineNotReady("m"), 503, "5")],
     ids=["overloaded", "not-ready"],
 )
-def test_capacity_errors_carry_retry_after(exc: OpenMaaSError, status: int, retry_after: str) -> None:
+def test_capacity_errors_carry_retry_after(
+    exc: OpenMaaSError, status: int, retry_after: str
+) -> None:
     got_status, _, headers = to_openai_error(exc)
     assert got_status == status
     assert headers == {"retry-after": retry_after}

@@ -1,4 +1,5 @@
-"""Core stream events -> OpenAI SSE frames (protocols/openai/sse.py), read back as a client would."""
+"""Core stream events -> OpenAI SSE frames (protocols/openai/sse.py), read back as a client
+would."""
 
 from __future__ import annotations
 
@@ -159,7 +160,9 @@ def test_unicode_text_survives_framing() -> None:
 
 
 def test_error_frame_then_done() -> None:
-    body = {"error": {"message": "boom", "type": "server_error", "param": None, "code": "engine_error"}}
+    body = {
+        "error": {"message": "boom", "type": "server_error", "param": None, "code": "engine_error"}
+    }
     writer = chat_writer()
     out = writer.delta(TextDelta("partial", 1)) + writer.error(body)
     chunks, done = parse_sse(out)
@@ -185,8 +188,12 @@ def test_reasoning_and_tool_call_deltas() -> None:
     assert deltas[0] == {"role": "assistant", "content": ""}
     assert [d.get("reasoning_content") for d in deltas[1:3]] == ["Need ", "a tool."]
     first, second = deltas[3]["tool_calls"][0], deltas[4]["tool_calls"][0]
-    assert first == {"index": 0, "id": "call_1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": '{"city": '}}
+    assert first == {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": '},
+    }
     assert second == {"index": 0, "function": {"arguments": '"Paris"}'}}
     assert payloads[-1]["choices"][0]["finish_reason"] == "tool_calls"
 

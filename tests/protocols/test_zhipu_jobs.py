@@ -73,11 +73,11 @@ async def test_close_cancels_running_jobs() -> None:
     board = JobBoard(render)
 
     async def work() -> dict[str, Any]:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # a job still running when the board closes
         return {}
 
     board.submit(job("j1"), work())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the job has started
     await board.close()
     cancelled = board.get("org_a", "j1")
     assert cancelled is not None and cancelled.status is TaskStatus.FAIL

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Accountant
@@ -42,23 +42,13 @@ from openmaas.engines.base import EngineState, EngineStream, ModelKind, SlotEngi
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.routing.router import DataClass, Deployment, RoutedEngine, RouterConfig
 from openmaas.serving.gateway import Gateway
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
+from tests.support.clock import ManualClock
+from tests.support.waiting import eventually
 
 LOCAL, EXTERNAL = DataClass.LOCAL, DataClass.EXTERNAL
 TEXT = "one two three four five"
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now_ms(self) -> int:
-        return int(self.t * 1000)
 
 
 def fake(**script: Any) -> FakeEngine:
@@ -78,7 +68,7 @@ def config(**overrides: Any) -> RouterConfig:
 
 @pytest.fixture()
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(1_000_000, monotonic=1000.0)
 
 
 @pytest.fixture()
@@ -128,13 +118,6 @@ async def drain(stream: EngineStream) -> list[StreamEvent]:
         return [event async for event in stream]
     finally:
         await stream.aclose()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.002)
 
 
 def text_of(events: list[StreamEvent]) -> str:
@@ -359,12 +342,12 @@ async def test_a_dead_replica_is_avoided_then_comes_back_after_the_cool_down(
 
     # After the cool-down the health check probes it; a failed probe re-opens it.
     probes_failed = router.members[0].breaker
-    clock.t += 30
-    await until(lambda: probes_failed.state(clock.t) is BreakerState.OPEN)
+    clock.advance(30)
+    await eventually(lambda: probes_failed.state(clock.monotonic()) is BreakerState.OPEN)
     assert router.breaker_state("dead") is BreakerState.OPEN
-    clock.t += 30
+    clock.advance(30)
     healthy = True
-    await until(lambda: router.breaker_state("dead") is BreakerState.CLOSED)
+    await eventually(lambda: router.breaker_state("dead") is BreakerState.CLOSED)
     back = router.stream(request())
     await drain(back)
     assert (back.route.deployment, back.route.attempts) == ("dead", 1)
@@ -377,8 +360,8 @@ async def test_without_a_probe_a_ready_engine_is_brought_back(
     router = await make([Deployment("flaky", flaky), Deployment("other", fake(), priority=1)])
     await drain(router.stream(request()))
     assert router.breaker_state("flaky") is BreakerState.OPEN
-    clock.t += 30
-    await until(lambda: router.breaker_state("flaky") is BreakerState.CLOSED)
+    clock.advance(30)
+    await eventually(lambda: router.breaker_state("flaky") is BreakerState.CLOSED)
 
 
 async def test_a_half_open_circuit_lets_one_real_request_probe(
@@ -391,7 +374,7 @@ async def test_a_half_open_circuit_lets_one_real_request_probe(
         health_interval_s=3600,
     )
     await drain(router.stream(request()))
-    clock.t += 30
+    clock.advance(30)
     assert router.breaker_state("flaky") is BreakerState.HALF_OPEN
     probe = router.stream(request())
     assert probe.route.deployment == "flaky"
@@ -563,7 +546,7 @@ async def test_a_client_gone_mid_stream_or_before_the_first_token_is_released(
     # Before the first token.
     stream = router.stream(request())
     task = asyncio.create_task(drain(stream))
-    await until(lambda: slow_start.stats.streams_open == 1)
+    await eventually(lambda: slow_start.stats.streams_open == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -579,7 +562,7 @@ async def test_a_client_gone_mid_stream_or_before_the_first_token_is_released(
             seen.append(event)
 
     task = asyncio.create_task(read())
-    await until(lambda: len(seen) == 1)
+    await eventually(lambda: len(seen) == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -597,12 +580,12 @@ async def test_a_cancelled_probe_gives_its_slot_back(make: Any, clock: ManualClo
         health_interval_s=3600,
     )
     await drain(router.stream(request()))
-    clock.t += 30
+    clock.advance(30)
     flaky.script.first_token_delay = 60
     probe = router.stream(request())
     assert probe.route.deployment == "flaky"
     task = asyncio.create_task(drain(probe))
-    await until(lambda: flaky.stats.streams_open == 1)
+    await eventually(lambda: flaky.stats.streams_open == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -677,37 +660,30 @@ def test_a_router_needs_consistent_deployments() -> None:
 
 
 async def test_the_gateway_records_the_route_and_releases_a_client_gone_mid_stream(
-    make: Any, tmp_path: Path
+    database: AsyncEngine, make: Any, clock: ManualClock
 ) -> None:
     """The router plugs into the gateway unchanged: its usage record names the serving
     deployment and how it was chosen, and a client gone mid-stream frees the deployment."""
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "usage.db"))
-    await migrate(database)
-    try:
-        bad, good = fake(fail_before_first_token=True), fake(token_delay=60)
-        router = await make([Deployment("bad", bad), Deployment("good", good, priority=1)])
-        usage = UsageRepository(database)
-        clock = ManualClock()
-        billing = Accountant(database, LedgerStore(database, clock.now_ms), InProcessLimiter(),
-                          clock)  # fmt: skip
-        gateway = Gateway(ModelCatalog([ServedModel("m", router)]), billing, clock, lambda: False)
-        principal = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
-        req = request()
-        generation = await gateway.generate(principal, req, "chat.completions")
-        first = await generation.__anext__()
-        assert isinstance(first, TextDelta) and router.outstanding() == {"bad": 0, "good": 1}
-        await generation.aclose()  # the client went away
-        assert all_idle(router) and good.stats.streams_open == 0
-        record = await usage.get(req.request_id)
-        assert record is not None
-        assert (record["deployment"], record["data_class"], record["route"]) == (
-            "good",
-            "local",
-            "least_loaded",
-        )
-        assert record["attempts"] == 2 and record["completion_tokens"] == 1
-    finally:
-        await database.dispose()
+    bad, good = fake(fail_before_first_token=True), fake(token_delay=60)
+    router = await make([Deployment("bad", bad), Deployment("good", good, priority=1)])
+    usage = UsageRepository(database)
+    billing = Accountant(database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock)
+    gateway = Gateway(ModelCatalog([ServedModel("m", router)]), billing, clock, lambda: False)
+    principal = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
+    req = request()
+    generation = await gateway.generate(principal, req, "chat.completions")
+    first = await generation.__anext__()
+    assert isinstance(first, TextDelta) and router.outstanding() == {"bad": 0, "good": 1}
+    await generation.aclose()  # the client went away
+    assert all_idle(router) and good.stats.streams_open == 0
+    record = await usage.get(req.request_id)
+    assert record is not None
+    assert (record["deployment"], record["data_class"], record["route"]) == (
+        "good",
+        "local",
+        "least_loaded",
+    )
+    assert record["attempts"] == 2 and record["completion_tokens"] == 1
 
 
 # --- two replicas of the real embedded model ------------------------------------------------

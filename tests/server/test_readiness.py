@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from openmaas.server.app import create_app
 from openmaas.settings import Settings
+from tests.support.waiting import wait_until
 
 
 def test_a_failed_model_is_reported_without_making_the_server_unready(tmp_path: Path) -> None:
@@ -19,8 +19,7 @@ def test_a_failed_model_is_reported_without_making_the_server_unready(tmp_path: 
     )
     settings.home.mkdir()
     with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 10
-        while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ready.status_code == 200
+        ready = wait_until(
+            lambda: (r := client.get("/readyz")).status_code == 200 and r, what="readiness"
+        )
         assert ready.json()["engines"] == {"fine": "ready", "broken": "failed"}

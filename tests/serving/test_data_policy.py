@@ -4,10 +4,10 @@ through the gateway to the router, for chat and for embeddings."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Accountant
@@ -29,20 +29,12 @@ from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.routing.router import DataClass, Deployment, RoutedEngine
 from openmaas.serving.gateway import Gateway
 from openmaas.store.billing import update_org
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import usage_records
+from tests.support.clock import ManualClock
 
 NOW_MS = 1_790_000_000_000
-
-
-class Clock:
-    def now_ms(self) -> int:
-        return NOW_MS
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 class Embedder(SlotEngine):
@@ -81,7 +73,7 @@ class Site:
             "emb", [Deployment("cloud-emb", self.cloud_embedder, data_class=DataClass.EXTERNAL)]
         )
         self.models = [ServedModel("chat", chat), ServedModel("emb", embed)]
-        clock = Clock()
+        clock = ManualClock(NOW_MS)
         billing = Accountant(
             database, LedgerStore(database, clock.now_ms), InProcessLimiter(), clock,
             refresh_seconds=0,
@@ -105,9 +97,7 @@ class Site:
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "policy.db"))
-    await migrate(database)
+async def site(database: AsyncEngine) -> AsyncIterator[Site]:
     org = await OrganizationRepository(database).create("hospital", NOW_MS)
     s = Site(database, org.id)
     for model in s.models:
@@ -117,7 +107,6 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     finally:
         for model in s.models:
             await model.engine.stop()
-        await database.dispose()
 
 
 async def test_a_local_only_organization_never_reaches_the_cloud(site: Site) -> None:

@@ -355,7 +355,7 @@ async def test_the_total_timeout_is_enforced(servers) -> None:
 
     async def slow_resolver(host: str, port: int) -> list[str]:
         resolver_started.set()
-        await asyncio.sleep(60)
+        await asyncio.sleep(60)  # a resolver that hangs: the total timeout must cut it
         return ["127.0.0.1"]
 
     fetcher = SafeFetcher(policy(allowed_networks=(LOOPBACK,), timeout_seconds=0.3))

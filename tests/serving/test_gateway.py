@@ -11,6 +11,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openmaas.accounts.auth import Principal
+from openmaas.billing.accountant import Accountant, Ticket
+from openmaas.billing.limiter import InProcessLimiter
+from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.errors import (
     EngineFailure,
     EngineNotReady,
@@ -35,16 +39,13 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import Engine, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.accounts.auth import Principal
-from openmaas.billing.accountant import Accountant, Ticket
-from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.serving.gateway import Gateway, Generation
-from openmaas.billing.limiter import InProcessLimiter
 from openmaas.store.billing import InFlight
-from openmaas.store.database import migrate, open_database
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from openmaas.store.schema import usage_records
+from tests.support.clock import ManualClock
+from tests.support.waiting import eventually
 
 NOW_MS = 1709251200000  # 2024-03-01T00:00:00Z
 PRINCIPAL = Principal(key_id="om0123456789abcdef", org_id="org_test", role="member")
@@ -52,21 +53,12 @@ PROMPT = "say hello to the tests"  # 5 words: the fake counts one prompt token p
 LONG_TEXT = "one two three four five six seven eight nine ten"
 
 
-class FakeClock:
+def frozen_clock() -> ManualClock:
     """Wall clock frozen at NOW_MS; the monotonic clock moves 10 ms each time it is read."""
-
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def now_ms(self) -> int:
-        return NOW_MS
-
-    def monotonic(self) -> float:
-        self.t += 0.01
-        return self.t
+    return ManualClock(NOW_MS, monotonic=100.0, tick=0.01)
 
 
-def billing_over(database: AsyncEngine, clock: FakeClock) -> Accountant:
+def billing_over(database: AsyncEngine, clock: ManualClock) -> Accountant:
     ledger = LedgerStore(database, clock.now_ms)
     return Accountant(database, ledger, InProcessLimiter(), clock)
 
@@ -86,7 +78,7 @@ class Harness:
         return self.gateway_over(*models)
 
     def gateway_over(self, *models: ServedModel) -> Gateway:
-        clock = FakeClock()
+        clock = frozen_clock()
         return Gateway(
             ModelCatalog(models), billing_over(self.database, clock), clock,
             lambda: self.shutting_down,
@@ -109,16 +101,13 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    database = open_database("sqlite+aiosqlite:///" + str(tmp_path / "usage.db"))
-    await migrate(database)
+async def harness(database: AsyncEngine) -> AsyncIterator[Harness]:
     h = Harness(database)
     try:
         yield h
     finally:
         for engine in h.engines:
             await engine.stop()
-        await database.dispose()
 
 
 def chat(max_tokens: int | None = None, model: str = "fake-chat") -> GenerationRequest:
@@ -246,8 +235,8 @@ async def test_closing_early_stops_the_engine_and_bills_what_it_generated(
     assert row["termination"] == termination
     assert row["completion_tokens"] == 2
     assert row["prompt_tokens"] == 5
-    # the engine really stopped: nothing is generated for nobody
-    await asyncio.sleep(4 * delay)
+    # the engine really stopped: its stream is closed, nothing is generated for nobody
+    await eventually(lambda: engine.stats.streams_open == 0, what="the engine's stream closed")
     assert engine.stats.tokens_generated == 2
     assert engine.stats.streams_open == 0
     assert engine.capacity().in_flight == 0
@@ -393,7 +382,7 @@ async def test_wait_idle_waits_for_open_generations(harness: Harness) -> None:
     assert not await gateway.wait_idle(timeout=0.02)
 
     waiter = asyncio.create_task(gateway.wait_idle(timeout=30.0))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the waiter is waiting
     assert not waiter.done()
     await g2.aclose()
     assert await waiter
@@ -469,8 +458,7 @@ async def test_overloaded_embedding_records_nothing(harness: Harness) -> None:
     gateway = await harness.gateway(ServedModel("tiny-embed", engine))
     busy = embed_request("busy")
     task = asyncio.create_task(gateway.embed(PRINCIPAL, busy, "embeddings"))
-    while engine.capacity().in_flight == 0:
-        await asyncio.sleep(0)
+    await eventually(lambda: engine.capacity().in_flight, what="the busy request in the engine")
     refused = embed_request("refused")
     with pytest.raises(EngineOverloaded):
         await gateway.embed(PRINCIPAL, refused, "embeddings")
@@ -495,39 +483,45 @@ async def test_embed_model_cannot_serve_chat(harness: Harness) -> None:
     assert info.value.param == "model"
 
 
-
-async def test_usage_record_survives_repeated_plain_asyncio_cancellation(tmp_path: Path) -> None:
+async def test_usage_record_survives_repeated_plain_asyncio_cancellation(
+    database: AsyncEngine,
+) -> None:
     """A shutdown may cancel a task more than once; the record must still be written."""
 
     class SlowLedger(LedgerStore):
         async def write(self, also):  # type: ignore[no-untyped-def]
             async def slowly(conn, events):  # type: ignore[no-untyped-def]
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # a slow write: the cancellations arrive during it
                 await also(conn, events)
 
             await super().write(slowly)
 
-    database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}")
-    await migrate(database)
     repository = UsageRepository(database)
-    clock = FakeClock()
+    clock = frozen_clock()
     ledger = SlowLedger(database, clock.now_ms)
     billing = Accountant(database, ledger, InProcessLimiter(), clock)
     gateway = Gateway(ModelCatalog([]), billing, clock, lambda: False)
     unpriced = InFlight("r-cancel", "k", "o", "m", "chat.completions", NOW_MS, None)
     ticket = Ticket(unpriced, price=None, limit=None)
     record = UsageRecord(
-        "r-cancel", PRINCIPAL.key_id, PRINCIPAL.org_id, "m", "chat.completions",
-        Usage(1, 0, 2), Termination.CLIENT_DISCONNECTED, NOW_MS, None, 5,
+        "r-cancel",
+        PRINCIPAL.key_id,
+        PRINCIPAL.org_id,
+        "m",
+        "chat.completions",
+        Usage(1, 0, 2),
+        Termination.CLIENT_DISCONNECTED,
+        NOW_MS,
+        None,
+        5,
     )
     task = asyncio.create_task(gateway.finish(ticket, record))
     for _ in range(3):
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # cancelled again and again while the record is written
         task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await repository.get("r-cancel")) is not None
-    await database.dispose()
 
 
 async def test_fake_reasons_then_calls_the_offered_tools(tmp_path: Path) -> None:
@@ -547,7 +541,9 @@ async def test_fake_reasons_then_calls_the_offered_tools(tmp_path: Path) -> None
     tools = (Tool("get_weather", "weather", {"type": "object"}),)
 
     async def run(**fields: object) -> Assembler:
-        request = GenerationRequest(new_request_id(), "fake-tools", messages=(Message(Role.USER, "hi"),), **fields)  # type: ignore[arg-type]
+        request = GenerationRequest(
+            new_request_id(), "fake-tools", messages=(Message(Role.USER, "hi"),), **fields
+        )  # type: ignore[arg-type]
         stream = engine.stream(request)
         answer = Assembler()
         async for event in stream:
@@ -557,7 +553,9 @@ async def test_fake_reasons_then_calls_the_offered_tools(tmp_path: Path) -> None
 
     with_tools = await run(tools=tools)
     assert with_tools.reasoning == "let me think"
-    assert [(c.name, c.arguments) for c in with_tools.tool_calls] == [("get_weather", '{"city": "Paris"}')]
+    assert [(c.name, c.arguments) for c in with_tools.tool_calls] == [
+        ("get_weather", '{"city": "Paris"}')
+    ]
     assert with_tools.finished is not None and with_tools.finished.reason is FinishReason.TOOL_CALLS
     assert with_tools.finished.usage.completion_tokens == 4  # 3 reasoning words + 1 call
     refused = await run(tools=tools, tool_choice=ToolChoice(ToolChoiceKind.NONE))

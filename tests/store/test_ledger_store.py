@@ -3,7 +3,6 @@ per command, the event log as the truth, append-only tables, upgrades from 0001.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
 from openmaas.store.audit import audit
 from openmaas.store.billing import statement
-from openmaas.store.database import MIGRATIONS_DIR, migrate, open_database
+from openmaas.store.database import MIGRATIONS_DIR
 from openmaas.store.ledger import EVENT, LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import ledger_entries, ledger_events
@@ -28,16 +27,6 @@ from openmaas.store.schema import ledger_entries, ledger_events
 NOW_MS = 1_790_000_000_000
 PRICE = AppliedPrice(ModelPrice("m", 1_000_000, 1_000_000, 1_000_000))  # 1 micro a token
 HOLD = PRICE.worst_case(10, 0).micros  # 10 tokens + 3 micros of rounding slack = 13
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = open_database("sqlite+aiosqlite:///" + str(tmp_path / "ledger.db"))
-    await migrate(engine)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def new_org(database: AsyncEngine, name: str = "acme") -> str:

@@ -23,6 +23,7 @@ from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import audit_log, ledger_entries, ledger_events
 from tests.store.test_repositories import head_revision
+from tests.support.clock import ManualClock
 
 NOW = 1_764_201_600_000  # 2025-11-27T00:00:00Z
 PRICE = AppliedPrice(ModelPrice("m1", 1_000_000, 500_000, 2_000_000))  # micros per 1M tokens
@@ -30,8 +31,9 @@ QUOTE: HoldQuote = PRICE.worst_case(prompt_tokens=100, max_output_tokens=50)
 APPEND_ONLY = ("ledger_events", "ledger_entries", "audit_log")
 
 
-def now_ms() -> int:
-    return NOW
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOW)
 
 
 def hold(request_id: str, org: str) -> Hold:
@@ -45,9 +47,9 @@ async def new_engine(url: str) -> AsyncEngine:
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def db_url(
+def database_url(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> str:  # PostgreSQL skips where it cannot run; SQLite always runs
+) -> str:  # the shared database fixture on both; PostgreSQL skips where it cannot run
     if request.param == "sqlite":
         return "sqlite+aiosqlite:///" + str(tmp_path / "openmaas.db")
     return request.getfixturevalue("new_pg_database")()
@@ -59,14 +61,14 @@ def pg_url(new_pg_database: Callable[[], str]) -> str:
 
 
 @pytest.fixture
-async def engines(db_url: str) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+async def engines(
+    database: AsyncEngine, database_url: str
+) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
     """Two engines on one database: two processes' connection pools."""
-    first = await new_engine(db_url)
-    second = open_database(db_url)
+    second = open_database(database_url)
     try:
-        yield first, second
+        yield database, second
     finally:
-        await first.dispose()
         await second.dispose()
 
 
@@ -185,11 +187,11 @@ async def test_postgresql_triggers_keep_the_log_append_only(
 
 # -- the ledger store (PostgreSQL and SQLite) ---------------------------------------------
 async def test_fifty_holds_at_once_take_exactly_what_the_balance_covers(
-    engines: tuple[AsyncEngine, AsyncEngine],
+    engines: tuple[AsyncEngine, AsyncEngine], clock: ManualClock
 ) -> None:
     engine, _ = engines
     org = await new_org(engine)
-    store = LedgerStore(engine, now_ms)
+    store = LedgerStore(engine, clock.now_ms)
     await store.execute(TopUp("t1", org, 10 * QUOTE.micros))
 
     results = await holds_at_once(store, org, [f"r{i}" for i in range(50)])
@@ -198,7 +200,7 @@ async def test_fifty_holds_at_once_take_exactly_what_the_balance_covers(
     refused = [r for r in results if isinstance(r, BaseException)]
     assert len(placed) == 10
     assert len(refused) == 40 and all(isinstance(r, InsufficientBalance) for r in refused)
-    ledger = await LedgerStore(engine, now_ms).refresh()  # a fresh reader: the log alone
+    ledger = await LedgerStore(engine, clock.now_ms).refresh()  # a fresh reader: the log alone
     assert ledger.balance(cash(org)) == 0 == await sql_balance(engine, cash(org))
     assert ledger.balance(held(org)) == 10 * QUOTE.micros == await sql_balance(engine, held(org))
     assert await lowest_balance_ever(engine, cash(org)) == 0
@@ -208,11 +210,11 @@ async def test_fifty_holds_at_once_take_exactly_what_the_balance_covers(
 
 
 async def test_two_writers_on_two_engines_never_overdraw_and_see_each_other(
-    engines: tuple[AsyncEngine, AsyncEngine],
+    engines: tuple[AsyncEngine, AsyncEngine], clock: ManualClock
 ) -> None:
     first, second = engines
     org = await new_org(first)
-    a, b = LedgerStore(first, now_ms), LedgerStore(second, now_ms)
+    a, b = LedgerStore(first, clock.now_ms), LedgerStore(second, clock.now_ms)
     await a.execute(TopUp("t1", org, 10 * QUOTE.micros))
     usage = Usage(prompt_tokens=40, cached_tokens=0, completion_tokens=10)
     charge = PRICE.charge(usage).micros
@@ -262,11 +264,11 @@ async def test_two_writers_on_two_engines_never_overdraw_and_see_each_other(
 
 
 async def test_a_repeated_settle_changes_nothing(
-    engines: tuple[AsyncEngine, AsyncEngine],
+    engines: tuple[AsyncEngine, AsyncEngine], clock: ManualClock
 ) -> None:
     first, second = engines
     org = await new_org(first)
-    a, b = LedgerStore(first, now_ms), LedgerStore(second, now_ms)
+    a, b = LedgerStore(first, clock.now_ms), LedgerStore(second, clock.now_ms)
     await a.execute(TopUp("t1", org, 5 * QUOTE.micros))
     await a.execute(hold("r1", org))
     usage = Usage(prompt_tokens=80, cached_tokens=20, completion_tokens=30)
@@ -286,11 +288,11 @@ async def test_a_repeated_settle_changes_nothing(
 
 
 async def test_a_refused_command_writes_no_rows(
-    engines: tuple[AsyncEngine, AsyncEngine],
+    engines: tuple[AsyncEngine, AsyncEngine], clock: ManualClock
 ) -> None:
     engine, _ = engines
     org = await new_org(engine)
-    store = LedgerStore(engine, now_ms)
+    store = LedgerStore(engine, clock.now_ms)
     await store.execute(TopUp("t1", org, QUOTE.micros - 1))
 
     async def audit(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
@@ -303,7 +305,7 @@ async def test_a_refused_command_writes_no_rows(
         await store.execute(Settle("nobody", Usage(prompt_tokens=1)), also=audit)
     after = [await count(engine, t) for t in (ledger_events, ledger_entries, audit_log)]
     assert after == before
-    assert "r1" not in (await LedgerStore(engine, now_ms).refresh()).holds
+    assert "r1" not in (await LedgerStore(engine, clock.now_ms).refresh()).holds
     # and the store still works afterwards, on the same connection pool
     await store.execute(TopUp("t2", org, 1))
     assert len(await store.execute(hold("r1", org), also=audit)) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,17 +47,7 @@ def db_url(path: Path) -> str:
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "openmaas.db"
-
-
-@pytest.fixture
-async def engine(db_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = open_database(db_url(db_path))
-    await migrate(eng)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
+    return tmp_path / "openmaas.db"  # the file of the shared database fixture (tests/conftest.py)
 
 
 def record(
@@ -96,15 +85,17 @@ async def test_migrate_creates_the_tables_and_is_idempotent(db_path: Path) -> No
         assert [o.name for o in await OrganizationRepository(eng).list()] == ["acme"]
         async with eng.connect() as conn:
             tables = await conn.run_sync(lambda c: set(sa_inspect(c).get_table_names()))
-            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+            version = (
+                await conn.execute(text("SELECT version_num FROM alembic_version"))
+            ).scalar_one()
         assert {"organizations", "api_keys", "usage_records", "ledger_events", "prices"} <= tables
         assert version == head_revision()
     finally:
         await eng.dispose()
 
 
-async def test_sqlite_is_tuned_for_durability(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
+async def test_sqlite_is_tuned_for_durability(database: AsyncEngine) -> None:
+    async with database.connect() as conn:
         journal = (await conn.execute(text("PRAGMA journal_mode"))).scalar_one()
         synchronous = (await conn.execute(text("PRAGMA synchronous"))).scalar_one()
         fks = (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one()
@@ -113,8 +104,8 @@ async def test_sqlite_is_tuned_for_durability(engine: AsyncEngine) -> None:
     assert fks == 1
 
 
-async def test_ping(engine: AsyncEngine, tmp_path: Path) -> None:
-    assert await ping(engine)
+async def test_ping(database: AsyncEngine, tmp_path: Path) -> None:
+    assert await ping(database)
     unreachable = open_database(db_url(tmp_path / "no-such-dir" / "x.db"))
     try:
         assert not await ping(unreachable)
@@ -123,8 +114,8 @@ async def test_ping(engine: AsyncEngine, tmp_path: Path) -> None:
 
 
 # -- organizations --------------------------------------------------------------------
-async def test_org_create_and_find_by_id_and_name(engine: AsyncEngine) -> None:
-    orgs = OrganizationRepository(engine)
+async def test_org_create_and_find_by_id_and_name(database: AsyncEngine) -> None:
+    orgs = OrganizationRepository(database)
     org = await orgs.create("acme", DAY1)
     assert org.name == "acme" and org.created_at_ms == DAY1
     assert org.id.startswith("org_")
@@ -133,13 +124,13 @@ async def test_org_create_and_find_by_id_and_name(engine: AsyncEngine) -> None:
     assert await orgs.count() == 1
 
 
-async def test_org_find_unknown_is_not_found(engine: AsyncEngine) -> None:
+async def test_org_find_unknown_is_not_found(database: AsyncEngine) -> None:
     with pytest.raises(NotFound):
-        await OrganizationRepository(engine).find("nobody")
+        await OrganizationRepository(database).find("nobody")
 
 
-async def test_duplicate_org_name_is_invalid_request(engine: AsyncEngine) -> None:
-    orgs = OrganizationRepository(engine)
+async def test_duplicate_org_name_is_invalid_request(database: AsyncEngine) -> None:
+    orgs = OrganizationRepository(database)
     await orgs.create("acme", DAY1)
     with pytest.raises(InvalidRequest) as info:
         await orgs.create("acme", DAY2)
@@ -148,17 +139,17 @@ async def test_duplicate_org_name_is_invalid_request(engine: AsyncEngine) -> Non
     assert await orgs.count() == 1
 
 
-async def test_org_list_is_in_creation_order(engine: AsyncEngine) -> None:
-    orgs = OrganizationRepository(engine)
+async def test_org_list_is_in_creation_order(database: AsyncEngine) -> None:
+    orgs = OrganizationRepository(database)
     await orgs.create("second", DAY2)
     await orgs.create("first", DAY1)
     assert [o.name for o in await orgs.list()] == ["first", "second"]
 
 
 # -- api keys -------------------------------------------------------------------------
-async def test_key_create_get_list(engine: AsyncEngine) -> None:
-    org = await OrganizationRepository(engine).create("acme", DAY1)
-    keys = ApiKeyRepository(engine)
+async def test_key_create_get_list(database: AsyncEngine) -> None:
+    org = await OrganizationRepository(database).create("acme", DAY1)
+    keys = ApiKeyRepository(database)
     new = generate_key()
     created = await keys.create(org.id, "ci", "member", new, DAY2)
     got = await keys.get(new.key_id)
@@ -171,18 +162,18 @@ async def test_key_create_get_list(engine: AsyncEngine) -> None:
     assert await keys.get("om" + "0" * 16) is None
 
 
-async def test_key_secret_is_never_stored(engine: AsyncEngine, db_path: Path) -> None:
-    org = await OrganizationRepository(engine).create("acme", DAY1)
+async def test_key_secret_is_never_stored(database: AsyncEngine, db_path: Path) -> None:
+    org = await OrganizationRepository(database).create("acme", DAY1)
     new = generate_key()
-    await ApiKeyRepository(engine).create(org.id, "ci", "admin", new, DAY1)
-    await engine.dispose()  # flush everything to the file
+    await ApiKeyRepository(database).create(org.id, "ci", "admin", new, DAY1)
+    await database.dispose()  # flush everything to the file
     raw = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
     assert new.secret.encode() not in raw
     assert new.key_id.encode() in raw
 
 
-async def test_key_list_filters_by_org(engine: AsyncEngine) -> None:
-    orgs, keys = OrganizationRepository(engine), ApiKeyRepository(engine)
+async def test_key_list_filters_by_org(database: AsyncEngine) -> None:
+    orgs, keys = OrganizationRepository(database), ApiKeyRepository(database)
     a, b = await orgs.create("a", DAY1), await orgs.create("b", DAY1)
     ka = await keys.create(a.id, "ka", "member", generate_key(), DAY1)
     kb = await keys.create(b.id, "kb", "member", generate_key(), DAY2)
@@ -191,16 +182,16 @@ async def test_key_list_filters_by_org(engine: AsyncEngine) -> None:
     assert await keys.list() == [ka, kb]
 
 
-async def test_key_for_unknown_org_is_refused(engine: AsyncEngine) -> None:
+async def test_key_for_unknown_org_is_refused(database: AsyncEngine) -> None:
     from sqlalchemy.exc import IntegrityError
 
     with pytest.raises(IntegrityError):
-        await ApiKeyRepository(engine).create("org_missing", "k", "member", generate_key(), DAY1)
+        await ApiKeyRepository(database).create("org_missing", "k", "member", generate_key(), DAY1)
 
 
-async def test_revoke(engine: AsyncEngine) -> None:
-    org = await OrganizationRepository(engine).create("acme", DAY1)
-    keys = ApiKeyRepository(engine)
+async def test_revoke(database: AsyncEngine) -> None:
+    org = await OrganizationRepository(database).create("acme", DAY1)
+    keys = ApiKeyRepository(database)
     new = generate_key()
     await keys.create(org.id, "ci", "member", new, DAY1)
     await keys.revoke(new.key_id, DAY2)
@@ -211,14 +202,14 @@ async def test_revoke(engine: AsyncEngine) -> None:
     assert (await keys.get(new.key_id)).revoked_at_ms == DAY2
 
 
-async def test_revoke_unknown_key_is_not_found(engine: AsyncEngine) -> None:
+async def test_revoke_unknown_key_is_not_found(database: AsyncEngine) -> None:
     with pytest.raises(NotFound):
-        await ApiKeyRepository(engine).revoke("om" + "0" * 16, DAY1)
+        await ApiKeyRepository(database).revoke("om" + "0" * 16, DAY1)
 
 
-async def test_revoke_only_touches_that_key(engine: AsyncEngine) -> None:
-    org = await OrganizationRepository(engine).create("acme", DAY1)
-    keys = ApiKeyRepository(engine)
+async def test_revoke_only_touches_that_key(database: AsyncEngine) -> None:
+    org = await OrganizationRepository(database).create("acme", DAY1)
+    keys = ApiKeyRepository(database)
     k1, k2 = generate_key(), generate_key()
     await keys.create(org.id, "1", "member", k1, DAY1)
     await keys.create(org.id, "2", "member", k2, DAY1)
@@ -227,9 +218,11 @@ async def test_revoke_only_touches_that_key(engine: AsyncEngine) -> None:
 
 
 # -- usage ----------------------------------------------------------------------------
-async def test_usage_append_and_get(engine: AsyncEngine) -> None:
-    usage = UsageRepository(engine)
-    await usage.append(record("r1", prompt=7, cached=2, completion=3, termination=Termination.LENGTH))
+async def test_usage_append_and_get(database: AsyncEngine) -> None:
+    usage = UsageRepository(database)
+    await usage.append(
+        record("r1", prompt=7, cached=2, completion=3, termination=Termination.LENGTH)
+    )
     row = await usage.get("r1")
     assert row is not None
     assert row["prompt_tokens"] == 7 and row["cached_tokens"] == 2 and row["completion_tokens"] == 3
@@ -255,11 +248,13 @@ async def test_usage_is_durable_across_reopen(db_path: Path) -> None:
         await reopened.dispose()
 
 
-async def test_usage_append_is_idempotent_by_request_id(engine: AsyncEngine) -> None:
-    usage = UsageRepository(engine)
+async def test_usage_append_is_idempotent_by_request_id(database: AsyncEngine) -> None:
+    usage = UsageRepository(database)
     first = record("r1", prompt=10, completion=5)
     await usage.append(first)
-    await usage.append(replace(first, usage=Usage(999, 9, 999), termination=Termination.ENGINE_ERROR))
+    await usage.append(
+        replace(first, usage=Usage(999, 9, 999), termination=Termination.ENGINE_ERROR)
+    )
     row = await usage.get("r1")
     assert row["prompt_tokens"] == 10 and row["completion_tokens"] == 5
     assert row["termination"] == "finished"
@@ -267,8 +262,8 @@ async def test_usage_append_is_idempotent_by_request_id(engine: AsyncEngine) -> 
     assert total.requests == 1 and total.completion_tokens == 5
 
 
-async def test_usage_totals_group_by_utc_day_and_model(engine: AsyncEngine) -> None:
-    usage = UsageRepository(engine)
+async def test_usage_totals_group_by_utc_day_and_model(database: AsyncEngine) -> None:
+    usage = UsageRepository(database)
     # 23:59:59.999 on day 1 and 00:00:00 on day 2 fall on different UTC days.
     await usage.append(record("a", model="m1", at_ms=DAY2 - 1, prompt=1, cached=1, completion=2))
     await usage.append(record("b", model="m1", at_ms=DAY1, prompt=3, cached=0, completion=4))
@@ -281,8 +276,8 @@ async def test_usage_totals_group_by_utc_day_and_model(engine: AsyncEngine) -> N
     ]
 
 
-async def test_usage_totals_are_per_org(engine: AsyncEngine) -> None:
-    usage = UsageRepository(engine)
+async def test_usage_totals_are_per_org(database: AsyncEngine) -> None:
+    usage = UsageRepository(database)
     await usage.append(record("a1", org="org_a", completion=1))
     await usage.append(record("a2", org="org_a", completion=2))
     await usage.append(record("b1", org="org_b", completion=100))
@@ -295,19 +290,21 @@ async def test_usage_totals_are_per_org(engine: AsyncEngine) -> None:
     assert both.requests == 3
 
 
-async def test_usage_totals_filter_by_day_inclusive(engine: AsyncEngine) -> None:
-    usage = UsageRepository(engine)
+async def test_usage_totals_filter_by_day_inclusive(database: AsyncEngine) -> None:
+    usage = UsageRepository(database)
     for i, day in enumerate([DAY1, DAY2, DAY3]):
         await usage.append(record(f"r{i}", at_ms=day))
     days = lambda totals: [t.day for t in totals]  # noqa: E731
     assert days(await usage.totals(since_day="2024-03-02")) == ["2024-03-02", "2024-03-03"]
     assert days(await usage.totals(until_day="2024-03-02")) == ["2024-03-01", "2024-03-02"]
-    assert days(await usage.totals(since_day="2024-03-02", until_day="2024-03-02")) == ["2024-03-02"]
+    assert days(await usage.totals(since_day="2024-03-02", until_day="2024-03-02")) == [
+        "2024-03-02"
+    ]
     assert await usage.totals(since_day="2024-03-04") == []
 
 
-async def test_usage_totals_combine_org_and_day_filters(engine: AsyncEngine) -> None:
-    usage = UsageRepository(engine)
+async def test_usage_totals_combine_org_and_day_filters(database: AsyncEngine) -> None:
+    usage = UsageRepository(database)
     await usage.append(record("a1", org="org_a", at_ms=DAY1))
     await usage.append(record("a2", org="org_a", at_ms=DAY2))
     await usage.append(record("b2", org="org_b", at_ms=DAY2))

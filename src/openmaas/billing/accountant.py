@@ -10,10 +10,12 @@ in the same transaction as the usage record, correct the TPM reservation) or
 ``Accountant.cancel`` (the engine never saw the request: release everything) ends a ticket.
 
 While a request runs, ``Accountant.checkpoint`` writes the engine's running count to the
-``inflight`` table (its row is written at admission) every ``checkpoint_seconds``; after a
-crash, ``Accountant.recover`` settles every request left there by ``recovery_usage`` (see
-``docs/billing.md``). Organizations without a tier and models without a price are neither
-limited nor charged: a fresh install meters usage and refuses nothing.
+``inflight`` table (its row is written at admission, owned by this process's instance) every
+``checkpoint_seconds``; when a process dies, ``Accountant.recover`` (on start) and
+``Accountant.sweep`` (periodically, in every other process) settle its requests by
+``recovery_usage``, exactly once (see ``docs/billing.md``). Organizations without a tier
+and models without a price are neither limited nor charged: a fresh install meters usage
+and refuses nothing.
 """
 
 from __future__ import annotations
@@ -44,11 +46,15 @@ from openmaas.store.billing import (
     admit_inflight,
     checkpoint,
     forget_inflight,
+    forget_recovered,
+    inflight_owners,
     load_inflight,
     load_org_terms,
+    load_owned_inflight,
     load_price_catalog,
     load_tiers,
 )
+from openmaas.store.instance import Liveness
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import insert_usage
 
@@ -119,6 +125,7 @@ class Accountant:
         *,
         refresh_seconds: float = 2.0,
         checkpoint_seconds: float = 1.0,
+        liveness: Liveness | None = None,
     ) -> None:
         self.ledger = ledger
         self._database = database
@@ -126,6 +133,8 @@ class Accountant:
         self._clock = clock
         self._refresh_seconds = refresh_seconds
         self._checkpoint_seconds = checkpoint_seconds
+        self._liveness = liveness  # None: rows without an owner (no serving instance)
+        self._instance_id = liveness.instance_id if liveness is not None else None
         self._terms: Terms | None = None
         self._terms_at = 0.0
 
@@ -181,8 +190,9 @@ class Accountant:
         else:
             max_output = DEFAULT_MAX_OUTPUT
         request = InFlight(
-            request_id, principal.key_id, principal.org_id, model, endpoint, now_ms, None
-        )
+            request_id, principal.key_id, principal.org_id, model, endpoint, now_ms, None,
+            instance_id=self._instance_id,
+        )  # fmt: skip
         limit = (
             await self._limiter.admit(scopes, model, prompt + max_output, now_ms)
             if scopes
@@ -337,12 +347,49 @@ class Accountant:
     # -- housekeeping ---------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Settle every request a previous process left in flight (killed), by its last
-        checkpoint; release holds that have no row. Run once on start, before serving.
-        Returns how many requests were recovered."""
+        """On start, before serving: settle the requests left in flight by the rows without
+        an owner (written before instances existed: stop old servers before upgrading), by
+        every dead instance (``sweep``), and release holds that have no row. Without a
+        liveness lock (no serving instance), only the rows without an owner. Returns how
+        many requests were recovered."""
+        recovered = await self._recover_owned(None)
+        await self._release_holds_without_rows()
+        return recovered + await self.sweep()
+
+    async def sweep(self) -> int:
+        """Recover the requests of every instance that died (its liveness lock is free),
+        each by the one process that takes its lock; run every ``OPENMAAS_RECOVERY_SECONDS``.
+        A live instance, or one another process is recovering, is left alone."""
+        if self._liveness is None:
+            return 0
         async with self._database.connect() as conn:
-            left = await load_inflight(conn)
-        ledger = await self.ledger.refresh()
+            owners = await inflight_owners(conn)
+        candidates = set(owners) | set(self._liveness.lock_files())  # died idle: its file
+        candidates.discard(self._liveness.instance_id)
+        recovered = 0
+        for instance_id in sorted(candidates):
+            lock = await self._liveness.claim(instance_id)
+            if lock is None:
+                continue  # alive, or being recovered by another process
+            try:
+                count = await self._recover_owned(instance_id)
+            finally:  # recovered, or not (a failed write): the next sweep tries again
+                await lock.release()
+            if count:
+                log.warning("recovered %d requests of dead instance %s", count, instance_id)
+            recovered += count
+        return recovered
+
+    async def _recover_owned(self, owner: str | None) -> int:
+        """Settle ``owner``'s rows by their last checkpoint, each with its usage record and
+        the deletion of its row in one transaction. At most once per request even without
+        the owner's lock: a settlement is a repeat once resolved (``resolved:<request id>``),
+        and an unpriced request is recorded by whoever deletes its row."""
+        async with self._database.connect() as conn:
+            left = await load_owned_inflight(conn, owner)
+        if not left:
+            return 0
+        ledger = await self.ledger.refresh()  # after reading the rows: their holds are in it
         for request in left:
             record = UsageRecord(
                 request.request_id,
@@ -359,13 +406,37 @@ class Accountant:
             )
             if request.request_id in ledger.holds:
                 await self._settle(record)  # billed by recovery_usage(checkpoint)
-            else:
-                await self._append(record)
-        known = {request.request_id for request in left}
-        for request_id in ledger.open_holds():
-            if request_id not in known:  # no row: admitted in no transaction we can see
-                await self.ledger.execute(Release(request_id))
+            elif request.request_id not in ledger.resolved:  # settled: its settler recorded it
+                await self._record_unpriced(record)
+
+        async def rest(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
+            ids = [request.request_id for request in left]  # only those read: a row
+            await forget_recovered(conn, ids)  # whose hold was resolved already
+
+        await self.ledger.write(rest)
         return len(left)
+
+    async def _record_unpriced(self, record: UsageRecord) -> None:
+        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
+            if await forget_inflight(conn, record.request_id):  # not recovered by another
+                await insert_usage(conn, record)
+
+        await self.ledger.write(write)
+
+    async def _release_holds_without_rows(self) -> None:
+        """Release the open holds that have no ``inflight`` row (impossible by construction:
+        a hold and its row commit together). The ledger is read before the rows, so a hold
+        placed meanwhile by a live process is not in it, and one resolved meanwhile makes
+        the release a repeat."""
+        ledger = await self.ledger.refresh()
+        open_holds = ledger.open_holds()
+        if not open_holds:
+            return
+        async with self._database.connect() as conn:
+            known = {request.request_id for request in await load_inflight(conn)}
+        for request_id in open_holds:
+            if request_id not in known:
+                await self.ledger.execute(Release(request_id))
 
     async def expire_packs(self) -> int:
         """Move what is left of expired resource packs out; returns how many expired."""

@@ -179,7 +179,8 @@ async def load_org_terms(conn: AsyncConnection) -> dict[str, OrgTerms]:
 @dataclass(frozen=True, slots=True)
 class InFlight:
     """A request admitted but not yet recorded, with the engine's count at its last
-    checkpoint (``None`` before the first); what crash recovery bills."""
+    checkpoint (``None`` before the first); what crash recovery bills. ``instance_id``: the
+    serving process that owns it (``store/instance.py``; None: written before instances)."""
 
     request_id: str
     key_id: str
@@ -188,10 +189,11 @@ class InFlight:
     endpoint: str
     started_at_ms: int
     checkpoint: Usage | None
+    instance_id: str | None = None
 
 
 async def admit_inflight(conn: AsyncConnection, request: InFlight) -> None:
-    """The request's row, as it is admitted: nothing counted yet."""
+    """The request's row, as it is admitted: nothing counted yet, owned by its instance."""
     await conn.execute(
         insert(inflight).values(
             request_id=request.request_id,
@@ -205,6 +207,7 @@ async def admit_inflight(conn: AsyncConnection, request: InFlight) -> None:
             completion_tokens=0,
             reasoning_tokens=0,
             checkpoint_at_ms=None,
+            instance_id=request.instance_id,
         )
     )
 
@@ -224,12 +227,43 @@ async def checkpoint(conn: AsyncConnection, request_id: str, usage: Usage, at_ms
     )
 
 
-async def forget_inflight(conn: AsyncConnection, request_id: str) -> None:
-    await conn.execute(delete(inflight).where(inflight.c.request_id == request_id))
+async def forget_inflight(conn: AsyncConnection, request_id: str) -> bool:
+    """Delete the request's row; True if there was one (so that whoever deletes it, in a
+    transaction that commits, is the one who recorded the request)."""
+    result = await conn.execute(delete(inflight).where(inflight.c.request_id == request_id))
+    return bool(result.rowcount)
+
+
+async def forget_recovered(conn: AsyncConnection, request_ids: list[str]) -> int:
+    """Delete what is left of the rows a recovery read (a row whose hold was resolved
+    already, so its settlement wrote nothing); returns how many."""
+    result = await conn.execute(delete(inflight).where(inflight.c.request_id.in_(request_ids)))
+    return int(result.rowcount or 0)
+
+
+async def inflight_owners(conn: AsyncConnection) -> list[str]:
+    """The instances that have requests in flight (rows without an owner not counted)."""
+    rows = await conn.execute(
+        select(inflight.c.instance_id).where(inflight.c.instance_id.is_not(None)).distinct()
+    )
+    return sorted(str(r.instance_id) for r in rows)
 
 
 async def load_inflight(conn: AsyncConnection) -> list[InFlight]:
-    rows = await conn.execute(select(inflight).order_by(inflight.c.started_at_ms))
+    """Every request in flight, whoever owns it, oldest first."""
+    return await _load_inflight(conn, None)
+
+
+async def load_owned_inflight(conn: AsyncConnection, owner: str | None) -> list[InFlight]:
+    """The requests in flight of instance ``owner`` (None: the rows written before
+    instances existed), oldest first."""
+    owned = inflight.c.instance_id
+    return await _load_inflight(conn, owned.is_(None) if owner is None else owned == owner)
+
+
+async def _load_inflight(conn: AsyncConnection, where: Any) -> list[InFlight]:
+    query = select(inflight).order_by(inflight.c.started_at_ms, inflight.c.request_id)
+    rows = await conn.execute(query if where is None else query.where(where))
     return [
         InFlight(
             r.request_id,
@@ -246,6 +280,7 @@ async def load_inflight(conn: AsyncConnection) -> list[InFlight]:
                 completion_tokens=r.completion_tokens,
                 reasoning_tokens=r.reasoning_tokens,
             ),
+            r.instance_id,
         )
         for r in rows
     ]

@@ -152,4 +152,8 @@ inflight = Table(
     Column("completion_tokens", Integer, nullable=False),
     Column("reasoning_tokens", Integer, nullable=False),
     Column("checkpoint_at_ms", BigInteger, nullable=True),  # None: admitted, no count yet
+    # migration 0005: the serving process that owns the row (store/instance.py); None:
+    # written before instances existed, recovered by the next start
+    Column("instance_id", String(26), nullable=True),
+    Index("ix_inflight_instance", "instance_id"),
 )

@@ -115,7 +115,7 @@ def async_job() -> dict[str, Any]:
         result = c.chat.asyncCompletions.retrieve_completion_result(id=created.id)
         if result.task_status != "PROCESSING":
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # the client's polling interval, as an SDK user polls a job
     return {"created": dump(created), "result": dump(result), "polls": polls}
 
 
