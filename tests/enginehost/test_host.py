@@ -30,11 +30,11 @@ from openmaas.core.types import (
     ToolChoice,
     ToolChoiceKind,
 )
+from openmaas.enginehost.app import EngineHost, create_host_app, local_engines
 from openmaas.engines.base import Engine, EngineState
 from openmaas.engines.embedded import CHAT_MODEL, EMBEDDING_MODEL
 from openmaas.engines.hosted import HostedEngine
 from openmaas.engines.llamacpp import LlamaCppEngine
-from openmaas.enginehost.app import EngineHost, create_host_app, local_engines
 from openmaas.server.enginehost import bind_socket
 from openmaas.settings import Settings
 
@@ -67,9 +67,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     )
     path = tmp_path / "e.sock"
     host = EngineHost(local_engines(settings))
-    server = uvicorn.Server(
-        uvicorn.Config(create_host_app(host), log_config=None, lifespan="on")
-    )
+    server = uvicorn.Server(uvicorn.Config(create_host_app(host), log_config=None, lifespan="on"))
     sock = bind_socket(path)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     # The worker builds its engines as the catalog does, through the host's socket.
@@ -120,7 +118,9 @@ async def test_the_worker_gets_the_in_process_answer_and_exact_usage(served: Ser
     for request in (
         _chat("Name three fruits."),
         GenerationRequest(
-            "req-2", CHAT_MODEL, prompt="The capital of France is",
+            "req-2",
+            CHAT_MODEL,
+            prompt="The capital of France is",
             sampling=SamplingParams(max_tokens=8, temperature=0.0),
         ),
     ):

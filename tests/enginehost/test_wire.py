@@ -20,6 +20,7 @@ from openmaas.core.types import (
     ResponseFormatKind,
     Role,
     SamplingParams,
+    StreamEvent,
     TextDelta,
     Thinking,
     Tool,
@@ -29,6 +30,7 @@ from openmaas.core.types import (
     ToolChoiceKind,
     Usage,
 )
+from openmaas.enginehost import wire
 from openmaas.engines.base import ModelKind, UsageTracker
 from openmaas.engines.hosted import HostedConfig, HostedEngine, _error_of, _revive
 from openmaas.engines.openai_wire import (
@@ -39,7 +41,6 @@ from openmaas.engines.openai_wire import (
     completion_body,
     exact_usage,
 )
-from openmaas.enginehost import wire
 
 RELAY = HostedEngine("m", HostedConfig(Path("/nowhere.sock"), ModelKind.CHAT, 1, 0))
 WEATHER = Tool(
@@ -108,11 +109,11 @@ def test_an_unreadable_body_is_an_invalid_request() -> None:
         wire.generation_request(b'{"messages": [{"role": "nobody"}]}', "r")
 
 
-def _read(frames: bytes, chat: bool) -> tuple[list[object], UsageTracker, FinishReason | None]:
+def _read(frames: bytes, chat: bool) -> tuple[list[StreamEvent], UsageTracker, FinishReason | None]:
     """What a worker's relay makes of the frames (engines/openai_http.py's steps)."""
     tracker = UsageTracker()
     tracker.estimated = True
-    events: list[object] = []
+    events: list[StreamEvent] = []
     reason = None
     for payload in SseDecoder().feed(frames):
         if payload == b"[DONE]":
@@ -127,7 +128,7 @@ def _read(frames: bytes, chat: bool) -> tuple[list[object], UsageTracker, Finish
 
 def test_every_chunk_carries_the_engines_running_count() -> None:
     writer = wire.ChunkWriter("r", "m", chat=True)
-    sent = [
+    sent: list[StreamEvent] = [
         ReasoningDelta("hmm", 1),
         TextDelta("Hi", 2, 10, 4),
         ToolCallDelta(0, "call_r_0", "f", '{"a":1}', 9),
