@@ -81,7 +81,6 @@ def run_server(
         port=settings.port,
         log_config=None,
         access_log=False,
-        lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
         server_header=False,
     )
