@@ -23,6 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "routing": {"core", "engines", "aio"},
     "catalog": {"core", "glm", "engines", "store", "settings", "aio", "accounts", "routing"},
     "serving": {"core", "engines", "aio", "accounts", "billing", "routing", "catalog"},
+    # the engine host: the settings' local models, once per machine, for the workers
+    "enginehost": {"core", "engines", "protocols", "settings", "catalog"},
     # the composition root, then the edges
     "platform": {"core", "store", "settings", "aio", "accounts", "billing", "catalog"},
 }

@@ -122,10 +122,16 @@ def main() -> None:
 @main.command(help="Start the API server (settings from OPENMAAS_* variables).")
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8000).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes (default 1); more also start one engine host for the local models.",
+)
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
     from openmaas.server.runner import serve as run_server
 
-    overrides: dict[str, Any] = {"host": host, "port": port}
+    overrides: dict[str, Any] = {"host": host, "port": port, "workers": workers}
     run_server(Settings(**{k: v for k, v in overrides.items() if v is not None}))
 
 

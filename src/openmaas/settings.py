@@ -150,6 +150,20 @@ class Settings(BaseSettings):
         "in flight may take before its engines are stopped.",
     )
 
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Gateway worker processes of `openmaas serve`; more than 1 also starts an "
+        "engine host that loads the local models once for all of them (docs/engines.md).",
+    )
+    engine_socket: Path | None = Field(
+        None,
+        description="Unix socket of an engine host (`python -m openmaas.enginehost`): when "
+        "set, the settings' local models (embedded and OPENMAAS_LOCAL_MODELS) are served by "
+        "that host instead of loaded in this process; `serve --workers N` sets it to "
+        "engine.sock in the data directory.",
+    )
+
     @field_validator("sqlite_synchronous")
     @classmethod
     def _check_synchronous(cls, value: str) -> str:

@@ -41,6 +41,7 @@ def settings_context(settings: Settings) -> BuildContext:
         threads=settings.threads,
         check_paths=False,  # a missing file fails that model's load (503), not the start
         cache_dir=settings.cache_dir,
+        engine_socket=settings.engine_socket,
     )
 
 
@@ -80,8 +81,11 @@ def settings_model_names(settings: Settings) -> set[str]:
 
 
 def build_engine(spec: ModelSpec, ctx: BuildContext) -> Engine:
-    """The engine of a settings model: its one deployment's, served directly."""
+    """The engine of a settings model: its one deployment's, served directly; with an
+    engine host (``OPENMAAS_ENGINE_SOCKET``), an in-process model is the host's."""
     [deployment] = spec.deployments
+    if ctx.engine_socket is not None and deployment.in_process:
+        return deployment.build_hosted(spec.name, spec.model_kind, ctx.engine_socket, ctx)
     return deployment.build(spec.name, spec.model_kind, ctx)
 
 

@@ -47,6 +47,8 @@ class BuildContext:
     unreadable: frozenset[str] = frozenset()  # exist but do not decrypt (another master key)
     check_paths: bool = True
     cache_dir: Path = Path(".openmaas") / "cache"  # converted model files (OPENMAAS_HOME/cache)
+    # The engine host serving the settings' in-process models (catalog/builtin.py), if any.
+    engine_socket: Path | None = None
 
 
 class DeploymentBase(_Strict):
@@ -60,6 +62,8 @@ class DeploymentBase(_Strict):
     priority: int = Field(0, ge=0)
 
     kinds: ClassVar[frozenset[ModelKind]] = frozenset(ModelKind)  # model kinds it can serve
+    # Loaded into the serving process (llama.cpp): an engine host can serve it instead.
+    in_process: ClassVar[bool] = False
 
     def serves(self, kind: ModelKind) -> bool:
         """Whether this deployment can serve a model of ``kind``."""
@@ -80,6 +84,21 @@ class DeploymentBase(_Strict):
 
     def build(self, model: str, kind: ModelKind, ctx: BuildContext) -> Engine:
         raise NotImplementedError
+
+    def build_hosted(self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext) -> Engine:
+        """The engine of an ``in_process`` deployment that the engine host listening on
+        ``socket`` serves (``engines/hosted.py``)."""
+        raise NotImplementedError
+
+
+def _hosted(
+    model: str, kind: ModelKind, socket: Path, slots: int, queue: int | None, ctx: BuildContext
+) -> Engine:
+    """A client of the engine host's model, with the capacity of the host's engine."""
+    from openmaas.engines.hosted import HostedConfig, HostedEngine
+
+    queue = ctx.engine_queue if queue is None else queue
+    return HostedEngine(model, HostedConfig(socket, kind, slots, queue))
 
 
 class Timeouts(_Strict):
@@ -213,6 +232,11 @@ class LlamaCppDeployment(LlamaCppModel, DeploymentBase):
     engine: Literal["llamacpp"]
     queue: int | None = Field(None, ge=0)  # default: OPENMAAS_ENGINE_QUEUE
 
+    in_process: ClassVar[bool] = True
+
+    def build_hosted(self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext) -> Engine:
+        return _hosted(model, kind, socket, self.slots, self.queue, ctx)
+
     def problems(self, ctx: BuildContext) -> list[tuple[str, str]]:
         if ctx.check_paths and not self.path.is_file():
             return [("path", f"no file at {self.path}")]
@@ -251,6 +275,11 @@ class EmbeddedDeployment(DeploymentBase):
     queue: int | None = Field(None, ge=0)  # default: OPENMAAS_ENGINE_QUEUE
     context: int | None = Field(None, ge=256)  # the chat model's, per slot (default 2048)
     threads: int | None = Field(None, ge=1)  # default: OPENMAAS_THREADS
+
+    in_process: ClassVar[bool] = True
+
+    def build_hosted(self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext) -> Engine:
+        return _hosted(model, kind, socket, self.slots, self.queue, ctx)
 
     @field_validator("model")
     @classmethod

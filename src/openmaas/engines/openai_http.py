@@ -37,7 +37,7 @@ import asyncio
 import functools
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,7 @@ class OpenAIHttpConfig:
     thinking_style: ThinkingStyle = ThinkingStyle.CHAT_TEMPLATE_KWARGS
     probe_models: bool = False  # GET {base_url}/models at load (not every upstream serves it)
     tokenizer_path: Path | None = None  # tokenizer.json for estimates (default: see below)
+    uds: str | None = None  # a Unix socket to connect through (base_url's host is then a name)
 
     def __post_init__(self) -> None:
         if self.slots < 1 or self.queue < 0:
@@ -169,9 +170,11 @@ class OpenAIHttpEngine(SlotEngine):
         headers = dict(cfg.headers)
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
+        limits = httpx.Limits(max_connections=cfg.slots, max_keepalive_connections=cfg.slots)
         self._client = httpx.AsyncClient(
             headers=headers,
-            limits=httpx.Limits(max_connections=cfg.slots, max_keepalive_connections=cfg.slots),
+            limits=limits,
+            transport=httpx.AsyncHTTPTransport(uds=cfg.uds, limits=limits) if cfg.uds else None,
             # Reads are bounded by our own first-token / idle / total deadlines.
             timeout=httpx.Timeout(connect=cfg.timeouts.connect, read=None, write=None, pool=None),
             follow_redirects=False,  # the only outbound URLs are the catalog's
@@ -233,7 +236,7 @@ class OpenAIHttpEngine(SlotEngine):
         response: httpx.Response | None = None
         chunks: AsyncIterator[bytes] | None = None
         try:
-            response = await self._open(client, path, body, deadline)
+            response = await self._open(client, path, body, deadline, self._headers_for(request))
             decoder = SseDecoder()
             chunks = response.aiter_bytes()
             reason: FinishReason | None = None
@@ -269,7 +272,7 @@ class OpenAIHttpEngine(SlotEngine):
                         continue
                     chunk = self._parse(payload, deadline.first_token_seen)
                     try:
-                        events = chunk_events(chunk, chat, tracker, tokens.count)
+                        events = self._chunk_events(chunk, chat, tracker, tokens.count)
                         for event in events:
                             if isinstance(event, ReasoningDelta):
                                 reasoning_tokens += max(1, tokens.count(event.text))
@@ -313,14 +316,37 @@ class OpenAIHttpEngine(SlotEngine):
                 usage = usage_of(tracker, reasoning_tokens)
                 tracker.upstream_cost = self._cost(usage, upstream_said)
 
+    def _chunk_events(
+        self,
+        chunk: dict[str, Any],
+        chat: bool,
+        tracker: UsageTracker,
+        count: Callable[[str], int],
+    ) -> Iterable[StreamEvent]:
+        """The canonical events of one stream chunk (``openai_wire.chunk_events``)."""
+        return chunk_events(chunk, chat, tracker, count)
+
+    def _headers_for(self, request: GenerationRequest) -> dict[str, str]:
+        """Headers of one generation's request besides the configured ones (none here)."""
+        return {}
+
     async def _open(
-        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], deadline: _Deadlines
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        body: dict[str, Any],
+        deadline: _Deadlines,
+        headers: Mapping[str, str],
     ) -> httpx.Response:
         request = client.build_request(
             "POST",
             self._base + path,
             content=orjson.dumps(body),
-            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream",
+                **headers,
+            },
         )
         at, phase = deadline.next()
         response: httpx.Response | None = None

@@ -1,52 +1,53 @@
-"""Running the server process: first-run bootstrap, uvicorn, graceful SIGTERM."""
+"""Running the server: first-run bootstrap, uvicorn, graceful SIGTERM; with
+``OPENMAAS_WORKERS`` > 1 (``openmaas serve --workers N``) a supervisor of N worker
+processes and one engine host (``docs/engines.md``, "The engine host").
+
+One worker (the default) is one process, exactly as before: the local models are loaded in
+it. With N workers the supervisor
+
+1. bootstraps the data directory, starts the engine host (``server/enginehost.py``) and
+   waits until its models are loaded: they are loaded once, by the host alone;
+2. listens on the port with N sockets (``SO_REUSEPORT``: the kernel spreads connections
+   over the workers; elsewhere one shared socket) and starts N workers
+   (``server/worker.py``), each with its own composition root and the host's models;
+3. restarts a worker or the host that dies (a worker's requests to the host's models get
+   503 until the host is back); after ``kill -9`` of the supervisor every child stops by
+   itself (its stdin ends);
+4. on SIGTERM or SIGINT drains the workers (each as one process would), then stops the host.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import signal
+import socket
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Sequence
 from types import FrameType
 
 import click
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openmaas.accounts.admin import IssuedKey
+from openmaas.catalog.builtin import settings_document
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.server.logs import configure_logging
+from openmaas.server.processes import ChildProcess, EngineHostProcess, QuietServer
 from openmaas.server.state import Lifecycle
 from openmaas.settings import Settings
 
 log = logging.getLogger("openmaas.server")
 
-
-class _DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the app when shutdown begins (readiness fails at once)."""
-
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
-        super().__init__(config)
-        self._lifecycle = lifecycle
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._lifecycle.draining = True
-        super().handle_exit(sig, frame)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Like uvicorn's, but a drained shutdown exits 0 instead of re-raising the signal."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+WORKER_HEADER = "x-openmaas-worker"  # with several workers: the pid of the one that answered
+_WATCH_S = 0.5  # how often the supervisor looks at its children
+_RESTART_MAX_S = 30.0  # the longest wait between restarts of a child that keeps dying
+_STOP_SLACK_S = 10.0
 
 
 async def _first_run(settings: Settings) -> IssuedKey | None:
@@ -59,8 +60,21 @@ def serve(settings: Settings) -> None:
     issued = asyncio.run(_first_run(settings))
     if issued is not None:
         click.echo(welcome(settings, issued))
+    if settings.workers > 1:
+        Supervisor(settings).run()
+        return
+    log.info("starting", extra={"host": settings.host, "port": settings.port})
+    run_server(settings)
+
+
+def run_server(
+    settings: Settings, sockets: Sequence[socket.socket] | None = None, name_worker: bool = False
+) -> None:
+    """One serving process until SIGTERM: readiness fails at once, then a drained exit 0."""
     lifecycle = Lifecycle()
-    app = create_app(settings, lifecycle=lifecycle)
+    app: ASGIApp = create_app(settings, lifecycle=lifecycle)
+    if name_worker:
+        app = _NameWorker(app)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -70,8 +84,170 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
         server_header=False,
     )
-    log.info("starting", extra={"host": settings.host, "port": settings.port})
-    _DrainingServer(config, lifecycle).run()
+
+    def draining() -> None:
+        lifecycle.draining = True
+
+    QuietServer(config, on_exit=draining).run(sockets=list(sockets) if sockets else None)
+
+
+class _NameWorker:
+    """Adds ``x-openmaas-worker: <pid>`` to every response of this worker."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.header = (WORKER_HEADER.encode(), str(os.getpid()).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
+# -- several workers --------------------------------------------------------------------------
+class _Child:
+    """A child process restarted when it dies, waiting longer after each quick death."""
+
+    def __init__(self, process: ChildProcess) -> None:
+        self.process = process
+        self.backoff = 0.0
+        self.restart_at: float | None = None
+        self.started_at = 0.0
+
+    def start(self, now: float) -> None:
+        self.process.start()
+        self.started_at, self.restart_at = now, None
+
+    def check(self, now: float) -> bool:
+        """Restart the process if it died and its wait is over; True when it (re)started."""
+        code = self.process.exit_code()
+        if code is None or self.process.pid is None:
+            return False
+        if self.restart_at is None:
+            lived = now - self.started_at
+            self.backoff = (
+                0.0 if lived > _RESTART_MAX_S else min(_RESTART_MAX_S, self.backoff * 2 or 0.5)
+            )
+            self.restart_at = now + self.backoff
+            log.error(
+                f"{self.process.name} exited; restarting it",
+                extra={"pid": self.process.pid, "code": code, "after_s": self.backoff},
+            )
+        if now < self.restart_at:
+            return False
+        self.start(now)
+        return True
+
+
+class Supervisor:
+    """``openmaas serve --workers N``: the engine host and N workers (module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from openmaas.server.enginehost import socket_path
+
+        self.settings = settings
+        self.socket = socket_path(settings)
+        self.worker_settings = settings.model_copy(update={"engine_socket": self.socket})
+        self.stop = threading.Event()
+        hosts_models = any(m.deployments[0].in_process for m in settings_document(settings).models)
+        self.host = (
+            _Child(EngineHostProcess(self.worker_settings, self.socket)) if hosts_models else None
+        )
+        self.workers: list[_Child] = []
+        self.listeners: list[socket.socket] = []
+
+    def run(self) -> None:
+        original = {
+            sig: signal.signal(sig, self._handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            self.listeners = _listen(self.settings)
+            if self.host is not None:
+                self.host.start(_now())
+                assert isinstance(self.host.process, EngineHostProcess)
+                if not self.host.process.wait_ready(self.stop):
+                    return
+            for index, listener in enumerate(self._listener_per_worker()):
+                process = ChildProcess(
+                    "openmaas.server.worker",
+                    self.worker_settings,
+                    f"worker {index}",
+                    pass_fds=(listener.fileno(),),
+                )
+                self.workers.append(_Child(process))
+                self.workers[-1].start(_now())
+            log.info(
+                "serving",
+                extra={
+                    "host": self.settings.host,
+                    "port": self.settings.port,
+                    "workers": len(self.workers),
+                    "engine_host": None if self.host is None else self.host.process.pid,
+                },
+            )
+            while not self.stop.wait(_WATCH_S):
+                for child in ([self.host] if self.host else []) + self.workers:
+                    child.check(_now())
+        finally:
+            self._shutdown()
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def _handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stop.set()
+
+    def _listener_per_worker(self) -> list[socket.socket]:
+        if len(self.listeners) == 1:
+            return self.listeners * self.settings.workers
+        return self.listeners
+
+    def _shutdown(self) -> None:
+        grace = self.settings.shutdown_grace_seconds
+        for worker in self.workers:
+            worker.process.terminate()
+        for worker in self.workers:
+            worker.process.wait(grace + _STOP_SLACK_S)
+        if self.host is not None:
+            self.host.process.stop(grace)
+        for listener in self.listeners:
+            listener.close()
+
+
+_now = time.monotonic
+
+
+def _listen(settings: Settings) -> list[socket.socket]:
+    """The listening sockets: one per worker with ``SO_REUSEPORT`` (the kernel balances
+    connections between them), else one that all workers share."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    count = settings.workers if sys.platform.startswith("linux") else 1
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Without SO_REUSEPORT: fails if anyone holds the port, even a group of such sockets.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((settings.host, settings.port))
+    listeners: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((settings.host, settings.port))
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
 
 
 def welcome(settings: Settings, issued: IssuedKey) -> str:

@@ -1,0 +1,157 @@
+"""``openmaas serve --workers 2``: two gateway workers answer on one port, the local models
+are loaded once (by the engine host alone), a host that dies is restarted, and SIGTERM or
+``kill -9`` of the supervisor leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from openmaas.engines.embedded import chat_model_path
+from tests.e2e.live import CHAT_MODEL, EMBEDDING_MODEL, LiveServer
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+WORKER_HEADER = "x-openmaas-worker"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process under ``pid`` (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _with_chat_model(pids: set[int]) -> set[int]:
+    """The processes that have the chat model's weights mapped: those running llama.cpp."""
+    name = chat_model_path().name
+    found = set()
+    for pid in pids:
+        try:
+            if name in Path(f"/proc/{pid}/maps").read_text():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _host_pid(live: LiveServer) -> int:
+    assert live.process is not None
+    [pid] = _with_chat_model(_descendants(live.process.pid))
+    return pid
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("workers") / "home", workers=2)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.stop()
+
+
+def _chat(live: LiveServer, text: str) -> httpx.Response:
+    return httpx.post(
+        f"{live.base_url}/v1/chat/completions",
+        json={
+            "model": CHAT_MODEL,
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
+        headers={"Authorization": f"Bearer {live.admin_key}"},
+        timeout=60,
+    )
+
+
+def test_two_workers_answer_and_the_models_are_loaded_once(two: LiveServer) -> None:
+    assert two.process is not None
+    workers = {int(httpx.get(f"{two.base_url}/healthz").headers[WORKER_HEADER]) for _ in range(40)}
+    assert len(workers) == 2
+    children = _descendants(two.process.pid)
+    assert workers <= children
+    # llama.cpp runs in one process: the engine host, neither worker nor the supervisor.
+    [host] = _with_chat_model(children | {two.process.pid})
+    assert host not in workers | {two.process.pid}
+
+    answered_by = set()
+    for i in range(12):
+        response = _chat(two, f"Say hello number {i}.")
+        assert response.status_code == 200, response.text
+        usage = response.json()["usage"]
+        assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+        assert (
+            two.usage_row(response.headers["x-request-id"])["completion_tokens"]
+            == (usage["completion_tokens"])
+        )
+        answered_by.add(int(response.headers[WORKER_HEADER]))
+    assert answered_by == workers
+    embedded = httpx.post(
+        f"{two.base_url}/v1/embeddings",
+        json={"model": EMBEDDING_MODEL, "input": ["a river"]},
+        headers={"Authorization": f"Bearer {two.admin_key}"},
+        timeout=60,
+    )
+    assert embedded.status_code == 200 and embedded.json()["usage"]["prompt_tokens"] > 0
+
+
+def test_a_host_that_dies_is_restarted(two: LiveServer) -> None:
+    old = _host_pid(two)
+    os.kill(old, signal.SIGKILL)
+    # Meanwhile the workers answer 503 for the host's models; then the host is back.
+    statuses: list[int] = []
+
+    def answered() -> bool:
+        statuses.append(_chat(two, "Hello again.").status_code)
+        return statuses[-1] == 200
+
+    wait_until(answered, timeout=60, what="the restarted engine host to answer", interval=0.2)
+    assert set(statuses) <= {200, 503}
+    assert _host_pid(two) != old
+
+
+def test_sigterm_stops_the_workers_then_the_host(two: LiveServer) -> None:
+    assert two.process is not None
+    children = _descendants(two.process.pid)
+    assert len(children) >= 3  # two workers and the host
+    assert two.stop(signal.SIGTERM) == 0
+    assert _alive(children) == set()
+    assert not (two.home / "engine.sock").exists()
+
+
+def test_kill_9_of_the_supervisor_leaves_no_process(tmp_path: Path) -> None:
+    live = LiveServer(tmp_path / "home", workers=2).start()
+    assert live.process is not None
+    children = _descendants(live.process.pid)
+    assert len(children) >= 3
+    live.kill()
+    wait_until(lambda: not _alive(children), timeout=60, what="the children to stop")
