@@ -37,6 +37,7 @@ from openmaas.engines.hosted import HostedEngine
 from openmaas.engines.llamacpp import LlamaCppEngine
 from openmaas.server.enginehost import bind_socket
 from openmaas.settings import Settings
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -106,11 +107,15 @@ async def _all(engine: Engine, request: GenerationRequest) -> list[StreamEvent]:
         await stream.aclose()
 
 
-def _predicted_total(engine: Engine) -> int:
+def _metric(engine: Engine, name: str) -> int:
     assert isinstance(engine, LlamaCppEngine)
-    match = re.search(r"^llamacpp:tokens_predicted_total (\d+)", engine.metrics_text(), re.M)
+    match = re.search(rf"^llamacpp:{name} (\d+)", engine.metrics_text(), re.M)
     assert match is not None
     return int(match.group(1))
+
+
+def _predicted_total(engine: Engine) -> int:
+    return _metric(engine, "tokens_predicted_total")
 
 
 async def test_the_worker_gets_the_in_process_answer_and_exact_usage(served: Served) -> None:
@@ -188,6 +193,8 @@ async def test_closing_a_stream_stops_generation_in_the_host(served: Served) -> 
     await stream.aclose()
     # By then the host has stopped the engine and said what it counted.
     assert engine.capacity().in_flight == 0
+    # llama.cpp publishes its counters once its slot is idle.
+    await eventually(lambda: _metric(engine, "requests_processing") == 0, what="slot idle")
     generated = _predicted_total(engine) - before
     reported = stream.tracker.completion_tokens
     assert 5 <= reported <= generated <= reported + 2
