@@ -76,7 +76,7 @@ from openmaas.core.limits import (
     Dimension,
     Refusal,
     counter_caps,
-    rate_limit_headers,
+    new_admission,
     rate_limited,
     strictest,
 )
@@ -419,14 +419,8 @@ class RedisLimiter:
         if not admitted:
             assert refusal is not None
             return Decision(None, replace(refusal, retry_after_ms=retry_ms), requests, tokens)
-        admission = Admission(
-            id=admission_id,
-            model=model,
-            reserved_tokens=reserve_tokens,
-            admitted_ms=now,
-            token_counters=tuple(k for k, _ in checks if k[2] is Dimension.TOKENS),
-            concurrency_counters=tuple(k for k, _ in checks if k[2] is Dimension.CONCURRENCY),
-            headers=rate_limit_headers(requests, tokens),
+        admission = new_admission(
+            admission_id, model, reserve_tokens, now, checks, requests, tokens
         )
         return Decision(admission, None, requests, tokens)
 

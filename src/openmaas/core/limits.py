@@ -304,14 +304,8 @@ class LimitState:
                 self._window(key).add(reserve_tokens if key[2] is Dimension.TOKENS else 1, now)
         requests, tokens = self._statuses(checks, now)
         self._seq += 1
-        admission = Admission(
-            id=str(self._seq),
-            model=model,
-            reserved_tokens=reserve_tokens,
-            admitted_ms=now,
-            token_counters=tuple(k for k, _ in checks if k[2] is Dimension.TOKENS),
-            concurrency_counters=tuple(k for k, _ in checks if k[2] is Dimension.CONCURRENCY),
-            headers=rate_limit_headers(requests, tokens),
+        admission = new_admission(
+            str(self._seq), model, reserve_tokens, now, checks, requests, tokens
         )
         self._open[admission.id] = admission
         return Decision(admission, None, requests, tokens)
@@ -403,6 +397,28 @@ class LimitState:
         for key in idle:
             del self._windows[key]
         return len(idle)
+
+
+def new_admission(
+    admission_id: str,
+    model: str,
+    reserve_tokens: int,
+    now_ms: int,
+    checks: Sequence[tuple[CounterKey, int]],
+    requests: Status | None,
+    tokens: Status | None,
+) -> Admission:
+    """The admission of a request that every counter of ``checks`` let through, with its
+    headers. Shared by every backend."""
+    return Admission(
+        id=admission_id,
+        model=model,
+        reserved_tokens=reserve_tokens,
+        admitted_ms=now_ms,
+        token_counters=tuple(k for k, _ in checks if k[2] is Dimension.TOKENS),
+        concurrency_counters=tuple(k for k, _ in checks if k[2] is Dimension.CONCURRENCY),
+        headers=rate_limit_headers(requests, tokens),
+    )
 
 
 def counter_caps(scopes: Sequence[Scope], model: str) -> list[tuple[CounterKey, int]]:
