@@ -84,7 +84,7 @@ def run_openmaas(home: Path, port: int, upstream: str, profile: str | None) -> N
     from openmaas.core.ledger_events import TopUp
     from openmaas.core.prices import ModelPrice
     from openmaas.core.tiers import Limits, Tier
-    from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
+    from openmaas.engines.upstream.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
     from openmaas.platform import open_platform
     from openmaas.routing.router import Deployment, RoutedEngine
     from openmaas.server.app import create_app

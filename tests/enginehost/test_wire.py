@@ -33,7 +33,7 @@ from openmaas.core.types import (
 from openmaas.enginehost import wire
 from openmaas.engines.base import ModelKind, UsageTracker
 from openmaas.engines.hosted import HostedConfig, HostedEngine, _error_of, _revive
-from openmaas.engines.openai_wire import (
+from openmaas.engines.upstream.openai_wire import (
     SseDecoder,
     ThinkingStyle,
     chat_body,
@@ -110,7 +110,7 @@ def test_an_unreadable_body_is_an_invalid_request() -> None:
 
 
 def _read(frames: bytes, chat: bool) -> tuple[list[StreamEvent], UsageTracker, FinishReason | None]:
-    """What a worker's relay makes of the frames (engines/openai_http.py's steps)."""
+    """What a worker's relay makes of the frames (engines/upstream/openai_http.py's steps)."""
     tracker = UsageTracker()
     tracker.estimated = True
     events: list[StreamEvent] = []

@@ -44,13 +44,13 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.engines.base import EngineStream, ModelKind
-from openmaas.engines.openai_http import (
+from openmaas.engines.upstream.openai_http import (
     OpenAIHttpConfig,
     OpenAIHttpEngine,
     ThinkingStyle,
     Timeouts,
 )
-from openmaas.engines.openai_wire import SseDecoder
+from openmaas.engines.upstream.openai_wire import SseDecoder
 from tests.engines.upstream import Behaviour, ToolCallSpec, Upstream
 from tests.support.clock import ManualClock
 

@@ -193,8 +193,8 @@ class OpenAIDeployment(DeploymentBase):
     def build(self, model: str, kind: ModelKind, ctx: BuildContext) -> Engine:
         from openmaas.core.money import Currency, parse_micros
         from openmaas.core.prices import ModelPrice
-        from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
-        from openmaas.engines.openai_http import Timeouts as EngineTimeouts
+        from openmaas.engines.upstream.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
+        from openmaas.engines.upstream.openai_http import Timeouts as EngineTimeouts
 
         price = None
         if self.price is not None:
@@ -369,7 +369,7 @@ class VllmDeployment(DeploymentBase):
         return []
 
     def build(self, model: str, kind: ModelKind, ctx: BuildContext) -> Engine:
-        from openmaas.engines.openai_http import Timeouts as EngineTimeouts
+        from openmaas.engines.upstream.openai_http import Timeouts as EngineTimeouts
         from openmaas.engines.vllm import ManagedVllmEngine, VllmConfig
 
         t = self.timeouts

@@ -1,5 +1,5 @@
 """The engine host's wire, without I/O: the OpenAI request bodies a worker's
-``HostedEngine`` sends (``engines/openai_wire.py``'s ``chat_body`` and ``completion_body``)
+``HostedEngine`` sends (``engines/upstream/openai_wire.py``'s ``chat_body`` and ``completion_body``)
 read back into the very canonical request the worker had, and canonical events written as
 OpenAI stream chunks that each carry the engine's running usage.
 

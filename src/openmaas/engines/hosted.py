@@ -50,8 +50,13 @@ from openmaas.core.types import (
     ToolCallDelta,
 )
 from openmaas.engines.base import EngineHealth, EngineState, ModelKind, UsageTracker
-from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Timeouts
-from openmaas.engines.openai_wire import chat_body, chunk_events, completion_body, exact_usage
+from openmaas.engines.upstream.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Timeouts
+from openmaas.engines.upstream.openai_wire import (
+    chat_body,
+    chunk_events,
+    completion_body,
+    exact_usage,
+)
 
 log = logging.getLogger("openmaas.engines.hosted")
 

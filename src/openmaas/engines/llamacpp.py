@@ -38,7 +38,7 @@ from openmaas.core.types import (
 )
 from openmaas.engines import generic_tools
 from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
-from openmaas.engines.openai_wire import sampling_fields
+from openmaas.engines.upstream.openai_wire import sampling_fields
 
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
 _STOP_WAIT_SECONDS = 2.0

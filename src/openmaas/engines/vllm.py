@@ -73,8 +73,8 @@ from openmaas.engines.base import (
     SlotCounter,
     UsageTracker,
 )
-from openmaas.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Timeouts
-from openmaas.engines.openai_wire import ThinkingStyle
+from openmaas.engines.upstream.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Timeouts
+from openmaas.engines.upstream.openai_wire import ThinkingStyle
 from openmaas.engines.vllm_process import (
     HOST,
     VllmProcess,

@@ -66,7 +66,7 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
-from openmaas.engines.openai_wire import (
+from openmaas.engines.upstream.openai_wire import (
     SseDecoder,
     ThinkingStyle,
     chat_body,
@@ -85,11 +85,11 @@ from openmaas.engines.openai_wire import (
     usage_of,
     utf8,
 )
-from openmaas.engines.token_estimate import TokenEstimator
+from openmaas.engines.upstream.token_estimate import TokenEstimator
 
 __all__ = ["OpenAIHttpConfig", "OpenAIHttpEngine", "ThinkingStyle", "Timeouts"]
 
-log = logging.getLogger("openmaas.engines.openai_http")
+log = logging.getLogger("openmaas.engines.upstream.openai_http")
 
 # _count_prompt_tokens: the upper bound's allowances (see the method's docstring).
 _REQUEST_OVERHEAD = 64

@@ -11,7 +11,7 @@ import orjson
 
 from openmaas.core.errors import ModelFilesMissing
 from openmaas.core.types import GenerationRequest
-from openmaas.engines.openai_wire import message_texts, tools_json, utf8
+from openmaas.engines.upstream.openai_wire import message_texts, tools_json, utf8
 
 # OpenAI documents its chat format as 3 tokens per message and 3 to prime the answer.
 _ESTIMATE_MESSAGE_TOKENS = 3

@@ -2,7 +2,7 @@
 ``/chat/completions`` and ``/completions``, an incremental server-sent-events decoder, stream
 chunks to canonical events, usage and cost from the usage chunk, error bodies.
 
-``engines/openai_http.py`` does the I/O around these.
+``engines/upstream/openai_http.py`` does the I/O around these.
 """
 
 from __future__ import annotations
