@@ -38,7 +38,7 @@ from tests.e2e.test_crash_recovery import (
     sqlite_url,
     stream_until_cut,
 )
-from tests.pg import TestCluster, unavailable
+from tests.pg import TestCluster
 from tests.support.waiting import eventually
 
 SETTINGS: dict[str, Any] = {
@@ -52,18 +52,6 @@ SETTINGS: dict[str, Any] = {
     "recovery_seconds": "0.5",  # survivors look for the dead twice a second
 }
 STREAMS = 3  # per gateway
-
-
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[TestCluster]:
-    reason = unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    cluster = TestCluster().start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
