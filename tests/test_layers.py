@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "openmaas"
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "aio": set(),
+    "asgi": set(),
     "glm": {"core"},
     "protocols": {"core"},
     "engines": {"core", "glm", "aio"},
@@ -24,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "catalog": {"core", "glm", "engines", "store", "settings", "aio", "accounts", "routing"},
     "serving": {"core", "engines", "aio", "accounts", "billing", "routing", "catalog"},
     # the engine host: the settings' local models, once per machine, for the workers
-    "enginehost": {"core", "engines", "protocols", "settings", "catalog"},
+    "enginehost": {"core", "engines", "protocols", "settings", "catalog", "asgi"},
     # the composition root, then the edges
     "platform": {"core", "store", "settings", "aio", "accounts", "billing", "catalog"},
 }

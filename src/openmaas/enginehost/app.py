@@ -18,9 +18,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -28,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from openmaas.asgi import unless_disconnected
 from openmaas.catalog.builtin import build_engine, settings_context, settings_document
 from openmaas.core.errors import InvalidRequest, ModelNotFound, OpenMaaSError
 from openmaas.core.ids import new_request_id
@@ -190,7 +190,7 @@ def create_host_app(host: EngineHost) -> Starlette:
         host.track(request_id)
         pump = _Pump(stream)
         try:
-            first = await _unless_gone(request, pump.next())
+            first = await unless_disconnected(request, pump.next())
         except OpenMaaSError as exc:
             host.close_later(request_id, pump)
             return _error(exc)
@@ -268,28 +268,6 @@ async def _frames(
             host.ended(request_id, finished.usage)
         else:
             host.close_later(request_id, pump)
-
-
-async def _unless_gone(
-    request: Request, first: Coroutine[Any, Any, StreamEvent | None]
-) -> StreamEvent | None:
-    """The first event, or None when the worker closes the connection before it."""
-    work = asyncio.ensure_future(first)
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        loser = gone if work.done() else work
-        loser.cancel()
-        await asyncio.gather(loser, return_exceptions=True)
-    if work.done() and not work.cancelled():
-        return work.result()
-    return None
-
-
-async def _client_gone(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _json(body: object, status: int = 200) -> Response:

@@ -3,14 +3,14 @@ watching the client."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
 from openmaas.accounts.auth import Principal
+from openmaas.asgi import unless_disconnected
 from openmaas.core.assembly import Assembler
 from openmaas.core.errors import OpenMaaSError
 from openmaas.core.types import Finished, GenerationRequest, StreamEvent
@@ -64,25 +64,6 @@ async def collect(generation: Generation) -> Assembler:
         raise AssertionError("a generation always ends with Finished or an error")
     finally:
         await generation.aclose()
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Run ``work``; if the client disconnects first, cancel it (its own cleanup records
-    the usage) and return None. Errors of ``work`` propagate unchanged."""
-    work_task = asyncio.ensure_future(work)
-    watch_task = asyncio.ensure_future(client_gone(request))
-    try:
-        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        loser = watch_task if work_task.done() else work_task
-        loser.cancel()
-        await asyncio.gather(loser, return_exceptions=True)
-    return work_task.result() if work_task.done() and not work_task.cancelled() else None
-
-
-async def client_gone(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 class StreamWriter(Protocol):
