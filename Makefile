@@ -56,7 +56,7 @@ lock:
 	rm -rf .venv-lock build
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --upgrade pip
-	.venv-lock/bin/pip install --quiet '.[dev,postgres]'
+	.venv-lock/bin/pip install --quiet '.[dev,postgres,bench]'
 	{ echo "# Exact versions for 'pip install --constraint'. Regenerate with: make lock"; \
 	  .venv-lock/bin/pip freeze --exclude-editable --all | grep -v -E '^(openmaas|pip|setuptools)( @|==)'; } > $(LOCK)
 	rm -rf .venv-lock build

@@ -1,4 +1,5 @@
-"""Gateway overhead: OpenMaaS and LiteLLM Proxy against calling the upstream directly.
+"""Gateway overhead: a bare Python relay, OpenMaaS and LiteLLM Proxy against calling the
+upstream directly, per core and for the whole machine, in one run.
 
 One zero-latency OpenAI-compatible upstream (a raw asyncio HTTP server answering a canned
 completion, or a canned short SSE stream with a usage chunk) runs in its own process. The
@@ -7,26 +8,34 @@ concurrent request) sends the same chat-completion payload, non-streamed and str
 each concurrency, to:
 
 - ``direct``: the upstream itself;
-- ``om-meter``: OpenMaaS with auth and usage records, no price (metering only);
+- ``bare``: the bare relay (``bare_relay.py``: Starlette + uvicorn + aiohttp + orjson, no
+  auth, no accounting), the floor of a Python gateway;
+- ``om-meter``: OpenMaaS (``openmaas serve``) with auth and usage records, no price;
 - ``om-bill``: OpenMaaS with a price and a prepaid balance (a hold per request, settled
   with the usage record);
 - ``om-bill-tier``: the same, and the organization on a rate-limit tier (RPM, TPM and
   concurrency counted, never refusing at these rates);
 - ``litellm``: LiteLLM Proxy (``litellm[proxy]``, its own virtualenv ``.venv-litellm/``,
-  created on demand), master-key auth, one worker, no database.
+  created on demand), master-key auth, no database.
+
+Scopes (``--scope core,machine``): ``core`` gives every gateway one process pinned to one
+CPU, the client and the upstream on another; ``machine`` gives every gateway as many
+workers as there are CPUs (``openmaas serve --workers N``, ``uvicorn --workers N``,
+``litellm --num_workers N``), nothing pinned: the client and the upstream share the CPUs
+with it. Several OpenMaaS workers need Redis for exact tier limits: ``om-bill-tier`` then
+runs against a throwaway ``redis-server``, or is skipped when there is none.
 
 Every phase is ``--warmup`` seconds then ``--duration`` seconds measured; each round runs
-every (mode, concurrency) with the targets in rotated order, and the table shows the median
+every (mode, concurrency) with the targets in rotated order; the table shows the median
 over rounds. "Added" latency is the target's percentile minus the direct percentile of the
-same round, mode and concurrency. On a machine with 2 or more CPUs the gateway under test
-is pinned to CPU 1 and the client and upstream to CPU 0 (``--no-pin`` turns that off), so a
-gateway process has one core to itself; "req/CPU-s" is requests divided by the CPU time the
-gateway process (all its threads and children) used in the measured window.
+same round. CPU is every process of the gateway (supervisor, workers, engine host) read
+from ``/proc`` over the measured window; a database server or Redis the gateway uses is
+reported beside it ("services").
 
-    .venv/bin/python benchmarks/gateway.py            # full run, ~7 minutes
-    .venv/bin/python benchmarks/gateway.py --quick --no-litellm
+    .venv/bin/python benchmarks/gateway.py            # full run
+    .venv/bin/python benchmarks/gateway.py --quick --no-litellm --scope core
 
-``docs/benchmarks.md`` ("Gateway overhead") has results and how to read them.
+``docs/benchmarks.md`` ("Gateway overhead") explains the method and the results.
 """
 
 from __future__ import annotations
@@ -36,21 +45,30 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
+import shutil
 import signal
-import socket
-import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway_report import aims, print_header, print_table
+from processes import (
+    Child,
+    Trees,
+    answering_workers,
+    clean_environment,
+    free_port,
+    start,
+    stop,
+    tail,
+    wait_http,
+)
 from rawhttp import (  # the benchmark's upstream and client, beside this script
+    UPSTREAM_KEY,
+    UPSTREAM_MODEL,
     PhaseResult,
     Target,
     check_answer,
@@ -58,99 +76,130 @@ from rawhttp import (  # the benchmark's upstream and client, beside this script
     run_upstream,
     use_uvloop,
 )
+from services import (
+    PostgresCluster,
+    RedisServer,
+    create_database,
+    postgres_unavailable,
+    redis_unavailable,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-UPSTREAM_MODEL = "bench-upstream"
-UPSTREAM_KEY = "sk-upstream-bench"
+HERE = Path(__file__).resolve().parent
+SCRIPT = str(Path(__file__).resolve())  # its children run it again: _upstream, _seed, ...
 LITELLM_MASTER_KEY = "sk-litellm-bench-master"
 LITELLM_MODEL = "bench"
+BARE_MODEL = "bench-bare"  # the bare relay sends the upstream's name whatever it is sent
 OM_FREE = "bench-free"  # no price: metering only
 OM_PRICED = "bench-priced"  # a price: hold and settlement
-WORDS = ["Hello", " there", ",", " how", " are", " you", "?"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+OM_TARGETS = ("om-meter", "om-bill", "om-bill-tier")
+ALL_TARGETS = ("bare", *OM_TARGETS, "litellm")
+WORKER_HEADER = "x-openmaas-worker"
 
-MESSAGES = [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "Say hello and ask how I am, in a few words."},
-]
+CATALOG = """\
+models:
+  - name: {free}
+    owned_by: bench
+    context_length: 8192
+    deployments:
+      - {{id: upstream-free, engine: openai, base_url: "{url}", upstream_model: {model},
+         data_class: local, slots: 256}}
+  - name: {priced}
+    owned_by: bench
+    context_length: 8192
+    deployments:
+      - {{id: upstream-priced, engine: openai, base_url: "{url}", upstream_model: {model},
+         data_class: local, slots: 256}}
+"""
 
 
-# -- OpenMaaS: the real app, a catalog relaying to the upstream ------------------------------
-def run_openmaas(home: Path, port: int, upstream: str, profile: str | None) -> None:
-    import uvicorn
-
+# -- OpenMaaS: seeded through its admin services, served by `openmaas serve` -----------------
+def seed_openmaas(home: Path) -> None:
+    """Two organizations with a key each and a balance that never runs out here, a price
+    for the priced model, a tier (far above the load) for the second organization. The
+    settings come from the environment, as the server's do."""
     from openmaas.accounts.admin import NewOrganization
-    from openmaas.catalog.served import ModelCatalog, ServedModel
-    from openmaas.core.ledger_events import TopUp
-    from openmaas.core.prices import ModelPrice
-    from openmaas.core.tiers import Limits, Tier
-    from openmaas.engines.upstream.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
+    from openmaas.billing.admin_bodies import NewFunds, NewPrice, TermsChange, TierLimits
     from openmaas.platform import open_platform
-    from openmaas.routing.router import Deployment, RoutedEngine
-    from openmaas.server.app import create_app
-    from openmaas.server.logs import configure_logging
     from openmaas.settings import Settings
-    from openmaas.store.billing import set_price, set_tier, update_org
-    from openmaas.store.database import open_database
-    from openmaas.store.ledger import LedgerStore
-
-    settings = Settings(home=home, port=port, embedded_models=False, log_level="INFO")
 
     async def seed() -> dict[str, str]:
-        async with open_platform(settings) as platform:
-            admin = platform.accounts_admin("benchmark")
-            plain = await admin.create_org(NewOrganization(name="bench"))
-            tiered = await admin.create_org(NewOrganization(name="bench-tier"))
-            keys = {
-                "plain": (await admin.issue_key(plain.id, "bench")).token,
-                "tiered": (await admin.issue_key(tiered.id, "bench")).token,
+        async with open_platform(Settings()) as platform:
+            accounts = platform.accounts_admin("benchmark")
+            billing = platform.billing_admin("benchmark")
+            plain = await accounts.create_org(NewOrganization(name="bench"))
+            tiered = await accounts.create_org(NewOrganization(name="bench-tier"))
+            # 1 CNY per 1M input tokens, 0.5 cached, 2 per 1M output
+            price = {"model": OM_PRICED, "input": "1", "cached_input": "0.5", "output": "2"}
+            await billing.set_price(NewPrice.parse(price))
+            huge = {"rpm": 10**9, "tpm": 10**12, "concurrency": 100_000}
+            await billing.set_tier("bench", TierLimits.parse(huge))
+            await billing.set_org(tiered.id, TermsChange.parse({"tier": "bench"}))
+            for org in (plain, tiered):  # 1,000,000 CNY each
+                await billing.top_up(org.id, NewFunds.parse({"amount": "1000000"}))
+            return {
+                "plain": (await accounts.issue_key(plain.id, "bench")).token,
+                "tiered": (await accounts.issue_key(tiered.id, "bench")).token,
             }
-        database = open_database(settings.resolved_database_url)
-        async with database.begin() as conn:  # 1 CNY per 1M input tokens, 2 per 1M output
-            await set_price(conn, ModelPrice(OM_PRICED, 1_000_000, 500_000, 2_000_000))
-            huge = 10**9
-            await set_tier(conn, Tier("bench", Limits(rpm=huge, tpm=huge, concurrency=10_000)))
-            await update_org(conn, tiered.id, tier="bench")
-        ledger = LedgerStore(database, lambda: 0)
-        for n, org in enumerate((plain, tiered)):  # 1,000,000 CNY each: never runs out here
-            await ledger.execute(TopUp(f"bench-topup-{n}", org.id, 10**12))
-        await database.dispose()
-        return keys
 
-    keys = asyncio.run(seed())
-    (home / "keys.json").write_text(json.dumps(keys))
+    (home / "keys.json").write_text(json.dumps(asyncio.run(seed())))
 
-    def routed(name: str) -> ServedModel:
-        engine = OpenAIHttpEngine(
-            name,
-            OpenAIHttpConfig(
-                base_url=upstream,
-                upstream_model=UPSTREAM_MODEL,
-                api_key=UPSTREAM_KEY,
-                slots=256,  # beyond the benchmark's concurrency: nothing waits in the engine
-                deployment="bench-upstream",
-            ),
-        )
-        router = RoutedEngine(name, [Deployment("bench-upstream", engine)])
-        return ServedModel(name, router, owned_by="bench", context_length=8192)
 
-    catalog = ModelCatalog([routed(OM_FREE), routed(OM_PRICED)])
-    configure_logging(settings.log_level)
-    app = create_app(settings, catalog=catalog)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, server_header=False
-    )
-    server = uvicorn.Server(config)
-    if profile is None:
-        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises our SIGINT
-            server.run()
-        return
+def report_openmaas(expected: int) -> int:
+    """After the server stopped: one usage record per answered request, nothing held, the
+    ledger summing to zero. Exit status 1 when a check fails."""
+    from sqlalchemy import text
+
+    from openmaas.platform import open_platform
+    from openmaas.settings import Settings
+
+    async def read() -> int:
+        failed = 0
+        async with open_platform(Settings()) as platform:
+            async with platform.database.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        text(
+                            "SELECT model, termination, count(*), count(cost_micros) "
+                            "FROM usage_records GROUP BY model, termination ORDER BY model"
+                        )
+                    )
+                ).all()
+            ledger = await platform.ledger.refresh()
+            totals = ledger.totals_by_unit()
+            billing = platform.billing_admin("benchmark")
+            held = {o.name: (await billing.balance(o.id)).held for o in await billing.list_orgs()}
+        total = 0
+        for model, termination, count, priced in rows:
+            total += count
+            print(f"  usage records: {model} {termination}: {count} ({priced} with a cost)")
+        if total != expected:
+            failed = 1
+            print(f"  CHECK FAILED: {total} usage records for {expected} answered requests")
+        else:
+            print(f"  check: one usage record per answered request ({total})")
+        if any(totals.values()) or any(held.values()) or ledger.open_holds():
+            failed = 1
+            print(f"  CHECK FAILED: ledger totals {totals}, held {held}, open holds")
+        else:
+            print("  check: the ledger sums to zero, nothing held")
+        return failed
+
+    return asyncio.run(read())
+
+
+def run_openmaas_profiled(profile: str) -> None:
+    """``openmaas serve`` (one worker, settings from the environment) under cProfile, with
+    the SQL statements it ran counted (``PROFILE.sql.json``)."""
     import cProfile
     from collections import Counter
 
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
+
+    from openmaas.server.runner import serve
+    from openmaas.settings import Settings
 
     statements: Counter[str] = Counter()
 
@@ -165,7 +214,7 @@ def run_openmaas(home: Path, port: int, upstream: str, profile: str | None) -> N
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        server.run()
+        serve(Settings())
     except KeyboardInterrupt:
         pass
     finally:
@@ -209,131 +258,306 @@ def litellm_config(upstream: str) -> str:
     )
 
 
-# -- processes -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- one scope: its processes and its phases -------------------------------------------------
+@dataclass
+class Scope:
+    name: str  # "core" or "machine"
+    workers: int  # processes per gateway
+    gateway_cpus: set[int] | None  # None: not pinned
+    client_cpus: set[int] | None  # the client's, the upstream's and the services'
+    every_cpu: set[int]  # what this process may use at the start
+
+    @property
+    def pinned(self) -> bool:
+        return self.gateway_cpus is not None
 
 
 @dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
+class Stack:
+    """Everything started for one scope, stopped in reverse order at the end."""
 
-    def cpu_seconds(self) -> float:
-        """CPU time of the process, its threads and its live descendants."""
-        total = 0.0
-        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
-            total += _cpu_of(pid)
-        return total
+    workdir: Path
+    children: list[Child] = field(default_factory=list)
+    postgres: PostgresCluster | None = None
+    redis: RedisServer | None = None
+    om_home: Path | None = None
+    om_env: dict[str, str] = field(default_factory=dict)
 
-
-def _cpu_of(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # after the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+    def close(self) -> None:
+        for child in reversed(self.children):
+            stop(child)
+        self.children.clear()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+Targets = dict[str, tuple[Target, Trees | None, Trees | None]]  # target, gateway, services
 
 
-def start(
-    name: str, argv: list[str], logdir: Path, cpus: set[int] | None, env: dict[str, str]
-) -> Child:
-    log = logdir / f"{name}.log"
-    handle = open(log, "wb")  # noqa: SIM115 (closed with the process)
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
 
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
 
-    proc = subprocess.Popen(
-        argv,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={k: v for k, v in {**os.environ, **env}.items() if k != "DATABASE_URL"},
-        preexec_fn=pin,
-        cwd=str(logdir),
+def start_targets(
+    args: argparse.Namespace, scope: Scope, wanted: list[str], stack: Stack
+) -> Targets:
+    """The upstream and every gateway of ``wanted`` for ``scope``, answering."""
+    workdir = stack.workdir
+    up_port = free_port()
+    upstream = start(
+        "upstream", python(SCRIPT, "_upstream", str(up_port)), workdir, scope.client_cpus, {}
     )
-    handle.close()
-    return Child(name, proc, log)
+    stack.children.append(upstream)
+    upstream_url = f"http://127.0.0.1:{up_port}/v1"
+    wait_http(upstream, f"{upstream_url}/models", 30)
+    targets: Targets = {
+        "direct": (Target("direct", up_port, UPSTREAM_MODEL, UPSTREAM_KEY), None, None)
+    }
+
+    if "bare" in wanted:
+        port = free_port()
+        argv = python(
+            "-m", "uvicorn", "--factory", "bare_relay:create_app", "--app-dir", str(HERE),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(scope.workers),
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--no-server-header", "--log-level", "warning",
+        )  # fmt: skip
+        env = {"BENCH_UPSTREAM_URL": upstream_url, "BENCH_UPSTREAM_MODEL": UPSTREAM_MODEL}
+        bare = start("bare", argv, workdir, scope.gateway_cpus, env)
+        stack.children.append(bare)
+        wait_http(bare, f"http://127.0.0.1:{port}/healthz", 60)
+        targets["bare"] = (
+            Target("bare", port, BARE_MODEL, "unused"),
+            Trees([bare.proc.pid]),
+            None,
+        )
+
+    if any(t in OM_TARGETS for t in wanted):
+        targets.update(start_openmaas(args, scope, wanted, stack, upstream_url))
+
+    if "litellm" in wanted:
+        port = free_port()
+        config = workdir / "litellm.yaml"
+        config.write_text(litellm_config(upstream_url))
+        argv = [
+            str(args.litellm_venv.resolve() / "bin" / "litellm"), "--config", str(config),
+            "--host", "127.0.0.1", "--port", str(port), "--num_workers", str(scope.workers),
+        ]  # fmt: skip
+        env = {
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch from GitHub at start
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+        }
+        lite = start("litellm", argv, workdir, scope.gateway_cpus, env)
+        stack.children.append(lite)
+        wait_http(lite, f"http://127.0.0.1:{port}/health/liveliness", 180)
+        targets["litellm"] = (
+            Target("litellm", port, LITELLM_MODEL, LITELLM_MASTER_KEY),
+            Trees([lite.proc.pid]),
+            None,
+        )
+    return targets
 
 
-def stop(child: Child) -> None:
-    if child.proc.poll() is not None:
-        return
-    pids = _descendants(child.proc.pid)
-    child.proc.send_signal(signal.SIGINT)
+def start_openmaas(
+    args: argparse.Namespace, scope: Scope, wanted: list[str], stack: Stack, upstream_url: str
+) -> Targets:
+    home = stack.workdir / f"openmaas-{scope.name}"
+    home.mkdir()
+    catalog = stack.workdir / "catalog.yaml"
+    catalog.write_text(
+        CATALOG.format(free=OM_FREE, priced=OM_PRICED, url=upstream_url, model=UPSTREAM_MODEL)
+    )
+    env = {
+        "PYTHONPATH": str(ROOT / "src"),
+        "OPENMAAS_HOME": str(home),
+        "OPENMAAS_EMBEDDED_MODELS": "false",
+        "OPENMAAS_CATALOG_FILE": str(catalog),
+        "OPENMAAS_LOG_LEVEL": "INFO",
+    }
+    services: list[int] = []
+    if args.database == "postgres":
+        stack.postgres = PostgresCluster(cpus=scope.client_cpus).start()
+        url = stack.postgres.url("openmaas")
+        asyncio.run(create_database(url))
+        env["OPENMAAS_DATABASE_URL"] = url
+        services.append(stack.postgres.postmaster_pid)
+    if "om-bill-tier" in wanted and scope.workers > 1:
+        stack.redis = RedisServer(cpus=scope.client_cpus).start()
+        env["OPENMAAS_REDIS_URL"] = stack.redis.url
+        services.append(stack.redis.pid)
+    stack.om_home, stack.om_env = home, env
+    seeding = subprocess.run(
+        python(SCRIPT, "_seed", str(home)),
+        env=clean_environment(env),
+        cwd=str(stack.workdir),
+        capture_output=True,
+        text=True,
+    )
+    if seeding.returncode != 0:
+        raise RuntimeError(f"seeding OpenMaaS failed:\n{seeding.stdout}\n{seeding.stderr}")
+    port = free_port()
+    profile = args.profile and scope.name == "core"
+    if profile:
+        argv = python(SCRIPT, "_openmaas", str(Path(args.profile).resolve()))
+        env = {**env, "OPENMAAS_PORT": str(port), "OPENMAAS_WORKERS": "1"}
+    else:
+        argv = python("-m", "openmaas", "serve", "--port", str(port))
+        argv += ["--workers", str(scope.workers)]
+    om = start("openmaas", argv, stack.workdir, scope.gateway_cpus, env)
+    stack.children.append(om)
+    readyz = f"http://127.0.0.1:{port}/readyz"
+    wait_http(om, readyz, 90)
+    if scope.workers > 1:
+        seen = answering_workers(readyz, WORKER_HEADER, scope.workers, 60)
+        print(f"  OpenMaaS: {seen} of {scope.workers} workers answered before measuring")
+    keys = json.loads((home / "keys.json").read_text())
+    gateway = Trees([om.proc.pid])
+    used = Trees(services) if services else None
+    found = {
+        "om-meter": Target("om-meter", port, OM_FREE, keys["plain"]),
+        "om-bill": Target("om-bill", port, OM_PRICED, keys["plain"]),
+        "om-bill-tier": Target("om-bill-tier", port, OM_PRICED, keys["tiered"]),
+    }
+    return {name: (t, gateway, used) for name, t in found.items() if name in wanted}
+
+
+def check_openmaas(stack: Stack, expected: int) -> bool:
+    """Stop OpenMaaS, then check its database (``report_openmaas`` in a child)."""
+    for child in [c for c in stack.children if c.name == "openmaas"]:
+        stop(child)
+        stack.children.remove(child)
+    assert stack.om_home is not None
+    done = subprocess.run(
+        python(SCRIPT, "_report", str(expected)),
+        env=clean_environment(stack.om_env),
+        cwd=str(stack.workdir),
+        capture_output=True,
+        text=True,
+    )
+    print(done.stdout.rstrip())
+    if done.returncode != 0:
+        print(done.stderr[-3000:])
+    return done.returncode == 0
+
+
+Results = dict[tuple[str, str, int], list[PhaseResult]]
+
+
+def measure_scope(
+    args: argparse.Namespace, scope: Scope, wanted: list[str], workdir: Path, header: dict[str, Any]
+) -> bool:
+    """Start the scope's processes, check every target's answer, run the phases, print the
+    table and the checks; False when a check failed."""
+    os.sched_setaffinity(0, scope.client_cpus or scope.every_cpu)
+    stack = Stack(workdir / scope.name)
+    stack.workdir.mkdir()
     try:
-        child.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        child.proc.kill()
-        child.proc.wait(timeout=5)
-    for pid in pids:  # workers it left behind, by id
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        targets = start_targets(args, scope, wanted, stack)
+        print_header(args, scope, header, targets)
+        checks = 0
+        for name, (target, _, _) in targets.items():
+            for mode in args.modes:
+                answer = asyncio.run(check_answer(target, mode == "stream"))
+                checks += name in OM_TARGETS
+                print(f"  check {name:13} {mode:6}: {answer}", flush=True)
+        names = list(targets)
+        results: Results = {}
+        load_before = os.getloadavg()
+        for round_no in range(args.rounds):
+            order = names[round_no % len(names) :] + names[: round_no % len(names)]
+            for mode in args.modes:
+                for conc in args.concurrency:
+                    for name in order:
+                        target, gateway, services = targets[name]
+                        res = asyncio.run(
+                            run_phase(
+                                target, mode == "stream", conc, args.warmup, args.duration,
+                                gateway, services,
+                            )
+                        )  # fmt: skip
+                        results.setdefault((name, mode, conc), []).append(res)
+                        print_phase(scope, round_no, mode, conc, name, res)
+        load_after = os.getloadavg()
+        print_table(scope, results, names, args.modes, args.concurrency, args.rounds)
+        print(
+            f"\nload average (1 min) before / after the phases: "
+            f"{load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} CPUs"
+        )
+        for line in aims(results, names, args.modes, args.concurrency):
+            print(line)
+        ok = True
+        if stack.om_home is not None:
+            answered = sum(
+                r.answered for (n, _, _), runs in results.items() if n in OM_TARGETS for r in runs
+            )
+            ok = check_openmaas(stack, answered + checks)
+            if args.profile and scope.name == "core":
+                report_statements(str(Path(args.profile).resolve()), answered + checks)
+        return ok
+    except RuntimeError as exc:
+        print(f"scope {scope.name}: {exc}")
+        for child in stack.children:
+            print(f"--- {child.log.name} ---\n{tail(child.log)}")
+        return False
+    finally:
+        stack.close()
 
 
-def wait_http(child: Child, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited; see {child.log}:\n{_tail(child.log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{child.name} not ready after {timeout:.0f} s; see {child.log}")
+def print_phase(
+    scope: Scope, round_no: int, mode: str, conc: int, name: str, res: PhaseResult
+) -> None:
+    cpu = ""
+    if res.gateway_cpu is not None and res.elapsed:
+        cpu = f"  gateway {res.gateway_cpu / res.elapsed:4.2f} CPUs"
+    client = res.client_cpu / res.elapsed if res.elapsed else 0.0
+    warn = f"  (client at {client:.0%} of a CPU: it may limit this phase)" if client > 0.9 else ""
+    print(
+        f"  {scope.name} round {round_no + 1} {mode:6} c={conc:<3} {name:13} "
+        f"{res.rps:8.0f} req/s  p50 {res.pct(0.5) * 1e3:7.2f} ms  "
+        f"p99 {res.pct(0.99) * 1e3:7.2f} ms  errors {res.errors}{cpu}{warn}",
+        flush=True,
+    )
+    if res.errors:
+        print(f"    first error: {res.error_sample}", flush=True)
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+def report_statements(profile: str, requests: int) -> None:
+    path = Path(profile + ".sql.json")
+    if not path.exists():
+        return
+    counts = json.loads(path.read_text())
+    print(f"SQL statements per request (over {requests}, startup included):")
+    for sql, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"  {n / max(requests, 1):6.2f}  {sql}")
 
 
-# -- orchestration and the table -------------------------------------------------------------
-TARGET_NOTES = {
-    "direct": "the upstream itself",
-    "om-meter": "OpenMaaS: auth, usage record per request, no price (metering only)",
-    "om-bill": "OpenMaaS: auth, price + balance (hold, then settlement with the usage record)",
-    "om-bill-tier": "OpenMaaS: as om-bill, and the org on a tier (RPM/TPM/concurrency counted)",
-    "litellm": "LiteLLM Proxy: master-key auth, 1 worker, no database (no spend logs)",
-}
-
-
+# -- the command -----------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
-            "Requests/s and added latency of OpenMaaS and LiteLLM Proxy relaying to a "
-            "zero-latency local upstream, against calling it directly, in the same run."
+            "Requests/s, added latency and CPU per request of a bare Python relay, OpenMaaS "
+            "and LiteLLM Proxy relaying to a zero-latency local upstream, against calling it "
+            "directly, per core and for the whole machine, in the same run."
         )
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, short phases")
+    parser.add_argument(
+        "--scope",
+        default="core,machine",
+        help="core (one process per gateway, pinned), machine (workers = CPUs), or both",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="workers per gateway in scope machine (CPUs)"
+    )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="OpenMaaS's database: SQLite, or a throwaway PostgreSQL cluster",
+    )
     parser.add_argument(
         "--no-litellm", action="store_true", help="skip LiteLLM Proxy (say so in the output)"
     )
@@ -343,23 +567,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,32", help="comma-separated, e.g. 1,32")
     parser.add_argument("--modes", default="json,stream", help="json (non-streamed), stream")
     parser.add_argument(
-        "--targets",
-        default="om-meter,om-bill,om-bill-tier,litellm",
-        help="gateways to measure besides direct",
+        "--targets", default=",".join(ALL_TARGETS), help="gateways to measure besides direct"
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--no-pin", action="store_true", help="scope core: do not pin to CPUs")
     parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs")
     parser.add_argument(
         "--profile",
         metavar="FILE",
-        help="run OpenMaaS under cProfile and write its stats to FILE (slows it down)",
+        help="scope core: run OpenMaaS under cProfile, stats to FILE (slows it down)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.warmup, args.duration = 1, 0.3, 1.0
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.modes = [m.strip() for m in args.modes.split(",")]
+    args.scope = [s.strip() for s in args.scope.split(",") if s.strip()]
+    for name in args.scope:
+        if name not in ("core", "machine"):
+            parser.error(f"--scope: {name!r} is neither core nor machine")
     return args
+
+
+def scopes(args: argparse.Namespace, every_cpu: set[int]) -> list[Scope]:
+    cpus = sorted(every_cpu)
+    found = []
+    for name in args.scope:
+        if name == "core":
+            pin = not args.no_pin and len(cpus) >= 2
+            gateway, client = ({cpus[1]}, {cpus[0]}) if pin else (None, None)
+            found.append(Scope("core", 1, gateway, client, every_cpu))
+        else:
+            found.append(Scope("machine", args.workers or len(cpus), None, None, every_cpu))
+    return found
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -367,297 +608,64 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["_upstream"]:
-        run_upstream(int(argv[1]))
-        return 0
-    if argv[:1] == ["_openmaas"]:
-        run_openmaas(Path(argv[1]), int(argv[2]), argv[3], argv[4] if len(argv) > 4 else None)
+    commands = {
+        "_upstream": lambda rest: run_upstream(int(rest[0])),
+        "_seed": lambda rest: seed_openmaas(Path(rest[0])),
+        "_openmaas": lambda rest: run_openmaas_profiled(rest[0]),
+    }
+    if argv[:1] == ["_report"]:
+        return report_openmaas(int(argv[1]))
+    if argv[:1] and argv[0] in commands:
+        commands[argv[0]](argv[1:])
         return 0
     args = parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):  # children are stopped in `finally`
         signal.signal(sig, _exit_on_signal)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    modes = [m.strip() for m in args.modes.split(",")]
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(wanted) - set(ALL_TARGETS)
+    if unknown:
+        print(f"unknown targets: {', '.join(sorted(unknown))} (known: {', '.join(ALL_TARGETS)})")
+        return 2
     if args.no_litellm and "litellm" in wanted:
         wanted.remove("litellm")
-    litellm_version = None
+    header: dict[str, Any] = {"litellm": None, "skipped": []}
     if "litellm" in wanted:
         try:
-            litellm_version = ensure_litellm(args.litellm_venv.resolve(), args.litellm_spec)
+            header["litellm"] = ensure_litellm(args.litellm_venv.resolve(), args.litellm_spec)
         except (subprocess.CalledProcessError, OSError) as exc:
             print(f"LiteLLM could not be installed ({exc}); rerun with --no-litellm", flush=True)
             return 2
-
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cpus) >= 2
-    client_cpus = {cpus[0]} if pin else None
-    gateway_cpus = {cpus[1]} if pin else None
-    if client_cpus:
-        os.sched_setaffinity(0, client_cpus)
+    if "bare" in wanted:
+        try:
+            import aiohttp  # noqa: F401
+        except ImportError:
+            print("the bare relay needs aiohttp: pip install -e '.[bench]' (or --targets ...)")
+            return 2
+    if args.database == "postgres" and (reason := postgres_unavailable()):
+        print(f"--database postgres: {reason}")
+        return 2
     use_uvloop()
-
+    every_cpu = os.sched_getaffinity(0)
     workdir = Path(tempfile.mkdtemp(prefix="openmaas-gwbench-"))
-    children: list[Child] = []
+    ok = True
     try:
-        up_port = free_port()
-        upstream = start(
-            "upstream",
-            [sys.executable, str(Path(__file__).resolve()), "_upstream", str(up_port)],
-            workdir,
-            client_cpus,
-            {},
-        )
-        children.append(upstream)
-        upstream_url = f"http://127.0.0.1:{up_port}/v1"
-        wait_http(upstream, f"{upstream_url}/models", 30)
-        targets: dict[str, tuple[Target, Child | None]] = {
-            "direct": (Target("direct", up_port, UPSTREAM_MODEL, UPSTREAM_KEY), None)
-        }
-
-        if any(t.startswith("om-") for t in wanted):
-            om_port = free_port()
-            home = workdir / "openmaas-home"
-            argv_om = [sys.executable, str(Path(__file__).resolve()), "_openmaas"]
-            argv_om += [str(home), str(om_port), upstream_url]
-            if args.profile:
-                argv_om.append(str(Path(args.profile).resolve()))
-            om = start(
-                "openmaas", argv_om, workdir, gateway_cpus, {"PYTHONPATH": str(ROOT / "src")}
-            )
-            children.append(om)
-            wait_http(om, f"http://127.0.0.1:{om_port}/readyz", 60)
-            keys = json.loads((home / "keys.json").read_text())
-            om_targets = {
-                "om-meter": Target("om-meter", om_port, OM_FREE, keys["plain"]),
-                "om-bill": Target("om-bill", om_port, OM_PRICED, keys["plain"]),
-                "om-bill-tier": Target("om-bill-tier", om_port, OM_PRICED, keys["tiered"]),
-            }
-            for name in wanted:
-                if name in om_targets:
-                    targets[name] = (om_targets[name], om)
-
-        if "litellm" in wanted:
-            ll_port = free_port()
-            config = workdir / "litellm.yaml"
-            config.write_text(litellm_config(upstream_url))
-            ll = start(
-                "litellm",
-                [
-                    str(args.litellm_venv.resolve() / "bin" / "litellm"),
-                    "--config",
-                    str(config),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(ll_port),
-                    "--num_workers",
-                    "1",
-                ],
-                workdir,
-                gateway_cpus,
-                {
-                    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch from GitHub at start
-                    "LITELLM_LOG": "ERROR",
-                    "LITELLM_TELEMETRY": "False",
-                },
-            )
-            children.append(ll)
-            wait_http(ll, f"http://127.0.0.1:{ll_port}/health/liveliness", 180)
-            targets["litellm"] = (
-                Target("litellm", ll_port, LITELLM_MODEL, LITELLM_MASTER_KEY),
-                ll,
-            )
-
-        report_header(args, pin, litellm_version, targets)
-        for name, (target, _) in targets.items():
-            for mode in modes:
-                answer = asyncio.run(check_answer(target, mode == "stream"))
-                print(f"  check {name:13} {mode:6}: {answer}", flush=True)
-
-        names = list(targets)
-        results: dict[tuple[str, str, int], list[PhaseResult]] = {}
-        load_before = os.getloadavg()
-        for round_no in range(args.rounds):
-            order = names[round_no % len(names) :] + names[: round_no % len(names)]
-            for mode in modes:
-                for conc in concurrencies:
-                    for name in order:
-                        target, child = targets[name]
-                        res = asyncio.run(
-                            run_phase(
-                                target, mode == "stream", conc, args.warmup, args.duration, child
-                            )
-                        )
-                        results.setdefault((name, mode, conc), []).append(res)
-                        cpu = (
-                            f" gateway CPU {res.gateway_cpu / res.elapsed:4.0%}"
-                            if res.gateway_cpu is not None and res.elapsed
-                            else ""
-                        )
-                        print(
-                            f"  round {round_no + 1} {mode:6} c={conc:<3} {name:13} "
-                            f"{res.rps:8.0f} req/s  p50 {res.pct(0.5) * 1e3:7.2f} ms  "
-                            f"p99 {res.pct(0.99) * 1e3:7.2f} ms  errors {res.errors}{cpu}",
-                            flush=True,
-                        )
-                        if res.errors:
-                            print(f"    first error: {res.error_sample}", flush=True)
-        load_after = os.getloadavg()
-        print_table(results, names, modes, concurrencies, args.rounds)
-        print(
-            f"\nload average (1 min) before / after the phases: "
-            f"{load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} CPUs"
-        )
-        for child in children:
-            stop(child)
-        if "om-meter" in targets or "om-bill" in targets or "om-bill-tier" in targets:
-            profile = str(Path(args.profile).resolve()) if args.profile else None
-            report_usage_records(workdir / "openmaas-home", profile)
-        return 0
+        for scope in scopes(args, every_cpu):
+            scoped = list(wanted)
+            if "om-bill-tier" in scoped and scope.workers > 1 and (reason := redis_unavailable()):
+                scoped.remove("om-bill-tier")
+                header["skipped"].append(
+                    f"om-bill-tier in scope {scope.name}: {scope.workers} workers need Redis "
+                    f"for exact tier limits, and {reason}"
+                )
+            ok = measure_scope(args, scope, scoped, workdir, header) and ok
+        return 0 if ok else 1
     finally:
-        for child in reversed(children):
-            stop(child)
         if args.keep:
             print(f"kept {workdir}")
         else:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def report_header(
-    args: argparse.Namespace,
-    pin: bool,
-    litellm_version: str | None,
-    targets: dict[str, tuple[Target, Child | None]],
-) -> None:
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    print(f"machine: {os.cpu_count()} CPUs ({cpu_model}), {platform.platform()}")
-    print(f"python {platform.python_version()}; OpenMaaS at {_git_head()}")
-    if pin:
-        print("pinning: client and upstream on CPU 0, the gateway under test on CPU 1")
-    else:
-        print("pinning: none")
-    if litellm_version:
-        print(f"LiteLLM Proxy {litellm_version} (litellm[proxy] in {args.litellm_venv})")
-    elif args.no_litellm:
-        print("LiteLLM Proxy: NOT MEASURED (--no-litellm)")
-    print(
-        f"phases: {args.warmup:g} s warm-up + {args.duration:g} s measured; "
-        f"{args.rounds} round(s); median over rounds"
-    )
-    for name in targets:
-        print(f"  {name:13} {TARGET_NOTES[name]}")
-    if args.profile:
-        print(f"OpenMaaS runs under cProfile (stats to {args.profile}): its numbers are slowed")
-
-
-def _git_head() -> str:
-    out = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
-    )
-    return out.stdout.strip()[:80] or "?"
-
-
-def _median(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # drop NaN
-    return statistics.median(values) if values else float("nan")
-
-
-def _ratio(a: float, b: float | None) -> str:
-    return f"{a / b:.3g}" if b and b == b and a == a else "—"
-
-
-def _ms(x: float) -> str:
-    return f"{x * 1e3:.2f}" if x == x else "—"
-
-
-def summarize(runs: list[PhaseResult], direct_runs: list[PhaseResult]) -> dict[str, float]:
-    pairs = list(zip(runs, direct_runs, strict=True))
-    measured = [r for r in runs if r.gateway_cpu and r.elapsed]
-    return {
-        "rps": _median([r.rps for r in runs]),
-        "p50": _median([r.pct(0.5) for r in runs]),
-        "p99": _median([r.pct(0.99) for r in runs]),
-        "a50": _median([r.pct(0.5) - d.pct(0.5) for r, d in pairs]),
-        "a99": _median([r.pct(0.99) - d.pct(0.99) for r, d in pairs]),
-        "util": _median([r.gateway_cpu / r.elapsed for r in measured]),  # type: ignore[operator]
-        "per_cpu": _median([len(r.latencies) / r.gateway_cpu for r in measured]),  # type: ignore[operator]
-        "errors": float(sum(r.errors for r in runs)),
-    }
-
-
-def print_table(
-    results: dict[tuple[str, str, int], list[PhaseResult]],
-    names: list[str],
-    modes: list[str],
-    concurrencies: list[int],
-    rounds: int,
-) -> None:
-    columns = [
-        "mode", "conc", "target", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
-        "req/s ÷ direct", "req/s ÷ LiteLLM", "gateway CPU", "req/CPU-s",
-        "req/CPU-s ÷ LiteLLM", "errors",
-    ]  # fmt: skip
-    print("\n| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for mode in modes:
-        for conc in concurrencies:
-            direct_runs = results.get(("direct", mode, conc), [])
-            row = {n: summarize(results.get((n, mode, conc), []), direct_runs) for n in names}
-            direct, lite = row["direct"], row.get("litellm")
-            for name in names:
-                v = row[name]
-                gateway = name != "direct"
-                versus_lite = lite is not None and gateway and name != "litellm"
-                cells = [
-                    mode,
-                    str(conc),
-                    name,
-                    f"{v['rps']:.0f}",
-                    _ms(v["p50"]),
-                    _ms(v["p99"]),
-                    _ms(v["a50"]) if gateway else "—",
-                    _ms(v["a99"]) if gateway else "—",
-                    _ratio(v["rps"], direct["rps"]) if gateway else "—",
-                    _ratio(v["rps"], lite["rps"]) if versus_lite and lite else "—",
-                    f"{v['util']:.0%}" if v["util"] == v["util"] else "—",
-                    f"{v['per_cpu']:.0f}" if v["per_cpu"] == v["per_cpu"] else "—",
-                    _ratio(v["per_cpu"], lite["per_cpu"]) if versus_lite and lite else "—",
-                    str(int(v["errors"])),
-                ]
-                print("| " + " | ".join(cells) + " |")
-    print(f"\n(medians of {rounds} round(s); added = target minus direct, same round and phase)")
-
-
-def report_usage_records(home: Path, profile: str | None) -> None:
-    """Every request OpenMaaS answered left one usage record (read after it stopped)."""
-    database = home / "openmaas.db"
-    if not database.exists():
-        candidates = list(home.glob("*.db"))
-        if not candidates:
-            print("usage records: database not found")
-            return
-        database = candidates[0]
-    with contextlib.closing(sqlite3.connect(database)) as conn:
-        rows = conn.execute(
-            "SELECT model, termination, count(*), sum(cost_micros IS NOT NULL) "
-            "FROM usage_records GROUP BY model, termination"
-        ).fetchall()
-    for model, termination, count, priced in rows:
-        print(f"usage records: {model} {termination}: {count} ({priced} with a cost)")
-    if profile is not None and Path(profile + ".sql.json").exists():
-        total = sum(row[2] for row in rows) or 1
-        counts = json.loads(Path(profile + ".sql.json").read_text())
-        print(f"SQL statements per usage record (over {total}, startup included):")
-        for sql, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-            print(f"  {n / total:6.2f}  {sql}")
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, every_cpu)
 
 
 if __name__ == "__main__":

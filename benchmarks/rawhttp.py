@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_MODEL = "bench-upstream"
 UPSTREAM_KEY = "sk-upstream-bench"
-LITELLM_MASTER_KEY = "sk-litellm-bench-master"
-LITELLM_MODEL = "bench"
-OM_FREE = "bench-free"  # no price: metering only
-OM_PRICED = "bench-priced"  # a price: hold and settlement
 WORDS = ["Hello", " there", ",", " how", " are", " you", "?"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -247,10 +239,13 @@ def _request_bytes(target: Target, stream: bool) -> bytes:
 @dataclass
 class PhaseResult:
     latencies: list[float] = field(default_factory=list)  # seconds, measured window only
+    chunks: int = 0  # SSE events (``data:`` lines) of the streams completed in the window
+    answered: int = 0  # every successful answer, warm-up included
     errors: int = 0
     error_sample: str = ""
     elapsed: float = 0.0
-    gateway_cpu: float | None = None  # seconds in the window
+    gateway_cpu: float | None = None  # seconds in the window, all the gateway's processes
+    services_cpu: float | None = None  # seconds in the window: its database, its Redis
     client_cpu: float = 0.0
 
     @property
@@ -271,6 +266,7 @@ async def run_phase(
     warmup: float,
     duration: float,
     gateway: Measured | None,
+    services: Measured | None = None,
 ) -> PhaseResult:
     loop = asyncio.get_running_loop()
     data = _request_bytes(target, stream)
@@ -284,15 +280,19 @@ async def run_phase(
     measure_to = measure_from + duration
     marks: dict[str, float] = {}
 
-    def cpu_now() -> tuple[float, float]:
-        return (gateway.cpu_seconds() if gateway else 0.0), time.process_time()
+    def cpu_now() -> tuple[float, float, float]:
+        return (
+            gateway.cpu_seconds() if gateway else 0.0,
+            services.cpu_seconds() if services else 0.0,
+            time.process_time(),
+        )
 
     async def window() -> None:
         """CPU times at the measured window's start and end, whatever is in flight."""
         await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-        marks["cpu0"], marks["client0"] = cpu_now()
+        marks["cpu0"], marks["services0"], marks["client0"] = cpu_now()
         await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
-        marks["cpu1"], marks["client1"] = cpu_now()
+        marks["cpu1"], marks["services1"], marks["client1"] = cpu_now()
 
     async def worker(proto: _ClientProtocol) -> None:
         while True:
@@ -310,13 +310,19 @@ async def run_phase(
             if not ok:
                 result.errors += 1
                 result.error_sample = result.error_sample or f"{status}: {body[:300]!r}"
-            elif measure_from <= ended <= measure_to:  # completed in the window
-                result.latencies.append(ended - sent)
+            else:
+                result.answered += 1
+                if measure_from <= ended <= measure_to:  # completed in the window
+                    result.latencies.append(ended - sent)
+                    if stream:
+                        result.chunks += body.count(b"data:")
 
     await asyncio.gather(window(), *(worker(p) for p in conns))
     result.elapsed = duration
     if gateway is not None:
         result.gateway_cpu = marks["cpu1"] - marks["cpu0"]
+    if services is not None:
+        result.services_cpu = marks["services1"] - marks["services0"]
     result.client_cpu = marks["client1"] - marks["client0"]
     for proto in conns:
         if proto.transport is not None:
