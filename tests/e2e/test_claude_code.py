@@ -178,8 +178,8 @@ def test_what_claude_code_sends_is_accepted_and_known(claude: Path, tmp_path: Pa
     new field, role or block) fails here, with a fresh anonymized sample to review: check
     what /v1/messages should do with it, then replace the fixture with the sample."""
     home = tmp_path / "home"
-    with claude_code.recorder() as (url, seen):
-        done = claude_code.run(claude, url, "sk-not-a-key", MODEL, home)
+    with claude_code.recorder() as (url, seen):  # asking for the model the fixture names
+        done = claude_code.run(claude, url, "sk-not-a-key", SAMPLE["body"]["model"], home)
     assert done.returncode == 0 and _result(done)["result"] == claude_code.ANSWER
     posts = [r for r in seen if r.method == "POST"]
     assert posts and {r.path for r in posts} <= {"/v1/messages?beta=true"}, [r.path for r in seen]
