@@ -280,6 +280,20 @@ def test_redacted_thinking_is_dropped() -> None:
     assert request.messages is not None and request.messages[1].reasoning is None
 
 
+def test_an_omitted_thinking_block_sent_back_is_no_reasoning() -> None:
+    """With ``display: "omitted"`` a client gets, and sends back, thinking blocks with empty
+    text (Claude Code does): they are no reasoning, not an empty one for the template."""
+    empty = {"type": "thinking", "thinking": "", "signature": ""}
+    request = _request(
+        messages=[
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [empty, {"type": "text", "text": "a"}]},
+            {"role": "user", "content": "q2"},
+        ]
+    )
+    assert request.messages is not None and request.messages[1].reasoning is None
+
+
 @pytest.mark.parametrize(
     ("choice", "kind"),
     [

@@ -14,7 +14,8 @@ Mapping decisions (see docs/protocols/anthropic.md):
   with ``is_error`` is sent to the model prefixed with ``"Error: "``.
 - In an assistant turn, ``thinking`` blocks become the turn's ``reasoning``, text blocks its
   content, ``tool_use`` blocks its tool calls (arguments = the JSON text of ``input``).
-  ``redacted_thinking`` blocks are dropped (we never issue them).
+  ``redacted_thinking`` blocks, and thinking blocks with empty text (sent back after
+  ``display: "omitted"``), are dropped.
 - Multiple text blocks in one message are joined with a newline.
 - ``top_k``, ``thinking.budget_tokens`` and ``output_config.effort`` are accepted and
   ignored (no engine takes them); ``output_config.format`` becomes a JSON-schema response
@@ -243,7 +244,8 @@ def _assistant_turn(content: str | list[dict[str, Any]], path: str) -> Message:
         if isinstance(block, AnthropicTextBlock):
             texts.append(block.text)
         elif isinstance(block, AnthropicThinkingBlock):
-            reasoning.append(block.thinking)
+            if block.thinking:  # an omitted one (``display: "omitted"``) is empty
+                reasoning.append(block.thinking)
         elif isinstance(block, AnthropicToolUseBlock):
             calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
         else:
