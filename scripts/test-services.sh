@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
-# Install the servers the test suite starts on loopback (its fixtures start and stop them):
-# redis-server, from Debian's packages, when it is not on PATH. `make test` runs this first.
+# Install what the test suite runs besides Python: the servers its fixtures start and stop on
+# loopback (redis-server), and npm with Claude Code for tests/e2e/test_claude_code.py.
+# redis-server, nodejs and npm come from Debian's packages when they are not on PATH; Claude
+# Code comes from the npm registry at the exact version scripts/claude-code/ pins, into
+# .cache/npm (scripts/install-claude-code.sh). `make test` runs this first.
 #
 # As root it installs what is missing (apt-get). Otherwise it says what to run; the tests
-# that need the server are then skipped, except under CI (CI set), where they fail: there a
-# missing server is an error, and so is this script's failing to install it.
+# that need it are then skipped, except under CI (CI set), where they fail: there a missing
+# program is an error, and so is this script's failing to install it.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 
-if [ ${#missing[@]} -eq 0 ]; then
-    exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test-services: installing ${missing[*]} from Debian's packages" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "test-services: ${missing[*]} not installed, and this script can install them" \
+             "only as root with apt-get. Run: sudo apt-get update &&" \
+             "sudo apt-get install -y ${missing[*]}" >&2
+        if [ -n "${CI:-}" ]; then
+            exit 1
+        fi
+        echo "test-services: the tests that need ${missing[*]} will be skipped" >&2
+    fi
 fi
 
-if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test-services: installing ${missing[*]} from Debian's packages" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    exit 0
+if command -v npm >/dev/null 2>&1; then
+    # Without the npm registry this fails: under CI that ends the run here; elsewhere the
+    # Claude Code test tries again and fails, saying why.
+    if ! bash "$(dirname "$0")/install-claude-code.sh" >/dev/null; then
+        if [ -n "${CI:-}" ]; then
+            exit 1
+        fi
+        echo "test-services: Claude Code could not be installed; tests/e2e/test_claude_code.py will fail" >&2
+    fi
 fi
-
-echo "test-services: ${missing[*]} not installed, and this script can install it only as root" \
-     "with apt-get. Run: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-if [ -n "${CI:-}" ]; then
-    exit 1
-fi
-echo "test-services: the tests that need ${missing[*]} will be skipped" >&2

@@ -47,6 +47,10 @@ FAKE_MODELS: dict[str, dict[str, Any]] = {
         "reasoning": "The user wants the weather.",
         "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}],
     },
+    "fake-coder": {  # Claude Code e2e: a model with the context for its prompt, no tool calls
+        "text": "Hello from OpenMaaS.",
+        "reasoning": "The user says hello.",
+    },
     "fake-glm": {  # Zhipu SDK e2e: reasoning_content, text, and tool calls when offered
         "text": "It is sunny in Paris.",
         "reasoning": "I should look up the weather.",

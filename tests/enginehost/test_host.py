@@ -173,8 +173,10 @@ async def test_embeddings_and_their_usage_are_the_in_process_engines(served: Ser
 
 
 async def test_an_error_keeps_its_class(served: Served) -> None:
-    with pytest.raises(PromptTooLong, match="context"):
+    with pytest.raises(PromptTooLong, match="context") as info:
         await _all(served.hosted[CHAT_MODEL], _chat("hello " * 5000))
+    assert info.value.prompt_tokens and info.value.context_length  # and the engine's counts
+    assert info.value.prompt_tokens > info.value.context_length
 
 
 async def test_closing_a_stream_stops_generation_in_the_host(served: Served) -> None:

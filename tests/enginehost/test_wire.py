@@ -163,3 +163,7 @@ def test_an_error_keeps_its_class_and_message() -> None:
     revived = _revive(_error_of(orjson.dumps(body)), "m")
     assert isinstance(revived, PromptTooLong)
     assert (revived.message, revived.param) == ("too long for the context", "messages")
+    counted = PromptTooLong("over", "messages", prompt_tokens=3031, context_length=2048)
+    revived = _revive(_error_of(orjson.dumps(wire.error_body(counted)[1])), "m")
+    assert isinstance(revived, PromptTooLong) and revived.message == "over"
+    assert (revived.prompt_tokens, revived.context_length) == (3031, 2048)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from openmaas.core.errors import EngineNotReady, EngineOverloaded, InvalidRequest
+from openmaas.core.errors import EngineNotReady, EngineOverloaded, PromptTooLong
 from openmaas.core.types import (
     EmbeddingRequest,
     Finished,
@@ -105,10 +105,12 @@ async def test_closing_a_stream_stops_generation_in_llama_cpp(engine: LlamaCppEn
 
 async def test_prompt_over_the_context_window_is_an_invalid_request(engine: LlamaCppEngine) -> None:
     stream = engine.stream(_request("hello " * 3000))
-    with pytest.raises(InvalidRequest, match="context"):
+    with pytest.raises(PromptTooLong, match="context") as info:
         async for _ in stream:
             pass
     await stream.aclose()
+    assert info.value.context_length == 2048  # llama.cpp's counts, for each protocol's words
+    assert info.value.prompt_tokens is not None and info.value.prompt_tokens > 3000
 
 
 async def test_capacity_is_slots_plus_queue(engine: LlamaCppEngine) -> None:

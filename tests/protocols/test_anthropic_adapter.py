@@ -13,6 +13,7 @@ from openmaas.core.errors import InvalidRequest
 from openmaas.core.types import (
     Finished,
     FinishReason,
+    Message,
     ReasoningDelta,
     ResponseFormatKind,
     Role,
@@ -104,7 +105,7 @@ def test_malformed_bodies(raw: bytes, param: str | None) -> None:
         ({"messages": []}, "messages"),
         ({"temperature": 1.5}, "temperature"),
         ({"top_p": 0}, "top_p"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
         ({"thinking": {"type": "sometimes"}}, "thinking.type"),
         ({"thinking": {"type": "enabled", "budget_tokens": 0}}, "thinking.budget_tokens"),
         ({"tool_choice": {"type": "maybe"}}, "tool_choice.type"),
@@ -134,6 +135,54 @@ def test_system_as_string_and_as_blocks() -> None:
     assert request.messages is not None and request.messages[0].content == "One.\nTwo."
     error = _invalid(system=[{"type": "image", "source": {}}])
     assert error.param == "system[0]"
+
+
+def test_system_turns_are_folded_into_the_system_prompt_in_order() -> None:
+    """Anthropic's mid-conversation system messages (Claude Code sends its environment as
+    one): every chat template takes a leading system message, not all take a later one."""
+    request = _request(
+        system="Be brief.",
+        messages=[
+            {"role": "user", "content": "q1"},
+            {"role": "system", "content": "Env."},
+            {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"},
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "Now.", "cache_control": {"type": "x"}}],
+                "output_config": {"effort": "low"},
+            },
+        ],
+    )
+    assert request.messages is not None
+    assert [(m.role, m.content) for m in request.messages] == [
+        (Role.SYSTEM, "Be brief.\n\nEnv.\n\nNow."),
+        (Role.USER, "q1"),
+        (Role.ASSISTANT, "a1"),
+        (Role.USER, "q2"),
+    ]
+    only_turn = _request(
+        messages=[{"role": "user", "content": "q"}, {"role": "system", "content": "S"}]
+    )
+    assert only_turn.messages is not None and only_turn.messages[0] == Message(Role.SYSTEM, "S")
+
+
+def test_a_system_turn_holds_text_only() -> None:
+    error = _invalid(
+        messages=[
+            {"role": "user", "content": "q"},
+            {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "image"}]},
+        ]
+    )
+    assert error.param == "messages[1].content[1]"
+
+
+def test_claude_codes_billing_block_is_not_part_of_the_prompt() -> None:
+    billing = {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.1.abc;"}
+    request = _request(system=[billing, {"type": "text", "text": "You are a coder."}])
+    assert request.messages is not None and request.messages[0].content == "You are a coder."
+    alone = _request(system=[billing])
+    assert alone.messages is not None and [m.role for m in alone.messages] == [Role.USER]
 
 
 def test_user_text_blocks_are_joined() -> None:
@@ -225,6 +274,20 @@ def test_redacted_thinking_is_dropped() -> None:
                     {"type": "text", "text": "a"},
                 ],
             },
+            {"role": "user", "content": "q2"},
+        ]
+    )
+    assert request.messages is not None and request.messages[1].reasoning is None
+
+
+def test_an_omitted_thinking_block_sent_back_is_no_reasoning() -> None:
+    """With ``display: "omitted"`` a client gets, and sends back, thinking blocks with empty
+    text (Claude Code does): they are no reasoning, not an empty one for the template."""
+    empty = {"type": "thinking", "thinking": "", "signature": ""}
+    request = _request(
+        messages=[
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [empty, {"type": "text", "text": "a"}]},
             {"role": "user", "content": "q2"},
         ]
     )
@@ -333,6 +396,52 @@ def test_thinking_maps_to_core(spec: dict[str, Any] | None, enabled: bool | None
     assert _request(thinking=spec).thinking.enabled is enabled
 
 
+def _thinking_turns(**fields: Any) -> list[str | None]:
+    turns: list[dict[str, Any]] = []
+    for n in range(3):
+        thinking = {"type": "thinking", "thinking": f"t{n}", "signature": ""}
+        turns.append({"role": "user", "content": f"q{n}"})
+        turns.append({"role": "assistant", "content": [thinking, {"type": "text", "text": "a"}]})
+    turns.append({"role": "user", "content": "q"})
+    messages = _request(messages=turns, **fields).messages
+    assert messages is not None
+    return [m.reasoning for m in messages if m.role is Role.ASSISTANT]
+
+
+@pytest.mark.parametrize(
+    ("edits", "kept"),
+    [
+        (None, ["t0", "t1", "t2"]),
+        ([{"type": "clear_thinking_20251015", "keep": "all"}], ["t0", "t1", "t2"]),
+        ([{"type": "clear_thinking_20251015"}], [None, None, "t2"]),
+        (
+            [{"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 2}}],
+            [None, "t1", "t2"],
+        ),
+        (
+            [{"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens", "value": 1}}],
+            ["t0", "t1", "t2"],
+        ),
+    ],
+)
+def test_context_management_clears_thinking_as_asked(
+    edits: list[dict[str, Any]] | None, kept: list[str | None]
+) -> None:
+    """``clear_thinking_20251015`` is honoured; other edits are accepted and not applied."""
+    fields = {} if edits is None else {"context_management": {"edits": edits}}
+    assert _thinking_turns(**fields) == kept
+
+
+def test_a_clear_thinking_edit_is_validated() -> None:
+    keep = {"type": "thinking_turns", "value": -1}
+    edits = [
+        {"type": "clear_tool_uses_20250919"},
+        {"type": "clear_thinking_20251015", "keep": keep},
+    ]
+    error = _invalid(context_management={"edits": edits})
+    assert error.param == "context_management.edits[1].keep"
+
+
 def test_count_request_carries_what_generation_would_read() -> None:
     body = parse_body(
         orjson.dumps(
@@ -405,6 +514,18 @@ def test_thinking_and_tool_use_response() -> None:
         {"type": "tool_use", "id": f"toolu_{RID}_1", "name": "noop", "input": {}},
     ]
     assert body["stop_reason"] == "tool_use"
+
+
+def test_thinking_display_omitted_empties_the_thinking_block() -> None:
+    answer = _assemble(
+        ReasoningDelta("Secret.", 1), TextDelta("Hi", 2), Finished(FinishReason.STOP, USAGE)
+    )
+    body = message_response(RID, "served", answer, omit_thinking=True)
+    assert body["content"] == [
+        {"type": "thinking", "thinking": "", "signature": ""},
+        {"type": "text", "text": "Hi"},
+    ]
+    assert body["usage"] == usage_json(USAGE)  # the reasoning was generated: it is billed
 
 
 @pytest.mark.parametrize(

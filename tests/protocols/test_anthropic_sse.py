@@ -175,3 +175,24 @@ def test_error_frame_mid_stream() -> None:
         {"type": "error", "error": {"type": "api_error", "message": "boom"}},
     )
     assert "message_stop" not in [n for n, _ in frames]
+
+
+def test_thinking_display_omitted_streams_the_block_without_its_text() -> None:
+    """``thinking.display: "omitted"``: the block opens and closes with its signature, and
+    no ``thinking_delta`` carries the reasoning (as Anthropic streams it)."""
+    writer = MessageStreamWriter(RID, "served", omit_thinking=True)
+    events = (
+        ReasoningDelta("Secret ", 1),
+        ReasoningDelta("plan.", 2),
+        TextDelta("Hi", 3),
+        Finished(FinishReason.STOP, USAGE),
+    )
+    frames = parse_sse(b"".join(writer.event(e) for e in events))
+    deltas = [p["delta"] for name, p in frames if name == "content_block_delta"]
+    assert deltas == [
+        {"type": "signature_delta", "signature": ""},
+        {"type": "text_delta", "text": "Hi"},
+    ]
+    starts = [p["content_block"]["type"] for name, p in frames if name == "content_block_start"]
+    assert starts == ["thinking", "text"]
+    assert b"Secret" not in b"".join(writer.event(e) for e in events[:1])

@@ -18,6 +18,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    PromptTooLong,
     UpstreamUnavailable,
 )
 from openmaas.protocols.openai.errors import to_openai_error
@@ -27,6 +28,12 @@ from openmaas.protocols.openai.errors import to_openai_error
     ("exc", "status", "type_", "code"),
     [
         (InvalidRequest("bad", param="temperature"), 400, "invalid_request_error", None),
+        (
+            PromptTooLong("long", "messages"),
+            400,
+            "invalid_request_error",
+            "context_length_exceeded",
+        ),
         (PayloadTooLarge(1024), 413, "invalid_request_error", "request_too_large"),
         (AuthenticationFailed("no key"), 401, "invalid_request_error", "invalid_api_key"),
         (PermissionDenied("no"), 403, "permission_error", "permission_denied"),
@@ -101,3 +108,19 @@ def test_retry_after_is_a_whole_number_of_seconds_at_least_one() -> None:
 )
 def test_other_errors_carry_no_extra_headers(exc: OpenMaaSError) -> None:
     assert to_openai_error(exc)[2] == {}
+
+
+def test_a_prompt_over_the_context_window_in_openais_words() -> None:
+    """The code and the words clients recognise (``context_length_exceeded``, "maximum
+    context length"), with the engine's counts; without counts, the engine's message."""
+    exc = PromptTooLong("too long", "messages", prompt_tokens=3031, context_length=2048)
+    status, body, _headers = to_openai_error(exc)
+    assert status == 400
+    assert body["error"] == {
+        "message": "This model's maximum context length is 2048 tokens. However, your "
+        "messages resulted in 3031 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+    assert to_openai_error(PromptTooLong("too long"))[1]["error"]["message"] == "too long"

@@ -50,7 +50,21 @@ class InvalidRequest(RequestError):
 
 
 class PromptTooLong(InvalidRequest):
-    """The prompt (plus the room asked for the answer) exceeds the model's context window."""
+    """The prompt (plus the room asked for the answer) exceeds the model's context window.
+    ``prompt_tokens`` and ``context_length`` are the engine's counts, when it gave them
+    (each protocol words the error with them)."""
+
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        *,
+        prompt_tokens: int | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        super().__init__(message, param)
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
 
 
 class PayloadTooLarge(RequestError):

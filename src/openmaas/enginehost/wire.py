@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from openmaas.core.errors import InvalidRequest, OpenMaaSError
+from openmaas.core.errors import InvalidRequest, OpenMaaSError, PromptTooLong
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -206,6 +206,12 @@ def error_body(exc: OpenMaaSError) -> tuple[int, dict[str, Any]]:
     """Status and body: OpenAI's, naming the class the worker raises it as again."""
     status, body, _headers = to_openai_error(exc)
     body["error"][ERROR_CLASS] = type(exc).__name__
+    if isinstance(exc, PromptTooLong):  # the counts, and the engine's own words
+        body["error"] |= {
+            "message": exc.message,
+            "prompt_tokens": exc.prompt_tokens,
+            "context_length": exc.context_length,
+        }
     return status, body
 
 

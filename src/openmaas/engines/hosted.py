@@ -292,7 +292,13 @@ def _revive(error: dict[str, Any] | None, model: str) -> OpenMaaSError | None:
     name, message, param = error[ERROR_CLASS], str(error.get("message")), error.get("param")
     exc: OpenMaaSError
     if name == "PromptTooLong":
-        return PromptTooLong(message, param)
+        prompt, context = error.get("prompt_tokens"), error.get("context_length")
+        return PromptTooLong(
+            message,
+            param,
+            prompt_tokens=prompt if isinstance(prompt, int) else None,
+            context_length=context if isinstance(context, int) else None,
+        )
     if name == "InvalidRequest":
         return InvalidRequest(message, param)
     if name == "EngineOverloaded":

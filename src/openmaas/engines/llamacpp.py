@@ -475,7 +475,17 @@ def _raise_if_error(item: dict[str, Any]) -> None:
     message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
     code = error.get("code") if isinstance(error, dict) else None
     if code == 400 and "context size" in message:
-        raise PromptTooLong(message, param="messages")
+        counts = error if isinstance(error, dict) else {}
+        raise PromptTooLong(
+            message,
+            param="messages",
+            prompt_tokens=_int_or_none(counts.get("n_prompt_tokens")),
+            context_length=_int_or_none(counts.get("n_ctx")),
+        )
     if code == 400:
         raise InvalidRequest(message, param="messages")
     raise EngineFailure(f"llama.cpp error: {message}")
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -2,17 +2,28 @@
 
 Mapping decisions (see docs/protocols/anthropic.md):
 
-- ``system`` (a string or text blocks) becomes one leading system message.
+- ``system`` (a string or text blocks) becomes one leading system message. ``system``
+  turns inside ``messages`` (Anthropic's mid-conversation system messages; Claude Code
+  sends its environment as one) are folded into it, in order: every chat template takes a
+  leading system message, not all take one later. Claude Code's
+  ``x-anthropic-billing-header: ...`` text block is dropped: it is attribution for
+  Anthropic's billing, not an instruction, and it differs per conversation, so it would
+  defeat prompt caching of everything after it.
 - In a user turn, ``tool_result`` blocks become tool messages (``tool_call_id`` =
   ``tool_use_id``) and runs of text blocks become user messages, in block order. A result
   with ``is_error`` is sent to the model prefixed with ``"Error: "``.
 - In an assistant turn, ``thinking`` blocks become the turn's ``reasoning``, text blocks its
   content, ``tool_use`` blocks its tool calls (arguments = the JSON text of ``input``).
-  ``redacted_thinking`` blocks are dropped (we never issue them).
+  ``redacted_thinking`` blocks, and thinking blocks with empty text (sent back after
+  ``display: "omitted"``), are dropped.
 - Multiple text blocks in one message are joined with a newline.
 - ``top_k``, ``thinking.budget_tokens`` and ``output_config.effort`` are accepted and
   ignored (no engine takes them); ``output_config.format`` becomes a JSON-schema response
   format.
+- ``context_management``: a ``clear_thinking_20251015`` edit drops the reasoning of all but
+  the last ``keep`` assistant turns that have some (``"all"`` keeps every one); other edits
+  are accepted and not applied. ``thinking.display: "omitted"`` empties the returned
+  thinking blocks (``omits_thinking``).
 - ``cached_tokens`` are reported as ``cache_read_input_tokens``; ``input_tokens`` excludes
   them, as Anthropic's does.
 """
@@ -20,6 +31,7 @@ Mapping decisions (see docs/protocols/anthropic.md):
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -45,8 +57,9 @@ from openmaas.core.types import (
 )
 from openmaas.core.validation import blamed_field
 from openmaas.protocols.anthropic.schemas import (
+    AnthropicClearThinking,
+    AnthropicContextManagement,
     AnthropicCountTokensRequest,
-    AnthropicInputMessage,
     AnthropicMessagesRequest,
     AnthropicOutputConfig,
     AnthropicTextBlock,
@@ -71,6 +84,10 @@ _STOP_REASONS = {
     FinishReason.CONTENT_FILTER: "refusal",
 }
 _UNSUPPORTED_BLOCKS = {"image", "document", "search_result", "server_tool_use", "container_upload"}
+# Claude Code's attribution for Anthropic's billing, sent as the first system text block.
+BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
+# What clear_thinking_20251015 keeps when it names no ``keep`` (Anthropic's default).
+_CLEAR_THINKING_KEEP = 1
 
 
 # -- parsing ----------------------------------------------------------------------------
@@ -102,7 +119,7 @@ def messages_request(
     return GenerationRequest(
         request_id=request_id,
         model=model,
-        messages=_conversation(body.system, body.messages),
+        messages=_conversation(body),
         sampling=SamplingParams(
             max_tokens=body.max_tokens,
             temperature=body.temperature,
@@ -118,19 +135,53 @@ def messages_request(
 
 
 def _conversation(
-    system: str | list[dict[str, Any]] | None, messages: list[AnthropicInputMessage]
+    body: AnthropicCountTokensRequest | AnthropicMessagesRequest,
 ) -> tuple[Message, ...]:
-    out: list[Message] = []
-    if system:
-        text = system if isinstance(system, str) else _texts(system, "system")
-        out.append(Message(Role.SYSTEM, text))
-    for index, message in enumerate(messages):
+    """The system prompt (``system``, then each system turn's text) and the turns."""
+    prompt: list[str] = []
+    if body.system:
+        prompt.append(_system_text(body.system, "system"))
+    turns: list[Message] = []
+    for index, message in enumerate(body.messages):
         path = f"messages[{index}]"
-        if message.role == "user":
-            out.extend(_user_turn(message.content, path))
+        if message.role == "system":
+            prompt.append(_system_text(message.content, path + ".content"))
+        elif message.role == "user":
+            turns.extend(_user_turn(message.content, path))
         else:
-            out.append(_assistant_turn(message.content, path))
-    return tuple(out)
+            turns.append(_assistant_turn(message.content, path))
+    keep = _thinking_kept(body.context_management)
+    if keep is not None:
+        turns = _clear_thinking(turns, keep)
+    system = "\n\n".join(text for text in prompt if text)
+    return (Message(Role.SYSTEM, system), *turns) if system else tuple(turns)
+
+
+def _system_text(content: str | list[dict[str, Any]], path: str) -> str:
+    if isinstance(content, str):
+        return content
+    parts = _text_parts(content, path)
+    return "\n".join(text for text in parts if not text.startswith(BILLING_HEADER_PREFIX))
+
+
+def _thinking_kept(config: AnthropicContextManagement | None) -> int | None:
+    """How many assistant turns keep their reasoning under ``clear_thinking_20251015``;
+    None keeps every one (no such edit, or ``keep: "all"``)."""
+    for i, raw in enumerate(config.edits if config else ()):
+        if raw.get("type") != "clear_thinking_20251015":
+            continue  # other edits (clear_tool_uses_...) are accepted and not applied
+        edit = _validate(AnthropicClearThinking, raw, f"context_management.edits[{i}]")
+        if edit.keep == "all":
+            return None
+        return _CLEAR_THINKING_KEEP if edit.keep is None else edit.keep.value
+    return None
+
+
+def _clear_thinking(turns: list[Message], keep: int) -> list[Message]:
+    """The reasoning of all but the last ``keep`` assistant turns that have some dropped."""
+    thinking = [i for i, m in enumerate(turns) if m.reasoning is not None]
+    cleared = set(thinking[: max(0, len(thinking) - keep)])
+    return [replace(m, reasoning=None) if i in cleared else m for i, m in enumerate(turns)]
 
 
 def _blocks(content: list[dict[str, Any]], path: str) -> list[tuple[str, Any]]:
@@ -193,7 +244,8 @@ def _assistant_turn(content: str | list[dict[str, Any]], path: str) -> Message:
         if isinstance(block, AnthropicTextBlock):
             texts.append(block.text)
         elif isinstance(block, AnthropicThinkingBlock):
-            reasoning.append(block.thinking)
+            if block.thinking:  # an omitted one (``display: "omitted"``) is empty
+                reasoning.append(block.thinking)
         elif isinstance(block, AnthropicToolUseBlock):
             calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
         else:
@@ -210,13 +262,17 @@ def _assistant_turn(content: str | list[dict[str, Any]], path: str) -> Message:
 
 def _texts(blocks: list[dict[str, Any]], path: str) -> str:
     """The text of a list that may hold only text blocks (system, tool_result content)."""
+    return "\n".join(_text_parts(blocks, path))
+
+
+def _text_parts(blocks: list[dict[str, Any]], path: str) -> list[str]:
     parts: list[str] = []
     for i, raw in enumerate(blocks):
         where = f"{path}[{i}]"
         if raw.get("type") != "text":
             raise InvalidRequest(f"{where}: only text blocks are supported here.", where)
         parts.append(_validate(AnthropicTextBlock, raw, where).text)
-    return "\n".join(parts)
+    return parts
 
 
 def _tools(specs: list[AnthropicToolSpec] | None) -> tuple[Tool, ...]:
@@ -256,6 +312,11 @@ def _thinking(spec: AnthropicThinkingSpec | None) -> Thinking:
     return Thinking(enabled=spec.type != "disabled")
 
 
+def omits_thinking(body: AnthropicMessagesRequest) -> bool:
+    """``thinking.display: "omitted"``: thinking blocks come back with empty text."""
+    return body.thinking is not None and body.thinking.display == "omitted"
+
+
 def _response_format(config: AnthropicOutputConfig | None) -> ResponseFormat:
     if config is None or config.format is None:
         return ResponseFormat()
@@ -271,7 +332,7 @@ def count_request(
     return GenerationRequest(
         request_id=request_id,
         model=model,
-        messages=_conversation(body.system, body.messages),
+        messages=_conversation(body),
         tools=tools,
         tool_choice=_tool_choice(body.tool_choice, tools),
         thinking=_thinking(body.thinking),
@@ -315,14 +376,15 @@ def tool_input(arguments: str, *, cut: bool = False) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_raw": arguments}
 
 
-def message_response(request_id: str, model: str, answer: Assembler) -> dict[str, Any]:
-    """The non-streamed ``message`` object."""
+def message_response(
+    request_id: str, model: str, answer: Assembler, *, omit_thinking: bool = False
+) -> dict[str, Any]:
+    """The non-streamed ``message`` object; ``omit_thinking`` empties its thinking block."""
     assert answer.finished is not None
     content: list[dict[str, Any]] = []
     if answer.reasoning:
-        content.append(
-            {"type": "thinking", "thinking": answer.reasoning, "signature": THINKING_SIGNATURE}
-        )
+        thinking = "" if omit_thinking else answer.reasoning
+        content.append({"type": "thinking", "thinking": thinking, "signature": THINKING_SIGNATURE})
     if answer.text:
         content.append({"type": "text", "text": answer.text})
     calls = answer.tool_calls

@@ -22,6 +22,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    PromptTooLong,
     QuotaExceeded,
     RateLimited,
 )
@@ -59,4 +60,12 @@ def to_anthropic_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[st
         headers.update(exc.headers)
     if isinstance(exc, QuotaExceeded):
         headers["x-should-retry"] = "false"
-    return status, error_body(type_, exc.message), headers
+    return status, error_body(type_, _message(exc)), headers
+
+
+def _message(exc: OpenMaaSError) -> str:
+    """Anthropic's words for a prompt over the context window when the counts are known:
+    Claude Code recognises the error by them ("prompt is too long")."""
+    if isinstance(exc, PromptTooLong) and exc.prompt_tokens and exc.context_length:
+        return f"prompt is too long: {exc.prompt_tokens} tokens > {exc.context_length} maximum"
+    return exc.message

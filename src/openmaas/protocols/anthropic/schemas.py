@@ -1,7 +1,8 @@
 """Anthropic Messages wire request bodies, validated.
 
-Unknown fields are ignored (the SDK and Claude Code add new ones often, e.g.
-``cache_control`` on blocks). Content blocks are kept as raw objects here and validated one
+Unknown fields are ignored, as Anthropic's API ignores them (the SDK and Claude Code add new
+ones often: ``cache_control`` on any block, ``defer_loading`` on tools, ``output_config`` on
+a turn). Content blocks are kept as raw objects here and validated one
 by one in the adapter, so an error names the exact block (``messages[2].content[1].input``)
 and a block type we cannot honour (``image``) is refused by name rather than dropped.
 """
@@ -45,7 +46,10 @@ class AnthropicThinkingBlock(_Wire):
 
 # -- the request ------------------------------------------------------------------------
 class AnthropicInputMessage(_Wire):
-    role: Literal["user", "assistant"]
+    """A turn. ``system`` turns (Anthropic's mid-conversation system messages, which Claude
+    Code sends) hold text only and are folded into the system prompt by the adapter."""
+
+    role: Literal["user", "assistant", "system"]
     content: str | list[dict[str, Any]]
 
 
@@ -66,10 +70,33 @@ class AnthropicToolChoiceSpec(_Wire):
 
 class AnthropicThinkingSpec(_Wire):
     """``enabled`` and ``between_tools`` turn thinking on, ``disabled`` off; ``adaptive``
-    leaves the choice to the model's default."""
+    leaves the choice to the model's default. ``display: "omitted"`` returns thinking blocks
+    with empty text (the reasoning is still generated and billed), any other display the
+    whole reasoning."""
 
     type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: int | None = Field(None, ge=1)
+    display: str | None = None
+
+
+class AnthropicThinkingTurns(_Wire):
+    type: Literal["thinking_turns"]
+    value: int = Field(ge=0)
+
+
+class AnthropicClearThinking(_Wire):
+    """The ``clear_thinking_20251015`` edit: keep the thinking of the last ``value``
+    assistant turns that have some, or ``all`` (the default keeps one)."""
+
+    type: Literal["clear_thinking_20251015"]
+    keep: Literal["all"] | AnthropicThinkingTurns | None = None
+
+
+class AnthropicContextManagement(_Wire):
+    """Context editing. Edits are validated one by one in the adapter: ``clear_thinking``
+    is honoured, other edits (``clear_tool_uses_20250919``) are accepted and not applied."""
+
+    edits: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class AnthropicOutputFormatSpec(_Wire):
@@ -96,6 +123,7 @@ class _Common(_Wire):
     tool_choice: AnthropicToolChoiceSpec | None = None
     thinking: AnthropicThinkingSpec | None = None
     output_config: AnthropicOutputConfig | None = None
+    context_management: AnthropicContextManagement | None = None
 
 
 class AnthropicMessagesRequest(_Common):

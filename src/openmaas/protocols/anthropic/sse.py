@@ -5,6 +5,8 @@ The sequence is ``message_start``, ``ping``, then for each content block in orde
 ``message_delta`` (stop reason and final usage) and ``message_stop``. A block is a run of
 events of one kind: reasoning (a ``thinking`` block), text, or one tool call (a
 ``tool_use`` block). The writer keeps O(1) state: the open block and a few counters.
+With ``omit_thinking`` (``thinking.display: "omitted"``) a thinking block is opened and
+closed with its signature but gets no ``thinking_delta``, as Anthropic sends it.
 """
 
 from __future__ import annotations
@@ -36,11 +38,20 @@ def frame(event: str, payload: dict[str, Any]) -> bytes:
 class MessageStreamWriter:
     """Builds the frames of one streamed message."""
 
-    __slots__ = ("_block", "_called_tools", "_index", "_model", "_request_id", "_started")
+    __slots__ = (
+        "_block",
+        "_called_tools",
+        "_index",
+        "_model",
+        "_omit_thinking",
+        "_request_id",
+        "_started",
+    )
 
-    def __init__(self, request_id: str, model: str) -> None:
+    def __init__(self, request_id: str, model: str, *, omit_thinking: bool = False) -> None:
         self._request_id = request_id
         self._model = model
+        self._omit_thinking = omit_thinking
         self._started = False
         self._index = -1  # index of the open (or last) content block
         self._block: tuple[str, int] | None = None  # (kind, tool call index) of the open block
@@ -110,6 +121,8 @@ class MessageStreamWriter:
             if self._block != ("thinking", 0):
                 block = {"type": "thinking", "thinking": "", "signature": ""}
                 out += self._open("thinking", 0, block)
+            if self._omit_thinking:
+                return out
             return out + self._delta({"type": "thinking_delta", "thinking": event.text})
         return out + self._tool_call(event)
 

@@ -17,6 +17,7 @@ from openmaas.core.errors import (
     OpenMaaSError,
     PayloadTooLarge,
     PermissionDenied,
+    PromptTooLong,
     QuotaExceeded,
     RateLimited,
     UpstreamUnavailable,
@@ -25,6 +26,7 @@ from openmaas.core.errors import (
 # (class, HTTP status, error type, error code); the first matching class wins.
 _TABLE: tuple[tuple[type[OpenMaaSError], int, str, str | None], ...] = (
     (PayloadTooLarge, 413, "invalid_request_error", "request_too_large"),
+    (PromptTooLong, 400, "invalid_request_error", "context_length_exceeded"),
     (InvalidRequest, 400, "invalid_request_error", None),
     (AuthenticationFailed, 401, "invalid_request_error", "invalid_api_key"),
     (PermissionDenied, 403, "permission_error", "permission_denied"),
@@ -62,4 +64,16 @@ def to_openai_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, 
         headers.update(exc.headers)  # x-ratelimit-* as OpenAI sends them
     if isinstance(exc, QuotaExceeded):
         headers["x-should-retry"] = "false"  # the SDK would retry a 429; waiting won't help
-    return status, error_body(exc.message, type_, code, param), headers
+    return status, error_body(_message(exc), type_, code, param), headers
+
+
+def _message(exc: OpenMaaSError) -> str:
+    """OpenAI's words for a prompt over the context window when the counts are known
+    (clients recognise the error by them as well as by its code)."""
+    if isinstance(exc, PromptTooLong) and exc.prompt_tokens and exc.context_length:
+        return (
+            f"This model's maximum context length is {exc.context_length} tokens. However, "
+            f"your messages resulted in {exc.prompt_tokens} tokens. Please reduce the length "
+            "of the messages."
+        )
+    return exc.message

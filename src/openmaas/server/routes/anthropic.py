@@ -2,7 +2,8 @@
 
 Callers authenticate with ``x-api-key: <key>`` (what the ``anthropic`` SDK sends) or
 ``Authorization: Bearer <key>`` (Claude Code with ``ANTHROPIC_AUTH_TOKEN``). The
-``anthropic-version`` and ``anthropic-beta`` headers are accepted whatever their value.
+``anthropic-version`` and ``anthropic-beta`` headers are accepted whatever their value, and so
+is the query string (Claude Code posts to ``/v1/messages?beta=true``).
 Model aliases (``OPENMAAS_MODEL_ALIASES``) are resolved before the gateway is called, so the
 request, its usage record and the response all carry the served model's name.
 """
@@ -50,7 +51,7 @@ async def create_message(request: Request) -> Response:
     body = adapter.parse_body(await request.body(), AnthropicMessagesRequest)
     model = state.catalog.resolve(body.model)
     generation_request = adapter.messages_request(body, request_id(request), model)
-    return await _generate(request, state, principal, generation_request, body.stream)
+    return await _generate(request, state, principal, generation_request, body)
 
 
 @router.post(
@@ -79,13 +80,16 @@ async def _generate(
     state: AppState,
     principal: Principal,
     generation_request: GenerationRequest,
-    stream: bool,
+    body: AnthropicMessagesRequest,
 ) -> Response:
     generation = await start_generation(request, state, principal, generation_request, ENDPOINT)
     if generation is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
-    if stream:
-        writer = MessageStreamWriter(generation.request_id, generation_request.model)
+    omit_thinking = adapter.omits_thinking(body)
+    if body.stream:
+        writer = MessageStreamWriter(
+            generation.request_id, generation_request.model, omit_thinking=omit_thinking
+        )
         return StreamingResponse(
             sse_stream(generation, writer, to_anthropic_error),
             media_type="text/event-stream",
@@ -94,5 +98,7 @@ async def _generate(
     collected = await unless_disconnected(request, collect(generation))
     if collected is None:
         return Response(status_code=499)
-    body = adapter.message_response(generation.request_id, generation_request.model, collected)
-    return json_response(body)
+    message = adapter.message_response(
+        generation.request_id, generation_request.model, collected, omit_thinking=omit_thinking
+    )
+    return json_response(message)

@@ -1,4 +1,4 @@
-"""OpenMaaS's own endpoints: health, readiness and usage."""
+"""OpenMaaS's own endpoints: the base URL's ``HEAD /``, health, readiness and usage."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ from openmaas.server.state import app_state
 from openmaas.store.database import ping
 
 router = APIRouter(tags=["Platform"])
+
+
+@router.head("/", summary="The base URL answers (clients such as Claude Code check it)")
+async def root() -> Response:
+    """200 with no body, no key needed: Claude Code sends ``HEAD /`` to its
+    ``ANTHROPIC_BASE_URL`` to see that the server is there."""
+    return Response(status_code=200)
 
 
 @router.get("/healthz", summary="Liveness: the process is up")
