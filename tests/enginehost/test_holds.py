@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import uvicorn
 
+from openmaas.catalog.document import build_router, parse_catalog
+from openmaas.catalog.schema import BuildContext
 from openmaas.core.errors import EngineNotReady, InvalidRequest
 from openmaas.core.types import Finished, GenerationRequest, Message, Role, TextDelta
 from openmaas.enginehost.app import EngineHost, create_host_app, held_builder
@@ -181,3 +183,26 @@ async def test_the_host_loads_local_deployments_only(tmp_path: Path) -> None:
     engine = build(HeldDeployment("m", ModelKind.CHAT, DEPLOYMENT))
     assert isinstance(engine, LlamaCppEngine)  # built as in-process, not loaded yet
 
+
+def test_with_an_engine_host_the_catalog_holds_its_local_deployments(tmp_path: Path) -> None:
+    document = parse_catalog(
+        """
+models:
+  - name: mixed
+    deployments:
+      - {id: gguf, engine: llamacpp, path: /m/a.gguf}
+      - {id: packaged, engine: embedded, model: smollm2-135m-instruct}
+      - {id: cloud, engine: openai, base_url: "http://gpu:8000/v1", upstream_model: m}
+"""
+    )
+    [spec] = document.models
+    ctx = BuildContext(engine_socket=tmp_path / "e.sock")
+    engines = {m.id: m.engine for m in build_router(spec, ctx).members}
+    gguf, packaged = engines["gguf"], engines["packaged"]
+    assert isinstance(gguf, HostedEngine) and isinstance(packaged, HostedEngine)
+    assert gguf.held is not None and gguf.held.deployment["path"] == "/m/a.gguf"
+    assert packaged.served_as.startswith("packaged~")
+    assert not isinstance(engines["cloud"], HostedEngine)
+    # Without a host (one process, `make run`): loaded in the process, as always.
+    alone = {m.id: m.engine for m in build_router(spec, BuildContext()).members}
+    assert not any(isinstance(e, HostedEngine) for e in alone.values())
