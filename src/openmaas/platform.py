@@ -8,7 +8,8 @@ built the same way for an actor (``cli:<user>``, ``key:<admin key id>``) on one 
 that writes every change with its audit row. With ``serve=True`` (a serving process) it
 also starts this process's instance (an id and its liveness lock, ``store/instance.py``:
 any number of processes may serve from one database), recovers the requests that dead
-processes left in flight, on start and every ``recovery_seconds``, starts the change feed
+processes left in flight (and fails their async jobs, ``store/async_jobs.py``), on start
+and every ``recovery_seconds``, starts the change feed
 (``store/changes.py``) that keeps the key cache and the accountant's terms true to every
 process's changes, and builds and starts the model catalog and its reloader; leaving the
 ``with`` stops them and releases everything in the reverse order.
@@ -37,6 +38,7 @@ from openmaas.catalog.served import ModelCatalog, build_catalog
 from openmaas.core.clock import Clock, SystemClock
 from openmaas.core.errors import ConfigurationError
 from openmaas.settings import Settings
+from openmaas.store.async_jobs import AsyncJobStore
 from openmaas.store.audit import AuditedChanges
 from openmaas.store.changes import ChangeFeed
 from openmaas.store.database import migrate, open_database
@@ -63,6 +65,7 @@ class Platform:
     catalog_manager: CatalogManager | None = None  # serving only: the document, reloaded live
     feed: ChangeFeed | None = None  # serving only: every process's changes, polled
     key_cache: KeyCache | None = None  # serving only: keys from memory, kept by the feed
+    async_jobs: AsyncJobStore | None = None  # serving only: jobs this process runs
 
     @property
     def keys(self) -> KeySource:
@@ -126,10 +129,12 @@ async def open_platform(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
     liveness: Liveness | None = None
+    async_jobs: AsyncJobStore | None = None
     try:
         await migrate(database)
         if serve:  # before the accountant: every request it admits names this instance
             liveness = await Liveness.start(database)
+            async_jobs = AsyncJobStore(database, clock.now_ms, liveness.instance_id)
         ledger = LedgerStore(database, clock.now_ms)
         accountant = Accountant(
             database,
@@ -139,10 +144,12 @@ async def open_platform(
             refresh_seconds=settings.billing_refresh_seconds,
             checkpoint_seconds=settings.checkpoint_seconds,
             liveness=liveness,
+            recoveries=() if async_jobs is None else (async_jobs,),  # a dead one's jobs fail
         )
         platform = Platform(
             settings, database, clock, load_master_key(settings), ledger, accountant, limiter
         )
+        platform.async_jobs = async_jobs
         if not serve:
             yield platform
             return

@@ -159,9 +159,9 @@ class Settings(BaseSettings):
     engine_socket: Path | None = Field(
         None,
         description="Unix socket of an engine host (`python -m openmaas.enginehost`): when "
-        "set, the settings' local models (embedded and OPENMAAS_LOCAL_MODELS) are served by "
-        "that host instead of loaded in this process; `serve --workers N` sets it to "
-        "engine.sock in the data directory.",
+        "set, the local models (embedded, OPENMAAS_LOCAL_MODELS and the catalog's llamacpp "
+        "and embedded deployments) are served by that host instead of loaded in this "
+        "process; `serve --workers N` sets it to engine.sock in the data directory.",
     )
 
     @field_validator("sqlite_synchronous")

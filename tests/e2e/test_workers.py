@@ -1,6 +1,7 @@
 """``openmaas serve --workers 2``: two gateway workers answer on one port, the local models
-are loaded once (by the engine host alone), a host that dies is restarted, and SIGTERM or
-``kill -9`` of the supervisor leaves no process behind."""
+are loaded once (by the engine host alone), the settings' and the catalog document's, a
+catalog change reaches the host, a host that dies is restarted, and SIGTERM or ``kill -9``
+of the supervisor leaves no process behind."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from openmaas.engines.embedded import chat_model_path
+from openmaas.engines.hosted import BASE_URL, HEALTH_PATH
 from tests.e2e.live import CHAT_MODEL, EMBEDDING_MODEL, LiveServer
 from tests.support.waiting import wait_until
 
@@ -79,11 +81,11 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         server.stop()
 
 
-def _chat(live: LiveServer, text: str) -> httpx.Response:
+def _chat(live: LiveServer, text: str, model: str = CHAT_MODEL) -> httpx.Response:
     return httpx.post(
         f"{live.base_url}/v1/chat/completions",
         json={
-            "model": CHAT_MODEL,
+            "model": model,
             "messages": [{"role": "user", "content": text}],
             "max_tokens": 8,
             "temperature": 0,
@@ -122,6 +124,66 @@ def test_two_workers_answer_and_the_models_are_loaded_once(two: LiveServer) -> N
         timeout=60,
     )
     assert embedded.status_code == 200 and embedded.json()["usage"]["prompt_tokens"] > 0
+
+
+def _catalog(slots: int) -> str:
+    return f"""\
+models:
+  - name: catalog-chat
+    deployments:
+      - {{id: packaged, engine: embedded, model: {CHAT_MODEL}, slots: {slots}}}
+"""
+
+
+def _host_models(live: LiveServer) -> dict[str, dict[str, object]]:
+    """What the engine host serves, as it reports it on its socket."""
+    transport = httpx.HTTPTransport(uds=str(live.home / "engine.sock"))
+    with httpx.Client(base_url=BASE_URL, transport=transport, timeout=10) as client:
+        models: dict[str, dict[str, object]] = client.get(HEALTH_PATH).json()["models"]
+        return models
+
+
+def test_a_catalog_model_is_loaded_once_by_the_host_and_follows_the_file(
+    tmp_path: Path,
+) -> None:
+    live = LiveServer(
+        tmp_path / "home",
+        catalog=_catalog(slots=2),
+        workers=2,
+        embedded_models=False,
+        catalog_poll_seconds=0.2,
+    ).start()
+    try:
+        assert live.process is not None
+        # The host loaded it, once, for both workers; no worker maps the weights.
+        [(key, state)] = _host_models(live).items()
+        assert state["model"] == "catalog-chat" and state["holders"] == 2
+        assert state["state"] == "ready" and key.startswith("packaged~")
+        [host] = _with_chat_model(_descendants(live.process.pid) | {live.process.pid})
+        answered_by = set()
+        for i in range(12):
+            response = _chat(live, f"Say hello number {i}.", model="catalog-chat")
+            assert response.status_code == 200, response.text
+            usage = response.json()["usage"]
+            row = live.usage_row(response.headers["x-request-id"])
+            assert row["completion_tokens"] == usage["completion_tokens"] > 0
+            answered_by.add(int(response.headers[WORKER_HEADER]))
+        assert len(answered_by) == 2 and host not in answered_by
+
+        # A changed deployment: the workers hold the new one, the host loads it and
+        # unloads the old one once neither worker holds it.
+        live.catalog_file.write_text(_catalog(slots=1))
+
+        def changed() -> bool:
+            models = _host_models(live)
+            return key not in models and [m["holders"] for m in models.values()] == [2]
+
+        wait_until(changed, timeout=120, what="the host to serve only the new deployment")
+        response = _chat(live, "Hello again.", model="catalog-chat")
+        assert response.status_code == 200, response.text
+        assert _with_chat_model(_descendants(live.process.pid)) == {host}
+    finally:
+        live.stop()
 
 
 def test_a_host_that_dies_is_restarted(two: LiveServer) -> None:

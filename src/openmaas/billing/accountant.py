@@ -26,6 +26,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -132,6 +133,19 @@ class Ticket:
         return self.price is not None
 
 
+class InstanceRecovery(Protocol):
+    """Something else a dead instance leaves behind (its async jobs), recovered by the
+    sweep with its requests, under the dead instance's lock: exactly once."""
+
+    async def owners(self) -> set[str]:
+        """Instances that have something to recover if they die."""
+        ...
+
+    async def recover(self, instance_id: str) -> int:
+        """Recover what the dead ``instance_id`` left; how many things."""
+        ...
+
+
 class Accountant:
     """Admits requests (rate limits, data policy, holds), checkpoints them while they run,
     settles them, and recovers what a killed process left in flight."""
@@ -146,6 +160,7 @@ class Accountant:
         refresh_seconds: float = 2.0,
         checkpoint_seconds: float = 1.0,
         liveness: Liveness | None = None,
+        recoveries: Sequence[InstanceRecovery] = (),
     ) -> None:
         self.ledger = ledger
         self._database = database
@@ -155,6 +170,7 @@ class Accountant:
         self._checkpoint_seconds = checkpoint_seconds
         self._liveness = liveness  # None: rows without an owner (no serving instance)
         self._instance_id = liveness.instance_id if liveness is not None else None
+        self._recoveries = tuple(recoveries)  # what else the sweep recovers of the dead
         self._generation = 0  # moved by invalidate(): terms read before are stale
         self._loaded: _LoadedTerms | None = None
         self._refreshing: _TermsRead | None = None  # the one read of the terms in flight
@@ -429,12 +445,15 @@ class Accountant:
     async def sweep(self) -> int:
         """Recover the requests of every instance that died (its liveness lock is free),
         each by the one process that takes its lock; run every ``OPENMAAS_RECOVERY_SECONDS``.
-        A live instance, or one another process is recovering, is left alone."""
+        A live instance, or one another process is recovering, is left alone. The
+        ``recoveries`` recover what else a dead instance left (its async jobs) with it."""
         if self._liveness is None:
             return 0
         async with self._database.connect() as conn:
             owners = await inflight_owners(conn)
         candidates = set(owners) | set(self._liveness.lock_files())  # died idle: its file
+        for recovery in self._recoveries:
+            candidates |= await recovery.owners()
         candidates.discard(self._liveness.instance_id)
         recovered = 0
         for instance_id in sorted(candidates):
@@ -443,6 +462,8 @@ class Accountant:
                 continue  # alive, or being recovered by another process
             try:
                 count = await self._recover_owned(instance_id)
+                for recovery in self._recoveries:
+                    await recovery.recover(instance_id)
             finally:  # recovered, or not (a failed write): the next sweep tries again
                 await lock.release()
             if count:

@@ -32,10 +32,12 @@ from pydantic import ValidationError
 from openmaas.catalog.schema import (
     BuildContext,
     CatalogDocument,
+    DeploymentBase,
     ModelSpec,
     engine_kind_names,
 )
 from openmaas.core.errors import InvalidRequest
+from openmaas.engines.base import Engine
 from openmaas.routing.router import DataClass, Deployment, RoutedEngine, RouterConfig
 
 Path_ = tuple[str | int, ...]
@@ -333,7 +335,7 @@ def build_router(model: ModelSpec, ctx: BuildContext) -> RoutedEngine:
     deployments = [
         Deployment(
             id=d.id,
-            engine=d.build(model.name, model.model_kind, ctx),
+            engine=_engine(d, model, ctx),
             weight=d.weight,
             max_concurrency=d.max_concurrency,
             data_class=DataClass(d.data_class),
@@ -342,3 +344,13 @@ def build_router(model: ModelSpec, ctx: BuildContext) -> RoutedEngine:
         for d in model.deployments
     ]
     return RoutedEngine(model.name, deployments, config=config)
+
+
+def _engine(deployment: DeploymentBase, model: ModelSpec, ctx: BuildContext) -> Engine:
+    """A deployment's engine: built here, or, given an engine host (``ctx.engine_socket``)
+    and a deployment that loads into its process, the host's, held while it runs."""
+    if ctx.engine_socket is not None and deployment.in_process:
+        return deployment.build_hosted(
+            model.name, model.model_kind, ctx.engine_socket, ctx, held=True
+        )
+    return deployment.build(model.name, model.model_kind, ctx)

@@ -71,6 +71,7 @@ async def load_context(
         credentials=values,
         credential_stamps={i.name: i.updated_at_ms for i in infos},
         unreadable=frozenset(unreadable),
+        engine_socket=settings.engine_socket,  # with workers: local models are the host's
     )
 
 

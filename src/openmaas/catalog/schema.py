@@ -47,7 +47,8 @@ class BuildContext:
     unreadable: frozenset[str] = frozenset()  # exist but do not decrypt (another master key)
     check_paths: bool = True
     cache_dir: Path = Path(".openmaas") / "cache"  # converted model files (OPENMAAS_HOME/cache)
-    # The engine host serving the settings' in-process models (catalog/builtin.py), if any.
+    # The engine host serving the in-process models (engines/hosted.py), if any: the
+    # settings' ones (catalog/builtin.py) and those of the catalog document it is told of.
     engine_socket: Path | None = None
 
 
@@ -85,20 +86,33 @@ class DeploymentBase(_Strict):
     def build(self, model: str, kind: ModelKind, ctx: BuildContext) -> Engine:
         raise NotImplementedError
 
-    def build_hosted(self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext) -> Engine:
+    def build_hosted(
+        self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext, *, held: bool = False
+    ) -> Engine:
         """The engine of an ``in_process`` deployment that the engine host listening on
-        ``socket`` serves (``engines/hosted.py``)."""
+        ``socket`` serves (``engines/hosted.py``). ``held``: a deployment of the catalog
+        document, which the host loads while an engine holds it (the host loads the
+        settings' models from its own settings)."""
         raise NotImplementedError
 
 
 def _hosted(
-    model: str, kind: ModelKind, socket: Path, slots: int, queue: int | None, ctx: BuildContext
+    deployment: DeploymentBase,
+    model: str,
+    kind: ModelKind,
+    socket: Path,
+    ctx: BuildContext,
+    *,
+    slots: int,
+    queue: int | None,
+    held: bool,
 ) -> Engine:
     """A client of the engine host's model, with the capacity of the host's engine."""
-    from openmaas.engines.hosted import HostedConfig, HostedEngine
+    from openmaas.engines.hosted import HeldDeployment, HostedConfig, HostedEngine
 
     queue = ctx.engine_queue if queue is None else queue
-    return HostedEngine(model, HostedConfig(socket, kind, slots, queue))
+    declared = HeldDeployment(model, kind, deployment.model_dump(mode="json")) if held else None
+    return HostedEngine(model, HostedConfig(socket, kind, slots, queue, declared))
 
 
 class Timeouts(_Strict):
@@ -234,8 +248,12 @@ class LlamaCppDeployment(LlamaCppModel, DeploymentBase):
 
     in_process: ClassVar[bool] = True
 
-    def build_hosted(self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext) -> Engine:
-        return _hosted(model, kind, socket, self.slots, self.queue, ctx)
+    def build_hosted(
+        self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext, *, held: bool = False
+    ) -> Engine:
+        return _hosted(
+            self, model, kind, socket, ctx, slots=self.slots, queue=self.queue, held=held
+        )
 
     def problems(self, ctx: BuildContext) -> list[tuple[str, str]]:
         if ctx.check_paths and not self.path.is_file():
@@ -278,8 +296,12 @@ class EmbeddedDeployment(DeploymentBase):
 
     in_process: ClassVar[bool] = True
 
-    def build_hosted(self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext) -> Engine:
-        return _hosted(model, kind, socket, self.slots, self.queue, ctx)
+    def build_hosted(
+        self, model: str, kind: ModelKind, socket: Path, ctx: BuildContext, *, held: bool = False
+    ) -> Engine:
+        return _hosted(
+            self, model, kind, socket, ctx, slots=self.slots, queue=self.queue, held=held
+        )
 
     @field_validator("model")
     @classmethod

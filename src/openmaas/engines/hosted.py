@@ -16,6 +16,14 @@ lacks (``docs/engines.md``, "The engine host"):
 - ``count_prompt_tokens`` is the host engine's exact count, not an upper bound;
 - an error keeps its class (``PromptTooLong``, ``EngineOverloaded`` ...) and message.
 
+A model of the catalog document (a deployment of an in-process kind) is not in the host's
+settings: its engine *holds* it (:class:`HeldDeployment`): it declares the deployment to the
+host when it starts, again every ``HOLD_REFRESH_S`` (which also brings it back into a host
+that restarted), and releases it when it stops. The host loads each deployment once,
+whatever the number of workers that hold it, keyed by the deployment itself
+(:func:`hold_key`), and unloads it once no worker holds it (a worker that died stops
+refreshing: its hold expires after ``HOLD_EXPIRY_S``).
+
 The host and this engine share the names below: the host imports them from here.
 """
 
@@ -23,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +75,10 @@ REQUEST_ID_HEADER = "x-openmaas-request-id"
 HEALTH_PATH = "/engine/health"  # GET: each model's state
 PROMPT_TOKENS_PATH = "/engine/prompt_tokens"  # POST a generation body: {"prompt_tokens": n}
 ENDS_PATH = "/engine/ends/"  # GET + request id: the final usage of a stream that did not finish
+HOLD_PATH = "/engine/holds"  # POST a hold (HeldDeployment.body): load it / keep it loaded
+RELEASE_PATH = "/engine/holds/release"  # POST {"key", "holder"}: no longer held by that one
+HOLD_REFRESH_S = 5.0  # a worker declares its holds again this often
+HOLD_EXPIRY_S = 30.0  # a hold not declared again for this long is dropped (its worker died)
 ERROR_CLASS = "openmaas_error"  # in an error body: the class of the error the engine raised
 # In a stream chunk: the counts its event carried in the host, [completion, prompt, cached].
 EVENT_COUNTS = "openmaas_counts"
@@ -75,14 +89,49 @@ _POLL_FIRST_S = 0.05
 _POLL_MAX_S = 1.0
 
 
+def hold_key(kind: ModelKind | str, deployment: Mapping[str, Any]) -> str:
+    """The name the host serves a held deployment under: its id and a digest of its kind
+    and every field, the same in every worker (a changed deployment is another engine). Not
+    the model's public name: a model renamed keeps its engine, as in-process. ``~`` is in
+    no public model name, so a held deployment never takes a settings model's name."""
+    text = orjson.dumps([str(kind), deployment], option=orjson.OPT_SORT_KEYS)
+    return f"{deployment['id']}~{hashlib.sha256(text).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldDeployment:
+    """A catalog deployment of an in-process kind that the engine host loads when told:
+    the model it serves (its name names the engine in the host's messages and logs), the
+    model's kind, and the deployment's fields as JSON (``catalog/schema.py`` reads them)."""
+
+    model: str
+    kind: ModelKind
+    deployment: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return hold_key(self.kind, self.deployment)
+
+    def body(self, holder: str) -> dict[str, Any]:
+        return {
+            "holder": holder,
+            "model": self.model,
+            "kind": self.kind.value,
+            "deployment": dict(self.deployment),
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class HostedConfig:
-    """A model of the engine host: its socket, and the capacity of the host's engine."""
+    """A model of the engine host: its socket, and the capacity of the host's engine;
+    ``held``: a deployment the host loads when this engine tells it to (not a settings
+    model)."""
 
     socket: Path
     kind: ModelKind
     slots: int
     queue: int
+    held: HeldDeployment | None = None
 
 
 class _HostModelFailed(Exception):
@@ -95,22 +144,28 @@ class _HostModelFailed(Exception):
 
 class HostedEngine(OpenAIHttpEngine):
     def __init__(self, model: str, config: HostedConfig) -> None:
+        held = config.held
         super().__init__(
             model,
             OpenAIHttpConfig(
                 base_url=BASE_URL,
-                upstream_model=model,
+                upstream_model=model if held is None else held.key,
                 kind=config.kind,
                 slots=config.slots,
                 queue=config.queue,
                 # As in-process: no deadline but the connection's (the host queues requests
                 # beyond its slots, and a long answer is not a stalled one).
                 timeouts=Timeouts(connect=10.0, first_token=None, idle=None, total=None),
-                deployment=model,
+                deployment=model if held is None else str(held.deployment["id"]),
                 uds=str(config.socket),
             ),
         )
         self.socket = config.socket
+        self.held = held
+        self.served_as = self.config.upstream_model  # the name the host serves it under
+        self._holder = uuid.uuid4().hex  # this engine's hold, apart from other workers'
+        self._refresher: asyncio.Task[None] | None = None
+        self._refresh_now = asyncio.Event()
         # Counting, health and stream ends: never queued behind the streams' connections.
         self._control: httpx.AsyncClient | None = None
 
@@ -140,22 +195,83 @@ class HostedEngine(OpenAIHttpEngine):
         except BaseException:
             await self._unload()
             raise
+        if self.held is not None:
+            self._refresher = asyncio.create_task(self._keep_holding())
 
     async def _unload(self) -> None:
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
         try:
+            if self.held is not None:
+                await self._release()
             await super()._unload()
         finally:
             control, self._control = self._control, None
             if control is not None:
                 await control.aclose()
 
+    # -- holds: a catalog deployment, loaded by the host while a worker holds it ---------
+    async def _hold(self) -> None:
+        """Tell the host to load the deployment (if it has not) and that we hold it."""
+        assert self.held is not None
+        response = await self._controller().post(HOLD_PATH, json=self.held.body(self._holder))
+        if response.status_code != 200:
+            raise self._status_error(response.status_code, response.content, response.headers)
+
+    async def _keep_holding(self) -> None:
+        """Declare the hold again every ``HOLD_REFRESH_S`` (sooner when the host said it
+        does not serve the deployment: it restarted), so the host keeps it, or loads it
+        again."""
+        failing = False
+        while True:
+            try:
+                async with asyncio.timeout(HOLD_REFRESH_S):
+                    await self._refresh_now.wait()
+            except TimeoutError:
+                pass
+            self._refresh_now.clear()
+            try:
+                await self._hold()
+            except (httpx.HTTPError, OpenMaaSError) as exc:
+                if not failing:
+                    log.warning(
+                        "the engine host did not take the hold; trying again",
+                        extra={"model": self.model, "error": type(exc).__name__},
+                    )
+                failing = True
+            else:
+                failing = False
+
+    async def _release(self) -> None:
+        """Tell the host we no longer hold the deployment (if it does not hear it, the
+        hold expires)."""
+        assert self.held is not None
+        body = {"key": self.served_as, "holder": self._holder}
+        try:
+            async with asyncio.timeout(_CONTROL_TIMEOUT_S):
+                await self._controller().post(RELEASE_PATH, json=body)
+        except (httpx.HTTPError, TimeoutError, EngineFailure) as exc:
+            log.warning(
+                "the engine host did not hear a release; the hold will expire",
+                extra={"model": self.model, "error": type(exc).__name__},
+            )
+
     async def _until_served(self) -> None:
         """Wait while the host is unreachable or still loading the model."""
         delay, said = _POLL_FIRST_S, False
         while True:
+            if self.held is not None:  # (again: the host may have restarted meanwhile)
+                try:
+                    await self._hold()
+                except httpx.HTTPError:
+                    pass  # unreachable: the health below says so
+                except OpenMaaSError as exc:  # the host refuses the deployment
+                    raise _HostModelFailed(exc.message) from None
             try:
                 response = await self._controller().get(HEALTH_PATH)
-                state = response.json()["models"].get(self.model)
+                state = response.json()["models"].get(self.served_as)
             except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
                 state = {"state": "unreachable"}
             if state is None:
@@ -237,9 +353,9 @@ class HostedEngine(OpenAIHttpEngine):
 
     async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
         if request.is_chat:
-            body = chat_body(request, self.model, self.config.thinking_style)
+            body = chat_body(request, self.served_as, self.config.thinking_style)
         else:
-            body = completion_body(request, self.model)
+            body = completion_body(request, self.served_as)
         try:
             response = await self._controller().post(
                 PROMPT_TOKENS_PATH,
@@ -248,7 +364,8 @@ class HostedEngine(OpenAIHttpEngine):
             )
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(
-                f"The engine host is unavailable ({type(exc).__name__}).", deployment=self.model
+                f"The engine host is unavailable ({type(exc).__name__}).",
+                deployment=self.deployment,
             ) from None
         if response.status_code != 200:
             raise self._status_error(response.status_code, response.content, response.headers)
@@ -262,6 +379,8 @@ class HostedEngine(OpenAIHttpEngine):
         self, status: int, raw: bytes, headers: httpx.Headers | Mapping[str, str]
     ) -> OpenMaaSError:
         revived = _revive(_error_of(raw), self.model)
+        if isinstance(revived, EngineNotReady) and self.held is not None:
+            self._refresh_now.set()  # the host may have restarted: hold the deployment again
         return revived or super()._status_error(status, raw, headers)
 
     def _parse(self, payload: bytes, after_first_token: bool) -> dict[str, Any]:
@@ -305,6 +424,8 @@ def _revive(error: dict[str, Any] | None, model: str) -> OpenMaaSError | None:
         exc = EngineOverloaded(model, 0)
     elif name == "EngineNotReady":
         exc = EngineNotReady(model)
+    elif name == "ModelNotFound":  # a held deployment the host has not loaded (yet)
+        return EngineNotReady(model, "the engine host does not serve it yet")
     else:
         return EngineFailure(message)
     exc.message, exc.args = message, (message,)

@@ -69,6 +69,8 @@ def create_app(
                 ),
                 lifecycle=life,
             )
+            assert platform.async_jobs is not None
+            zhipu_routes.open_jobs(app, platform.async_jobs)
             platform.catalog.start_loading()
             housekeeping = asyncio.create_task(_expire_packs(platform.accountant))
             try:

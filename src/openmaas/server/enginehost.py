@@ -1,8 +1,9 @@
 """The engine host process: ``python -m openmaas.server.enginehost``.
 
-It loads the settings' local models once (``enginehost/app.py``) and serves them on a Unix
-socket (``OPENMAAS_ENGINE_SOCKET``, default ``engine.sock`` in the data directory), created
-with mode 0600: only the user that runs OpenMaaS can connect, and nothing listens on TCP.
+It loads the settings' local models once, and the catalog document's local deployments
+while workers hold them (``enginehost/app.py``), and serves them on a Unix socket
+(``OPENMAAS_ENGINE_SOCKET``, default ``engine.sock`` in the data directory), created with
+mode 0600: only the user that runs OpenMaaS can connect, and nothing listens on TCP.
 ``openmaas serve --workers N`` starts it with ``--settings-stdin``: the settings arrive as
 one JSON line on stdin, and the end of stdin (the supervisor stopped or died, even by
 ``kill -9``) stops the host. Run by hand (or by systemd) it reads ``OPENMAAS_*``.
@@ -20,7 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from openmaas.core.errors import ConfigurationError
-from openmaas.enginehost.app import EngineHost, create_host_app, local_engines
+from openmaas.enginehost.app import EngineHost, create_host_app, held_builder, local_engines
 from openmaas.server.logs import configure_logging
 from openmaas.server.processes import QuietServer, read_settings_line, stop_at_eof
 from openmaas.settings import Settings
@@ -71,7 +72,11 @@ def serve_host(settings: Settings, *, until_stdin_closes: bool = False) -> None:
     path = socket_path(settings)
     sock = bind_socket(path)
     try:
-        host = EngineHost(local_engines(settings))
+        host = EngineHost(
+            local_engines(settings),
+            build_held=held_builder(settings),
+            drain_seconds=settings.catalog_drain_seconds,
+        )
         config = uvicorn.Config(
             create_host_app(host),
             log_config=None,

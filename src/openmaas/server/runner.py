@@ -6,7 +6,8 @@ One worker (the default) is one process, exactly as before: the local models are
 it. With N workers the supervisor
 
 1. bootstraps the data directory, starts the engine host (``server/enginehost.py``) and
-   waits until its models are loaded: they are loaded once, by the host alone;
+   waits until the settings' local models are loaded: they are loaded once, by the host
+   alone, as are the catalog document's (the workers have the host load those they hold);
 2. listens on the port with N sockets (``SO_REUSEPORT``: the kernel spreads connections
    over the workers; elsewhere one shared socket) and starts N workers
    (``server/worker.py``), each with its own composition root and the host's models;
@@ -34,7 +35,6 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openmaas.accounts.admin import IssuedKey
-from openmaas.catalog.builtin import settings_document
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.server.logs import configure_logging
@@ -156,10 +156,8 @@ class Supervisor:
         self.socket = socket_path(settings)
         self.worker_settings = settings.model_copy(update={"engine_socket": self.socket})
         self.stop = threading.Event()
-        hosts_models = any(m.deployments[0].in_process for m in settings_document(settings).models)
-        self.host = (
-            _Child(EngineHostProcess(self.worker_settings, self.socket)) if hosts_models else None
-        )
+        # Always: even without local models in the settings, the catalog may declare some.
+        self.host = _Child(EngineHostProcess(self.worker_settings, self.socket))
         self.workers: list[_Child] = []
         self.listeners: list[socket.socket] = []
 
@@ -169,11 +167,10 @@ class Supervisor:
         }
         try:
             self.listeners = _listen(self.settings)
-            if self.host is not None:
-                self.host.start(_now())
-                assert isinstance(self.host.process, EngineHostProcess)
-                if not self.host.process.wait_ready(self.stop):
-                    return
+            self.host.start(_now())
+            assert isinstance(self.host.process, EngineHostProcess)
+            if not self.host.process.wait_ready(self.stop):
+                return
             for index, listener in enumerate(self._listener_per_worker()):
                 process = ChildProcess(
                     "openmaas.server.worker",
@@ -189,11 +186,11 @@ class Supervisor:
                     "host": self.settings.host,
                     "port": self.settings.port,
                     "workers": len(self.workers),
-                    "engine_host": None if self.host is None else self.host.process.pid,
+                    "engine_host": self.host.process.pid,
                 },
             )
             while not self.stop.wait(_WATCH_S):
-                for child in ([self.host] if self.host else []) + self.workers:
+                for child in [self.host, *self.workers]:
                     child.check(_now())
         finally:
             self._shutdown()
@@ -214,8 +211,7 @@ class Supervisor:
             worker.process.terminate()
         for worker in self.workers:
             worker.process.wait(grace + _STOP_SLACK_S)
-        if self.host is not None:
-            self.host.process.stop(grace)
+        self.host.process.stop(grace)
         for listener in self.listeners:
             listener.close()
 

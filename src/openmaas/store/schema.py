@@ -157,3 +157,20 @@ inflight = Table(
     Column("instance_id", String(26), nullable=True),
     Index("ix_inflight_instance", "instance_id"),
 )
+
+# -- async jobs (migration 0006): store/async_jobs.py -----------------------------------
+
+async_jobs = Table(
+    "async_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),  # its generation's request id
+    Column("org_id", String(40), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("client_request_id", String(200), nullable=True),
+    Column("status", String(12), nullable=False),  # core.jobs.JobStatus
+    Column("result", Text, nullable=True),  # JSON, once finished
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("instance_id", String(26), nullable=False),  # the process that runs it
+    Index("ix_async_jobs_status_instance", "status", "instance_id"),  # the running ones
+)

@@ -1,107 +1,111 @@
-"""Async chat jobs (``/async/chat/completions`` + ``/async-result/{id}``): a small board of
-background tasks, one per job, owned by the organization that created it.
+"""Async chat jobs (``/async/chat/completions`` + ``/async-result/{id}``): the board that runs
+this process's jobs in the background, and the jobs' wire JSON.
 
-A job runs on the server whatever its client does afterwards. Its finished result (a wire
-dict) is kept until it is evicted: at most ``max_finished`` finished jobs are kept, oldest
-first out. The board lives on ``app.state``; it holds no I/O of its own.
+A job runs on the server whatever its client does afterwards. It is stored before it
+starts, and its result (choices and usage, or the error as Zhipu renders it) once it ends,
+in a :class:`JobStore` (``store/async_jobs.py``: the database), so every process serving
+the database answers for it and a restart keeps it; the board itself holds no job and does
+no I/O of its own, only the tasks it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from openmaas.core.errors import OpenMaaSError
+from openmaas.core.jobs import Job, JobStatus
+
+__all__ = ["Job", "JobBoard", "JobStatus", "JobStore", "create_json", "result_json"]
 
 log = logging.getLogger("openmaas.zhipu.jobs")
 
-
-class TaskStatus(StrEnum):
-    PROCESSING = "PROCESSING"
-    SUCCESS = "SUCCESS"
-    FAIL = "FAIL"
-
-
-@dataclass
-class Job:
-    id: str
-    org_id: str
-    model: str
-    client_request_id: str | None
-    created: int
-    status: TaskStatus = TaskStatus.PROCESSING
-    result: dict[str, Any] = field(default_factory=dict)  # choices/usage, or error
-
+CANCELLED = {"error": {"code": "500", "message": "The job was cancelled."}}
+INTERNAL = {"error": {"code": "500", "message": "Internal error."}}
 
 ErrorRenderer = Callable[[OpenMaaSError], dict[str, Any]]
+Work = Coroutine[Any, Any, dict[str, Any]]  # resolves to the result's wire fields
+
+
+class JobStore(Protocol):
+    async def create(self, job: Job) -> None: ...
+
+    async def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> bool: ...
+
+    async def get(self, org_id: str, job_id: str) -> Job | None: ...
 
 
 class JobBoard:
-    def __init__(self, render_error: ErrorRenderer, max_finished: int = 10_000) -> None:
+    def __init__(self, store: JobStore, render_error: ErrorRenderer) -> None:
+        self._store = store
         self._render_error = render_error
-        self._max_finished = max_finished
-        self._jobs: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
 
-    def submit(self, job: Job, work: Awaitable[dict[str, Any]]) -> Job:
-        """Start ``work`` (resolving to the result fields) in the background."""
-        self._jobs[job.id] = job
-        self._tasks[job.id] = asyncio.ensure_future(self._run(job, work))
+    async def submit(self, job: Job, work: Work) -> Job:
+        """Store ``job``, then run ``work`` in the background and store how it ends."""
+        try:
+            await self._store.create(job)
+        except BaseException:
+            work.close()  # never started
+            raise
+        task = asyncio.ensure_future(self._run(job, work))
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
         return job
 
-    async def _run(self, job: Job, work: Awaitable[dict[str, Any]]) -> None:
+    async def _run(self, job: Job, work: Work) -> None:
         try:
-            job.result = await work
-            job.status = TaskStatus.SUCCESS
+            result, status = await work, JobStatus.SUCCESS
         except OpenMaaSError as exc:
-            job.result = self._render_error(exc)
-            job.status = TaskStatus.FAIL
+            result, status = self._render_error(exc), JobStatus.FAIL
         except asyncio.CancelledError:
-            job.status = TaskStatus.FAIL
-            job.result = {"error": {"code": "500", "message": "The job was cancelled."}}
+            await self._finish(job, JobStatus.FAIL, CANCELLED)
             raise
         except Exception:
             log.exception("async job %s failed", job.id)
-            job.status = TaskStatus.FAIL
-            job.result = {"error": {"code": "500", "message": "Internal error."}}
-        finally:
-            self._tasks.pop(job.id, None)
-            self._finished[job.id] = None
-            while len(self._finished) > self._max_finished:
-                old, _ = self._finished.popitem(last=False)
-                self._jobs.pop(old, None)
+            result, status = INTERNAL, JobStatus.FAIL
+        await self._finish(job, status, result)
 
-    def get(self, org_id: str, job_id: str) -> Job | None:
-        """The job, if it exists and belongs to ``org_id`` (else None: no leak across orgs)."""
-        job = self._jobs.get(job_id)
-        return job if job is not None and job.org_id == org_id else None
+    async def _finish(self, job: Job, status: JobStatus, result: dict[str, Any]) -> None:
+        try:
+            await self._store.finish(job.id, status, result)
+        except Exception:  # the job stays PROCESSING until this process's end fails it
+            log.exception("async job %s: its end could not be stored", job.id)
+        else:
+            job.status, job.result = status, result
+
+    async def get(self, org_id: str, job_id: str) -> Job | None:
+        """The job, if it exists and belongs to ``org_id`` (else None: no leak across orgs),
+        whichever process runs it."""
+        return await self._store.get(org_id, job_id)
 
     async def wait(self, job_id: str) -> None:
-        """Wait for one job (tests, shutdown)."""
+        """Wait for one job of this board (tests, shutdown)."""
         task = self._tasks.get(job_id)
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
 
     async def close(self) -> None:
-        """Cancel running jobs (their generations record usage as they close)."""
+        """Cancel running jobs (their generations record usage as they close; each job is
+        stored as failed)."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def create_json(self, job: Job) -> dict[str, Any]:
-        return {
-            "id": job.id,
-            "request_id": job.client_request_id or job.id,
-            "model": job.model,
-            "task_status": job.status.value,
-        }
 
-    def result_json(self, job: Job) -> dict[str, Any]:
-        return {**self.create_json(job), "created": job.created, **job.result}
+def create_json(job: Job) -> dict[str, Any]:
+    """The answer to a submitted job."""
+    return {
+        "id": job.id,
+        "request_id": job.client_request_id or job.id,
+        "model": job.model,
+        "task_status": job.status.value,
+    }
+
+
+def result_json(job: Job) -> dict[str, Any]:
+    """The answer to ``/async-result/{id}``: the job, and once finished its result."""
+    return {**create_json(job), "created": job.created_at_ms // 1000, **job.result}

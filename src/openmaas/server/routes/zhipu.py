@@ -2,6 +2,8 @@
 
 Point ``zhipuai.ZhipuAI`` or ``zai.ZhipuAiClient`` at ``http://<host>:<port>/api/paas/v4/``.
 Errors on these paths are rendered by ``protocols.zhipu.errors`` (see ``server/app.py``).
+Async jobs are stored in the database (``store/async_jobs.py``): any process answers for
+any job.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from starlette.responses import Response, StreamingResponse
 from openmaas.accounts.auth import Principal
 from openmaas.core.assembly import Assembler
 from openmaas.core.errors import NotFound
+from openmaas.core.jobs import Job
 from openmaas.core.types import GenerationRequest
 from openmaas.engines.base import ModelKind
 from openmaas.protocols.zhipu import adapter
 from openmaas.protocols.zhipu.errors import to_zhipu_error
-from openmaas.protocols.zhipu.jobs import Job, JobBoard
+from openmaas.protocols.zhipu.jobs import JobBoard, JobStore, create_json, result_json
 from openmaas.protocols.zhipu.schemas import ZhipuChatRequest, ZhipuEmbeddingRequest
 from openmaas.protocols.zhipu.sse import ChunkWriter
 from openmaas.server.responses import json_response
@@ -41,18 +44,23 @@ BODY_MODELS: list[type[BaseModel]] = [ZhipuChatRequest, ZhipuEmbeddingRequest]
 
 
 def install(app: FastAPI) -> None:
-    """Mount the routes and give the app its board of async jobs."""
-    app.state.zhipu_jobs = JobBoard(lambda exc: to_zhipu_error(exc)[1])
+    """Mount the routes."""
     app.include_router(router)
+
+
+def open_jobs(app: FastAPI, store: JobStore) -> None:
+    """Give the app its board of async jobs, stored in ``store`` (the platform's
+    ``async_jobs``: the database), at startup."""
+    app.state.zhipu_jobs = JobBoard(store, lambda exc: to_zhipu_error(exc)[1])
 
 
 async def close(app: FastAPI) -> None:
     """Cancel the async jobs still running (at shutdown)."""
-    await app.state.zhipu_jobs.close()
+    await _board(app).close()
 
 
-def _jobs(request: Request) -> JobBoard:
-    return request.app.state.zhipu_jobs  # type: ignore[no-any-return]
+def _board(app: FastAPI) -> JobBoard:
+    return app.state.zhipu_jobs  # type: ignore[no-any-return]
 
 
 async def _parse_chat(
@@ -110,11 +118,10 @@ async def async_chat_completions(request: Request) -> Response:
         org_id=principal.org_id,
         model=core.model,
         client_request_id=body.request_id,
-        created=int(time.time()),
+        created_at_ms=state.clock.now_ms(),
     )
-    board = _jobs(request)
-    board.submit(job, _run_job(state, principal, core))
-    return json_response(board.create_json(job))
+    await _board(request.app).submit(job, _run_job(state, principal, core))
+    return json_response(create_json(job))
 
 
 async def _run_job(
@@ -134,11 +141,10 @@ async def _run_job(
 async def async_result(job_id: str, request: Request) -> Response:
     state = app_state(request)
     principal = await authenticate(request, state)
-    board = _jobs(request)
-    job = board.get(principal.org_id, job_id)
+    job = await _board(request.app).get(principal.org_id, job_id)
     if job is None:
         raise NotFound(f"No task with id '{job_id}'.")
-    return json_response(board.result_json(job))
+    return json_response(result_json(job))
 
 
 @router.post(
