@@ -49,6 +49,7 @@ from openmaas.core.ledger_events import (
     cash,
     held,
     held_tokens,
+    leased,
     pack,
     period_key,
     promo,
@@ -304,18 +305,23 @@ class BillingAdmin:
             if state.org == found.id
         )
         keys = {f"key:{k.id}" for k in await self._keys.list(found.id)}
-        promo_balance = ledger.balance(promo(found.id))
+        # Money leased to gateway processes is still the organization's: shown in its cash
+        # and promotional credit, and on its own line.
+        leased_promo, leased_cash = ledger.leased_parts(found.id)
+        promo_balance = ledger.balance(promo(found.id)) + leased_promo
+        cash_balance = ledger.balance(cash(found.id)) + leased_cash
         return BalanceReport(
             found.id,
             found.name,
             Currency(found.currency),
-            ledger.balance(cash(found.id)),
-            ledger.balance(cash(found.id)) + credit_limit + promo_balance,
+            cash_balance,
+            cash_balance + credit_limit + promo_balance,
             promo_balance,
             ledger.balance(held(found.id)),
             credit_limit,
             packs,
             tuple(self._budgets({f"org:{found.id}", *keys})),
+            leased_promo + leased_cash,
         )
 
     async def usage(
@@ -341,7 +347,8 @@ class BillingAdmin:
         if until <= since_ms:
             raise InvalidRequest("'until' must be later than 'since'.", "until")
         ledger = await self.ledger.refresh()
-        accounts = [cash(found.id), promo(found.id), held(found.id), held_tokens(found.id)]
+        accounts = [cash(found.id), promo(found.id), held(found.id), held_tokens(found.id),
+                    leased(found.id)]  # fmt: skip
         accounts += [
             pack(pid) for pid, state in sorted(ledger.packs.items()) if state.org == found.id
         ]

@@ -113,6 +113,7 @@ class Ledger:
     budget_held: dict[tuple[str, str], int] = field(default_factory=dict)
     leases: dict[str, LeaseState] = field(default_factory=dict)
     spent: dict[str, LeaseSpent] = field(default_factory=dict)  # by request id
+    pack_orgs: set[str] = field(default_factory=set)  # organizations ever granted a pack
 
     # -- reading --
 
@@ -167,12 +168,11 @@ class Ledger:
         return self.balance(promo(org)) + self.available(org)
 
     def has_usable_packs(self, org: str, model: str, at_ms: int) -> bool:
-        return bool(self._usable_packs(org, model, at_ms))
+        return org in self.pack_orgs and bool(self._usable_packs(org, model, at_ms))
 
     def has_budget(self, scopes: Iterable[str]) -> bool:
         """Whether any of ``scopes`` has a daily or monthly budget."""
-        wanted = set(scopes)
-        return any(scope in wanted for scope, _ in self.budgets)
+        return any((scope, period) in self.budgets for scope in scopes for period in BudgetPeriod)
 
     # -- applying --
 
@@ -198,6 +198,7 @@ class Ledger:
             self.funding_ids.add(event.funding_id)
         elif isinstance(event, PackGranted):
             self.packs[event.pack_id] = PackState(event.org, event.models, event.expires_at_ms)
+            self.pack_orgs.add(event.org)
             self._open(pack(event.pack_id), TOKENS, 0)
         elif isinstance(event, PackExpired):
             self.packs[event.pack_id].expired = True
