@@ -297,8 +297,8 @@ class Accountant:
             for _, limits in scope.tier.counter_limits(model)
         )
         prompt = await count_prompt() if wants_tokens else 0
-        if max_tokens is not None:
-            max_output = max_tokens
+        if max_tokens is not None:  # an engine never generates more than its window
+            max_output = max_tokens if context_length is None else min(max_tokens, context_length)
         elif context_length is not None:
             max_output = max(context_length - prompt, 0)
         else:
