@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, select
 
 from openmaas.core.clock import SystemClock
-from openmaas.core.ledger_events import TopUp, cash, held, leased, system
+from openmaas.core.ledger_events import TopUp, cash, held, system
 from openmaas.core.money import Currency
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.store.billing import set_price
@@ -170,7 +170,7 @@ async def read_books_at(url: str, org: str) -> Books:
         open_holds=ledger.open_holds(),
         cash=ledger.balance(cash(org)),
         held=ledger.balance(held(org)),
-        leased=ledger.balance(leased(org)),
+        leased=sum(ledger.leased_parts(org)),
         open_leases=ledger.open_leases(),
         revenue=ledger.balance(revenue),
         revenue_sql=net,

@@ -20,7 +20,7 @@ refusing with ``InsufficientBalance`` or ``BudgetExceeded``. ``Settle`` (or ``Re
 which settles nothing) moves the actual charge to revenue and returns the rest, once.
 
 Or, so that a gateway process need not write the ledger before every request: ``DrawLease``
-moves money for many requests into the organization's ``leased`` account for one process,
+moves money for many requests into the organization's ``leased`` accounts for one process,
 which admits requests against it in memory (``core/leases.py``); ``SpendLease`` settles one
 of them from the lease, once (the same ``resolved:<request id>`` key as a hold's settlement);
 ``ShrinkLease`` gives back what the lease holds beyond what its open requests reserved.
@@ -66,6 +66,7 @@ from openmaas.core.ledger_events import (
     held,
     held_tokens,
     leased,
+    leased_promo,
     pack,
     period_key,
     promo,
@@ -186,7 +187,8 @@ class Ledger:
         if isinstance(event, OrgOpened):
             self.orgs[event.org] = event
             currency = event.currency.value
-            for account in (cash(event.org), promo(event.org), held(event.org), leased(event.org)):
+            for account in (cash(event.org), promo(event.org), held(event.org),
+                            leased(event.org), leased_promo(event.org)):  # fmt: skip
                 self._open(account, currency, 0)
             self._open(held_tokens(event.org), TOKENS, 0)
             self.floors[cash(event.org)] = -event.credit_limit
@@ -454,7 +456,7 @@ class Ledger:
         from_promo = min(grant, self.balance(promo(org.org)))
         from_cash = grant - from_promo
         transfers = (
-            *_move(promo(org.org), leased(org.org), from_promo),
+            *_move(promo(org.org), leased_promo(org.org), from_promo),
             *_move(cash(org.org), leased(org.org), from_cash),
         )
         return (
@@ -477,7 +479,10 @@ class Ledger:
         from_promo = min(from_lease, lease.promo)
         from_cash = from_lease - from_promo
         revenue = system(self.orgs[org].currency.value, "revenue")
-        transfers = list(_move(leased(org), revenue, from_promo + from_cash))
+        transfers = [
+            *_move(leased_promo(org), revenue, from_promo),
+            *_move(leased(org), revenue, from_cash),
+        ]
         beyond, shortfall = self._beyond(org, charge - from_promo - from_cash, 0, 0)
         transfers += beyond
         event = LeaseSpent(command.request_id, command.lease_id, org, command.usage,
@@ -498,7 +503,7 @@ class Ledger:
         back_promo = give - back_cash
         transfers = (
             *_move(leased(lease.org), cash(lease.org), back_cash),
-            *_move(leased(lease.org), promo(lease.org), back_promo),
+            *_move(leased_promo(lease.org), promo(lease.org), back_promo),
         )
         return (LeaseShrunk(command.lease_id, back_promo, back_cash, closing, transfers),)
 

@@ -15,7 +15,8 @@ account                               unit    meaning, floor
 ``org:<org>:promo``                   money   promotional credit; floor 0
 ``org:<org>:held``                    money   money held by open requests; floor 0
 ``org:<org>:held_tokens``             tokens  pack tokens held by open requests; floor 0
-``org:<org>:leased``                  money   money leased to gateway processes; floor 0
+``org:<org>:leased``                  money   cash leased to gateway processes; floor 0
+``org:<org>:leased_promo``            money   promotional credit leased to them; floor 0
 ``pack:<pack_id>``                    tokens  a resource pack's remaining tokens; floor 0
 ``system:<CUR>:external``             money   top-ups come from here (the outside world)
 ``system:<CUR>:promotions``           money   promotional credit comes from here
@@ -60,6 +61,10 @@ def held_tokens(org: str) -> str:
 
 def leased(org: str) -> str:
     return f"org:{org}:leased"
+
+
+def leased_promo(org: str) -> str:
+    return f"org:{org}:leased_promo"
 
 
 def pack(pack_id: str) -> str:
