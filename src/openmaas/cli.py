@@ -330,6 +330,7 @@ def billing_balance(org: str) -> None:
         ("available", _money(report.available, unit)),
         ("promo", _money(report.promo, unit)),
         ("held", _money(report.held, unit)),
+        ("leased", _money(report.leased, unit)),
         ("credit limit", _money(report.credit_limit, unit)),
     ]
     rows += [

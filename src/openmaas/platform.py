@@ -37,6 +37,7 @@ from openmaas.catalog.reloader import CatalogManager
 from openmaas.catalog.served import ModelCatalog, build_catalog
 from openmaas.core.clock import Clock, SystemClock
 from openmaas.core.errors import ConfigurationError
+from openmaas.core.leases import LeasePolicy
 from openmaas.settings import Settings
 from openmaas.store.async_jobs import AsyncJobStore
 from openmaas.store.audit import AuditedChanges
@@ -110,6 +111,18 @@ async def _keep_recovering(accountant: Accountant, every_seconds: float) -> None
             log.exception("recovering the requests of dead processes failed")
 
 
+async def _keep_returning_idle_leases(accountant: Accountant, settings: Settings) -> None:
+    """Give back, every half lease period, the leases that admitted nothing for a period."""
+    if settings.lease_seconds <= 0:
+        return
+    while True:
+        await asyncio.sleep(settings.lease_seconds / 2)
+        try:
+            await accountant.return_idle_leases()
+        except Exception:  # the next round tries again
+            log.exception("giving back idle leases failed")
+
+
 @asynccontextmanager
 async def open_platform(
     settings: Settings,
@@ -145,6 +158,7 @@ async def open_platform(
             checkpoint_seconds=settings.checkpoint_seconds,
             liveness=liveness,
             recoveries=() if async_jobs is None else (async_jobs,),  # a dead one's jobs fail
+            leases=LeasePolicy(seconds=settings.lease_seconds),
         )
         platform = Platform(
             settings, database, clock, load_master_key(settings), ledger, accountant, limiter
@@ -157,6 +171,7 @@ async def open_platform(
         if recovered:
             log.warning("recovered %d requests left in flight by dead processes", recovered)
         recovery = asyncio.create_task(_keep_recovering(accountant, settings.recovery_seconds))
+        leasing = asyncio.create_task(_keep_returning_idle_leases(accountant, settings))
         feed = ChangeFeed(database, clock, settings.change_poll_seconds)
         try:
             key_cache = KeyCache(ApiKeyRepository(database), current=feed.current)
@@ -175,8 +190,10 @@ async def open_platform(
                 await models.stop()
         finally:
             await feed.stop()
-            recovery.cancel()
-            await asyncio.gather(recovery, return_exceptions=True)
+            for task in (recovery, leasing):
+                task.cancel()
+            await asyncio.gather(recovery, leasing, return_exceptions=True)
+            await accountant.close()  # every lease back to its organization
     finally:
         if liveness is not None:
             await liveness.stop()

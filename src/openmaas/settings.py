@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         description="How often a serving process looks for processes that died with "
         "requests in flight on the same database, and settles those requests.",
     )
+    lease_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="Spend horizon of the money each serving process leases from the ledger "
+        "per organization, so that priced requests are admitted in memory; an idle lease is "
+        "given back after this long (0: a ledger hold per priced request).",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis URL (redis://host:6379/0) for rate-limit counters shared by every "

@@ -159,6 +159,16 @@ async def test_no_balance_refuses_before_the_engine_and_records_nothing(rig: Rig
         assert await load_inflight(conn) == []
 
 
+async def test_max_tokens_beyond_the_context_holds_no_more_than_the_context(rig: Rig) -> None:
+    """Claude Code asks for 32,000 output tokens whatever the model; a model with a window
+    of 64 tokens can never generate more than 64, so that is the most the hold covers."""
+    gateway = await rig.serve(priced={"text": "a b c"})  # context_length 64
+    await rig.top_up(worst_case(64))
+    usage = await run(gateway, rig.principal, chat(max_tokens=32_000))
+    assert usage.completion_tokens == 3
+    assert [r["cost_micros"] for r in await rig.records()] == [4 + 3 * 2]
+
+
 async def test_a_finished_request_is_charged_its_price_once(rig: Rig) -> None:
     gateway = await rig.serve(priced={"text": "a b c"})
     await rig.top_up(1_000)

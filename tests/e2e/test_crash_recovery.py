@@ -116,9 +116,11 @@ class Books:
     open_holds: list[str]
     cash: int
     held: int
+    leased: int
+    open_leases: list[str]
     revenue: int
     revenue_sql: int
-    holds: dict[str, int]  # request id -> money held
+    holds: dict[str, int]  # request id -> money held, or reserved from a lease
     usage: dict[str, dict[str, Any]]  # request id -> usage record
     inflight: list[dict[str, Any]]
 
@@ -148,6 +150,12 @@ async def read_books_at(url: str, org: str) -> Books:
             for request_id, body in await conn.execute(placed):
                 assert request_id not in holds, "two holds for one request"
                 holds[request_id] = json.loads(body)["promo"] + json.loads(body)["cash"]
+            spent = select(ledger_events.c.request_id, ledger_events.c.body).where(
+                ledger_events.c.kind == "lease_spent"
+            )
+            for request_id, body in await conn.execute(spent):  # admitted against a lease
+                assert request_id not in holds, "two settlements for one request"
+                holds[request_id] = json.loads(body)["reserved"]
             usage = {
                 r.request_id: dict(r._mapping) for r in await conn.execute(select(usage_records))
             }
@@ -162,6 +170,8 @@ async def read_books_at(url: str, org: str) -> Books:
         open_holds=ledger.open_holds(),
         cash=ledger.balance(cash(org)),
         held=ledger.balance(held(org)),
+        leased=sum(ledger.leased_parts(org)),
+        open_leases=ledger.open_leases(),
         revenue=ledger.balance(revenue),
         revenue_sql=net,
         holds=holds,
@@ -176,6 +186,7 @@ def assert_balanced(books: Books, top_up: int) -> None:
     assert books.open_holds == []
     assert books.inflight == []
     assert books.held == 0
+    assert books.open_leases == [] and books.leased == 0
     billed = sum(r["cost_micros"] or 0 for r in books.usage.values())
     assert billed == books.revenue == books.revenue_sql == top_up - books.cash
     assert books.cash >= 0

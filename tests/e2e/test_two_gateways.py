@@ -1,9 +1,10 @@
 """Two gateway processes on one database, SQLite and PostgreSQL: both serve; a balance for
 exactly 10 requests admits exactly 10 of 200 sent to both at once; ``kill -9`` of one
-mid-stream: the survivor settles the dead one's requests by their checkpoints while its own
-streams run on, and the killed one, restarted, recovers nothing twice. The books stay exact:
-one usage record per admitted request, the ledger summing to zero, nothing held, revenue
-equal to the sum of costs."""
+mid-stream: the survivor settles the dead one's requests by their checkpoints (from the dead
+one's lease) and closes its lease while its own streams run on, and the killed one,
+restarted, recovers nothing twice. The books stay exact: one usage record per admitted
+request, the ledger summing to zero, nothing held or leased, revenue equal to the sum of
+costs."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ SETTINGS: dict[str, Any] = {
     "checkpoint_seconds": "0.2",  # the running count reaches the database every 0.2 s
     "billing_refresh_seconds": "0",  # prices seeded by the test apply at once
     "recovery_seconds": "0.5",  # survivors look for the dead twice a second
+    "lease_seconds": "1",  # an idle lease goes back to the organization after a second
 }
 STREAMS = 3  # per gateway
 
@@ -175,7 +177,11 @@ async def test_kill_9_of_one_gateway_is_recovered_once_by_the_survivor(
     # The dead gateway's streams were cut; the survivor's ran on to the end.
     assert outcomes == [False] * STREAMS + [True] * STREAMS
 
-    books = await read_books_at(database_url, org)
+    async def leases_back() -> Books | None:  # the survivor's lease, idle, comes back
+        found = await read_books_at(database_url, org)
+        return found if not found.open_leases else None
+
+    books = await eventually(leases_back, timeout=30, what="the survivor's idle lease back")
     assert set(books.usage) == {*doomed_ids, *survivor_ids}
     for request_id in doomed_ids:
         record = books.usage[request_id]

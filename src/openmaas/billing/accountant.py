@@ -1,19 +1,25 @@
 """The accountant: admission and settlement, rate limits and the ledger around every request.
 
 ``Accountant.admit`` runs before an engine is called: rate limits first (key and organization,
-per the tiers), then, for a model with a price in the organization's currency, a ledger hold
-for the worst case (prompt tokens + the most output the request allows). A refusal raises
-``RateLimited``, ``InsufficientBalance`` or ``BudgetExceeded`` and nothing was reserved.
+per the tiers), then, for a model with a price in the organization's currency, the worst case
+(prompt tokens + the most output the request allows) is reserved: in memory, against the
+lease this process holds for the organization (``core/leases.py``: money the ledger set aside
+for this process, drawn in bulk), or, where no lease applies (no serving instance, a budget
+or a resource pack in play, or a balance too low to lease), by a ledger hold of its own. A
+refusal raises ``RateLimited``, ``InsufficientBalance`` or ``BudgetExceeded`` and nothing was
+reserved.
 
-Exactly one of ``Accountant.finish`` (the engine ran: settle the hold with the billable usage
-in the same transaction as the usage record, correct the TPM reservation) or
-``Accountant.cancel`` (the engine never saw the request: release everything) ends a ticket.
+Exactly one of ``Accountant.finish`` (the engine ran: settle the hold, or spend from the
+lease, with the billable usage in the same group-committed transaction as the usage record;
+correct the TPM reservation) or ``Accountant.cancel`` (the engine never saw the request:
+release everything) ends a ticket.
 
 While a request runs, ``Accountant.checkpoint`` writes the engine's running count to the
 ``inflight`` table (its row is written at admission, owned by this process's instance) every
 ``checkpoint_seconds``; when a process dies, ``Accountant.recover`` (on start) and
 ``Accountant.sweep`` (periodically, in every other process) settle its requests by
-``recovery_usage``, exactly once (see ``docs/billing.md``). Organizations without a tier
+``recovery_usage``, exactly once, then close its leases (see ``docs/billing.md``).
+Organizations without a tier
 and models without a price are neither limited nor charged: a fresh install meters usage
 and refuses nothing.
 """
@@ -31,10 +37,25 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.accounts.auth import Principal
+from openmaas.aio import finish_despite_cancellation
 from openmaas.billing.limiter import Limiter
 from openmaas.core.billing import billable_usage
 from openmaas.core.clock import Clock
-from openmaas.core.ledger_events import Event, ExpirePacks, Hold, HoldResolved, Release, Settle
+from openmaas.core.errors import InsufficientBalance
+from openmaas.core.ids import new_request_id
+from openmaas.core.leases import LeaseBook, LeasePolicy, Shrink
+from openmaas.core.ledger_events import (
+    DrawLease,
+    Event,
+    ExpirePacks,
+    Hold,
+    HoldResolved,
+    LeaseSpent,
+    Release,
+    Settle,
+    ShrinkLease,
+    SpendLease,
+)
 from openmaas.core.limits import Admission
 from openmaas.core.money import Money
 from openmaas.core.prices import AppliedPrice, PriceCatalog
@@ -92,10 +113,14 @@ class Terms:
         )
 
     def price(self, principal: Principal, model: str, at_ms: int) -> AppliedPrice | None:
-        price = self.prices.find(model, at_ms, self.org(principal.org_id).currency)
+        return self.price_for(principal.org_id, model, at_ms)
+
+    def price_for(self, org_id: str, model: str, at_ms: int) -> AppliedPrice | None:
+        """The organization's price of ``model`` at ``at_ms``, with its discount."""
+        price = self.prices.find(model, at_ms, self.org(org_id).currency)
         if price is None:
             return None
-        return AppliedPrice(price, self.prices.discounts_bp.get(principal.org_id, 0))
+        return AppliedPrice(price, self.prices.discounts_bp.get(org_id, 0))
 
 
 TERMS_ACTIONS = frozenset({"org.create", "org.update", "price.set", "tier.set"})
@@ -129,8 +154,14 @@ class Ticket:
     closed: bool = False
 
     @property
+    def leased(self) -> bool:
+        """Admitted against this process's lease (``request.lease_id``), not a hold."""
+        return self.request.lease_id is not None
+
+    @property
     def held(self) -> bool:
-        return self.price is not None
+        """Priced, with a ledger hold of its own."""
+        return self.price is not None and not self.leased
 
 
 class InstanceRecovery(Protocol):
@@ -161,6 +192,7 @@ class Accountant:
         checkpoint_seconds: float = 1.0,
         liveness: Liveness | None = None,
         recoveries: Sequence[InstanceRecovery] = (),
+        leases: LeasePolicy | None = None,
     ) -> None:
         self.ledger = ledger
         self._database = database
@@ -174,6 +206,14 @@ class Accountant:
         self._generation = 0  # moved by invalidate(): terms read before are stale
         self._loaded: _LoadedTerms | None = None
         self._refreshing: _TermsRead | None = None  # the one read of the terms in flight
+        # Leases need an instance to own them (its death is how they come back).
+        self._leases = (
+            LeaseBook(leases, self._lease_left)
+            if leases is not None and leases.seconds > 0 and liveness is not None
+            else None
+        )
+        self._drawing: dict[str, asyncio.Future[bool]] = {}  # org -> the draw in flight
+        self._no_lease_until: dict[str, float] = {}  # org -> monotonic time (refused)
 
     # -- configuration --------------------------------------------------------------
 
@@ -204,6 +244,10 @@ class Accountant:
         if any(change.resets or change.action in TERMS_ACTIONS for change in changes):
             self.invalidate()
             await self.terms()
+        if self._leases is not None and any(
+            change.resets or change.action.startswith("billing.") for change in changes
+        ):  # a budget, a pack, a top-up: admission against a lease reads them from memory
+            await self.ledger.refresh()
 
     async def _fresh_terms(self, generation: int, since: float) -> Terms:
         """Terms read by a refresh begun at or after ``since`` with ``generation`` (joining
@@ -269,8 +313,8 @@ class Accountant:
             for _, limits in scope.tier.counter_limits(model)
         )
         prompt = await count_prompt() if wants_tokens else 0
-        if max_tokens is not None:
-            max_output = max_tokens
+        if max_tokens is not None:  # an engine never generates more than its window
+            max_output = max_tokens if context_length is None else min(max_tokens, context_length)
         elif context_length is not None:
             max_output = max(context_length - prompt, 0)
         else:
@@ -291,17 +335,23 @@ class Accountant:
             terms.org(principal.org_id).data_policy,
             last_checkpoint=self._clock.monotonic(),
         )
-        if price is None:
+        quote = None if price is None else price.worst_case(prompt, max_output)
+        budget_scopes = (f"key:{principal.key_id}", f"org:{principal.org_id}")
+        if quote is not None:
+            try:
+                lease_id = await self._reserve_on_lease(
+                    principal.org_id, model, request_id, quote.micros, now_ms, budget_scopes
+                )
+            except BaseException:
+                await self.cancel(ticket)
+                raise
+            if lease_id is not None:
+                ticket.request = replace(request, lease_id=lease_id, reserved_micros=quote.micros)
+        if quote is None or ticket.leased:
             if self._checkpoint_seconds > 0:  # so that even a kill before the first token
                 self._schedule_checkpoint(ticket, None)  # leaves a usage record
             return ticket
-        hold = Hold(
-            request_id,
-            principal.org_id,
-            price.worst_case(prompt, max_output),
-            now_ms,
-            (f"key:{principal.key_id}", f"org:{principal.org_id}"),
-        )
+        hold = Hold(request_id, principal.org_id, quote, now_ms, budget_scopes)
 
         async def remember(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
             if events:  # the hold and its in-flight row commit together
@@ -313,6 +363,98 @@ class Accountant:
             await self.cancel(ticket)
             raise
         return ticket
+
+    # -- leases ---------------------------------------------------------------------
+
+    def _lease_left(self, lease_id: str) -> int:
+        lease = self.ledger.ledger.leases.get(lease_id)
+        return 0 if lease is None or lease.closed else lease.left
+
+    async def _reserve_on_lease(
+        self,
+        org: str,
+        model: str,
+        request_id: str,
+        amount: int,
+        now_ms: int,
+        budget_scopes: tuple[str, ...],
+    ) -> str | None:
+        """Reserve ``amount`` micros of this process's lease for the organization, drawing a
+        new lease when the request does not fit (one draw per organization at a time);
+        the lease id, or None where the request needs a ledger hold of its own: no leases
+        here, a budget or a resource pack in play, or the ledger refused a lease."""
+        book = self._leases
+        if book is None or amount <= 0:
+            return None
+        ledger = self.ledger.ledger
+        if ledger.has_budget(budget_scopes) or ledger.has_usable_packs(org, model, now_ms):
+            return None
+        while True:
+            lease_id = book.reserve(org, request_id, amount, self._clock.monotonic())
+            if lease_id is not None:
+                return lease_id
+            drawing = self._drawing.get(org)
+            if drawing is None:
+                break
+            if not await asyncio.shield(drawing):
+                return None  # refused just now: a hold of its own
+        if self._clock.monotonic() < self._no_lease_until.get(org, -math.inf):
+            return None
+        drawing = asyncio.get_running_loop().create_future()
+        self._drawing[org] = drawing
+        try:
+            granted = await finish_despite_cancellation(self._draw(org, amount))
+        except BaseException:
+            drawing.set_result(False)
+            raise
+        finally:
+            del self._drawing[org]
+        drawing.set_result(granted)
+        if not granted:
+            return None
+        return book.reserve(org, request_id, amount, self._clock.monotonic())
+
+    async def _draw(self, org: str, amount: int) -> bool:
+        """Retire the organization's current lease (it gives back what nothing reserved)
+        and draw a new one sized by ``LeaseBook.want``; False when the ledger refused (the
+        balance is too low to lease: holds of their own for a while)."""
+        book = self._leases
+        assert book is not None and self._instance_id is not None
+        now = self._clock.monotonic()
+        want, at_least = book.want(org, amount, now)
+        lease_id = new_request_id()
+        draw = DrawLease(lease_id, org, self._instance_id, want, at_least, book.policy.share_bp)
+        await self._shrink(book.retire(org))  # first: what it gives back may be leased again
+        try:
+            await self.ledger.execute(draw)
+        except InsufficientBalance:
+            self._no_lease_until[org] = now + book.policy.seconds / 4
+            return False
+        book.opened(org, lease_id, now)
+        return True
+
+    async def _shrink(self, shrink: Shrink | None) -> None:
+        if shrink is None:
+            return
+        try:
+            await self.ledger.execute(ShrinkLease(shrink.lease_id, shrink.keep))
+        except Exception:  # the lease stays open: its process's death or restart closes it
+            log.exception("failed to give back lease %s", shrink.lease_id)
+
+    async def return_idle_leases(self) -> int:
+        """Close the leases that admitted nothing for ``LeasePolicy.seconds`` (run every
+        half of that); returns how many."""
+        if self._leases is None:
+            return 0
+        shrinks = self._leases.idle(self._clock.monotonic())
+        await asyncio.gather(*(self._shrink(shrink) for shrink in shrinks))
+        return len(shrinks)
+
+    async def close(self) -> None:
+        """The process stops serving: give back every lease (one whose requests are still
+        open keeps what they reserved and closes when the last of them ends)."""
+        if self._leases is not None:
+            await asyncio.gather(*(self._shrink(s) for s in self._leases.close_all()))
 
     @asynccontextmanager
     async def counting(self, principal: Principal, model: str) -> AsyncIterator[Admission | None]:
@@ -381,6 +523,8 @@ class Accountant:
             await self._stop_checkpoints(ticket)
             if ticket.held:
                 record = await self._settle(record)
+            elif ticket.leased and ticket.price is not None:
+                record = await self._spend(ticket.request, ticket.price, record)
             else:
                 await self._append(record)
         finally:  # a failed write leaves the hold to recovery, never a slot taken forever
@@ -405,6 +549,33 @@ class Accountant:
         await self.ledger.execute(Settle(record.request_id, decision.usage), also=write)
         return settled[0]
 
+    async def _spend(
+        self, request: InFlight, price: AppliedPrice, record: UsageRecord
+    ) -> UsageRecord:
+        """Settle a request admitted against a lease, with its usage record, in one
+        group-committed transaction; then its reservation goes (once settled: a failed
+        write keeps it, so the lease never gives back money a settlement may still take)."""
+        assert request.lease_id is not None
+        decision = billable_usage(record.termination, record.usage)
+        command = SpendLease(
+            record.request_id, request.lease_id, price, decision.usage,
+            request.reserved_micros or 0,
+        )  # fmt: skip
+        settled = [record]
+
+        async def write(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+            spent = next((e for e in events if isinstance(e, LeaseSpent)), None)
+            if spent is None:
+                return  # settled before: its usage record was written with it
+            currency = self.ledger.ledger.orgs[record.org_id].currency
+            settled[0] = replace(record, cost=Money(spent.charged, currency))
+            await insert_usage(conn, settled[0])
+
+        await self.ledger.execute(command, also=write)
+        if self._leases is not None:
+            await self._shrink(self._leases.release(record.request_id))
+        return settled[0]
+
     async def _append(self, record: UsageRecord) -> None:
         """An unpriced request's usage record, group-committed with other billing writes."""
 
@@ -424,8 +595,10 @@ class Accountant:
             await self._stop_checkpoints(ticket)
             if ticket.held and request_id in self.ledger.ledger.holds:
                 await self.ledger.execute(Release(request_id), also=forget)
-            elif ticket.pending is not None:  # an unpriced request's row was written
+            elif ticket.pending is not None:  # an unpriced or leased request's row
                 await self.ledger.write(forget)
+            if ticket.leased and self._leases is not None:
+                await self._shrink(self._leases.release(request_id))
         finally:
             if ticket.limit is not None:
                 await self._limiter.release(ticket.limit)
@@ -451,7 +624,9 @@ class Accountant:
             return 0
         async with self._database.connect() as conn:
             owners = await inflight_owners(conn)
-        candidates = set(owners) | set(self._liveness.lock_files())  # died idle: its file
+        ledger = await self.ledger.refresh()
+        leasing = {ledger.leases[lease_id].instance_id for lease_id in ledger.open_leases()}
+        candidates = set(owners) | leasing | set(self._liveness.lock_files())  # died idle
         for recovery in self._recoveries:
             candidates |= await recovery.owners()
         candidates.discard(self._liveness.instance_id)
@@ -473,14 +648,17 @@ class Accountant:
 
     async def _recover_owned(self, owner: str | None) -> int:
         """Settle ``owner``'s rows by their last checkpoint, each with its usage record and
-        the deletion of its row in one transaction. At most once per request even without
-        the owner's lock: a settlement is a repeat once resolved (``resolved:<request id>``),
-        and an unpriced request is recorded by whoever deletes its row."""
+        the deletion of its row in one transaction, then close ``owner``'s leases. At most
+        once per request even without the owner's lock: a settlement is a repeat once
+        resolved (``resolved:<request id>``), and an unpriced request is recorded by whoever
+        deletes its row."""
         async with self._database.connect() as conn:
             left = await load_owned_inflight(conn, owner)
         if not left:
+            await self._close_leases_of(owner)
             return 0
         ledger = await self.ledger.refresh()  # after reading the rows: their holds are in it
+        terms = await self.terms() if any(r.lease_id for r in left) else None
         for request in left:
             record = UsageRecord(
                 request.request_id,
@@ -497,7 +675,15 @@ class Accountant:
             )
             if request.request_id in ledger.holds:
                 await self._settle(record)  # billed by recovery_usage(checkpoint)
-            elif request.request_id not in ledger.resolved:  # settled: its settler recorded it
+            elif ledger.settled(request.request_id):
+                continue  # settled: its settler recorded it
+            elif terms is not None and request.lease_id in ledger.leases:
+                price = terms.price_for(request.org_id, request.model, request.started_at_ms)
+                if price is None:  # its price was removed since: recorded unpriced
+                    await self._record_unpriced(record)
+                else:
+                    await self._spend(request, price, record)
+            else:
                 await self._record_unpriced(record)
 
         async def rest(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
@@ -505,7 +691,17 @@ class Accountant:
             await forget_recovered(conn, ids)  # whose hold was resolved already
 
         await self.ledger.write(rest)
+        await self._close_leases_of(owner)
         return len(left)
+
+    async def _close_leases_of(self, owner: str | None) -> None:
+        """Close the leases of a dead instance, once its requests are settled: what they
+        still hold goes back to the organization."""
+        if owner is None:
+            return
+        ledger = await self.ledger.refresh()
+        for lease_id in ledger.open_leases(instance_id=owner):
+            await self._shrink(Shrink(lease_id, 0))
 
     async def _record_unpriced(self, record: UsageRecord) -> None:
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -49,6 +49,8 @@ from openmaas.core.ledger_events import (
     cash,
     held,
     held_tokens,
+    leased,
+    leased_promo,
     pack,
     period_key,
     promo,
@@ -304,18 +306,23 @@ class BillingAdmin:
             if state.org == found.id
         )
         keys = {f"key:{k.id}" for k in await self._keys.list(found.id)}
-        promo_balance = ledger.balance(promo(found.id))
+        # Money leased to gateway processes is still the organization's: shown in its cash
+        # and promotional credit, and on its own line.
+        leased_promo, leased_cash = ledger.leased_parts(found.id)
+        promo_balance = ledger.balance(promo(found.id)) + leased_promo
+        cash_balance = ledger.balance(cash(found.id)) + leased_cash
         return BalanceReport(
             found.id,
             found.name,
             Currency(found.currency),
-            ledger.balance(cash(found.id)),
-            ledger.balance(cash(found.id)) + credit_limit + promo_balance,
+            cash_balance,
+            cash_balance + credit_limit + promo_balance,
             promo_balance,
             ledger.balance(held(found.id)),
             credit_limit,
             packs,
             tuple(self._budgets({f"org:{found.id}", *keys})),
+            leased_promo + leased_cash,
         )
 
     async def usage(
@@ -335,17 +342,28 @@ class BillingAdmin:
     async def statement(
         self, org: str, since_ms: int = 0, until_ms: int | None = None
     ) -> list[store.StatementLine]:
-        """Every ledger line of the organization's accounts in ``[since_ms, until_ms)``."""
+        """Every ledger line of the organization's accounts in ``[since_ms, until_ms)``.
+        Money leased to gateway processes is still the organization's, so a lease's lines
+        show as cash (or promo) and the moves between cash and a lease are left out: the
+        cash lines add up to the cash of the balance report."""
         found = await self._orgs.find(org)
         until = self.clock.now_ms() + 1 if until_ms is None else until_ms
         if until <= since_ms:
             raise InvalidRequest("'until' must be later than 'since'.", "until")
         ledger = await self.ledger.refresh()
-        accounts = [cash(found.id), promo(found.id), held(found.id), held_tokens(found.id)]
+        as_own = {leased(found.id): cash(found.id), leased_promo(found.id): promo(found.id)}
+        accounts = [cash(found.id), promo(found.id), held(found.id), held_tokens(found.id),
+                    *as_own]  # fmt: skip
         accounts += [
             pack(pid) for pid, state in sorted(ledger.packs.items()) if state.org == found.id
         ]
-        return await store.statement(self.database, accounts, since_ms, until)
+        lines = []
+        for line in await store.statement(self.database, accounts, since_ms, until):
+            account = as_own.get(line.account, line.account)
+            counterparty = as_own.get(line.counterparty, line.counterparty)
+            if account != counterparty:  # a move into or out of a lease is no line
+                lines.append(replace(line, account=account, counterparty=counterparty))
+        return lines
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         if limit < 1:

@@ -83,6 +83,7 @@ class BalanceReport:
     credit_limit: int
     packs: tuple[PackReport, ...] = ()
     budgets: tuple[BudgetReport, ...] = ()
+    leased: int = 0  # of cash and promo: set aside for gateway processes, still unspent
 
     def as_json(self) -> dict[str, Any]:
         money = format_micros
@@ -94,6 +95,7 @@ class BalanceReport:
             "available": money(self.available),
             "promo": money(self.promo),
             "held": money(self.held),
+            "leased": money(self.leased),
             "credit_limit": money(self.credit_limit),
             "packs": [p.as_json() for p in self.packs],
             "budgets": [b.as_json() for b in self.budgets],

@@ -18,6 +18,12 @@ The life of a request: ``Hold`` moves its worst case into the organization's hol
 accounts (pack tokens first, oldest-expiring first; then promotional credit; then cash),
 refusing with ``InsufficientBalance`` or ``BudgetExceeded``. ``Settle`` (or ``Release``,
 which settles nothing) moves the actual charge to revenue and returns the rest, once.
+
+Or, so that a gateway process need not write the ledger before every request: ``DrawLease``
+moves money for many requests into the organization's ``leased`` accounts for one process,
+which admits requests against it in memory (``core/leases.py``); ``SpendLease`` settles one
+of them from the lease, once (the same ``resolved:<request id>`` key as a hold's settlement);
+``ShrinkLease`` gives back what the lease holds beyond what its open requests reserved.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from openmaas.core.ledger_events import (
     BudgetSet,
     Command,
     CreditLimitSet,
+    DrawLease,
     Event,
     ExpirePacks,
     Funded,
@@ -40,6 +47,9 @@ from openmaas.core.ledger_events import (
     Hold,
     HoldPlaced,
     HoldResolved,
+    LeaseDrawn,
+    LeaseShrunk,
+    LeaseSpent,
     OpenOrg,
     OrgOpened,
     PackExpired,
@@ -48,11 +58,15 @@ from openmaas.core.ledger_events import (
     SetBudget,
     SetCreditLimit,
     Settle,
+    ShrinkLease,
+    SpendLease,
     TopUp,
     Transfer,
     cash,
     held,
     held_tokens,
+    leased,
+    leased_promo,
     pack,
     period_key,
     promo,
@@ -71,6 +85,19 @@ class PackState:
 
 
 @dataclass(slots=True)
+class LeaseState:
+    org: str
+    instance_id: str
+    promo: int  # micros of promotional credit left in the lease
+    cash: int  # micros of cash left in the lease
+    closed: bool = False
+
+    @property
+    def left(self) -> int:
+        return self.promo + self.cash
+
+
+@dataclass(slots=True)
 class Ledger:
     """The state. Mutated only by ``apply``; ``execute`` decides, then applies."""
 
@@ -85,6 +112,9 @@ class Ledger:
     budgets: dict[tuple[str, BudgetPeriod], int] = field(default_factory=dict)
     budget_spent: dict[tuple[str, str], int] = field(default_factory=dict)
     budget_held: dict[tuple[str, str], int] = field(default_factory=dict)
+    leases: dict[str, LeaseState] = field(default_factory=dict)
+    spent: dict[str, LeaseSpent] = field(default_factory=dict)  # by request id
+    pack_orgs: set[str] = field(default_factory=set)  # organizations ever granted a pack
 
     # -- reading --
 
@@ -114,6 +144,37 @@ class Ledger:
         """Request ids of holds not yet settled or released (crash recovery)."""
         return sorted(self.holds)
 
+    def settled(self, request_id: str) -> bool:
+        """Whether the request was settled (or released), from a hold or from a lease."""
+        return request_id in self.resolved or request_id in self.spent
+
+    def open_leases(self, *, org: str | None = None, instance_id: str | None = None) -> list[str]:
+        """Ids of the leases not yet closed, of one organization or one process."""
+        return sorted(
+            lease_id
+            for lease_id, lease in self.leases.items()
+            if not lease.closed
+            and (org is None or lease.org == org)
+            and (instance_id is None or lease.instance_id == instance_id)
+        )
+
+    def leased_parts(self, org: str) -> tuple[int, int]:
+        """(promotional credit, cash) the organization's open leases hold: still its money."""
+        open_leases = [self.leases[lease_id] for lease_id in self.open_leases(org=org)]
+        return sum(x.promo for x in open_leases), sum(x.cash for x in open_leases)
+
+    def may_spend(self, org: str) -> int:
+        """Micros the organization may still commit to new requests: promotional credit and
+        cash down to the credit limit (neither held nor leased)."""
+        return self.balance(promo(org)) + self.available(org)
+
+    def has_usable_packs(self, org: str, model: str, at_ms: int) -> bool:
+        return org in self.pack_orgs and bool(self._usable_packs(org, model, at_ms))
+
+    def has_budget(self, scopes: Iterable[str]) -> bool:
+        """Whether any of ``scopes`` has a daily or monthly budget."""
+        return any((scope, period) in self.budgets for scope in scopes for period in BudgetPeriod)
+
     # -- applying --
 
     def apply(self, event: Event) -> None:
@@ -126,7 +187,8 @@ class Ledger:
         if isinstance(event, OrgOpened):
             self.orgs[event.org] = event
             currency = event.currency.value
-            for account in (cash(event.org), promo(event.org), held(event.org)):
+            for account in (cash(event.org), promo(event.org), held(event.org),
+                            leased(event.org), leased_promo(event.org)):  # fmt: skip
                 self._open(account, currency, 0)
             self._open(held_tokens(event.org), TOKENS, 0)
             self.floors[cash(event.org)] = -event.credit_limit
@@ -138,6 +200,7 @@ class Ledger:
             self.funding_ids.add(event.funding_id)
         elif isinstance(event, PackGranted):
             self.packs[event.pack_id] = PackState(event.org, event.models, event.expires_at_ms)
+            self.pack_orgs.add(event.org)
             self._open(pack(event.pack_id), TOKENS, 0)
         elif isinstance(event, PackExpired):
             self.packs[event.pack_id].expired = True
@@ -156,6 +219,20 @@ class Ledger:
             for key in hold.budget_keys:
                 self.budget_held[key] -= hold.money
                 self.budget_spent[key] = self.budget_spent.get(key, 0) + event.charged
+        elif isinstance(event, LeaseDrawn):
+            self.leases[event.lease_id] = LeaseState(
+                event.org, event.instance_id, event.promo, event.cash
+            )
+        elif isinstance(event, LeaseSpent):
+            self.spent[event.request_id] = event
+            lease = self.leases[event.lease_id]
+            lease.promo -= event.from_promo
+            lease.cash -= event.from_cash
+        elif isinstance(event, LeaseShrunk):
+            lease = self.leases[event.lease_id]
+            lease.promo -= event.promo
+            lease.cash -= event.cash
+            lease.closed = lease.closed or event.closed
         for transfer in transfers:
             for account in (transfer.debit, transfer.credit):
                 if account not in self.units:  # system accounts open on first use
@@ -229,6 +306,12 @@ class Ledger:
             return self._hold(command)
         if isinstance(command, Settle | Release):
             return self._resolve(command)
+        if isinstance(command, DrawLease):
+            return self._draw(command)
+        if isinstance(command, SpendLease):
+            return self._spend(command)
+        if isinstance(command, ShrinkLease):
+            return self._shrink(command)
         raise TypeError(f"not a ledger command: {command!r}")
 
     def _org(self, org: str) -> OrgOpened:
@@ -251,7 +334,7 @@ class Ledger:
         return (Funded(funding_id, (transfer,)),)
 
     def _hold(self, command: Hold) -> tuple[Event, ...]:
-        if command.request_id in self.holds or command.request_id in self.resolved:
+        if command.request_id in self.holds or self.settled(command.request_id):
             return ()
         org = self._org(command.org)
         applied = command.quote.applied
@@ -302,7 +385,7 @@ class Ledger:
         return tuple(keys)
 
     def _resolve(self, command: Settle | Release) -> tuple[Event, ...]:
-        if command.request_id in self.resolved:
+        if self.settled(command.request_id):
             return ()  # settled or released already: at most once
         hold = self.holds.get(command.request_id)
         if hold is None:
@@ -330,17 +413,99 @@ class Ledger:
         transfers += _move(held(org), cash(org), hold.cash - from_cash)
         # Beyond the hold (the prompt estimate was low): promo, then cash down to the
         # floor, then the platform's shortfall account. Never below a floor.
-        extra = charge - from_promo - from_cash
-        extra_promo = min(extra, self.balance(promo(org)) + hold.promo - from_promo)
-        cash_after = self.balance(cash(org)) + hold.cash - from_cash
-        extra_cash = min(extra - extra_promo, max(0, cash_after - self.floors[cash(org)]))
-        shortfall = extra - extra_promo - extra_cash
-        transfers += _move(promo(org), revenue, extra_promo)
-        transfers += _move(cash(org), revenue, extra_cash)
-        transfers += _move(system(currency, "shortfall"), revenue, shortfall)
+        beyond, shortfall = self._beyond(
+            org, charge - from_promo - from_cash, hold.promo - from_promo, hold.cash - from_cash
+        )
+        transfers += beyond
         event = HoldResolved(command.request_id, isinstance(command, Release), usage,
                              covered.total, charge, shortfall, tuple(transfers))  # fmt: skip
         return (event,)
+
+    def _beyond(
+        self, org: str, extra: int, promo_back: int, cash_back: int
+    ) -> tuple[list[Transfer], int]:
+        """The transfers that pay ``extra`` micros of a charge beyond what was set aside
+        (promo, then cash down to its floor, counting what this settlement gives back
+        first), and the shortfall nobody could pay."""
+        currency = self.orgs[org].currency.value
+        revenue = system(currency, "revenue")
+        extra_promo = min(extra, self.balance(promo(org)) + promo_back)
+        cash_after = self.balance(cash(org)) + cash_back
+        extra_cash = min(extra - extra_promo, max(0, cash_after - self.floors[cash(org)]))
+        shortfall = extra - extra_promo - extra_cash
+        transfers = [
+            *_move(promo(org), revenue, extra_promo),
+            *_move(cash(org), revenue, extra_cash),
+            *_move(system(currency, "shortfall"), revenue, shortfall),
+        ]
+        return transfers, shortfall
+
+    # -- leases --
+
+    def _draw(self, command: DrawLease) -> tuple[Event, ...]:
+        if command.lease_id in self.leases:
+            return ()
+        org = self._org(command.org)
+        _positive(command.at_least, "at_least")
+        if not 0 < command.share_bp <= 10_000:
+            raise InvalidRequest("share_bp must be in 1..10000", "share_bp")
+        may_spend = self.may_spend(org.org)
+        grant = min(command.want, max(0, may_spend) * command.share_bp // 10_000)
+        if grant < command.at_least:
+            raise InsufficientBalance(org.org, command.at_least, may_spend)
+        from_promo = min(grant, self.balance(promo(org.org)))
+        from_cash = grant - from_promo
+        transfers = (
+            *_move(promo(org.org), leased_promo(org.org), from_promo),
+            *_move(cash(org.org), leased(org.org), from_cash),
+        )
+        return (
+            LeaseDrawn(command.lease_id, org.org, command.instance_id, from_promo, from_cash,
+                       transfers),
+        )  # fmt: skip
+
+    def _spend(self, command: SpendLease) -> tuple[Event, ...]:
+        if command.request_id in self.holds or self.settled(command.request_id):
+            return ()  # held (settled by ``Settle``), or settled already: at most once
+        lease = self.leases.get(command.lease_id)
+        if lease is None:
+            raise KeyError(f"no lease {command.lease_id!r}")
+        org = lease.org
+        if command.applied.currency is not self.orgs[org].currency:
+            raise ValueError(f"price in {command.applied.currency}, lease in another currency")
+        lines = split_usage(command.usage, command.applied.price)
+        charge = command.applied.charge_lines(lines).micros
+        from_lease = min(charge, command.reserved, lease.left)  # the others' stay theirs
+        from_promo = min(from_lease, lease.promo)
+        from_cash = from_lease - from_promo
+        revenue = system(self.orgs[org].currency.value, "revenue")
+        transfers = [
+            *_move(leased_promo(org), revenue, from_promo),
+            *_move(leased(org), revenue, from_cash),
+        ]
+        beyond, shortfall = self._beyond(org, charge - from_promo - from_cash, 0, 0)
+        transfers += beyond
+        event = LeaseSpent(command.request_id, command.lease_id, org, command.usage,
+                           command.reserved, from_promo, from_cash, charge, shortfall,
+                           tuple(transfers))  # fmt: skip
+        return (event,)
+
+    def _shrink(self, command: ShrinkLease) -> tuple[Event, ...]:
+        lease = self.leases.get(command.lease_id)
+        if lease is None:
+            raise KeyError(f"no lease {command.lease_id!r}")
+        _nonnegative(command.keep, "keep")
+        give = max(0, lease.left - command.keep)
+        closing = command.keep == 0
+        if lease.closed or (give == 0 and not closing):
+            return ()
+        back_cash = min(give, lease.cash)
+        back_promo = give - back_cash
+        transfers = (
+            *_move(leased(lease.org), cash(lease.org), back_cash),
+            *_move(leased_promo(lease.org), promo(lease.org), back_promo),
+        )
+        return (LeaseShrunk(command.lease_id, back_promo, back_cash, closing, transfers),)
 
 
 def _move(debit: str, credit: str, amount: int) -> tuple[Transfer, ...]:

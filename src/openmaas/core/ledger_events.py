@@ -15,6 +15,8 @@ account                               unit    meaning, floor
 ``org:<org>:promo``                   money   promotional credit; floor 0
 ``org:<org>:held``                    money   money held by open requests; floor 0
 ``org:<org>:held_tokens``             tokens  pack tokens held by open requests; floor 0
+``org:<org>:leased``                  money   cash leased to gateway processes; floor 0
+``org:<org>:leased_promo``            money   promotional credit leased to them; floor 0
 ``pack:<pack_id>``                    tokens  a resource pack's remaining tokens; floor 0
 ``system:<CUR>:external``             money   top-ups come from here (the outside world)
 ``system:<CUR>:promotions``           money   promotional credit comes from here
@@ -55,6 +57,14 @@ def held(org: str) -> str:
 
 def held_tokens(org: str) -> str:
     return f"org:{org}:held_tokens"
+
+
+def leased(org: str) -> str:
+    return f"org:{org}:leased"
+
+
+def leased_promo(org: str) -> str:
+    return f"org:{org}:leased_promo"
 
 
 def pack(pack_id: str) -> str:
@@ -156,9 +166,46 @@ class Release:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class DrawLease:
+    """Set money aside for one gateway process (``instance_id``), which then admits requests
+    against it in memory: ``want`` micros, but at most ``share_bp`` (basis points) of what
+    the organization may spend now, promotional credit first; refused with
+    ``InsufficientBalance`` when that is under ``at_least``."""
+
+    lease_id: str  # idempotency key
+    org: str
+    instance_id: str
+    want: int
+    at_least: int
+    share_bp: int = 2500
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLease:
+    """Settle one request admitted against a lease: its charge by ``applied`` leaves the
+    lease, up to what the request ``reserved`` there (beyond that: promo, then cash down to
+    the floor, then the shortfall account), so other requests' reservations stay whole."""
+
+    request_id: str  # idempotency key, shared with holds: a request is settled once
+    lease_id: str
+    applied: AppliedPrice
+    usage: Usage  # the billable usage (``core/billing.py``)
+    reserved: int  # the micros its admission reserved (its worst case), for the record
+
+
+@dataclass(frozen=True, slots=True)
+class ShrinkLease:
+    """Give back what a lease holds beyond ``keep`` micros (cash first, so what stays is
+    spent promotional credit first); ``keep`` 0 closes it."""
+
+    lease_id: str
+    keep: int = 0
+
+
 Command = (
     OpenOrg | SetCreditLimit | TopUp | GrantPromo | GrantPack | ExpirePacks | SetBudget
-    | Hold | Settle | Release
+    | Hold | Settle | Release | DrawLease | SpendLease | ShrinkLease
 )  # fmt: skip
 
 
@@ -245,7 +292,46 @@ class HoldResolved:
     kind: Literal["hold_resolved"] = "hold_resolved"
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseDrawn:
+    lease_id: str
+    org: str
+    instance_id: str
+    promo: int  # micros from promotional credit
+    cash: int  # micros from cash
+    transfers: tuple[Transfer, ...]
+    kind: Literal["lease_drawn"] = "lease_drawn"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSpent:
+    """One request settled from a lease: ``from_promo`` + ``from_cash`` of the lease,
+    ``charged`` in all (the rest from the organization's balance, or ``shortfall``)."""
+
+    request_id: str
+    lease_id: str
+    org: str
+    usage: Usage
+    reserved: int
+    from_promo: int
+    from_cash: int
+    charged: int
+    shortfall: int
+    transfers: tuple[Transfer, ...]
+    kind: Literal["lease_spent"] = "lease_spent"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseShrunk:
+    lease_id: str
+    promo: int  # micros given back to promotional credit
+    cash: int  # micros given back to cash
+    closed: bool
+    transfers: tuple[Transfer, ...]
+    kind: Literal["lease_shrunk"] = "lease_shrunk"
+
+
 Event = (
     OrgOpened | CreditLimitSet | Funded | PackGranted | PackExpired | BudgetSet | HoldPlaced
-    | HoldResolved
+    | HoldResolved | LeaseDrawn | LeaseSpent | LeaseShrunk
 )  # fmt: skip

@@ -180,7 +180,8 @@ async def load_org_terms(conn: AsyncConnection) -> dict[str, OrgTerms]:
 class InFlight:
     """A request admitted but not yet recorded, with the engine's count at its last
     checkpoint (``None`` before the first); what crash recovery bills. ``instance_id``: the
-    serving process that owns it (``store/instance.py``; None: written before instances)."""
+    serving process that owns it (``store/instance.py``; None: written before instances).
+    A ``frozen`` dataclass: ``dataclasses.replace`` makes the leased variant."""
 
     request_id: str
     key_id: str
@@ -190,6 +191,8 @@ class InFlight:
     started_at_ms: int
     checkpoint: Usage | None
     instance_id: str | None = None
+    lease_id: str | None = None  # admitted against this lease (``core/leases.py``)
+    reserved_micros: int | None = None  # what it reserved there
 
 
 async def admit_inflight(conn: AsyncConnection, request: InFlight) -> None:
@@ -208,6 +211,8 @@ async def admit_inflight(conn: AsyncConnection, request: InFlight) -> None:
             reasoning_tokens=0,
             checkpoint_at_ms=None,
             instance_id=request.instance_id,
+            lease_id=request.lease_id,
+            reserved_micros=request.reserved_micros,
         )
     )
 
@@ -281,6 +286,8 @@ async def _load_inflight(conn: AsyncConnection, where: Any) -> list[InFlight]:
                 reasoning_tokens=r.reasoning_tokens,
             ),
             r.instance_id,
+            r.lease_id,
+            r.reserved_micros,
         )
         for r in rows
     ]

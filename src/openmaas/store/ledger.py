@@ -36,6 +36,7 @@ from openmaas.aio import finish_despite_cancellation
 from openmaas.core.ledger import Ledger
 from openmaas.core.ledger_events import (
     Command,
+    DrawLease,
     Event,
     Funded,
     GrantPack,
@@ -43,6 +44,8 @@ from openmaas.core.ledger_events import (
     Hold,
     HoldPlaced,
     HoldResolved,
+    LeaseDrawn,
+    LeaseSpent,
     OpenOrg,
     OrgOpened,
     PackExpired,
@@ -71,13 +74,15 @@ def idempotency_key(event: Event) -> str | None:
         return f"expired:{event.pack_id}"
     if isinstance(event, HoldPlaced):
         return f"hold:{event.request_id}"
-    if isinstance(event, HoldResolved):
+    if isinstance(event, HoldResolved | LeaseSpent):  # a request is settled once, either way
         return f"resolved:{event.request_id}"
+    if isinstance(event, LeaseDrawn):
+        return f"lease:{event.lease_id}"
     return None
 
 
 def _org_of(command: Command) -> str | None:
-    if isinstance(command, Hold | TopUp | GrantPromo | GrantPack | SetCreditLimit):
+    if isinstance(command, Hold | TopUp | GrantPromo | GrantPack | SetCreditLimit | DrawLease):
         return command.org
     return None
 

@@ -155,6 +155,10 @@ inflight = Table(
     # migration 0005: the serving process that owns the row (store/instance.py); None:
     # written before instances existed, recovered by the next start
     Column("instance_id", String(26), nullable=True),
+    # migration 0007: admitted against a lease (core/leases.py): which, and how much it
+    # reserved there; None: a ledger hold of its own, or no price
+    Column("lease_id", String(40), nullable=True),
+    Column("reserved_micros", BigInteger, nullable=True),
     Index("ix_inflight_instance", "instance_id"),
 )
 
