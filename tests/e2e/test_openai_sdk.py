@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import httpx
 import openai
 import pytest
 
@@ -282,12 +283,31 @@ def test_long_embedding_input_is_truncated_like_the_reference(client: openai.Ope
 
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
-    ids = {m.id for m in client.models.list()}
-    assert {CHAT_MODEL, EMBEDDING_MODEL} <= ids
+    models = {m.id: m for m in client.models.list()}
+    assert {CHAT_MODEL, EMBEDDING_MODEL} <= set(models)
     model = client.models.retrieve(CHAT_MODEL)
     assert model.id == CHAT_MODEL and model.object == "model"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+
+
+def test_models_show_their_context_length(client: openai.OpenAI, http: httpx.Client) -> None:
+    listed = {m.id: m.model_extra or {} for m in client.models.list()}
+    assert listed[CHAT_MODEL]["context_length"] == 2048
+    assert listed[EMBEDDING_MODEL]["context_length"] == 512
+    one = client.models.retrieve(EMBEDDING_MODEL)
+    assert (one.model_extra or {})["context_length"] == 512
+    missing = http.get("/v1/models/no-such-model")
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": {
+            "message": missing.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+    assert "no-such-model" in missing.json()["error"]["message"]
 
 
 def test_sdk_sees_typed_errors(client: openai.OpenAI, live: LiveServer) -> None:

@@ -296,5 +296,12 @@ def embeddings(model: str, result: EmbeddingResult, encoding: str) -> dict[str, 
     }
 
 
-def model_card(name: str, owned_by: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+def model_card(
+    name: str, owned_by: str, created: int, context_length: int | None = None
+) -> dict[str, Any]:
+    """A model as ``/v1/models`` lists it; ``context_length`` (as OpenRouter, LM Studio and
+    others name it) is the tokens one request may read and write together, when known."""
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+    if context_length is not None:
+        card["context_length"] = context_length
+    return card
