@@ -282,6 +282,29 @@ def test_long_embedding_input_is_truncated_like_the_reference(client: openai.Ope
     assert len(reply.data[0].embedding) == 384
 
 
+def test_embeddings_of_token_ids_are_the_models_own(client: openai.OpenAI) -> None:
+    """OpenAI defines token arrays as the model's own token ids: all-MiniLM-L6-v2's
+    WordPiece ids of a text ([CLS] ... [SEP]) embed exactly as the text does."""
+    from tokenizers import Tokenizer
+
+    from openmaas.engines.embedded import embedding_model_dir
+
+    tokenizer = Tokenizer.from_file(str(embedding_model_dir() / "tokenizer.json"))
+    tokenizer.no_padding()
+    text = "The cat sat on the mat."
+    ids = tokenizer.encode(text).ids
+    by_text = client.embeddings.create(model=EMBEDDING_MODEL, input=text, encoding_format="float")
+    one = client.embeddings.create(model=EMBEDDING_MODEL, input=ids, encoding_format="float")
+    many = client.embeddings.create(model=EMBEDDING_MODEL, input=[ids, ids[:3] + ids[-1:]])
+    assert one.data[0].embedding == pytest.approx(by_text.data[0].embedding, abs=1e-5)
+    assert many.data[0].embedding == pytest.approx(by_text.data[0].embedding, abs=1e-5)
+    assert len(many.data) == 2 and one.usage.prompt_tokens == len(ids)
+    with pytest.raises(openai.BadRequestError) as outside:
+        client.embeddings.create(model=EMBEDDING_MODEL, input=[[101, 46473, 102]])
+    assert outside.value.param == "input"
+    assert "token id 46473, outside the vocabulary" in outside.value.message
+
+
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     models = {m.id: m for m in client.models.list()}
     assert {CHAT_MODEL, EMBEDDING_MODEL} <= set(models)

@@ -137,11 +137,16 @@ class GenerationRequest:
         return self.messages is not None
 
 
+EmbeddingInput = str | tuple[int, ...]
+"""One input to embed: a text, or token ids of the model's own vocabulary, read as they are
+(no special tokens added)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddingRequest:
     request_id: str
     model: str
-    inputs: tuple[str, ...]
+    inputs: tuple[EmbeddingInput, ...]
     user: str | None = None
     routing: RoutingHints = field(default_factory=RoutingHints)
 

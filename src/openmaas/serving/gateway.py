@@ -384,9 +384,10 @@ class Generation:
 
 async def _embedding_token_bound(request: EmbeddingRequest, context: int | None) -> int:
     """At most this many tokens: a WordPiece or byte-level tokenizer makes no more tokens
-    than UTF-8 bytes, plus two special tokens, and each input is cut at the context."""
+    than UTF-8 bytes, plus two special tokens, and each input is cut at the context; token
+    ids are read as they are."""
     total = 0
-    for text in request.inputs:
-        tokens = len(text.encode()) + 2
+    for item in request.inputs:
+        tokens = len(item.encode()) + 2 if isinstance(item, str) else len(item)
         total += tokens if context is None else min(tokens, context)
     return total
