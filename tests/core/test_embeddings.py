@@ -11,8 +11,8 @@ from openmaas.core.errors import InvalidRequest, PromptTooLong
 def test_texts_and_token_arrays_are_taken_in_every_shape_openai_defines() -> None:
     assert checked_inputs("a text", "m", None, 384) == ("a text",)
     assert checked_inputs(["one", "two"], "m", None, 384) == ("one", "two")
-    assert checked_inputs([101, 7592, 102], "m", None, 384) == ((101, 7592, 102),)
-    assert checked_inputs([[101, 102], [101, 7, 102]], "m", None, 384) == (
+    assert checked_inputs([101, 7592, 102], "m", None, 384, token_ids=True) == ((101, 7592, 102),)
+    assert checked_inputs([[101, 102], [101, 7, 102]], "m", None, 384, token_ids=True) == (
         (101, 102),
         (101, 7, 102),
     )
@@ -31,7 +31,7 @@ def test_texts_and_token_arrays_are_taken_in_every_shape_openai_defines() -> Non
 )
 def test_malformed_inputs_are_refused_by_name(raw: object, says: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
-        checked_inputs(raw, "m", None, 384)  # type: ignore[arg-type]
+        checked_inputs(raw, "m", None, 384, token_ids=True)  # type: ignore[arg-type]
     assert says in refused.value.message
     assert refused.value.param == "input"
 
@@ -50,3 +50,9 @@ def test_a_token_array_longer_than_the_context_is_a_context_length_error() -> No
         check_token_ids(((1,) * 513,), "minilm", 30522, 512)
     assert (refused.value.prompt_tokens, refused.value.context_length) == (513, 512)
     check_token_ids(((1,) * 513,), "minilm", None, None)  # nothing known: nothing checked
+
+
+def test_a_protocol_without_token_arrays_refuses_them() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        checked_inputs([[1, 2]], "m", None, 384)
+    assert refused.value.param == "input"

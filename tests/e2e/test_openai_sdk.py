@@ -333,6 +333,55 @@ def test_models_show_their_context_length(client: openai.OpenAI, http: httpx.Cli
     assert "no-such-model" in missing.json()["error"]["message"]
 
 
+def test_n_choices_on_the_embedded_model_sum_their_usage(
+    client: openai.OpenAI, live: LiveServer
+) -> None:
+    """n > 1 runs n generations in llama.cpp's slots; the usage counts every one (each
+    reads the prompt) and is what is recorded and billed."""
+    single = client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=8
+    )
+    reply = client.chat.completions.create(
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        max_tokens=8,
+        n=2,
+        seed=1,
+        temperature=1.0,
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert all(c.message.content for c in reply.choices)
+    usage = reply.usage
+    assert usage is not None and usage.prompt_tokens == 2 * single.usage.prompt_tokens  # type: ignore[union-attr]
+    assert usage.completion_tokens <= 16
+    row = live.usage_row(reply.id)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
+
+
+def test_n_choices_streamed(client: openai.OpenAI) -> None:
+    texts: dict[int, str] = {0: "", 1: "", 2: ""}
+    finish: dict[int, str | None] = {}
+    usage = None
+    for chunk in client.chat.completions.create(
+        model="fake-echo",
+        messages=[{"role": "user", "content": "count"}],
+        n=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+        usage = chunk.usage or usage
+    assert texts == {i: "one two three four five" for i in range(3)}
+    assert finish == {0: "stop", 1: "stop", 2: "stop"}
+    assert usage is not None and usage.completion_tokens == 15
+
+
 def test_sdk_sees_typed_errors(client: openai.OpenAI, live: LiveServer) -> None:
     with pytest.raises(openai.NotFoundError) as not_found:
         client.chat.completions.create(
@@ -341,7 +390,7 @@ def test_sdk_sees_typed_errors(client: openai.OpenAI, live: LiveServer) -> None:
     assert not_found.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(
-            model=CHAT_MODEL, messages=[{"role": "user", "content": "x"}], n=2
+            model=CHAT_MODEL, messages=[{"role": "user", "content": "x"}], n=1000
         )
     assert bad.value.param == "n"
     bad_key = openai.OpenAI(

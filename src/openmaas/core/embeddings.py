@@ -9,12 +9,17 @@ from openmaas.core.types import EmbeddingInput
 
 
 def checked_inputs(
-    raw: str | Sequence[object], model: str, dimensions: int | None, native: int | None
+    raw: str | Sequence[object],
+    model: str,
+    dimensions: int | None,
+    native: int | None,
+    *,
+    token_ids: bool = False,
 ) -> tuple[EmbeddingInput, ...]:
-    """The inputs to embed: texts, or arrays of token ids (one array: a list of ints; several:
-    a list of lists), which are the model's own ids (``docs/api.md``). Empty inputs, a mix
-    of texts and arrays, negative ids and a ``dimensions`` the model cannot give are refused
-    by name."""
+    """The inputs to embed: texts, or (where the protocol takes them, ``token_ids``) arrays
+    of token ids (one array: a list of ints; several: a list of lists), which are the
+    model's own ids (``docs/api.md``). Empty inputs, a mix of texts and arrays, negative ids
+    and a ``dimensions`` the model cannot give are refused by name."""
     if isinstance(raw, str):
         inputs: list[object] = [raw]
     elif raw and all(isinstance(item, int) for item in raw):
@@ -28,6 +33,8 @@ def checked_inputs(
         if any(not item for item in inputs):
             raise InvalidRequest("'input' must not contain empty strings.", param="input")
         result = tuple(str(item) for item in inputs)
+    elif not token_ids:
+        raise InvalidRequest("Token-array inputs are not supported; send text.", param="input")
     elif all(isinstance(item, list) for item in inputs):
         result = tuple(_token_ids(item, index) for index, item in enumerate(inputs))
     else:

@@ -110,6 +110,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    n: int = 1  # choices: independent generations of one prompt (engines that can, docs/api.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +182,7 @@ class TextDelta:
     completion_tokens: int
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    choice: int = 0  # which of the request's ``n`` choices it belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +191,7 @@ class ReasoningDelta:
 
     text: str
     completion_tokens: int
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +204,18 @@ class ToolCallDelta:
     name: str | None
     arguments: str
     completion_tokens: int = 0
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
+    """The end of a generation: its reason and usage. With ``n`` > 1 choices, ``usage`` sums
+    them all, ``choices`` holds each choice's own reason and ``reason`` is the first of
+    "length", "tool_calls" any choice ended with, else choice 0's."""
+
     reason: FinishReason
     usage: Usage
+    choices: tuple[FinishReason, ...] = ()
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished

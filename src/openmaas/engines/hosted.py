@@ -94,6 +94,8 @@ class _HostModelFailed(Exception):
 
 
 class HostedEngine(OpenAIHttpEngine):
+    many_choices = True  # n > 1: n generations in the host, each a request of its own
+
     def __init__(self, model: str, config: HostedConfig) -> None:
         super().__init__(
             model,

@@ -71,6 +71,8 @@ class LlamaCppConfig:
 
 
 class LlamaCppEngine(SlotEngine):
+    many_choices = True  # n > 1: n generations in llama.cpp's parallel slots
+
     def __init__(self, model: str, config: LlamaCppConfig) -> None:
         super().__init__(model, config.kind, slots=config.slots, queue=config.queue)
         self._config = config

@@ -70,14 +70,19 @@ class Gateway:
         served = self.catalog.for_kind(request.model, ModelKind.CHAT)
         engine = served.engine
         started = self._clock.monotonic()
+        n = request.sampling.n  # n choices: n generations, each reading the prompt
+
+        async def count_prompt() -> int:
+            return n * await engine.count_prompt_tokens(request)
+
         ticket = await self.accountant.admit(
             principal,
             served.name,
             endpoint,
             request.request_id,
-            count_prompt=lambda: engine.count_prompt_tokens(request),
-            max_tokens=request.sampling.max_tokens,
-            context_length=served.context_length,
+            count_prompt=count_prompt,
+            max_tokens=_times(n, request.sampling.max_tokens),
+            context_length=_times(n, served.context_length),
         )
         request = replace(request, routing=replace(request.routing, data_policy=ticket.data_policy))
         try:
@@ -380,6 +385,10 @@ class Generation:
         finished = self._finished
         usage = finished.usage if finished else self._stream.tracker.snapshot()
         return Outcome(usage, self._termination, self._ttft_ms, self._error, self._stream.route)
+
+
+def _times(n: int, tokens: int | None) -> int | None:
+    return None if tokens is None else n * tokens
 
 
 async def _embedding_token_bound(request: EmbeddingRequest, context: int | None) -> int:
