@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import httpx
 import openai
 import pytest
 
@@ -281,13 +282,104 @@ def test_long_embedding_input_is_truncated_like_the_reference(client: openai.Ope
     assert len(reply.data[0].embedding) == 384
 
 
+def test_embeddings_of_token_ids_are_the_models_own(client: openai.OpenAI) -> None:
+    """OpenAI defines token arrays as the model's own token ids: all-MiniLM-L6-v2's
+    WordPiece ids of a text ([CLS] ... [SEP]) embed exactly as the text does."""
+    from tokenizers import Tokenizer
+
+    from openmaas.engines.embedded import embedding_model_dir
+
+    tokenizer = Tokenizer.from_file(str(embedding_model_dir() / "tokenizer.json"))
+    tokenizer.no_padding()
+    text = "The cat sat on the mat."
+    ids = tokenizer.encode(text).ids
+    by_text = client.embeddings.create(model=EMBEDDING_MODEL, input=text, encoding_format="float")
+    one = client.embeddings.create(model=EMBEDDING_MODEL, input=ids, encoding_format="float")
+    many = client.embeddings.create(model=EMBEDDING_MODEL, input=[ids, ids[:3] + ids[-1:]])
+    assert one.data[0].embedding == pytest.approx(by_text.data[0].embedding, abs=1e-5)
+    assert many.data[0].embedding == pytest.approx(by_text.data[0].embedding, abs=1e-5)
+    assert len(many.data) == 2 and one.usage.prompt_tokens == len(ids)
+    with pytest.raises(openai.BadRequestError) as outside:
+        client.embeddings.create(model=EMBEDDING_MODEL, input=[[101, 46473, 102]])
+    assert outside.value.param == "input"
+    assert "token id 46473, outside the vocabulary" in outside.value.message
+
+
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
-    ids = {m.id for m in client.models.list()}
-    assert {CHAT_MODEL, EMBEDDING_MODEL} <= ids
+    models = {m.id: m for m in client.models.list()}
+    assert {CHAT_MODEL, EMBEDDING_MODEL} <= set(models)
     model = client.models.retrieve(CHAT_MODEL)
     assert model.id == CHAT_MODEL and model.object == "model"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+
+
+def test_models_show_their_context_length(client: openai.OpenAI, http: httpx.Client) -> None:
+    listed = {m.id: m.model_extra or {} for m in client.models.list()}
+    assert listed[CHAT_MODEL]["context_length"] == 2048
+    assert listed[EMBEDDING_MODEL]["context_length"] == 512
+    one = client.models.retrieve(EMBEDDING_MODEL)
+    assert (one.model_extra or {})["context_length"] == 512
+    missing = http.get("/v1/models/no-such-model")
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": {
+            "message": missing.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+    assert "no-such-model" in missing.json()["error"]["message"]
+
+
+def test_n_choices_on_the_embedded_model_sum_their_usage(
+    client: openai.OpenAI, live: LiveServer
+) -> None:
+    """n > 1 runs n generations in llama.cpp's slots; the usage counts every one (each
+    reads the prompt) and is what is recorded and billed."""
+    single = client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=8
+    )
+    reply = client.chat.completions.create(
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        max_tokens=8,
+        n=2,
+        seed=1,
+        temperature=1.0,
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert all(c.message.content for c in reply.choices)
+    usage = reply.usage
+    assert usage is not None and usage.prompt_tokens == 2 * single.usage.prompt_tokens  # type: ignore[union-attr]
+    assert usage.completion_tokens <= 16
+    row = live.usage_row(reply.id)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
+
+
+def test_n_choices_streamed(client: openai.OpenAI) -> None:
+    texts: dict[int, str] = {0: "", 1: "", 2: ""}
+    finish: dict[int, str | None] = {}
+    usage = None
+    for chunk in client.chat.completions.create(
+        model="fake-echo",
+        messages=[{"role": "user", "content": "count"}],
+        n=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+        usage = chunk.usage or usage
+    assert texts == {i: "one two three four five" for i in range(3)}
+    assert finish == {0: "stop", 1: "stop", 2: "stop"}
+    assert usage is not None and usage.completion_tokens == 15
 
 
 def test_sdk_sees_typed_errors(client: openai.OpenAI, live: LiveServer) -> None:
@@ -298,7 +390,7 @@ def test_sdk_sees_typed_errors(client: openai.OpenAI, live: LiveServer) -> None:
     assert not_found.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(
-            model=CHAT_MODEL, messages=[{"role": "user", "content": "x"}], n=2
+            model=CHAT_MODEL, messages=[{"role": "user", "content": "x"}], n=1000
         )
     assert bad.value.param == "n"
     bad_key = openai.OpenAI(

@@ -11,6 +11,7 @@ import pytest
 
 from openmaas.core.errors import InvalidRequest, PromptTooLong
 from openmaas.core.types import (
+    EmbeddingRequest,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -102,6 +103,12 @@ def test_the_host_reads_back_the_very_request_the_worker_sent(request_: Generati
         body = completion_body(request_, "m")
     read = wire.generation_request(orjson.dumps(body), request_.request_id)
     assert read == dataclasses.replace(request_, routing=read.routing)
+
+
+def test_the_host_reads_back_texts_and_token_ids_to_embed() -> None:
+    for inputs in (("one", "two"), ((101, 7592, 102), (101, 102))):
+        body = orjson.dumps({"model": "m", "input": list(inputs), "encoding_format": "float"})
+        assert wire.embedding_request(body, "r") == EmbeddingRequest("r", "m", inputs)
 
 
 def test_an_unreadable_body_is_an_invalid_request() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from openmaas.core.errors import EngineNotReady, EngineOverloaded, PromptTooLong
+from openmaas.core.errors import EngineNotReady, EngineOverloaded, InvalidRequest, PromptTooLong
 from openmaas.core.types import (
     EmbeddingRequest,
     Finished,
@@ -217,6 +217,47 @@ async def test_an_embedding_model_loads_embeds_and_unloads_while_requests_are_an
     for step in ("tokenizer load", "convert", "load", "encode", "unload"):
         assert answers.answered_during(step) >= ANSWERS_DURING, answers.report()
     assert set(texts) == {"still here"}
+
+
+async def test_embedding_token_ids_are_the_models_own(tmp_path: Path) -> None:
+    """Token arrays are read as the model's own ids: its tokenizer's ids of a text (special
+    tokens included) embed as the text does; an id outside its vocabulary, or more ids than
+    its context, is refused by name before llama.cpp sees them."""
+    from tokenizers import Tokenizer
+
+    minilm = embedding_model_dir()
+    engine = LlamaCppEngine(
+        "minilm",
+        LlamaCppConfig(
+            lambda: ensure_gguf(minilm, tmp_path),
+            ModelKind.EMBEDDING,
+            slots=1,
+            queue=0,
+            context_per_slot=512,
+            threads=1,
+            pooling="mean",
+            tokenizer_path=minilm / "tokenizer.json",
+            max_input_tokens=EMBEDDING_MAX_TOKENS,
+        ),
+    )
+    tokenizer = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    tokenizer.no_padding()  # the file pads to 128; the model's own ids of the text are these
+    ids = tuple(tokenizer.encode("A cat.").ids)
+    await engine.start()
+    try:
+        by_text = await engine.embed(EmbeddingRequest("t", "minilm", ("A cat.",)))
+        by_ids = await engine.embed(EmbeddingRequest("i", "minilm", (ids, "A cat.")))
+        with pytest.raises(InvalidRequest) as outside:
+            await engine.embed(EmbeddingRequest("o", "minilm", ((101, 30522, 102),)))
+        with pytest.raises(PromptTooLong):
+            await engine.embed(EmbeddingRequest("l", "minilm", ((101,) + (1996,) * 511 + (102,),)))
+    finally:
+        await engine.stop()
+    assert by_ids.vectors[0] == pytest.approx(by_text.vectors[0], abs=1e-6)
+    assert by_ids.vectors[1] == pytest.approx(by_text.vectors[0], abs=1e-6)
+    assert by_ids.usage.prompt_tokens == 2 * len(ids)
+    assert "token id 30522, outside the vocabulary of 'minilm'" in outside.value.message
+    assert outside.value.param == "input"
 
 
 class _Held:

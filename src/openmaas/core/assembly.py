@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from openmaas.core.types import (
     Finished,
+    FinishReason,
     ReasoningDelta,
     StreamEvent,
     TextDelta,
@@ -21,27 +22,24 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
 
-class Assembler:
-    """Feed it every event of a generation; read the answer once ``finished`` is set."""
+class Choice:
+    """One choice's answer: its text, reasoning and tool calls."""
 
     def __init__(self) -> None:
         self._text: list[str] = []
         self._reasoning: list[str] = []
         self._calls: dict[int, _PartialCall] = {}
-        self.finished: Finished | None = None
 
-    def add(self, event: StreamEvent) -> None:
+    def add(self, event: TextDelta | ReasoningDelta | ToolCallDelta) -> None:
         if isinstance(event, TextDelta):
             self._text.append(event.text)
         elif isinstance(event, ReasoningDelta):
             self._reasoning.append(event.text)
-        elif isinstance(event, ToolCallDelta):
+        else:
             call = self._calls.setdefault(event.index, _PartialCall())
             call.id = event.id or call.id
             call.name = event.name or call.name
             call.arguments.append(event.arguments)
-        else:
-            self.finished = event
 
     @property
     def text(self) -> str:
@@ -57,3 +55,40 @@ class Assembler:
             ToolCall(call.id, call.name, "".join(call.arguments))
             for _, call in sorted(self._calls.items())
         )
+
+
+class Assembler:
+    """Feed it every event of a generation; read the answer once ``finished`` is set. Its
+    ``text``, ``reasoning`` and ``tool_calls`` are choice 0's; ``choices`` has them all."""
+
+    def __init__(self) -> None:
+        self._choices: dict[int, Choice] = {}
+        self.finished: Finished | None = None
+
+    def add(self, event: StreamEvent) -> None:
+        if isinstance(event, Finished):
+            self.finished = event
+        else:
+            self._choice(event.choice).add(event)
+
+    def _choice(self, index: int) -> Choice:
+        return self._choices.setdefault(index, Choice())
+
+    @property
+    def choices(self) -> list[tuple[Choice, FinishReason]]:
+        """Every choice with its finish reason, in order (at least one)."""
+        assert self.finished is not None
+        reasons = self.finished.choices or (self.finished.reason,)
+        return [(self._choice(i), reason) for i, reason in enumerate(reasons)]
+
+    @property
+    def text(self) -> str:
+        return self._choice(0).text
+
+    @property
+    def reasoning(self) -> str | None:
+        return self._choice(0).reasoning
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return self._choice(0).tool_calls

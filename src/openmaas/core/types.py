@@ -110,6 +110,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    n: int = 1  # choices: independent generations of one prompt (engines that can, docs/api.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +138,16 @@ class GenerationRequest:
         return self.messages is not None
 
 
+EmbeddingInput = str | tuple[int, ...]
+"""One input to embed: a text, or token ids of the model's own vocabulary, read as they are
+(no special tokens added)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddingRequest:
     request_id: str
     model: str
-    inputs: tuple[str, ...]
+    inputs: tuple[EmbeddingInput, ...]
     user: str | None = None
     routing: RoutingHints = field(default_factory=RoutingHints)
 
@@ -176,6 +182,7 @@ class TextDelta:
     completion_tokens: int
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    choice: int = 0  # which of the request's ``n`` choices it belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +191,7 @@ class ReasoningDelta:
 
     text: str
     completion_tokens: int
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +204,18 @@ class ToolCallDelta:
     name: str | None
     arguments: str
     completion_tokens: int = 0
+    choice: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
+    """The end of a generation: its reason and usage. With ``n`` > 1 choices, ``usage`` sums
+    them all, ``choices`` holds each choice's own reason and ``reason`` is the first of
+    "length", "tool_calls" any choice ended with, else choice 0's."""
+
     reason: FinishReason
     usage: Usage
+    choices: tuple[FinishReason, ...] = ()
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished

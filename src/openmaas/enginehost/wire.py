@@ -17,6 +17,7 @@ import orjson
 
 from openmaas.core.errors import InvalidRequest, OpenMaaSError, PromptTooLong
 from openmaas.core.types import (
+    EmbeddingInput,
     EmbeddingRequest,
     EmbeddingResult,
     Finished,
@@ -57,11 +58,16 @@ def generation_request(raw: bytes, request_id: str) -> GenerationRequest:
 def embedding_request(raw: bytes, request_id: str) -> EmbeddingRequest:
     try:
         body = orjson.loads(raw)
-        inputs = body["input"]
-        inputs = (inputs,) if isinstance(inputs, str) else tuple(str(text) for text in inputs)
+        raw = body["input"]
+        inputs = (raw,) if isinstance(raw, str) else tuple(_embedding_input(item) for item in raw)
         return EmbeddingRequest(request_id, str(body["model"]), inputs, body.get("user"))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidRequest(f"The engine host cannot read the request ({exc!r}).") from None
+
+
+def _embedding_input(item: Any) -> EmbeddingInput:
+    """A text, or token ids (a list of ints), as the worker sent it."""
+    return tuple(int(token) for token in item) if isinstance(item, list) else str(item)
 
 
 def _generation(body: dict[str, Any], request_id: str) -> GenerationRequest:

@@ -15,19 +15,25 @@ the load/unload lifecycle around the ``_load``/``_unload``/``_stream``/``_embed`
 from __future__ import annotations
 
 import abc
+import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from openmaas.core.errors import EngineNotReady, EngineOverloaded
+from openmaas.core.errors import EngineFailure, EngineNotReady, EngineOverloaded, InvalidRequest
 from openmaas.core.money import Money
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
     Finished,
+    FinishReason,
     GenerationRequest,
+    ReasoningDelta,
     StreamEvent,
+    TextDelta,
+    ToolCallDelta,
     Usage,
 )
 
@@ -213,6 +219,148 @@ class SlotCounter:
         tracker = UsageTracker()
         return EngineStream(events(tracker), tracker, self.release)
 
+    def admitted_choices(
+        self,
+        health: EngineHealth,
+        request: GenerationRequest,
+        events: Callable[[GenerationRequest, UsageTracker], AsyncIterator[StreamEvent]],
+    ) -> EngineStream:
+        """Admit the ``n`` choices of ``request`` as ``n`` generations (one count each, all
+        or none) and merge their events into one stream (:func:`merged_choices`)."""
+        n = request.sampling.n
+        if n > self.slots + self.queue:
+            raise InvalidRequest(
+                f"n={n} is more than '{self.model}' can run at once ({self.slots + self.queue}).",
+                param="n",
+            )
+        admitted = 0
+        try:
+            while admitted < n:
+                self.admit(health)
+                admitted += 1
+        except BaseException:
+            for _ in range(admitted):
+                self.release()
+            raise
+        tracker = ChoicesTracker(n)
+        streams = [events(choice_request(request, i), part) for i, part in enumerate(tracker.parts)]
+
+        def release() -> None:
+            for _ in range(n):
+                self.release()
+
+        return EngineStream(merged_choices(streams, tracker), tracker, release)
+
+
+class ChoicesTracker(UsageTracker):
+    """The summed counts of a request's ``n`` choices, each counted by its own tracker."""
+
+    __slots__ = ("parts", "finals")
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.parts = [UsageTracker() for _ in range(n)]
+        self.finals: dict[int, Usage] = {}  # the usage each finished choice ended with
+
+    def snapshot(self) -> Usage:
+        usages = [self.finals.get(i) or part.snapshot() for i, part in enumerate(self.parts)]
+        return Usage(
+            prompt_tokens=sum(u.prompt_tokens for u in usages),
+            cached_tokens=sum(u.cached_tokens for u in usages),
+            completion_tokens=sum(u.completion_tokens for u in usages),
+            estimated=any(u.estimated for u in usages),
+            reasoning_tokens=sum(u.reasoning_tokens for u in usages),
+        )
+
+
+def choice_request(request: GenerationRequest, choice: int) -> GenerationRequest:
+    """Choice ``choice`` of ``request`` as a request of its own: one choice, its own request
+    id after the first (``<id>-<choice>``) and, when a seed is set, seed + ``choice`` (the
+    choices of a seeded request differ, and are the same each time)."""
+    sampling = request.sampling
+    seed = None if sampling.seed is None else sampling.seed + choice
+    return dataclasses.replace(
+        request,
+        request_id=request.request_id if choice == 0 else f"{request.request_id}-{choice}",
+        sampling=dataclasses.replace(sampling, n=1, seed=seed),
+    )
+
+
+_END = object()
+
+
+async def merged_choices(
+    streams: list[AsyncIterator[StreamEvent]], tracker: ChoicesTracker
+) -> AsyncIterator[StreamEvent]:
+    """The events of ``streams`` (choice ``i`` is ``streams[i]``, run concurrently) as one
+    stream: each event tagged with its choice and the summed running counts, then one
+    ``Finished`` once every choice has finished (summed usage, each choice's reason). A
+    choice that fails fails the whole; closing it stops every choice."""
+    queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+
+    async def pump(choice: int, events: AsyncIterator[StreamEvent]) -> None:
+        try:
+            async for event in events:
+                queue.put_nowait((choice, event))
+        except Exception as exc:  # handed to the reader below
+            queue.put_nowait((choice, exc))
+        queue.put_nowait((choice, _END))
+
+    tasks = [asyncio.create_task(pump(i, events)) for i, events in enumerate(streams)]
+    reasons: list[FinishReason | None] = [None] * len(streams)
+    try:
+        while None in reasons:
+            choice, item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            if item is _END:
+                if reasons[choice] is None:
+                    raise EngineFailure("A choice ended without finishing.")
+                continue
+            if isinstance(item, Finished):
+                reasons[choice] = item.reason
+                tracker.finals[choice] = item.usage
+                continue
+            assert isinstance(item, TextDelta | ReasoningDelta | ToolCallDelta)
+            yield _tagged(item, choice, tracker.snapshot())
+        done = [r for r in reasons if r is not None]
+        yield Finished(_overall(done), tracker.snapshot(), tuple(done))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for events in streams:
+            await events.aclose()  # type: ignore[attr-defined]
+
+
+def _tagged(
+    event: TextDelta | ReasoningDelta | ToolCallDelta, choice: int, counts: Usage
+) -> StreamEvent:
+    if isinstance(event, TextDelta):
+        return dataclasses.replace(
+            event,
+            choice=choice,
+            completion_tokens=counts.completion_tokens,
+            prompt_tokens=counts.prompt_tokens,
+            cached_tokens=counts.cached_tokens,
+        )
+    return dataclasses.replace(event, choice=choice, completion_tokens=counts.completion_tokens)
+
+
+def _overall(reasons: list[FinishReason]) -> FinishReason:
+    for reason in (FinishReason.LENGTH, FinishReason.TOOL_CALLS):
+        if reason in reasons:
+            return reason
+    return reasons[0]
+
+
+def refuse_choices(request: GenerationRequest, model: str) -> None:
+    """A 400 naming ``n`` for an engine that cannot generate several choices."""
+    if request.sampling.n > 1:
+        raise InvalidRequest(
+            f"The model '{model}' generates one choice per request; send n=1.", param="n"
+        )
+
 
 class SlotEngine(abc.ABC):
     """A template for an :class:`Engine` with slots. Subclasses implement ``_load``,
@@ -250,12 +398,19 @@ class SlotEngine(abc.ABC):
         return self._slots.capacity()
 
     # -- serving -----------------------------------------------------------------------
+    many_choices: ClassVar[bool] = False
+    """Whether a request's ``n`` > 1 choices run here, as ``n`` generations; else 400."""
+
     def stream(self, request: GenerationRequest) -> EngineStream:
         """Admit a generation (or raise EngineNotReady/EngineOverloaded) and return its stream.
 
         The caller must ``aclose()`` the stream (in a ``finally``), which stops the engine
         if the stream has not ended.
         """
+        if request.sampling.n > 1:
+            if not self.many_choices:
+                refuse_choices(request, self.model)
+            return self._slots.admitted_choices(self._health, request, self._stream)
         return self._slots.admitted_stream(
             self._health, lambda tracker: self._stream(request, tracker)
         )

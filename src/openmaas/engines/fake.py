@@ -76,6 +76,8 @@ class FakeStats:
 
 
 class FakeEngine(SlotEngine):
+    many_choices = True  # n > 1: n scripted generations
+
     def __init__(self, model: str, script: FakeScript) -> None:
         super().__init__(model, ModelKind.CHAT, slots=script.slots, queue=script.queue)
         self.script = script

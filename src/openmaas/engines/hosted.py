@@ -143,6 +143,8 @@ class _HostModelFailed(Exception):
 
 
 class HostedEngine(OpenAIHttpEngine):
+    many_choices = True  # n > 1: n generations in the host, each a request of its own
+
     def __init__(self, model: str, config: HostedConfig) -> None:
         held = config.held
         super().__init__(

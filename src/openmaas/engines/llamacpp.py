@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openmaas.core.embeddings import check_token_ids
 from openmaas.core.errors import EngineFailure, InvalidRequest, PromptTooLong
 from openmaas.core.types import (
+    EmbeddingInput,
     EmbeddingRequest,
     EmbeddingResult,
     Finished,
@@ -69,11 +71,14 @@ class LlamaCppConfig:
 
 
 class LlamaCppEngine(SlotEngine):
+    many_choices = True  # n > 1: n generations in llama.cpp's parallel slots
+
     def __init__(self, model: str, config: LlamaCppConfig) -> None:
         super().__init__(model, config.kind, slots=config.slots, queue=config.queue)
         self._config = config
         self._server: Any = None
         self._tokenizer: Any = None
+        self._vocabulary: int | None = None  # embedding models: the vocabulary's size
         self._listener_key = secrets.token_urlsafe(32)
         # One thread per admitted request: llama.cpp queues beyond its slots itself.
         self._pool = ThreadPoolExecutor(
@@ -101,7 +106,20 @@ class LlamaCppEngine(SlotEngine):
         self._server = built.pop()
 
     def _build_into(self, built: list[Any]) -> None:
-        built.append(self._create_server())
+        server = self._create_server()
+        built.append(server)
+        if self._config.kind is ModelKind.EMBEDDING:  # what token-id inputs are checked by
+            self._vocabulary = self._read_vocabulary(server)
+
+    def _read_vocabulary(self, server: Any) -> int | None:
+        """The model's vocabulary size, as llama.cpp reads it from the GGUF (None when its
+        listener does not say)."""
+        try:
+            _wait_listening(server)
+            meta = self._listener("/v1/models", None, server)["data"][0]["meta"]
+            return int(meta["n_vocab"])
+        except (EngineFailure, OSError, KeyError, IndexError, TypeError, ValueError):
+            return None
 
     def _create_server(self) -> Any:
         import xllamacpp
@@ -249,14 +267,18 @@ class LlamaCppEngine(SlotEngine):
         )["tokens"]
         return len(tokens)
 
-    def _listener(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        address = urllib.parse.urlsplit(self._server.listening_address)
+    def _listener(
+        self, path: str, body: dict[str, Any] | None, server: Any = None
+    ) -> dict[str, Any]:
+        """POST ``body`` to ``path`` of the (loopback) listener of ``server`` (this engine's
+        by default), GET when ``body`` is None."""
+        address = urllib.parse.urlsplit((server or self._server).listening_address)
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
         try:
             connection.request(
-                "POST",
+                "GET" if body is None else "POST",
                 path,
-                json.dumps(body),
+                None if body is None else json.dumps(body),
                 {
                     "Authorization": f"Bearer {self._listener_key}",
                     "Content-Type": "application/json",
@@ -272,22 +294,25 @@ class LlamaCppEngine(SlotEngine):
         return payload  # type: ignore[no-any-return]
 
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        check_token_ids(request.inputs, self.model, self._vocabulary, self._config.context_per_slot)
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
             self._pool, self._embed_blocking, self._server, list(request.inputs)
         )
-        _raise_if_error(result)
+        _raise_if_error(result, param="input")
         data = sorted(result["data"], key=lambda item: item["index"])
         vectors = tuple(tuple(item["embedding"]) for item in data)
         prompt_tokens = int(result.get("usage", {}).get("prompt_tokens", 0))
         return EmbeddingResult(vectors, Usage(prompt_tokens=prompt_tokens))
 
-    def _embed_blocking(self, server: Any, texts: list[str]) -> dict[str, Any]:
-        """Tokenize (when a tokenizer is configured) and embed, on a worker thread."""
-        inputs: list[Any] = texts
-        if self._tokenizer is not None:
-            # llama.cpp takes token ids as they are (no special tokens added again).
-            inputs = [e.ids for e in self._tokenizer.encode_batch(texts)]
+    def _embed_blocking(self, server: Any, items: list[EmbeddingInput]) -> dict[str, Any]:
+        """Tokenize the texts (when a tokenizer is configured) and embed, on a worker thread.
+        llama.cpp takes token ids as they are (no special tokens added again)."""
+        inputs: list[Any] = [item if isinstance(item, str) else list(item) for item in items]
+        texts = [item for item in items if isinstance(item, str)]
+        if self._tokenizer is not None and texts:
+            encoded = iter(self._tokenizer.encode_batch(texts))
+            inputs = [next(encoded).ids if isinstance(item, str) else item for item in inputs]
         result: dict[str, Any] = server.handle_embeddings({"input": inputs, "model": self.model})
         return result
 
@@ -466,7 +491,7 @@ def _finish_reason(raw: str) -> FinishReason:
     return FinishReason.LENGTH if raw == "length" else FinishReason.STOP
 
 
-def _raise_if_error(item: dict[str, Any]) -> None:
+def _raise_if_error(item: dict[str, Any], param: str = "messages") -> None:
     error = item.get("error")
     if error is None and "code" in item and "message" in item:
         error = item
@@ -478,12 +503,12 @@ def _raise_if_error(item: dict[str, Any]) -> None:
         counts = error if isinstance(error, dict) else {}
         raise PromptTooLong(
             message,
-            param="messages",
+            param=param,
             prompt_tokens=_int_or_none(counts.get("n_prompt_tokens")),
             context_length=_int_or_none(counts.get("n_ctx")),
         )
     if code == 400:
-        raise InvalidRequest(message, param="messages")
+        raise InvalidRequest(message, param=param)
     raise EngineFailure(f"llama.cpp error: {message}")
 
 

@@ -72,6 +72,7 @@ from openmaas.engines.base import (
     ModelKind,
     SlotCounter,
     UsageTracker,
+    refuse_choices,
 )
 from openmaas.engines.upstream.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, Timeouts
 from openmaas.engines.upstream.openai_wire import ThinkingStyle
@@ -479,6 +480,7 @@ class ManagedVllmEngine:
 
     # -- serving -----------------------------------------------------------------------
     def stream(self, request: GenerationRequest) -> EngineStream:
+        refuse_choices(request, self.model)
         return self._slots.admitted_stream(
             self._health, lambda tracker: self._stream(request, tracker)
         )

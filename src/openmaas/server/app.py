@@ -23,6 +23,7 @@ from openmaas.server.routes import admin as admin_routes
 from openmaas.server.routes import anthropic as anthropic_routes
 from openmaas.server.routes import openai as openai_routes
 from openmaas.server.routes import platform as platform_routes
+from openmaas.server.routes import responses as responses_routes
 from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
@@ -88,6 +89,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(openai_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(platform_routes.router)
     app.include_router(admin_routes.router)
@@ -98,6 +100,7 @@ def create_app(
     install_openapi(
         app,
         openai_routes.BODY_MODELS
+        + responses_routes.BODY_MODELS
         + anthropic_routes.BODY_MODELS
         + zhipu_routes.BODY_MODELS
         + list(admin_routes.BODY_MODELS),

@@ -70,14 +70,19 @@ class Gateway:
         served = self.catalog.for_kind(request.model, ModelKind.CHAT)
         engine = served.engine
         started = self._clock.monotonic()
+        n = request.sampling.n  # n choices: n generations, each reading the prompt
+
+        async def count_prompt() -> int:
+            return n * await engine.count_prompt_tokens(request)
+
         ticket = await self.accountant.admit(
             principal,
             served.name,
             endpoint,
             request.request_id,
-            count_prompt=lambda: engine.count_prompt_tokens(request),
-            max_tokens=request.sampling.max_tokens,
-            context_length=served.context_length,
+            count_prompt=count_prompt,
+            max_tokens=_times(n, request.sampling.max_tokens),
+            context_length=_times(n, served.context_length),
         )
         request = replace(request, routing=replace(request.routing, data_policy=ticket.data_policy))
         try:
@@ -382,11 +387,16 @@ class Generation:
         return Outcome(usage, self._termination, self._ttft_ms, self._error, self._stream.route)
 
 
+def _times(n: int, tokens: int | None) -> int | None:
+    return None if tokens is None else n * tokens
+
+
 async def _embedding_token_bound(request: EmbeddingRequest, context: int | None) -> int:
     """At most this many tokens: a WordPiece or byte-level tokenizer makes no more tokens
-    than UTF-8 bytes, plus two special tokens, and each input is cut at the context."""
+    than UTF-8 bytes, plus two special tokens, and each input is cut at the context; token
+    ids are read as they are."""
     total = 0
-    for text in request.inputs:
-        tokens = len(text.encode()) + 2
+    for item in request.inputs:
+        tokens = len(item.encode()) + 2 if isinstance(item, str) else len(item)
         total += tokens if context is None else min(tokens, context)
     return total

@@ -178,3 +178,17 @@ async_jobs = Table(
     Column("instance_id", String(26), nullable=False),  # the process that runs it
     Index("ix_async_jobs_status_instance", "status", "instance_id"),  # the running ones
 )
+
+# -- responses (migration 0008) ---------------------------------------------------------
+
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(40), primary_key=True),  # "resp_" + the request id
+    Column("org_id", String(40), nullable=False),  # only this organization may read it
+    Column("key_id", String(40), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),  # JSON: the response object as it was answered
+    Column("items", Text, nullable=False),  # JSON: the conversation so far, input and output
+    Index("ix_responses_org", "org_id"),
+)

@@ -505,7 +505,9 @@ class OpenAIHttpEngine(SlotEngine):
         prompt = (result.get("usage") or {}).get("prompt_tokens")
         if isinstance(prompt, int):
             return EmbeddingResult(vectors, Usage(prompt_tokens=prompt))
-        estimate = await self._estimator().count_texts(list(request.inputs))
+        texts = [item for item in request.inputs if isinstance(item, str)]
+        estimate = await self._estimator().count_texts(texts)
+        estimate += sum(len(item) for item in request.inputs if not isinstance(item, str))
         return EmbeddingResult(vectors, Usage(prompt_tokens=estimate, estimated=True))
 
 

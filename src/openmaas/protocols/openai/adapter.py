@@ -59,8 +59,6 @@ def parse_body(raw: bytes, model: type[W]) -> W:
 def _common_sampling(
     body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
 ) -> SamplingParams:
-    if body.n not in (None, 1):
-        raise InvalidRequest("Only n=1 is supported.", param="n")
     stop: tuple[str, ...] = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
         max_tokens=max_tokens,
@@ -69,6 +67,7 @@ def _common_sampling(
         stop=stop,
         seed=body.seed,
         ignore_eos=body.ignore_eos,
+        n=body.n or 1,
     )
 
 
@@ -209,7 +208,9 @@ def completion_request(body: CompletionRequest, request_id: str) -> GenerationRe
 def embedding_request(
     body: EmbeddingRequestBody, request_id: str, native_dimensions: int | None
 ) -> EmbeddingRequest:
-    inputs = checked_inputs(body.input, body.model, body.dimensions, native_dimensions)
+    inputs = checked_inputs(
+        body.input, body.model, body.dimensions, native_dimensions, token_ids=True
+    )
     return EmbeddingRequest(request_id, body.model, inputs, body.user)
 
 
@@ -227,26 +228,25 @@ def usage_json(usage: Usage) -> dict[str, Any]:
 
 
 def chat_completion(request_id: str, model: str, created: int, answer: Assembler) -> dict[str, Any]:
+    """The chat completion, one choice per ``n``; its usage sums them all."""
     assert answer.finished is not None
-    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
-    if answer.reasoning is not None:
-        message["reasoning_content"] = answer.reasoning
-    if answer.tool_calls:
-        message["content"] = answer.text or None
-        message["tool_calls"] = [tool_call_json(call) for call in answer.tool_calls]
+    choices = []
+    for index, (choice, reason) in enumerate(answer.choices):
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+        if choice.reasoning is not None:
+            message["reasoning_content"] = choice.reasoning
+        if choice.tool_calls:
+            message["content"] = choice.text or None
+            message["tool_calls"] = [tool_call_json(call) for call in choice.tool_calls]
+        choices.append(
+            {"index": index, "message": message, "finish_reason": reason.value, "logprobs": None}
+        )
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": answer.finished.reason.value,
-                "logprobs": None,
-            }
-        ],
+        "choices": choices,
         "usage": usage_json(answer.finished.usage),
     }
 
@@ -267,12 +267,8 @@ def text_completion(request_id: str, model: str, created: int, answer: Assembler
         "created": created,
         "model": model,
         "choices": [
-            {
-                "index": 0,
-                "text": answer.text,
-                "finish_reason": answer.finished.reason.value,
-                "logprobs": None,
-            }
+            {"index": index, "text": choice.text, "finish_reason": reason.value, "logprobs": None}
+            for index, (choice, reason) in enumerate(answer.choices)
         ],
         "usage": usage_json(answer.finished.usage),
     }
@@ -296,5 +292,12 @@ def embeddings(model: str, result: EmbeddingResult, encoding: str) -> dict[str, 
     }
 
 
-def model_card(name: str, owned_by: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+def model_card(
+    name: str, owned_by: str, created: int, context_length: int | None = None
+) -> dict[str, Any]:
+    """A model as ``/v1/models`` lists it; ``context_length`` (as OpenRouter, LM Studio and
+    others name it) is the tokens one request may read and write together, when known."""
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+    if context_length is not None:
+        card["context_length"] = context_length
+    return card

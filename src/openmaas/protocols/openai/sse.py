@@ -17,7 +17,8 @@ def frame(payload: dict[str, Any]) -> bytes:
 
 
 class ChunkWriter:
-    """Builds the frames of one streamed response, chat or text completion."""
+    """Builds the frames of one streamed response, chat or text completion; with ``n`` > 1
+    each chunk's choice ``index`` says which choice it continues."""
 
     __slots__ = ("_base", "_chat", "_include_usage", "_started")
 
@@ -26,7 +27,7 @@ class ChunkWriter:
     ) -> None:
         self._chat = chat
         self._include_usage = include_usage
-        self._started = False
+        self._started: set[int] = set()  # the choices whose role chunk was sent
         self._base = {
             "id": request_id,
             "object": "chat.completion.chunk" if chat else "text_completion",
@@ -40,25 +41,29 @@ class ChunkWriter:
             payload["usage"] = None
         return frame(payload)
 
-    def _role(self) -> bytes:
-        """Chat streams open with the assistant's role, once."""
-        if not self._chat or self._started:
+    def _role(self, choice: int = 0) -> bytes:
+        """Chat streams open each choice with the assistant's role, once."""
+        if not self._chat or choice in self._started:
             return b""
-        self._started = True
+        self._started.add(choice)
         return self._chunk(
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            {"index": choice, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         )
 
     def delta(self, event: TextDelta) -> bytes:
         if not self._chat:
-            return self._chunk({"index": 0, "text": event.text, "finish_reason": None})
-        return self._role() + self._chunk(
-            {"index": 0, "delta": {"content": event.text}, "finish_reason": None}
+            return self._chunk({"index": event.choice, "text": event.text, "finish_reason": None})
+        return self._role(event.choice) + self._chunk(
+            {"index": event.choice, "delta": {"content": event.text}, "finish_reason": None}
         )
 
     def reasoning(self, event: ReasoningDelta) -> bytes:
-        return self._role() + self._chunk(
-            {"index": 0, "delta": {"reasoning_content": event.text}, "finish_reason": None}
+        return self._role(event.choice) + self._chunk(
+            {
+                "index": event.choice,
+                "delta": {"reasoning_content": event.text},
+                "finish_reason": None,
+            }
         )
 
     def tool_call(self, event: ToolCallDelta) -> bytes:
@@ -70,8 +75,8 @@ class ChunkWriter:
         if event.name is not None:
             function["name"] = event.name
         call["function"] = function
-        return self._role() + self._chunk(
-            {"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}
+        return self._role(event.choice) + self._chunk(
+            {"index": event.choice, "delta": {"tool_calls": [call]}, "finish_reason": None}
         )
 
     def event(self, event: TextDelta | ReasoningDelta | ToolCallDelta | Finished) -> bytes:
@@ -85,11 +90,14 @@ class ChunkWriter:
         return self.finish(event)
 
     def finish(self, event: Finished) -> bytes:
-        reason = event.reason.value
-        if self._chat:
-            out = self._role() + self._chunk({"index": 0, "delta": {}, "finish_reason": reason})
-        else:
-            out = self._chunk({"index": 0, "text": "", "finish_reason": reason})
+        out = b""
+        for index, reason in enumerate(event.choices or (event.reason,)):
+            if self._chat:
+                out += self._role(index) + self._chunk(
+                    {"index": index, "delta": {}, "finish_reason": reason.value}
+                )
+            else:
+                out += self._chunk({"index": index, "text": "", "finish_reason": reason.value})
         if self._include_usage:
             out += frame({**self._base, "choices": [], "usage": usage_json(event.usage)})
         return out + DONE

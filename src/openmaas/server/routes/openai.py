@@ -83,7 +83,10 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     state = app_state(request)
     await authenticate(request, state)
-    cards = [adapter.model_card(m.name, m.owned_by, m.created) for m in state.catalog.list()]
+    cards = [
+        adapter.model_card(m.name, m.owned_by, m.created, m.context_length)
+        for m in state.catalog.list()
+    ]
     return json_response({"object": "list", "data": cards})
 
 
@@ -92,7 +95,8 @@ async def get_model(model_id: str, request: Request) -> Response:
     state = app_state(request)
     await authenticate(request, state)
     model = state.catalog.get(model_id)
-    return json_response(adapter.model_card(model.name, model.owned_by, model.created))
+    card = adapter.model_card(model.name, model.owned_by, model.created, model.context_length)
+    return json_response(card)
 
 
 B = TypeVar("B", ChatCompletionRequest, CompletionRequest)
