@@ -410,8 +410,8 @@ async def test_a_client_gone_during_admission_leaves_no_hold(rig: Rig) -> None:
     """The hold commits, then the caller is cancelled before it hears back: it is released."""
 
     class SlowToAnswer(LedgerStore):
-        async def execute(self, command, *, also=None):  # type: ignore[no-untyped-def]
-            events = await super().execute(command, also=also)
+        async def execute(self, command, **writes):  # type: ignore[no-untyped-def]
+            events = await super().execute(command, **writes)
             if isinstance(command, Hold):
                 placed.set()
                 # Committed, and slow to answer: the caller is cancelled while it waits.

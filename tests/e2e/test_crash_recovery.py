@@ -381,7 +381,12 @@ async def test_a_second_process_starting_does_not_recover_live_requests(
             second.stop()
     assert response.status_code == 200, response.text
     request_id = response.headers["x-request-id"]
-    books = await read_books(live, org)
+
+    async def leases_back() -> Books | None:  # the live server's lease, idle, comes back
+        found = await read_books(live, org)
+        return found if not found.open_leases else None
+
+    books = await eventually(leases_back, timeout=30, what="the live server's idle lease back")
     record = books.usage[request_id]
     assert (record["termination"], record["completion_tokens"]) == ("length", 150)
     assert record["cost_micros"] == cost_of(PROMPT_TOKENS, 150)

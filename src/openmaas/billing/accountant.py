@@ -66,11 +66,11 @@ from openmaas.core.usage import UsageRecord
 from openmaas.store.billing import (
     InFlight,
     OrgTerms,
-    admit_inflight,
     checkpoint,
     forget_inflight,
     forget_recovered,
     inflight_owners,
+    inflight_row,
     load_inflight,
     load_org_terms,
     load_owned_inflight,
@@ -80,7 +80,9 @@ from openmaas.store.billing import (
 from openmaas.store.changes import Change
 from openmaas.store.instance import Liveness
 from openmaas.store.ledger import LedgerStore
-from openmaas.store.repositories import insert_usage
+from openmaas.store.repositories import insert_usage, usage_rows
+from openmaas.store.rows import Delete, Insert
+from openmaas.store.schema import inflight
 
 log = logging.getLogger("openmaas.billing")
 
@@ -353,12 +355,11 @@ class Accountant:
             return ticket
         hold = Hold(request_id, principal.org_id, quote, now_ms, budget_scopes)
 
-        async def remember(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
-            if events:  # the hold and its in-flight row commit together
-                await admit_inflight(conn, request)
+        def remember(events: tuple[Event, ...]) -> tuple[Insert, ...]:
+            return (inflight_row(request),) if events else ()  # committed with the hold
 
         try:
-            await self.ledger.execute(hold, also=remember)
+            await self.ledger.execute(hold, rows=remember)
         except BaseException:  # refused; or placed, and then the caller went away
             await self.cancel(ticket)
             raise
@@ -501,13 +502,14 @@ class Accountant:
         request = ticket.request
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
-            if usage is None:
-                await admit_inflight(conn, request)
-            else:
+            if usage is not None:
                 await checkpoint(conn, request.request_id, usage, at_ms)
 
         try:
-            await self.ledger.write(write)
+            if usage is None:  # admitted: the row, in a multi-row insert with others
+                await self.ledger.write(rows=lambda _: (inflight_row(request),))
+            else:
+                await self.ledger.write(write)
         except Exception:  # a missed checkpoint costs at most the interval on a crash
             log.exception("failed to checkpoint request %s", ticket.request.request_id)
 
@@ -538,15 +540,15 @@ class Accountant:
         decision = billable_usage(record.termination, record.usage)
         settled = [record]
 
-        async def write(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+        def write(events: tuple[Event, ...]) -> tuple[Insert | Delete, ...]:
             resolved = next((e for e in events if isinstance(e, HoldResolved)), None)
             if resolved is None:
-                return  # settled before: its usage record was written with it
+                return ()  # settled before: its usage record was written with it
             currency = self.ledger.ledger.orgs[record.org_id].currency
             settled[0] = replace(record, cost=Money(resolved.charged, currency))
-            await insert_usage(conn, settled[0])
+            return usage_rows(settled[0])
 
-        await self.ledger.execute(Settle(record.request_id, decision.usage), also=write)
+        await self.ledger.execute(Settle(record.request_id, decision.usage), rows=write)
         return settled[0]
 
     async def _spend(
@@ -563,15 +565,15 @@ class Accountant:
         )  # fmt: skip
         settled = [record]
 
-        async def write(conn: AsyncConnection, events: tuple[Event, ...]) -> None:
+        def write(events: tuple[Event, ...]) -> tuple[Insert | Delete, ...]:
             spent = next((e for e in events if isinstance(e, LeaseSpent)), None)
             if spent is None:
-                return  # settled before: its usage record was written with it
+                return ()  # settled before: its usage record was written with it
             currency = self.ledger.ledger.orgs[record.org_id].currency
             settled[0] = replace(record, cost=Money(spent.charged, currency))
-            await insert_usage(conn, settled[0])
+            return usage_rows(settled[0])
 
-        await self.ledger.execute(command, also=write)
+        await self.ledger.execute(command, rows=write)
         if self._leases is not None:
             await self._shrink(self._leases.release(record.request_id))
         return settled[0]
@@ -579,24 +581,21 @@ class Accountant:
     async def _append(self, record: UsageRecord) -> None:
         """An unpriced request's usage record, group-committed with other billing writes."""
 
-        async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
-            await insert_usage(conn, record)
-
-        await self.ledger.write(write)
+        await self.ledger.write(rows=lambda _: usage_rows(record))
 
     async def cancel(self, ticket: Ticket) -> None:
         """The engine never saw the request: release the hold and the limits."""
         request_id = ticket.request.request_id
 
-        async def forget(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
-            await forget_inflight(conn, request_id)
+        def forget(_events: tuple[Event, ...]) -> tuple[Delete, ...]:
+            return (Delete(inflight.c.request_id, request_id),)
 
         try:
             await self._stop_checkpoints(ticket)
             if ticket.held and request_id in self.ledger.ledger.holds:
-                await self.ledger.execute(Release(request_id), also=forget)
+                await self.ledger.execute(Release(request_id), rows=forget)
             elif ticket.pending is not None:  # an unpriced or leased request's row
-                await self.ledger.write(forget)
+                await self.ledger.write(rows=forget)
             if ticket.leased and self._leases is not None:
                 await self._shrink(self._leases.release(request_id))
         finally:

@@ -16,6 +16,7 @@ from openmaas.core.money import Currency
 from openmaas.core.prices import ModelPrice, PriceCatalog
 from openmaas.core.tiers import Limits, Tier
 from openmaas.core.types import DataPolicy, Usage
+from openmaas.store.rows import Insert
 from openmaas.store.schema import (
     api_keys,
     inflight,
@@ -197,8 +198,14 @@ class InFlight:
 
 async def admit_inflight(conn: AsyncConnection, request: InFlight) -> None:
     """The request's row, as it is admitted: nothing counted yet, owned by its instance."""
-    await conn.execute(
-        insert(inflight).values(
+    await conn.execute(insert(inflight), [inflight_row(request).row])
+
+
+def inflight_row(request: InFlight) -> Insert:
+    """The request's row, as it is admitted, for a group-committed batch."""
+    return Insert(
+        inflight,
+        dict(
             request_id=request.request_id,
             key_id=request.key_id,
             org_id=request.org_id,
@@ -213,7 +220,7 @@ async def admit_inflight(conn: AsyncConnection, request: InFlight) -> None:
             instance_id=request.instance_id,
             lease_id=request.lease_id,
             reserved_micros=request.reserved_micros,
-        )
+        ),
     )
 
 

@@ -10,9 +10,11 @@ commands are waiting at that moment (group commit; each keeps its own outcome):
 3. ``Ledger.decide`` each command on the state the previous ones left (pure; a refusal
    answers that command alone, having written nothing);
 4. append the events to ``ledger_events`` (``idempotency_key`` UNIQUE: request id, top-up
-   id, pack id ...), their transfers to ``ledger_entries``, and run each command's ``also``
-   (e.g. the usage record of the request being settled, an audit row) on the same
-   connection;
+   id, pack id ...), their transfers to ``ledger_entries``, run each command's ``also``
+   (e.g. an audit row) on the same connection, and write the rows each command's ``rows``
+   gives (e.g. the usage record of the request being settled, the deletion of its in-flight
+   row): one multi-row ``INSERT`` per table for the whole batch, then one ``DELETE`` per
+   table;
 5. commit, then answer each caller. If anything fails before the commit, the transaction
    rolls back and its commands are retried one by one, so only the culprit fails.
 
@@ -24,7 +26,7 @@ DELETE). Balances are derived: the in-memory ``Ledger`` is a cache of the event 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -54,12 +56,19 @@ from openmaas.core.ledger_events import (
     TopUp,
 )
 from openmaas.core.money import Currency
+from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
 
 EVENT = TypeAdapter(Annotated[Event, Field(discriminator="kind")])
 
 Also = Callable[[AsyncConnection, tuple[Event, ...]], Awaitable[None]]
 """Extra writes that commit or roll back with a command's events."""
+
+
+Rows = Callable[[tuple[Event, ...]], Iterable[Insert | Delete]]
+"""Rows a command adds or deletes with its events (given the events, ``()`` for a repeat),
+written together with every other command's of the batch: the hot path's writes. A batch
+must not insert and delete the same row (the inserts are written first)."""
 
 
 def idempotency_key(event: Event) -> str | None:
@@ -92,7 +101,7 @@ class LedgerStore:
     processes may write the same database at the same time (they serialize on the lock)."""
 
     def __init__(
-        self, engine: AsyncEngine, now_ms: Callable[[], int], *, max_batch: int = 64
+        self, engine: AsyncEngine, now_ms: Callable[[], int], *, max_batch: int = 256
     ) -> None:
         self._engine = engine
         self._now_ms = now_ms
@@ -115,22 +124,27 @@ class LedgerStore:
                 await self._catch_up(conn)
         return self._ledger
 
-    async def execute(self, command: Command, *, also: Also | None = None) -> tuple[Event, ...]:
+    async def execute(
+        self, command: Command, *, also: Also | None = None, rows: Rows | None = None
+    ) -> tuple[Event, ...]:
         """Decide and persist ``command`` atomically; returns its events (``()`` when it was
         a repeat). Raises the ledger's refusal (e.g. ``InsufficientBalance``) having
         written nothing, not even ``also``'s rows. An organization the ledger has not seen
         yet is opened first, in the currency of its row. A caller cancelled meanwhile gets
         its ``CancelledError`` only once the command has finished (committed and applied, or
         rolled back), so the state it then reads is settled."""
-        return await finish_despite_cancellation(self._submit(command, also))
+        return await finish_despite_cancellation(self._submit(command, also, rows))
 
-    async def write(self, also: Also) -> None:
-        """Run ``also`` (writes with no ledger command: a usage record, a checkpoint) in the
-        next group-committed transaction; it shares the commit of whatever waits with it."""
-        await finish_despite_cancellation(self._submit(None, also))
+    async def write(self, also: Also | None = None, *, rows: Rows | None = None) -> None:
+        """Run ``also`` and write ``rows`` (writes with no ledger command: a usage record, a
+        checkpoint) in the next group-committed transaction; it shares the commit of
+        whatever waits with it."""
+        await finish_despite_cancellation(self._submit(None, also, rows))
 
-    async def _submit(self, command: Command | None, also: Also | None) -> tuple[Event, ...]:
-        job = _Job(command, also, asyncio.get_running_loop().create_future())
+    async def _submit(
+        self, command: Command | None, also: Also | None, rows: Rows | None
+    ) -> tuple[Event, ...]:
+        job = _Job(command, also, rows, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
@@ -173,9 +187,16 @@ class LedgerStore:
                             appended.append((self._seq, event))
                     if appended:
                         await self._append(conn, appended)
+                    writes: list[Insert | Delete] = []
                     for job, outcome in zip(batch, outcomes, strict=True):
-                        if job.also is not None and not isinstance(outcome, Exception):
+                        if isinstance(outcome, Exception):
+                            continue
+                        if job.also is not None:
                             await job.also(conn, outcome)
+                        if job.rows is not None:
+                            writes.extend(job.rows(outcome))
+                    if writes:
+                        await write_rows(conn, writes)
             except BaseException:
                 if appended:  # applied in memory, never committed: start over from the log
                     self._ledger, self._seq = Ledger(), 0
@@ -268,8 +289,9 @@ class LedgerStore:
 
 @dataclass(slots=True)
 class _Job:
-    command: Command | None  # None: only ``also``
+    command: Command | None  # None: only ``also`` and ``rows``
     also: Also | None
+    rows: Rows | None
     future: asyncio.Future[tuple[Event, ...]]
 
     def settle(self, outcome: tuple[Event, ...] | BaseException) -> None:

@@ -14,6 +14,7 @@ from openmaas.core.errors import InvalidRequest, NotFound
 from openmaas.core.keys import NewKey
 from openmaas.core.money import Currency, Money
 from openmaas.core.usage import UsageRecord, UsageTotal
+from openmaas.store.rows import Delete, Insert
 from openmaas.store.schema import api_keys, inflight, organizations, usage_records
 
 
@@ -204,6 +205,15 @@ def usage_row(record: UsageRecord) -> dict[str, object]:
         "upstream_cost_micros": None if upstream is None else upstream.micros,
         "upstream_currency": None if upstream is None else upstream.currency.value,
     }
+
+
+def usage_rows(record: UsageRecord) -> tuple[Insert | Delete, ...]:
+    """The usage record, and the deletion of the request's in-flight checkpoint (the record
+    now says how it ended), for a group-committed batch (``store/rows.py``)."""
+    return (
+        Insert(usage_records, usage_row(record)),
+        Delete(inflight.c.request_id, record.request_id),
+    )
 
 
 async def insert_usage(conn: AsyncConnection, record: UsageRecord) -> None:
