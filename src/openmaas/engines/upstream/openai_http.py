@@ -237,10 +237,15 @@ class OpenAIHttpEngine(SlotEngine):
             body = completion_body(request, cfg.upstream_model)
         path = "/chat/completions" if chat else "/completions"
         tracker.estimated = True
-        # The prompt's estimate is made beside the request (a long prompt takes a thread a
-        # while); it stands until the upstream's usage arrives.
-        estimate = asyncio.ensure_future(tokens.prompt(request))
-        estimate.add_done_callback(functools.partial(_take_estimate, tracker))
+        # The prompt's estimate stands until the upstream's usage arrives. A short prompt is
+        # counted now; a long one beside the request (it takes a thread a while).
+        estimate: asyncio.Future[int] | None = None
+        counted = tokens.prompt_now(request)
+        if counted is not None:
+            tracker.prompt_tokens = counted
+        else:
+            estimate = asyncio.ensure_future(tokens.prompt(request))
+            estimate.add_done_callback(functools.partial(_take_estimate, tracker))
         clock = asyncio.get_running_loop().time
         deadline = _Deadlines(self.config.timeouts, clock())
         upstream_said: Money | None = None  # a cost the upstream reported
@@ -308,7 +313,7 @@ class OpenAIHttpEngine(SlotEngine):
                     "upstream reported no usage; the counts are estimated",
                     extra={"model": self.model, "deployment": self.deployment},
                 )
-            if not estimate.done():
+            if estimate is not None and not estimate.done():
                 await asyncio.wait({estimate})
             finished = Finished(reason, usage_of(tracker, reasoning_tokens))
             tracker.upstream_cost = self._cost(finished.usage, upstream_said)
@@ -319,7 +324,7 @@ class OpenAIHttpEngine(SlotEngine):
                 # already; closing an unfinished one closes its connection: the upstream sees
                 # the disconnect and stops generating.
                 response.close()
-            if not estimate.done():
+            if estimate is not None and not estimate.done():
                 if tracker.estimated:  # a broken stream is billed on the estimate
                     await asyncio.wait({estimate})
                 else:
