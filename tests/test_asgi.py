@@ -4,12 +4,14 @@ cleans up, the caller gets None, and no cancellation is left behind for what run
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
 from starlette.requests import Request
 
 from openmaas.asgi import unless_disconnected
+from openmaas.server.responses import EventStreamResponse
 
 
 class Client:
@@ -80,3 +82,50 @@ async def test_the_caller_s_own_cancellation_is_not_swallowed() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_an_event_stream_cut_by_the_client_closes_its_frames() -> None:
+    client = Client()
+    sent: list[MutableMapping[str, Any]] = []
+    closed = asyncio.Event()
+
+    async def frames() -> Any:
+        try:
+            yield b"data: 1\n\n"
+            await asyncio.sleep(3600)  # the engine is slow to produce the next frame
+            yield b"data: 2\n\n"
+        finally:
+            closed.set()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+        if message.get("body") == b"data: 1\n\n":
+            client.left.set()
+
+    response = EventStreamResponse(frames())
+    await response({"type": "http"}, client.receive, send)
+    assert closed.is_set()
+    assert [m.get("body") for m in sent] == [None, b"data: 1\n\n"]
+    assert dict(sent[0]["headers"])[b"content-type"] == b"text/event-stream; charset=utf-8"
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_an_event_stream_sent_whole_ends_with_an_empty_last_body() -> None:
+    client = Client()
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def frames() -> Any:
+        yield b"data: 1\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await EventStreamResponse(frames())({"type": "http"}, client.receive, send)
+    assert [(m.get("body"), m.get("more_body")) for m in sent] == [
+        (None, None),
+        (b"data: 1\n\n", True),
+        (b"data: [DONE]\n\n", True),
+        (b"", False),
+    ]
+    assert (b"cache-control", b"no-cache") in sent[0]["headers"]
