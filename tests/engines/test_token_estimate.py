@@ -26,18 +26,22 @@ def tokens_of(estimator: TokenEstimator, text: str) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def test_a_delta_counts_as_the_tokenizer_counts_it_every_time(estimator: TokenEstimator) -> None:
-    for _ in range(3):  # counted, then remembered
-        assert [estimator.count(d) for d in DELTAS] == [tokens_of(estimator, d) for d in DELTAS]
-    long = "A longer text than any remembered one, counted each time."
-    assert estimator.count(long) == tokens_of(estimator, long)
+MESSAGES = ["You are a helpful assistant.", "Say hello and ask how I am, in a few words. " * 20]
+
+
+def test_a_text_counts_as_the_tokenizer_counts_it_every_time(estimator: TokenEstimator) -> None:
+    texts = DELTAS + MESSAGES + ["x" * (token_estimate._INLINE_CHARS + 1)]
+    for _ in range(3):  # counted, then remembered (the longest one never is)
+        assert [estimator.count(t) for t in texts] == [tokens_of(estimator, t) for t in texts]
 
 
 def test_remembered_counts_stay_bounded(estimator: TokenEstimator) -> None:
     fresh = TokenEstimator(estimator._tokenizer)
     for n in range(3 * token_estimate._REMEMBERED_TEXTS):
         fresh.count(f"w{n}")
-    assert len(fresh._remembered) <= token_estimate._REMEMBERED_TEXTS
+        fresh.count(f"a message of more than sixteen characters, number {n}")
+    assert len(fresh._short) <= token_estimate._REMEMBERED_TEXTS
+    assert len(fresh._long) <= token_estimate._REMEMBERED_TEXTS
     assert fresh.count("w1") == tokens_of(estimator, "w1")
 
 
