@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -216,11 +216,18 @@ def usage_rows(record: UsageRecord) -> tuple[Insert | Delete, ...]:
     )
 
 
+# Built once: a statement built per call (``.values(**row)``, ``== request_id``) costs more
+# CPU in SQLAlchemy than executing it (docs/benchmarks.md); with bound parameters the
+# compiled form is reused.
+_INSERT_USAGE = insert(usage_records)
+_FORGET_INFLIGHT = delete(inflight).where(inflight.c.request_id == bindparam("request_id"))
+
+
 async def insert_usage(conn: AsyncConnection, record: UsageRecord) -> None:
     """Insert one usage record on ``conn`` (in the caller's transaction) and forget the
     request's in-flight checkpoint: the record now says how it ended."""
-    await conn.execute(insert(usage_records).values(**usage_row(record)))
-    await conn.execute(delete(inflight).where(inflight.c.request_id == record.request_id))
+    await conn.execute(_INSERT_USAGE, usage_row(record))
+    await conn.execute(_FORGET_INFLIGHT, {"request_id": record.request_id})
 
 
 class UsageRepository:

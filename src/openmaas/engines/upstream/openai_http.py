@@ -29,6 +29,11 @@ connect / first token / idle / total timeout   ``EngineTimeout(phase, seconds)``
 
 The API key is sent as ``Authorization: Bearer …`` and is never logged, never in a repr and
 never in an error message (upstream error text is scrubbed of it).
+
+The HTTP client is aiohttp (one ``ClientSession`` per engine, its pool capped at ``slots``
+keep-alive connections; no proxy or credentials from the environment, no redirects, TLS
+verified against certifi's CA bundle). It replaced httpx, whose connection pool checked
+every pooled connection on every request: ``docs/benchmarks.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from openmaas.core.errors import (
@@ -154,7 +160,7 @@ class OpenAIHttpEngine(SlotEngine):
         self.deployment = config.deployment or model
         self._base = config.base_url.rstrip("/")
         self._where = _safe_url(self._base)
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._tokens: TokenEstimator | None = None
 
     def __repr__(self) -> str:
@@ -167,17 +173,23 @@ class OpenAIHttpEngine(SlotEngine):
     async def _load(self) -> None:
         cfg = self.config
         self._tokens = await asyncio.to_thread(TokenEstimator.load, cfg.tokenizer_path)
+        tls = None
+        if not cfg.uds and self._base.startswith("https:"):  # reading the CAs takes a while
+            tls = await asyncio.to_thread(_tls_context)
         headers = dict(cfg.headers)
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
-        limits = httpx.Limits(max_connections=cfg.slots, max_keepalive_connections=cfg.slots)
-        self._client = httpx.AsyncClient(
+        connector: aiohttp.BaseConnector
+        if cfg.uds:
+            connector = aiohttp.UnixConnector(path=cfg.uds, limit=cfg.slots)
+        else:
+            connector = aiohttp.TCPConnector(limit=cfg.slots, ssl=tls if tls is not None else True)
+        self._client = aiohttp.ClientSession(
             headers=headers,
-            limits=limits,
-            transport=httpx.AsyncHTTPTransport(uds=cfg.uds, limits=limits) if cfg.uds else None,
-            # Reads are bounded by our own first-token / idle / total deadlines.
-            timeout=httpx.Timeout(connect=cfg.timeouts.connect, read=None, write=None, pool=None),
-            follow_redirects=False,  # the only outbound URLs are the catalog's
+            connector=connector,
+            # Waiting for a pooled connection has no limit (the slots bound the waiters);
+            # reads are bounded by our own first-token / idle / total deadlines.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeouts.connect),
             trust_env=False,  # no proxy or netrc credentials picked up from the environment
         )
         if cfg.probe_models:
@@ -191,21 +203,22 @@ class OpenAIHttpEngine(SlotEngine):
         client = self._ready()
         try:
             async with asyncio.timeout(self.config.timeouts.total):
-                response = await client.get(f"{self._base}/models")
-        except (httpx.HTTPError, TimeoutError) as exc:
+                async with client.get(f"{self._base}/models", allow_redirects=False) as response:
+                    status, raw, headers = response.status, await response.read(), response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(
                 f"Upstream {self._where} did not answer GET /models ({type(exc).__name__}).",
                 deployment=self.deployment,
             ) from None
-        if response.status_code != 200:
-            raise self._status_error(response.status_code, response.content, response.headers)
+        if status != 200:
+            raise self._status_error(status, raw, headers)
 
     async def _unload(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await client.close()
 
-    def _ready(self) -> httpx.AsyncClient:
+    def _ready(self) -> aiohttp.ClientSession:
         if self._client is None:
             raise EngineFailure(f"The engine for {self.model!r} is not loaded.")
         return self._client
@@ -224,21 +237,25 @@ class OpenAIHttpEngine(SlotEngine):
             body = completion_body(request, cfg.upstream_model)
         path = "/chat/completions" if chat else "/completions"
         tracker.estimated = True
-        # The prompt's estimate is made beside the request (a long prompt takes a thread a
-        # while); it stands until the upstream's usage arrives.
-        estimate = asyncio.ensure_future(tokens.prompt(request))
-        estimate.add_done_callback(functools.partial(_take_estimate, tracker))
+        # The prompt's estimate stands until the upstream's usage arrives. A short prompt is
+        # counted now; a long one beside the request (it takes a thread a while).
+        estimate: asyncio.Future[int] | None = None
+        counted = tokens.prompt_now(request)
+        if counted is not None:
+            tracker.prompt_tokens = counted
+        else:
+            estimate = asyncio.ensure_future(tokens.prompt(request))
+            estimate.add_done_callback(functools.partial(_take_estimate, tracker))
         clock = asyncio.get_running_loop().time
         deadline = _Deadlines(self.config.timeouts, clock())
         upstream_said: Money | None = None  # a cost the upstream reported
         reasoning_tokens = 0  # estimated until the usage chunk says
         finished: Finished | None = None
-        response: httpx.Response | None = None
-        chunks: AsyncIterator[bytes] | None = None
+        response: aiohttp.ClientResponse | None = None
         try:
             response = await self._open(client, path, body, deadline, self._headers_for(request))
             decoder = SseDecoder()
-            chunks = response.aiter_bytes()
+            content = response.content
             reason: FinishReason | None = None
             usage_seen = done = False
             drain_at: float | None = None  # after [DONE]: how long to wait for the body's end
@@ -248,22 +265,23 @@ class OpenAIHttpEngine(SlotEngine):
                     at = drain_at if at is None else min(at, drain_at)
                 try:
                     if at is None:
-                        data = await chunks.__anext__()
+                        data = await content.readany()
                     else:
                         async with asyncio.timeout_at(at):
-                            data = await chunks.__anext__()
-                    payloads = decoder.feed(data)
-                except StopAsyncIteration:
-                    payloads = decoder.flush()
-                    done = True
+                            data = await content.readany()
                 except TimeoutError:
                     if reason is not None or drain_at is not None:
                         break  # the answer is complete; only the usage or the body's end is late
                     raise EngineTimeout(phase, deadline.seconds(phase)) from None
-                except httpx.TransportError as exc:
+                except aiohttp.ClientError as exc:
                     if reason is not None:
                         break
                     raise self._cut(deadline.first_token_seen, exc) from None
+                if data:
+                    payloads = decoder.feed(data)
+                else:  # the body's end
+                    payloads = decoder.flush()
+                    done = True
                 for payload in payloads:
                     if payload == b"[DONE]":
                         # Read on to the body's end (normally at once), so that the
@@ -295,19 +313,18 @@ class OpenAIHttpEngine(SlotEngine):
                     "upstream reported no usage; the counts are estimated",
                     extra={"model": self.model, "deployment": self.deployment},
                 )
-            if not estimate.done():
+            if estimate is not None and not estimate.done():
                 await asyncio.wait({estimate})
             finished = Finished(reason, usage_of(tracker, reasoning_tokens))
             tracker.upstream_cost = self._cost(finished.usage, upstream_said)
             yield finished
         finally:
-            if chunks is not None:
-                await chunks.aclose()  # type: ignore[attr-defined]
             if response is not None:
-                # Closing an unfinished response closes its connection: the upstream sees the
-                # disconnect and stops generating.
-                await response.aclose()
-            if not estimate.done():
+                # A response read to its end has given its connection back to the pool
+                # already; closing an unfinished one closes its connection: the upstream sees
+                # the disconnect and stops generating.
+                response.close()
+            if estimate is not None and not estimate.done():
                 if tracker.estimated:  # a broken stream is billed on the estimate
                     await asyncio.wait({estimate})
                 else:
@@ -332,42 +349,41 @@ class OpenAIHttpEngine(SlotEngine):
 
     async def _open(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         path: str,
         body: dict[str, Any],
         deadline: _Deadlines,
         headers: Mapping[str, str],
-    ) -> httpx.Response:
-        request = client.build_request(
-            "POST",
-            self._base + path,
-            content=orjson.dumps(body),
-            headers={
-                "Content-Type": "application/json",
-                "Accept": "text/event-stream",
-                **headers,
-            },
-        )
+    ) -> aiohttp.ClientResponse:
         at, phase = deadline.next()
-        response: httpx.Response | None = None
+        response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout_at(at):
-                response = await client.send(request, stream=True)
-                if response.status_code == 200:
+                response = await client.post(
+                    self._base + path,
+                    data=orjson.dumps(body),
+                    headers={
+                        "Content-Type": "application/json",
+                        "Accept": "text/event-stream",
+                        **headers,
+                    },
+                    allow_redirects=False,  # the only outbound URLs are the catalog's
+                )
+                if response.status == 200:
                     return response
                 raw = await _read_limited(response)
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: before the next clause
+            raise EngineTimeout("connect", self.config.timeouts.connect or 0.0) from None
         except TimeoutError:
             if response is not None:
-                await response.aclose()
+                response.close()
             raise EngineTimeout(phase, deadline.seconds(phase)) from None
-        except httpx.ConnectTimeout:
-            raise EngineTimeout("connect", self.config.timeouts.connect or 0.0) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             if response is not None:
-                await response.aclose()
+                response.close()
             raise self._unavailable(f"connection failed ({_describe(exc)})") from None
-        await response.aclose()
-        raise self._status_error(response.status_code, raw, response.headers)
+        response.release()
+        raise self._status_error(response.status, raw, response.headers)
 
     def _parse(self, payload: bytes, after_first_token: bool) -> dict[str, Any]:
         try:
@@ -381,7 +397,7 @@ class OpenAIHttpEngine(SlotEngine):
             status = error_status(error)
             message = self._scrub(error_text(error))
             if not after_first_token and status is not None:
-                raise self._status_error(status, orjson.dumps(chunk), httpx.Headers())
+                raise self._status_error(status, orjson.dumps(chunk), {})
             raise EngineFailure(f"Upstream {self._where} sent an error mid-stream: {message}")
         return chunk
 
@@ -402,9 +418,7 @@ class OpenAIHttpEngine(SlotEngine):
             status=status,
         )
 
-    def _status_error(
-        self, status: int, raw: bytes, headers: httpx.Headers | Mapping[str, str]
-    ) -> OpenMaaSError:
+    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> OpenMaaSError:
         detail = self._scrub(error_detail(raw))
         if status in _UNAVAILABLE_STATUSES:
             error = self._unavailable(f"HTTP {status}: {detail}", status)
@@ -478,21 +492,23 @@ class OpenAIHttpEngine(SlotEngine):
         timeouts = self.config.timeouts
         try:
             async with asyncio.timeout(timeouts.total):
-                response = await client.post(
+                async with client.post(
                     f"{self._base}/embeddings",
-                    content=orjson.dumps(body),
+                    data=orjson.dumps(body),
                     headers={"Content-Type": "application/json"},
-                )
+                    allow_redirects=False,
+                ) as response:
+                    status, raw, headers = response.status, await response.read(), response.headers
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: before the next clause
+            raise EngineTimeout("connect", timeouts.connect or 0.0) from None
         except TimeoutError:
             raise EngineTimeout("total", timeouts.total or 0.0) from None
-        except httpx.ConnectTimeout:
-            raise EngineTimeout("connect", timeouts.connect or 0.0) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise self._unavailable(f"connection failed ({_describe(exc)})") from None
-        if response.status_code != 200:
-            raise self._status_error(response.status_code, response.content, response.headers)
+        if status != 200:
+            raise self._status_error(status, raw, headers)
         try:
-            result = orjson.loads(response.content)
+            result = orjson.loads(raw)
             data = sorted(result["data"], key=lambda item: item["index"])
             vectors = tuple(tuple(float(x) for x in item["embedding"]) for item in data)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -549,18 +565,29 @@ class _Deadlines:
 
 
 # -- errors -------------------------------------------------------------------------------
-async def _read_limited(response: httpx.Response) -> bytes:
+async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
     body = b""
-    async for part in response.aiter_bytes():
-        body += part
-        if len(body) >= _ERROR_BODY_LIMIT:
+    while len(body) < _ERROR_BODY_LIMIT:
+        part = await response.content.readany()
+        if not part:
             break
+        body += part
     return body[:_ERROR_BODY_LIMIT]
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Verification against certifi's CA bundle, as httpx did (blocking: it reads the file)."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def _describe(exc: BaseException) -> str:
-    """A transport error's class and text; httpx's texts name no credentials."""
-    text = str(exc)
+    """A transport error's class and text, never a URL (a URL may carry user info)."""
+    if isinstance(exc, aiohttp.ClientResponseError):  # its text ends with the URL
+        text = f"{exc.status}, {exc.message}"
+    else:
+        text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ _ESTIMATE_PRIMER_TOKENS = 3
 # Up to this many characters are counted on the event loop (about a millisecond); more are
 # counted on a thread, in pieces of this size (the tokenizer's batch call releases the GIL).
 _INLINE_CHARS = 4096
+# Counts are remembered, up to this many texts of each kind (then forgotten all at once), so
+# that a text seen before costs a dictionary lookup instead of a tokenizer call (~50x more):
+# short texts (a stream's deltas, mostly one token each) by the text, longer ones up to
+# _INLINE_CHARS (a prompt's messages: the system prompt, a conversation's earlier turns sent
+# again with every turn) by a 128-bit digest, so that no prompt text is kept.
+_SHORT_CHARS = 16
+_REMEMBERED_TEXTS = 8192
 
 
 class TokenEstimator:
@@ -29,10 +37,12 @@ class TokenEstimator:
     ``tokenizer.json`` of the upstream model's own tokenizer, when configured, is exact for
     the text. Without any tokenizer: one token per 4 UTF-8 bytes, rounded up."""
 
-    __slots__ = ("_tokenizer",)
+    __slots__ = ("_tokenizer", "_short", "_long")
 
     def __init__(self, tokenizer: Any | None) -> None:
         self._tokenizer = tokenizer
+        self._short: dict[str, int] = {}  # by text
+        self._long: dict[bytes, int] = {}  # by digest
 
     @classmethod
     def load(cls, path: Path | None = None) -> TokenEstimator:
@@ -54,11 +64,17 @@ class TokenEstimator:
         return cls(tokenizer)
 
     def count(self, text: str) -> int:
-        """Tokens of a short text (a delta): on the calling thread."""
+        """Tokens of a text up to ``_INLINE_CHARS`` long (a delta, a message): on the calling
+        thread; remembered."""
         if not text:
             return 0
         if self._tokenizer is None:
             return math.ceil(utf8(text) / 4)
+        if len(text) <= _SHORT_CHARS:
+            return _remembered(self._short, text, text, self._tokenizer)
+        if len(text) <= _INLINE_CHARS:
+            digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+            return _remembered(self._long, digest, text, self._tokenizer)
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     async def count_texts(self, texts: list[str]) -> int:
@@ -78,12 +94,35 @@ class TokenEstimator:
         encodings = self._tokenizer.encode_batch(pieces, add_special_tokens=False)
         return sum(len(encoding.ids) for encoding in encodings)
 
+    def prompt_now(self, request: GenerationRequest) -> int | None:
+        """``prompt``'s estimate, counted now when the prompt is short enough to count on
+        the event loop; None when it is not (then await ``prompt``)."""
+        overhead, texts = self._prompt_texts(request)
+        if sum(len(text) for text in texts) > _INLINE_CHARS:
+            return None
+        return overhead + sum(self.count(text) for text in texts)
+
     async def prompt(self, request: GenerationRequest) -> int:
         """An estimate (not a bound) of the prompt tokens of ``request``."""
+        overhead, texts = self._prompt_texts(request)
+        return overhead + await self.count_texts(texts)
+
+    def _prompt_texts(self, request: GenerationRequest) -> tuple[int, list[str]]:
+        """What the estimate counts: fixed tokens, and the texts to count."""
         if request.messages is None:
-            return await self.count_texts([request.prompt or ""])
+            return 0, [request.prompt or ""]
         texts = [text for message in request.messages for text in message_texts(message) if text]
         if request.tools:
             texts.append(orjson.dumps(tools_json(request)).decode())
         overhead = _ESTIMATE_PRIMER_TOKENS + _ESTIMATE_MESSAGE_TOKENS * len(request.messages)
-        return overhead + await self.count_texts(texts)
+        return overhead, texts
+
+
+def _remembered(table: dict[Any, int], key: Any, text: str, tokenizer: Any) -> int:
+    tokens = table.get(key)
+    if tokens is None:
+        tokens = len(tokenizer.encode(text, add_special_tokens=False))
+        if len(table) >= _REMEMBERED_TEXTS:
+            table.clear()
+        table[key] = tokens
+    return tokens

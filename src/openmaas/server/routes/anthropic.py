@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openmaas.accounts.auth import Principal
 from openmaas.core.types import GenerationRequest
@@ -23,7 +23,7 @@ from openmaas.protocols.anthropic.schemas import (
     AnthropicMessagesRequest,
 )
 from openmaas.protocols.anthropic.sse import MessageStreamWriter
-from openmaas.server.responses import json_response
+from openmaas.server.responses import EventStreamResponse, json_response
 from openmaas.server.routes.common import (
     authenticate,
     collect,
@@ -90,11 +90,7 @@ async def _generate(
         writer = MessageStreamWriter(
             generation.request_id, generation_request.model, omit_thinking=omit_thinking
         )
-        return StreamingResponse(
-            sse_stream(generation, writer, to_anthropic_error),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+        return EventStreamResponse(sse_stream(generation, writer, to_anthropic_error))
     collected = await unless_disconnected(request, collect(generation))
     if collected is None:
         return Response(status_code=499)

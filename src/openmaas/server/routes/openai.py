@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openmaas.accounts.auth import Principal
 from openmaas.core.types import GenerationRequest
@@ -20,7 +20,7 @@ from openmaas.protocols.openai.schemas import (
     EmbeddingRequestBody,
 )
 from openmaas.protocols.openai.sse import ChunkWriter
-from openmaas.server.responses import json_response
+from openmaas.server.responses import EventStreamResponse, json_response
 from openmaas.server.routes.common import (
     authenticate,
     collect,
@@ -140,11 +140,7 @@ async def _generate(
             chat=generation_request.is_chat,
             include_usage=include_usage,
         )
-        return StreamingResponse(
-            sse_stream(generation, writer, to_openai_error),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+        return EventStreamResponse(sse_stream(generation, writer, to_openai_error))
     collected = await unless_disconnected(request, collect(generation))
     if collected is None:
         return Response(status_code=499)  # the client is gone; nobody reads this

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openmaas.accounts.auth import Principal
 from openmaas.core.errors import NotFound, OpenMaaSError
@@ -20,7 +20,7 @@ from openmaas.protocols.openai import adapter, responses
 from openmaas.protocols.openai.errors import to_openai_error
 from openmaas.protocols.openai.responses import RESPONSE_PREFIX, Output, ResponsesRequest
 from openmaas.protocols.openai.responses_sse import ResponseEvents
-from openmaas.server.responses import json_response
+from openmaas.server.responses import EventStreamResponse, json_response
 from openmaas.server.routes.common import authenticate, start_generation, unless_disconnected
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
@@ -53,11 +53,7 @@ async def create_response(request: Request) -> Response:
     events = ResponseEvents(body, RESPONSE_PREFIX + rid, rid, created)
     saver = _Saver(state, principal, body, items, created)
     if body.stream:
-        return StreamingResponse(
-            _stream(generation, events, saver),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+        return EventStreamResponse(_stream(generation, events, saver))
     finished = await unless_disconnected(request, _collect(generation, events.output))
     if finished is None:
         return Response(status_code=499)  # the client is gone; nobody reads this

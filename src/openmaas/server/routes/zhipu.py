@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openmaas.accounts.auth import Principal
 from openmaas.core.assembly import Assembler
@@ -26,7 +26,7 @@ from openmaas.protocols.zhipu.errors import to_zhipu_error
 from openmaas.protocols.zhipu.jobs import JobBoard, JobStore, create_json, result_json
 from openmaas.protocols.zhipu.schemas import ZhipuChatRequest, ZhipuEmbeddingRequest
 from openmaas.protocols.zhipu.sse import ChunkWriter
-from openmaas.server.responses import json_response
+from openmaas.server.responses import EventStreamResponse, json_response
 from openmaas.server.routes.common import (
     authenticate,
     collect,
@@ -91,11 +91,7 @@ async def chat_completions(request: Request) -> Response:
             created,
             tool_stream=body.tool_stream,
         )
-        return StreamingResponse(
-            sse_stream(generation, writer, to_zhipu_error),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+        return EventStreamResponse(sse_stream(generation, writer, to_zhipu_error))
     answer = await unless_disconnected(request, collect(generation))
     if answer is None:
         return Response(status_code=499)
