@@ -22,6 +22,7 @@ from openmaas.core.keys import (
     NewKey,
     SignatureInvalid,
     TokenExpired,
+    TokenLifetimeTooLong,
     build_jwt,
     derive_secret,
     generate_key,
@@ -172,6 +173,22 @@ async def test_expired_jwt_is_refused(world: World) -> None:
     world.clock.advance(1 + 60)  # past its expiry and the allowed clock skew
     with pytest.raises(TokenExpired):
         await world.auth.authenticate(f"Bearer {token}")
+
+
+async def test_jwt_expiring_years_ahead_is_refused(world: World) -> None:
+    ten_years = 10 * 365 * 86_400_000
+    with pytest.raises(TokenLifetimeTooLong):
+        await world.auth.authenticate(f"Bearer {_jwt(world.member, ttl=ten_years)}")
+    with pytest.raises(TokenLifetimeTooLong):  # the default bound is a day
+        await world.auth.authenticate(f"Bearer {_jwt(world.member, ttl=25 * 3_600_000)}")
+    assert await world.auth.authenticate(f"Bearer {_jwt(world.member, ttl=23 * 3_600_000)}")
+
+
+async def test_the_jwt_lifetime_bound_is_the_authenticators(world: World) -> None:
+    auth = Authenticator(world.keys, MASTER, world.clock.now_ms, jwt_max_lifetime_ms=60_000)
+    with pytest.raises(TokenLifetimeTooLong):
+        await auth.authenticate(f"Bearer {_jwt(world.member)}")  # the SDKs' 3.5 minutes
+    assert await auth.authenticate(f"Bearer {_jwt(world.member, ttl=60_000)}")
 
 
 async def test_jwt_signed_with_another_secret_is_refused(world: World) -> None:

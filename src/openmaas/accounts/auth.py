@@ -22,6 +22,7 @@ from pathlib import Path
 from openmaas.accounts.keycache import KeySource
 from openmaas.core.errors import AuthenticationFailed, ConfigurationError
 from openmaas.core.keys import (
+    JWT_MAX_LIFETIME_MS,
     CredentialMissing,
     InvalidToken,
     check_jwt,
@@ -116,10 +117,13 @@ class Authenticator:
         keys: KeySource,
         master_key: bytes | None = None,
         now_ms: Callable[[], int] | None = None,
+        *,
+        jwt_max_lifetime_ms: int = JWT_MAX_LIFETIME_MS,
     ) -> None:
         self._keys = keys
         self._master_key = master_key
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._jwt_max_lifetime_ms = jwt_max_lifetime_ms
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller of an ``Authorization`` header value."""
@@ -152,5 +156,5 @@ class Authenticator:
         if not secret_matches(secret, key.secret_hash):
             # Issued with a random secret or under another master key: not verifiable.
             raise InvalidToken("This API key cannot sign tokens; send the key itself.")
-        check_jwt(jwt, secret, self._now_ms())
+        check_jwt(jwt, secret, self._now_ms(), max_lifetime_ms=self._jwt_max_lifetime_ms)
         return key

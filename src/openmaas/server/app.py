@@ -63,7 +63,12 @@ def create_app(
             assert platform.catalog is not None
             app.state.openmaas = AppState(
                 platform=platform,
-                auth=Authenticator(platform.keys, platform.master_key, platform.clock.now_ms),
+                auth=Authenticator(
+                    platform.keys,
+                    platform.master_key,
+                    platform.clock.now_ms,
+                    jwt_max_lifetime_ms=round(settings.jwt_max_lifetime_seconds * 1000),
+                ),
                 usage=UsageRepository(platform.database),
                 gateway=Gateway(
                     platform.catalog, platform.accountant, platform.clock, lambda: life.draining
