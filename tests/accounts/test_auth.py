@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import Headers
 
 from openmaas.accounts.auth import (
     Authenticator,
@@ -287,6 +288,18 @@ def test_master_key_setting_wins_over_the_file(tmp_path: Path) -> None:
 )
 def test_presented_token_from_either_header(headers: dict[str, str], token: str) -> None:
     assert presented_token(headers) == token
+
+
+@pytest.mark.parametrize("name", ["authorization", "x-api-key"])
+def test_a_header_sent_twice_is_refused(name: str) -> None:
+    # Which one would count is a guess a proxy and the server may make differently; the
+    # first one won, so a proxy that appends its own key let the client's pass unseen.
+    for second in ("Bearer c.d", "Bearer a.b"):
+        headers = Headers(raw=[(name.encode(), b"Bearer a.b"), (name.encode(), second.encode())])
+        with pytest.raises(AuthenticationFailed, match=f"more than one {name}"):
+            presented_token(headers)
+    once = Headers(raw=[(name.encode(), b"Bearer a.b"), (b"x-other", b"1")])
+    assert presented_token(once) == "a.b"
 
 
 def test_two_different_credentials_are_refused() -> None:

@@ -1,5 +1,6 @@
 """Credentials over HTTP, in every protocol's shape: a Zhipu SDK JWT whose ``exp`` lies
-beyond ``OPENMAAS_JWT_MAX_LIFETIME_SECONDS`` is a 401."""
+beyond ``OPENMAAS_JWT_MAX_LIFETIME_SECONDS`` is a 401, and so is a request that sends
+``Authorization`` (or ``x-api-key``) more than once."""
 
 from __future__ import annotations
 
@@ -77,3 +78,18 @@ def test_a_jwt_expiring_beyond_the_setting_is_a_401(
         assert "'exp'" in reply.json()["error"]["message"]
     within = client.post(path, json=body, headers={"Authorization": _jwt(key, HOUR_MS)})
     assert within.status_code == 200, within.text
+
+
+@pytest.mark.parametrize(("path", "body"), ROUTES, ids=lambda r: str(r))
+@pytest.mark.parametrize("name", ["Authorization", "x-api-key"])
+def test_a_credential_header_sent_twice_is_a_401(
+    site: tuple[TestClient, str], path: str, body: dict[str, Any], name: str
+) -> None:
+    client, key = site
+    stranger = "om0123456789abcdef." + "x" * 43
+    for first, second in ((key, stranger), (stranger, key), (key, key)):
+        headers = [(name, f"Bearer {first}"), (name, f"Bearer {second}")]
+        reply = client.post(path, json=body, headers=headers)
+        assert reply.status_code == 401, reply.text
+        message = reply.json()["error"]["message"]
+        assert f"more than one {name.lower()}" in message.lower()

@@ -96,9 +96,10 @@ def bearer_token(authorization: str | None) -> str:
 
 def presented_token(headers: Mapping[str, str]) -> str:
     """The credential of a request, from ``Authorization`` or ``x-api-key``. A request that
-    carries two different credentials is refused rather than guessed at."""
-    authorization = (headers.get("authorization") or "").strip()
-    api_key = (headers.get("x-api-key") or "").strip()
+    carries two different credentials, or either header more than once, is refused rather
+    than guessed at (``headers`` with a ``getlist``, as Starlette's, shows every value)."""
+    authorization = _once(headers, "authorization")
+    api_key = _once(headers, "x-api-key")
     if not api_key:
         return bearer_token(authorization or None)
     if not authorization:
@@ -109,6 +110,18 @@ def presented_token(headers: Mapping[str, str]) -> str:
             "The Authorization and x-api-key headers carry different credentials; send one."
         )
     return token
+
+
+def _once(headers: Mapping[str, str], name: str) -> str:
+    """The value of header ``name`` ("" when absent); refused when it comes more than once:
+    which copy counts is a guess that a proxy in front may make differently."""
+    getlist = getattr(headers, "getlist", None)
+    values: list[str] = list(getlist(name)) if getlist is not None else [headers.get(name) or ""]
+    if len(values) > 1:
+        raise AuthenticationFailed(
+            f"The request carries more than one {name} header; send the credential once."
+        )
+    return values[0].strip() if values else ""
 
 
 class Authenticator:
