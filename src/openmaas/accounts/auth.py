@@ -25,6 +25,7 @@ from openmaas.core.keys import (
     JWT_MAX_LIFETIME_MS,
     CredentialMissing,
     InvalidToken,
+    KeyRevoked,
     check_jwt,
     derive_secret,
     looks_like_jwt,
@@ -150,7 +151,7 @@ class Authenticator:
         """The one decision: a raw key or an SDK JWT -> the principal, or refusal."""
         key = await (self._jwt_key(token) if looks_like_jwt(token) else self._raw_key(token))
         if key.revoked:
-            raise AuthenticationFailed("This API key has been revoked.")
+            raise KeyRevoked("This API key has been revoked.")
         return Principal(key_id=key.id, org_id=key.org_id, role=key.role, tier=key.tier)
 
     async def _raw_key(self, token: str) -> ApiKey:

@@ -58,6 +58,10 @@ class SignatureInvalid(AuthenticationFailed):
     """A well-formed JWT for a known key whose signature does not verify."""
 
 
+class KeyRevoked(AuthenticationFailed):
+    """The key was revoked: refused from then on, and its requests in flight are ended."""
+
+
 class TokenLifetimeTooLong(InvalidToken):
     """A correctly signed JWT whose ``exp`` lies further ahead than the server accepts."""
 

@@ -75,6 +75,8 @@ def create_app(
                 ),
                 lifecycle=life,
             )
+            if platform.feed is not None:  # a revoked key's requests in flight are ended
+                platform.feed.subscribe(app.state.openmaas.gateway.apply_changes)
             assert platform.async_jobs is not None
             zhipu_routes.open_jobs(app, platform.async_jobs)
             platform.catalog.start_loading()
