@@ -635,9 +635,14 @@ def catalog_check(file: str) -> None:
 
 @catalog.command("apply", help="Store a catalog file as the catalog; the server applies it.")
 @click.argument("file", type=click.Path(dir_okay=False))
-def catalog_apply(file: str) -> None:
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Apply a file that declares no models (it removes every catalog model).",
+)
+def catalog_apply(file: str, allow_empty: bool) -> None:
     text = _read_catalog(file)
-    version = _catalog(lambda admin: admin.apply(text, file))
+    version = _catalog(lambda admin: admin.apply(text, file, allow_empty=allow_empty))
     click.echo(f"Catalog version {version} stored; a running server applies it within seconds.")
 
 
