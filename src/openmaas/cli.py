@@ -28,8 +28,9 @@ from openmaas.catalog.document import CatalogRejected, document_version, parse_c
 from openmaas.catalog.schema import BuildContext, CatalogDocument
 from openmaas.catalog.served import settings_model_names
 from openmaas.core.admin_fields import AdminBody, iso_ms, parse_time
-from openmaas.core.errors import OpenMaaSError
+from openmaas.core.errors import InvalidRequest, OpenMaaSError
 from openmaas.core.money import format_micros
+from openmaas.core.validation import checked_day
 from openmaas.platform import Platform, open_platform
 from openmaas.settings import Settings
 
@@ -254,10 +255,20 @@ def keys_set_tier(key_id: str, tier: str | None, no_tier: bool) -> None:
     click.echo(f"Key {key}: tier {shown}.")
 
 
+def _day(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A ``YYYY-MM-DD`` option, checked as ``/v1/usage`` checks its dates."""
+    if value is None:
+        return None
+    try:
+        return checked_day(value, f"--{param.name}")
+    except InvalidRequest:
+        raise click.BadParameter(f"must be a date as YYYY-MM-DD, not {value!r}.") from None
+
+
 @main.command(help="Token usage totals per model and UTC day.")
 @click.option("--org", default=None, help="Only this organization (id or name).")
-@click.option("--since", default=None, help="First day, YYYY-MM-DD.")
-@click.option("--until", default=None, help="Last day, YYYY-MM-DD.")
+@click.option("--since", default=None, callback=_day, help="First day, YYYY-MM-DD.")
+@click.option("--until", default=None, callback=_day, help="Last day, YYYY-MM-DD.")
 def usage(org: str | None, since: str | None, until: str | None) -> None:
     async def action(admin: AccountsAdmin) -> list:
         org_id = (await admin.orgs.find(org)).id if org else None
@@ -635,9 +646,14 @@ def catalog_check(file: str) -> None:
 
 @catalog.command("apply", help="Store a catalog file as the catalog; the server applies it.")
 @click.argument("file", type=click.Path(dir_okay=False))
-def catalog_apply(file: str) -> None:
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Apply a file that declares no models (it removes every catalog model).",
+)
+def catalog_apply(file: str, allow_empty: bool) -> None:
     text = _read_catalog(file)
-    version = _catalog(lambda admin: admin.apply(text, file))
+    version = _catalog(lambda admin: admin.apply(text, file, allow_empty=allow_empty))
     click.echo(f"Catalog version {version} stored; a running server applies it within seconds.")
 
 

@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         description="Master key that API-key secrets are derived from (guard it like a "
         "password); default: the file secret-key in the data directory, created on first use.",
     )
+    jwt_max_lifetime_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="How far ahead the exp of a JWT signed with an API key (Zhipu's SDKs) may "
+        "lie; a token claiming a later expiry is refused (401).",
+    )
     fake_models: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Scripted fake engines for tests, as JSON: {name: FakeScript fields}.",

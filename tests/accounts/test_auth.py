@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import Headers
 
 from openmaas.accounts.auth import (
     Authenticator,
@@ -22,6 +23,7 @@ from openmaas.core.keys import (
     NewKey,
     SignatureInvalid,
     TokenExpired,
+    TokenLifetimeTooLong,
     build_jwt,
     derive_secret,
     generate_key,
@@ -174,6 +176,22 @@ async def test_expired_jwt_is_refused(world: World) -> None:
         await world.auth.authenticate(f"Bearer {token}")
 
 
+async def test_jwt_expiring_years_ahead_is_refused(world: World) -> None:
+    ten_years = 10 * 365 * 86_400_000
+    with pytest.raises(TokenLifetimeTooLong):
+        await world.auth.authenticate(f"Bearer {_jwt(world.member, ttl=ten_years)}")
+    with pytest.raises(TokenLifetimeTooLong):  # the default bound is a day
+        await world.auth.authenticate(f"Bearer {_jwt(world.member, ttl=25 * 3_600_000)}")
+    assert await world.auth.authenticate(f"Bearer {_jwt(world.member, ttl=23 * 3_600_000)}")
+
+
+async def test_the_jwt_lifetime_bound_is_the_authenticators(world: World) -> None:
+    auth = Authenticator(world.keys, MASTER, world.clock.now_ms, jwt_max_lifetime_ms=60_000)
+    with pytest.raises(TokenLifetimeTooLong):
+        await auth.authenticate(f"Bearer {_jwt(world.member)}")  # the SDKs' 3.5 minutes
+    assert await auth.authenticate(f"Bearer {_jwt(world.member, ttl=60_000)}")
+
+
 async def test_jwt_signed_with_another_secret_is_refused(world: World) -> None:
     forged = build_jwt(world.member.key_id, world.admin.secret, NOW)
     with pytest.raises(SignatureInvalid):
@@ -270,6 +288,18 @@ def test_master_key_setting_wins_over_the_file(tmp_path: Path) -> None:
 )
 def test_presented_token_from_either_header(headers: dict[str, str], token: str) -> None:
     assert presented_token(headers) == token
+
+
+@pytest.mark.parametrize("name", ["authorization", "x-api-key"])
+def test_a_header_sent_twice_is_refused(name: str) -> None:
+    # Which one would count is a guess a proxy and the server may make differently; the
+    # first one won, so a proxy that appends its own key let the client's pass unseen.
+    for second in ("Bearer c.d", "Bearer a.b"):
+        headers = Headers(raw=[(name.encode(), b"Bearer a.b"), (name.encode(), second.encode())])
+        with pytest.raises(AuthenticationFailed, match=f"more than one {name}"):
+            presented_token(headers)
+    once = Headers(raw=[(name.encode(), b"Bearer a.b"), (b"x-other", b"1")])
+    assert presented_token(once) == "a.b"
 
 
 def test_two_different_credentials_are_refused() -> None:

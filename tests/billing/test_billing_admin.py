@@ -489,6 +489,7 @@ async def test_usage_shows_what_was_charged_beside_what_upstreams_charged_us(
         Money(180, Currency.USD),
         Money(145, Currency.USD),
     )  # a margin of 35 micros
-    with pytest.raises(InvalidRequest) as info:
-        await admin.usage("reseller", since_day="yesterday")
-    assert info.value.param == "since"
+    for name, bad in [("since", "yesterday"), ("since", "20261201"), ("until", "2026-W48-2")]:
+        with pytest.raises(InvalidRequest, match="YYYY-MM-DD") as info:
+            await admin.usage("reseller", **{f"{name}_day": bad})
+        assert info.value.param == name

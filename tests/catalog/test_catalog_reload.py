@@ -11,7 +11,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from openmaas.catalog.admin import CatalogAdmin, CredentialValue, describe_model
+from openmaas.catalog.admin import (
+    CatalogAdmin,
+    CredentialValue,
+    EmptyCatalogRefused,
+    describe_model,
+)
 from openmaas.catalog.document import CatalogRejected
 from openmaas.catalog.reloader import CatalogFileManaged, CatalogManager
 from openmaas.catalog.served import ModelCatalog, ServedModel
@@ -240,6 +245,25 @@ models:
     # Another master key cannot use it: the catalog is refused, naming the credential.
     with pytest.raises(CatalogRejected, match="cannot be decrypted"):
         await db_site.admin(bytes(32)).check(document)
+
+
+@pytest.mark.parametrize("empty", ["", "\n", "# nothing yet\n", "models: []\n", "version: 1\n"])
+async def test_a_document_without_models_is_refused_unless_allowed(
+    db_site: Site, empty: str
+) -> None:
+    await db_site.start()
+    admin = db_site.admin()
+    version = await admin.apply("models:\n" + fake_model("kept", "kept-1", "kept words"))
+    with pytest.raises(EmptyCatalogRefused, match="allow_empty") as refused:
+        await admin.apply(empty)
+    assert refused.value.param == "allow_empty"
+    assert (await admin.current()).version == version  # nothing stored, nothing applied
+    assert await text_of(db_site.catalog, "kept") == "kept words"
+
+    await admin.apply(empty, allow_empty=True)  # said in so many words: every model goes
+    with pytest.raises(ModelNotFound):
+        db_site.catalog.get("kept")
+    assert await text_of(db_site.catalog, "base") == "from settings"  # the settings' stay
 
 
 async def test_a_file_managed_catalog_refuses_database_changes(file_site: Site) -> None:

@@ -28,6 +28,8 @@ TABLE = [
     (Termination.CLIENT_DISCONNECTED, FULL, FULL, Rule.AS_COUNTED),
     (Termination.CLIENT_DISCONNECTED, PROMPT_ONLY, PROMPT_ONLY, Rule.AS_COUNTED),
     (Termination.CLIENT_DISCONNECTED, Usage(), Usage(), Rule.AS_COUNTED),
+    (Termination.KEY_REVOKED, FULL, FULL, Rule.AS_COUNTED),
+    (Termination.KEY_REVOKED, PROMPT_ONLY, PROMPT_ONLY, Rule.AS_COUNTED),
     (Termination.ENGINE_ERROR, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),
     (Termination.ENGINE_ERROR, FULL, FULL, Rule.AS_COUNTED),
     (Termination.GATEWAY_SHUTDOWN, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),

@@ -13,6 +13,7 @@ from openmaas.core.keys import (
     InvalidToken,
     SignatureInvalid,
     TokenExpired,
+    TokenLifetimeTooLong,
     build_jwt,
     check_jwt,
     derive_secret,
@@ -221,6 +222,30 @@ def test_jwt_exp_is_milliseconds_with_a_small_skew() -> None:
         check_jwt(jwt, VALID.secret, NOW_MS + 1000 + 30_000)
 
 
+HOUR_MS = 3_600_000
+
+
+def test_jwt_expiring_beyond_the_lifetime_bound_is_refused() -> None:
+    # Zhipu's SDKs sign tokens that expire 3.5 minutes ahead; one that claims years is a
+    # bearer credential that outlives the key's revocation in anyone's hands.
+    day = 24 * HOUR_MS
+    for ttl in (day + 30_000 + 1, 10 * 365 * day, 7000 * 365 * day):
+        jwt = parse_jwt(build_jwt(VALID.key_id, VALID.secret, NOW_MS, ttl_ms=ttl))
+        with pytest.raises(TokenLifetimeTooLong, match="24 h"):
+            check_jwt(jwt, VALID.secret, NOW_MS, max_lifetime_ms=day)
+    within = parse_jwt(build_jwt(VALID.key_id, VALID.secret, NOW_MS, ttl_ms=day + 30_000))
+    check_jwt(within, VALID.secret, NOW_MS, max_lifetime_ms=day)  # the bound plus the skew
+    hour = parse_jwt(build_jwt(VALID.key_id, VALID.secret, NOW_MS, ttl_ms=2 * HOUR_MS))
+    with pytest.raises(TokenLifetimeTooLong, match="1 h"):
+        check_jwt(hour, VALID.secret, NOW_MS, max_lifetime_ms=HOUR_MS)
+
+
+def test_the_lifetime_bound_is_checked_only_once_the_signature_verifies() -> None:
+    jwt = parse_jwt(build_jwt(VALID.key_id, VALID.secret, NOW_MS, ttl_ms=2**40))
+    with pytest.raises(SignatureInvalid):
+        check_jwt(jwt, derive_secret(MASTER, VALID.key_id), NOW_MS)
+
+
 def test_jwt_with_another_secret_fails_its_signature() -> None:
     jwt = parse_jwt(build_jwt(VALID.key_id, VALID.secret, NOW_MS))
     with pytest.raises(SignatureInvalid):
@@ -256,6 +281,10 @@ _GOOD_PAYLOAD = {"api_key": VALID.key_id, "exp": NOW_MS, "timestamp": NOW_MS}
         _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": str(NOW_MS)}),
         _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": 1.5}),
         _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": True}),
+        _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": -1}),
+        _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": 2**63 - 1}),  # no time at all
+        _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": 2**64}),
+        _forge(_GOOD_HEADER, {"api_key": VALID.key_id, "exp": 10**30}),
         _forge(_GOOD_HEADER, ["not", "an", "object"]),  # type: ignore[arg-type]
         "a.b.c",
         "..",

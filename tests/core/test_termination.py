@@ -51,6 +51,7 @@ def test_stored_names_are_stable() -> None:
         "gateway_shutdown",
         "timeout",
         "gateway_killed",
+        "key_revoked",
     }
     assert all(len(t.value) <= 40 for t in Termination)  # the column is String(40)
 

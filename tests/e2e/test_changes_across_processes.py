@@ -1,17 +1,20 @@
 """A running server answers keys and terms from memory and still sees every change the CLI
-makes in another process: a revoked key is refused within the change feed's poll, a new key
-works at once, a new price applies to the requests after the poll."""
+makes in another process: a revoked key is refused within the change feed's poll (and its
+stream in flight ends), a new key works at once, a new price applies to the requests after
+the poll."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 
 from tests.e2e.live import LiveServer
 
 MODEL = "fake-words"
+SLOW = "fake-slow"  # a word every 50 ms, 2,000 words: it runs long after any test looks
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +22,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(
         tmp_path_factory.mktemp("changes") / "home",
         embedded_models="false",
-        fake_models={MODEL: {"text": "one two three"}},
+        fake_models={
+            MODEL: {"text": "one two three"},
+            SLOW: {"text": " ".join(["word"] * 2000), "token_delay": 0.05},
+        },
     )
     live.start()
     yield live
@@ -66,3 +72,25 @@ def test_a_price_set_by_the_cli_applies_after_the_poll(server: LiveServer) -> No
     server.cli("keys", "revoke", marker.split(".")[0])
     assert server.await_refused(marker).status_code == 401
     assert request_cost() == 1 * 1 + 3 * 2  # 1 prompt word, 3 output words, micros per token
+
+
+def test_a_stream_in_flight_ends_when_its_key_is_revoked(server: LiveServer) -> None:
+    key = server.new_key(name="streaming")
+    chat = {"model": SLOW, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    url = f"{server.base_url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=chat, headers=headers, timeout=60) as response:
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # streaming
+        server.cli("keys", "revoke", key.split(".")[0])  # another process
+        rest = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    # The stream ends with an error event, long before its 2,000 words.
+    assert rest[-1] == "[DONE]"
+    error = orjson.loads(rest[-2])["error"]
+    assert error["code"] == "invalid_api_key" and "revoked" in error["message"]
+    row = server.usage_row(request_id)
+    assert row["termination"] == "key_revoked"
+    assert 1 <= row["completion_tokens"] < 2000  # billed for what it generated
+    assert server.in_flight(SLOW) == 0

@@ -57,7 +57,7 @@ CLI_CHANGES: dict[str, Command] = {
     ),
     "prices set": Command("prices set m --input 1 --cached-input 0.5 --output 2"),
     "tiers set": Command("tiers set Gold --rpm 10 --model m:1:-:-"),
-    "catalog apply": Command("catalog apply {file}"),
+    "catalog apply": Command("catalog apply {file} --allow-empty"),
     "credentials set": Command("credentials set cloud-key", stdin="s3cret\n"),
     "credentials delete": Command("credentials delete old-key", setup=("credentials set old-key",)),
 }
@@ -188,7 +188,7 @@ API_CHANGES: dict[str, Call] = {
         "/admin/v1/prices", {"model": "m", "input": "1", "cached_input": "0", "output": "2"}
     ),
     "PUT /admin/v1/tiers/{name}": Call("/admin/v1/tiers/Gold", {"rpm": 10}),
-    "PUT /admin/v1/catalog": Call("/admin/v1/catalog", content=EMPTY_CATALOG),
+    "PUT /admin/v1/catalog": Call("/admin/v1/catalog?allow_empty=true", content=EMPTY_CATALOG),
     "PUT /admin/v1/credentials/{name}": Call(
         "/admin/v1/credentials/cloud-key", {"value": "s3cret"}
     ),

@@ -23,6 +23,7 @@ from openmaas.core.errors import (
     ModelNotFound,
 )
 from openmaas.core.ids import new_request_id
+from openmaas.core.keys import KeyRevoked
 from openmaas.core.termination import Termination
 from openmaas.core.types import (
     EmbeddingRequest,
@@ -41,6 +42,7 @@ from openmaas.engines.base import Engine, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.serving.gateway import Gateway, Generation
 from openmaas.store.billing import InFlight
+from openmaas.store.changes import Change
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from openmaas.store.schema import usage_records
@@ -387,6 +389,120 @@ async def test_wait_idle_waits_for_open_generations(harness: Harness) -> None:
     await g2.aclose()
     assert await waiter
     assert len(await harness.recorded()) == 2
+
+
+# -- a key revoked while its generations run ---------------------------------------------
+OTHER = Principal(key_id="om00000000000000ff", org_id="org_test", role="member")
+HOUR = 3600.0  # a token delay no test waits out: only the revocation can end the wait
+
+
+def revoked(key_id: str, change_id: int = 1) -> list[Change]:
+    return [Change(change_id, "key.revoke", key_id)]
+
+
+async def consume(generation: Generation, seen: list[str]) -> None:
+    """What a route does with a generation: iterate it, and always close it."""
+    try:
+        async for event in generation:
+            if isinstance(event, TextDelta):
+                seen.append(event.text)
+    finally:
+        await generation.aclose()
+
+
+async def test_a_revoked_keys_stream_ends_at_once_and_is_billed_for_what_it_generated(
+    harness: Harness,
+) -> None:
+    gateway, engine = await harness.fake(text=LONG_TEXT, token_delay=HOUR)
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    seen: list[str] = []
+    task = asyncio.create_task(consume(generation, seen))
+    await eventually(lambda: seen == ["one "], what="the first token")
+    # The engine now waits (an hour) for the second token; the revocation ends that wait.
+    await gateway.apply_changes(revoked(PRINCIPAL.key_id))
+    await eventually(task.done, what="the revoked stream to end")
+    with pytest.raises(KeyRevoked, match="revoked"):
+        task.result()
+    row = await harness.record(request.request_id)
+    assert row is not None and row["termination"] == "key_revoked"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (5, 1)
+    assert engine.stats.streams_open == 0 and engine.capacity().in_flight == 0
+    assert await gateway.wait_idle(timeout=1.0)
+
+
+async def test_a_stream_revoked_between_two_events_ends_at_the_next(harness: Harness) -> None:
+    gateway, engine = await harness.fake(text=LONG_TEXT)
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    assert (await generation.__anext__()).text == "one "  # type: ignore[union-attr]
+    await gateway.apply_changes(revoked(PRINCIPAL.key_id))  # nobody is waiting on the engine
+    with pytest.raises(KeyRevoked):
+        await generation.__anext__()
+    record = await generation.aclose()
+    assert record is not None and record.termination == "key_revoked"
+    assert record.usage.completion_tokens == engine.stats.tokens_generated == 1
+
+
+async def test_a_key_revoked_while_its_request_waits_for_the_first_token(
+    harness: Harness,
+) -> None:
+    gateway, engine = await harness.fake(text=LONG_TEXT, first_token_delay=HOUR)
+    request = chat()
+    started = asyncio.create_task(gateway.generate(PRINCIPAL, request, "chat.completions"))
+    await eventually(lambda: engine.stats.streams_open == 1, what="the engine to start")
+    await gateway.apply_changes(revoked(PRINCIPAL.key_id))
+    await eventually(started.done, what="the waiting request to end")
+    with pytest.raises(KeyRevoked):
+        started.result()
+    row = await harness.record(request.request_id)
+    assert row is not None and row["termination"] == "key_revoked"
+    assert row["completion_tokens"] == 0
+    assert engine.stats.streams_open == 0 and engine.capacity().in_flight == 0
+
+
+async def test_only_the_revoked_keys_streams_end(harness: Harness) -> None:
+    gateway, _ = await harness.fake(text=LONG_TEXT)
+    mine = await gateway.generate(PRINCIPAL, chat(), "chat.completions")
+    theirs = await gateway.generate(OTHER, chat(), "chat.completions")
+    done = await gateway.generate(PRINCIPAL, chat(), "chat.completions")
+    await drain(done)  # finished: a revocation after the end changes nothing
+    other_changes = [
+        Change(1, "key.update", PRINCIPAL.key_id),
+        Change(2, "key.create", PRINCIPAL.key_id),
+        Change(3, "key.revoke", "om0000000000000abc"),
+        Change(4, "org.update", PRINCIPAL.org_id),
+    ]
+    await gateway.apply_changes(other_changes)
+    await gateway.apply_changes(revoked(PRINCIPAL.key_id, 5))
+    with pytest.raises(KeyRevoked):
+        await drain(mine)
+    text, finished = await drain(theirs)
+    assert text == LONG_TEXT and finished is not None
+    records = [await g.aclose() for g in (mine, theirs, done)]
+    assert [r.termination if r else None for r in records] == [
+        "key_revoked",
+        "finished",
+        "finished",
+    ]
+
+
+async def test_a_revocation_as_a_client_leaves_is_a_client_disconnect(harness: Harness) -> None:
+    """Both cancel the task that waits on the engine: the client's cancellation wins (the
+    task must end), and the request is recorded once."""
+    gateway, _ = await harness.fake(text=LONG_TEXT, token_delay=HOUR)
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    seen: list[str] = []
+    task = asyncio.create_task(consume(generation, seen))
+    await eventually(lambda: seen == ["one "], what="the first token")
+    task.cancel()  # the client leaves ...
+    await gateway.apply_changes(revoked(PRINCIPAL.key_id))  # ... as the key is revoked
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await harness.recorded() == [request.request_id]
+    row = await harness.record(request.request_id)
+    assert row is not None and row["termination"] == "client_disconnected"
 
 
 # -- embeddings -----------------------------------------------------------------------

@@ -22,8 +22,10 @@ from pathlib import Path
 from openmaas.accounts.keycache import KeySource
 from openmaas.core.errors import AuthenticationFailed, ConfigurationError
 from openmaas.core.keys import (
+    JWT_MAX_LIFETIME_MS,
     CredentialMissing,
     InvalidToken,
+    KeyRevoked,
     check_jwt,
     derive_secret,
     looks_like_jwt,
@@ -95,9 +97,10 @@ def bearer_token(authorization: str | None) -> str:
 
 def presented_token(headers: Mapping[str, str]) -> str:
     """The credential of a request, from ``Authorization`` or ``x-api-key``. A request that
-    carries two different credentials is refused rather than guessed at."""
-    authorization = (headers.get("authorization") or "").strip()
-    api_key = (headers.get("x-api-key") or "").strip()
+    carries two different credentials, or either header more than once, is refused rather
+    than guessed at (``headers`` with a ``getlist``, as Starlette's, shows every value)."""
+    authorization = _once(headers, "authorization")
+    api_key = _once(headers, "x-api-key")
     if not api_key:
         return bearer_token(authorization or None)
     if not authorization:
@@ -110,16 +113,31 @@ def presented_token(headers: Mapping[str, str]) -> str:
     return token
 
 
+def _once(headers: Mapping[str, str], name: str) -> str:
+    """The value of header ``name`` ("" when absent); refused when it comes more than once:
+    which copy counts is a guess that a proxy in front may make differently."""
+    getlist = getattr(headers, "getlist", None)
+    values: list[str] = list(getlist(name)) if getlist is not None else [headers.get(name) or ""]
+    if len(values) > 1:
+        raise AuthenticationFailed(
+            f"The request carries more than one {name} header; send the credential once."
+        )
+    return values[0].strip() if values else ""
+
+
 class Authenticator:
     def __init__(
         self,
         keys: KeySource,
         master_key: bytes | None = None,
         now_ms: Callable[[], int] | None = None,
+        *,
+        jwt_max_lifetime_ms: int = JWT_MAX_LIFETIME_MS,
     ) -> None:
         self._keys = keys
         self._master_key = master_key
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._jwt_max_lifetime_ms = jwt_max_lifetime_ms
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller of an ``Authorization`` header value."""
@@ -133,7 +151,7 @@ class Authenticator:
         """The one decision: a raw key or an SDK JWT -> the principal, or refusal."""
         key = await (self._jwt_key(token) if looks_like_jwt(token) else self._raw_key(token))
         if key.revoked:
-            raise AuthenticationFailed("This API key has been revoked.")
+            raise KeyRevoked("This API key has been revoked.")
         return Principal(key_id=key.id, org_id=key.org_id, role=key.role, tier=key.tier)
 
     async def _raw_key(self, token: str) -> ApiKey:
@@ -152,5 +170,5 @@ class Authenticator:
         if not secret_matches(secret, key.secret_hash):
             # Issued with a random secret or under another master key: not verifiable.
             raise InvalidToken("This API key cannot sign tokens; send the key itself.")
-        check_jwt(jwt, secret, self._now_ms())
+        check_jwt(jwt, secret, self._now_ms(), max_lifetime_ms=self._jwt_max_lifetime_ms)
         return key

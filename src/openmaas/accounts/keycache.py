@@ -29,7 +29,9 @@ from openmaas.store.changes import Change
 from openmaas.store.repositories import ApiKey
 
 DEFAULT_CAPACITY = 100_000
-KEY_ACTIONS = frozenset({"key.create", "key.revoke", "key.update"})
+KEY_REVOKED = "key.revoke"
+"""The audited action of a key's revocation; the target is the key id."""
+KEY_ACTIONS = frozenset({"key.create", KEY_REVOKED, "key.update"})
 """The audited actions that change a key's row; the target is the key id."""
 
 

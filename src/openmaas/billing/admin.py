@@ -15,7 +15,6 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import date
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -59,6 +58,7 @@ from openmaas.core.money import Currency, format_micros
 from openmaas.core.prices import ModelPrice
 from openmaas.core.tiers import Limits, Tier
 from openmaas.core.usage import UsageTotal
+from openmaas.core.validation import checked_day
 from openmaas.store import billing as store
 from openmaas.store.audit import AuditedChanges, AuditEntry, AuditRecord, read_audit
 from openmaas.store.ledger import LedgerStore, idempotency_key
@@ -331,13 +331,9 @@ class BillingAdmin:
         """An organization's usage per UTC day and model, with what it was charged and what
         external upstreams charged us for it."""
         found = await self._orgs.find(org)
-        for name, day in (("since", since_day), ("until", until_day)):
-            if day is not None:
-                try:
-                    date.fromisoformat(day)
-                except ValueError:
-                    raise InvalidRequest(f"'{name}' must be a date as YYYY-MM-DD.", name) from None
-        return await UsageRepository(self.database).totals(found.id, since_day, until_day)
+        since = None if since_day is None else checked_day(since_day, "since")
+        until = None if until_day is None else checked_day(until_day, "until")
+        return await UsageRepository(self.database).totals(found.id, since, until)
 
     async def statement(
         self, org: str, since_ms: int = 0, until_ms: int | None = None

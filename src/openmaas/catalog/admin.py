@@ -46,6 +46,19 @@ def _credential_value(value: object) -> str:
     return value
 
 
+class EmptyCatalogRefused(InvalidRequest):
+    """A document that declares no models, applied without saying so: it would remove every
+    model of the catalog at once (an empty upload, a truncated file)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The catalog document declares no models: applying it removes every model of the "
+            "catalog (the settings' models stay). To do so, say it: ?allow_empty=true (admin "
+            "API) or --allow-empty (openmaas catalog apply).",
+            param="allow_empty",
+        )
+
+
 class CredentialValue(AdminBody):
     """``PUT /admin/v1/credentials/{name}``: the value, sealed before it is stored and never
     shown, logged or audited."""
@@ -124,17 +137,22 @@ class CatalogAdmin:
             ctx=ctx,
         )
 
-    async def apply(self, text: str, source: str | None = None) -> str:
-        """Store ``text`` as the catalog (refused whole when invalid); its version."""
+    async def apply(
+        self, text: str, source: str | None = None, *, allow_empty: bool = False
+    ) -> str:
+        """Store ``text`` as the catalog (refused whole when invalid); its version. A
+        document without models is refused (``EmptyCatalogRefused``) unless ``allow_empty``."""
         if self.file_managed:
             raise CatalogFileManaged(
                 f"The catalog is managed by the file {self.settings.catalog_file} "
                 "(OPENMAAS_CATALOG_FILE): edit that file instead."
             )
         if self.manager is not None:
-            await self.manager.check(text)
+            document = await self.manager.check(text)
         else:
-            await self.check(text, source)
+            document = await self.check(text, source)
+        if not document.models and not allow_empty:
+            raise EmptyCatalogRefused()
         version = document_version(text)
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:

@@ -12,6 +12,7 @@ failed on our side before any output, which is free. Concretely:
 - ``client_disconnected``: the engine's counts when it stopped (the prompt it read and
   every token it generated before it saw the cancellation, delivered or not). The client
   chose to leave; an engine that had not started reports zero and nothing is charged.
+- ``key_revoked``: as ``client_disconnected``: the caller's side (its key's owner) ended it.
 - ``engine_error``, ``timeout``, ``gateway_shutdown``, ``gateway_killed``: our side cut
   the request. With no completion token generated, nothing is charged (not even the prompt);
   after the first token, the engine's counts so far (the client received that output).
@@ -40,8 +41,8 @@ class Rule(StrEnum):
     FREE_REJECTED = "free_rejected"  # the engine refused the input
 
 
-CHARGED_AS_COUNTED = frozenset({Termination.CLIENT_DISCONNECTED})
-"""Ended by the client: the engine's counts, even with no output."""
+CHARGED_AS_COUNTED = frozenset({Termination.CLIENT_DISCONNECTED, Termination.KEY_REVOKED})
+"""Ended by the client, or by its key's revocation: the engine's counts, even with no output."""
 
 FREE_WITHOUT_OUTPUT = frozenset(
     {

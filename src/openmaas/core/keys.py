@@ -12,7 +12,10 @@ stolen database still reveals no secret. The master key must be guarded like a p
 
 JWT as the SDKs build it: header ``{"alg": "HS256", "sign_type": "SIGN"}``, payload
 ``{"api_key": <id>, "exp": <ms epoch>, "timestamp": <ms epoch>}``. ``exp`` is in
-*milliseconds*, so it is validated here by hand rather than by a JWT library.
+*milliseconds*, so it is validated here by hand rather than by a JWT library. The SDKs sign
+tokens that expire 3.5 minutes ahead; one whose ``exp`` lies further ahead than a bound
+(``OPENMAAS_JWT_MAX_LIFETIME_SECONDS``, a day by default) is refused, so that a token cannot
+be minted to stay valid for years (``TokenLifetimeTooLong``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from openmaas.core.errors import AuthenticationFailed
 
 KEY_ID_PREFIX = "om"
 JWT_SKEW_MS = 30_000  # clock difference tolerated between client and server
+JWT_MAX_LIFETIME_MS = 86_400_000  # how far ahead a JWT's exp may lie (the setting's default)
+_MAX_EXP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: beyond it, not a time at all
 _KEY_ID_RE = re.compile(r"om[0-9a-f]{16}")
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -51,6 +56,14 @@ class TokenExpired(AuthenticationFailed):
 
 class SignatureInvalid(AuthenticationFailed):
     """A well-formed JWT for a known key whose signature does not verify."""
+
+
+class KeyRevoked(AuthenticationFailed):
+    """The key was revoked: refused from then on, and its requests in flight are ended."""
+
+
+class TokenLifetimeTooLong(InvalidToken):
+    """A correctly signed JWT whose ``exp`` lies further ahead than the server accepts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,19 +157,43 @@ def parse_jwt(token: str) -> SdkJwt:
     key_id, exp = payload.get("api_key"), payload.get("exp")
     if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
         raise InvalidToken("Malformed token: 'api_key' is not a key id.")
-    if not isinstance(exp, int) or isinstance(exp, bool):
-        raise InvalidToken("Malformed token: 'exp' must be an integer (milliseconds).")
+    if not isinstance(exp, int) or isinstance(exp, bool) or not 0 <= exp <= _MAX_EXP_MS:
+        raise InvalidToken(
+            "Malformed token: 'exp' must be an integer time (milliseconds since 1970)."
+        )
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
     return SdkJwt(key_id, exp, signing_input, signature)
 
 
-def check_jwt(jwt: SdkJwt, secret: str, now_ms: int, skew_ms: int = JWT_SKEW_MS) -> None:
-    """Verify the signature with ``secret`` (the key's), then the expiry (milliseconds)."""
+def check_jwt(
+    jwt: SdkJwt,
+    secret: str,
+    now_ms: int,
+    skew_ms: int = JWT_SKEW_MS,
+    *,
+    max_lifetime_ms: int = JWT_MAX_LIFETIME_MS,
+) -> None:
+    """Verify the signature with ``secret`` (the key's), then the expiry (milliseconds):
+    passed (beyond ``skew_ms``) or further ahead than ``max_lifetime_ms`` (plus the skew)."""
     expected = hmac.new(secret.encode("ascii"), jwt.signing_input, hashlib.sha256).digest()
     if not hmac.compare_digest(expected, jwt.signature):
         raise SignatureInvalid("Token signature verification failed.")
     if jwt.exp_ms + skew_ms <= now_ms:
         raise TokenExpired("The token has expired.")
+    if jwt.exp_ms - skew_ms > now_ms + max_lifetime_ms:
+        raise TokenLifetimeTooLong(
+            f"The token expires more than {_duration(max_lifetime_ms)} from now; this server "
+            f"accepts tokens whose 'exp' is at most {_duration(max_lifetime_ms)} ahead."
+        )
+
+
+def _duration(ms: int) -> str:
+    """``24 h``, ``90 min`` or ``45 s``: the lifetime bound as the refusal states it."""
+    if ms % 3_600_000 == 0:
+        return f"{ms // 3_600_000} h"
+    if ms % 60_000 == 0:
+        return f"{ms // 60_000} min"
+    return f"{ms / 1000:g} s"
 
 
 def build_jwt(key_id: str, secret: str, now_ms: int, ttl_ms: int = 210_000) -> str:

@@ -25,6 +25,7 @@ class Termination(StrEnum):
     GATEWAY_SHUTDOWN = "gateway_shutdown"  # the grace period ran out while shutting down
     TIMEOUT = "timeout"  # a connect, first-token, idle or total timeout cut the request
     GATEWAY_KILLED = "gateway_killed"  # the process died (kill -9, power); found on restart
+    KEY_REVOKED = "key_revoked"  # the caller's API key was revoked while the request ran
 
 
 def from_finish_reason(reason: FinishReason) -> Termination:

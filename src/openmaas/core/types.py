@@ -100,6 +100,12 @@ class ResponseFormat:
     name: str | None = None
 
 
+MAX_TOKENS_LIMIT = 2**31 - 1
+"""The most tokens a request may ask an engine to generate (``max_tokens`` and its kin, in
+every protocol): engines read the count as a signed 32-bit integer (llama.cpp's
+``n_predict``), where a larger value wraps around."""
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to sample. ``None`` leaves the choice to the engine's default."""

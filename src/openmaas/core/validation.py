@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 from pydantic import ValidationError
+
+from openmaas.core.errors import InvalidRequest
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
@@ -43,3 +49,17 @@ def blamed_field(exc: ValidationError, prefix: str = "") -> tuple[str, dict[str,
         if within and not str(error["type"]).endswith("_type"):
             return field, dict(error)
     return first, dict(errors[0])
+
+
+def checked_day(value: str, param: str) -> str:
+    """``value`` when it is a calendar day written ``YYYY-MM-DD``, the way usage records store
+    their UTC day, else ``InvalidRequest`` naming ``param``. Python reads other ISO 8601
+    forms as dates too (``20261201``, ``2026-W48-2``); compared with the stored days as text,
+    they would select the wrong ones."""
+    try:
+        if _DAY.fullmatch(value):
+            date.fromisoformat(value)  # a real day: not 2026-02-30
+            return value
+    except ValueError:
+        pass
+    raise InvalidRequest(f"'{param}' must be a date as YYYY-MM-DD, not {value!r}.", param)

@@ -63,13 +63,20 @@ def create_app(
             assert platform.catalog is not None
             app.state.openmaas = AppState(
                 platform=platform,
-                auth=Authenticator(platform.keys, platform.master_key, platform.clock.now_ms),
+                auth=Authenticator(
+                    platform.keys,
+                    platform.master_key,
+                    platform.clock.now_ms,
+                    jwt_max_lifetime_ms=round(settings.jwt_max_lifetime_seconds * 1000),
+                ),
                 usage=UsageRepository(platform.database),
                 gateway=Gateway(
                     platform.catalog, platform.accountant, platform.clock, lambda: life.draining
                 ),
                 lifecycle=life,
             )
+            if platform.feed is not None:  # a revoked key's requests in flight are ended
+                platform.feed.subscribe(app.state.openmaas.gateway.apply_changes)
             assert platform.async_jobs is not None
             zhipu_routes.open_jobs(app, platform.async_jobs)
             platform.catalog.start_loading()

@@ -12,24 +12,32 @@ The two meet at one seam: a ``Generation`` knows its engine stream and how it en
 ``Settlement`` the gateway hands it (``_Admitted``, one per generation). How an exception
 ends a request is ``core/termination.py``'s ``failure_for``, for generations and embeddings
 alike.
+
+The gateway keeps its open generations by key: when the change feed reports a key revoked
+(``apply_changes``), each of that key's generations is ended (``Generation.revoke``): the
+wait for the engine's next event is cancelled, the consumer gets ``KeyRevoked`` (an error
+event in a stream), and the request is settled as ``key_revoked`` for what the engine had
+counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import anyio
 
 from openmaas.accounts.auth import Principal
+from openmaas.accounts.keycache import KEY_REVOKED
 from openmaas.aio import finish_despite_cancellation
 from openmaas.billing.accountant import Accountant, Ticket
 from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
 from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest
+from openmaas.core.keys import KeyRevoked
 from openmaas.core.termination import (
     Termination,
     failure_for,
@@ -50,6 +58,16 @@ from openmaas.engines.base import EngineStream, ModelKind, Route
 log = logging.getLogger("openmaas.gateway")
 
 
+class Change(Protocol):
+    """What the gateway reads of a change the change feed reports (``store/changes.py``)."""
+
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -63,6 +81,7 @@ class Gateway:
         self._clock = clock
         self._shutting_down = shutting_down
         self._open = 0  # generations not yet closed (their usage not yet recorded)
+        self._live: dict[str, set[Generation]] = {}  # key id -> its generations not yet closed
 
     async def generate(
         self, principal: Principal, request: GenerationRequest, endpoint: str
@@ -93,7 +112,16 @@ class Gateway:
             raise
         self._open += 1
         admitted = _Admitted(self, principal, request, endpoint, ticket, started)
-        return await Generation.open(request, stream, admitted)
+        generation = admitted.generation = Generation(request, stream, admitted)
+        self._live.setdefault(principal.key_id, set()).add(generation)
+        return await generation.start()
+
+    async def apply_changes(self, changes: Sequence[Change]) -> None:
+        """A change-feed subscriber: a revoked key's generations in flight are ended."""
+        for change in changes:
+            if change.action == KEY_REVOKED:
+                for generation in list(self._live.get(change.target, ())):
+                    generation.revoke()
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """The prompt tokens ``request`` would read; nothing is generated or recorded."""
@@ -174,6 +202,16 @@ class Gateway:
     def _elapsed_ms(self, since: float) -> int:
         return max(0, round((self._clock.monotonic() - since) * 1000))
 
+    def _closed(self, admitted: _Admitted) -> None:
+        """A generation was settled or cancelled: no longer open, nor revocable."""
+        self._open -= 1
+        key_id = admitted.key_id
+        live = self._live.get(key_id)
+        if live is not None and admitted.generation is not None:
+            live.discard(admitted.generation)
+            if not live:
+                del self._live[key_id]
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -206,7 +244,15 @@ class Settlement(Protocol):
 class _Admitted:
     """The gateway's side of one admitted generation (a :class:`Settlement`)."""
 
-    __slots__ = ("_gateway", "_principal", "_request", "_endpoint", "_ticket", "_started")
+    __slots__ = (
+        "_gateway",
+        "_principal",
+        "_request",
+        "_endpoint",
+        "_ticket",
+        "_started",
+        "generation",
+    )
 
     def __init__(
         self,
@@ -223,6 +269,11 @@ class _Admitted:
         self._endpoint = endpoint
         self._ticket = ticket
         self._started = started
+        self.generation: Generation | None = None  # the generation it settles
+
+    @property
+    def key_id(self) -> str:
+        return self._principal.key_id
 
     @property
     def limit_headers(self) -> dict[str, str]:
@@ -239,7 +290,7 @@ class _Admitted:
         try:
             await self._gateway.accountant.cancel(self._ticket)
         finally:
-            self._gateway._open -= 1
+            self._gateway._closed(self)
 
     async def settle(self, outcome: Outcome) -> UsageRecord:
         gateway = self._gateway
@@ -268,7 +319,7 @@ class _Admitted:
         try:
             return await gateway.finish(self._ticket, record)
         finally:
-            gateway._open -= 1
+            gateway._closed(self)
 
 
 class Generation:
@@ -286,25 +337,50 @@ class Generation:
         self._termination: Termination | None = None
         self._error: str | None = None
         self._closed = False
+        self._revoked = False
+        # While the engine's next event is awaited: the task awaiting it and how many
+        # cancellations it had then; ``revoke`` cancels that wait (``_taken_back`` undoes it).
+        self._waiter: asyncio.Task[object] | None = None
+        self._waiter_cancelling = 0
+        self._cancelled: asyncio.Task[object] | None = None
 
-    @classmethod
-    async def open(
-        cls, request: GenerationRequest, stream: EngineStream, settlement: Settlement
-    ) -> Generation:
-        """The generation once its engine has produced the first event. A refusal before
+    async def start(self) -> Generation:
+        """This generation once its engine has produced the first event. A refusal before
         it (the engine, or every deployment, could not take the request) is cancelled like
         a refusal at ``engine.stream``: nothing recorded, hold and limits released. Any
         other failure is settled (one usage record) and raised."""
-        generation = cls(request, stream, settlement)
         try:
-            generation._first = await generation._next()
+            self._first = await self._next()
         except CapacityError:
-            await generation._cancel()
+            await self._cancel()
             raise
         except BaseException:
-            await generation.aclose()
+            await self.aclose()
             raise
-        return generation
+        return self
+
+    def revoke(self) -> None:
+        """End this generation: its key was revoked. A wait for the engine's next event is
+        cancelled at once; the next event asked for (or the one awaited) raises
+        ``KeyRevoked``, and ``aclose`` settles it as ``key_revoked``. Nothing happens to a
+        generation that has finished or is closed."""
+        if self._revoked or self._finished is not None or self._closed:
+            return
+        self._revoked = True
+        waiter = self._waiter
+        if waiter is not None and self._cancelled is None:
+            self._cancelled = waiter
+            waiter.cancel("the API key was revoked")
+
+    def _taken_back(self) -> bool:
+        """Undo ``revoke``'s cancellation of the waiting task, as ``asyncio.timeout`` does;
+        False when another cancellation arrived meanwhile (it wins: the task must end)."""
+        task, self._cancelled = self._cancelled, None
+        return task is None or task.uncancel() <= self._waiter_cancelling
+
+    def _revocation(self) -> KeyRevoked:
+        self._fail(Termination.KEY_REVOKED, "the API key was revoked")
+        return KeyRevoked("This API key has been revoked.")
 
     @property
     def request_id(self) -> str:
@@ -327,14 +403,25 @@ class Generation:
         return await self._next()
 
     async def _next(self) -> StreamEvent:
+        if self._revoked:
+            raise self._revocation()
+        waiter = self._waiter = asyncio.current_task()
+        self._waiter_cancelling = waiter.cancelling() if waiter is not None else 0
         try:
             event = await self._stream.__anext__()
+        except asyncio.CancelledError:
+            if self._cancelled is not None and self._taken_back():  # revoke's, and only it
+                raise self._revocation() from None
+            raise
         except StopAsyncIteration:
             if self._finished is None:
                 self._fail(Termination.ENGINE_ERROR, "the engine ended without finishing")
                 raise EngineFailure("The engine ended the stream unexpectedly.") from None
             raise
         except Exception as exc:
+            if self._revoked:  # the engine answered the cancellation with an error of its own
+                self._taken_back()
+                raise self._revocation() from None
             failure = failure_for(exc)
             if failure.termination is None:  # a capacity error
                 if self._ttft_ms is None and self._finished is None:
@@ -345,6 +432,11 @@ class Generation:
             if not isinstance(exc, EngineFailure | InvalidRequest):
                 raise EngineFailure("The engine failed.") from exc
             raise
+        finally:
+            self._waiter = None
+        if self._cancelled is not None:  # revoked, and the engine answered all the same
+            if self._taken_back():
+                raise self._revocation()
         if isinstance(event, Finished):
             self._finished = event
             self._termination = from_finish_reason(event.reason)

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from pathlib import Path
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # the database file and its companions
+
+log = logging.getLogger("openmaas.database")
 
 
 def open_database(url: str, *, sqlite_synchronous: str = "FULL") -> AsyncEngine:
     engine = create_async_engine(url)
     if engine.dialect.name == "sqlite":
+        _owner_only(engine.url.database)
         _tune_sqlite(engine, sqlite_synchronous)
     return engine
+
+
+def _owner_only(database: str | None) -> None:
+    """Make a SQLite database file the owner's alone (0600): it holds key hashes, sealed
+    credentials and every organization's usage. SQLite creates it under the umask (0644 as
+    a rule) and gives its -wal and -shm files the database file's mode, so the file is
+    created here first, and one an earlier version left readable by others is narrowed,
+    companions included. A directory that does not exist is left to SQLite to report."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return  # in memory, or a URI SQLite opens by itself
+    path = Path(database)
+    if not path.parent.is_dir():
+        return
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for companion in (Path(f"{path}{suffix}") for suffix in SQLITE_SUFFIXES):
+            if companion.exists() and stat.S_IMODE(companion.stat().st_mode) & 0o077:
+                companion.chmod(stat.S_IMODE(companion.stat().st_mode) & 0o700)
+    except OSError as exc:  # not ours to change (another owner, a read-only mount)
+        log.warning("could not make %s readable by its owner only: %s", path, exc)
 
 
 def _tune_sqlite(engine: AsyncEngine, synchronous: str) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from openmaas.core.types import MAX_TOKENS_LIMIT
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -129,7 +131,7 @@ class _Common(_Wire):
 class AnthropicMessagesRequest(_Common):
     """``POST /v1/messages``."""
 
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1, le=MAX_TOKENS_LIMIT)
     messages: list[AnthropicInputMessage] = Field(min_length=1)
     stop_sequences: list[str] | None = None
     temperature: float | None = Field(None, ge=0, le=1)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openmaas.core.errors import InvalidRequest
 from openmaas.core.types import (
+    MAX_TOKENS_LIMIT,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -76,7 +77,7 @@ class ResponsesRequest(_Wire):
     previous_response_id: str | None = None
     store: bool = True
     stream: bool = False
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     tools: list[dict[str, Any]] | None = None

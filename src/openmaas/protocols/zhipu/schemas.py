@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from openmaas.core.types import MAX_TOKENS_LIMIT
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -65,7 +67,7 @@ class ZhipuChatRequest(_Wire):
     do_sample: bool = True
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     stop: str | list[str] | None = None
     seed: int | None = None
     tools: list[ZhipuTool] | None = None

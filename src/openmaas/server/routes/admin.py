@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from openmaas.accounts.admin import AccountsAdmin, NewOrganization, org_json
@@ -355,14 +355,21 @@ async def get_catalog(request: Request) -> Response:
         }
     },
 )
-async def put_catalog(request: Request) -> Response:
+async def put_catalog(
+    request: Request,
+    allow_empty: bool = Query(
+        False,
+        description="Apply a document that declares no models (it removes every catalog "
+        "model); without it such a document is a 400.",
+    ),
+) -> Response:
     admin = await _catalog_admin(request)
     try:
         text = (await request.body()).decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("The catalog must be UTF-8 YAML.") from None
     try:
-        await admin.apply(text, "catalog")
+        await admin.apply(text, "catalog", allow_empty=allow_empty)
     except CatalogFileManaged as exc:
         return json_response(error_body(exc.message, "invalid_request_error", "conflict"), 409)
     except CatalogRejected as exc:

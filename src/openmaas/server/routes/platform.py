@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from openmaas.core.errors import InvalidRequest
 from openmaas.core.money import format_micros
+from openmaas.core.validation import checked_day
 from openmaas.server.responses import json_response
 from openmaas.server.routes.common import authenticate
 from openmaas.server.state import app_state
@@ -64,13 +62,9 @@ async def usage(
 ) -> Response:
     state = app_state(request)
     principal = await authenticate(request, state)
-    for name, value in (("start_date", start_date), ("end_date", end_date)):
-        if value is not None:
-            try:
-                date.fromisoformat(value)
-            except ValueError:
-                raise InvalidRequest(f"'{name}' must be a date as YYYY-MM-DD.", name) from None
-    totals = await state.usage.totals(principal.org_id, start_date, end_date)
+    since = None if start_date is None else checked_day(start_date, "start_date")
+    until = None if end_date is None else checked_day(end_date, "end_date")
+    totals = await state.usage.totals(principal.org_id, since, until)
     return json_response(
         {
             "object": "list",
