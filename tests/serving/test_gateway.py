@@ -605,12 +605,13 @@ async def test_usage_record_survives_repeated_plain_asyncio_cancellation(
     """A shutdown may cancel a task more than once; the record must still be written."""
 
     class SlowLedger(LedgerStore):
-        async def write(self, also):  # type: ignore[no-untyped-def]
+        async def write(self, also=None, *, rows=None):  # type: ignore[no-untyped-def]
             async def slowly(conn, events):  # type: ignore[no-untyped-def]
                 await asyncio.sleep(0.05)  # a slow write: the cancellations arrive during it
-                await also(conn, events)
+                if also is not None:
+                    await also(conn, events)
 
-            await super().write(slowly)
+            await super().write(slowly, rows=rows)
 
     repository = UsageRepository(database)
     clock = frozen_clock()
