@@ -94,16 +94,31 @@ def _money(micros: int, currency: str) -> str:
     return f"{format_micros(micros)} {currency}"
 
 
-def _print_table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    """A table on a terminal; tab-separated lines, whole and script-friendly, otherwise."""
-    if console.is_terminal:
-        table = Table(*headers)
+def _print_table(
+    headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], out: Console | None = None
+) -> None:
+    """A table on a terminal; tab-separated lines, whole and script-friendly, otherwise.
+    On a narrow terminal identifiers (ids, requests) keep their whole width, so they can
+    be copied; the other columns wrap, never cut."""
+    out = out or console
+    if out.is_terminal:
+        table = Table()
+        for index, header in enumerate(headers):
+            if _is_identifier(header):
+                widest = max((len(row[index]) for row in rows), default=0)
+                table.add_column(header, no_wrap=True, min_width=max(widest, len(header)))
+            else:
+                table.add_column(header, overflow="fold")
         for row in rows:
             table.add_row(*row)
-        console.print(table)
+        out.print(table)
         return
     for line in (headers, *rows):
         click.echo("\t".join(line))
+
+
+def _is_identifier(header: str) -> bool:
+    return header in {"id", "org", "request", "key", "target"} or header.endswith(" id")
 
 
 def _ms_to_iso(ms: int | None) -> str:

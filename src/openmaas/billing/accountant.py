@@ -37,15 +37,12 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.accounts.auth import Principal
-from openmaas.aio import finish_despite_cancellation
+from openmaas.billing.leasing import Leasing, close_leases_of
 from openmaas.billing.limiter import Limiter
 from openmaas.core.billing import billable_usage
 from openmaas.core.clock import Clock
-from openmaas.core.errors import InsufficientBalance
-from openmaas.core.ids import new_request_id
-from openmaas.core.leases import LeaseBook, LeasePolicy, Shrink
+from openmaas.core.leases import LeasePolicy
 from openmaas.core.ledger_events import (
-    DrawLease,
     Event,
     ExpirePacks,
     Hold,
@@ -53,7 +50,6 @@ from openmaas.core.ledger_events import (
     LeaseSpent,
     Release,
     Settle,
-    ShrinkLease,
     SpendLease,
 )
 from openmaas.core.limits import Admission
@@ -209,13 +205,11 @@ class Accountant:
         self._loaded: _LoadedTerms | None = None
         self._refreshing: _TermsRead | None = None  # the one read of the terms in flight
         # Leases need an instance to own them (its death is how they come back).
-        self._leases = (
-            LeaseBook(leases, self._lease_left)
+        self._leasing = (
+            Leasing(ledger, clock, leases, liveness.instance_id)
             if leases is not None and leases.seconds > 0 and liveness is not None
             else None
         )
-        self._drawing: dict[str, asyncio.Future[bool]] = {}  # org -> the draw in flight
-        self._no_lease_until: dict[str, float] = {}  # org -> monotonic time (refused)
 
     # -- configuration --------------------------------------------------------------
 
@@ -246,7 +240,7 @@ class Accountant:
         if any(change.resets or change.action in TERMS_ACTIONS for change in changes):
             self.invalidate()
             await self.terms()
-        if self._leases is not None and any(
+        if self._leasing is not None and any(
             change.resets or change.action.startswith("billing.") for change in changes
         ):  # a budget, a pack, a top-up: admission against a lease reads them from memory
             await self.ledger.refresh()
@@ -341,8 +335,12 @@ class Accountant:
         budget_scopes = (f"key:{principal.key_id}", f"org:{principal.org_id}")
         if quote is not None:
             try:
-                lease_id = await self._reserve_on_lease(
-                    principal.org_id, model, request_id, quote.micros, now_ms, budget_scopes
+                lease_id = (
+                    None
+                    if self._leasing is None
+                    else await self._leasing.reserve(
+                        principal.org_id, model, request_id, quote.micros, now_ms, budget_scopes
+                    )
                 )
             except BaseException:
                 await self.cancel(ticket)
@@ -365,97 +363,16 @@ class Accountant:
             raise
         return ticket
 
-    # -- leases ---------------------------------------------------------------------
-
-    def _lease_left(self, lease_id: str) -> int:
-        lease = self.ledger.ledger.leases.get(lease_id)
-        return 0 if lease is None or lease.closed else lease.left
-
-    async def _reserve_on_lease(
-        self,
-        org: str,
-        model: str,
-        request_id: str,
-        amount: int,
-        now_ms: int,
-        budget_scopes: tuple[str, ...],
-    ) -> str | None:
-        """Reserve ``amount`` micros of this process's lease for the organization, drawing a
-        new lease when the request does not fit (one draw per organization at a time);
-        the lease id, or None where the request needs a ledger hold of its own: no leases
-        here, a budget or a resource pack in play, or the ledger refused a lease."""
-        book = self._leases
-        if book is None or amount <= 0:
-            return None
-        ledger = self.ledger.ledger
-        if ledger.has_budget(budget_scopes) or ledger.has_usable_packs(org, model, now_ms):
-            return None
-        while True:
-            lease_id = book.reserve(org, request_id, amount, self._clock.monotonic())
-            if lease_id is not None:
-                return lease_id
-            drawing = self._drawing.get(org)
-            if drawing is None:
-                break
-            if not await asyncio.shield(drawing):
-                return None  # refused just now: a hold of its own
-        if self._clock.monotonic() < self._no_lease_until.get(org, -math.inf):
-            return None
-        drawing = asyncio.get_running_loop().create_future()
-        self._drawing[org] = drawing
-        try:
-            granted = await finish_despite_cancellation(self._draw(org, amount))
-        except BaseException:
-            drawing.set_result(False)
-            raise
-        finally:
-            del self._drawing[org]
-        drawing.set_result(granted)
-        if not granted:
-            return None
-        return book.reserve(org, request_id, amount, self._clock.monotonic())
-
-    async def _draw(self, org: str, amount: int) -> bool:
-        """Retire the organization's current lease (it gives back what nothing reserved)
-        and draw a new one sized by ``LeaseBook.want``; False when the ledger refused (the
-        balance is too low to lease: holds of their own for a while)."""
-        book = self._leases
-        assert book is not None and self._instance_id is not None
-        now = self._clock.monotonic()
-        want, at_least = book.want(org, amount, now)
-        lease_id = new_request_id()
-        draw = DrawLease(lease_id, org, self._instance_id, want, at_least, book.policy.share_bp)
-        await self._shrink(book.retire(org))  # first: what it gives back may be leased again
-        try:
-            await self.ledger.execute(draw)
-        except InsufficientBalance:
-            self._no_lease_until[org] = now + book.policy.seconds / 4
-            return False
-        book.opened(org, lease_id, now)
-        return True
-
-    async def _shrink(self, shrink: Shrink | None) -> None:
-        if shrink is None:
-            return
-        try:
-            await self.ledger.execute(ShrinkLease(shrink.lease_id, shrink.keep))
-        except Exception:  # the lease stays open: its process's death or restart closes it
-            log.exception("failed to give back lease %s", shrink.lease_id)
-
     async def return_idle_leases(self) -> int:
         """Close the leases that admitted nothing for ``LeasePolicy.seconds`` (run every
         half of that); returns how many."""
-        if self._leases is None:
-            return 0
-        shrinks = self._leases.idle(self._clock.monotonic())
-        await asyncio.gather(*(self._shrink(shrink) for shrink in shrinks))
-        return len(shrinks)
+        return 0 if self._leasing is None else await self._leasing.return_idle()
 
     async def close(self) -> None:
         """The process stops serving: give back every lease (one whose requests are still
         open keeps what they reserved and closes when the last of them ends)."""
-        if self._leases is not None:
-            await asyncio.gather(*(self._shrink(s) for s in self._leases.close_all()))
+        if self._leasing is not None:
+            await self._leasing.close()
 
     @asynccontextmanager
     async def counting(self, principal: Principal, model: str) -> AsyncIterator[Admission | None]:
@@ -574,8 +491,8 @@ class Accountant:
             return usage_rows(settled[0])
 
         await self.ledger.execute(command, rows=write)
-        if self._leases is not None:
-            await self._shrink(self._leases.release(record.request_id))
+        if self._leasing is not None:
+            await self._leasing.release(record.request_id)
         return settled[0]
 
     async def _append(self, record: UsageRecord) -> None:
@@ -596,8 +513,8 @@ class Accountant:
                 await self.ledger.execute(Release(request_id), rows=forget)
             elif ticket.pending is not None:  # an unpriced or leased request's row
                 await self.ledger.write(rows=forget)
-            if ticket.leased and self._leases is not None:
-                await self._shrink(self._leases.release(request_id))
+            if ticket.leased and self._leasing is not None:
+                await self._leasing.release(request_id)
         finally:
             if ticket.limit is not None:
                 await self._limiter.release(ticket.limit)
@@ -694,13 +611,9 @@ class Accountant:
         return len(left)
 
     async def _close_leases_of(self, owner: str | None) -> None:
-        """Close the leases of a dead instance, once its requests are settled: what they
-        still hold goes back to the organization."""
-        if owner is None:
-            return
-        ledger = await self.ledger.refresh()
-        for lease_id in ledger.open_leases(instance_id=owner):
-            await self._shrink(Shrink(lease_id, 0))
+        """Close the leases of a dead instance, once its requests are settled."""
+        if owner is not None:
+            await close_leases_of(self.ledger, owner)
 
     async def _record_unpriced(self, record: UsageRecord) -> None:
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> None:
