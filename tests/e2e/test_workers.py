@@ -217,3 +217,23 @@ def test_kill_9_of_the_supervisor_leaves_no_process(tmp_path: Path) -> None:
     assert len(children) >= 3
     live.kill()
     wait_until(lambda: not _alive(children), timeout=60, what="the children to stop")
+
+
+def test_two_signals_at_once_still_stop_the_supervisor(tmp_path: Path) -> None:
+    """Two Ctrl-C, or SIGTERM sent to the supervisor and to its process group: the second
+    signal arrives while the first one's handler runs. It must not deadlock the handler
+    (it did: ``threading.Event.set`` re-entered from a signal handler waits on a lock its
+    own thread holds), so the supervisor stops and reaps its children every time."""
+    for attempt in range(3):
+        live = LiveServer(
+            tmp_path / f"home{attempt}",
+            workers=1,
+            embedded_models=False,
+            fake_models={"fake-chat": {"text": "hi"}},
+        ).start()
+        assert live.process is not None
+        children = _descendants(live.process.pid)
+        for _ in range(2):
+            live.process.send_signal(signal.SIGINT)
+        assert live.wait_exit(60) == 0
+        assert _alive(children) == set()

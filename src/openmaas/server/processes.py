@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -25,6 +26,33 @@ log = logging.getLogger("openmaas.server")
 
 _READY_POLL_S = 0.1
 _STOP_SLACK_S = 10.0  # beyond the grace, how long a stopping host may take before SIGKILL
+
+
+class StopFlag:
+    """Set by a signal handler, waited on by the main thread. Unlike ``threading.Event``,
+    ``set`` takes no lock: a second signal arriving while the first one's handler runs (two
+    Ctrl-C, or SIGTERM sent to a process and to its group) cannot deadlock the handler on a
+    lock its own thread holds. ``wait`` looks at the flag every ``poll`` seconds."""
+
+    def __init__(self, poll: float = 0.05) -> None:
+        self._set = False
+        self._poll = poll
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """True once set; False when ``timeout`` seconds passed first."""
+        deadline = time.monotonic() + timeout
+        while not self._set:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self._poll, left))
+        return True
 
 
 class QuietServer(uvicorn.Server):
@@ -123,7 +151,7 @@ class EngineHostProcess(ChildProcess):
         super().__init__("openmaas.server.enginehost", settings, "engine host")
         self.socket = socket
 
-    def wait_ready(self, stop: threading.Event) -> bool:
+    def wait_ready(self, stop: StopFlag) -> bool:
         """Wait until every model of the host is loaded (or failed); False when ``stop``
         is set first. ``SetupError`` when the host exits instead."""
         transport = httpx.HTTPTransport(uds=str(self.socket))

@@ -25,7 +25,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -38,7 +37,7 @@ from openmaas.accounts.admin import IssuedKey
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.server.logs import configure_logging
-from openmaas.server.processes import ChildProcess, EngineHostProcess, QuietServer
+from openmaas.server.processes import ChildProcess, EngineHostProcess, QuietServer, StopFlag
 from openmaas.server.state import Lifecycle
 from openmaas.settings import Settings
 
@@ -155,7 +154,7 @@ class Supervisor:
         self.settings = settings
         self.socket = socket_path(settings)
         self.worker_settings = settings.model_copy(update={"engine_socket": self.socket})
-        self.stop = threading.Event()
+        self.stop = StopFlag()  # set by the signal handler: no lock (see StopFlag)
         # Always: even without local models in the settings, the catalog may declare some.
         self.host = _Child(EngineHostProcess(self.worker_settings, self.socket))
         self.workers: list[_Child] = []
