@@ -77,7 +77,9 @@ async def test_stream_yields_text_and_engine_counted_usage(engine: LlamaCppEngin
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.reason is FinishReason.LENGTH
     assert finished.usage.completion_tokens == 12 and finished.usage.prompt_tokens > 5
-    assert deltas and deltas[-1].completion_tokens == 12
+    # The last text carries the running count; a final token that only begins a character
+    # (half of an emoji's UTF-8 bytes) shows no text, so the count may end one short there.
+    assert deltas and deltas[-1].completion_tokens in (11, 12)
     # Running counts never go backwards.
     counts = [d.completion_tokens for d in deltas]
     assert counts == sorted(counts)
