@@ -45,11 +45,15 @@ class Lease:
     org: str
     last_used: float
     reserved: dict[str, int] = field(default_factory=dict)  # request id -> micros
+    reserved_total: int = 0  # the sum of ``reserved``, kept as it changes (admission reads it)
     retiring: bool = False
 
-    @property
-    def reserved_total(self) -> int:
-        return sum(self.reserved.values())
+    def add(self, request_id: str, amount: int) -> None:
+        self.reserved[request_id] = amount
+        self.reserved_total += amount
+
+    def remove(self, request_id: str) -> None:
+        self.reserved_total -= self.reserved.pop(request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ class LeaseBook:
         lease = self._current.get(org)
         if lease is None or self._left(lease.lease_id) - lease.reserved_total < amount:
             return None
-        lease.reserved[request_id] = amount
+        lease.add(request_id, amount)
         lease.last_used = now
         self._by_request[request_id] = lease
         recent = self._recent.setdefault(org, deque())
@@ -122,7 +126,7 @@ class LeaseBook:
         lease = self._by_request.pop(request_id, None)
         if lease is None:
             return None
-        del lease.reserved[request_id]
+        lease.remove(request_id)
         if lease.retiring and not lease.reserved:
             self._leases.pop(lease.lease_id, None)
             return Shrink(lease.lease_id, 0)
