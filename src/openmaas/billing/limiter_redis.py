@@ -97,6 +97,14 @@ RETRY_MS = 1_000
 """After Redis failed, how long requests are decided by the failure mode without trying it."""
 TIMEOUT_S = 1.0
 """Connect and command timeout: past it Redis counts as unreachable."""
+MAX_CONNECTIONS = 32
+"""Connections one limiter opens at most. Redis runs one script at a time, so more would
+not admit faster; a burst of requests queues for a connection instead of opening one each
+(a hundred connects at once on a busy machine can take longer than :data:`TIMEOUT_S`, which
+failed a burst closed)."""
+POOL_WAIT_S = 5.0
+"""How long a request waits for one of the :data:`MAX_CONNECTIONS` (a queue, not an outage);
+past it Redis counts as unreachable."""
 
 _KIND = {Dimension.REQUESTS: "r", Dimension.TOKENS: "t", Dimension.CONCURRENCY: "c"}
 
@@ -323,12 +331,15 @@ class RedisLimiter:
         self._bucket_ms = bucket_ms
         self._lease_ms = lease_ms
         self._retry_ms = retry_ms
-        self._redis = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT_S,
             socket_timeout=TIMEOUT_S,
             socket_connect_timeout=TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT)
         self._end = self._redis.register_script(_END)
         self._renew = self._redis.register_script(_RENEW)
@@ -566,7 +577,7 @@ class RedisLimiter:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
             self._renewer = None
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     async def used(self, scope: str, model: str, dimension: Dimension, now_ms: int) -> int:
         """Current usage of one counter at ``now_ms`` (or the latest time seen, if later),
