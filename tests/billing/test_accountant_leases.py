@@ -44,6 +44,7 @@ from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import inflight, ledger_events, usage_records
 from tests.billing.test_accountant import PRICE
 from tests.support.clock import ManualClock
+from tests.support.waiting import eventually
 
 PROMPT_TOKENS = 5
 MAX_TOKENS = 100
@@ -284,15 +285,35 @@ async def test_an_idle_lease_goes_back_to_the_organization(database: AsyncEngine
     await process.liveness.stop()
 
 
+async def test_a_request_answered_before_its_row_is_due_commits_once(
+    database: AsyncEngine, org: str
+) -> None:
+    """A leased request that ends within ``ROW_DELAY_SECONDS`` of admission writes no
+    in-flight row (nor deletes one): its settlement and usage record are its only write."""
+    await fund(database, org, 1_000_000)
+    process = await Process.start(database, ManualClock(), min_requests=10)
+    await process.finish(await process.admit(member(org)), completion_tokens=30)  # the lease
+    with statements(database) as seen:
+        record = await process.finish(await process.admit(member(org)), completion_tokens=30)
+    assert record.cost is not None and record.cost.micros == PROMPT_TOKENS + 30 * 2
+    assert [s for s in seen if "inflight" in s] == []
+    assert len([s for s in seen if s.startswith("INSERT INTO usage_records")]) == 1
+    async with database.connect() as conn:
+        assert (await conn.execute(select(inflight))).all() == []
+        assert len((await conn.execute(select(usage_records))).all()) == 2
+    await process.liveness.stop()
+
+
 async def test_a_dead_process_is_settled_from_its_lease_once_and_its_lease_closed(
     database: AsyncEngine, org: str
 ) -> None:
     await fund(database, org, 1_000_000)
     doomed = await Process.start(database, ManualClock())
     tickets = [await doomed.admit(member(org)) for _ in range(3)]
-    for ticket in tickets:
+    for ticket in tickets:  # the in-flight rows, written in the background once due
+        await eventually(lambda t=ticket: t.pending is not None, what="the in-flight row")
         assert ticket.pending is not None
-        await ticket.pending  # the in-flight rows, written in the background
+        await ticket.pending
     async with database.begin() as conn:
         await checkpoint(
             conn, tickets[0].request.request_id,

@@ -403,6 +403,9 @@ async def test_kill_before_the_first_token_of_an_unpriced_request_still_records_
             lambda: live.in_flight(UNPRICED_STUCK),
             what="the request in the engine",
         )
+        await eventually(  # written ROW_DELAY_SECONDS after admission (docs/billing.md)
+            lambda: live.rows("SELECT * FROM inflight"), what="its in-flight row"
+        )
         kill_and_restart(live)
         (outcome,) = await asyncio.gather(waiting, return_exceptions=True)
         assert isinstance(outcome, httpx.HTTPError), outcome

@@ -15,8 +15,10 @@ correct the TPM reservation) or ``Accountant.cancel`` (the engine never saw the 
 release everything) ends a ticket.
 
 While a request runs, ``Accountant.checkpoint`` writes the engine's running count to the
-``inflight`` table (its row is written at admission, owned by this process's instance) every
-``checkpoint_seconds``; when a process dies, ``Accountant.recover`` (on start) and
+``inflight`` table every ``checkpoint_seconds``. The row itself, owned by this process's
+instance, is written with the hold for a held request; for a leased or unpriced one it is
+written ``row_delay_seconds`` after admission (:data:`ROW_DELAY_SECONDS`), in the background,
+so that a request answered sooner commits once (its settlement and usage record), not twice; when a process dies, ``Accountant.recover`` (on start) and
 ``Accountant.sweep`` (periodically, in every other process) settle its requests by
 ``recovery_usage``, exactly once, then close its leases (see ``docs/billing.md``).
 Organizations without a tier
@@ -81,6 +83,12 @@ from openmaas.store.rows import Delete, Insert
 from openmaas.store.schema import inflight
 
 log = logging.getLogger("openmaas.billing")
+
+ROW_DELAY_SECONDS = 0.1
+"""How long after admission a leased or unpriced request's in-flight row is written (at most
+``checkpoint_seconds``). A request answered sooner writes none: one transaction instead of
+two. A ``kill -9`` within this time of a request's admission leaves it no usage record (nor
+a charge: before its first checkpoint a killed request costs nothing either way)."""
 
 DEFAULT_MAX_OUTPUT = 4096
 """The output a request without ``max_tokens`` may reserve when its engine has no window."""
@@ -148,7 +156,8 @@ class Ticket:
     limit: Admission | None
     data_policy: DataPolicy = DataPolicy.BURST  # the organization's, for the router
     last_checkpoint: float = 0.0  # monotonic time of admission, then of the last write
-    pending: asyncio.Future[None] | None = None
+    pending: asyncio.Future[None] | None = None  # the row's last write, in the background
+    row_timer: asyncio.TimerHandle | None = None  # set while the row waits to be written
     closed: bool = False
 
     @property
@@ -191,6 +200,7 @@ class Accountant:
         liveness: Liveness | None = None,
         recoveries: Sequence[InstanceRecovery] = (),
         leases: LeasePolicy | None = None,
+        row_delay_seconds: float = ROW_DELAY_SECONDS,
     ) -> None:
         self.ledger = ledger
         self._database = database
@@ -198,6 +208,7 @@ class Accountant:
         self._clock = clock
         self._refresh_seconds = refresh_seconds
         self._checkpoint_seconds = checkpoint_seconds
+        self._row_delay_seconds = min(row_delay_seconds, checkpoint_seconds)
         self._liveness = liveness  # None: rows without an owner (no serving instance)
         self._instance_id = liveness.instance_id if liveness is not None else None
         self._recoveries = tuple(recoveries)  # what else the sweep recovers of the dead
@@ -349,7 +360,7 @@ class Accountant:
                 ticket.request = replace(request, lease_id=lease_id, reserved_micros=quote.micros)
         if quote is None or ticket.leased:
             if self._checkpoint_seconds > 0:  # so that even a kill before the first token
-                self._schedule_checkpoint(ticket, None)  # leaves a usage record
+                self._schedule_row(ticket)  # leaves a usage record
             return ticket
         hold = Hold(request_id, principal.org_id, quote, now_ms, budget_scopes)
 
@@ -402,7 +413,23 @@ class Accountant:
         ):
             return
         ticket.last_checkpoint = now
+        self._write_row(ticket)  # not written yet (its delay is real time): first the row
         self._schedule_checkpoint(ticket, usage())
+
+    def _schedule_row(self, ticket: Ticket) -> None:
+        """Write the request's in-flight row ``row_delay_seconds`` from now, unless it ends
+        first: then its settlement is its only write."""
+        if self._row_delay_seconds <= 0:
+            self._schedule_checkpoint(ticket, None)
+        else:
+            loop = asyncio.get_running_loop()
+            ticket.row_timer = loop.call_later(self._row_delay_seconds, self._write_row, ticket)
+
+    def _write_row(self, ticket: Ticket) -> None:
+        if ticket.row_timer is not None:
+            ticket.row_timer.cancel()
+            ticket.row_timer = None
+            self._schedule_checkpoint(ticket, None)
 
     def _schedule_checkpoint(self, ticket: Ticket, usage: Usage | None) -> None:
         """Write the request's in-flight row (``usage`` None: admitted, nothing counted yet)
@@ -432,6 +459,9 @@ class Accountant:
 
     async def _stop_checkpoints(self, ticket: Ticket) -> None:
         ticket.closed = True
+        if ticket.row_timer is not None:  # ended before its row was due: none is written
+            ticket.row_timer.cancel()
+            ticket.row_timer = None
         if ticket.pending is not None:
             await asyncio.shield(ticket.pending)
 
@@ -440,12 +470,13 @@ class Accountant:
         transaction; then correct the TPM reservation to the tokens actually used."""
         try:
             await self._stop_checkpoints(ticket)
+            written = ticket.pending is not None  # its in-flight row (held: with the hold)
             if ticket.held:
                 record = await self._settle(record)
             elif ticket.leased and ticket.price is not None:
-                record = await self._spend(ticket.request, ticket.price, record)
+                record = await self._spend(ticket.request, ticket.price, record, written)
             else:
-                await self._append(record)
+                await self._append(record, written)
         finally:  # a failed write leaves the hold to recovery, never a slot taken forever
             if ticket.limit is not None:
                 await self._limiter.settle(
@@ -469,7 +500,7 @@ class Accountant:
         return settled[0]
 
     async def _spend(
-        self, request: InFlight, price: AppliedPrice, record: UsageRecord
+        self, request: InFlight, price: AppliedPrice, record: UsageRecord, written: bool
     ) -> UsageRecord:
         """Settle a request admitted against a lease, with its usage record, in one
         group-committed transaction; then its reservation goes (once settled: a failed
@@ -488,17 +519,17 @@ class Accountant:
                 return ()  # settled before: its usage record was written with it
             currency = self.ledger.ledger.orgs[record.org_id].currency
             settled[0] = replace(record, cost=Money(spent.charged, currency))
-            return usage_rows(settled[0])
+            return usage_rows(settled[0], forget=written)
 
         await self.ledger.execute(command, rows=write)
         if self._leasing is not None:
             await self._leasing.release(record.request_id)
         return settled[0]
 
-    async def _append(self, record: UsageRecord) -> None:
+    async def _append(self, record: UsageRecord, written: bool) -> None:
         """An unpriced request's usage record, group-committed with other billing writes."""
 
-        await self.ledger.write(rows=lambda _: usage_rows(record))
+        await self.ledger.write(rows=lambda _: usage_rows(record, forget=written))
 
     async def cancel(self, ticket: Ticket) -> None:
         """The engine never saw the request: release the hold and the limits."""
@@ -598,7 +629,7 @@ class Accountant:
                 if price is None:  # its price was removed since: recorded unpriced
                     await self._record_unpriced(record)
                 else:
-                    await self._spend(request, price, record)
+                    await self._spend(request, price, record, True)
             else:
                 await self._record_unpriced(record)
 

@@ -207,13 +207,12 @@ def usage_row(record: UsageRecord) -> dict[str, object]:
     }
 
 
-def usage_rows(record: UsageRecord) -> tuple[Insert | Delete, ...]:
+def usage_rows(record: UsageRecord, *, forget: bool = True) -> tuple[Insert | Delete, ...]:
     """The usage record, and the deletion of the request's in-flight checkpoint (the record
-    now says how it ended), for a group-committed batch (``store/rows.py``)."""
-    return (
-        Insert(usage_records, usage_row(record)),
-        Delete(inflight.c.request_id, record.request_id),
-    )
+    now says how it ended; ``forget=False``: it has none), for a group-committed batch
+    (``store/rows.py``)."""
+    usage = Insert(usage_records, usage_row(record))
+    return (usage, Delete(inflight.c.request_id, record.request_id)) if forget else (usage,)
 
 
 # Built once: a statement built per call (``.values(**row)``, ``== request_id``) costs more
