@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from openmaas.server.app import create_app
-from tests.security.conftest import security_settings
+from tests.security.world import security_settings
 
 REFERENCE = re.compile(
     r"""(?:src|href)\s*=\s*["']([^"']+)["']|(?:url|redoc_url)\s*:\s*['"]([^'"]+)"""
