@@ -20,6 +20,6 @@ def served(tmp_path: Path) -> Iterator[tuple[TestClient, Keys]]:
     """The application, started (engines loaded), and its callers' keys."""
     settings = security_settings(tmp_path)
     keys = asyncio.run(issue_keys(settings))
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200, what="the fake engine")
         yield client, keys

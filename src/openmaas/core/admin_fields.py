@@ -123,10 +123,17 @@ def parse_time(value: object, name: str) -> int:
         raise InvalidRequest(f"'{name}' {exc.message()}", name) from None
 
 
+EARLIEST_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_COUNT = 2**63 - 1  # what a database's 64-bit integer holds
+
+
 def _epoch_ms(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise refuse("must be a date (YYYY-MM-DD) or an ISO 8601 time.")
     if isinstance(value, int):
+        if not EARLIEST_MS <= value <= LATEST_MS:
+            raise refuse("must be epoch milliseconds within the years 1 to 9999.")
         return value
     text = value.strip()
     try:
@@ -148,7 +155,8 @@ Moment = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "string", "examples": ["2026-12-31", "2026-12-31T18:00:00+08:00"]},
-                      {"type": "integer", "description": "epoch milliseconds"}],
+                      {"type": "integer", "description": "epoch milliseconds",
+                       "minimum": EARLIEST_MS, "maximum": LATEST_MS}],
         }
     ),
 ]  # fmt: skip
@@ -156,20 +164,23 @@ Moment = Annotated[
 
 
 def _count(value: object, info: ValidationInfo, *, positive: bool) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
+    if isinstance(value, bool) or not isinstance(value, int):
         raise refuse(f"must be {'a positive' if positive else 'a non-negative'} integer.")
+    if not (1 if positive else 0) <= value <= MAX_COUNT:
+        kind = "a positive" if positive else "a non-negative"
+        raise refuse(f"must be {kind} integer of at most {MAX_COUNT}.")
     return value
 
 
 Count = Annotated[
     int,
     PlainValidator(lambda v, info: _count(v, info, positive=False)),
-    WithJsonSchema({"type": "integer", "minimum": 0}),
+    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_COUNT}),
 ]
 PositiveCount = Annotated[
     int,
     PlainValidator(lambda v, info: _count(v, info, positive=True)),
-    WithJsonSchema({"type": "integer", "minimum": 1}),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_COUNT}),
 ]
 
 
