@@ -40,3 +40,37 @@ def test_a_tier_cap_past_a_64_bit_integer_is_a_400(served: tuple[TestClient, Key
     admin = keys.headers("admin")
     reply = client.put("/admin/v1/tiers/big", json={"rpm": 2**63 - 1}, headers=admin)
     assert reply.status_code == 200, reply.text
+
+
+def test_an_amount_past_a_64_bit_count_of_micros_is_a_400(
+    served: tuple[TestClient, Keys],
+) -> None:
+    client, keys = served
+    price = {"model": "fake-chat", "input": "1", "cached_input": "0.5", "output": "2"}
+    reply = client.post(
+        "/admin/v1/prices",
+        json={**price, "output": "33784548183868004.7"},
+        headers=keys.headers("admin"),
+    )
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == "output"
+    top_up = {"amount": "9223372036855"}
+    reply = client.post(
+        f"/admin/v1/orgs/{keys.org_a}/topups", json=top_up, headers=keys.headers("admin")
+    )
+    assert reply.status_code == 400, reply.text
+
+
+def test_a_lone_surrogate_in_an_admin_body_is_a_400(served: tuple[TestClient, Keys]) -> None:
+    """JSON may escape half a UTF-16 pair (``\\ud800``); such a string cannot be stored."""
+    client, keys = served
+    headers = {**keys.headers("admin"), "content-type": "application/json"}
+    for path, body in (
+        ("/admin/v1/orgs", '{"name": "\\ud800"}'),
+        (
+            "/admin/v1/prices",
+            '{"model": "\\ud800", "input": "1", "cached_input": "1", "output": "1"}',
+        ),
+    ):
+        reply = client.post(path, content=body, headers=headers)
+        assert reply.status_code == 400, (path, reply.text)

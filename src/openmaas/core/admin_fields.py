@@ -63,6 +63,11 @@ def refusal(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"'{field}': {error['msg']}.", field)
 
 
+EARLIEST_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_COUNT = 2**63 - 1  # what a database's 64-bit integer holds
+
+
 def _micros(value: object, *, allow_zero: bool) -> int:
     if not isinstance(value, str | Decimal):
         raise refuse(f'must be a decimal string such as "12.50", not {type(value).__name__}.')
@@ -72,6 +77,8 @@ def _micros(value: object, *, allow_zero: bool) -> int:
         raise refuse(f"is not a valid amount: {exc}") from None
     if micros < 0 or (micros == 0 and not allow_zero):
         raise refuse("must be zero or more." if allow_zero else "must be more than zero.")
+    if micros > MAX_COUNT:  # micros are stored as 64-bit integers
+        raise refuse(f"must be at most {MAX_COUNT // 1_000_000}.{MAX_COUNT % 1_000_000:06d}.")
     return micros
 
 
@@ -80,14 +87,24 @@ _MONEY_SCHEMA = {"type": "string", "pattern": r"^\d+(\.\d{1,6})?$", "examples": 
 Amount = Annotated[
     int,
     PlainValidator(lambda v: _micros(v, allow_zero=False)),
-    WithJsonSchema({**_MONEY_SCHEMA, "description": "More than zero, at most six decimals."}),
+    WithJsonSchema(
+        {
+            **_MONEY_SCHEMA,
+            "description": "More than zero, at most six decimals, at most 9223372036854.775807.",
+        }
+    ),
 ]
 """Money more than zero, a decimal string; the value is exact micros."""
 
 Money = Annotated[
     int,
     PlainValidator(lambda v: _micros(v, allow_zero=True)),
-    WithJsonSchema({**_MONEY_SCHEMA, "description": "Zero or more, at most six decimals."}),
+    WithJsonSchema(
+        {
+            **_MONEY_SCHEMA,
+            "description": "Zero or more, at most six decimals, at most 9223372036854.775807.",
+        }
+    ),
 ]
 """Money (zero allowed), a decimal string; the value is exact micros."""
 
@@ -121,11 +138,6 @@ def parse_time(value: object, name: str) -> int:
         return _epoch_ms(value)
     except PydanticCustomError as exc:
         raise InvalidRequest(f"'{name}' {exc.message()}", name) from None
-
-
-EARLIEST_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
-LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-MAX_COUNT = 2**63 - 1  # what a database's 64-bit integer holds
 
 
 def _epoch_ms(value: object) -> int:

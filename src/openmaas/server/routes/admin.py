@@ -83,8 +83,9 @@ async def _body(request: Request, model: type[B]) -> B:
     """The JSON object of the request as ``model``; errors name the field (400)."""
     try:
         body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise InvalidRequest("The body must be a JSON object.") from None
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # no lone surrogate (\\ud800)
+    except (ValueError, UnicodeEncodeError):
+        raise InvalidRequest("The body must be a JSON object of valid Unicode text.") from None
     return model.parse(body)
 
 
