@@ -63,6 +63,11 @@ def refusal(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"'{field}': {error['msg']}.", field)
 
 
+EARLIEST_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_COUNT = 2**63 - 1  # what a database's 64-bit integer holds
+
+
 def _micros(value: object, *, allow_zero: bool) -> int:
     if not isinstance(value, str | Decimal):
         raise refuse(f'must be a decimal string such as "12.50", not {type(value).__name__}.')
@@ -72,6 +77,8 @@ def _micros(value: object, *, allow_zero: bool) -> int:
         raise refuse(f"is not a valid amount: {exc}") from None
     if micros < 0 or (micros == 0 and not allow_zero):
         raise refuse("must be zero or more." if allow_zero else "must be more than zero.")
+    if micros > MAX_COUNT:  # micros are stored as 64-bit integers
+        raise refuse(f"must be at most {MAX_COUNT // 1_000_000}.{MAX_COUNT % 1_000_000:06d}.")
     return micros
 
 
@@ -80,14 +87,24 @@ _MONEY_SCHEMA = {"type": "string", "pattern": r"^\d+(\.\d{1,6})?$", "examples": 
 Amount = Annotated[
     int,
     PlainValidator(lambda v: _micros(v, allow_zero=False)),
-    WithJsonSchema({**_MONEY_SCHEMA, "description": "More than zero, at most six decimals."}),
+    WithJsonSchema(
+        {
+            **_MONEY_SCHEMA,
+            "description": "More than zero, at most six decimals, at most 9223372036854.775807.",
+        }
+    ),
 ]
 """Money more than zero, a decimal string; the value is exact micros."""
 
 Money = Annotated[
     int,
     PlainValidator(lambda v: _micros(v, allow_zero=True)),
-    WithJsonSchema({**_MONEY_SCHEMA, "description": "Zero or more, at most six decimals."}),
+    WithJsonSchema(
+        {
+            **_MONEY_SCHEMA,
+            "description": "Zero or more, at most six decimals, at most 9223372036854.775807.",
+        }
+    ),
 ]
 """Money (zero allowed), a decimal string; the value is exact micros."""
 
@@ -127,6 +144,8 @@ def _epoch_ms(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise refuse("must be a date (YYYY-MM-DD) or an ISO 8601 time.")
     if isinstance(value, int):
+        if not EARLIEST_MS <= value <= LATEST_MS:
+            raise refuse("must be epoch milliseconds within the years 1 to 9999.")
         return value
     text = value.strip()
     try:
@@ -148,7 +167,8 @@ Moment = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "string", "examples": ["2026-12-31", "2026-12-31T18:00:00+08:00"]},
-                      {"type": "integer", "description": "epoch milliseconds"}],
+                      {"type": "integer", "description": "epoch milliseconds",
+                       "minimum": EARLIEST_MS, "maximum": LATEST_MS}],
         }
     ),
 ]  # fmt: skip
@@ -156,20 +176,23 @@ Moment = Annotated[
 
 
 def _count(value: object, info: ValidationInfo, *, positive: bool) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
+    if isinstance(value, bool) or not isinstance(value, int):
         raise refuse(f"must be {'a positive' if positive else 'a non-negative'} integer.")
+    if not (1 if positive else 0) <= value <= MAX_COUNT:
+        kind = "a positive" if positive else "a non-negative"
+        raise refuse(f"must be {kind} integer of at most {MAX_COUNT}.")
     return value
 
 
 Count = Annotated[
     int,
     PlainValidator(lambda v, info: _count(v, info, positive=False)),
-    WithJsonSchema({"type": "integer", "minimum": 0}),
+    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_COUNT}),
 ]
 PositiveCount = Annotated[
     int,
     PlainValidator(lambda v, info: _count(v, info, positive=True)),
-    WithJsonSchema({"type": "integer", "minimum": 1}),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_COUNT}),
 ]
 
 

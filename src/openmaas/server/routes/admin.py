@@ -83,8 +83,9 @@ async def _body(request: Request, model: type[B]) -> B:
     """The JSON object of the request as ``model``; errors name the field (400)."""
     try:
         body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise InvalidRequest("The body must be a JSON object.") from None
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # no lone surrogate (\\ud800)
+    except (ValueError, UnicodeEncodeError):
+        raise InvalidRequest("The body must be a JSON object of valid Unicode text.") from None
     return model.parse(body)
 
 
@@ -95,6 +96,21 @@ def _query_int(request: Request, name: str, default: int) -> int:
     if not text.isdigit():
         raise InvalidRequest(f"'{name}' must be a positive integer.", name)
     return int(text)
+
+
+def _query(*parameters: tuple[str, dict[str, Any], str]) -> dict[str, Any]:
+    """``openapi_extra`` declaring query parameters a route reads itself (the route's own
+    checks answer 400 naming the parameter)."""
+    return {
+        "parameters": [
+            {"name": name, "in": "query", "required": False, "schema": schema, "description": what}
+            for name, schema, what in parameters
+        ]
+    }
+
+
+_DAY = {"type": "string", "format": "date"}
+_MOMENT = {"type": "string", "examples": ["2026-12-01", "2026-12-01T08:00:00+08:00"]}
 
 
 # -- organizations ----------------------------------------------------------------------
@@ -178,7 +194,13 @@ async def grant_pack(request: Request, org: str) -> Response:
     return json_response(granted.as_json(), 201)
 
 
-@router.get("/orgs/{org}/usage", summary="Usage per day and model, what it was charged and cost")
+@router.get(
+    "/orgs/{org}/usage",
+    summary="Usage per day and model, what it was charged and cost",
+    openapi_extra=_query(
+        ("since", _DAY, "First UTC day, YYYY-MM-DD"), ("until", _DAY, "Last UTC day, YYYY-MM-DD")
+    ),
+)
 async def org_usage(request: Request, org: str) -> Response:
     """The operator's view: besides tokens and the charge, what external upstreams charged
     us for the same requests (the margin; reconcile it with the provider's invoice)."""
@@ -211,7 +233,26 @@ async def org_usage(request: Request, org: str) -> Response:
     )
 
 
-@router.get("/orgs/{org}/statement", summary="Ledger lines in [since, until); format=csv")
+@router.get(
+    "/orgs/{org}/statement",
+    summary="Ledger lines in [since, until); format=csv",
+    openapi_extra=_query(
+        ("since", _MOMENT, "From this date or ISO 8601 time (default: the beginning)"),
+        ("until", _MOMENT, "Before this date or ISO 8601 time (default: now)"),
+        ("format", {"type": "string", "enum": ["json", "csv"]}, "json (default) or csv"),
+    )
+    | {
+        "responses": {
+            "200": {
+                "description": "The lines, as JSON or as CSV",
+                "content": {
+                    "application/json": {"schema": {}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+            }
+        }
+    },
+)
 async def statement(request: Request, org: str) -> Response:
     admin = await _admin(request)
     params = request.query_params
@@ -245,7 +286,7 @@ async def set_budget(request: Request, scope: str, period: str) -> Response:
     return json_response(budget.as_json())
 
 
-@router.delete("/budgets/{scope}/{period}", summary="Remove a budget")
+@router.delete("/budgets/{scope}/{period}", summary="Remove a budget", status_code=204)
 async def clear_budget(request: Request, scope: str, period: str) -> Response:
     admin = await _admin(request)
     await admin.clear_budget(scope, period)
@@ -306,7 +347,13 @@ async def set_tier(request: Request, name: str) -> Response:
     return json_response(tier_json(tier))
 
 
-@router.get("/audit", summary="The audit log, newest first")
+@router.get(
+    "/audit",
+    summary="The audit log, newest first",
+    openapi_extra=_query(
+        ("limit", {"type": "integer", "minimum": 0}, "How many entries (default 100)")
+    ),
+)
 async def audit(request: Request) -> Response:
     admin = await _admin(request)
     entries = await admin.audit_log(_query_int(request, "limit", 100))

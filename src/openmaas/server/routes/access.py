@@ -1,0 +1,111 @@
+"""The one access policy: for every route the application serves, who may call it.
+
+Routes authenticate the caller themselves (``common.authenticate``; the admin routes also
+require an admin key); this table states the same thing in one place, so that it can be
+read, documented (each operation's 401/403 in ``/openapi.json``) and checked: the
+route × role × tenant matrix in ``tests/security`` calls every served route with every kind
+of key and fails on a route that is missing here or answers otherwise.
+
+Every key belongs to one organization and sees only that organization's data (its usage,
+stored responses, async jobs): a resource of another organization answers 404, as one that
+does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import Enum
+
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
+from starlette.routing import Mount
+
+
+class Access(Enum):
+    PUBLIC = "public"  # no key needed; nothing of an organization is shown
+    KEY = "key"  # any valid key (member or admin); it sees its own organization only
+    ADMIN = "admin"  # an admin key (a member key: 403)
+
+
+_PUBLIC = Access.PUBLIC
+_KEY = Access.KEY
+_ADMIN = Access.ADMIN
+
+POLICY: dict[str, Access] = {
+    # the base URL, health and the API's own documentation
+    "HEAD /": _PUBLIC,
+    "GET /healthz": _PUBLIC,
+    "GET /readyz": _PUBLIC,
+    "GET /openapi.json": _PUBLIC,
+    "HEAD /openapi.json": _PUBLIC,
+    "GET /docs": _PUBLIC,
+    "HEAD /docs": _PUBLIC,
+    "GET /docs/oauth2-redirect": _PUBLIC,
+    "HEAD /docs/oauth2-redirect": _PUBLIC,
+    "GET /redoc": _PUBLIC,
+    "HEAD /redoc": _PUBLIC,
+    "GET /docs-assets/{path:path}": _PUBLIC,
+    "HEAD /docs-assets/{path:path}": _PUBLIC,
+    # OpenAI-compatible
+    "POST /v1/chat/completions": _KEY,
+    "POST /v1/completions": _KEY,
+    "POST /v1/embeddings": _KEY,
+    "GET /v1/models": _KEY,
+    "GET /v1/models/{model_id:path}": _KEY,
+    "POST /v1/responses": _KEY,
+    "GET /v1/responses/{response_id}": _KEY,
+    "DELETE /v1/responses/{response_id}": _KEY,
+    "GET /v1/usage": _KEY,
+    # Anthropic-compatible
+    "POST /v1/messages": _KEY,
+    "POST /v1/messages/count_tokens": _KEY,
+    # Zhipu-compatible
+    "POST /api/paas/v4/chat/completions": _KEY,
+    "POST /api/paas/v4/async/chat/completions": _KEY,
+    "GET /api/paas/v4/async-result/{job_id}": _KEY,
+    "POST /api/paas/v4/embeddings": _KEY,
+    "GET /api/paas/v4/models": _KEY,
+    # the admin API
+    "GET /admin/v1/orgs": _ADMIN,
+    "POST /admin/v1/orgs": _ADMIN,
+    "PATCH /admin/v1/orgs/{org}": _ADMIN,
+    "POST /admin/v1/orgs/{org}/topups": _ADMIN,
+    "POST /admin/v1/orgs/{org}/promotions": _ADMIN,
+    "GET /admin/v1/orgs/{org}/balance": _ADMIN,
+    "GET /admin/v1/orgs/{org}/packs": _ADMIN,
+    "POST /admin/v1/orgs/{org}/packs": _ADMIN,
+    "GET /admin/v1/orgs/{org}/usage": _ADMIN,
+    "GET /admin/v1/orgs/{org}/statement": _ADMIN,
+    "PUT /admin/v1/budgets/{scope}/{period}": _ADMIN,
+    "DELETE /admin/v1/budgets/{scope}/{period}": _ADMIN,
+    "PATCH /admin/v1/keys/{key_id}": _ADMIN,
+    "GET /admin/v1/prices": _ADMIN,
+    "POST /admin/v1/prices": _ADMIN,
+    "GET /admin/v1/tiers": _ADMIN,
+    "PUT /admin/v1/tiers/{name}": _ADMIN,
+    "GET /admin/v1/audit": _ADMIN,
+    "GET /admin/v1/catalog": _ADMIN,
+    "PUT /admin/v1/catalog": _ADMIN,
+    "GET /admin/v1/models": _ADMIN,
+    "GET /admin/v1/credentials": _ADMIN,
+    "PUT /admin/v1/credentials/{name}": _ADMIN,
+    "DELETE /admin/v1/credentials/{name}": _ADMIN,
+}
+
+
+def served_routes(app: FastAPI) -> Iterator[str]:
+    """Every ``"METHOD path"`` the application answers, as ``POLICY`` names them (a mounted
+    folder of static files as ``<mount>/{path:path}``)."""
+    for route in iter_route_contexts(app.routes):
+        if isinstance(route.original_route, Mount):
+            for method in ("GET", "HEAD"):
+                yield f"{method} {route.path}/{{path:path}}"
+            continue
+        for method in sorted(route.methods or ()):
+            yield f"{method} {route.path}"
+
+
+def access(method: str, path: str) -> Access:
+    """Who may call ``method path`` (a route's path as declared, e.g. ``/v1/responses/{id}``);
+    a route missing from the policy is a programming error."""
+    return POLICY[f"{method.upper()} {path}"]
