@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -590,6 +591,39 @@ async def test_embedding_not_ready_records_nothing(harness: Harness) -> None:
     with pytest.raises(EngineNotReady):
         await gateway.embed(PRINCIPAL, request, "embeddings")
     assert await harness.record(request.request_id) is None
+
+
+async def test_too_many_embedding_inputs_are_refused_before_the_engine_and_cost_nothing(
+    harness: Harness,
+) -> None:
+    """The issue's probe, scaled down: 5,000 one-word inputs from one organization are a
+    400 at once (the engine never sees them, nothing recorded); another organization's
+    one-input request right after is served."""
+    engine = TinyEmbedder(slots=1)
+    gateway = await harness.gateway(ServedModel("tiny-embed", engine))
+    attacker = Principal(key_id="omattacker0000000", org_id="org_attacker", role="member")
+    flood = embed_request(*(f"w{i}" for i in range(5000)))
+    with pytest.raises(InvalidRequest) as refused:
+        await gateway.embed(attacker, flood, "embeddings")
+    assert refused.value.param == "input" and "at most 2048" in refused.value.message
+    assert await harness.record(flood.request_id) is None
+    other = embed_request("hello")
+    assert len((await gateway.embed(PRINCIPAL, other, "embeddings")).vectors) == 1
+    assert await harness.recorded() == [other.request_id]
+
+
+async def test_a_chat_request_over_a_bound_is_refused_before_admission(
+    harness: Harness,
+) -> None:
+    gateway, engine = await harness.fake(text="ok")
+    request = replace(chat(), messages=(Message(Role.USER, "hi"),) * 5000)
+    with pytest.raises(InvalidRequest) as refused:
+        await gateway.generate(PRINCIPAL, request, "chat.completions")
+    assert refused.value.param == "messages"
+    assert engine.stats.streams_started == 0
+    assert await harness.recorded() == []
+    with pytest.raises(InvalidRequest):
+        await gateway.count_prompt_tokens(request)  # nor counted: that costs the engine too
 
 
 async def test_embed_model_cannot_serve_chat(harness: Harness) -> None:

@@ -27,6 +27,7 @@ from openmaas.server.routes import responses as responses_routes
 from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
+from openmaas.serving.bounds import RequestBounds
 from openmaas.serving.gateway import Gateway
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
@@ -71,7 +72,11 @@ def create_app(
                 ),
                 usage=UsageRepository(platform.database),
                 gateway=Gateway(
-                    platform.catalog, platform.accountant, platform.clock, lambda: life.draining
+                    platform.catalog,
+                    platform.accountant,
+                    platform.clock,
+                    lambda: life.draining,
+                    RequestBounds.from_settings(settings),
                 ),
                 lifecycle=life,
             )

@@ -54,6 +54,7 @@ from openmaas.core.types import (
 )
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind, Route
+from openmaas.serving.bounds import RequestBounds, embedding_token_bound
 
 log = logging.getLogger("openmaas.gateway")
 
@@ -75,8 +76,10 @@ class Gateway:
         accountant: Accountant,
         clock: Clock,
         shutting_down: Callable[[], bool],
+        bounds: RequestBounds | None = None,
     ) -> None:
         self.catalog = catalog
+        self.bounds = bounds or RequestBounds()
         self.accountant = accountant
         self._clock = clock
         self._shutting_down = shutting_down
@@ -87,6 +90,7 @@ class Gateway:
         self, principal: Principal, request: GenerationRequest, endpoint: str
     ) -> Generation:
         served = self.catalog.for_kind(request.model, ModelKind.CHAT)
+        self.bounds.check_generation(request)  # before admission: a refusal costs nothing
         engine = served.engine
         started = self._clock.monotonic()
         n = request.sampling.n  # n choices: n generations, each reading the prompt
@@ -126,6 +130,7 @@ class Gateway:
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """The prompt tokens ``request`` would read; nothing is generated or recorded."""
         engine = self.catalog.for_kind(request.model, ModelKind.CHAT).engine
+        self.bounds.check_generation(request)
         return await engine.count_prompt_tokens(request)
 
     async def embed(
@@ -137,13 +142,18 @@ class Gateway:
     ) -> EmbeddingResult:
         """Embed, metered; ``headers`` (if given) receives the admission's rate-limit headers."""
         served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
+        self.bounds.check_embedding(request, served.context_length)
         started = self._clock.monotonic()
+
+        async def count_prompt() -> int:
+            return embedding_token_bound(request, served.context_length)
+
         ticket = await self.accountant.admit(
             principal,
             served.name,
             endpoint,
             request.request_id,
-            count_prompt=lambda: _embedding_token_bound(request, served.context_length),
+            count_prompt=count_prompt,
             max_tokens=0,
             context_length=served.context_length,
         )
@@ -481,14 +491,3 @@ class Generation:
 
 def _times(n: int, tokens: int | None) -> int | None:
     return None if tokens is None else n * tokens
-
-
-async def _embedding_token_bound(request: EmbeddingRequest, context: int | None) -> int:
-    """At most this many tokens: a WordPiece or byte-level tokenizer makes no more tokens
-    than UTF-8 bytes, plus two special tokens, and each input is cut at the context; token
-    ids are read as they are."""
-    total = 0
-    for item in request.inputs:
-        tokens = len(item.encode()) + 2 if isinstance(item, str) else len(item)
-        total += tokens if context is None else min(tokens, context)
-    return total
