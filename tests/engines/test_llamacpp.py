@@ -6,21 +6,26 @@ import asyncio
 import re
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from openmaas.core.errors import EngineNotReady, EngineOverloaded, InvalidRequest, PromptTooLong
+from openmaas.core.routing import BreakerConfig, BreakerState
 from openmaas.core.types import (
     EmbeddingRequest,
     Finished,
     FinishReason,
     GenerationRequest,
     Message,
+    ResponseFormat,
+    ResponseFormatKind,
     Role,
     SamplingParams,
     TextDelta,
+    Tool,
 )
 from openmaas.engines.base import EngineState, ModelKind
 from openmaas.engines.bert_gguf import ensure_gguf
@@ -32,6 +37,7 @@ from openmaas.engines.embedded import (
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from openmaas.routing.router import Deployment, RoutedEngine, RouterConfig
 from tests.engines.loop_watch import (
     ANSWERS_DURING,
     GUARD_SECONDS,
@@ -342,3 +348,43 @@ async def test_a_cancelled_stop_ends_with_the_server_freed(
     assert held.freed.is_set() and threading.get_ident() not in held.freed_on
     await engine.stop()  # stopping again finds nothing left to free
     assert engine.health().state is EngineState.STOPPED
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+async def test_a_schema_llama_cpp_cannot_use_is_the_requests_fault_and_leaves_the_breaker_closed(
+    engine: LlamaCppEngine,
+) -> None:
+    """Issue 12: ``"$ref": "#"`` (llama.cpp follows no such reference) and a tool schema 200
+    levels deep (its converter's recursion limit) were 500 ``engine_error`` and opened the
+    deployment's circuit, so every organization got 503. They are the request's fault: an
+    ``InvalidRequest`` naming the schema, not counted by the breaker, and the next request
+    (another organization's) is served at once. (The gateway refuses both before any engine
+    sees them, serving/bounds.py; this is the engine's own answer, for whatever else it
+    cannot use.)"""
+    router = RoutedEngine(
+        "smol",
+        [Deployment("local", engine)],
+        config=RouterConfig(breaker=BreakerConfig(failures=1, failure_rate=None)),
+    )
+    hello = _request("Say hi.", max_tokens=4)
+    cyclic = replace(
+        hello,
+        response_format=ResponseFormat(
+            ResponseFormatKind.JSON_SCHEMA, {"type": "object", "properties": {"a": {"$ref": "#"}}}
+        ),
+    )
+    deep = replace(hello, tools=(Tool("lookup", "", _nested(200)),))
+    for bad, param in ((cyclic, "response_format.json_schema.schema"), (deep, "tools")):
+        with pytest.raises(InvalidRequest) as refused:
+            async for _ in router.stream(bad):
+                pass
+        assert refused.value.param == param
+        assert router.breaker_state("local") is BreakerState.CLOSED
+    events = [event async for event in router.stream(hello)]
+    assert isinstance(events[-1], Finished)

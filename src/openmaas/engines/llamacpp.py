@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaas.core.embeddings import check_token_ids
-from openmaas.core.errors import EngineFailure, InvalidRequest, PromptTooLong
+from openmaas.core.errors import EngineFailure, InvalidRequest, OpenMaaSError, PromptTooLong
 from openmaas.core.types import (
     EmbeddingInput,
     EmbeddingRequest,
@@ -230,7 +230,7 @@ class LlamaCppEngine(SlotEngine):
         try:
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
-                    raise EngineFailure(f"llama.cpp failed: {item}") from item
+                    raise _failure(item, request) from item
                 _raise_if_error(item)
                 choice = item["choices"][0] if item.get("choices") else None
                 if choice is not None:
@@ -419,7 +419,14 @@ def _tool_grammar(request: GenerationRequest) -> str:
 
     schema = generic_tools.reply_schema(request.tools, request.tool_choice)
     compact = {"x-guidance": {"whitespace_flexible": False, "lenient": True}, **schema}
-    return _compact_grammar(xllamacpp.json_schema_to_grammar(compact))
+    try:
+        grammar = xllamacpp.json_schema_to_grammar(compact)
+    except Exception as exc:  # the tools' schemas: the request's fault, not the engine's
+        raise InvalidRequest(
+            f"tools: llama.cpp cannot turn the tools' parameter schemas into a grammar: {exc}",
+            param="tools",
+        ) from None
+    return _compact_grammar(grammar)
 
 
 def _compact_grammar(grammar: str) -> str:
@@ -489,6 +496,25 @@ def _choice_text(choice: dict[str, Any]) -> str:
 
 def _finish_reason(raw: str) -> FinishReason:
     return FinishReason.LENGTH if raw == "length" else FinishReason.STOP
+
+
+_SCHEMA_ERRORS = ("JSON schema", "json schema", "grammar", "Unable to generate parser")
+
+
+def _failure(exc: BaseException, request: GenerationRequest) -> OpenMaaSError:
+    """What llama.cpp raising ``exc`` says: a JSON schema it could not turn into a grammar
+    (``$ref`` it cannot follow, a keyword it refuses) is the request's fault, a 400 that no
+    circuit breaker counts; anything else is the engine's."""
+    text = str(exc)
+    if any(marker in text for marker in _SCHEMA_ERRORS):
+        fmt = request.response_format
+        param = (
+            "response_format.json_schema.schema"
+            if fmt.kind is ResponseFormatKind.JSON_SCHEMA
+            else "tools"
+        )
+        return InvalidRequest(f"{param}: llama.cpp cannot use this schema: {text}", param=param)
+    return EngineFailure(f"llama.cpp failed: {text}")
 
 
 def _raise_if_error(item: dict[str, Any], param: str = "messages") -> None:
