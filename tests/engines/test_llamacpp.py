@@ -23,6 +23,7 @@ from openmaas.core.types import (
     ResponseFormat,
     ResponseFormatKind,
     Role,
+    RoutingHints,
     SamplingParams,
     TextDelta,
     Tool,
@@ -388,3 +389,24 @@ async def test_a_schema_llama_cpp_cannot_use_is_the_requests_fault_and_leaves_th
         assert router.breaker_state("local") is BreakerState.CLOSED
     events = [event async for event in router.stream(hello)]
     assert isinstance(events[-1], Finished)
+
+
+async def _cached_tokens(engine: LlamaCppEngine, scope: str, text: str) -> int:
+    request = replace(_request(text, max_tokens=1), routing=RoutingHints(cache_scope=scope))
+    events = [event async for event in engine.stream(request)]
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    return finished.usage.cached_tokens
+
+
+async def test_one_organizations_prompt_cache_is_not_anothers(engine: LlamaCppEngine) -> None:
+    """Issue 12's probe: org A sends a prompt twice (the second reads it from the cache),
+    then org B sends the same prompt: B's usage shows no cached tokens, so B cannot learn
+    that A sent it, not even once every slot holds the prompt."""
+    note = "Confidential note: the acquisition target is Globex Corporation. " * 4
+    await _cached_tokens(engine, "org-a", note)
+    assert await _cached_tokens(engine, "org-a", note) > 0
+    assert await _cached_tokens(engine, "org-b", note) == 0
+    assert await _cached_tokens(engine, "org-b", note) > 0  # B's own cache serves B
+    # Both slots hold the note now; a third organization gets one of them, not its cache.
+    assert await _cached_tokens(engine, "org-c", note) == 0

@@ -39,7 +39,7 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.core.usage import UsageRecord
-from openmaas.engines.base import Engine, ModelKind, SlotEngine
+from openmaas.engines.base import Engine, EngineStream, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.serving.gateway import Gateway, Generation
 from openmaas.store.billing import InFlight
@@ -624,6 +624,34 @@ async def test_a_chat_request_over_a_bound_is_refused_before_admission(
     assert await harness.recorded() == []
     with pytest.raises(InvalidRequest):
         await gateway.count_prompt_tokens(request)  # nor counted: that costs the engine too
+
+
+class ScopeRecorder(FakeEngine):
+    """A fake that keeps the cache scope of every request it streams."""
+
+    def __init__(self) -> None:
+        super().__init__("fake-chat", FakeScript(text="ok"))
+        self.scopes: list[str | None] = []
+
+    def stream(self, request: GenerationRequest) -> EngineStream:
+        self.scopes.append(request.routing.cache_scope)
+        return super().stream(request)
+
+
+async def test_each_organization_has_its_own_prompt_cache_scope_and_it_hides_the_id(
+    harness: Harness,
+) -> None:
+    engine = ScopeRecorder()
+    gateway = await harness.gateway(ServedModel("fake-chat", engine))
+    colleague = Principal(key_id="omcolleague000000", org_id=PRINCIPAL.org_id, role="member")
+    other = Principal(key_id="omother0000000000", org_id="org_other", role="member")
+    for principal in (PRINCIPAL, colleague, other):
+        generation = await gateway.generate(principal, chat(), "chat.completions")
+        await drain(generation)
+        await generation.aclose()
+    mine, colleagues, others = engine.scopes
+    assert mine == colleagues != others  # one scope per organization, not per key
+    assert mine is not None and PRINCIPAL.org_id not in mine
 
 
 async def test_embed_model_cannot_serve_chat(harness: Harness) -> None:

@@ -40,6 +40,7 @@ from openmaas.core.types import (
 )
 from openmaas.engines import generic_tools
 from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
+from openmaas.engines.prompt_cache import SlotScopes
 from openmaas.engines.upstream.openai_wire import sampling_fields
 
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
@@ -80,6 +81,7 @@ class LlamaCppEngine(SlotEngine):
         self._tokenizer: Any = None
         self._vocabulary: int | None = None  # embedding models: the vocabulary's size
         self._listener_key = secrets.token_urlsafe(32)
+        self._scopes = SlotScopes(config.slots)  # whose prompt each slot's cache holds
         # One thread per admitted request: llama.cpp queues beyond its slots itself.
         self._pool = ThreadPoolExecutor(
             max_workers=config.slots + config.queue, thread_name_prefix=f"llamacpp-{model}"
@@ -136,6 +138,10 @@ class LlamaCppEngine(SlotEngine):
         params.cpuparams_batch.n_threads = cfg.threads
         params.verbosity = -1
         params.endpoint_metrics = True
+        # No prompt cache shared by the slots (llama.cpp restores a slot from the one in RAM
+        # that best matches a new prompt, whoever sent it): each slot keeps its own, and
+        # SlotScopes keeps one organization's prefixes from another's requests.
+        params.cache_ram_mib = 0
         # xllamacpp also opens an HTTP listener on loopback; lock it with a key only this
         # engine knows (it uses the listener to count tokens).
         params.api_keys = [self._listener_key]
@@ -205,6 +211,11 @@ class LlamaCppEngine(SlotEngine):
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
         body = _llama_body(request)
+        # The slot is chosen here, not by llama.cpp: a prefix another organization's prompt
+        # left in a slot is never reused (engines/prompt_cache.py).
+        slot = self._scopes.take(request.routing.cache_scope)
+        body["id_slot"] = slot.slot
+        body["cache_prompt"] = slot.reuse_cache
         handler = (
             self._server.handle_chat_completions
             if request.is_chat
@@ -246,9 +257,12 @@ class LlamaCppEngine(SlotEngine):
             yield Finished(reason, usage or tracker.snapshot())
         finally:
             stop.set()
-            if not worker.done():
-                # Let llama.cpp confirm the stop so the tracker holds its final count.
-                await asyncio.wait({worker}, timeout=_STOP_WAIT_SECONDS)
+            try:
+                if not worker.done():
+                    # Let llama.cpp confirm the stop so the tracker holds its final count.
+                    await asyncio.wait({worker}, timeout=_STOP_WAIT_SECONDS)
+            finally:
+                self._scopes.give_back(slot.slot)
 
     async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
         loop = asyncio.get_running_loop()

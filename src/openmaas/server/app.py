@@ -28,7 +28,7 @@ from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
 from openmaas.serving.bounds import RequestBounds
-from openmaas.serving.gateway import Gateway
+from openmaas.serving.gateway import Gateway, cache_scope_key
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
 
@@ -77,6 +77,7 @@ def create_app(
                     platform.clock,
                     lambda: life.draining,
                     RequestBounds.from_settings(settings),
+                    cache_scope_key(platform.master_key),
                 ),
                 lifecycle=life,
             )

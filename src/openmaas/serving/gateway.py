@@ -23,7 +23,10 @@ counted.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -49,6 +52,7 @@ from openmaas.core.types import (
     EmbeddingResult,
     Finished,
     GenerationRequest,
+    RoutingHints,
     StreamEvent,
     Usage,
 )
@@ -77,9 +81,13 @@ class Gateway:
         clock: Clock,
         shutting_down: Callable[[], bool],
         bounds: RequestBounds | None = None,
+        cache_key: bytes | None = None,
     ) -> None:
         self.catalog = catalog
         self.bounds = bounds or RequestBounds()
+        # Keys the organizations' prompt-cache scopes (``cache_scope``); one of its own when
+        # none is given: isolated still, but not shared with other processes.
+        self._cache_key = cache_key or secrets.token_bytes(32)
         self.accountant = accountant
         self._clock = clock
         self._shutting_down = shutting_down
@@ -107,7 +115,7 @@ class Gateway:
             max_tokens=_times(n, request.sampling.max_tokens),
             context_length=_times(n, served.context_length),
         )
-        request = replace(request, routing=replace(request.routing, data_policy=ticket.data_policy))
+        request = replace(request, routing=self._routing(request.routing, principal, ticket))
         try:
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException:
@@ -162,7 +170,7 @@ class Gateway:
         termination: Termination | None = Termination.FINISHED
         error: str | None = None
         usage = Usage()
-        request = replace(request, routing=replace(request.routing, data_policy=ticket.data_policy))
+        request = replace(request, routing=self._routing(request.routing, principal, ticket))
         try:
             result = await served.engine.embed(request)
             usage = result.usage
@@ -208,6 +216,13 @@ class Gateway:
             while self._open:
                 await asyncio.sleep(0.01)
         return self._open == 0
+
+    def _routing(self, hints: RoutingHints, principal: Principal, ticket: Ticket) -> RoutingHints:
+        """The organization's data policy, and its prompt-cache scope: a keyed hash of its
+        id, so that engines keep prefix caches per organization and an upstream (vLLM's
+        ``cache_salt``) never learns the id."""
+        scope = hmac.new(self._cache_key, principal.org_id.encode(), hashlib.sha256)
+        return replace(hints, data_policy=ticket.data_policy, cache_scope=scope.hexdigest()[:32])
 
     def _elapsed_ms(self, since: float) -> int:
         return max(0, round((self._clock.monotonic() - since) * 1000))
@@ -487,6 +502,13 @@ class Generation:
         finished = self._finished
         usage = finished.usage if finished else self._stream.tracker.snapshot()
         return Outcome(usage, self._termination, self._ttft_ms, self._error, self._stream.route)
+
+
+def cache_scope_key(master_key: bytes) -> bytes:
+    """The key of the prompt-cache scopes, derived from the platform's master key: the
+    same in every process (workers share the engine host's and vLLM's caches), and
+    unrelated to any API key's secret."""
+    return hmac.new(master_key, b"openmaas prompt-cache scope", hashlib.sha256).digest()
 
 
 def _times(n: int, tokens: int | None) -> int | None:
