@@ -37,7 +37,7 @@ from openmaas.engines.embedded import (
     embedding_model_dir,
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from openmaas.engines.llamacpp import EMBED_BATCH, LlamaCppConfig, LlamaCppEngine
 from openmaas.routing.router import Deployment, RoutedEngine, RouterConfig
 from tests.engines.loop_watch import (
     ANSWERS_DURING,
@@ -410,3 +410,80 @@ async def test_one_organizations_prompt_cache_is_not_anothers(engine: LlamaCppEn
     assert await _cached_tokens(engine, "org-b", note) > 0  # B's own cache serves B
     # Both slots hold the note now; a third organization gets one of them, not its cache.
     assert await _cached_tokens(engine, "org-c", note) == 0
+
+
+def _minilm(tmp_path: Path) -> LlamaCppEngine:
+    minilm = embedding_model_dir()
+    return LlamaCppEngine(
+        "minilm",
+        LlamaCppConfig(
+            lambda: ensure_gguf(minilm, tmp_path),
+            ModelKind.EMBEDDING,
+            slots=1,
+            queue=0,
+            context_per_slot=512,
+            threads=1,
+            pooling="mean",
+            tokenizer_path=minilm / "tokenizer.json",
+            max_input_tokens=EMBEDDING_MAX_TOKENS,
+        ),
+    )
+
+
+class _GatedServer:
+    """llama.cpp's server, its embedding calls counted; the first one waits for ``open``."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self.calls = 0
+        self.inputs = 0  # inputs embedded
+        self.entered = threading.Event()
+        self.open = threading.Event()
+
+    def handle_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        self.inputs += len(body["input"])
+        self.entered.set()
+        self.open.wait()
+        return self._server.handle_embeddings(body)  # type: ignore[no-any-return]
+
+
+async def test_a_large_embedding_request_is_embedded_in_batches_in_order(tmp_path: Path) -> None:
+    engine = _minilm(tmp_path)
+    await engine.start()
+    try:
+        texts = tuple(f"sentence number {i} about cats" for i in range(EMBED_BATCH * 2 + 5))
+        whole = await engine.embed(EmbeddingRequest("all", "minilm", texts))
+        for i in (0, EMBED_BATCH, len(texts) - 1):  # one of each batch, where it belongs
+            alone = await engine.embed(EmbeddingRequest(f"one-{i}", "minilm", (texts[i],)))
+            assert whole.vectors[i] == pytest.approx(alone.vectors[0], abs=1e-4)
+        assert len(whole.vectors) == len(texts)
+        assert whole.usage.prompt_tokens == 7 * len(texts)  # [CLS] 5 words [SEP], each
+    finally:
+        await engine.stop()
+
+
+async def test_a_cancelled_embedding_request_starts_no_further_batch(tmp_path: Path) -> None:
+    """Issue 12: 5,000 inputs went on being embedded 25 s after the client left, while the
+    engine reported nothing in flight. Now the batch in progress ends, no other starts, and
+    only then is the slot free."""
+    engine = _minilm(tmp_path)
+    await engine.start()
+    gated = _GatedServer(engine._server)
+    engine._server = gated
+    try:
+        texts = tuple(f"word {i}" for i in range(EMBED_BATCH * 10))
+        task = asyncio.create_task(engine.embed(EmbeddingRequest("big", "minilm", texts)))
+        await eventually(gated.entered.is_set, what="the first batch in llama.cpp")
+        task.cancel()
+        assert engine.capacity().in_flight == 1  # the batch in progress still holds the slot
+        gated.open.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert gated.calls == 1 and gated.inputs == EMBED_BATCH  # of 10 batches
+        assert engine.capacity().in_flight == 0
+        ok = await engine.embed(EmbeddingRequest("next", "minilm", ("hello",)))
+        assert len(ok.vectors) == 1
+    finally:
+        engine._server = gated._server
+        await engine.stop()

@@ -45,6 +45,9 @@ from openmaas.engines.upstream.openai_wire import sampling_fields
 
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
 _STOP_WAIT_SECONDS = 2.0
+EMBED_BATCH = 32
+"""Inputs of one embeddings request given to llama.cpp at a time: a request whose client
+left stops after the batch in progress (at most this many inputs of the model's context)."""
 _DONE = object()
 # Before a server is freed: how often (and how far apart) its listener is asked to answer.
 _LISTENER_TRIES = 200
@@ -310,13 +313,26 @@ class LlamaCppEngine(SlotEngine):
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         check_token_ids(request.inputs, self.model, self._vocabulary, self._config.context_per_slot)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self._pool, self._embed_blocking, self._server, list(request.inputs)
-        )
-        _raise_if_error(result, param="input")
-        data = sorted(result["data"], key=lambda item: item["index"])
+        server, items = self._server, list(request.inputs)
+        data: list[dict[str, Any]] = []
+        prompt_tokens = 0
+        # EMBED_BATCH inputs at a time, each batch on a worker thread: a request whose client
+        # left starts no further batch, and gives its slot back once llama.cpp has ended the
+        # one in progress (the engine is then really free).
+        for start in range(0, len(items), EMBED_BATCH):
+            work = loop.run_in_executor(
+                self._pool, self._embed_blocking, server, items[start : start + EMBED_BATCH]
+            )
+            try:
+                result = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await _finish(asyncio.ensure_future(_settled(work)))
+                raise
+            _raise_if_error(result, param="input")
+            data += ({**item, "index": start + int(item["index"])} for item in result["data"])
+            prompt_tokens += int(result.get("usage", {}).get("prompt_tokens", 0))
+        data.sort(key=lambda item: item["index"])
         vectors = tuple(tuple(item["embedding"]) for item in data)
-        prompt_tokens = int(result.get("usage", {}).get("prompt_tokens", 0))
         return EmbeddingResult(vectors, Usage(prompt_tokens=prompt_tokens))
 
     def _embed_blocking(self, server: Any, items: list[EmbeddingInput]) -> dict[str, Any]:
@@ -381,6 +397,11 @@ def _wait_listening(server: Any) -> None:
             time.sleep(_LISTENER_RETRY_SECONDS)
         finally:
             connection.close()
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Done when ``future`` is, whatever its outcome (for ``_finish``)."""
+    await asyncio.wait({future})
 
 
 async def _finish(future: asyncio.Future[None]) -> None:
