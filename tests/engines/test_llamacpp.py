@@ -112,6 +112,38 @@ async def test_closing_a_stream_stops_generation_in_llama_cpp(engine: LlamaCppEn
     assert engine.capacity().in_flight == 0
 
 
+async def test_closing_a_grammar_constrained_stream_stops_generation(
+    engine: LlamaCppEngine,
+) -> None:
+    """Issue 12: the work of a request constrained by a JSON schema (an enum of the most
+    entries the bounds allow) stops when its client leaves, as any other's does."""
+    before = _predicted_total(engine)
+    names = [f"Person number {i} of the list" for i in range(1000)]
+    schema = {
+        "type": "object",
+        "properties": {"names": {"type": "array", "items": {"enum": names}}},
+        "required": ["names"],
+    }
+    request = replace(
+        _request("List many names.", max_tokens=1000, ignore_eos=True),
+        response_format=ResponseFormat(ResponseFormatKind.JSON_SCHEMA, schema),
+    )
+    stream = engine.stream(request)
+    seen = 0
+    async for event in stream:
+        seen += isinstance(event, TextDelta)
+        if seen == 5:
+            break
+    await stream.aclose()
+    await eventually(
+        lambda: _metric(engine, "requests_processing") == 0, what="llama.cpp's slot idle"
+    )
+    generated = _predicted_total(engine) - before
+    reported = stream.tracker.completion_tokens
+    assert 5 <= reported <= generated <= reported + 2
+    assert engine.capacity().in_flight == 0
+
+
 async def test_prompt_over_the_context_window_is_an_invalid_request(engine: LlamaCppEngine) -> None:
     stream = engine.stream(_request("hello " * 3000))
     with pytest.raises(PromptTooLong, match="context") as info:
