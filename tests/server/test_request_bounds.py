@@ -150,6 +150,26 @@ def test_a_request_over_a_bound_is_a_400_naming_the_field_and_costs_nothing(
     assert _usage_records(client) == records + 1
 
 
+RESPONSES_FORMAT = {"text": {"format": {"type": "json_schema", "name": "n", "schema": ENUM}}}
+RESPONSES_TOOL = {"tools": [{"type": "function", "name": "t", "parameters": CYCLE}]}
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [(RESPONSES_FORMAT, "text.format.schema"), (RESPONSES_TOOL, "tools[0].parameters")],
+    ids=["format", "tool"],
+)
+def test_the_responses_api_names_its_own_fields(
+    site: tuple[TestClient, str, str], fields: dict[str, Any], field: str
+) -> None:
+    client, attacker, _victim = site
+    body = {"model": MODEL, "input": "hi", "store": False, **fields}
+    reply = _post(client, attacker, "/v1/responses", body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == field and field in error["message"]
+
+
 def test_an_async_submit_over_a_bound_is_refused_at_submit(
     site: tuple[TestClient, str, str],
 ) -> None:

@@ -16,6 +16,7 @@ from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
 from openmaas.platform import open_platform
 from openmaas.protocols.anthropic.errors import to_anthropic_error
+from openmaas.protocols.openai.errors import to_responses_error
 from openmaas.protocols.zhipu.errors import to_zhipu_error
 from openmaas.server.errors import install_error_handlers
 from openmaas.server.middleware import RequestContextMiddleware
@@ -108,7 +109,12 @@ def create_app(
     app.include_router(admin_routes.router)
     zhipu_routes.install(app)
     install_error_handlers(
-        app, [("/v1/messages", to_anthropic_error), (zhipu_routes.PREFIX, to_zhipu_error)]
+        app,
+        [
+            ("/v1/messages", to_anthropic_error),
+            ("/v1/responses", to_responses_error),
+            (zhipu_routes.PREFIX, to_zhipu_error),
+        ],
     )
     install_openapi(
         app,
