@@ -35,3 +35,14 @@ def test_when_every_slot_is_busy_a_request_queues_behind_its_own_scope() -> None
     assert scopes.take("c") == SlotChoice(a.slot, reuse_cache=False)
     # What a slot was given last decides: a's next request follows c's on that slot.
     assert scopes.take("a").reuse_cache is False
+
+
+def test_of_its_own_slots_a_request_takes_the_one_whose_prompt_begins_as_its_own() -> None:
+    scopes = SlotScopes(3)
+    main = scopes.take("a", "system: you are a coder; user: fix the bug")
+    side = scopes.take("a", "system: you summarise; user: summarise this")
+    scopes.give_back(main.slot)
+    scopes.give_back(side.slot)
+    # The side conversation was served last, yet the main one goes back to its own slot.
+    again = scopes.take("a", "system: you are a coder; user: fix the bug; assistant: done")
+    assert again == SlotChoice(main.slot, reuse_cache=True)

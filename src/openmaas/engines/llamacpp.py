@@ -216,7 +216,8 @@ class LlamaCppEngine(SlotEngine):
         body = _llama_body(request)
         # The slot is chosen here, not by llama.cpp: a prefix another organization's prompt
         # left in a slot is never reused (engines/prompt_cache.py).
-        slot = self._scopes.take(request.routing.cache_scope)
+        prompt = json.dumps(body.get("messages", body.get("prompt")), ensure_ascii=False)
+        slot = self._scopes.take(request.routing.cache_scope, prompt)
         body["id_slot"] = slot.slot
         body["cache_prompt"] = slot.reuse_cache
         handler = (
