@@ -77,6 +77,41 @@ class Settings(BaseSettings):
         "at least 1.",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_messages: int = Field(
+        2048,
+        ge=1,
+        description="Most messages (turns) in one chat request; more is a 400 before any "
+        "engine sees it.",
+    )
+    max_tools: int = Field(128, ge=0, description="Most tools in one chat request (400 beyond).")
+    schema_max_bytes: int = Field(
+        131_072,
+        ge=1024,
+        description="Most bytes (compact JSON) of one request's JSON schemas together: "
+        "response_format / output_config.format and every tool's parameters (400 beyond).",
+    )
+    schema_max_depth: int = Field(
+        64,
+        ge=4,
+        description="Deepest nesting of objects and arrays in any JSON schema of a request "
+        "(400 beyond).",
+    )
+    schema_max_enum_values: int = Field(
+        1000,
+        ge=0,
+        description="Most enum entries in one request's JSON schemas together: each becomes "
+        "an alternative the grammar matches at every token (400 beyond).",
+    )
+    embedding_max_inputs: int = Field(
+        2048, ge=1, description="Most inputs in one embeddings request (400 beyond)."
+    )
+    embedding_max_tokens: int = Field(
+        300_000,
+        ge=1,
+        description="Most tokens in one embeddings request, counted as UTF-8 bytes plus 2 per "
+        "text input (never fewer than the tokenizer makes), each input cut at the model's "
+        "context (400 beyond).",
+    )
     shutdown_grace_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )

@@ -6,21 +6,27 @@ import asyncio
 import re
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from openmaas.core.errors import EngineNotReady, EngineOverloaded, InvalidRequest, PromptTooLong
+from openmaas.core.routing import BreakerConfig, BreakerState
 from openmaas.core.types import (
     EmbeddingRequest,
     Finished,
     FinishReason,
     GenerationRequest,
     Message,
+    ResponseFormat,
+    ResponseFormatKind,
     Role,
+    RoutingHints,
     SamplingParams,
     TextDelta,
+    Tool,
 )
 from openmaas.engines.base import EngineState, ModelKind
 from openmaas.engines.bert_gguf import ensure_gguf
@@ -31,7 +37,8 @@ from openmaas.engines.embedded import (
     embedding_model_dir,
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from openmaas.engines.llamacpp import EMBED_BATCH, LlamaCppConfig, LlamaCppEngine
+from openmaas.routing.router import Deployment, RoutedEngine, RouterConfig
 from tests.engines.loop_watch import (
     ANSWERS_DURING,
     GUARD_SECONDS,
@@ -96,6 +103,38 @@ async def test_closing_a_stream_stops_generation_in_llama_cpp(engine: LlamaCppEn
             break
     await stream.aclose()
     # llama.cpp counts a request's tokens when its slot is released: wait for that.
+    await eventually(
+        lambda: _metric(engine, "requests_processing") == 0, what="llama.cpp's slot idle"
+    )
+    generated = _predicted_total(engine) - before
+    reported = stream.tracker.completion_tokens
+    assert 5 <= reported <= generated <= reported + 2
+    assert engine.capacity().in_flight == 0
+
+
+async def test_closing_a_grammar_constrained_stream_stops_generation(
+    engine: LlamaCppEngine,
+) -> None:
+    """Issue 12: the work of a request constrained by a JSON schema (an enum of the most
+    entries the bounds allow) stops when its client leaves, as any other's does."""
+    before = _predicted_total(engine)
+    names = [f"Person number {i} of the list" for i in range(1000)]
+    schema = {
+        "type": "object",
+        "properties": {"names": {"type": "array", "items": {"enum": names}}},
+        "required": ["names"],
+    }
+    request = replace(
+        _request("List many names.", max_tokens=1000, ignore_eos=True),
+        response_format=ResponseFormat(ResponseFormatKind.JSON_SCHEMA, schema),
+    )
+    stream = engine.stream(request)
+    seen = 0
+    async for event in stream:
+        seen += isinstance(event, TextDelta)
+        if seen == 5:
+            break
+    await stream.aclose()
     await eventually(
         lambda: _metric(engine, "requests_processing") == 0, what="llama.cpp's slot idle"
     )
@@ -342,3 +381,141 @@ async def test_a_cancelled_stop_ends_with_the_server_freed(
     assert held.freed.is_set() and threading.get_ident() not in held.freed_on
     await engine.stop()  # stopping again finds nothing left to free
     assert engine.health().state is EngineState.STOPPED
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+async def test_a_schema_llama_cpp_cannot_use_is_the_requests_fault_and_leaves_the_breaker_closed(
+    engine: LlamaCppEngine,
+) -> None:
+    """Issue 12: ``"$ref": "#"`` (llama.cpp follows no such reference) and a tool schema 200
+    levels deep (its converter's recursion limit) were 500 ``engine_error`` and opened the
+    deployment's circuit, so every organization got 503. They are the request's fault: an
+    ``InvalidRequest`` naming the schema, not counted by the breaker, and the next request
+    (another organization's) is served at once. (The gateway refuses both before any engine
+    sees them, serving/bounds.py; this is the engine's own answer, for whatever else it
+    cannot use.)"""
+    router = RoutedEngine(
+        "smol",
+        [Deployment("local", engine)],
+        config=RouterConfig(breaker=BreakerConfig(failures=1, failure_rate=None)),
+    )
+    hello = _request("Say hi.", max_tokens=4)
+    cyclic = replace(
+        hello,
+        response_format=ResponseFormat(
+            ResponseFormatKind.JSON_SCHEMA, {"type": "object", "properties": {"a": {"$ref": "#"}}}
+        ),
+    )
+    deep = replace(hello, tools=(Tool("lookup", "", _nested(200)),))
+    for bad, param in ((cyclic, "response_format.json_schema.schema"), (deep, "tools")):
+        with pytest.raises(InvalidRequest) as refused:
+            async for _ in router.stream(bad):
+                pass
+        assert refused.value.param == param
+        assert router.breaker_state("local") is BreakerState.CLOSED
+    events = [event async for event in router.stream(hello)]
+    assert isinstance(events[-1], Finished)
+
+
+async def _cached_tokens(engine: LlamaCppEngine, scope: str, text: str) -> int:
+    request = replace(_request(text, max_tokens=1), routing=RoutingHints(cache_scope=scope))
+    events = [event async for event in engine.stream(request)]
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    return finished.usage.cached_tokens
+
+
+async def test_one_organizations_prompt_cache_is_not_anothers(engine: LlamaCppEngine) -> None:
+    """Issue 12's probe: org A sends a prompt twice (the second reads it from the cache),
+    then org B sends the same prompt: B's usage shows no cached tokens, so B cannot learn
+    that A sent it, not even once every slot holds the prompt."""
+    note = "Confidential note: the acquisition target is Globex Corporation. " * 4
+    await _cached_tokens(engine, "org-a", note)
+    assert await _cached_tokens(engine, "org-a", note) > 0
+    assert await _cached_tokens(engine, "org-b", note) == 0
+    assert await _cached_tokens(engine, "org-b", note) > 0  # B's own cache serves B
+    # Both slots hold the note now; a third organization gets one of them, not its cache.
+    assert await _cached_tokens(engine, "org-c", note) == 0
+
+
+def _minilm(tmp_path: Path) -> LlamaCppEngine:
+    minilm = embedding_model_dir()
+    return LlamaCppEngine(
+        "minilm",
+        LlamaCppConfig(
+            lambda: ensure_gguf(minilm, tmp_path),
+            ModelKind.EMBEDDING,
+            slots=1,
+            queue=0,
+            context_per_slot=512,
+            threads=1,
+            pooling="mean",
+            tokenizer_path=minilm / "tokenizer.json",
+            max_input_tokens=EMBEDDING_MAX_TOKENS,
+        ),
+    )
+
+
+class _GatedServer:
+    """llama.cpp's server, its embedding calls counted; the first one waits for ``open``."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self.calls = 0
+        self.inputs = 0  # inputs embedded
+        self.entered = threading.Event()
+        self.open = threading.Event()
+
+    def handle_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        self.inputs += len(body["input"])
+        self.entered.set()
+        self.open.wait()
+        return self._server.handle_embeddings(body)  # type: ignore[no-any-return]
+
+
+async def test_a_large_embedding_request_is_embedded_in_batches_in_order(tmp_path: Path) -> None:
+    engine = _minilm(tmp_path)
+    await engine.start()
+    try:
+        texts = tuple(f"sentence number {i} about cats" for i in range(EMBED_BATCH * 2 + 5))
+        whole = await engine.embed(EmbeddingRequest("all", "minilm", texts))
+        for i in (0, EMBED_BATCH, len(texts) - 1):  # one of each batch, where it belongs
+            alone = await engine.embed(EmbeddingRequest(f"one-{i}", "minilm", (texts[i],)))
+            assert whole.vectors[i] == pytest.approx(alone.vectors[0], abs=1e-4)
+        assert len(whole.vectors) == len(texts)
+        assert whole.usage.prompt_tokens == 7 * len(texts)  # [CLS] 5 words [SEP], each
+    finally:
+        await engine.stop()
+
+
+async def test_a_cancelled_embedding_request_starts_no_further_batch(tmp_path: Path) -> None:
+    """Issue 12: 5,000 inputs went on being embedded 25 s after the client left, while the
+    engine reported nothing in flight. Now the batch in progress ends, no other starts, and
+    only then is the slot free."""
+    engine = _minilm(tmp_path)
+    await engine.start()
+    gated = _GatedServer(engine._server)
+    engine._server = gated
+    try:
+        texts = tuple(f"word {i}" for i in range(EMBED_BATCH * 10))
+        task = asyncio.create_task(engine.embed(EmbeddingRequest("big", "minilm", texts)))
+        await eventually(gated.entered.is_set, what="the first batch in llama.cpp")
+        task.cancel()
+        assert engine.capacity().in_flight == 1  # the batch in progress still holds the slot
+        gated.open.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert gated.calls == 1 and gated.inputs == EMBED_BATCH  # of 10 batches
+        assert engine.capacity().in_flight == 0
+        ok = await engine.embed(EmbeddingRequest("next", "minilm", ("hello",)))
+        assert len(ok.vectors) == 1
+    finally:
+        engine._server = gated._server
+        await engine.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.core.usage import UsageRecord
-from openmaas.engines.base import Engine, ModelKind, SlotEngine
+from openmaas.engines.base import Engine, EngineStream, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.serving.gateway import Gateway, Generation
 from openmaas.store.billing import InFlight
@@ -590,6 +591,67 @@ async def test_embedding_not_ready_records_nothing(harness: Harness) -> None:
     with pytest.raises(EngineNotReady):
         await gateway.embed(PRINCIPAL, request, "embeddings")
     assert await harness.record(request.request_id) is None
+
+
+async def test_too_many_embedding_inputs_are_refused_before_the_engine_and_cost_nothing(
+    harness: Harness,
+) -> None:
+    """The issue's probe, scaled down: 5,000 one-word inputs from one organization are a
+    400 at once (the engine never sees them, nothing recorded); another organization's
+    one-input request right after is served."""
+    engine = TinyEmbedder(slots=1)
+    gateway = await harness.gateway(ServedModel("tiny-embed", engine))
+    attacker = Principal(key_id="omattacker0000000", org_id="org_attacker", role="member")
+    flood = embed_request(*(f"w{i}" for i in range(5000)))
+    with pytest.raises(InvalidRequest) as refused:
+        await gateway.embed(attacker, flood, "embeddings")
+    assert refused.value.param == "input" and "at most 2048" in refused.value.message
+    assert await harness.record(flood.request_id) is None
+    other = embed_request("hello")
+    assert len((await gateway.embed(PRINCIPAL, other, "embeddings")).vectors) == 1
+    assert await harness.recorded() == [other.request_id]
+
+
+async def test_a_chat_request_over_a_bound_is_refused_before_admission(
+    harness: Harness,
+) -> None:
+    gateway, engine = await harness.fake(text="ok")
+    request = replace(chat(), messages=(Message(Role.USER, "hi"),) * 5000)
+    with pytest.raises(InvalidRequest) as refused:
+        await gateway.generate(PRINCIPAL, request, "chat.completions")
+    assert refused.value.param == "messages"
+    assert engine.stats.streams_started == 0
+    assert await harness.recorded() == []
+    with pytest.raises(InvalidRequest):
+        await gateway.count_prompt_tokens(request)  # nor counted: that costs the engine too
+
+
+class ScopeRecorder(FakeEngine):
+    """A fake that keeps the cache scope of every request it streams."""
+
+    def __init__(self) -> None:
+        super().__init__("fake-chat", FakeScript(text="ok"))
+        self.scopes: list[str | None] = []
+
+    def stream(self, request: GenerationRequest) -> EngineStream:
+        self.scopes.append(request.routing.cache_scope)
+        return super().stream(request)
+
+
+async def test_each_organization_has_its_own_prompt_cache_scope_and_it_hides_the_id(
+    harness: Harness,
+) -> None:
+    engine = ScopeRecorder()
+    gateway = await harness.gateway(ServedModel("fake-chat", engine))
+    colleague = Principal(key_id="omcolleague000000", org_id=PRINCIPAL.org_id, role="member")
+    other = Principal(key_id="omother0000000000", org_id="org_other", role="member")
+    for principal in (PRINCIPAL, colleague, other):
+        generation = await gateway.generate(principal, chat(), "chat.completions")
+        await drain(generation)
+        await generation.aclose()
+    mine, colleagues, others = engine.scopes
+    assert mine == colleagues != others  # one scope per organization, not per key
+    assert mine is not None and PRINCIPAL.org_id not in mine
 
 
 async def test_embed_model_cannot_serve_chat(harness: Harness) -> None:

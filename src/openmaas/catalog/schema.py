@@ -160,6 +160,7 @@ class OpenAIDeployment(DeploymentBase):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     price: UpstreamPrice | None = None
     probe_models: bool = False
+    cache_salt: bool = False  # a vLLM upstream: its prefix cache kept per organization
     data_class: Literal["local", "external"] = "external"  # the data leaves unless told
 
     @field_validator("base_url")
@@ -236,6 +237,7 @@ class OpenAIDeployment(DeploymentBase):
                 deployment=self.id,
                 price=price,
                 probe_models=self.probe_models,
+                cache_salt=self.cache_salt,
             ),
         )
 

@@ -85,6 +85,10 @@ class RoutingHints:
 
     data_policy: DataPolicy = DataPolicy.BURST
     affinity_key: str | None = None  # a session id; else the router hashes the prompt prefix
+    # Who may share a prompt cache: requests of different scopes never reuse each other's
+    # cached prefixes (nor learn of them from ``cached_tokens``). The gateway sets a keyed
+    # hash of the organization; None: no isolation asked for.
+    cache_scope: str | None = None
 
 
 class ResponseFormatKind(StrEnum):

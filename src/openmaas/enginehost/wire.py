@@ -27,6 +27,7 @@ from openmaas.core.types import (
     ResponseFormat,
     ResponseFormatKind,
     Role,
+    RoutingHints,
     SamplingParams,
     StreamEvent,
     TextDelta,
@@ -87,6 +88,7 @@ def _generation(body: dict[str, Any], request_id: str) -> GenerationRequest:
             prompt=body["prompt"],
             sampling=sampling,
             user=body.get("user"),
+            routing=_routing(body),
         )
     kwargs = body.get("chat_template_kwargs") or {}
     return GenerationRequest(
@@ -99,7 +101,14 @@ def _generation(body: dict[str, Any], request_id: str) -> GenerationRequest:
         tools=tuple(_tool(t["function"]) for t in body.get("tools") or ()),
         tool_choice=_tool_choice(body.get("tool_choice")),
         thinking=Thinking(kwargs.get("enable_thinking"), kwargs.get("clear_thinking")),
+        routing=_routing(body),
     )
+
+
+def _routing(body: dict[str, Any]) -> RoutingHints:
+    """The worker's cache scope, sent as vLLM's ``cache_salt`` (engines/prompt_cache.py)."""
+    salt = body.get("cache_salt")
+    return RoutingHints(cache_scope=salt if isinstance(salt, str) and salt else None)
 
 
 def _message(wire: dict[str, Any]) -> Message:

@@ -160,6 +160,7 @@ class HostedEngine(OpenAIHttpEngine):
                 timeouts=Timeouts(connect=10.0, first_token=None, idle=None, total=None),
                 deployment=model if held is None else str(held.deployment["id"]),
                 uds=str(config.socket),
+                cache_salt=True,  # the host's llama.cpp keeps prefix caches per organization
             ),
         )
         self.socket = config.socket

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaas.core.embeddings import check_token_ids
-from openmaas.core.errors import EngineFailure, InvalidRequest, PromptTooLong
+from openmaas.core.errors import EngineFailure, InvalidRequest, OpenMaaSError, PromptTooLong
 from openmaas.core.types import (
     EmbeddingInput,
     EmbeddingRequest,
@@ -40,10 +40,14 @@ from openmaas.core.types import (
 )
 from openmaas.engines import generic_tools
 from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
+from openmaas.engines.prompt_cache import SlotScopes
 from openmaas.engines.upstream.openai_wire import sampling_fields
 
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
 _STOP_WAIT_SECONDS = 2.0
+EMBED_BATCH = 32
+"""Inputs of one embeddings request given to llama.cpp at a time: a request whose client
+left stops after the batch in progress (at most this many inputs of the model's context)."""
 _DONE = object()
 # Before a server is freed: how often (and how far apart) its listener is asked to answer.
 _LISTENER_TRIES = 200
@@ -80,6 +84,7 @@ class LlamaCppEngine(SlotEngine):
         self._tokenizer: Any = None
         self._vocabulary: int | None = None  # embedding models: the vocabulary's size
         self._listener_key = secrets.token_urlsafe(32)
+        self._scopes = SlotScopes(config.slots)  # whose prompt each slot's cache holds
         # One thread per admitted request: llama.cpp queues beyond its slots itself.
         self._pool = ThreadPoolExecutor(
             max_workers=config.slots + config.queue, thread_name_prefix=f"llamacpp-{model}"
@@ -136,6 +141,10 @@ class LlamaCppEngine(SlotEngine):
         params.cpuparams_batch.n_threads = cfg.threads
         params.verbosity = -1
         params.endpoint_metrics = True
+        # No prompt cache shared by the slots (llama.cpp restores a slot from the one in RAM
+        # that best matches a new prompt, whoever sent it): each slot keeps its own, and
+        # SlotScopes keeps one organization's prefixes from another's requests.
+        params.cache_ram_mib = 0
         # xllamacpp also opens an HTTP listener on loopback; lock it with a key only this
         # engine knows (it uses the listener to count tokens).
         params.api_keys = [self._listener_key]
@@ -205,6 +214,12 @@ class LlamaCppEngine(SlotEngine):
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
         body = _llama_body(request)
+        # The slot is chosen here, not by llama.cpp: a prefix another organization's prompt
+        # left in a slot is never reused (engines/prompt_cache.py).
+        prompt = json.dumps(body.get("messages", body.get("prompt")), ensure_ascii=False)
+        slot = self._scopes.take(request.routing.cache_scope, prompt)
+        body["id_slot"] = slot.slot
+        body["cache_prompt"] = slot.reuse_cache
         handler = (
             self._server.handle_chat_completions
             if request.is_chat
@@ -230,7 +245,7 @@ class LlamaCppEngine(SlotEngine):
         try:
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
-                    raise EngineFailure(f"llama.cpp failed: {item}") from item
+                    raise _failure(item, request) from item
                 _raise_if_error(item)
                 choice = item["choices"][0] if item.get("choices") else None
                 if choice is not None:
@@ -246,9 +261,12 @@ class LlamaCppEngine(SlotEngine):
             yield Finished(reason, usage or tracker.snapshot())
         finally:
             stop.set()
-            if not worker.done():
-                # Let llama.cpp confirm the stop so the tracker holds its final count.
-                await asyncio.wait({worker}, timeout=_STOP_WAIT_SECONDS)
+            try:
+                if not worker.done():
+                    # Let llama.cpp confirm the stop so the tracker holds its final count.
+                    await asyncio.wait({worker}, timeout=_STOP_WAIT_SECONDS)
+            finally:
+                self._scopes.give_back(slot.slot)
 
     async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
         loop = asyncio.get_running_loop()
@@ -296,13 +314,26 @@ class LlamaCppEngine(SlotEngine):
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         check_token_ids(request.inputs, self.model, self._vocabulary, self._config.context_per_slot)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self._pool, self._embed_blocking, self._server, list(request.inputs)
-        )
-        _raise_if_error(result, param="input")
-        data = sorted(result["data"], key=lambda item: item["index"])
+        server, items = self._server, list(request.inputs)
+        data: list[dict[str, Any]] = []
+        prompt_tokens = 0
+        # EMBED_BATCH inputs at a time, each batch on a worker thread: a request whose client
+        # left starts no further batch, and gives its slot back once llama.cpp has ended the
+        # one in progress (the engine is then really free).
+        for start in range(0, len(items), EMBED_BATCH):
+            work = loop.run_in_executor(
+                self._pool, self._embed_blocking, server, items[start : start + EMBED_BATCH]
+            )
+            try:
+                result = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await _finish(asyncio.ensure_future(_settled(work)))
+                raise
+            _raise_if_error(result, param="input")
+            data += ({**item, "index": start + int(item["index"])} for item in result["data"])
+            prompt_tokens += int(result.get("usage", {}).get("prompt_tokens", 0))
+        data.sort(key=lambda item: item["index"])
         vectors = tuple(tuple(item["embedding"]) for item in data)
-        prompt_tokens = int(result.get("usage", {}).get("prompt_tokens", 0))
         return EmbeddingResult(vectors, Usage(prompt_tokens=prompt_tokens))
 
     def _embed_blocking(self, server: Any, items: list[EmbeddingInput]) -> dict[str, Any]:
@@ -369,6 +400,11 @@ def _wait_listening(server: Any) -> None:
             connection.close()
 
 
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Done when ``future`` is, whatever its outcome (for ``_finish``)."""
+    await asyncio.wait({future})
+
+
 async def _finish(future: asyncio.Future[None]) -> None:
     """Await ``future`` to its end even if cancelled meanwhile; then raise the cancellation."""
     cancelled = False
@@ -419,7 +455,14 @@ def _tool_grammar(request: GenerationRequest) -> str:
 
     schema = generic_tools.reply_schema(request.tools, request.tool_choice)
     compact = {"x-guidance": {"whitespace_flexible": False, "lenient": True}, **schema}
-    return _compact_grammar(xllamacpp.json_schema_to_grammar(compact))
+    try:
+        grammar = xllamacpp.json_schema_to_grammar(compact)
+    except Exception as exc:  # the tools' schemas: the request's fault, not the engine's
+        raise InvalidRequest(
+            f"tools: llama.cpp cannot turn the tools' parameter schemas into a grammar: {exc}",
+            param="tools",
+        ) from None
+    return _compact_grammar(grammar)
 
 
 def _compact_grammar(grammar: str) -> str:
@@ -489,6 +532,25 @@ def _choice_text(choice: dict[str, Any]) -> str:
 
 def _finish_reason(raw: str) -> FinishReason:
     return FinishReason.LENGTH if raw == "length" else FinishReason.STOP
+
+
+_SCHEMA_ERRORS = ("JSON schema", "json schema", "grammar", "Unable to generate parser")
+
+
+def _failure(exc: BaseException, request: GenerationRequest) -> OpenMaaSError:
+    """What llama.cpp raising ``exc`` says: a JSON schema it could not turn into a grammar
+    (``$ref`` it cannot follow, a keyword it refuses) is the request's fault, a 400 that no
+    circuit breaker counts; anything else is the engine's."""
+    text = str(exc)
+    if any(marker in text for marker in _SCHEMA_ERRORS):
+        fmt = request.response_format
+        param = (
+            "response_format.json_schema.schema"
+            if fmt.kind is ResponseFormatKind.JSON_SCHEMA
+            else "tools"
+        )
+        return InvalidRequest(f"{param}: llama.cpp cannot use this schema: {text}", param=param)
+    return EngineFailure(f"llama.cpp failed: {text}")
 
 
 def _raise_if_error(item: dict[str, Any], param: str = "messages") -> None:

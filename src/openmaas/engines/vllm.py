@@ -390,6 +390,7 @@ class ManagedVllmEngine:
             deployment=self.deployment,
             thinking_style=cfg.thinking_style,
             tokenizer_path=tokenizer,
+            cache_salt=True,  # a vLLM of ours: prefix caches kept per organization
         )
 
     def _attach(self, process: VllmProcess, inner: OpenAIHttpEngine) -> None:

@@ -26,6 +26,7 @@ from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
 from openmaas.platform import open_platform
 from openmaas.protocols.anthropic.errors import to_anthropic_error
+from openmaas.protocols.openai.errors import to_responses_error
 from openmaas.protocols.zhipu.errors import to_zhipu_error
 from openmaas.server.errors import install_error_handlers
 from openmaas.server.middleware import RequestContextMiddleware
@@ -37,7 +38,8 @@ from openmaas.server.routes import responses as responses_routes
 from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
-from openmaas.serving.gateway import Gateway
+from openmaas.serving.bounds import RequestBounds
+from openmaas.serving.gateway import Gateway, cache_scope_key
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
 
@@ -84,7 +86,12 @@ def create_app(
                 ),
                 usage=UsageRepository(platform.database),
                 gateway=Gateway(
-                    platform.catalog, platform.accountant, platform.clock, lambda: life.draining
+                    platform.catalog,
+                    platform.accountant,
+                    platform.clock,
+                    lambda: life.draining,
+                    RequestBounds.from_settings(settings),
+                    cache_scope_key(platform.master_key),
                 ),
                 lifecycle=life,
             )
@@ -118,7 +125,12 @@ def create_app(
     app.include_router(admin_routes.router)
     zhipu_routes.install(app)
     install_error_handlers(
-        app, [("/v1/messages", to_anthropic_error), (zhipu_routes.PREFIX, to_zhipu_error)]
+        app,
+        [
+            ("/v1/messages", to_anthropic_error),
+            ("/v1/responses", to_responses_error),
+            (zhipu_routes.PREFIX, to_zhipu_error),
+        ],
     )
     install_openapi(
         app,

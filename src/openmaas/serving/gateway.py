@@ -23,7 +23,10 @@ counted.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -49,11 +52,13 @@ from openmaas.core.types import (
     EmbeddingResult,
     Finished,
     GenerationRequest,
+    RoutingHints,
     StreamEvent,
     Usage,
 )
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind, Route
+from openmaas.serving.bounds import RequestBounds, embedding_token_bound
 
 log = logging.getLogger("openmaas.gateway")
 
@@ -75,8 +80,14 @@ class Gateway:
         accountant: Accountant,
         clock: Clock,
         shutting_down: Callable[[], bool],
+        bounds: RequestBounds | None = None,
+        cache_key: bytes | None = None,
     ) -> None:
         self.catalog = catalog
+        self.bounds = bounds or RequestBounds()
+        # Keys the organizations' prompt-cache scopes (``cache_scope``); one of its own when
+        # none is given: isolated still, but not shared with other processes.
+        self._cache_key = cache_key or secrets.token_bytes(32)
         self.accountant = accountant
         self._clock = clock
         self._shutting_down = shutting_down
@@ -87,6 +98,7 @@ class Gateway:
         self, principal: Principal, request: GenerationRequest, endpoint: str
     ) -> Generation:
         served = self.catalog.for_kind(request.model, ModelKind.CHAT)
+        self.bounds.check_generation(request)  # before admission: a refusal costs nothing
         engine = served.engine
         started = self._clock.monotonic()
         n = request.sampling.n  # n choices: n generations, each reading the prompt
@@ -103,7 +115,7 @@ class Gateway:
             max_tokens=_times(n, request.sampling.max_tokens),
             context_length=_times(n, served.context_length),
         )
-        request = replace(request, routing=replace(request.routing, data_policy=ticket.data_policy))
+        request = replace(request, routing=self._routing(request.routing, principal, ticket))
         try:
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException:
@@ -126,6 +138,7 @@ class Gateway:
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """The prompt tokens ``request`` would read; nothing is generated or recorded."""
         engine = self.catalog.for_kind(request.model, ModelKind.CHAT).engine
+        self.bounds.check_generation(request)
         return await engine.count_prompt_tokens(request)
 
     async def embed(
@@ -137,13 +150,18 @@ class Gateway:
     ) -> EmbeddingResult:
         """Embed, metered; ``headers`` (if given) receives the admission's rate-limit headers."""
         served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
+        self.bounds.check_embedding(request, served.context_length)
         started = self._clock.monotonic()
+
+        async def count_prompt() -> int:
+            return embedding_token_bound(request, served.context_length)
+
         ticket = await self.accountant.admit(
             principal,
             served.name,
             endpoint,
             request.request_id,
-            count_prompt=lambda: _embedding_token_bound(request, served.context_length),
+            count_prompt=count_prompt,
             max_tokens=0,
             context_length=served.context_length,
         )
@@ -152,7 +170,7 @@ class Gateway:
         termination: Termination | None = Termination.FINISHED
         error: str | None = None
         usage = Usage()
-        request = replace(request, routing=replace(request.routing, data_policy=ticket.data_policy))
+        request = replace(request, routing=self._routing(request.routing, principal, ticket))
         try:
             result = await served.engine.embed(request)
             usage = result.usage
@@ -198,6 +216,13 @@ class Gateway:
             while self._open:
                 await asyncio.sleep(0.01)
         return self._open == 0
+
+    def _routing(self, hints: RoutingHints, principal: Principal, ticket: Ticket) -> RoutingHints:
+        """The organization's data policy, and its prompt-cache scope: a keyed hash of its
+        id, so that engines keep prefix caches per organization and an upstream (vLLM's
+        ``cache_salt``) never learns the id."""
+        scope = hmac.new(self._cache_key, principal.org_id.encode(), hashlib.sha256)
+        return replace(hints, data_policy=ticket.data_policy, cache_scope=scope.hexdigest()[:32])
 
     def _elapsed_ms(self, since: float) -> int:
         return max(0, round((self._clock.monotonic() - since) * 1000))
@@ -479,16 +504,12 @@ class Generation:
         return Outcome(usage, self._termination, self._ttft_ms, self._error, self._stream.route)
 
 
+def cache_scope_key(master_key: bytes) -> bytes:
+    """The key of the prompt-cache scopes, derived from the platform's master key: the
+    same in every process (workers share the engine host's and vLLM's caches), and
+    unrelated to any API key's secret."""
+    return hmac.new(master_key, b"openmaas prompt-cache scope", hashlib.sha256).digest()
+
+
 def _times(n: int, tokens: int | None) -> int | None:
     return None if tokens is None else n * tokens
-
-
-async def _embedding_token_bound(request: EmbeddingRequest, context: int | None) -> int:
-    """At most this many tokens: a WordPiece or byte-level tokenizer makes no more tokens
-    than UTF-8 bytes, plus two special tokens, and each input is cut at the context; token
-    ids are read as they are."""
-    total = 0
-    for item in request.inputs:
-        tokens = len(item.encode()) + 2 if isinstance(item, str) else len(item)
-        total += tokens if context is None else min(tokens, context)
-    return total

@@ -143,6 +143,7 @@ class OpenAIHttpConfig:
     probe_models: bool = False  # GET {base_url}/models at load (not every upstream serves it)
     tokenizer_path: Path | None = None  # tokenizer.json for estimates (default: see below)
     uds: str | None = None  # a Unix socket to connect through (base_url's host is then a name)
+    cache_salt: bool = False  # send vLLM's cache_salt (prefix caches kept per organization)
 
     def __post_init__(self) -> None:
         if self.slots < 1 or self.queue < 0:
@@ -232,9 +233,11 @@ class OpenAIHttpEngine(SlotEngine):
         chat = request.is_chat
         cfg = self.config
         if chat:
-            body = chat_body(request, cfg.upstream_model, cfg.thinking_style)
+            body = chat_body(
+                request, cfg.upstream_model, cfg.thinking_style, cache_salt=cfg.cache_salt
+            )
         else:
-            body = completion_body(request, cfg.upstream_model)
+            body = completion_body(request, cfg.upstream_model, cache_salt=cfg.cache_salt)
         path = "/chat/completions" if chat else "/completions"
         tracker.estimated = True
         # The prompt's estimate stands until the upstream's usage arrives. A short prompt is

@@ -218,9 +218,14 @@ def _int(value: Any) -> int:
 
 # -- request bodies -------------------------------------------------------------------------
 def chat_body(
-    request: GenerationRequest, model: str, thinking_style: ThinkingStyle
+    request: GenerationRequest,
+    model: str,
+    thinking_style: ThinkingStyle,
+    *,
+    cache_salt: bool = False,
 ) -> dict[str, Any]:
-    """The upstream's ``/chat/completions`` body for ``request``."""
+    """The upstream's ``/chat/completions`` body for ``request``; ``cache_salt``: the
+    request's cache scope is sent as vLLM's ``cache_salt`` (see ``_cache_salt``)."""
     body: dict[str, Any] = {
         "model": model,
         "messages": [_wire_message(m) for m in request.messages or ()],
@@ -245,10 +250,13 @@ def chat_body(
             "json_schema": {"name": fmt.name or "response", "schema": fmt.json_schema or {}},
         }
     _thinking(request, thinking_style, body)
+    _cache_salt(request, body, cache_salt)
     return body
 
 
-def completion_body(request: GenerationRequest, model: str) -> dict[str, Any]:
+def completion_body(
+    request: GenerationRequest, model: str, *, cache_salt: bool = False
+) -> dict[str, Any]:
     """The upstream's ``/completions`` body for a plain-prompt ``request``."""
     body: dict[str, Any] = {
         "model": model,
@@ -257,7 +265,17 @@ def completion_body(request: GenerationRequest, model: str) -> dict[str, Any]:
         "stream_options": {"include_usage": True},
     }
     _sampling(request, body)
+    _cache_salt(request, body, cache_salt)
     return body
+
+
+def _cache_salt(request: GenerationRequest, body: dict[str, Any], wanted: bool) -> None:
+    """vLLM (0.9 and later) shares prefix-cache blocks only between requests of the same
+    ``cache_salt``: the request's cache scope (a keyed hash of its organization, never the
+    organization's id), so one organization's ``cached_tokens`` say nothing of another's
+    prompts. Only where ``wanted``: other upstreams may refuse a field they do not know."""
+    if wanted and request.routing.cache_scope:
+        body["cache_salt"] = request.routing.cache_scope
 
 
 def _sampling(request: GenerationRequest, body: dict[str, Any]) -> None:

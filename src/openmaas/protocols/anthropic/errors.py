@@ -9,6 +9,7 @@ are the caller's own doing.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from openmaas.core.errors import (
@@ -68,4 +69,19 @@ def _message(exc: OpenMaaSError) -> str:
     Claude Code recognises the error by them ("prompt is too long")."""
     if isinstance(exc, PromptTooLong) and exc.prompt_tokens and exc.context_length:
         return f"prompt is too long: {exc.prompt_tokens} tokens > {exc.context_length} maximum"
+    if isinstance(exc, InvalidRequest) and exc.param:
+        wire = _wire_field(exc.param)
+        if wire != exc.param:
+            return exc.message.replace(exc.param, wire)
     return exc.message
+
+
+_TOOL_SCHEMA = re.compile(r"tools\[(\d+)\]\.function\.parameters")
+
+
+def _wire_field(param: str) -> str:
+    """This protocol's name of a field the serving path names as OpenAI does
+    (``serving/bounds.py``): a tool's ``input_schema``, ``output_config.format.schema``."""
+    if param == "response_format.json_schema.schema":
+        return "output_config.format.schema"
+    return _TOOL_SCHEMA.sub(r"tools[\1].input_schema", param)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from openmaas.core.errors import (
@@ -77,3 +78,21 @@ def _message(exc: OpenMaaSError) -> str:
             "of the messages."
         )
     return exc.message
+
+
+_TOOL_PARAMETERS = re.compile(r"^tools\[(\d+)\]\.function\.parameters$")
+
+
+def to_responses_error(exc: OpenMaaSError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """As ``to_openai_error``, with the fields the serving path names as Chat Completions
+    does (``serving/bounds.py``) named as the Responses API has them: ``text.format.schema``,
+    ``tools[i].parameters``."""
+    param = getattr(exc, "param", None)
+    if isinstance(exc, InvalidRequest) and param:
+        if param == "response_format.json_schema.schema":
+            wire = "text.format.schema"
+        else:
+            wire = _TOOL_PARAMETERS.sub(r"tools[\1].parameters", param)
+        if wire != param:
+            exc = InvalidRequest(exc.message.replace(param, wire), param=wire)
+    return to_openai_error(exc)

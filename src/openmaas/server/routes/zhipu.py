@@ -109,6 +109,7 @@ async def async_chat_completions(request: Request) -> Response:
     state = app_state(request)
     principal, body, core = await _parse_chat(request, state)
     state.catalog.for_kind(core.model, ModelKind.CHAT)  # unknown model: refused now, not later
+    state.gateway.bounds.check_generation(core)  # over a bound: refused now, not later
     job = Job(
         id=request_id(request),
         org_id=principal.org_id,
