@@ -18,7 +18,8 @@ While a request runs, ``Accountant.checkpoint`` writes the engine's running coun
 ``inflight`` table every ``checkpoint_seconds``. The row itself, owned by this process's
 instance, is written with the hold for a held request; for a leased or unpriced one it is
 written ``row_delay_seconds`` after admission (:data:`ROW_DELAY_SECONDS`), in the background,
-so that a request answered sooner commits once (its settlement and usage record), not twice; when a process dies, ``Accountant.recover`` (on start) and
+so that a request answered sooner commits once (its settlement and usage record), not twice;
+when a process dies, ``Accountant.recover`` (on start) and
 ``Accountant.sweep`` (periodically, in every other process) settle its requests by
 ``recovery_usage``, exactly once, then close its leases (see ``docs/billing.md``).
 Organizations without a tier
