@@ -188,7 +188,9 @@ async def admit_requests(database: AsyncEngine, owner: str | None) -> tuple[str,
             principal, model, "chat.completions", request_id,
             count_prompt=five, max_tokens=100, context_length=None,
         )  # fmt: skip
-        if ticket.pending is not None:  # the unpriced request's row, written in the background
+        if model == "free":  # its row is written in the background, once due
+            await eventually(lambda t=ticket: t.pending is not None, what="the in-flight row")
+            assert ticket.pending is not None
             await ticket.pending
         ids.append(request_id)
     async with database.begin() as conn:
