@@ -6,7 +6,9 @@ commands are waiting at that moment (group commit; each keeps its own outcome):
 1. take the ledger's write lock: ``UPDATE ledger_head`` (a row lock on PostgreSQL, the
    database's write lock on SQLite), so every writer, in this process or another (the CLI
    while the server runs), is serialized;
-2. catch up: apply the events other writers appended since this process last looked;
+2. catch up: apply the events other writers appended since this process last looked
+   (``ledger_head.seq``, the last event's, comes back from the lock's ``UPDATE ...
+   RETURNING``: when it is the one this process appended last, nothing is read);
 3. ``Ledger.decide`` each command on the state the previous ones left (pure; a refusal
    answers that command alone, having written nothing);
 4. append the events to ``ledger_events`` (``idempotency_key`` UNIQUE: request id, top-up
@@ -94,6 +96,16 @@ def _org_of(command: Command) -> str | None:
     if isinstance(command, Hold | TopUp | GrantPromo | GrantPack | SetCreditLimit | DrawLease):
         return command.org
     return None
+
+
+_LOCK_HEAD = (
+    update(ledger_head)
+    .where(ledger_head.c.id == 1)
+    .values(seq=ledger_head.c.seq)
+    .returning(ledger_head.c.seq)
+)
+"""The ledger's write lock (a row lock on PostgreSQL, the write lock on SQLite), answering
+the last event's seq."""
 
 
 class LedgerStore:
@@ -205,12 +217,14 @@ class LedgerStore:
             job.settle(outcome)
 
     async def _lock_and_catch_up(self, conn: AsyncConnection) -> None:
-        head = await conn.execute(
-            update(ledger_head).where(ledger_head.c.id == 1).values(seq=ledger_head.c.seq)
-        )
-        if head.rowcount != 1:
+        """Take the ledger's lock; read the events other processes appended since ours
+        (none when the head says so: one statement, not two, for a process that wrote
+        last)."""
+        latest = (await conn.execute(_LOCK_HEAD)).scalar_one_or_none()
+        if latest is None:
             raise RuntimeError("ledger_head is missing: run the migrations")
-        await self._catch_up(conn)
+        if latest != self._seq:
+            await self._catch_up(conn)
 
     async def _decide_and_apply(
         self, conn: AsyncConnection, command: Command | None
