@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -17,10 +17,11 @@ log = logging.getLogger("openmaas.database")
 
 
 def open_database(url: str, *, sqlite_synchronous: str = "FULL") -> AsyncEngine:
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-        _owner_only(engine.url.database)
-        _tune_sqlite(engine, sqlite_synchronous)
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_async_engine(url)
+    engine = create_async_engine(url, pool_reset_on_return=None)  # see _reset_sqlite
+    _owner_only(engine.url.database)
+    _tune_sqlite(engine, sqlite_synchronous)
     return engine
 
 
@@ -53,6 +54,16 @@ def _tune_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _reset_sqlite(_dbapi_connection, record, state) -> None:  # type: ignore[no-untyped-def]
+        """A connection going back to the pool is rolled back only when a transaction is
+        open on it. SQLite opens one only for a write, and a write is always committed or
+        rolled back by its ``begin()`` block, so the pool's usual rollback after every use
+        was a no-op that cost a hand-off to the driver's thread each time."""
+        driver = record.driver_connection
+        if driver is not None and not state.terminate_only and driver.in_transaction:
+            _dbapi_connection.rollback()
 
 
 async def migrate(engine: AsyncEngine) -> None:
