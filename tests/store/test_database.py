@@ -70,3 +70,30 @@ async def test_an_existing_readable_database_is_made_owner_only(tmp_path: Path) 
         path.chmod(0o644)
     async with open_platform(settings):
         assert all(mode(p) == 0o600 for p in sqlite_files(settings.home / "openmaas.db"))
+
+
+async def test_a_write_left_open_on_a_pooled_sqlite_connection_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """The pool rolls a SQLite connection back only when a transaction is open on it (to
+    save a no-op hand-off per use); one left open behind SQLAlchemy's back, by the driver
+    itself, is still rolled back: its row is gone and the write lock is free again."""
+    engine = open_database(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (a INTEGER)"))
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.execute("INSERT INTO t VALUES (1)")  # SQLAlchemy does not know
+            assert raw.in_transaction
+        other = open_database(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+        try:
+            async with other.begin() as conn:  # the lock is free: this does not wait 5 s
+                await conn.execute(text("INSERT INTO t VALUES (2)"))
+        finally:
+            await other.dispose()
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT a FROM t"))).scalars().all() == [2]
+    finally:
+        await engine.dispose()
