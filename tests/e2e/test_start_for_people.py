@@ -27,6 +27,7 @@ def test_first_start_to_files_writes_no_secret_and_says_where_it_is(tmp_path: Pa
         secret = key.split(".")[1]
         ready = f"OpenMaaS ready at {server.base_url}"
         wait_until(lambda: ready in server.stderr, what="the ready line")
+        assert "Loading models fake-echo ..." in server.stderr
         assert str(server.home.resolve() / "admin-key") in server.stdout
         assert f"curl {server.base_url}/v1/chat/completions" in server.stdout
         answer = httpx.get(
@@ -67,12 +68,13 @@ def test_first_start_on_a_terminal_shows_the_secret_exactly_once(tmp_path: Path)
     try:
         wait_until(lambda: ready in b"".join(seen).decode(), what="the ready line", timeout=60)
         shown = b"".join(seen).decode()
-        assert shown.count(server.admin_key) == 1
+        assert shown.count(server.admin_key) == 1, shown
     finally:
         process.terminate()
-        assert process.wait(60) == 0
+        status = process.wait(60)
         reader.join(10)
         os.close(leader)
+    assert status == 0, b"".join(seen).decode()[-3000:]
 
 
 def _start(home: Path, port: int, **extra: str) -> subprocess.CompletedProcess[str]:

@@ -41,6 +41,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openmaas.accounts.admin import IssuedKey
+from openmaas.catalog.builtin import settings_document
 from openmaas.core.errors import ConfigurationError
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
@@ -71,6 +72,9 @@ def serve(settings: Settings) -> None:
         issued = asyncio.run(_first_run(settings))
         if issued is not None:
             announce_first_run(settings, issued, sys.stdout)
+        models = [model.name for model in settings_document(settings).models]
+        if models:
+            say(f"Loading models {', '.join(models)} ...")
         if settings.workers > 1:
             Supervisor(settings, listeners).run()
             return
@@ -81,9 +85,14 @@ def serve(settings: Settings) -> None:
             listener.close()
 
 
-def say_ready(settings: Settings, out: TextIO | None = None) -> None:
-    """The one line for people that says the server serves (stderr, besides the logs)."""
-    print(f"OpenMaaS ready at {base_url(settings)}", file=out or sys.stderr, flush=True)
+def say(line: str) -> None:
+    """A line for people on stderr, besides the JSON logs."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def say_ready(settings: Settings) -> None:
+    """The one line that says the server serves."""
+    say(f"OpenMaaS ready at {base_url(settings)}")
 
 
 def base_url(settings: Settings) -> str:
