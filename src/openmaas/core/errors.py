@@ -92,16 +92,23 @@ class InsufficientBalance(QuotaExceeded):
     organization, both amounts in its currency and what to do."""
 
     def __init__(
-        self, org_id: str, needed_micros: int, available_micros: int, currency: str = "CNY"
+        self,
+        org_id: str,
+        needed_micros: int,
+        available_micros: int,
+        currency: str = "CNY",
+        org_name: str | None = None,
     ) -> None:
         available = max(0, available_micros)
+        org = f"'{org_name}' ({org_id})" if org_name else f"'{org_id}'"
         super().__init__(
-            f"Insufficient balance: organization '{org_id}' has {_amount(available, currency)} "
+            f"Insufficient balance: organization {org} has {_amount(available, currency)} "
             f"available and this request may cost up to {_amount(needed_micros, currency)}. "
-            f"An administrator can add funds with `openmaas billing topup {org_id} <amount>`; "
-            "or lower max_tokens."
+            "An administrator can add funds with "
+            f"`openmaas billing topup {org_name or org_id} <amount>`; or lower max_tokens."
         )
         self.org_id = org_id
+        self.org_name = org_name
         self.needed_micros = needed_micros
         self.available_micros = available_micros
         self.currency = currency
