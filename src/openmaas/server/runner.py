@@ -67,12 +67,14 @@ def serve(settings: Settings) -> None:
     """``openmaas serve``. Raises ``ConfigurationError`` (one line for people) when it cannot
     start: the port is taken, say; then nothing was set up or printed before."""
     configure_logging(settings.log_level)
-    listeners = _listen(settings)  # first: a busy port ends here, before any key is made
+    # First what can fail on the settings alone: a bad model setting or a busy port ends
+    # here, before a data directory or an admin key is made and printed.
+    models = [model.name for model in settings_document(settings).models]
+    listeners = _listen(settings)
     try:
         issued = asyncio.run(_first_run(settings))
         if issued is not None:
             announce_first_run(settings, issued, sys.stdout)
-        models = [model.name for model in settings_document(settings).models]
         if models:
             say(f"Loading models {', '.join(models)} ...")
         if settings.workers > 1:
