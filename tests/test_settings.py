@@ -23,7 +23,15 @@ def test_explicit_embedding_threads_win(monkeypatch: pytest.MonkeyPatch) -> None
     assert Settings(threads=2, embedding_threads=2).resolved_embedding_threads == 2
 
 
-def test_chat_threads_default_to_the_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings_module, "available_cpus", lambda: 6)
+@pytest.mark.parametrize(("cpus", "chat", "embedding"), [(6, 5, 1), (2, 1, 1), (1, 1, 1)])
+def test_chat_threads_leave_one_cpu_for_the_rest_of_the_machine(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, chat: int, embedding: int
+) -> None:
+    """Every CPU for llama.cpp made a 40-token answer take minutes once anything else ran
+    (OpenMP barriers wait for the preempted thread); one fewer keeps it at about a second,
+    and chat and embedding threads together no longer exceed the CPUs."""
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: cpus)
     monkeypatch.delenv("OPENMAAS_THREADS", raising=False)
-    assert Settings().threads == 6
+    monkeypatch.delenv("OPENMAAS_EMBEDDING_THREADS", raising=False)
+    settings = Settings()
+    assert (settings.threads, settings.resolved_embedding_threads) == (chat, embedding)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -28,7 +29,7 @@ from openmaas.catalog.document import CatalogRejected, document_version, parse_c
 from openmaas.catalog.schema import BuildContext, CatalogDocument
 from openmaas.catalog.served import settings_model_names
 from openmaas.core.admin_fields import AdminBody, iso_ms, parse_time
-from openmaas.core.errors import InvalidRequest, OpenMaaSError
+from openmaas.core.errors import InvalidRequest, OpenMaaSError, SetupError
 from openmaas.core.money import format_micros
 from openmaas.core.validation import checked_day
 from openmaas.platform import Platform, open_platform
@@ -148,7 +149,24 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     from openmaas.server.runner import serve as run_server
 
     overrides: dict[str, Any] = {"host": host, "port": port, "workers": workers}
-    run_server(Settings(**{k: v for k, v in overrides.items() if v is not None}))
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise click.ClickException(_bad_settings(exc)) from None
+    try:
+        run_server(settings)
+    except SetupError as exc:  # one line for people: no traceback, exit status 1
+        raise click.ClickException(exc.message) from None
+
+
+def _bad_settings(exc: ValidationError) -> str:
+    """``OPENMAAS_PORT='x': Input should be a valid integer``, one line for every problem."""
+    problems = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        given = "" if error.get("type") == "missing" else f"={error.get('input')!r}"
+        problems.append(f"OPENMAAS_{name}{given}: {error['msg']}")
+    return "bad setting: " + "; ".join(problems)
 
 
 @main.group(help="Organizations.")

@@ -68,7 +68,10 @@ class Settings(BaseSettings):
         64, ge=0, description="Requests that may wait beyond the slots before 429."
     )
     threads: int = Field(
-        default_factory=lambda: available_cpus(), ge=1, description="Chat model CPU threads."
+        # One CPU left for the rest of the machine (docs/configuration.md, OPENMAAS_THREADS).
+        default_factory=lambda: max(1, available_cpus() - 1),
+        ge=1,
+        description="Chat model CPU threads.",
     )
     embedding_threads: int | None = Field(
         None,

@@ -153,6 +153,9 @@ async def test_no_balance_refuses_before_the_engine_and_records_nothing(rig: Rig
     with pytest.raises(InsufficientBalance) as info:
         await gateway.generate(rig.principal, chat(), "chat.completions")
     assert info.value.needed_micros == worst_case(10)
+    # It names the organization as people know it, and the command that fixes it.
+    assert f"organization 'acme' ({rig.org_id})" in info.value.message
+    assert "openmaas billing topup acme <amount>" in info.value.message
     assert rig.engines["priced"].stats.streams_started == 0
     assert await rig.records() == []
     async with rig.database.connect() as conn:

@@ -178,10 +178,14 @@ def test_rate_limited_names_the_limit_scope_and_wait() -> None:
     assert CapacityError.retry_after_seconds == 1.0
 
 
-def test_insufficient_balance_states_need_and_availability() -> None:
-    exc = InsufficientBalance("org1", 5_000, 1_200)
-    assert (exc.org_id, exc.needed_micros, exc.available_micros) == ("org1", 5_000, 1_200)
-    assert "5000" in exc.message and "1200" in exc.message
+def test_insufficient_balance_names_org_amounts_in_currency_and_what_to_do() -> None:
+    exc = InsufficientBalance("org1", 81, 0, "CNY")
+    assert (exc.org_id, exc.needed_micros, exc.available_micros) == ("org1", 81, 0)
+    assert "organization 'org1'" in exc.message
+    assert "0.000081 CNY" in exc.message and "0.000000 CNY available" in exc.message
+    assert "micros" not in exc.message
+    assert "openmaas billing topup org1" in exc.message
+    assert "1.250000 USD" in InsufficientBalance("org1", 1_250_000, 0, "USD").message
     assert not isinstance(exc, CapacityError)  # retrying does not help until a top-up
     # A balance below zero (post-paid, over its credit) is shown as nothing available.
     assert "-" not in InsufficientBalance("org1", 10, -3).message
@@ -191,4 +195,6 @@ def test_budget_exceeded_names_scope_period_and_limit() -> None:
     exc = BudgetExceeded("key:k1", "day", 1_000_000)
     assert (exc.scope, exc.period, exc.limit_micros) == ("key:k1", "day", 1_000_000)
     assert "key:k1" in exc.message and "day" in exc.message
+    assert "1.000000 CNY" in exc.message and "micros" not in exc.message
+    assert "openmaas billing budget set key:k1 <limit> --day" in exc.message
     assert isinstance(exc, QuotaExceeded) and isinstance(exc, RequestError)

@@ -62,3 +62,12 @@ def test_quota_errors_are_final_in_every_protocol(exc) -> None:  # type: ignore[
     )
     assert (status, body["error"]["type"], headers["x-should-retry"]) == (*expected, "false")
     assert "retry-after" not in headers
+
+
+def test_balance_refusal_says_whose_money_how_much_and_what_to_do_in_every_protocol() -> None:
+    """The message a user reads, the same in all three protocols (types and codes kept)."""
+    exc = InsufficientBalance("org_1", 81, 0, "CNY")
+    for render in (to_openai_error, to_zhipu_error, to_anthropic_error):
+        message = render(exc)[1]["error"]["message"]
+        assert "org_1" in message and "0.000081 CNY" in message, render
+        assert "openmaas billing topup org_1" in message and "micros" not in message

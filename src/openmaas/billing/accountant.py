@@ -44,6 +44,7 @@ from openmaas.billing.leasing import Leasing, close_leases_of
 from openmaas.billing.limiter import Limiter
 from openmaas.core.billing import billable_usage
 from openmaas.core.clock import Clock
+from openmaas.core.errors import InsufficientBalance
 from openmaas.core.leases import LeasePolicy
 from openmaas.core.ledger_events import (
     Event,
@@ -370,6 +371,14 @@ class Accountant:
 
         try:
             await self.ledger.execute(hold, rows=remember)
+        except InsufficientBalance as exc:  # the ledger knows ids; people know names
+            await self.cancel(ticket)
+            name = terms.org(principal.org_id).name
+            if not name:
+                raise
+            raise InsufficientBalance(
+                exc.org_id, exc.needed_micros, exc.available_micros, exc.currency, name
+            ) from None
         except BaseException:  # refused; or placed, and then the caller went away
             await self.cancel(ticket)
             raise

@@ -88,29 +88,52 @@ class QuotaExceeded(RequestError):
 
 class InsufficientBalance(QuotaExceeded):
     """Available balance (balance less open holds, down to the credit limit) cannot cover
-    the hold (Zhipu 1113, OpenAI ``insufficient_quota``)."""
+    the hold (Zhipu 1113, OpenAI ``insufficient_quota``). The message names the
+    organization, both amounts in its currency and what to do."""
 
-    def __init__(self, org_id: str, needed_micros: int, available_micros: int) -> None:
+    def __init__(
+        self,
+        org_id: str,
+        needed_micros: int,
+        available_micros: int,
+        currency: str = "CNY",
+        org_name: str | None = None,
+    ) -> None:
+        available = max(0, available_micros)
+        org = f"'{org_name}' ({org_id})" if org_name else f"'{org_id}'"
         super().__init__(
-            "Insufficient balance: this request may cost up to "
-            f"{needed_micros} micros and {max(0, available_micros)} are available. "
-            "Top up your account or lower max_tokens."
+            f"Insufficient balance: organization {org} has {_amount(available, currency)} "
+            f"available and this request may cost up to {_amount(needed_micros, currency)}. "
+            "An administrator can add funds with "
+            f"`openmaas billing topup {org_name or org_id} <amount>`; or lower max_tokens."
         )
         self.org_id = org_id
+        self.org_name = org_name
         self.needed_micros = needed_micros
         self.available_micros = available_micros
+        self.currency = currency
 
 
 class BudgetExceeded(QuotaExceeded):
     """A budget set on a key or a project for the current day or month is used up."""
 
-    def __init__(self, scope: str, period: str, limit_micros: int) -> None:
+    def __init__(self, scope: str, period: str, limit_micros: int, currency: str = "CNY") -> None:
         super().__init__(
-            f"The {period} budget of {scope} ({limit_micros} micros) would be exceeded."
+            f"The {period} budget of {scope} ({_amount(limit_micros, currency)}) would be "
+            f"exceeded. An administrator can raise it with `openmaas billing budget set {scope} "
+            f"<limit> --{period}`, or wait for the next {period}."
         )
         self.scope = scope
         self.period = period
         self.limit_micros = limit_micros
+        self.currency = currency
+
+
+def _amount(micros: int, currency: str) -> str:
+    """``81, "CNY"`` -> ``"0.000081 CNY"`` (micros are a millionth of the major unit)."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), 1_000_000)
+    return f"{sign}{whole}.{frac:06d} {currency}"
 
 
 class NotFound(RequestError):

@@ -354,7 +354,9 @@ class Ledger:
         from_promo = min(money, self.balance(promo(org.org)))
         from_cash = money - from_promo
         if from_cash > self.available(org.org):
-            raise InsufficientBalance(org.org, money, self.available(org.org) + from_promo)
+            raise InsufficientBalance(
+                org.org, money, self.available(org.org) + from_promo, org.currency.value
+            )
         transfers += _move(promo(org.org), held(org.org), from_promo)
         transfers += _move(cash(org.org), held(org.org), from_cash)
         event = HoldPlaced(command.request_id, org.org, applied, tuple(packs), from_promo,
@@ -372,6 +374,7 @@ class Ledger:
 
     def _check_budgets(self, command: Hold, money: int) -> tuple[tuple[str, str], ...]:
         keys: list[tuple[str, str]] = []
+        currency = self.orgs[command.org].currency.value
         for scope in command.budget_scopes:
             for period in BudgetPeriod:
                 limit = self.budgets.get((scope, period))
@@ -380,7 +383,7 @@ class Ledger:
                 key = (scope, f"{period.value}:{period_key(period, command.at_ms)}")
                 used = self.budget_spent.get(key, 0) + self.budget_held.get(key, 0)
                 if used + money > limit:
-                    raise BudgetExceeded(scope, period.value, limit)
+                    raise BudgetExceeded(scope, period.value, limit, currency)
                 keys.append(key)
         return tuple(keys)
 
@@ -452,7 +455,7 @@ class Ledger:
         may_spend = self.may_spend(org.org)
         grant = min(command.want, max(0, may_spend) * command.share_bp // 10_000)
         if grant < command.at_least:
-            raise InsufficientBalance(org.org, command.at_least, may_spend)
+            raise InsufficientBalance(org.org, command.at_least, may_spend, org.currency.value)
         from_promo = min(grant, self.balance(promo(org.org)))
         from_cash = grant - from_promo
         transfers = (

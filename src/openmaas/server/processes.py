@@ -3,17 +3,20 @@ and the engine host as a child process of ``openmaas serve --workers N``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 import uvicorn
@@ -57,11 +60,29 @@ class StopFlag:
 
 class QuietServer(uvicorn.Server):
     """uvicorn's server; a drained shutdown after SIGTERM or SIGINT exits 0 instead of
-    re-raising the signal. ``on_exit`` is called when shutdown begins."""
+    re-raising the signal. ``on_exit`` is called when shutdown begins; ``on_started`` is
+    run as a task once the server listens and the application has started."""
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_exit: Callable[[], None] | None = None,
+        on_started: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+        self._on_started = on_started
+        self._started_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None and not self.should_exit:
+            self._started_task = asyncio.create_task(self._on_started())
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._started_task is not None:
+            self._started_task.cancel()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._on_exit is not None:

@@ -15,25 +15,34 @@ it. With N workers the supervisor
    503 until the host is back); after ``kill -9`` of the supervisor every child stops by
    itself (its stdin ends);
 4. on SIGTERM or SIGINT drains the workers (each as one process would), then stops the host.
+
+For people, besides the JSON logs: the port is bound before anything is set up or printed
+(a busy port is one line, no new admin key, no examples pointing at another server); the
+first start's admin key is printed once, and only to a terminal (otherwise the output says
+which 0600 file holds it); "OpenMaaS ready at http://HOST:PORT" goes to stderr once the
+settings' models are loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
+from typing import Any, TextIO
 
-import click
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openmaas.accounts.admin import IssuedKey
+from openmaas.catalog.builtin import settings_document
+from openmaas.core.errors import ConfigurationError
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.server.logs import configure_logging
@@ -55,23 +64,55 @@ async def _first_run(settings: Settings) -> IssuedKey | None:
 
 
 def serve(settings: Settings) -> None:
+    """``openmaas serve``. Raises ``ConfigurationError`` (one line for people) when it cannot
+    start: the port is taken, say; then nothing was set up or printed before."""
     configure_logging(settings.log_level)
-    issued = asyncio.run(_first_run(settings))
-    if issued is not None:
-        click.echo(welcome(settings, issued))
-    if settings.workers > 1:
-        Supervisor(settings).run()
-        return
-    log.info("starting", extra={"host": settings.host, "port": settings.port})
-    run_server(settings)
+    # First what can fail on the settings alone: a bad model setting or a busy port ends
+    # here, before a data directory or an admin key is made and printed.
+    models = [model.name for model in settings_document(settings).models]
+    listeners = _listen(settings)
+    try:
+        issued = asyncio.run(_first_run(settings))
+        if issued is not None:
+            announce_first_run(settings, issued, sys.stdout)
+        if models:
+            say(f"Loading models {', '.join(models)} ...")
+        if settings.workers > 1:
+            Supervisor(settings, listeners).run()
+            return
+        log.info("starting", extra={"host": settings.host, "port": settings.port})
+        run_server(settings, listeners, on_ready=lambda: say_ready(settings))
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def say(line: str) -> None:
+    """A line for people on stderr, besides the JSON logs."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def say_ready(settings: Settings) -> None:
+    """The one line that says the server serves."""
+    say(f"OpenMaaS ready at {base_url(settings)}")
+
+
+def base_url(settings: Settings) -> str:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
 
 
 def run_server(
-    settings: Settings, sockets: Sequence[socket.socket] | None = None, name_worker: bool = False
+    settings: Settings,
+    sockets: Sequence[socket.socket] | None = None,
+    name_worker: bool = False,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """One serving process until SIGTERM: readiness fails at once, then a drained exit 0."""
+    """One serving process until SIGTERM: readiness fails at once, then a drained exit 0.
+    ``on_ready`` is called once the settings' models are loaded (or failed to)."""
     lifecycle = Lifecycle()
-    app: ASGIApp = create_app(settings, lifecycle=lifecycle)
+    fastapi_app = create_app(settings, lifecycle=lifecycle)
+    app: ASGIApp = fastapi_app
     if name_worker:
         app = _NameWorker(app)
     config = uvicorn.Config(
@@ -87,7 +128,17 @@ def run_server(
     def draining() -> None:
         lifecycle.draining = True
 
-    QuietServer(config, on_exit=draining).run(sockets=list(sockets) if sockets else None)
+    started: Callable[[], Coroutine[Any, Any, None]] | None = None
+    if on_ready is not None:
+        announce = on_ready
+
+        async def loaded() -> None:
+            await fastapi_app.state.openmaas.platform.catalog.wait_loaded()
+            announce()
+
+        started = loaded
+    server = QuietServer(config, on_exit=draining, on_started=started)
+    server.run(sockets=list(sockets) if sockets else None)
 
 
 class _NameWorker:
@@ -148,7 +199,7 @@ class _Child:
 class Supervisor:
     """``openmaas serve --workers N``: the engine host and N workers (module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, listeners: list[socket.socket] | None = None) -> None:
         from openmaas.server.enginehost import socket_path
 
         self.settings = settings
@@ -158,14 +209,14 @@ class Supervisor:
         # Always: even without local models in the settings, the catalog may declare some.
         self.host = _Child(EngineHostProcess(self.worker_settings, self.socket))
         self.workers: list[_Child] = []
-        self.listeners: list[socket.socket] = []
+        self.listeners: list[socket.socket] = listeners or []
 
     def run(self) -> None:
         original = {
             sig: signal.signal(sig, self._handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            self.listeners = _listen(self.settings)
+            self.listeners = self.listeners or _listen(self.settings)
             self.host.start(_now())
             assert isinstance(self.host.process, EngineHostProcess)
             if not self.host.process.wait_ready(self.stop):
@@ -188,6 +239,7 @@ class Supervisor:
                     "engine_host": self.host.process.pid,
                 },
             )
+            say_ready(self.settings)
             while not self.stop.wait(_WATCH_S):
                 for child in [self.host, *self.workers]:
                     child.check(_now())
@@ -223,10 +275,13 @@ def _listen(settings: Settings) -> list[socket.socket]:
     connections between them), else one that all workers share."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     count = settings.workers if sys.platform.startswith("linux") else 1
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # Without SO_REUSEPORT: fails if anyone holds the port, even a group of such sockets.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((settings.host, settings.port))
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # Without SO_REUSEPORT: fails if anyone holds the port, even a group of such sockets.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise ConfigurationError(_bind_refused(settings, exc)) from None
     listeners: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -245,25 +300,59 @@ def _listen(settings: Settings) -> list[socket.socket]:
     return listeners
 
 
-def welcome(settings: Settings, issued: IssuedKey) -> str:
-    base = f"http://{settings.host}:{settings.port}"
-    token = issued.token
+def _bind_refused(settings: Settings, exc: OSError) -> str:
+    where = f"{settings.host}:{settings.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is in use (another OpenMaaS, or another "
+            "program, serves there). Stop it, or choose another port with --port or "
+            "OPENMAAS_PORT."
+        )
+    return (
+        f"cannot listen on {where}: {exc.strerror or exc}. Check OPENMAAS_HOST and OPENMAAS_PORT."
+    )
+
+
+def announce_first_run(settings: Settings, issued: IssuedKey, out: TextIO) -> None:
+    """The first start's welcome. The secret is printed once, and only when ``out`` is a
+    terminal: a log file or a pipe gets where to find it instead."""
+    terminal = out.isatty()
+    out.write(welcome(settings, issued, show_secret=terminal))
+    out.flush()
+    if not terminal:
+        log.info(
+            "first start: admin API key created (not printed: the output is not a terminal)",
+            extra={"key_id": issued.key.id, "key_file": str(settings.admin_key_file)},
+        )
+
+
+def welcome(settings: Settings, issued: IssuedKey, *, show_secret: bool = True) -> str:
+    """The first start's text for people; with ``show_secret`` the key's secret appears in
+    it exactly once (the examples read the key from its file)."""
+    base = base_url(settings)
+    key_file = settings.admin_key_file.resolve()
+    if show_secret:
+        key = f"""Admin API key (shown once; also saved, readable only by you, in {key_file}):
+
+    {issued.token}"""
+    else:
+        key = f"""Admin API key {issued.key.id}: saved, readable only by you, in {key_file}
+(its secret is printed only to a terminal). Read it with: cat {key_file}"""
     return f"""
 OpenMaaS is set up in {settings.home.resolve()}
 
-Admin API key (shown once; also saved, readable only by you, in {settings.admin_key_file}):
+{key}
 
-    {token}
+Try it, once the server says "OpenMaaS ready at {base}":
 
-Try it:
-
+    KEY=$(cat {key_file})
     curl {base}/v1/chat/completions \\
-      -H "Authorization: Bearer {token}" \\
+      -H "Authorization: Bearer $KEY" \\
       -H "Content-Type: application/json" \\
       -d '{{"model": "smollm2-135m-instruct", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
     from openai import OpenAI
-    client = OpenAI(base_url="{base}/v1", api_key="{token}")
+    client = OpenAI(base_url="{base}/v1", api_key=open("{key_file}").read().strip())
     reply = client.chat.completions.create(
         model="smollm2-135m-instruct", messages=[{{"role": "user", "content": "Hello!"}}]
     )

@@ -165,13 +165,17 @@ class OrgTerms:
     currency: Currency = Currency.CNY
     tier: str | None = None  # None: no rate limits
     data_policy: DataPolicy = DataPolicy.BURST
+    name: str = ""  # what people call it (refusals name it)
 
 
 async def load_org_terms(conn: AsyncConnection) -> dict[str, OrgTerms]:
     """Each organization's currency, tier and data policy."""
     o = organizations.c
-    rows = await conn.execute(select(o.id, o.currency, o.tier, o.data_policy))
-    return {r.id: OrgTerms(Currency(r.currency), r.tier, DataPolicy(r.data_policy)) for r in rows}
+    rows = await conn.execute(select(o.id, o.name, o.currency, o.tier, o.data_policy))
+    return {
+        r.id: OrgTerms(Currency(r.currency), r.tier, DataPolicy(r.data_policy), r.name)
+        for r in rows
+    }
 
 
 # -- requests in flight ---------------------------------------------------------------
