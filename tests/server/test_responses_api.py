@@ -150,7 +150,11 @@ def test_what_cannot_be_served_is_refused_by_name(
 ) -> None:
     client, auth, _ = app
     cases = [
-        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "namespace", "name": "n", "tools": [{"type": "x"}]}]},
+            "tools[0].tools[0].type",
+        ),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, None),
         ({"background": True}, "background"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
@@ -162,6 +166,35 @@ def test_what_cannot_be_served_is_refused_by_name(
         assert reply.status_code == 400, extra
         if param is not None:
             assert reply.json()["error"]["param"] == param
+
+
+def test_codex_cli_tools_namespaced_functions_are_offered_and_hosted_tools_ignored(
+    app: tuple[TestClient, dict[str, str], dict[str, str]],
+) -> None:
+    """Codex CLI (0.171) sends function tools, a ``namespace`` of function tools and OpenAI's
+    hosted ``web_search``, which it cannot do without: the namespace's functions are offered
+    by their own names, the hosted tool is left out, and the request is served (before: 400
+    on the namespace, so Codex CLI could not run at all)."""
+    client, auth, _ = app
+    request = {
+        "model": "fake-agent",
+        "input": [{"role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+                  {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]}],
+        "tools": [
+            {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+            {"type": "namespace", "name": "weather_v1", "description": "Weather tools",
+             "tools": [WEATHER]},
+            {"type": "web_search", "external_web_access": False},
+        ],
+        "reasoning": {"summary": "auto"},
+        "include": ["reasoning.encrypted_content"],
+        "store": False,
+        "prompt_cache_key": "a-session",
+    }  # fmt: skip
+    reply = client.post("/v1/responses", json=request, headers=auth)
+    assert reply.status_code == 200, reply.text
+    calls = [item for item in reply.json()["output"] if item["type"] == "function_call"]
+    assert [c["name"] for c in calls] == ["get_weather"]  # offered from inside the namespace
 
 
 def test_a_stream_that_breaks_ends_with_response_failed(

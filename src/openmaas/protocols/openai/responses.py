@@ -287,23 +287,42 @@ def generation_request(
     )
 
 
-def _tools(specs: list[dict[str, Any]]) -> tuple[Tool, ...]:
-    tools = []
+HOSTED_TOOLS = frozenset(
+    {
+        "web_search", "web_search_preview", "file_search", "code_interpreter",
+        "computer_use_preview", "image_generation", "local_shell", "mcp",
+    }
+)  # fmt: skip
+"""Tools OpenAI runs on its own servers: there are none here, so a request that offers
+them is served without them (as Codex CLI sends ``web_search`` with every request)."""
+
+
+def _tools(specs: list[dict[str, Any]], where: str = "tools") -> tuple[Tool, ...]:
+    """Function tools, those of a ``namespace`` tool included (by their own names); hosted
+    tools (:data:`HOSTED_TOOLS`) are left out; any other type is a 400."""
+    tools: list[Tool] = []
     for index, spec in enumerate(specs):
-        kind = spec.get("type")
+        at = f"{where}[{index}]"
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind in HOSTED_TOOLS:
+            continue
+        if kind == "namespace" and isinstance(spec.get("tools"), list):
+            tools += _tools(spec["tools"], f"{at}.tools")
+            continue
         if kind != "function":
             raise InvalidRequest(
-                f"Tools of type {kind!r} are not supported; only function tools are.",
-                param=f"tools[{index}].type",
+                f"Tools of type {kind!r} are not supported; only function tools (also "
+                "inside a namespace) are, and hosted tools are ignored.",
+                param=f"{at}.type",
             )
         name = spec.get("name")
         if not isinstance(name, str) or not name:
-            raise InvalidRequest("A function tool needs a 'name'.", param=f"tools[{index}].name")
+            raise InvalidRequest("A function tool needs a 'name'.", param=f"{at}.name")
         parameters = spec.get("parameters") or {"type": "object", "properties": {}}
         if not isinstance(parameters, dict):
             raise InvalidRequest(
                 "A function tool's 'parameters' must be a JSON Schema object.",
-                param=f"tools[{index}].parameters",
+                param=f"{at}.parameters",
             )
         tools.append(Tool(name, str(spec.get("description") or ""), parameters))
     return tuple(tools)
