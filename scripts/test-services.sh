@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install what the test suite runs besides Python: the servers its fixtures start and stop on
-# loopback (redis-server), and npm with Claude Code for tests/e2e/test_claude_code.py.
-# redis-server, nodejs and npm come from Debian's packages when they are not on PATH; Claude
-# Code comes from the npm registry at the exact version scripts/claude-code/ pins, into
-# .cache/npm (scripts/install-claude-code.sh). `make test` runs this first.
+# loopback (redis-server), and npm with Claude Code and Codex CLI for their tests in tests/e2e.
+# redis-server, nodejs and npm come from Debian's packages when they are not on PATH; the
+# clients come from the npm registry at the exact versions scripts/claude-code/ and
+# scripts/codex/ pin, into .cache/npm (scripts/install-npm-client.sh). `make test` runs this
+# first.
 #
 # As root it installs what is missing (apt-get). Otherwise it says what to run; the tests
 # that need it are then skipped, except under CI (CI set), where they fail: there a missing
@@ -33,11 +34,13 @@ fi
 
 if command -v npm >/dev/null 2>&1; then
     # Without the npm registry this fails: under CI that ends the run here; elsewhere the
-    # Claude Code test tries again and fails, saying why.
-    if ! bash "$(dirname "$0")/install-claude-code.sh" >/dev/null; then
-        if [ -n "${CI:-}" ]; then
-            exit 1
+    # client's test tries again and fails, saying why.
+    for client in claude-code codex; do
+        if ! bash "$(dirname "$0")/install-npm-client.sh" "$client" >/dev/null; then
+            if [ -n "${CI:-}" ]; then
+                exit 1
+            fi
+            echo "test-services: $client could not be installed; its test in tests/e2e will fail" >&2
         fi
-        echo "test-services: Claude Code could not be installed; tests/e2e/test_claude_code.py will fail" >&2
-    fi
+    done
 fi

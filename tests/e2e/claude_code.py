@@ -2,11 +2,8 @@
 end-to-end tests: where it is installed, the environment that keeps it offline, and a
 recorder that captures what it sends.
 
-The version is the one ``scripts/claude-code/package-lock.json`` pins;
-``scripts/install-claude-code.sh`` installs it into ``.cache/npm`` (``make test`` runs it
-through ``scripts/test-services.sh``, and ``executable()`` runs it when it has not been).
-Without npm the tests are skipped, except under CI (``CI`` set), where they fail; npm that
-cannot install it (no registry) fails them, saying why.
+The version is the one ``scripts/claude-code/package-lock.json`` pins, installed as
+``tests/e2e/npm_client.py`` says.
 
 The environment is built from nothing but ``PATH`` (a developer's own ``ANTHROPIC_API_KEY``
 or settings never leak in): a fresh ``HOME`` and config directory, the documented switches
@@ -20,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -30,42 +26,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.e2e import npm_client
 
-ROOT = Path(__file__).resolve().parents[2]
-INSTALL_SCRIPT = ROOT / "scripts" / "install-claude-code.sh"
-PINNED = ROOT / "scripts" / "claude-code" / "package.json"
-INSTALL_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 300
-CLOSED_PORT_PROXY = "http://127.0.0.1:9"  # discard: nothing listens there
 WORKDIR = "/home/user/project"  # the working directory a sample names after anonymizing
 
 
 def pinned_version() -> str:
-    return str(json.loads(PINNED.read_text())["dependencies"]["@anthropic-ai/claude-code"])
+    return npm_client.pinned("claude-code")[1]
 
 
 def executable() -> Path:
     """The ``claude`` program of the pinned version, installed first when it is not."""
-    if shutil.which("npm") is None:
-        reason = "npm is not installed (bash scripts/test-services.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; under CI the Claude Code tests must run", pytrace=False)
-        pytest.skip(reason)
-    done = subprocess.run(
-        ["bash", str(INSTALL_SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT_S,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(
-            f"Claude Code {pinned_version()} could not be installed from the npm registry "
-            f"({INSTALL_SCRIPT.relative_to(ROOT)}):\n{done.stderr[-4000:]}",
-            pytrace=False,
-        )
-    return Path(done.stdout.strip().splitlines()[-1])
+    return npm_client.executable("claude-code")
 
 
 def environment(base_url: str, token: str, model: str, home: Path) -> dict[str, str]:
@@ -83,9 +56,7 @@ def environment(base_url: str, token: str, model: str, home: Path) -> dict[str, 
         "DISABLE_ERROR_REPORTING": "1",
         "DISABLE_AUTOUPDATER": "1",
         "CLAUDE_CODE_MAX_RETRIES": "0",  # a refusal is shown at once, not retried for minutes
-        "HTTPS_PROXY": CLOSED_PORT_PROXY,
-        "HTTP_PROXY": CLOSED_PORT_PROXY,
-        "NO_PROXY": "127.0.0.1,localhost",
+        **npm_client.OFFLINE,
     }
 
 
