@@ -313,6 +313,13 @@ def _bind_refused(settings: Settings, exc: OSError) -> str:
     )
 
 
+def example_model(settings: Settings) -> str:
+    """The model the welcome's examples use: the first chat model the settings declare (the
+    embedded one by default), else a placeholder that says where to find the names."""
+    chat = [model.name for model in settings_document(settings).models if model.kind == "chat"]
+    return chat[0] if chat else "MODEL (see GET /v1/models)"
+
+
 def announce_first_run(settings: Settings, issued: IssuedKey, out: TextIO) -> None:
     """The first start's welcome. The secret is printed once, and only when ``out`` is a
     terminal: a log file or a pipe gets where to find it instead."""
@@ -331,6 +338,7 @@ def welcome(settings: Settings, issued: IssuedKey, *, show_secret: bool = True) 
     it exactly once (the examples read the key from its file)."""
     base = base_url(settings)
     key_file = settings.admin_key_file.resolve()
+    model = example_model(settings)
     if show_secret:
         key = f"""Admin API key (shown once; also saved, readable only by you, in {key_file}):
 
@@ -349,12 +357,12 @@ Try it, once the server says "OpenMaaS ready at {base}":
     curl {base}/v1/chat/completions \\
       -H "Authorization: Bearer $KEY" \\
       -H "Content-Type: application/json" \\
-      -d '{{"model": "smollm2-135m-instruct", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+      -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
     from openai import OpenAI
     client = OpenAI(base_url="{base}/v1", api_key=open("{key_file}").read().strip())
     reply = client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=[{{"role": "user", "content": "Hello!"}}]
+        model="{model}", messages=[{{"role": "user", "content": "Hello!"}}]
     )
     print(reply.choices[0].message.content)
 """
