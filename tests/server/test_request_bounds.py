@@ -13,14 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from openmaas.accounts.admin import NewOrganization
 from openmaas.engines.base import ModelKind
 from openmaas.engines.fake import FakeEngine
-from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.server.state import AppState
 from openmaas.settings import Settings
 from openmaas.store.schema import usage_records
+from tests.support.orgs import member_keys
 
 MODEL = "fake-echo"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -82,21 +81,11 @@ PROBES: list[tuple[str, str, dict[str, Any], str]] = [
 ]  # fmt: skip
 
 
-async def _member_keys(settings: Settings) -> tuple[str, str]:
-    async with open_platform(settings) as platform:
-        accounts = platform.accounts_admin("test")
-        keys = []
-        for name in ("attacker", "victim"):
-            org = await accounts.create_org(NewOrganization(name=name))
-            keys.append((await accounts.issue_key(org.id, "app")).token)
-        return keys[0], keys[1]
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str, str]]:
     home = tmp_path_factory.mktemp("request-bounds") / "home"
     settings = Settings(home=home, embedded_models=False, fake_models={MODEL: {"text": "a b"}})
-    attacker, victim = asyncio.run(_member_keys(settings))
+    attacker, victim = asyncio.run(member_keys(settings, "attacker", "victim"))
     with TestClient(create_app(settings)) as client:
         client.get("/readyz")
         yield client, attacker, victim

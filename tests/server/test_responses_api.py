@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from openmaas.accounts.admin import NewOrganization
-from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.settings import Settings
+from tests.support.orgs import member_keys
 
 FAKES = {
     "fake-echo": {"text": "one two three"},
@@ -34,20 +33,10 @@ WEATHER = {
 }
 
 
-async def _keys_of_two_orgs(settings: Settings) -> tuple[str, str]:
-    async with open_platform(settings) as platform:
-        accounts = platform.accounts_admin("test")
-        keys = []
-        for name in ("mine", "other"):
-            org = await accounts.create_org(NewOrganization(name=name))
-            keys.append((await accounts.issue_key(org.id, "app")).token)
-        return keys[0], keys[1]
-
-
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str], dict[str, str]]]:
     settings = Settings(home=tmp_path / "home", embedded_models=False, fake_models=FAKES)
-    mine, other = asyncio.run(_keys_of_two_orgs(settings))
+    mine, other = asyncio.run(member_keys(settings, "mine", "other"))
     with TestClient(create_app(settings)) as client:
         client.get("/readyz")
         yield client, {"Authorization": f"Bearer {mine}"}, {"Authorization": f"Bearer {other}"}

@@ -1,0 +1,19 @@
+"""Organizations with a member key each, made through the admin services as an operator
+would: for tests that need two tenants side by side."""
+
+from __future__ import annotations
+
+from openmaas.accounts.admin import NewOrganization
+from openmaas.platform import open_platform
+from openmaas.settings import Settings
+
+
+async def member_keys(settings: Settings, *names: str) -> list[str]:
+    """A new organization per name, and the token of a member key of each, in order."""
+    async with open_platform(settings) as platform:
+        accounts = platform.accounts_admin("test")
+        keys = []
+        for name in names:
+            org = await accounts.create_org(NewOrganization(name=name))
+            keys.append((await accounts.issue_key(org.id, "app")).token)
+        return keys
