@@ -262,22 +262,8 @@ async def test_embedding_token_ids_are_the_models_own(tmp_path: Path) -> None:
     its context, is refused by name before llama.cpp sees them."""
     from tokenizers import Tokenizer
 
-    minilm = embedding_model_dir()
-    engine = LlamaCppEngine(
-        "minilm",
-        LlamaCppConfig(
-            lambda: ensure_gguf(minilm, tmp_path),
-            ModelKind.EMBEDDING,
-            slots=1,
-            queue=0,
-            context_per_slot=512,
-            threads=1,
-            pooling="mean",
-            tokenizer_path=minilm / "tokenizer.json",
-            max_input_tokens=EMBEDDING_MAX_TOKENS,
-        ),
-    )
-    tokenizer = Tokenizer.from_file(str(minilm / "tokenizer.json"))
+    engine = _minilm(tmp_path)
+    tokenizer = Tokenizer.from_file(str(embedding_model_dir() / "tokenizer.json"))
     tokenizer.no_padding()  # the file pads to 128; the model's own ids of the text are these
     ids = tuple(tokenizer.encode("A cat.").ids)
     await engine.start()
