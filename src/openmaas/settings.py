@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         description="When Redis is unreachable: closed refuses requests that have limits "
         "(503, retry later), open admits them without counting; /readyz says which.",
     )
+    async_jobs_per_org: int = Field(
+        16,
+        ge=1,
+        description="Async jobs (Zhipu /async/chat/completions) one organization may have "
+        "queued or running at once, counted in the database across every process; a submit "
+        "over it is refused (429).",
+    )
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
     secret_key: str | None = Field(
         None,

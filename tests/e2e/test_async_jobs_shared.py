@@ -1,7 +1,8 @@
 """Zhipu async jobs (``/async/chat/completions`` + ``/async-result/{id}``) on two gateway
 processes sharing one database: a job submitted through one is polled through the other,
 only by its organization; it survives a restart of the process that ran it; and a job
-whose process was killed is failed, with a clear error, by the survivor's recovery."""
+whose process was killed is failed, with a clear error, by the survivor's recovery; an
+organization's unfinished jobs are counted across both (``async_jobs_per_org``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ SETTINGS: dict[str, Any] = {
     },
     "embedded_models": "false",
     "recovery_seconds": "0.5",  # survivors look for the dead twice a second
+    "async_jobs_per_org": "2",
 }
 USER = [{"role": "user", "content": "Say hello."}]
 
@@ -129,3 +131,24 @@ def test_the_job_of_a_killed_gateway_fails_with_a_clear_error(
     assert "ended before the job finished" in failed["error"]["message"]
     assert set(failed) == {"id", "request_id", "model", "task_status", "created", "error"}
     assert survivor.usage_row(created["id"])["termination"] == "gateway_killed"
+
+
+def test_an_orgs_jobs_are_counted_across_gateways(
+    gateways: tuple[LiveServer, LiveServer],
+) -> None:
+    first, second = gateways
+    submit(first, SLOW)  # each runs for long after this test
+    submit(second, SLOW)
+    for live in (first, second):  # the organization has its two, whichever process took them
+        with zhipu(live) as client:
+            refused = client.post(
+                "/async/chat/completions", json={"model": QUICK, "messages": USER}
+            )
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "1302"
+        assert "OPENMAAS_ASYNC_JOBS_PER_ORG=2" in refused.json()["error"]["message"]
+    first.cli("orgs", "create", "other-org")
+    other = first.new_key(org="other-org", name="other")
+    with zhipu(second, other) as client:  # another organization is unaffected
+        created = client.post("/async/chat/completions", json={"model": QUICK, "messages": USER})
+    assert created.status_code == 200, created.text

@@ -5,18 +5,21 @@ sweep of a survivor (``Accountant.sweep``), never the jobs of a live one."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import asyncio
+
+import pytest
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.billing.accountant import Accountant
 from openmaas.billing.limiter import InProcessLimiter
 from openmaas.core.clock import SystemClock
 from openmaas.core.ids import new_request_id
-from openmaas.core.jobs import Job, JobStatus
+from openmaas.core.jobs import Job, JobStatus, TooManyJobs
 from openmaas.store.async_jobs import ORPHANED, AsyncJobStore
 from openmaas.store.instance import Liveness
 from openmaas.store.ledger import LedgerStore
-from openmaas.store.schema import async_jobs
+from openmaas.store.schema import async_jobs, organizations
 from tests.store.test_instances import Holder, await_dead
 
 # The instance tests' fixtures: each database (SQLite, PostgreSQL), and another process.
@@ -93,3 +96,25 @@ async def test_the_jobs_of_a_killed_instance_fail_in_a_survivors_sweep(
         assert await own.owners() == {survivor.instance_id}
     finally:
         await survivor.stop()
+
+
+async def test_an_org_never_has_more_unfinished_jobs_than_its_limit_even_submitting_at_once(
+    database: AsyncEngine,
+) -> None:
+    async with database.begin() as conn:
+        await conn.execute(insert(organizations).values(id="org_a", name="a", created_at_ms=0))
+    first, second = store(database, new_request_id()), store(database, new_request_id())
+    submits = [(first if i % 2 else second).create(job(), limit=3) for i in range(8)]
+    outcomes = await asyncio.gather(*submits, return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, TooManyJobs)]
+    assert len(refused) == 5 and outcomes.count(None) == 3, outcomes
+    assert await first.unfinished("org_a") == 3 and await first.unfinished("org_b") == 0
+    await second.create(job("org_b"), limit=3)  # another organization is unaffected
+    async with database.connect() as conn:
+        running = (await conn.execute(select(async_jobs.c.id, async_jobs.c.org_id))).all()
+    assert sorted(org for _, org in running) == ["org_a"] * 3 + ["org_b"]
+    finished = next(job_id for job_id, org in running if org == "org_a")
+    assert await first.finish(finished, JobStatus.SUCCESS, {})  # a finished job frees its place
+    await first.create(job(), limit=3)
+    with pytest.raises(TooManyJobs):
+        await second.create(job(), limit=3)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from openmaas.core.errors import RateLimited
+
 
 class JobStatus(StrEnum):
     PROCESSING = "PROCESSING"
@@ -28,3 +30,19 @@ class Job:
     # Once finished: the wire fields of its result (choices and usage, or error), as the
     # protocol rendered them.
     result: dict[str, Any] = field(default_factory=dict)
+
+
+class TooManyJobs(RateLimited):
+    """An organization already has its most async jobs unfinished (``async_jobs_per_org``):
+    the submit is refused (HTTP 429; Zhipu code 1302), nothing stored or charged."""
+
+    def __init__(self, limit: int, org_id: str) -> None:
+        super().__init__(
+            f"Your organization already has {limit} async jobs unfinished, the most it may "
+            f"have at once (OPENMAAS_ASYNC_JOBS_PER_ORG={limit}). Wait for one to finish "
+            "(poll /async-result/{id}), then submit again.",
+            limit="async_jobs",
+            scope=f"org:{org_id}",
+            retry_after_seconds=1.0,
+        )
+        self.jobs_limit = limit

@@ -97,6 +97,14 @@ class Gateway:
     async def generate(
         self, principal: Principal, request: GenerationRequest, endpoint: str
     ) -> Generation:
+        return await self.start(await self.reserve(principal, request, endpoint))
+
+    async def reserve(
+        self, principal: Principal, request: GenerationRequest, endpoint: str
+    ) -> Reservation:
+        """Admit ``request`` (bounds, rate limits, its worst-case charge) without starting
+        it: an async job is admitted at submit and started when its turn comes. End the
+        reservation with :meth:`start` or :meth:`release`."""
         served = self.catalog.for_kind(request.model, ModelKind.CHAT)
         self.bounds.check_generation(request)  # before admission: a refusal costs nothing
         engine = served.engine
@@ -115,18 +123,32 @@ class Gateway:
             max_tokens=_times(n, request.sampling.max_tokens),
             context_length=_times(n, served.context_length),
         )
-        request = replace(request, routing=self._routing(request.routing, principal, ticket))
+        return Reservation(principal, request, endpoint, ticket, started)
+
+    async def start(self, reservation: Reservation) -> Generation:
+        """Start a reserved request on its model's engine (the one served now); the
+        reservation is released if the engine refuses it."""
+        principal, ticket = reservation.principal, reservation.ticket
         try:
+            engine = self.catalog.for_kind(reservation.request.model, ModelKind.CHAT).engine
+            routing = self._routing(reservation.request.routing, principal, ticket)
+            request = replace(reservation.request, routing=routing)
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.accountant.cancel(ticket)
+            await self.release(reservation)
             raise
         self._open += 1
-        admitted = _Admitted(self, principal, request, endpoint, ticket, started)
+        admitted = _Admitted(
+            self, principal, request, reservation.endpoint, ticket, reservation.started
+        )
         generation = admitted.generation = Generation(request, stream, admitted)
         self._live.setdefault(principal.key_id, set()).add(generation)
         return await generation.start()
+
+    async def release(self, reservation: Reservation) -> None:
+        """A reserved request that will not start: its limits and hold are given back."""
+        with anyio.CancelScope(shield=True):
+            await self.accountant.cancel(reservation.ticket)
 
     async def apply_changes(self, changes: Sequence[Change]) -> None:
         """A change-feed subscriber: a revoked key's generations in flight are ended."""
@@ -236,6 +258,17 @@ class Gateway:
             live.discard(admitted.generation)
             if not live:
                 del self._live[key_id]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A generation admitted but not started (``Gateway.reserve``)."""
+
+    principal: Principal
+    request: GenerationRequest
+    endpoint: str
+    ticket: Ticket
+    started: float  # monotonic time of the admission
 
 
 @dataclass(frozen=True, slots=True)

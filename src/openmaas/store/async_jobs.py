@@ -1,6 +1,11 @@
 """Async jobs in the database (table ``async_jobs``, migration 0006): any process serving
 the database answers for a job, whichever process runs it, and a restart keeps them.
 
+An organization has at most a bounded number of jobs unfinished (``PROCESSING``) at once,
+whichever processes run them: :meth:`AsyncJobStore.create` counts them in the transaction
+that stores the new job and refuses it over the bound (exact on SQLite, whose writers take
+turns, and on PostgreSQL, where the transaction first locks the organization's row).
+
 A job is written when it is submitted, by the process that runs it (its *owner*: this
 process's instance, ``store/instance.py``), and written again once when it finishes. The
 owner alone finishes its jobs; a job whose owner died is failed by the recovery of that
@@ -15,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from openmaas.core.jobs import Job, JobStatus
-from openmaas.store.schema import async_jobs
+from openmaas.core.jobs import Job, JobStatus, TooManyJobs
+from openmaas.store.schema import async_jobs, organizations
 
 ORPHANED = "The server process running this job ended before the job finished; submit it again."
 """The error of a job failed because its owner died (the generation's usage, up to its
@@ -35,9 +40,29 @@ class AsyncJobStore:
         self._now_ms = now_ms
         self.instance_id = instance_id
 
-    async def create(self, job: Job) -> None:
-        """Store a new job, owned by this instance; committed when this returns."""
+    async def unfinished(self, org_id: str) -> int:
+        """How many of ``org_id``'s jobs are still running, in every process."""
+        c = async_jobs.c
+        query = select(func.count()).where(
+            c.org_id == org_id, c.status == JobStatus.PROCESSING.value
+        )
+        async with self._database.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def create(self, job: Job, limit: int | None = None) -> None:
+        """Store a new job, owned by this instance; committed when this returns. With a
+        ``limit``, raise :class:`TooManyJobs` (storing nothing) when its organization
+        would then have more than ``limit`` jobs unfinished."""
+        c = async_jobs.c
         async with self._database.begin() as conn:
+            if limit is not None and conn.dialect.name != "sqlite":
+                # Submits of one organization take turns (SQLite's writers always do; a
+                # read before the insert there would only risk a stale snapshot).
+                await conn.execute(
+                    select(organizations.c.id)
+                    .where(organizations.c.id == job.org_id)
+                    .with_for_update()
+                )
             await conn.execute(
                 insert(async_jobs).values(
                     id=job.id,
@@ -51,6 +76,12 @@ class AsyncJobStore:
                     instance_id=self.instance_id,
                 )
             )
+            if limit is not None:
+                count = select(func.count()).where(
+                    c.org_id == job.org_id, c.status == JobStatus.PROCESSING.value
+                )
+                if int((await conn.execute(count)).scalar_one()) > limit:
+                    raise TooManyJobs(limit, job.org_id)  # rolls the insert back
 
     async def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> bool:
         """Record how a job ended, once: False when it had ended already."""

@@ -16,8 +16,9 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from openmaas.accounts.auth import Principal
+from openmaas.catalog.served import ModelCatalog
 from openmaas.core.assembly import Assembler
-from openmaas.core.errors import NotFound
+from openmaas.core.errors import NotFound, OpenMaaSError
 from openmaas.core.jobs import Job
 from openmaas.core.types import GenerationRequest
 from openmaas.engines.base import ModelKind
@@ -37,6 +38,7 @@ from openmaas.server.routes.common import (
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
+from openmaas.serving.gateway import Reservation
 
 PREFIX = "/api/paas/v4"
 router = APIRouter(prefix=PREFIX, tags=["Zhipu-compatible (paas/v4)"])
@@ -50,8 +52,27 @@ def install(app: FastAPI) -> None:
 
 def open_jobs(app: FastAPI, store: JobStore) -> None:
     """Give the app its board of async jobs, stored in ``store`` (the platform's
-    ``async_jobs``: the database), at startup."""
-    app.state.zhipu_jobs = JobBoard(store, lambda exc: to_zhipu_error(exc)[1])
+    ``async_jobs``: the database), at startup: each organization may have
+    ``async_jobs_per_org`` unfinished, and the jobs of this process take at most half of
+    a model's slots (``job_room``)."""
+    state: AppState = app.state.openmaas
+    app.state.zhipu_jobs = JobBoard(
+        store,
+        lambda exc: to_zhipu_error(exc)[1],
+        per_org=state.settings.async_jobs_per_org,
+        room=lambda model: job_room(state.catalog, model),
+    )
+
+
+def job_room(catalog: ModelCatalog, model: str) -> int:
+    """How many async jobs of one process may be in ``model``'s engine at once: half of
+    its slots (at least one), so that jobs never fill the slots and the queue that
+    synchronous requests need; the rest wait on the board, not in the engine's queue."""
+    try:
+        slots = catalog.for_kind(model, ModelKind.CHAT).engine.capacity().slots
+    except OpenMaaSError:  # gone since the submit: the job fails as it starts
+        return 1
+    return max(1, slots // 2)
 
 
 async def close(app: FastAPI) -> None:
@@ -108,8 +129,11 @@ async def chat_completions(request: Request) -> Response:
 async def async_chat_completions(request: Request) -> Response:
     state = app_state(request)
     principal, body, core = await _parse_chat(request, state)
-    state.catalog.for_kind(core.model, ModelKind.CHAT)  # unknown model: refused now, not later
-    state.gateway.bounds.check_generation(core)  # over a bound: refused now, not later
+    board = _board(request.app)
+    await board.check(principal.org_id)  # over the organization's jobs: refused, nothing held
+    # Refused now, not later: an unknown model, a bound, a rate limit or the balance; the job
+    # is admitted once, here, and its generation starts on this admission when its turn comes.
+    reservation = await state.gateway.reserve(principal, core, "zhipu.async.chat.completions")
     job = Job(
         id=request_id(request),
         org_id=principal.org_id,
@@ -117,15 +141,17 @@ async def async_chat_completions(request: Request) -> Response:
         client_request_id=body.request_id,
         created_at_ms=state.clock.now_ms(),
     )
-    await _board(request.app).submit(job, _run_job(state, principal, core))
+    await board.submit(
+        job,
+        lambda: _run_job(state, reservation),
+        abandon=lambda: state.gateway.release(reservation),
+    )
     return json_response(create_json(job))
 
 
-async def _run_job(
-    state: AppState, principal: Principal, core: GenerationRequest
-) -> dict[str, Any]:
+async def _run_job(state: AppState, reservation: Reservation) -> dict[str, Any]:
     """One async job: the same metered path as any request (its usage is recorded)."""
-    generation = await state.gateway.generate(principal, core, "zhipu.async.chat.completions")
+    generation = await state.gateway.start(reservation)
     answer: Assembler = await collect(generation)
     assert answer.finished is not None
     return {
