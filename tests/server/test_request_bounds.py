@@ -32,6 +32,16 @@ OPENAI, ZHIPU, CLAUDE = (
 
 ENUM = {"type": "object", "properties": {"name": {"enum": [f"n{i}" for i in range(5000)]}}}
 CYCLE = {"type": "object", "properties": {"next": {"$ref": "#"}}}
+FAN_OUT = {  # 4^14 schemas once the references are followed, in 1.6 KB
+    "$defs": {
+        "d0": {"type": "integer"},
+        **{f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i - 1}"}] * 4} for i in range(1, 15)},
+    },
+    "$ref": "#/$defs/d14",
+}
+OPTIONAL = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1600)}}
+REPEAT = {"type": "object", "properties": {"a": {"type": "string", "minLength": 100_000}}}
+PATTERN = {"type": "string", "pattern": "^(" + "|".join(f"w{i}x" for i in range(5000)) + ")$"}
 
 
 def _deep(levels: int) -> dict[str, Any]:
@@ -78,6 +88,18 @@ PROBES: list[tuple[str, str, dict[str, Any], str]] = [
     ("messages", CLAUDE, _body(CLAUDE, messages=MESSAGES * 5000), "messages"),
     ("messages", ZHIPU, _body(ZHIPU, messages=MESSAGES * 5000), "messages"),
     ("tools", OPENAI, _body(OPENAI, tools=[_tool(OPENAI, {"type": "object"})] * 200), "tools"),
+    ("fan-out", OPENAI, _body(OPENAI, **_schema_format(OPENAI, FAN_OUT)), SCHEMA),
+    ("fan-out", CLAUDE, _body(CLAUDE, **_schema_format(CLAUDE, FAN_OUT)), FORMAT),
+    ("fan-out-tool", ZHIPU, _body(ZHIPU, tools=[_tool(ZHIPU, FAN_OUT)]), TOOL),
+    ("optional", OPENAI, _body(OPENAI, tools=[_tool(OPENAI, OPTIONAL)]), TOOL),
+    ("optional", CLAUDE, _body(CLAUDE, **_schema_format(CLAUDE, OPTIONAL)), FORMAT),
+    ("optional-tool", ZHIPU, _body(ZHIPU, tools=[_tool(ZHIPU, OPTIONAL)]), TOOL),
+    ("repeat", OPENAI, _body(OPENAI, **_schema_format(OPENAI, REPEAT)), SCHEMA),
+    ("repeat-tool", CLAUDE, _body(CLAUDE, tools=[_tool(CLAUDE, REPEAT)]), INPUT_SCHEMA),
+    ("repeat-tool", ZHIPU, _body(ZHIPU, tools=[_tool(ZHIPU, REPEAT)]), TOOL),
+    ("pattern", OPENAI, _body(OPENAI, **_schema_format(OPENAI, PATTERN)), SCHEMA),
+    ("pattern", CLAUDE, _body(CLAUDE, **_schema_format(CLAUDE, PATTERN)), FORMAT),
+    ("pattern-tool", ZHIPU, _body(ZHIPU, tools=[_tool(ZHIPU, PATTERN)]), TOOL),
 ]  # fmt: skip
 
 
