@@ -11,14 +11,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from openmaas.engines.base import ModelKind
 from openmaas.engines.fake import FakeEngine
 from openmaas.server.app import create_app
-from openmaas.server.state import AppState
 from openmaas.settings import Settings
 from openmaas.store.schema import usage_records
+from tests.support.app import count_rows, fake_engine
 from tests.support.orgs import member_keys
 
 MODEL = "fake-echo"
@@ -113,25 +111,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient,
         yield client, attacker, victim
 
 
-def _state(client: TestClient) -> AppState:
-    return client.app.state.openmaas  # type: ignore[attr-defined,no-any-return]
-
-
 def _fake(client: TestClient) -> FakeEngine:
-    engine = _state(client).catalog.for_kind(MODEL, ModelKind.CHAT).engine
-    assert isinstance(engine, FakeEngine)
-    return engine
+    return fake_engine(client, MODEL)
 
 
 def _usage_records(client: TestClient) -> int:
-    async def count() -> int:
-        async with _state(client).platform.database.connect() as conn:
-            return int(
-                (await conn.execute(select(func.count()).select_from(usage_records))).scalar_one()
-            )
-
-    assert client.portal is not None
-    return client.portal.call(count)
+    return count_rows(client, usage_records)
 
 
 def _post(client: TestClient, key: str, path: str, body: dict[str, Any]) -> Any:
