@@ -140,6 +140,12 @@ class Settings(BaseSettings):
         "text input (never fewer than the tokenizer makes), each input cut at the model's "
         "context (400 beyond).",
     )
+    memory_trim_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How often each server process gives memory its allocator freed back to "
+        "the system (glibc's malloc_trim; 0: never).",
+    )
     shutdown_grace_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
