@@ -171,8 +171,9 @@ def test_an_object_with_too_many_optional_properties_is_refused() -> None:
         ({"type": "object", "minProperties": 2000}, "'minProperties' of 2000"),
         ({"type": "string", "pattern": "^a{100000}$"}, "a pattern's {100000}"),
         ({"type": "string", "pattern": "^(ab){3000,}$"}, "a pattern's {3000}"),
+        ({"type": "string", "pattern": "a{" + "9" * 5000 + "}"}, "a pattern's {"),
     ],
-    ids=["minLength", "minItems", "minProperties", "pattern-count", "pattern-at-least"],
+    ids=["minLength", "minItems", "minProperties", "pattern-count", "pattern-at-least", "digits"],
 )
 def test_repetition_counts_are_capped(schema: dict[str, Any], named: str) -> None:
     tool = Tool("t", "", {"type": "object", "properties": {"a": schema}})

@@ -248,7 +248,8 @@ def _keywords(node: dict[str, Any], shape: _Shape) -> None:
     for regex in regexes:
         shape.pattern_length = max(shape.pattern_length, len(regex))
         for match in _REGEX_COUNT.finditer(regex):
-            count = int(match.group(1))
+            digits = match.group(1)  # int() of thousands of digits would raise
+            count = int(digits) if len(digits) <= 18 else 10**18
             if count > shape.repeat[1]:
                 shape.repeat = (f"a pattern's {{{count}}}", count)
 
