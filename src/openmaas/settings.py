@@ -105,6 +105,31 @@ class Settings(BaseSettings):
         description="Most enum entries in one request's JSON schemas together: each becomes "
         "an alternative the grammar matches at every token (400 beyond).",
     )
+    schema_max_subschemas: int = Field(
+        50_000,
+        ge=16,
+        description="Most subschemas (JSON objects) in one request's JSON schemas together, "
+        "each '$ref' counted as the schema it points to: references that fan out stall "
+        "grammar building (400 beyond).",
+    )
+    schema_max_optional_properties: int = Field(
+        256,
+        ge=1,
+        description="Most optional properties (not in 'required') of one object in a JSON "
+        "schema: the grammar grows with their square (400 beyond).",
+    )
+    schema_max_repeat: int = Field(
+        1000,
+        ge=1,
+        description="Largest minLength, minItems, minProperties, minContains or {n} in a "
+        "pattern of a JSON schema: the grammar writes out that many copies (400 beyond).",
+    )
+    schema_max_pattern_length: int = Field(
+        1000,
+        ge=16,
+        description="Longest regular expression (a 'pattern' or a 'patternProperties' key) "
+        "in a JSON schema, in characters (400 beyond).",
+    )
     embedding_max_inputs: int = Field(
         2048, ge=1, description="Most inputs in one embeddings request (400 beyond)."
     )
@@ -114,6 +139,12 @@ class Settings(BaseSettings):
         description="Most tokens in one embeddings request, counted as UTF-8 bytes plus 2 per "
         "text input (never fewer than the tokenizer makes), each input cut at the model's "
         "context (400 beyond).",
+    )
+    memory_trim_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How often each server process gives memory its allocator freed back to "
+        "the system (glibc's malloc_trim; 0: never).",
     )
     shutdown_grace_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."

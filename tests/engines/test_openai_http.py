@@ -450,6 +450,71 @@ async def test_500_is_an_engine_failure(upstream: Upstream, engines: Engines) ->
     assert "500" in error.message and "CUDA out of memory" in error.message
 
 
+def structured(kind: ResponseFormatKind = ResponseFormatKind.JSON_SCHEMA) -> GenerationRequest:
+    schema = {"type": "not-a-type"} if kind is ResponseFormatKind.JSON_SCHEMA else None
+    return GenerationRequest(
+        "req-1",
+        "relay",
+        messages=(Message(Role.USER, "json please"),),
+        response_format=ResponseFormat(kind, schema),
+    )
+
+
+VLLM_SCHEMA_ERRORS = [
+    "Grammar error: Invalid type: not-a-type",
+    "The provided JSON schema contains features not supported by xgrammar.",
+    "Failed to initialize samplers: failed to parse grammar",
+]
+
+
+@pytest.mark.parametrize("message", VLLM_SCHEMA_ERRORS)
+async def test_a_500_naming_the_requests_schema_is_the_requests_fault(
+    upstream: Upstream, engines: Engines, message: str
+) -> None:
+    """vLLM answers some schemas it cannot compile with 500 (vllm-project/vllm#57725)."""
+    upstream.script(Behaviour(status=500, error_message=message))
+    engine = await engines()
+    error = await first_error(engine, structured())
+    assert type(error) is InvalidRequest and error.param == "response_format.json_schema.schema"
+    assert message in error.message and "HTTP" not in error.message
+
+
+async def test_json_mode_and_tools_are_named_too(upstream: Upstream, engines: Engines) -> None:
+    engine = await engines()
+    upstream.script(Behaviour(status=500, error_message="guided_json: invalid"))
+    error = await first_error(engine, structured(ResponseFormatKind.JSON_OBJECT))
+    assert isinstance(error, InvalidRequest) and error.param == "response_format"
+    tools = GenerationRequest(
+        "r", "relay", messages=(Message(Role.USER, "hi"),), tools=(Tool("t"),)
+    )
+    upstream.script(Behaviour(status=500, error_message="Grammar error: bad $ref"))
+    error = await first_error(engine, tools)
+    assert isinstance(error, InvalidRequest) and error.param == "tools"
+
+
+async def test_an_error_event_naming_the_schema_before_any_token_is_the_requests_fault(
+    upstream: Upstream, engines: Engines
+) -> None:
+    upstream.script(Behaviour(error_event_after_tokens=0, error_message=VLLM_SCHEMA_ERRORS[0]))
+    engine = await engines()
+    error = await first_error(engine, structured())
+    assert isinstance(error, InvalidRequest)
+
+
+async def test_schema_words_without_a_schema_or_after_tokens_stay_engine_failures(
+    upstream: Upstream, engines: Engines
+) -> None:
+    engine = await engines()
+    upstream.script(Behaviour(status=500, error_message=VLLM_SCHEMA_ERRORS[0]))
+    assert type(await first_error(engine, chat())) is EngineFailure  # no schema was sent
+    upstream.script(Behaviour(status=500, error_message=""))  # vLLM's empty 500: unknown
+    assert type(await first_error(engine, structured())) is EngineFailure
+    upstream.script(Behaviour(status=401, error_message="grammar of our key"))
+    assert type(await first_error(engine, structured())) is EngineFailure
+    upstream.script(Behaviour(error_event_after_tokens=2, error_message=VLLM_SCHEMA_ERRORS[0]))
+    assert type(await first_error(engine, structured())) is EngineFailure  # output was sent
+
+
 @pytest.mark.parametrize("status", [400, 404, 413, 422])
 async def test_refused_requests_are_invalid(
     upstream: Upstream, engines: Engines, status: int

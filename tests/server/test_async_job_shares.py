@@ -12,17 +12,15 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from openmaas.accounts.admin import NewOrganization
-from openmaas.billing.admin_bodies import TermsChange, TierLimits
-from openmaas.engines.base import ModelKind
+from openmaas.billing.admin_bodies import TierLimits
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
-from openmaas.server.state import AppState
 from openmaas.settings import Settings
 from openmaas.store.schema import async_jobs, usage_records
+from tests.support.app import count_rows, fake_engine
+from tests.support.orgs import member_keys
 from tests.support.waiting import wait_until
 
 MODEL = "fake-few-slots"
@@ -37,16 +35,12 @@ SUBMIT, RESULT, CHAT = (
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def _member_keys(settings: Settings) -> tuple[str, str, str]:
+async def _member_keys(settings: Settings) -> list[str]:
+    """The submitter and the bystander have no tier; "limited" two requests a minute."""
     async with open_platform(settings) as platform:
-        accounts, billing = platform.accounts_admin("test"), platform.billing_admin("test")
-        keys = []
-        for name in ("submitter", "bystander", "limited"):  # the first two have no tier
-            org = await accounts.create_org(NewOrganization(name=name))
-            keys.append((await accounts.issue_key(org.id, "app")).token)
-        await billing.set_tier("two-a-minute", TierLimits.parse({"rpm": 2}))
-        await billing.set_org(org.id, TermsChange.parse({"tier": "two-a-minute"}))
-        return keys[0], keys[1], keys[2]
+        await platform.billing_admin("test").set_tier("two-a-minute", TierLimits.parse({"rpm": 2}))
+    names = ("submitter", "bystander", "limited")
+    return await member_keys(settings, *names, tiers={"limited": "two-a-minute"})
 
 
 @pytest.fixture
@@ -78,23 +72,8 @@ def _site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield client, submitter, bystander, limited
 
 
-def _state(client: TestClient) -> AppState:
-    return client.app.state.openmaas  # type: ignore[attr-defined,no-any-return]
-
-
 def _fake(client: TestClient) -> FakeEngine:
-    engine = _state(client).catalog.for_kind(MODEL, ModelKind.CHAT).engine
-    assert isinstance(engine, FakeEngine)
-    return engine
-
-
-def _rows(client: TestClient, table: Any) -> int:
-    async def count() -> int:
-        async with _state(client).platform.database.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
-
-    assert client.portal is not None
-    return client.portal.call(count)
+    return fake_engine(client, MODEL)
 
 
 def _post(client: TestClient, key: str, path: str, body: dict[str, Any] = BODY) -> Any:
@@ -143,7 +122,7 @@ def test_a_submit_over_the_orgs_jobs_is_refused_at_submit_with_nothing_stored_or
 ) -> None:
     client, submitter, bystander = site
     _submit_all(client, submitter, PER_ORG)
-    jobs, records = _rows(client, async_jobs), _rows(client, usage_records)
+    jobs, records = count_rows(client, async_jobs), count_rows(client, usage_records)
     refused = _post(client, submitter, SUBMIT)
     assert refused.status_code == 429
     error = refused.json()["error"]
@@ -151,7 +130,7 @@ def test_a_submit_over_the_orgs_jobs_is_refused_at_submit_with_nothing_stored_or
     assert f"{PER_ORG} async jobs" in error["message"]
     assert "OPENMAAS_ASYNC_JOBS_PER_ORG" in error["message"]  # what to change, or wait
     assert int(refused.headers["retry-after"]) >= 1
-    assert (_rows(client, async_jobs), _rows(client, usage_records)) == (jobs, records)
+    assert (count_rows(client, async_jobs), count_rows(client, usage_records)) == (jobs, records)
     assert _post(client, bystander, SUBMIT).status_code == 200  # another org is unaffected
 
 
@@ -172,8 +151,8 @@ def test_async_jobs_count_against_the_tier_once_and_are_refused_at_submit_over_i
     for job_id in ids:  # admitted at submit, not admitted again as they run
         done = _finished(client, limited, job_id)
         assert done["task_status"] == "SUCCESS", done
-    jobs, records = _rows(client, async_jobs), _rows(client, usage_records)
+    jobs, records = count_rows(client, async_jobs), count_rows(client, usage_records)
     refused = _post(client, limited, SUBMIT)  # the third: refused now, not failed later
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "1302"
-    assert (_rows(client, async_jobs), _rows(client, usage_records)) == (jobs, records)
+    assert (count_rows(client, async_jobs), count_rows(client, usage_records)) == (jobs, records)

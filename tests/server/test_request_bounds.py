@@ -11,14 +11,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from openmaas.engines.base import ModelKind
 from openmaas.engines.fake import FakeEngine
 from openmaas.server.app import create_app
-from openmaas.server.state import AppState
 from openmaas.settings import Settings
 from openmaas.store.schema import usage_records
+from tests.support.app import count_rows, fake_engine
 from tests.support.orgs import member_keys
 
 MODEL = "fake-echo"
@@ -32,6 +30,16 @@ OPENAI, ZHIPU, CLAUDE = (
 
 ENUM = {"type": "object", "properties": {"name": {"enum": [f"n{i}" for i in range(5000)]}}}
 CYCLE = {"type": "object", "properties": {"next": {"$ref": "#"}}}
+FAN_OUT = {  # 4^14 schemas once the references are followed, in 1.6 KB
+    "$defs": {
+        "d0": {"type": "integer"},
+        **{f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i - 1}"}] * 4} for i in range(1, 15)},
+    },
+    "$ref": "#/$defs/d14",
+}
+OPTIONAL = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1600)}}
+REPEAT = {"type": "object", "properties": {"a": {"type": "string", "minLength": 100_000}}}
+PATTERN = {"type": "string", "pattern": "^(" + "|".join(f"w{i}x" for i in range(5000)) + ")$"}
 
 
 def _deep(levels: int) -> dict[str, Any]:
@@ -78,6 +86,18 @@ PROBES: list[tuple[str, str, dict[str, Any], str]] = [
     ("messages", CLAUDE, _body(CLAUDE, messages=MESSAGES * 5000), "messages"),
     ("messages", ZHIPU, _body(ZHIPU, messages=MESSAGES * 5000), "messages"),
     ("tools", OPENAI, _body(OPENAI, tools=[_tool(OPENAI, {"type": "object"})] * 200), "tools"),
+    ("fan-out", OPENAI, _body(OPENAI, **_schema_format(OPENAI, FAN_OUT)), SCHEMA),
+    ("fan-out", CLAUDE, _body(CLAUDE, **_schema_format(CLAUDE, FAN_OUT)), FORMAT),
+    ("fan-out-tool", ZHIPU, _body(ZHIPU, tools=[_tool(ZHIPU, FAN_OUT)]), TOOL),
+    ("optional", OPENAI, _body(OPENAI, tools=[_tool(OPENAI, OPTIONAL)]), TOOL),
+    ("optional", CLAUDE, _body(CLAUDE, **_schema_format(CLAUDE, OPTIONAL)), FORMAT),
+    ("optional-tool", ZHIPU, _body(ZHIPU, tools=[_tool(ZHIPU, OPTIONAL)]), TOOL),
+    ("repeat", OPENAI, _body(OPENAI, **_schema_format(OPENAI, REPEAT)), SCHEMA),
+    ("repeat-tool", CLAUDE, _body(CLAUDE, tools=[_tool(CLAUDE, REPEAT)]), INPUT_SCHEMA),
+    ("repeat-tool", ZHIPU, _body(ZHIPU, tools=[_tool(ZHIPU, REPEAT)]), TOOL),
+    ("pattern", OPENAI, _body(OPENAI, **_schema_format(OPENAI, PATTERN)), SCHEMA),
+    ("pattern", CLAUDE, _body(CLAUDE, **_schema_format(CLAUDE, PATTERN)), FORMAT),
+    ("pattern-tool", ZHIPU, _body(ZHIPU, tools=[_tool(ZHIPU, PATTERN)]), TOOL),
 ]  # fmt: skip
 
 
@@ -91,25 +111,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient,
         yield client, attacker, victim
 
 
-def _state(client: TestClient) -> AppState:
-    return client.app.state.openmaas  # type: ignore[attr-defined,no-any-return]
-
-
 def _fake(client: TestClient) -> FakeEngine:
-    engine = _state(client).catalog.for_kind(MODEL, ModelKind.CHAT).engine
-    assert isinstance(engine, FakeEngine)
-    return engine
+    return fake_engine(client, MODEL)
 
 
 def _usage_records(client: TestClient) -> int:
-    async def count() -> int:
-        async with _state(client).platform.database.connect() as conn:
-            return int(
-                (await conn.execute(select(func.count()).select_from(usage_records))).scalar_one()
-            )
-
-    assert client.portal is not None
-    return client.portal.call(count)
+    return count_rows(client, usage_records)
 
 
 def _post(client: TestClient, key: str, path: str, body: dict[str, Any]) -> Any:

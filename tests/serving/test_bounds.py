@@ -125,6 +125,83 @@ def test_a_shared_definition_referenced_twice_is_no_cycle() -> None:
     BOUNDS.check_generation(chat(schema))
 
 
+def fan_out(levels: int, width: int = 4) -> dict[str, Any]:
+    """``levels`` definitions, each ``width`` references to the one before: under 2 KB,
+    and 4^levels schemas once the references are followed (14 levels kept llama.cpp
+    building its grammar for minutes)."""
+    defs: dict[str, Any] = {"d0": {"type": "integer"}}
+    for i in range(1, levels + 1):
+        defs[f"d{i}"] = {"anyOf": [{"$ref": f"#/$defs/d{i - 1}"}] * width}
+    return {"$defs": defs, "$ref": f"#/$defs/d{levels}"}
+
+
+def test_references_that_fan_out_are_refused_by_what_they_expand_to() -> None:
+    error = refused(BOUNDS, chat(fan_out(14)))
+    assert error.param == "response_format.json_schema.schema"
+    assert "50000 subschemas" in error.message and "'$ref'" in error.message
+    error = refused(BOUNDS, chat(fan_out(1000, width=2)))  # 2^1000, counted without blowing up
+    assert "subschemas" in error.message
+    BOUNDS.check_generation(chat(fan_out(6)))  # 4^6: within
+
+
+def test_subschemas_count_over_every_schema_of_the_request() -> None:
+    bounds = RequestBounds(schema_max_subschemas=100)
+    forty = {"anyOf": [{"type": "integer"}] * 39}  # 40 objects
+    bounds.check_generation(chat(forty, (Tool("a", "", forty),)))
+    error = refused(bounds, chat(forty, (Tool("a", "", forty), Tool("b", "", forty))))
+    assert error.param == "tools[1].function.parameters"
+
+
+def test_an_object_with_too_many_optional_properties_is_refused() -> None:
+    props = {f"p{i}": {"type": "string"} for i in range(300)}
+    error = refused(BOUNDS, chat({"type": "object", "properties": props}))
+    assert "300 optional properties" in error.message and "at most 256" in error.message
+    required = {"type": "object", "properties": props, "required": list(props)}
+    BOUNDS.check_generation(chat(required))  # required ones cost nothing alike
+    more = {f"q{i}": {"type": "string"} for i in range(100)}
+    some = {"properties": {**props, **more}, "required": [*more, {}, 3]}  # junk is no name
+    assert "300 optional properties" in refused(BOUNDS, chat(some)).message
+
+
+@pytest.mark.parametrize(
+    ("schema", "named"),
+    [
+        ({"type": "string", "minLength": 5000}, "'minLength' of 5000"),
+        ({"type": "array", "minItems": 50000}, "'minItems' of 50000"),
+        ({"type": "object", "minProperties": 2000}, "'minProperties' of 2000"),
+        ({"type": "string", "pattern": "^a{100000}$"}, "a pattern's {100000}"),
+        ({"type": "string", "pattern": "^(ab){3000,}$"}, "a pattern's {3000}"),
+        ({"type": "string", "pattern": "a{" + "9" * 5000 + "}"}, "a pattern's {"),
+    ],
+    ids=["minLength", "minItems", "minProperties", "pattern-count", "pattern-at-least", "digits"],
+)
+def test_repetition_counts_are_capped(schema: dict[str, Any], named: str) -> None:
+    tool = Tool("t", "", {"type": "object", "properties": {"a": schema}})
+    error = refused(BOUNDS, chat(tools=(tool,)))
+    assert error.param == "tools[0].function.parameters"
+    assert named in error.message and "at most 1000" in error.message
+
+
+def test_upper_counts_and_escaped_braces_are_not_repetitions() -> None:
+    # Measured: llama.cpp builds the grammar of a large upper count lazily, at no cost.
+    BOUNDS.check_generation(chat({"type": "string", "maxLength": 100_000}))
+    BOUNDS.check_generation(chat({"type": "array", "maxItems": 50_000}))
+    BOUNDS.check_generation(chat({"type": "string", "pattern": "^a{1,100000}$"}))
+    BOUNDS.check_generation(chat({"type": "string", "pattern": r"^\\{5000}$"}))
+    # A property named like a keyword is a property, not the keyword.
+    named = {"properties": {"minLength": {"type": "integer"}, "pattern": {"type": "string"}}}
+    BOUNDS.check_generation(chat(named))
+
+
+def test_long_regular_expressions_are_refused() -> None:
+    alternatives = "^(" + "|".join(f"w{i}" for i in range(500)) + ")$"
+    error = refused(BOUNDS, chat({"type": "string", "pattern": alternatives}))
+    assert f"a pattern of {len(alternatives)} characters" in error.message
+    keyed = {"type": "object", "patternProperties": {alternatives: {"type": "string"}}}
+    assert "at most 1000" in refused(BOUNDS, chat(keyed)).message
+    BOUNDS.check_generation(chat({"type": "string", "pattern": "^[a-z]{3,8}-\\d{4}$"}))
+
+
 def test_messages_and_tools_per_request_are_bounded() -> None:
     bounds = RequestBounds(max_messages=3, max_tools=2)
     bounds.check_generation(chat(messages=HELLO * 3))

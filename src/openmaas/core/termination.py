@@ -65,7 +65,9 @@ def failure_for(exc: BaseException, *, shutting_down: bool = False) -> Failure:
     - ``EngineTimeout``: ``timeout``; the deployment's fault; failover only in the phases
       that precede output (``connect``, ``first_token``);
     - ``EngineFailure``: ``engine_error``; the deployment's fault; failover;
-    - ``InvalidRequest``: ``rejected`` (the request is wrong: no failover);
+    - ``InvalidRequest``: ``rejected`` (the request is wrong: no failover, and never the
+      deployment's fault; engines raise it for what the request caused even when the
+      engine answered 500, e.g. an upstream's 500 naming the request's JSON schema);
     - ``UpstreamUnavailable``: refused (no record); the deployment's fault; failover;
     - any other ``CapacityError``: refused (no record), not reached; failover;
     - any other ``Exception``: ``engine_error`` (a bug: no failover);

@@ -29,6 +29,7 @@ from openmaas.protocols.anthropic.errors import to_anthropic_error
 from openmaas.protocols.openai.errors import to_responses_error
 from openmaas.protocols.zhipu.errors import to_zhipu_error
 from openmaas.server.errors import install_error_handlers
+from openmaas.server.heap import trim_heap_every
 from openmaas.server.middleware import RequestContextMiddleware
 from openmaas.server.routes import admin as admin_routes
 from openmaas.server.routes import anthropic as anthropic_routes
@@ -101,10 +102,12 @@ def create_app(
             zhipu_routes.open_jobs(app, platform.async_jobs)
             platform.catalog.start_loading()
             housekeeping = asyncio.create_task(_expire_packs(platform.accountant))
+            trimming = asyncio.create_task(trim_heap_every(settings.memory_trim_seconds))
             try:
                 yield
             finally:
                 housekeeping.cancel()
+                trimming.cancel()
                 await zhipu_routes.close(app)  # cancel async jobs: they record usage as they close
                 # Requests cut off by the grace period are still closing: let them record usage.
                 await app.state.openmaas.gateway.wait_idle(timeout=10.0)

@@ -24,6 +24,9 @@ honoured); stream cut before the first token
 401, 403, 500 and any other status; a          ``EngineFailure``
 malformed chunk; an error event; a stream cut
 after the first token
+500 or an error event before the first token   ``InvalidRequest`` naming the field
+whose text names the schema or grammar the     (``openai_wire.schema_fault``: vLLM's 500
+request carries (``response_format``, tools)   to a schema it cannot compile)
 connect / first token / idle / total timeout   ``EngineTimeout(phase, seconds)``
 =============================================  ===========================================
 
@@ -87,6 +90,7 @@ from openmaas.engines.upstream.openai_wire import (
     message_texts,
     parse_retry_after,
     reported_cost,
+    schema_fault,
     tools_json,
     usage_of,
     utf8,
@@ -256,7 +260,9 @@ class OpenAIHttpEngine(SlotEngine):
         finished: Finished | None = None
         response: aiohttp.ClientResponse | None = None
         try:
-            response = await self._open(client, path, body, deadline, self._headers_for(request))
+            response = await self._open(
+                client, path, body, deadline, self._headers_for(request), request
+            )
             decoder = SseDecoder()
             content = response.content
             reason: FinishReason | None = None
@@ -291,7 +297,13 @@ class OpenAIHttpEngine(SlotEngine):
                         # connection stays in the keep-alive pool.
                         drain_at = clock() + _DRAIN_SECONDS
                         continue
-                    chunk = self._parse(payload, deadline.first_token_seen)
+                    try:
+                        chunk = self._parse(payload, deadline.first_token_seen)
+                    except EngineFailure as exc:
+                        fault = None
+                        if not deadline.first_token_seen:  # an error event in its place
+                            fault = self._schema_fault(request, exc, payload)
+                        raise fault or exc from None
                     try:
                         events = self._chunk_events(chunk, chat, tracker, tokens.count)
                         for event in events:
@@ -357,6 +369,7 @@ class OpenAIHttpEngine(SlotEngine):
         body: dict[str, Any],
         deadline: _Deadlines,
         headers: Mapping[str, str],
+        request: GenerationRequest | None = None,
     ) -> aiohttp.ClientResponse:
         at, phase = deadline.next()
         response: aiohttp.ClientResponse | None = None
@@ -386,7 +399,22 @@ class OpenAIHttpEngine(SlotEngine):
                 response.close()
             raise self._unavailable(f"connection failed ({_describe(exc)})") from None
         response.release()
-        raise self._status_error(response.status, raw, response.headers)
+        error = self._status_error(response.status, raw, response.headers)
+        fault = None
+        if request is not None and response.status not in (401, 403):
+            fault = self._schema_fault(request, error, raw)
+        raise fault or error
+
+    def _schema_fault(
+        self, request: GenerationRequest, error: OpenMaaSError, raw: bytes
+    ) -> InvalidRequest | None:
+        """An upstream failure (a 500, an error event before the first token) whose text
+        names the schema or grammar the request carries: the request's fault, a 400 that
+        no circuit breaker counts (``openai_wire.schema_fault``). vLLM answers some schemas
+        it cannot compile with 500 (vllm-project/vllm#57725)."""
+        if type(error) is not EngineFailure or _credentials_refused(raw):
+            return None
+        return schema_fault(request, self._scrub(error_detail(raw)))
 
     def _parse(self, payload: bytes, after_first_token: bool) -> dict[str, Any]:
         try:
@@ -528,6 +556,16 @@ class OpenAIHttpEngine(SlotEngine):
         estimate = await self._estimator().count_texts(texts)
         estimate += sum(len(item) for item in request.inputs if not isinstance(item, str))
         return EmbeddingResult(vectors, Usage(prompt_tokens=estimate, estimated=True))
+
+
+def _credentials_refused(raw: bytes) -> bool:
+    """An error event or body that says 401 or 403: our key, never the request's schema."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    error = body.get("error", body) if isinstance(body, dict) else None
+    return error_status(error) in (401, 403)
 
 
 def _take_estimate(tracker: UsageTracker, estimate: asyncio.Future[int]) -> None:

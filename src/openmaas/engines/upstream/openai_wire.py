@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from openmaas.core.errors import EngineFailure
+from openmaas.core.errors import EngineFailure, InvalidRequest
 from openmaas.core.money import MICROS_PER_UNIT, Currency, Money
 from openmaas.core.types import (
     FinishReason,
@@ -401,6 +401,47 @@ def error_status(error: Any) -> int | None:
         if isinstance(value, int) and 400 <= value <= 599:
             return value
     return None
+
+
+# What upstreams say when the request's own JSON schema, regex or grammar cannot be compiled
+# or followed: vLLM ("Grammar error: Invalid type: ...", "The provided JSON schema contains
+# features not supported by xgrammar", its guided-decoding backends xgrammar, outlines and
+# guidance/llguidance), SGLang and llama.cpp's server ("failed to parse grammar"). vLLM
+# answers several of them with 500 (vllm-project/vllm#57725).
+_SCHEMA_MARKERS = (
+    "grammar",
+    "json schema",
+    "json_schema",
+    "xgrammar",
+    "guided",
+    "structured output",
+    "structured_output",
+    "outlines",
+    "llguidance",
+    "regex",
+    "$ref",
+)
+
+
+def schema_fault(request: GenerationRequest, detail: str) -> InvalidRequest | None:
+    """The request's own fault, when an upstream's error (whatever its status) names the
+    schema or grammar the request carries (a JSON schema ``response_format``, JSON mode, or
+    tools, which vLLM constrains by a schema): a 400 naming that field, which no circuit
+    breaker counts. None when the request carries none, or the text does not name one: an
+    upstream's 500 with an empty message stays the deployment's failure."""
+    text = detail.lower()
+    if not any(marker in text for marker in _SCHEMA_MARKERS):
+        return None
+    kind = request.response_format.kind
+    if kind is ResponseFormatKind.JSON_SCHEMA:
+        param = "response_format.json_schema.schema"
+    elif kind is ResponseFormatKind.JSON_OBJECT:
+        param = "response_format"
+    elif request.tools:
+        param = "tools"
+    else:
+        return None
+    return InvalidRequest(f"{param}: the upstream cannot use this schema: {detail}", param=param)
 
 
 def is_context_error(detail: str) -> bool:
