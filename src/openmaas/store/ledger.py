@@ -150,22 +150,25 @@ class LedgerStore:
         yet is opened first, in the currency of its row. A caller cancelled meanwhile gets
         its ``CancelledError`` only once the command has finished (committed and applied, or
         rolled back), so the state it then reads is settled."""
-        return await finish_despite_cancellation(self._submit(command, also, rows))
+        return await finish_despite_cancellation(self._enqueue(command, also, rows))
 
     async def write(self, also: Also | None = None, *, rows: Rows | None = None) -> None:
         """Run ``also`` and write ``rows`` (writes with no ledger command: a usage record, a
         checkpoint) in the next group-committed transaction; it shares the commit of
         whatever waits with it."""
-        await finish_despite_cancellation(self._submit(None, also, rows))
+        await finish_despite_cancellation(self._enqueue(None, also, rows))
 
-    async def _submit(
+    def _enqueue(
         self, command: Command | None, also: Also | None, rows: Rows | None
-    ) -> tuple[Event, ...]:
+    ) -> asyncio.Future[tuple[Event, ...]]:
+        """Queue a job for the next transaction; its future is answered once it committed
+        or failed (the caller's cancellation never cancels it: it is shielded, and a future
+        needs no task of its own)."""
         job = _Job(command, also, rows, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
-        return await job.future
+        return job.future
 
     async def _flush(self) -> None:
         """Group commit: every command waiting when a transaction starts goes into it."""
