@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Annotated
 
 from pydantic import Field, TypeAdapter
@@ -291,13 +292,9 @@ class LedgerStore:
                 statements: list[Statement] = []
                 if appended:
                     event_rows, entry_rows = self._event_rows(appended)
-                    statements.append(
-                        (INSERT_EVENTS, [_values(r, EVENT_COLUMNS) for r in event_rows])
-                    )
+                    statements.append((INSERT_EVENTS, list(map(_EVENT_VALUES, event_rows))))
                     if entry_rows:
-                        statements.append(
-                            (INSERT_ENTRIES, [_values(r, ENTRY_COLUMNS) for r in entry_rows])
-                        )
+                        statements.append((INSERT_ENTRIES, list(map(_ENTRY_VALUES, entry_rows))))
                     statements.append((SET_HEAD, [(appended[-1][0],)]))
                 writes: list[Insert | Delete] = []
                 for job, outcome in zip(batch, outcomes, strict=True):
@@ -412,8 +409,8 @@ class LedgerStore:
         return event_rows, entry_rows
 
 
-def _values(row: dict[str, object], columns: tuple[str, ...]) -> tuple[object, ...]:
-    return tuple(row[name] for name in columns)
+_EVENT_VALUES = itemgetter(*EVENT_COLUMNS)  # a row's values in the writer's column order
+_ENTRY_VALUES = itemgetter(*ENTRY_COLUMNS)
 
 
 @dataclass(slots=True)

@@ -118,9 +118,7 @@ class SqliteWriter:
                 deletes.setdefault(write.column, []).append((write.key,))
         statements = [(self._sql[key], params) for key, params in inserts.items()]
         for column, keys in deletes.items():
-            statements.append(
-                (f'DELETE FROM "{column.table.name}" WHERE "{column.name}" = ?', keys)
-            )
+            statements.append((f"DELETE FROM {column.table.name} WHERE {column.name} = ?", keys))
         return statements
 
     # -- on the writer's thread ----------------------------------------------------------
