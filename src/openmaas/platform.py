@@ -143,6 +143,7 @@ async def open_platform(
     )
     liveness: Liveness | None = None
     async_jobs: AsyncJobStore | None = None
+    ledger: LedgerStore | None = None
     try:
         await migrate(database)
         if serve:  # before the accountant: every request it admits names this instance
@@ -198,6 +199,8 @@ async def open_platform(
         if liveness is not None:
             await liveness.stop()
         await limiter.aclose()
+        if ledger is not None:
+            await ledger.close()
         await database.dispose()
 
 

@@ -7,6 +7,7 @@ process's requests are settled from its lease and its leases closed by a survivo
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,11 +150,21 @@ def statements(database: AsyncEngine) -> Iterator[list[str]]:
     def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         seen.append(statement)
 
+    class Note(logging.Handler):  # the ledger's SQLite writer runs its own (DEBUG log)
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    writer, handler = logging.getLogger("openmaas.store.sqlite"), Note()
+    level = writer.level
+    writer.addHandler(handler)
+    writer.setLevel(logging.DEBUG)
     event.listen(database.sync_engine, "before_cursor_execute", note)
     try:
         yield seen
     finally:
         event.remove(database.sync_engine, "before_cursor_execute", note)
+        writer.removeHandler(handler)
+        writer.setLevel(level)
 
 
 async def event_kinds(database: AsyncEngine) -> list[str]:

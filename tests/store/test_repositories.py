@@ -6,6 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -316,3 +318,12 @@ def test_utc_day() -> None:
     assert utc_day(0) == "1970-01-01"
     assert utc_day(DAY1) == "2024-03-01"
     assert utc_day(DAY1 - 1) == "2024-02-29"
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000))  # up to 2100-01-01
+def test_a_usage_records_day_is_the_utc_date_of_its_start(epoch_ms: int) -> None:
+    from datetime import UTC, datetime
+
+    from openmaas.store.repositories import utc_day
+
+    assert utc_day(epoch_ms) == datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d")

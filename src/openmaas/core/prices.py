@@ -82,7 +82,14 @@ class ModelPrice:
 
     @property
     def max_per_million(self) -> int:
-        return max(self.per_million(kind) for kind in LINE_ORDER)
+        """The dearest line's price (every line of ``LINE_ORDER``; read per admission)."""
+        reasoning = self.reasoning_per_million
+        return max(
+            self.input_per_million,
+            self.cached_input_per_million,
+            self.output_per_million,
+            self.output_per_million if reasoning is None else reasoning,
+        )
 
 
 def _check_price(value: object, name: str) -> None:

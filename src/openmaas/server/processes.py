@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -58,6 +59,22 @@ class StopFlag:
         return True
 
 
+GC_YOUNG_THRESHOLD = 10_000
+"""Allocations between two collections of the youngest generation (CPython's default: 700).
+Requests allocate many short-lived objects; collecting them 14 times less often cost less
+CPU per request in the benchmarks (docs/benchmarks.md) and bounds the garbage waiting."""
+
+
+def settle_heap() -> None:
+    """Once the server has started: collect, then freeze what is left (modules, the
+    application, the catalog) out of the collector's sight, so that a full collection no
+    longer walks the objects of start-up, and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 class QuietServer(uvicorn.Server):
     """uvicorn's server; a drained shutdown after SIGTERM or SIGINT exits 0 instead of
     re-raising the signal. ``on_exit`` is called when shutdown begins; ``on_started`` is
@@ -76,6 +93,8 @@ class QuietServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.started and threading.current_thread() is threading.main_thread():
+            settle_heap()  # a serving process's own (not a server a test runs in a thread)
         if self.started and self._on_started is not None and not self.should_exit:
             self._started_task = asyncio.create_task(self._on_started())
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Annotated
 
 from pydantic import Field, TypeAdapter
@@ -60,6 +61,16 @@ from openmaas.core.ledger_events import (
 from openmaas.core.money import Currency
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
+from openmaas.store.sqlite_writer import (
+    ENTRY_COLUMNS,
+    EVENT_COLUMNS,
+    INSERT_ENTRIES,
+    INSERT_EVENTS,
+    SET_HEAD,
+    SqliteWriter,
+    Statement,
+    database_file,
+)
 
 EVENT = TypeAdapter(Annotated[Event, Field(discriminator="kind")])
 
@@ -128,6 +139,17 @@ class LedgerStore:
         self._queue: list[_Job] = []
         self._flusher: asyncio.Future[None] | None = None
         self._max_batch = max_batch
+        # On a SQLite file, batches without ``also`` go through a connection of their own
+        # in one or two hand-offs (store/sqlite_writer.py); opened on first use.
+        self._sqlite = database_file(engine) is not None
+        self._writer: SqliteWriter | None = None
+
+    async def close(self) -> None:
+        """Close the SQLite writer's connection and thread, if one was opened."""
+        async with self._lock:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.close()
 
     @property
     def ledger(self) -> Ledger:
@@ -150,22 +172,25 @@ class LedgerStore:
         yet is opened first, in the currency of its row. A caller cancelled meanwhile gets
         its ``CancelledError`` only once the command has finished (committed and applied, or
         rolled back), so the state it then reads is settled."""
-        return await finish_despite_cancellation(self._submit(command, also, rows))
+        return await finish_despite_cancellation(self._enqueue(command, also, rows))
 
     async def write(self, also: Also | None = None, *, rows: Rows | None = None) -> None:
         """Run ``also`` and write ``rows`` (writes with no ledger command: a usage record, a
         checkpoint) in the next group-committed transaction; it shares the commit of
         whatever waits with it."""
-        await finish_despite_cancellation(self._submit(None, also, rows))
+        await finish_despite_cancellation(self._enqueue(None, also, rows))
 
-    async def _submit(
+    def _enqueue(
         self, command: Command | None, also: Also | None, rows: Rows | None
-    ) -> tuple[Event, ...]:
+    ) -> asyncio.Future[tuple[Event, ...]]:
+        """Queue a job for the next transaction; its future is answered once it committed
+        or failed (the caller's cancellation never cancels it: it is shielded, and a future
+        needs no task of its own)."""
         job = _Job(command, also, rows, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
-        return await job.future
+        return job.future
 
     async def _flush(self) -> None:
         """Group commit: every command waiting when a transaction starts goes into it."""
@@ -189,6 +214,9 @@ class LedgerStore:
         the previous ones left, append, run their extra writes, commit; then answer each.
         A failure after the first decision rolls back the database and forgets the state in
         memory (the next catch-up rebuilds it from the log)."""
+        if self._sqlite and self._direct(batch):
+            await self._run_batch_sqlite(batch)
+            return
         async with self._lock:
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
@@ -221,6 +249,71 @@ class LedgerStore:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
+    def _direct(self, batch: list[_Job]) -> bool:
+        """Whether the SQLite writer can run ``batch``: no extra writes on a connection, no
+        organization to open (that reads its row)."""
+        for job in batch:
+            if job.also is not None:
+                return False
+            org = _org_of(job.command) if job.command is not None else None
+            if org is not None and org not in self._ledger.orgs:
+                return False
+        return True
+
+    async def _run_batch_sqlite(self, batch: list[_Job]) -> None:
+        """``_run_batch`` through the SQLite writer: plain writes in one hand-off; with
+        commands, the lock and the catch-up in one, the decisions here, then the appends,
+        the rows and the commit in another."""
+        async with self._lock:
+            if self._writer is None:
+                self._writer = await SqliteWriter.open(self._engine)
+            writer = self._writer
+            assert writer is not None
+            outcomes: list[tuple[Event, ...] | Exception] = []
+            appended: list[tuple[int, Event]] = []
+            locked = False
+            try:
+                if any(job.command is not None for job in batch):
+                    since = self._seq
+                    caught_up = await writer.call(writer.lock, since)
+                    locked = True
+                    for seq, body in caught_up:
+                        self._ledger.apply(EVENT.validate_json(body))
+                        self._seq = seq
+                for job in batch:
+                    if job.command is None:
+                        outcomes.append(())
+                        continue
+                    written, outcome = self._decide(job.command)
+                    outcomes.append(outcome)
+                    for event in written:
+                        self._seq += 1
+                        appended.append((self._seq, event))
+                statements: list[Statement] = []
+                if appended:
+                    event_rows, entry_rows = self._event_rows(appended)
+                    statements.append((INSERT_EVENTS, list(map(_EVENT_VALUES, event_rows))))
+                    if entry_rows:
+                        statements.append((INSERT_ENTRIES, list(map(_ENTRY_VALUES, entry_rows))))
+                    statements.append((SET_HEAD, [(appended[-1][0],)]))
+                writes: list[Insert | Delete] = []
+                for job, outcome in zip(batch, outcomes, strict=True):
+                    if job.rows is not None and not isinstance(outcome, Exception):
+                        writes.extend(job.rows(outcome))
+                statements.extend(writer.rows(writes))
+                if locked:
+                    await writer.call(writer.commit, statements)
+                elif statements:
+                    await writer.call(writer.write, statements)
+            except BaseException:
+                if locked:
+                    await asyncio.shield(writer.call(writer.rollback))
+                if appended:  # applied in memory, never committed: start over from the log
+                    self._ledger, self._seq = Ledger(), 0
+                raise
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.settle(outcome)
+
     async def _lock_and_catch_up(self, conn: AsyncConnection) -> None:
         """Take the ledger's lock; read the events other processes appended since ours
         (none when the head says so: one statement, not two, for a process that wrote
@@ -244,13 +337,18 @@ class LedgerStore:
             opened = await self._open_org(conn, org)
             for event in opened:
                 self._ledger.apply(event)
+        written, outcome = self._decide(command)
+        return opened + written, outcome
+
+    def _decide(self, command: Command) -> tuple[tuple[Event, ...], tuple[Event, ...] | Exception]:
+        """The command's events, applied to the state (or its refusal, nothing applied)."""
         try:
             own = self._ledger.decide(command)
         except Exception as exc:  # refused: nothing of its own is written
-            return opened, exc
+            return (), exc
         for event in own:
             self._ledger.apply(event)
-        return opened + own, own
+        return own, own
 
     async def _open_org(self, conn: AsyncConnection, org: str) -> tuple[Event, ...]:
         row = (
@@ -271,6 +369,16 @@ class LedgerStore:
             self._seq = seq
 
     async def _append(self, conn: AsyncConnection, events: list[tuple[int, Event]]) -> None:
+        event_rows, entry_rows = self._event_rows(events)
+        await conn.execute(_INSERT_EVENTS, event_rows)
+        if entry_rows:
+            await conn.execute(_INSERT_ENTRIES, entry_rows)
+        await conn.execute(_SET_HEAD, {"head_seq": events[-1][0]})
+
+    def _event_rows(
+        self, events: list[tuple[int, Event]]
+    ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        """The ``ledger_events`` and ``ledger_entries`` rows of ``events``."""
         at_ms = self._now_ms()
         event_rows, entry_rows = [], []
         for seq, event in events:
@@ -298,10 +406,11 @@ class LedgerStore:
                         "request_id": request_id,
                     }
                 )
-        await conn.execute(_INSERT_EVENTS, event_rows)
-        if entry_rows:
-            await conn.execute(_INSERT_ENTRIES, entry_rows)
-        await conn.execute(_SET_HEAD, {"head_seq": events[-1][0]})
+        return event_rows, entry_rows
+
+
+_EVENT_VALUES = itemgetter(*EVENT_COLUMNS)  # a row's values in the writer's column order
+_ENTRY_VALUES = itemgetter(*ENTRY_COLUMNS)
 
 
 @dataclass(slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +51,16 @@ def _money(micros: int | None, currency: str | None) -> Money | None:
 
 
 def utc_day(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d")
+    """The UTC date of ``epoch_ms`` (``YYYY-MM-DD``), as every usage record stores it."""
+    return _utc_date(epoch_ms // _MS_PER_DAY)
+
+
+_MS_PER_DAY = 86_400_000
+
+
+@functools.lru_cache(maxsize=4)  # a pure function of the day: one per usage record otherwise
+def _utc_date(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def new_organization(

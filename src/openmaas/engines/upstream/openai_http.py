@@ -255,6 +255,7 @@ class OpenAIHttpEngine(SlotEngine):
             estimate.add_done_callback(functools.partial(_take_estimate, tracker))
         clock = asyncio.get_running_loop().time
         deadline = _Deadlines(self.config.timeouts, clock())
+        timer: _ReadTimer | None = None
         upstream_said: Money | None = None  # a cost the upstream reported
         reasoning_tokens = 0  # estimated until the usage chunk says
         finished: Finished | None = None
@@ -268,16 +269,13 @@ class OpenAIHttpEngine(SlotEngine):
             reason: FinishReason | None = None
             usage_seen = done = False
             drain_at: float | None = None  # after [DONE]: how long to wait for the body's end
+            timer = _ReadTimer()
             while not done:
                 at, phase = deadline.next()
                 if drain_at is not None:
                     at = drain_at if at is None else min(at, drain_at)
                 try:
-                    if at is None:
-                        data = await content.readany()
-                    else:
-                        async with asyncio.timeout_at(at):
-                            data = await content.readany()
+                    data = await timer.read(content, at)
                 except TimeoutError:
                     if reason is not None or drain_at is not None:
                         break  # the answer is complete; only the usage or the body's end is late
@@ -334,6 +332,8 @@ class OpenAIHttpEngine(SlotEngine):
             tracker.upstream_cost = self._cost(finished.usage, upstream_said)
             yield finished
         finally:
+            if timer is not None:
+                timer.close()
             if response is not None:
                 # A response read to its end has given its connection back to the pool
                 # already; closing an unfinished one closes its connection: the upstream sees
@@ -603,6 +603,67 @@ class _Deadlines:
     def seconds(self, phase: str) -> float:
         value = getattr(self._timeouts, phase)
         return float(value) if value is not None else 0.0
+
+
+class _ReadTimer:
+    """The deadline of a stream's reads, on one timer for the whole stream.
+
+    ``asyncio.timeout_at`` around each read made and cancelled a timer per read, which cost
+    more CPU than many a read. Here the timer is made once and moved only earlier; when it
+    fires, a deadline that has since moved later (a token came) re-arms it, and only one
+    passed while a read waits cancels that read, as ``asyncio.timeout`` would (the
+    cancellation becomes ``TimeoutError`` unless someone else cancelled too). Between reads
+    (the consumer has the event) nothing is cancelled; a read that starts past its deadline
+    times out if it has to wait (what is already buffered is still read).
+    """
+
+    __slots__ = ("_loop", "_task", "_handle", "_at", "_reading", "_fired")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("_ReadTimer needs a running task")
+        self._loop = asyncio.get_running_loop()
+        self._task = task
+        self._handle: asyncio.TimerHandle | None = None
+        self._at: float | None = None
+        self._reading = False
+        self._fired = False
+
+    async def read(self, content: aiohttp.StreamReader, at: float | None) -> bytes:
+        """``content.readany()``, or TimeoutError once ``at`` (None: never) has passed."""
+        self._at = at
+        if at is not None and (self._handle is None or self._handle.when() > at):
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(at, self._fire)
+        self._reading = True
+        try:
+            return await content.readany()
+        except asyncio.CancelledError:
+            if self._fired:
+                self._fired = False
+                if self._task.uncancel() == 0:
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._reading = False
+
+    def _fire(self) -> None:
+        self._handle = None
+        at = self._at
+        if at is None or not self._reading:
+            return  # the next read arms it again
+        if self._loop.time() < at:
+            self._handle = self._loop.call_at(at, self._fire)
+            return
+        self._fired = True
+        self._task.cancel()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 # -- errors -------------------------------------------------------------------------------

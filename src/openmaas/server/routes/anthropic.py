@@ -25,12 +25,12 @@ from openmaas.protocols.anthropic.schemas import (
 from openmaas.protocols.anthropic.sse import MessageStreamWriter
 from openmaas.server.responses import EventStreamResponse, json_response
 from openmaas.server.routes.common import (
+    answer,
     authenticate,
     collect,
     response_headers,
     sse_stream,
     start_generation,
-    unless_disconnected,
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
@@ -82,18 +82,19 @@ async def _generate(
     generation_request: GenerationRequest,
     body: AnthropicMessagesRequest,
 ) -> Response:
-    generation = await start_generation(request, state, principal, generation_request, ENDPOINT)
-    if generation is None:
-        return Response(status_code=499)  # the client is gone; nobody reads this
     omit_thinking = adapter.omits_thinking(body)
     if body.stream:
+        generation = await start_generation(request, state, principal, generation_request, ENDPOINT)
+        if generation is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
         writer = MessageStreamWriter(
             generation.request_id, generation_request.model, omit_thinking=omit_thinking
         )
         return EventStreamResponse(sse_stream(generation, writer, to_anthropic_error))
-    collected = await unless_disconnected(request, collect(generation))
-    if collected is None:
-        return Response(status_code=499)
+    answered = await answer(request, state, principal, generation_request, ENDPOINT, collect)
+    if answered is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    generation, collected = answered
     message = adapter.message_response(
         generation.request_id, generation_request.model, collected, omit_thinking=omit_thinking
     )

@@ -3,7 +3,7 @@ watching the client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
@@ -42,14 +42,35 @@ async def start_generation(
     """Admit and start ``core``, watching the client meanwhile (until the first token
     nothing reads the connection: a client that leaves while its request waits in the
     engine's queue stops it there). None when the client went away."""
+    return await unless_disconnected(request, _started(request, state, principal, core, endpoint))
+
+
+async def answer(
+    request: Request,
+    state: AppState,
+    principal: Principal,
+    core: GenerationRequest,
+    endpoint: str,
+    read: Callable[[Generation], Awaitable[T]],
+) -> tuple[Generation, T] | None:
+    """Admit and start ``core``, then ``read`` its whole answer (e.g. :func:`collect`),
+    watching the client throughout with one watch. None when the client went away."""
+
+    async def started_and_read() -> tuple[Generation, T]:
+        generation = await _started(request, state, principal, core, endpoint)
+        return generation, await read(generation)
+
+    return await unless_disconnected(request, started_and_read())
+
+
+async def _started(
+    request: Request, state: AppState, principal: Principal, core: GenerationRequest, endpoint: str
+) -> Generation:
     session = request.headers.get(SESSION_HEADER)
     if session:  # turns of one conversation go to the replica that has its KV cache
         core = replace(core, routing=replace(core.routing, affinity_key=session[:200]))
-    generation = await unless_disconnected(
-        request, state.gateway.generate(principal, core, endpoint)
-    )
-    if generation is not None:
-        response_headers(request).update(generation.limit_headers)
+    generation = await state.gateway.generate(principal, core, endpoint)
+    response_headers(request).update(generation.limit_headers)
     return generation
 
 

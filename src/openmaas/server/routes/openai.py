@@ -22,12 +22,12 @@ from openmaas.protocols.openai.schemas import (
 from openmaas.protocols.openai.sse import ChunkWriter
 from openmaas.server.responses import EventStreamResponse, json_response
 from openmaas.server.routes.common import (
+    answer,
     authenticate,
     collect,
     response_headers,
     sse_stream,
     start_generation,
-    unless_disconnected,
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
@@ -128,22 +128,22 @@ async def _generate(
     stream: bool,
     include_usage: bool,
 ) -> Response:
+    if not stream:
+        answered = await answer(request, state, principal, generation_request, endpoint, collect)
+        if answered is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        answered_by, collected = answered
+        build = adapter.chat_completion if generation_request.is_chat else adapter.text_completion
+        body = build(answered_by.request_id, generation_request.model, int(time.time()), collected)
+        return json_response(body)
     generation = await start_generation(request, state, principal, generation_request, endpoint)
     if generation is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
-    created = int(time.time())
-    if stream:
-        writer = ChunkWriter(
-            generation.request_id,
-            generation_request.model,
-            created,
-            chat=generation_request.is_chat,
-            include_usage=include_usage,
-        )
-        return EventStreamResponse(sse_stream(generation, writer, to_openai_error))
-    collected = await unless_disconnected(request, collect(generation))
-    if collected is None:
-        return Response(status_code=499)  # the client is gone; nobody reads this
-    build = adapter.chat_completion if generation_request.is_chat else adapter.text_completion
-    body = build(generation.request_id, generation_request.model, created, collected)
-    return json_response(body)
+    writer = ChunkWriter(
+        generation.request_id,
+        generation_request.model,
+        int(time.time()),
+        chat=generation_request.is_chat,
+        include_usage=include_usage,
+    )
+    return EventStreamResponse(sse_stream(generation, writer, to_openai_error))

@@ -21,7 +21,7 @@ from openmaas.protocols.openai.errors import to_openai_error
 from openmaas.protocols.openai.responses import RESPONSE_PREFIX, Output, ResponsesRequest
 from openmaas.protocols.openai.responses_sse import ResponseEvents
 from openmaas.server.responses import EventStreamResponse, json_response
-from openmaas.server.routes.common import authenticate, start_generation, unless_disconnected
+from openmaas.server.routes.common import answer, authenticate, start_generation
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
 from openmaas.serving.gateway import Generation
@@ -46,16 +46,18 @@ async def create_response(request: Request) -> Response:
     items += responses.input_items(body)
     rid = request_id(request)
     core = responses.generation_request(body, items, rid)
-    generation = await start_generation(request, state, principal, core, ENDPOINT)
-    if generation is None:
-        return Response(status_code=499)  # the client is gone; nobody reads this
     created = int(time.time())
     events = ResponseEvents(body, RESPONSE_PREFIX + rid, rid, created)
     saver = _Saver(state, principal, body, items, created)
     if body.stream:
+        generation = await start_generation(request, state, principal, core, ENDPOINT)
+        if generation is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
         return EventStreamResponse(_stream(generation, events, saver))
-    finished = await unless_disconnected(request, _collect(generation, events.output))
-    if finished is None:
+    answered = await answer(
+        request, state, principal, core, ENDPOINT, lambda g: _collect(g, events.output)
+    )
+    if answered is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     response = events.response()
     await saver.save(response)

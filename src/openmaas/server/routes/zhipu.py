@@ -29,18 +29,20 @@ from openmaas.protocols.zhipu.schemas import ZhipuChatRequest, ZhipuEmbeddingReq
 from openmaas.protocols.zhipu.sse import ChunkWriter
 from openmaas.server.responses import EventStreamResponse, json_response
 from openmaas.server.routes.common import (
+    answer,
     authenticate,
     collect,
     response_headers,
     sse_stream,
     start_generation,
-    unless_disconnected,
 )
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
 from openmaas.serving.gateway import Reservation
 
 PREFIX = "/api/paas/v4"
+ENDPOINT_CHAT = "zhipu.chat.completions"
+
 router = APIRouter(prefix=PREFIX, tags=["Zhipu-compatible (paas/v4)"])
 BODY_MODELS: list[type[BaseModel]] = [ZhipuChatRequest, ZhipuEmbeddingRequest]
 
@@ -100,24 +102,26 @@ async def _parse_chat(
 async def chat_completions(request: Request) -> Response:
     state = app_state(request)
     principal, body, core = await _parse_chat(request, state)
-    generation = await start_generation(request, state, principal, core, "zhipu.chat.completions")
-    if generation is None:
-        return Response(status_code=499)  # the client is gone; nobody reads this
-    created = int(time.time())
     if body.stream:
+        generation = await start_generation(request, state, principal, core, ENDPOINT_CHAT)
+        if generation is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
         writer = ChunkWriter(
             generation.request_id,
             body.request_id,
             core.model,
-            created,
+            int(time.time()),
             tool_stream=body.tool_stream,
         )
         return EventStreamResponse(sse_stream(generation, writer, to_zhipu_error))
-    answer = await unless_disconnected(request, collect(generation))
-    if answer is None:
-        return Response(status_code=499)
+    answered = await answer(request, state, principal, core, ENDPOINT_CHAT, collect)
+    if answered is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    generation, collected = answered
     return json_response(
-        adapter.chat_completion(generation.request_id, body.request_id, core.model, created, answer)
+        adapter.chat_completion(
+            generation.request_id, body.request_id, core.model, int(time.time()), collected
+        )
     )
 
 

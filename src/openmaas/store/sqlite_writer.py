@@ -1,0 +1,185 @@
+"""The ledger's group-committed transactions on SQLite in one or two hand-offs.
+
+SQLAlchemy's aiosqlite adapter hands every step of a statement (cursor, execute, fetch,
+close) and every ``BEGIN`` and ``COMMIT`` to the driver's thread and back: a priced
+request's hold, settlement and usage record made some twenty round trips between the event
+loop and that thread, each a wake-up of both. :class:`SqliteWriter` keeps one ``sqlite3``
+connection on a thread of its own and runs a whole step there at once:
+
+* :meth:`SqliteWriter.write`: a batch of plain writes (usage records, in-flight rows) in
+  one transaction, one hand-off;
+* :meth:`SqliteWriter.lock` then :meth:`SqliteWriter.commit`: a batch with ledger commands
+  takes the ledger's lock and reads the events other writers appended (first hand-off), the
+  event loop decides the commands on the state they give, and the events and rows are
+  written and committed (second hand-off).
+
+The SQL is the same as the SQLAlchemy path's (``store/ledger.py``), so processes using
+either serialize on the same lock; PostgreSQL keeps that path (asyncpg has no thread to
+hand off to). Only a database file qualifies (an in-memory database is private to its
+connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Column, Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.store.rows import Delete, Insert
+from openmaas.store.schema import ledger_entries, ledger_events
+
+T = TypeVar("T")
+
+log = logging.getLogger("openmaas.store.sqlite")
+"""Each statement the writer runs, at DEBUG (as SQLAlchemy's engine log does for its own)."""
+
+Statement = tuple[str, list[tuple[Any, ...]]]
+"""SQL with ``?`` placeholders and the parameter rows it is executed for (``executemany``)."""
+
+_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+EVENT_COLUMNS = ("seq", "at_ms", "kind", "org_id", "request_id", "idempotency_key", "body")
+ENTRY_COLUMNS = ("event_seq", "at_ms", "debit", "credit", "amount", "unit", "request_id")
+
+
+def _insert_sql(table: Table, columns: Sequence[str]) -> str:
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+
+
+INSERT_EVENTS = _insert_sql(ledger_events, EVENT_COLUMNS)
+INSERT_ENTRIES = _insert_sql(ledger_entries, ENTRY_COLUMNS)
+SET_HEAD = "UPDATE ledger_head SET seq = ? WHERE id = 1"
+LOCK_HEAD = "UPDATE ledger_head SET seq = seq WHERE id = 1 RETURNING seq"
+EVENTS_SINCE = "SELECT seq, body FROM ledger_events WHERE seq > ? ORDER BY seq"
+
+
+def database_file(engine: AsyncEngine) -> str | None:
+    """The SQLite database file behind ``engine`` (None: another database, or one in
+    memory or opened by URI, which a second connection would not share)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:") or url.query:
+        return None
+    return database
+
+
+class SqliteWriter:
+    """One ``sqlite3`` connection to a database file, used from one thread of its own."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="openmaas-ledger-sqlite")
+        self._conn: sqlite3.Connection | None = None  # opened and used on that thread only
+        self._sql: dict[tuple[str, tuple[str, ...]], str] = {}  # INSERTs by table and columns
+
+    @classmethod
+    async def open(cls, engine: AsyncEngine) -> SqliteWriter | None:
+        """A writer for ``engine``'s database file, with the connection settings its pool
+        uses (None when it is not a SQLite file)."""
+        path = database_file(engine)
+        if path is None:
+            return None
+        async with engine.connect() as conn:
+            level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+        return cls(path, _SYNCHRONOUS.get(int(level or 2), "FULL"))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the writer's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def close(self) -> None:
+        await self.call(self._close)
+        self._executor.shutdown(wait=True)
+
+    # -- statements (on the event loop) -------------------------------------------------
+    def rows(self, writes: Iterable[Insert | Delete]) -> list[Statement]:
+        """``store/rows.write_rows``'s statements: the inserts, one per table (and set of
+        columns) in the order tables first appear, then the deletes, one per key column."""
+        inserts: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+        deletes: dict[Column[Any], list[tuple[Any, ...]]] = {}
+        for write in writes:
+            if isinstance(write, Insert):
+                columns = tuple(write.row)
+                key = (write.table.name, columns)
+                if key not in self._sql:
+                    self._sql[key] = _insert_sql(write.table, columns)
+                inserts.setdefault(key, []).append(tuple(write.row.values()))
+            else:
+                deletes.setdefault(write.column, []).append((write.key,))
+        statements = [(self._sql[key], params) for key, params in inserts.items()]
+        for column, keys in deletes.items():
+            statements.append((f"DELETE FROM {column.table.name} WHERE {column.name} = ?", keys))
+        return statements
+
+    # -- on the writer's thread ----------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._conn = conn
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def write(self, statements: list[Statement]) -> None:
+        """Run ``statements`` in one transaction and commit."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        self.commit(statements)
+
+    def lock(self, since: int) -> list[tuple[int, str]]:
+        """Begin, take the ledger's lock and answer the events appended after ``since``
+        (none read when the last event is ``since``'s). The transaction stays open for
+        :meth:`commit` or :meth:`rollback`."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _trace(LOCK_HEAD)
+            head = conn.execute(LOCK_HEAD).fetchone()
+            if head is None:
+                raise RuntimeError("ledger_head is missing: run the migrations")
+            if head[0] == since:
+                return []
+            _trace(EVENTS_SINCE)
+            return conn.execute(EVENTS_SINCE, (since,)).fetchall()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def commit(self, statements: list[Statement]) -> None:
+        """Run ``statements`` in the open transaction and commit (or roll back and raise)."""
+        conn = self._connection()
+        try:
+            for sql, params in statements:
+                _trace(sql)
+                conn.executemany(sql, params)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def rollback(self) -> None:
+        """Roll back the open transaction, if any."""
+        if self._conn is not None and self._conn.in_transaction:
+            self._conn.rollback()
+
+
+def _trace(sql: str) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(sql)
