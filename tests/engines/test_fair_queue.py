@@ -133,9 +133,7 @@ def test_all_or_none_for_several_places() -> None:
     assert queue.in_flight == 3
 
 
-async def test_a_waiter_is_woken_when_a_permit_frees_and_cancelling_it_leaves_it_waiting() -> (
-    None
-):
+async def test_a_waiter_is_woken_when_a_permit_frees_and_cancelling_it_leaves_it_waiting() -> None:
     queue = FairQueue("m", slots=1, queue=2)
     [running] = queue.admit("A")
     [waiter] = queue.admit("B")

@@ -17,8 +17,9 @@ weights; a key that was idle starts at ``V`` (no credit is saved up while idle),
 that arrives behind another key's long backlog is served next, not after it.
 
 One key cannot take the whole queue: a key may have at most ``share`` of ``queue``
-waiting (at least one); beyond that *its* request is refused (``EngineOverloaded``, 429)
-while other keys are still admitted.
+waiting (at least one; the ``n`` choices of one request count as ``n`` requests, and are
+not refused for their number alone); beyond that *its* request is refused
+(``EngineOverloaded``, 429) while other keys are still admitted.
 
 Admission is synchronous (an engine's ``stream`` refuses before anything reaches it);
 waiting is :meth:`FairQueue.wait`; :meth:`FairQueue.release` ends a place whatever its
@@ -31,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeVar
 
 from openmaas.core.errors import EngineOverloaded
 
@@ -133,7 +136,8 @@ class FairQueue:
         if wait:
             if self._waiting + wait > self.queue:
                 raise EngineOverloaded(self.model, self.slots + self.queue)
-            if self.waiting_of(key) + wait > self.key_cap:
+            # (the choices of one request are never refused for their number alone)
+            if self.waiting_of(key) + wait > max(self.key_cap, wait):
                 raise _over_share(self.model, self.key_cap)
         state = self._keys.setdefault(key, _Key())
         places = []
@@ -205,6 +209,26 @@ class FairQueue:
             self._grant(place, state)
         if not self._waiting:
             self._heap.clear()  # only left places remain
+
+
+T = TypeVar("T")
+
+
+async def queued(
+    queue: FairQueue, place: Place, events: Callable[[], AsyncIterator[T]]
+) -> AsyncIterator[T]:
+    """``events()`` once ``place`` holds a permit; the place is released when they end or
+    are closed (a choice of several gives its slot to the next as soon as it ends)."""
+    try:
+        await queue.wait(place)
+        inner = events()
+        try:
+            async for event in inner:
+                yield event
+        finally:
+            await inner.aclose()  # type: ignore[attr-defined]
+    finally:
+        queue.release(place)
 
 
 def _over_share(model: str, cap: int) -> EngineOverloaded:
