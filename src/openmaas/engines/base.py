@@ -359,6 +359,13 @@ def _overall(reasons: list[FinishReason]) -> FinishReason:
     return reasons[0]
 
 
+def share_queue(engine: Engine, share: float) -> Engine:
+    """``engine``, whose queue one key may fill ``share`` of, if it is a slot engine."""
+    if isinstance(engine, SlotEngine):
+        engine.share_queue(share)
+    return engine
+
+
 def _choice_events(
     engine: SlotEngine, request: GenerationRequest, tracker: UsageTracker
 ) -> Callable[[], AsyncIterator[StreamEvent]]:
