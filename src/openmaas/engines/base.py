@@ -12,7 +12,7 @@ host's models, the fake): a request runs only while it holds one of the slots, a
 for one in a weighted fair queue shared by the organizations (``engines/fair.py``); it runs
 the load/unload lifecycle around the ``_load``/``_unload``/``_stream``/``_embed`` hooks.
 :class:`SlotCounter` only counts requests against slots and queue (the managed vLLM engine,
-whose own scheduler takes them all at once).
+whose relay to its process is a slot engine, queued fairly).
 """
 
 from __future__ import annotations
@@ -224,38 +224,6 @@ class SlotCounter:
         tracker = UsageTracker()
         return EngineStream(events(tracker), tracker, self.release)
 
-    def admitted_choices(
-        self,
-        health: EngineHealth,
-        request: GenerationRequest,
-        events: Callable[[GenerationRequest, UsageTracker], AsyncIterator[StreamEvent]],
-    ) -> EngineStream:
-        """Admit the ``n`` choices of ``request`` as ``n`` generations (one count each, all
-        or none) and merge their events into one stream (:func:`merged_choices`)."""
-        n = request.sampling.n
-        if n > self.slots + self.queue:
-            raise InvalidRequest(
-                f"n={n} is more than '{self.model}' can run at once ({self.slots + self.queue}).",
-                param="n",
-            )
-        admitted = 0
-        try:
-            while admitted < n:
-                self.admit(health)
-                admitted += 1
-        except BaseException:
-            for _ in range(admitted):
-                self.release()
-            raise
-        tracker = ChoicesTracker(n)
-        streams = [events(choice_request(request, i), part) for i, part in enumerate(tracker.parts)]
-
-        def release() -> None:
-            for _ in range(n):
-                self.release()
-
-        return EngineStream(merged_choices(streams, tracker), tracker, release)
-
 
 class ChoicesTracker(UsageTracker):
     """The summed counts of a request's ``n`` choices, each counted by its own tracker."""
@@ -366,12 +334,6 @@ def share_queue(engine: Engine, share: float) -> Engine:
     return engine
 
 
-def _choice_events(
-    engine: SlotEngine, request: GenerationRequest, tracker: UsageTracker
-) -> Callable[[], AsyncIterator[StreamEvent]]:
-    return lambda: engine._stream(request, tracker)
-
-
 def refuse_choices(request: GenerationRequest, model: str) -> None:
     """A 400 naming ``n`` for an engine that cannot generate several choices."""
     if request.sampling.n > 1:
@@ -458,11 +420,11 @@ class SlotEngine(abc.ABC):
         release = self._releasing(places)
         if n == 1:
             tracker = UsageTracker()
-            events = queued(self._queue, places[0], lambda: self._stream(request, tracker))
+            events = queued(self._queue, places[0], self._events(request, tracker))
             return EngineStream(events, tracker, release)
         choices = ChoicesTracker(n)
         streams = [
-            queued(self._queue, place, _choice_events(self, choice_request(request, i), part))
+            queued(self._queue, place, self._events(choice_request(request, i), part))
             for i, (place, part) in enumerate(zip(places, choices.parts, strict=True))
         ]
         return EngineStream(merged_choices(streams, choices), choices, release)
@@ -479,6 +441,11 @@ class SlotEngine(abc.ABC):
         if self._health.state is not EngineState.READY:
             raise EngineNotReady(self.model, self._health.detail or self._health.state.value)
         return self._queue.admit(routing.cache_scope, routing.share_weight, count)
+
+    def _events(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> Callable[[], AsyncIterator[StreamEvent]]:
+        return lambda: self._stream(request, tracker)
 
     def _releasing(self, places: list[Place]) -> Callable[[], None]:
         def release() -> None:
