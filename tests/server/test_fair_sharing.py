@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from openmaas.billing.admin_bodies import TermsChange, TierLimits
+from openmaas.core.types import RoutingHints
 from openmaas.engines.base import ModelKind
 from openmaas.engines.fake import FakeEngine
+from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.server.state import AppState
 from openmaas.settings import Settings
@@ -44,9 +46,14 @@ def _fake(client: TestClient) -> FakeEngine:
     return engine
 
 
-def _chat(client: TestClient, key: str, text: str) -> httpx.Response:
+def _chat(client: TestClient, key: str, text: str) -> Any:
+    """The response of a chat request of ``text`` with ``key``."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
     return client.post(CHAT, json=body, headers={"Authorization": f"Bearer {key}"})
+
+
+def _until_in_flight(fake: FakeEngine, count: int) -> None:
+    wait_until(lambda: fake.capacity().in_flight == count, what=f"{count} requests in flight")
 
 
 def test_another_organization_is_served_ahead_of_one_organizations_backlog(site: Site) -> None:
@@ -56,12 +63,12 @@ def test_another_organization_is_served_ahead_of_one_organizations_backlog(site:
     fake.gates["hold"] = gate  # A's first request holds the one slot until the test lets go
     assert client.portal is not None
     with ThreadPoolExecutor(max_workers=6) as pool:
-        replies: dict[str, Future[httpx.Response]] = {}
+        replies: dict[str, Future[Any]] = {}
         replies["hold"] = pool.submit(_chat, client, a, "hold")
         wait_until(lambda: fake.stats.started == ["hold"], what="A's first request to run")
         for i in range(1, 5):  # one after the other: they wait in this order
             replies[f"a{i}"] = pool.submit(_chat, client, a, f"a{i}")
-            wait_until(lambda i=i: fake.capacity().in_flight == 1 + i, what=f"a{i} to queue")
+            _until_in_flight(fake, 1 + i)
 
         refused = _chat(client, a, "a5")  # over A's share of the queue
         assert refused.status_code == 429, refused.text
@@ -99,3 +106,32 @@ def test_the_queue_share_is_a_setting(tmp_path_factory: pytest.TempPathFactory) 
             assert _chat(client, a, "over").status_code == 429
             client.portal.call(gate.set)
             assert [r.result(timeout=30).status_code for r in replies] == [200] * 5
+
+
+def test_a_request_carries_its_organizations_tier_weight_to_the_engine(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    home = tmp_path_factory.mktemp("fair-weight") / "home"
+    settings = Settings(
+        home=home, embedded_models=False, fake_models={MODEL: SLOT}, billing_refresh_seconds=0
+    )
+    heavy, light = asyncio.run(_weighted_keys(settings))
+    with TestClient(create_app(settings)) as client:
+        fake = _fake(client)
+        seen: dict[str, RoutingHints] = {}
+        for name, key in (("heavy", heavy), ("light", light)):
+            assert _chat(client, key, name).status_code == 200
+            assert fake.stats.last_routing is not None
+            seen[name] = fake.stats.last_routing
+    assert (seen["heavy"].share_weight, seen["light"].share_weight) == (3, 1)
+    assert seen["heavy"].cache_scope != seen["light"].cache_scope  # two fairness keys
+
+
+async def _weighted_keys(settings: Settings) -> tuple[str, str]:
+    """Two organizations' member keys: the first's tier weighs 3, the second has no tier."""
+    heavy, light = await member_keys(settings, "heavy-corp", "light-corp")
+    async with open_platform(settings) as platform:
+        billing = platform.billing_admin("test")
+        await billing.set_tier("Heavy", TierLimits.parse({"weight": 3}))
+        await billing.set_org("heavy-corp", TermsChange.parse({"tier": "Heavy"}))
+    return heavy, light

@@ -30,6 +30,7 @@ from openmaas.core.types import (
     FinishReason,
     GenerationRequest,
     ReasoningDelta,
+    RoutingHints,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -75,6 +76,7 @@ class FakeStats:
     last_prompt: str | None = None  # the raw prompt of the latest completion request
     # The last message (or the prompt) of each stream, in the order they started.
     started: list[str] = field(default_factory=list)
+    last_routing: RoutingHints | None = None  # what the latest stream was routed with
 
 
 class FakeEngine(SlotEngine):
@@ -120,6 +122,7 @@ class FakeEngine(SlotEngine):
         self.stats.last_prompt = request.prompt
         text = _last_text(request)
         self.stats.started.append(text)
+        self.stats.last_routing = request.routing
         self.stats.streams_open += 1
         try:
             tracker.prompt_tokens = _count_prompt_words(request)
