@@ -565,15 +565,16 @@ def _cap(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-@tiers.command("list", help="Every tier and its limits ('-': unlimited).")
+@tiers.command("list", help="Every tier, its limits ('-': unlimited) and its weight.")
 def tiers_list() -> None:
     rows = []
     for tier in _billing(lambda admin: admin.list_tiers()):
-        limits = tier.limits
-        rows.append((tier.name, "*", _cap(limits.rpm), _cap(limits.tpm), _cap(limits.concurrency)))
+        limits, weight = tier.limits, str(tier.weight)
+        caps = (_cap(limits.rpm), _cap(limits.tpm), _cap(limits.concurrency))
+        rows.append((tier.name, "*", *caps, weight))
         for model, lim in sorted(tier.models.items()):
-            rows.append((tier.name, model, _cap(lim.rpm), _cap(lim.tpm), _cap(lim.concurrency)))
-    _print_table(("tier", "model", "rpm", "tpm", "concurrency"), rows)
+            rows.append((tier.name, model, _cap(lim.rpm), _cap(lim.tpm), _cap(lim.concurrency), ""))
+    _print_table(("tier", "model", "rpm", "tpm", "concurrency", "weight"), rows)
 
 
 def _model_caps(spec: str) -> tuple[str, dict[str, int | None]]:
@@ -597,15 +598,34 @@ def _model_caps(spec: str) -> tuple[str, dict[str, int | None]]:
 @click.option("--tpm", type=int, default=None, help="Tokens per minute.")
 @click.option("--concurrency", type=int, default=None, help="Requests in flight.")
 @click.option("--model", "models", multiple=True, help="MODEL:RPM:TPM:CONC ('-': unlimited).")
+@click.option(
+    "--weight",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Share of a busy engine's slots against other organizations' (docs/limits.md).",
+)
 def tiers_set(
-    name: str, rpm: int | None, tpm: int | None, concurrency: int | None, models: tuple[str, ...]
+    name: str,
+    rpm: int | None,
+    tpm: int | None,
+    concurrency: int | None,
+    models: tuple[str, ...],
+    weight: int,
 ) -> None:
     per_model = dict(_model_caps(spec) for spec in models)
-    limits = _body(TierLimits, rpm=rpm, tpm=tpm, concurrency=concurrency, models=per_model or None)
+    limits = _body(
+        TierLimits,
+        rpm=rpm,
+        tpm=tpm,
+        concurrency=concurrency,
+        models=per_model or None,
+        weight=weight,
+    )
     tier = _billing(lambda admin: admin.set_tier(name, limits))
     click.echo(
         f"{tier.name}\trpm={_cap(tier.limits.rpm)}\ttpm={_cap(tier.limits.tpm)}\t"
-        f"concurrency={_cap(tier.limits.concurrency)}"
+        f"concurrency={_cap(tier.limits.concurrency)}\tweight={tier.weight}"
     )
 
 

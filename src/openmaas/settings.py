@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     engine_queue: int = Field(
         64, ge=0, description="Requests that may wait beyond the slots before 429."
     )
+    engine_queue_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="The part of an engine's queue one organization may fill (at least one "
+        "request); beyond it that organization's requests get 429 while others are admitted.",
+    )
     threads: int = Field(
         # One CPU left for the rest of the machine (docs/configuration.md, OPENMAAS_THREADS).
         default_factory=lambda: max(1, available_cpus() - 1),

@@ -406,6 +406,22 @@ async def test_tiers_set_and_list(
     assert len(await audit_rows(database)) == 3
 
 
+async def test_a_tiers_weight_is_set_listed_and_audited(
+    admin: BillingAdmin, database: AsyncEngine
+) -> None:
+    assert {t.weight for t in await admin.list_tiers()} == {1}  # the seeded ones: 1
+    tier = await set_tier(admin, "Gold", rpm=100, weight=3)
+    assert tier.weight == 3
+    assert {t.name: t for t in await admin.list_tiers()}["Gold"].weight == 3
+    await set_tier(admin, "Gold", rpm=100)  # left out: 1
+    row = (await audit_rows(database))[-1]
+    assert (row.before["weight"], row.after["weight"]) == (3, 1)
+    for bad in (0, -1, 1001, "2", True, 1.5):
+        with pytest.raises(InvalidRequest) as refused:
+            await set_tier(admin, "Gold", weight=bad)
+        assert refused.value.param == "weight"
+
+
 async def test_the_audit_log_cannot_be_updated_or_deleted(
     admin: BillingAdmin, accounts: AccountsAdmin, database: AsyncEngine
 ) -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from openmaas.core.tiers import (
     ALL_MODELS,
+    MAX_WEIGHT,
     UNLIMITED,
     Limits,
     Scope,
@@ -110,3 +111,11 @@ def test_default_tiers_grow_in_every_dimension() -> None:
         for dim in ("rpm", "tpm", "concurrency"):
             assert getattr(lower, dim) < getattr(higher, dim)
     assert default_tiers() == tiers and default_tiers() is not tiers  # fresh, not shared
+
+
+def test_a_tiers_weight_is_a_positive_integer_and_narrowing_keeps_the_smaller() -> None:
+    assert Tier("t").weight == 1
+    for bad in (0, -1, MAX_WEIGHT + 1, True, 1.5):
+        with pytest.raises(ValueError):
+            Tier("t", weight=bad)  # type: ignore[arg-type]
+    assert Tier("a", weight=4).narrow(Tier("b", weight=2)).weight == 2

@@ -105,7 +105,12 @@ def test_tiers_list_and_set(cli: Cli) -> None:
     assert {"V0", "V1", "V2", "V3"} <= names
     cli("tiers", "set", "Gold", "--rpm", "100", "--concurrency", "4", "--model", "glm-4:10:-:2")
     gold = [r for r in cli.rows("tiers", "list") if r[0] == "Gold"]
-    assert gold == [["Gold", "*", "100", "-", "4"], ["Gold", "glm-4", "10", "-", "2"]]
+    assert gold == [["Gold", "*", "100", "-", "4", "1"], ["Gold", "glm-4", "10", "-", "2", ""]]
+    cli("tiers", "set", "Gold", "--rpm", "100", "--weight", "3")
+    assert [r for r in cli.rows("tiers", "list") if r[0] == "Gold"] == [
+        ["Gold", "*", "100", "-", "-", "3"]
+    ]
+    assert cli("tiers", "set", "Gold", "--weight", "0", ok=False).returncode != 0
     cli("orgs", "set", "acme", "--tier", "Gold", "--discount-bp", "500")
     assert [r for r in cli.rows("orgs", "list") if r[1] == "acme"][0][3:5] == ["Gold", "500"]
 

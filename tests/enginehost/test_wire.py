@@ -20,6 +20,7 @@ from openmaas.core.types import (
     ResponseFormat,
     ResponseFormatKind,
     Role,
+    RoutingHints,
     SamplingParams,
     StreamEvent,
     TextDelta,
@@ -174,3 +175,21 @@ def test_an_error_keeps_its_class_and_message() -> None:
     revived = _revive(_error_of(orjson.dumps(wire.error_body(counted)[1])), "m")
     assert isinstance(revived, PromptTooLong) and revived.message == "over"
     assert (revived.prompt_tokens, revived.context_length) == (3031, 2048)
+
+
+def test_the_host_reads_the_requests_fairness_key_and_weight() -> None:
+    routing = RoutingHints(cache_scope="scope-a", share_weight=3)
+    request = GenerationRequest("r7", "m", prompt="hi", routing=routing)
+    hosted = HostedEngine("m", HostedConfig(Path("/x.sock"), ModelKind.CHAT, 1, 0))
+    body = completion_body(request, "m", cache_salt=True)
+    headers = hosted._headers_for(request)
+    read = wire.generation_request(orjson.dumps(body), "r7", headers)
+    assert (read.routing.cache_scope, read.routing.share_weight) == ("scope-a", 3)
+    embedding = EmbeddingRequest("r8", "m", ("one",), routing=routing)
+    raw = orjson.dumps({"model": "m", "input": ["one"]})
+    read_embedding = wire.embedding_request(raw, "r8", hosted._headers_for(embedding))
+    assert read_embedding.routing == RoutingHints(cache_scope="scope-a", share_weight=3)
+    # no headers (or nonsense in them): one shared key of weight 1
+    assert wire.embedding_request(raw, "r9").routing == RoutingHints()
+    nonsense = {"x-openmaas-share-weight": "lots"}
+    assert wire.embedding_request(raw, "r9", nonsense).routing.share_weight == 1

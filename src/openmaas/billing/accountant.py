@@ -120,6 +120,11 @@ class Terms:
             org_id=principal.org_id, org_tier=org_tier, key_id=principal.key_id, key_tier=key_tier
         )
 
+    def share_weight(self, org_id: str) -> int:
+        """The organization's weight in sharing an engine's slots: its tier's (1 without)."""
+        tier = self.tiers.get(self.org(org_id).tier or "")
+        return 1 if tier is None else tier.weight
+
     def price(self, principal: Principal, model: str, at_ms: int) -> AppliedPrice | None:
         return self.price_for(principal.org_id, model, at_ms)
 
@@ -157,6 +162,7 @@ class Ticket:
     price: AppliedPrice | None
     limit: Admission | None
     data_policy: DataPolicy = DataPolicy.BURST  # the organization's, for the router
+    share_weight: int = 1  # the organization's tier's weight, for the engine's fair queue
     last_checkpoint: float = 0.0  # monotonic time of admission, then of the last write
     pending: asyncio.Future[None] | None = None  # the row's last write, in the background
     row_timer: asyncio.TimerHandle | None = None  # set while the row waits to be written
@@ -342,6 +348,7 @@ class Accountant:
             price,
             limit,
             terms.org(principal.org_id).data_policy,
+            terms.share_weight(principal.org_id),
             last_checkpoint=self._clock.monotonic(),
         )
         quote = None if price is None else price.worst_case(prompt, max_output)

@@ -408,6 +408,7 @@ class BillingAdmin:
                 model: Limits(caps.rpm, caps.tpm, caps.concurrency)
                 for model, caps in (limits.models or {}).items()
             },
+            limits.weight,
         )
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:

@@ -19,6 +19,7 @@ from openmaas.core.admin_fields import (
     refuse,
 )
 from openmaas.core.money import Currency
+from openmaas.core.tiers import MAX_WEIGHT
 from openmaas.core.types import DataPolicy
 
 BASIS_POINTS = 10_000
@@ -149,7 +150,22 @@ class Caps(AdminBody):
     concurrency: Count | None = None
 
 
+def _weight(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WEIGHT:
+        raise refuse(f"must be an integer from 1 to {MAX_WEIGHT}.")
+    return value
+
+
+Weight = Annotated[
+    int,
+    PlainValidator(_weight),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT}),
+]
+
+
 class TierLimits(Caps):
-    """``PUT /admin/v1/tiers/{name}``: the whole tier; ``models`` adds per-model caps."""
+    """``PUT /admin/v1/tiers/{name}``: the whole tier; ``models`` adds per-model caps;
+    ``weight`` (default 1) is the organization's share of a busy engine's slots."""
 
     models: Annotated[dict[str, Caps], BeforeValidator(_tier_models)] | None = None
+    weight: Weight = 1

@@ -28,7 +28,7 @@ from openmaas.catalog.document import (
 )
 from openmaas.catalog.schema import ID_PATTERN, BuildContext, CatalogDocument, ModelSpec
 from openmaas.core.errors import ConfigurationError
-from openmaas.engines.base import Engine
+from openmaas.engines.base import Engine, share_queue
 from openmaas.settings import Settings
 
 SOURCE = "settings"
@@ -38,6 +38,7 @@ def settings_context(settings: Settings) -> BuildContext:
     """What building the settings' engines uses: their defaults and the model cache."""
     return BuildContext(
         engine_queue=settings.engine_queue,
+        engine_queue_share=settings.engine_queue_share,
         threads=settings.threads,
         check_paths=False,  # a missing file fails that model's load (503), not the start
         cache_dir=settings.cache_dir,
@@ -85,8 +86,10 @@ def build_engine(spec: ModelSpec, ctx: BuildContext) -> Engine:
     engine host (``OPENMAAS_ENGINE_SOCKET``), an in-process model is the host's."""
     [deployment] = spec.deployments
     if ctx.engine_socket is not None and deployment.in_process:
-        return deployment.build_hosted(spec.name, spec.model_kind, ctx.engine_socket, ctx)
-    return deployment.build(spec.name, spec.model_kind, ctx)
+        engine = deployment.build_hosted(spec.name, spec.model_kind, ctx.engine_socket, ctx)
+    else:
+        engine = deployment.build(spec.name, spec.model_kind, ctx)
+    return share_queue(engine, ctx.engine_queue_share)
 
 
 def _embedded(settings: Settings) -> list[tuple[str, dict[str, Any]]]:

@@ -37,7 +37,7 @@ from openmaas.catalog.schema import (
     engine_kind_names,
 )
 from openmaas.core.errors import InvalidRequest
-from openmaas.engines.base import Engine
+from openmaas.engines.base import Engine, share_queue
 from openmaas.routing.router import DataClass, Deployment, RoutedEngine, RouterConfig
 
 Path_ = tuple[str | int, ...]
@@ -350,7 +350,9 @@ def _engine(deployment: DeploymentBase, model: ModelSpec, ctx: BuildContext) -> 
     """A deployment's engine: built here, or, given an engine host (``ctx.engine_socket``)
     and a deployment that loads into its process, the host's, held while it runs."""
     if ctx.engine_socket is not None and deployment.in_process:
-        return deployment.build_hosted(
+        engine = deployment.build_hosted(
             model.name, model.model_kind, ctx.engine_socket, ctx, held=True
         )
-    return deployment.build(model.name, model.model_kind, ctx)
+    else:
+        engine = deployment.build(model.name, model.model_kind, ctx)
+    return share_queue(engine, ctx.engine_queue_share)

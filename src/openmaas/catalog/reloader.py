@@ -65,6 +65,7 @@ async def load_context(
             unreadable.add(name)
     return BuildContext(
         engine_queue=settings.engine_queue,
+        engine_queue_share=settings.engine_queue_share,
         threads=settings.threads,
         cache_dir=settings.cache_dir,
         credential_names=frozenset(i.name for i in infos),

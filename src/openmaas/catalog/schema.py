@@ -40,6 +40,7 @@ class BuildContext:
     credentials that exist (names) and, when building, their decrypted values."""
 
     engine_queue: int = 64
+    engine_queue_share: float = 0.5  # of each engine's queue, one organization's at most
     threads: int = 1
     credential_names: frozenset[str] | None = None  # None: not checked (offline `check`)
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)

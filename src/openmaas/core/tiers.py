@@ -8,10 +8,14 @@ A :class:`Limits` is three caps, each optional (``None`` means unlimited):
 
 A :class:`Tier` bundles a default :class:`Limits`, which counts every request of the scope
 whatever the model, and optional per-model :class:`Limits`, which count only that model's
-requests on separate counters. Both must admit. An organization has a tier; a key may carry a
-narrower one, and the key's effective tier is the minimum of the two in every dimension
+requests on separate counters. Both must admit. An organization has a tier; a key may carry
+a narrower one, and the key's effective tier is the minimum of the two in every dimension
 (:meth:`Tier.narrow`). A request counts against the key's scope *and* the organization's scope
 (:func:`scopes_for`); the limiter admits it only when every counter of every scope admits.
+
+A tier's ``weight`` is an organization's share of a busy engine's slots against other
+organizations' (``engines/fair.py``, docs/limits.md "Fair sharing"): the organization's
+tier's counts, not a key's.
 
 Everything here is immutable data; nothing reads a clock or holds state.
 """
@@ -63,16 +67,25 @@ class Limits:
 
 UNLIMITED = Limits()
 
+MAX_WEIGHT = 1000
+"""The largest tier ``weight``: a thousand times another organization's share is plenty."""
+
 
 @dataclass(frozen=True, slots=True)
 class Tier:
-    """A named bundle: ``limits`` for all traffic of a scope, ``models`` for one model each."""
+    """A named bundle: ``limits`` for all traffic of a scope, ``models`` for one model each,
+    and ``weight``, the organization's share of a busy engine's slots (1: an equal share; 2:
+    twice that of an organization of weight 1)."""
 
     name: str
     limits: Limits = UNLIMITED
     models: Mapping[str, Limits] = field(default_factory=dict)
+    weight: int = 1
 
     def __post_init__(self) -> None:
+        weight = self.weight
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"weight must be an integer from 1 to {MAX_WEIGHT}, not {weight!r}")
         if ALL_MODELS in self.models:
             raise ValueError(f"'{ALL_MODELS}' is reserved for the tier's default limits")
         # Freeze the mapping so a Tier can be shared safely between requests.
@@ -88,6 +101,7 @@ class Tier:
             name=name if name is not None else f"{self.name}∧{other.name}",
             limits=self.limits.narrow(other.limits),
             models=models,
+            weight=min(self.weight, other.weight),
         )
 
     def counter_limits(self, model: str) -> list[tuple[str, Limits]]:

@@ -42,7 +42,7 @@ from openmaas.core.errors import InvalidRequest, ModelNotFound, OpenMaaSError
 from openmaas.core.ids import new_request_id
 from openmaas.core.types import Finished, StreamEvent, Usage
 from openmaas.enginehost import wire
-from openmaas.engines.base import Engine, EngineStream, ModelKind
+from openmaas.engines.base import Engine, EngineStream, ModelKind, share_queue
 from openmaas.engines.hosted import (
     ENDS_PATH,
     HEALTH_PATH,
@@ -95,7 +95,7 @@ def held_builder(settings: Settings) -> BuildHeld:
                 f"The engine host loads only local models; not a '{deployment.engine}' "
                 f"deployment of a {held.kind.value} model."
             )
-        return deployment.build(held.model, held.kind, ctx)
+        return share_queue(deployment.build(held.model, held.kind, ctx), ctx.engine_queue_share)
 
     return build
 
@@ -338,7 +338,7 @@ def create_host_app(host: EngineHost) -> Starlette:
     async def generate(request: Request) -> Response:
         request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
         try:
-            core = wire.generation_request(await request.body(), request_id)
+            core = wire.generation_request(await request.body(), request_id, request.headers)
             stream = host.engine(core.model).stream(core)
         except OpenMaaSError as exc:
             return _error(exc)
@@ -362,7 +362,7 @@ def create_host_app(host: EngineHost) -> Starlette:
     async def embeddings(request: Request) -> Response:
         request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
         try:
-            core = wire.embedding_request(await request.body(), request_id)
+            core = wire.embedding_request(await request.body(), request_id, request.headers)
             result = await host.engine(core.model).embed(core)
         except OpenMaaSError as exc:
             return _error(exc)

@@ -11,11 +11,13 @@ checked, so nothing is refused or defaulted here that the in-process engine woul
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from openmaas.core.errors import InvalidRequest, OpenMaaSError, PromptTooLong
+from openmaas.core.tiers import MAX_WEIGHT
 from openmaas.core.types import (
     EmbeddingInput,
     EmbeddingRequest,
@@ -39,7 +41,12 @@ from openmaas.core.types import (
     ToolChoiceKind,
     Usage,
 )
-from openmaas.engines.hosted import ERROR_CLASS, EVENT_COUNTS
+from openmaas.engines.hosted import (
+    ERROR_CLASS,
+    EVENT_COUNTS,
+    SHARE_KEY_HEADER,
+    SHARE_WEIGHT_HEADER,
+)
 from openmaas.protocols.openai.adapter import usage_json
 from openmaas.protocols.openai.errors import to_openai_error
 
@@ -47,21 +54,27 @@ DONE = b"data: [DONE]\n\n"
 
 
 # -- requests -------------------------------------------------------------------------------
-def generation_request(raw: bytes, request_id: str) -> GenerationRequest:
-    """A chat (``messages``) or completion (``prompt``) body, as the worker's request."""
+def generation_request(
+    raw: bytes, request_id: str, headers: Mapping[str, str] | None = None
+) -> GenerationRequest:
+    """A chat (``messages``) or completion (``prompt``) body, as the worker's request;
+    ``headers``: the request's, which carry its fairness key and weight."""
     try:
         body = orjson.loads(raw)
-        return _generation(body, request_id)
+        return _generation(body, request_id, _routing(body, headers or {}))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidRequest(f"The engine host cannot read the request ({exc!r}).") from None
 
 
-def embedding_request(raw: bytes, request_id: str) -> EmbeddingRequest:
+def embedding_request(
+    raw: bytes, request_id: str, headers: Mapping[str, str] | None = None
+) -> EmbeddingRequest:
     try:
         body = orjson.loads(raw)
         raw = body["input"]
         inputs = (raw,) if isinstance(raw, str) else tuple(_embedding_input(item) for item in raw)
-        return EmbeddingRequest(request_id, str(body["model"]), inputs, body.get("user"))
+        routing = _routing(body, headers or {})
+        return EmbeddingRequest(request_id, str(body["model"]), inputs, body.get("user"), routing)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidRequest(f"The engine host cannot read the request ({exc!r}).") from None
 
@@ -71,7 +84,7 @@ def _embedding_input(item: Any) -> EmbeddingInput:
     return tuple(int(token) for token in item) if isinstance(item, list) else str(item)
 
 
-def _generation(body: dict[str, Any], request_id: str) -> GenerationRequest:
+def _generation(body: dict[str, Any], request_id: str, routing: RoutingHints) -> GenerationRequest:
     stop = body.get("stop") or ()
     sampling = SamplingParams(
         max_tokens=body.get("max_tokens"),
@@ -88,7 +101,7 @@ def _generation(body: dict[str, Any], request_id: str) -> GenerationRequest:
             prompt=body["prompt"],
             sampling=sampling,
             user=body.get("user"),
-            routing=_routing(body),
+            routing=routing,
         )
     kwargs = body.get("chat_template_kwargs") or {}
     return GenerationRequest(
@@ -101,14 +114,21 @@ def _generation(body: dict[str, Any], request_id: str) -> GenerationRequest:
         tools=tuple(_tool(t["function"]) for t in body.get("tools") or ()),
         tool_choice=_tool_choice(body.get("tool_choice")),
         thinking=Thinking(kwargs.get("enable_thinking"), kwargs.get("clear_thinking")),
-        routing=_routing(body),
+        routing=routing,
     )
 
 
-def _routing(body: dict[str, Any]) -> RoutingHints:
-    """The worker's cache scope, sent as vLLM's ``cache_salt`` (engines/prompt_cache.py)."""
+def _routing(body: dict[str, Any], headers: Mapping[str, str]) -> RoutingHints:
+    """The worker's cache scope, sent as vLLM's ``cache_salt`` (engines/prompt_cache.py),
+    or as the fairness key's header (embeddings); the fairness weight, in its header."""
     salt = body.get("cache_salt")
-    return RoutingHints(cache_scope=salt if isinstance(salt, str) and salt else None)
+    if not (isinstance(salt, str) and salt):
+        salt = headers.get(SHARE_KEY_HEADER) or None
+    try:
+        weight = min(max(int(headers.get(SHARE_WEIGHT_HEADER) or 1), 1), MAX_WEIGHT)
+    except ValueError:
+        weight = 1
+    return RoutingHints(cache_scope=salt, share_weight=weight)
 
 
 def _message(wire: dict[str, Any]) -> Message:

@@ -7,9 +7,12 @@ engine: no tokens are generated for nobody.
 
 :class:`Engine` is that interface, a protocol: the router (``routing/router.py``) and the
 managed vLLM engine (``engines/vllm.py``) implement it directly. :class:`SlotEngine` is a
-template for the engines that really have slots (llama.cpp, the HTTP relay, the fake, the
-GLM wrapper): it counts requests against slots and queue (:class:`SlotCounter`) and runs
+template for the engines that really have slots (llama.cpp, the HTTP relay, the engine
+host's models, the fake): a request runs only while it holds one of the slots, and waits
+for one in a weighted fair queue shared by the organizations (``engines/fair.py``); it runs
 the load/unload lifecycle around the ``_load``/``_unload``/``_stream``/``_embed`` hooks.
+:class:`SlotCounter` only counts requests against slots and queue (the managed vLLM engine,
+whose relay to its process is a slot engine, queued fairly).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from openmaas.core.types import (
     FinishReason,
     GenerationRequest,
     ReasoningDelta,
+    RoutingHints,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
     Usage,
 )
+from openmaas.engines.fair import DEFAULT_SHARE, FairQueue, Place, queued
 
 
 class EngineState(StrEnum):
@@ -219,38 +224,6 @@ class SlotCounter:
         tracker = UsageTracker()
         return EngineStream(events(tracker), tracker, self.release)
 
-    def admitted_choices(
-        self,
-        health: EngineHealth,
-        request: GenerationRequest,
-        events: Callable[[GenerationRequest, UsageTracker], AsyncIterator[StreamEvent]],
-    ) -> EngineStream:
-        """Admit the ``n`` choices of ``request`` as ``n`` generations (one count each, all
-        or none) and merge their events into one stream (:func:`merged_choices`)."""
-        n = request.sampling.n
-        if n > self.slots + self.queue:
-            raise InvalidRequest(
-                f"n={n} is more than '{self.model}' can run at once ({self.slots + self.queue}).",
-                param="n",
-            )
-        admitted = 0
-        try:
-            while admitted < n:
-                self.admit(health)
-                admitted += 1
-        except BaseException:
-            for _ in range(admitted):
-                self.release()
-            raise
-        tracker = ChoicesTracker(n)
-        streams = [events(choice_request(request, i), part) for i, part in enumerate(tracker.parts)]
-
-        def release() -> None:
-            for _ in range(n):
-                self.release()
-
-        return EngineStream(merged_choices(streams, tracker), tracker, release)
-
 
 class ChoicesTracker(UsageTracker):
     """The summed counts of a request's ``n`` choices, each counted by its own tracker."""
@@ -354,6 +327,13 @@ def _overall(reasons: list[FinishReason]) -> FinishReason:
     return reasons[0]
 
 
+def share_queue(engine: Engine, share: float) -> Engine:
+    """``engine``, whose queue one key may fill ``share`` of, if it is a slot engine."""
+    if isinstance(engine, SlotEngine):
+        engine.share_queue(share)
+    return engine
+
+
 def refuse_choices(request: GenerationRequest, model: str) -> None:
     """A 400 naming ``n`` for an engine that cannot generate several choices."""
     if request.sampling.n > 1:
@@ -364,13 +344,32 @@ def refuse_choices(request: GenerationRequest, model: str) -> None:
 
 class SlotEngine(abc.ABC):
     """A template for an :class:`Engine` with slots. Subclasses implement ``_load``,
-    ``_unload`` and ``_stream`` or ``_embed`` (and ``_count_prompt_tokens``)."""
+    ``_unload`` and ``_stream`` or ``_embed`` (and ``_count_prompt_tokens``).
 
-    def __init__(self, model: str, kind: ModelKind, *, slots: int, queue: int) -> None:
+    A request reaches ``_stream``/``_embed`` only while it holds one of the ``slots``; up
+    to ``queue`` more wait for one in the fair queue (``engines/fair.py``), keyed by their
+    ``routing.cache_scope`` and weighted by ``routing.share_weight``; one key may fill
+    ``queue_share`` of the queue."""
+
+    def __init__(
+        self,
+        model: str,
+        kind: ModelKind,
+        *,
+        slots: int,
+        queue: int,
+        queue_share: float = DEFAULT_SHARE,
+    ) -> None:
         self.model = model
         self.kind = kind
-        self._slots = SlotCounter(model, slots=slots, queue=queue)
+        self._queue = FairQueue(model, slots=slots, queue=queue, share=queue_share)
         self._health = EngineHealth(EngineState.LOADING)
+
+    def share_queue(self, share: float) -> None:
+        """Let one key fill ``share`` of the queue (``OPENMAAS_ENGINE_QUEUE_SHARE``)."""
+        if not 0 < share <= 1:
+            raise ValueError("share must be more than 0 and at most 1")
+        self._queue.share = share
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -395,25 +394,65 @@ class SlotEngine(abc.ABC):
         return self._health
 
     def capacity(self) -> Capacity:
-        return self._slots.capacity()
+        queue = self._queue
+        return Capacity(slots=queue.slots, queue=queue.queue, in_flight=queue.in_flight)
 
     # -- serving -----------------------------------------------------------------------
     many_choices: ClassVar[bool] = False
     """Whether a request's ``n`` > 1 choices run here, as ``n`` generations; else 400."""
 
     def stream(self, request: GenerationRequest) -> EngineStream:
-        """Admit a generation (or raise EngineNotReady/EngineOverloaded) and return its stream.
+        """Admit a generation (or raise EngineNotReady/EngineOverloaded) and return its
+        stream; its first event waits for a slot.
 
         The caller must ``aclose()`` the stream (in a ``finally``), which stops the engine
-        if the stream has not ended.
+        if the stream has not ended, or leaves the queue if it has not started.
         """
-        if request.sampling.n > 1:
-            if not self.many_choices:
-                refuse_choices(request, self.model)
-            return self._slots.admitted_choices(self._health, request, self._stream)
-        return self._slots.admitted_stream(
-            self._health, lambda tracker: self._stream(request, tracker)
-        )
+        n = request.sampling.n
+        if n > 1 and not self.many_choices:
+            refuse_choices(request, self.model)
+        limit = self._queue.slots + self._queue.queue
+        if n > limit:
+            raise InvalidRequest(
+                f"n={n} is more than '{self.model}' can run at once ({limit}).", param="n"
+            )
+        places = self._admit(request.routing, n)
+        release = self._releasing(places)
+        if n == 1:
+            tracker = UsageTracker()
+            events = queued(self._queue, places[0], self._events(request, tracker))
+            return EngineStream(events, tracker, release)
+        choices = ChoicesTracker(n)
+        streams = [
+            queued(self._queue, place, self._events(choice_request(request, i), part))
+            for i, (place, part) in enumerate(zip(places, choices.parts, strict=True))
+        ]
+        return EngineStream(merged_choices(streams, choices), choices, release)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        [place] = self._admit(request.routing, 1)
+        try:
+            await self._queue.wait(place)
+            return await self._embed(request)
+        finally:
+            self._queue.release(place)
+
+    def _admit(self, routing: RoutingHints, count: int) -> list[Place]:
+        if self._health.state is not EngineState.READY:
+            raise EngineNotReady(self.model, self._health.detail or self._health.state.value)
+        return self._queue.admit(routing.cache_scope, routing.share_weight, count)
+
+    def _events(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> Callable[[], AsyncIterator[StreamEvent]]:
+        return lambda: self._stream(request, tracker)
+
+    def _releasing(self, places: list[Place]) -> Callable[[], None]:
+        def release() -> None:
+            for place in places:
+                self._queue.release(place)
+
+        return release
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """How many prompt tokens ``request`` would read, exactly as generation would count
@@ -421,13 +460,6 @@ class SlotEngine(abc.ABC):
         if self._health.state is not EngineState.READY:
             raise EngineNotReady(self.model, self._health.detail or self._health.state.value)
         return await self._count_prompt_tokens(request)
-
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        self._slots.admit(self._health)
-        try:
-            return await self._embed(request)
-        finally:
-            self._slots.release()
 
     # -- implementation hooks ---------------------------------------------------------
     @abc.abstractmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -30,6 +30,7 @@ from openmaas.core.types import (
     FinishReason,
     GenerationRequest,
     ReasoningDelta,
+    RoutingHints,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -73,6 +74,9 @@ class FakeStats:
     streams_started: int = 0
     streams_open: int = 0
     last_prompt: str | None = None  # the raw prompt of the latest completion request
+    # The last message (or the prompt) of each stream, in the order they started.
+    started: list[str] = field(default_factory=list)
+    last_routing: RoutingHints | None = None  # what the latest stream was routed with
 
 
 class FakeEngine(SlotEngine):
@@ -82,6 +86,9 @@ class FakeEngine(SlotEngine):
         super().__init__(model, ModelKind.CHAT, slots=script.slots, queue=script.queue)
         self.script = script
         self.stats = FakeStats()
+        # A stream whose last message (or prompt) is a key here waits, before its first
+        # token, until that event is set: a test holds a slot as long as it needs.
+        self.gates: dict[str, asyncio.Event] = {}
 
     async def _load(self) -> None:
         await asyncio.sleep(self.script.load_delay)
@@ -113,10 +120,16 @@ class FakeEngine(SlotEngine):
         self.stats.streams_started += 1
         number = self.stats.streams_started
         self.stats.last_prompt = request.prompt
+        text = _last_text(request)
+        self.stats.started.append(text)
+        self.stats.last_routing = request.routing
         self.stats.streams_open += 1
         try:
             tracker.prompt_tokens = _count_prompt_words(request)
             await asyncio.sleep(script.first_token_delay)
+            gate = self.gates.get(text)
+            if gate is not None:
+                await gate.wait()
             if script.fail_before_first_token or number <= script.fail_first_streams:
                 raise _scripted_failure(script.failure, self.model)
             limit = request.sampling.max_tokens
@@ -165,6 +178,12 @@ def _event(kind: str, piece: Any, tracker: UsageTracker) -> StreamEvent:
         count = tracker.completion_tokens
         return ToolCallDelta(number, f"call_{number}", call.name, arguments, count)
     return TextDelta(piece, tracker.completion_tokens, tracker.prompt_tokens)
+
+
+def _last_text(request: GenerationRequest) -> str:
+    if request.messages:
+        return request.messages[-1].content
+    return request.prompt or ""
 
 
 def _count_prompt_words(request: GenerationRequest) -> int:

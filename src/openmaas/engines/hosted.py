@@ -7,7 +7,8 @@ host's Unix socket (``OPENMAAS_ENGINE_SOCKET``). :class:`HostedEngine` is the
 lacks (``docs/engines.md``, "The engine host"):
 
 - the request id travels in a header (tool-call ids and llama.cpp's logs are the same as
-  in-process);
+  in-process), and so do its fairness key and weight (the host's engines share their slots
+  between organizations as in-process, ``engines/fair.py``);
 - every stream chunk carries the host engine's running usage, so the counts are exact, never
   a tokenizer's estimate, at every moment of the stream;
 - a stream closed before its end (the client went away) closes the connection, which stops
@@ -52,6 +53,7 @@ from openmaas.core.errors import (
     UpstreamUnavailable,
 )
 from openmaas.core.types import (
+    EmbeddingRequest,
     Finished,
     GenerationRequest,
     ReasoningDelta,
@@ -72,6 +74,10 @@ log = logging.getLogger("openmaas.engines.hosted")
 
 BASE_URL = "http://engine-host/v1"  # the host name is only the Host header over a socket
 REQUEST_ID_HEADER = "x-openmaas-request-id"
+# The request's fairness key (its cache scope) and weight, for the host engine's fair queue
+# (engines/fair.py): the workers' requests share the host's slots as one process's would.
+SHARE_KEY_HEADER = "x-openmaas-share-key"
+SHARE_WEIGHT_HEADER = "x-openmaas-share-weight"
 HEALTH_PATH = "/engine/health"  # GET: each model's state
 PROMPT_TOKENS_PATH = "/engine/prompt_tokens"  # POST a generation body: {"prompt_tokens": n}
 ENDS_PATH = "/engine/ends/"  # GET + request id: the final usage of a stream that did not finish
@@ -298,8 +304,14 @@ class HostedEngine(OpenAIHttpEngine):
         return self._control
 
     # -- generation --------------------------------------------------------------------
-    def _headers_for(self, request: GenerationRequest) -> dict[str, str]:
-        return {REQUEST_ID_HEADER: request.request_id}
+    def _headers_for(self, request: GenerationRequest | EmbeddingRequest) -> dict[str, str]:
+        headers = {
+            REQUEST_ID_HEADER: request.request_id,
+            SHARE_WEIGHT_HEADER: str(request.routing.share_weight),
+        }
+        if request.routing.cache_scope:
+            headers[SHARE_KEY_HEADER] = request.routing.cache_scope
+        return headers
 
     async def _stream(
         self, request: GenerationRequest, tracker: UsageTracker

@@ -85,7 +85,8 @@ class LlamaCppEngine(SlotEngine):
         self._vocabulary: int | None = None  # embedding models: the vocabulary's size
         self._listener_key = secrets.token_urlsafe(32)
         self._scopes = SlotScopes(config.slots)  # whose prompt each slot's cache holds
-        # One thread per admitted request: llama.cpp queues beyond its slots itself.
+        # A thread per running request (at most ``slots``: the others wait in the fair queue,
+        # engines/fair.py), and for token counts, which do not queue.
         self._pool = ThreadPoolExecutor(
             max_workers=config.slots + config.queue, thread_name_prefix=f"llamacpp-{model}"
         )
@@ -215,7 +216,8 @@ class LlamaCppEngine(SlotEngine):
         stop = threading.Event()
         body = _llama_body(request)
         # The slot is chosen here, not by llama.cpp: a prefix another organization's prompt
-        # left in a slot is never reused (engines/prompt_cache.py).
+        # left in a slot is never reused (engines/prompt_cache.py). This request holds one
+        # of the slots (engines/fair.py): one is free.
         prompt = json.dumps(body.get("messages", body.get("prompt")), ensure_ascii=False)
         slot = self._scopes.take(request.routing.cache_scope, prompt)
         body["id_slot"] = slot.slot

@@ -4,13 +4,15 @@ which its usage reports (``cached_tokens``). Were that prefix another organizati
 count would tell one organization what another sent.
 
 :class:`SlotScopes` keeps, per slot, the cache scope (``RoutingHints.cache_scope``: a keyed
-hash of the organization) of the last request given to it, and picks each request's slot:
-a free slot of its own scope, else a free one (none: the least busy, where the request
-waits in llama.cpp's queue for it), preferring one of its own scope (of those, the one whose
-last prompt shares the longest beginning with this one's, as llama.cpp itself would choose)
-or never used. The
-request may reuse the slot's cache only when the slot is its own scope's; otherwise it is
-sent with the cache off (its prompt is read afresh, and then fills the slot for its scope).
+hash of the organization) of the last request given to it, and picks each request's slot
+among the free ones: one of its own scope (of those, the one whose last prompt shares the
+longest beginning with this one's, as llama.cpp itself would choose), else one never used,
+else the least recently used. The engine's fair queue (``engines/fair.py``) sends a request
+to llama.cpp only while it holds one of the slots, so a free slot is always there (were
+none, the least busy would be taken and the request would wait in llama.cpp's own queue).
+The request may reuse the slot's cache only when the slot is its own scope's; otherwise it
+is sent with the cache off (its prompt is read afresh, and then fills the slot for its
+scope).
 """
 
 from __future__ import annotations

@@ -242,9 +242,15 @@ class Gateway:
     def _routing(self, hints: RoutingHints, principal: Principal, ticket: Ticket) -> RoutingHints:
         """The organization's data policy, and its prompt-cache scope: a keyed hash of its
         id, so that engines keep prefix caches per organization and an upstream (vLLM's
-        ``cache_salt``) never learns the id."""
+        ``cache_salt``) never learns the id; the scope is also the key by which engines
+        share their slots fairly, weighted by the organization's tier (engines/fair.py)."""
         scope = hmac.new(self._cache_key, principal.org_id.encode(), hashlib.sha256)
-        return replace(hints, data_policy=ticket.data_policy, cache_scope=scope.hexdigest()[:32])
+        return replace(
+            hints,
+            data_policy=ticket.data_policy,
+            cache_scope=scope.hexdigest()[:32],
+            share_weight=ticket.share_weight,
+        )
 
     def _elapsed_ms(self, since: float) -> int:
         return max(0, round((self._clock.monotonic() - since) * 1000))

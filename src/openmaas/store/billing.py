@@ -91,6 +91,7 @@ def _limits_json(limits: Limits) -> dict[str, int | None]:
 
 def tier_json(tier: Tier) -> dict[str, Any]:
     body: dict[str, Any] = _limits_json(tier.limits)
+    body["weight"] = tier.weight
     if tier.models:
         body["models"] = {model: _limits_json(lim) for model, lim in sorted(tier.models.items())}
     return body
@@ -101,7 +102,7 @@ def tier_from_json(name: str, body: dict[str, Any]) -> Tier:
         return Limits(part.get("rpm"), part.get("tpm"), part.get("concurrency"))
 
     models = {model: limits(part) for model, part in (body.get("models") or {}).items()}
-    return Tier(name, limits(body), models)
+    return Tier(name, limits(body), models, int(body.get("weight", 1)))  # stored before: 1
 
 
 async def load_tiers(conn: AsyncConnection) -> dict[str, Tier]:

@@ -358,8 +358,8 @@ class OpenAIHttpEngine(SlotEngine):
         """The canonical events of one stream chunk (``openai_wire.chunk_events``)."""
         return chunk_events(chunk, chat, tracker, count)
 
-    def _headers_for(self, request: GenerationRequest) -> dict[str, str]:
-        """Headers of one generation's request besides the configured ones (none here)."""
+    def _headers_for(self, request: GenerationRequest | EmbeddingRequest) -> dict[str, str]:
+        """Headers of one request besides the configured ones (none here)."""
         return {}
 
     async def _open(
@@ -526,7 +526,7 @@ class OpenAIHttpEngine(SlotEngine):
                 async with client.post(
                     f"{self._base}/embeddings",
                     data=orjson.dumps(body),
-                    headers={"Content-Type": "application/json"},
+                    headers={"Content-Type": "application/json", **self._headers_for(request)},
                     allow_redirects=False,
                 ) as response:
                     status, raw, headers = response.status, await response.read(), response.headers
