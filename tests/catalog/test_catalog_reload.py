@@ -277,3 +277,23 @@ async def test_an_invalid_file_at_start_is_refused(file_site: Site) -> None:
     file_site.path.write_text("models:\n  - name: x\n")
     with pytest.raises(Exception, match=r"catalog.yaml:2: models\[0\].deployments: is required"):
         await file_site.start()
+
+
+async def test_an_empty_file_is_not_applied_and_its_next_text_is(file_site: Site) -> None:
+    """An editor that truncates the file before writing its new text lets a poll read it
+    empty: that must not remove every model (it did, in CI). ``models: []`` still does."""
+    file_site.path.write_text("models:\n" + fake_model("kept", "kept-1", "kept words"))
+    manager = await file_site.start()
+    version = manager.version
+    for empty in ("", "\n  \n"):
+        file_site.path.write_text(empty)
+        assert not await manager.refresh()
+        assert manager.version == version
+        assert await text_of(file_site.catalog, "kept") == "kept words"
+    file_site.path.write_text("models:\n" + fake_model("next", "next-1", "next words"))
+    assert await manager.refresh()
+    assert await text_of(file_site.catalog, "next") == "next words"
+    file_site.path.write_text("models: []\n")
+    assert await manager.refresh()
+    with pytest.raises(ModelNotFound):
+        file_site.catalog.get("next")

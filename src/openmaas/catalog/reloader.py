@@ -198,6 +198,8 @@ class CatalogManager:
         text = await self.source.read()
         if text is None:
             return False
+        if not text.strip():  # a file caught between its truncation and its new text, or
+            return False  # emptied by mistake: every model would go (say `models: []`)
         async with self._database.connect() as conn:
             infos = await catalog_store.list_credentials(conn)
         key = (document_version(text), tuple(sorted((i.name, i.updated_at_ms) for i in infos)))
