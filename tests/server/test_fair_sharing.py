@@ -14,12 +14,11 @@ from fastapi.testclient import TestClient
 
 from openmaas.billing.admin_bodies import TermsChange, TierLimits
 from openmaas.core.types import RoutingHints
-from openmaas.engines.base import ModelKind
 from openmaas.engines.fake import FakeEngine
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
-from openmaas.server.state import AppState
 from openmaas.settings import Settings
+from tests.support.app import fake_engine
 from tests.support.orgs import member_keys
 from tests.support.waiting import wait_until
 
@@ -39,13 +38,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield client, a, b
 
 
-def _fake(client: TestClient) -> FakeEngine:
-    state: AppState = client.app.state.openmaas  # type: ignore[attr-defined]
-    engine = state.catalog.for_kind(MODEL, ModelKind.CHAT).engine
-    assert isinstance(engine, FakeEngine)
-    return engine
-
-
 def _chat(client: TestClient, key: str, text: str) -> Any:
     """The response of a chat request of ``text`` with ``key``."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
@@ -58,7 +50,7 @@ def _until_in_flight(fake: FakeEngine, count: int) -> None:
 
 def test_another_organization_is_served_ahead_of_one_organizations_backlog(site: Site) -> None:
     client, a, b = site
-    fake = _fake(client)
+    fake = fake_engine(client, MODEL)
     gate = asyncio.Event()
     fake.gates["hold"] = gate  # A's first request holds the one slot until the test lets go
     assert client.portal is not None
@@ -93,7 +85,7 @@ def test_the_queue_share_is_a_setting(tmp_path_factory: pytest.TempPathFactory) 
     )
     (a,) = asyncio.run(member_keys(settings, "a-corp"))
     with TestClient(create_app(settings)) as client:
-        engine = _fake(client)
+        engine = fake_engine(client, MODEL)
         gate = asyncio.Event()
         engine.gates["hold"] = gate
         assert client.portal is not None
@@ -117,7 +109,7 @@ def test_a_request_carries_its_organizations_tier_weight_to_the_engine(
     )
     heavy, light = asyncio.run(_weighted_keys(settings))
     with TestClient(create_app(settings)) as client:
-        fake = _fake(client)
+        fake = fake_engine(client, MODEL)
         seen: dict[str, RoutingHints] = {}
         for name, key in (("heavy", heavy), ("light", light)):
             assert _chat(client, key, name).status_code == 200
