@@ -39,7 +39,8 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.engines import generic_tools
-from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
+from openmaas.engines.base import EngineStream, ModelKind, SlotEngine, UsageTracker
+from openmaas.engines.prompt_bound import FALLBACK_TOKEN_BYTES, PromptBound, longest_token_bytes
 from openmaas.engines.prompt_cache import SlotScopes
 from openmaas.engines.upstream.openai_wire import sampling_fields
 
@@ -83,6 +84,7 @@ class LlamaCppEngine(SlotEngine):
         self._server: Any = None
         self._tokenizer: Any = None
         self._vocabulary: int | None = None  # embedding models: the vocabulary's size
+        self._prompt_bound: PromptBound | None = None  # generation: read at load
         self._listener_key = secrets.token_urlsafe(32)
         self._scopes = SlotScopes(config.slots)  # whose prompt each slot's cache holds
         # A thread per running request (at most ``slots``: the others wait in the fair queue,
@@ -112,10 +114,15 @@ class LlamaCppEngine(SlotEngine):
         self._server = built.pop()
 
     def _build_into(self, built: list[Any]) -> None:
-        server = self._create_server()
+        cfg = self._config
+        path = cfg.model_path() if callable(cfg.model_path) else cfg.model_path
+        server = self._create_server(path)
         built.append(server)
-        if self._config.kind is ModelKind.EMBEDDING:  # what token-id inputs are checked by
+        if cfg.kind is ModelKind.EMBEDDING:  # what token-id inputs are checked by
             self._vocabulary = self._read_vocabulary(server)
+        else:  # what prompts are refused by before llama.cpp tokenizes them
+            token_bytes = longest_token_bytes(path) or FALLBACK_TOKEN_BYTES
+            self._prompt_bound = PromptBound(cfg.context_per_slot, token_bytes)
 
     def _read_vocabulary(self, server: Any) -> int | None:
         """The model's vocabulary size, as llama.cpp reads it from the GGUF (None when its
@@ -127,11 +134,10 @@ class LlamaCppEngine(SlotEngine):
         except (EngineFailure, OSError, KeyError, IndexError, TypeError, ValueError):
             return None
 
-    def _create_server(self) -> Any:
+    def _create_server(self, path: Path) -> Any:
         import xllamacpp
 
         cfg = self._config
-        path = cfg.model_path() if callable(cfg.model_path) else cfg.model_path
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
         params = xllamacpp.CommonParams()
@@ -175,6 +181,21 @@ class LlamaCppEngine(SlotEngine):
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     # -- generation --------------------------------------------------------------------
+    def stream(self, request: GenerationRequest) -> EngineStream:
+        """As every slot engine's, after refusing a prompt too long to fit the context
+        before it waits for a slot or llama.cpp tokenizes it (engines/prompt_bound.py)."""
+        self._check_prompt_bytes(request)
+        return super().stream(request)
+
+    def _check_prompt_bytes(self, request: GenerationRequest) -> None:
+        if self._prompt_bound is None:  # not loaded: the caller's next step says so
+            return
+        if request.messages is None:
+            self._prompt_bound.check([request.prompt or ""], param="prompt")
+        else:
+            contents = [message["content"] for message in _llama_messages(request)]
+            self._prompt_bound.check(contents, param="messages")
+
     async def _stream(
         self, request: GenerationRequest, tracker: UsageTracker
     ) -> AsyncIterator[StreamEvent]:
@@ -271,6 +292,7 @@ class LlamaCppEngine(SlotEngine):
                 self._scopes.give_back(slot.slot)
 
     async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
+        self._check_prompt_bytes(request)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._count_blocking, request)
 
