@@ -37,7 +37,13 @@ from openmaas.engines.embedded import (
     embedding_model_dir,
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.engines.llamacpp import EMBED_BATCH, LlamaCppConfig, LlamaCppEngine
+from openmaas.engines.llamacpp import (
+    EMBED_BATCH,
+    LlamaCppConfig,
+    LlamaCppEngine,
+    _raise_if_error,
+    _schema_param,
+)
 from openmaas.engines.prompt_bound import FALLBACK_TOKEN_BYTES, longest_token_bytes
 from openmaas.routing.router import Deployment, RoutedEngine, RouterConfig
 from tests.engines.loop_watch import (
@@ -460,6 +466,34 @@ async def test_a_schema_llama_cpp_cannot_use_is_the_requests_fault_and_leaves_th
         assert router.breaker_state("local") is BreakerState.CLOSED
     events = [event async for event in router.stream(hello)]
     assert isinstance(events[-1], Finished)
+
+
+def test_a_grammar_llama_cpp_fails_to_parse_names_the_field_it_came_from() -> None:
+    """Issue 12: llama.cpp's "failed to parse grammar" (a 400 it answers in the stream) was
+    a 400 naming ``messages``; it names the schema the grammar came from, as the request
+    bounds name it (tests/server/test_grammar_errors.py: over HTTP)."""
+    answer = {
+        "error": {"code": 400, "message": "Failed to initialize samplers: failed to parse grammar"}
+    }
+    schema = ResponseFormat(ResponseFormatKind.JSON_SCHEMA, {"type": "object"})
+    tool = Tool("lookup", "", {"type": "object"})
+    asked = _request("hi")
+    for request, field in (
+        (replace(asked, response_format=schema), "response_format.json_schema.schema"),
+        (replace(asked, tools=(tool,)), "tools"),
+        (replace(asked, tools=(tool,), response_format=schema), "tools"),  # tools' grammar
+        (
+            replace(asked, response_format=ResponseFormat(ResponseFormatKind.JSON_OBJECT)),
+            "response_format",
+        ),
+    ):
+        with pytest.raises(InvalidRequest) as refused:
+            _raise_if_error(answer, schema_param=_schema_param(request))
+        assert refused.value.param == field
+        assert refused.value.message.startswith(f"{field}: ")
+    with pytest.raises(InvalidRequest) as plain:  # no schema: the request's other fault
+        _raise_if_error(answer, schema_param=_schema_param(asked))
+    assert plain.value.param == "messages"
 
 
 async def _cached_tokens(engine: LlamaCppEngine, scope: str, text: str) -> int:

@@ -269,7 +269,7 @@ class LlamaCppEngine(SlotEngine):
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise _failure(item, request) from item
-                _raise_if_error(item)
+                _raise_if_error(item, schema_param=_schema_param(request))
                 choice = item["choices"][0] if item.get("choices") else None
                 if choice is not None:
                     text = _choice_text(choice)
@@ -566,18 +566,40 @@ def _failure(exc: BaseException, request: GenerationRequest) -> OpenMaaSError:
     (``$ref`` it cannot follow, a keyword it refuses) is the request's fault, a 400 that no
     circuit breaker counts; anything else is the engine's."""
     text = str(exc)
-    if any(marker in text for marker in _SCHEMA_ERRORS):
-        fmt = request.response_format
-        param = (
-            "response_format.json_schema.schema"
-            if fmt.kind is ResponseFormatKind.JSON_SCHEMA
-            else "tools"
-        )
-        return InvalidRequest(f"{param}: llama.cpp cannot use this schema: {text}", param=param)
+    param = _schema_param(request)
+    if param is not None and _names_schema(text):
+        return _schema_refused(param, text)
     return EngineFailure(f"llama.cpp failed: {text}")
 
 
-def _raise_if_error(item: dict[str, Any], param: str = "messages") -> None:
+def _schema_param(request: GenerationRequest) -> str | None:
+    """The field the grammar of ``request`` came from, named as the request bounds name it
+    (serving/bounds.py; each protocol's error table says it in its own words): the tools'
+    schemas (their one grammar, ``_tool_grammar``), else the response format's."""
+    if request.wants_tools:
+        return "tools"
+    kind = request.response_format.kind
+    if kind is ResponseFormatKind.JSON_SCHEMA:
+        return "response_format.json_schema.schema"
+    if kind is ResponseFormatKind.JSON_OBJECT:
+        return "response_format"
+    return None
+
+
+def _names_schema(text: str) -> bool:
+    return any(marker in text for marker in _SCHEMA_ERRORS)
+
+
+def _schema_refused(param: str, text: str) -> InvalidRequest:
+    return InvalidRequest(f"{param}: llama.cpp cannot use this schema: {text}", param=param)
+
+
+def _raise_if_error(
+    item: dict[str, Any], param: str = "messages", schema_param: str | None = None
+) -> None:
+    """Raise what an error llama.cpp answered says: over the context window, a grammar of
+    the request's schema (``schema_param``: its field) it failed to build or parse, another
+    fault of the request (naming ``param``), or its own failure."""
     error = item.get("error")
     if error is None and "code" in item and "message" in item:
         error = item
@@ -593,6 +615,8 @@ def _raise_if_error(item: dict[str, Any], param: str = "messages") -> None:
             prompt_tokens=_int_or_none(counts.get("n_prompt_tokens")),
             context_length=_int_or_none(counts.get("n_ctx")),
         )
+    if code == 400 and schema_param is not None and _names_schema(message):
+        raise _schema_refused(schema_param, message)
     if code == 400:
         raise InvalidRequest(message, param=param)
     raise EngineFailure(f"llama.cpp error: {message}")
