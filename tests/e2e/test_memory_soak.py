@@ -2,8 +2,9 @@
 models, measured after a benign warm-up, takes a fixed number of rounds of hostile
 requests, over and at the bounds, and its resident memory comes back to within
 ``MARGIN_MB`` of that baseline (``docs/security.md``). Without the heap trimming of
-``server/heap.py`` it stayed 80-270 MB above; with it, 10-70 MB: what is left is llama.cpp's
-own per-slot state after reading a prompt of 1.9 million tokens, bounded by the slots.
+``server/heap.py`` it stayed 80-270 MB above; with it, 10-70 MB: what was left was llama.cpp's
+own per-slot state after reading a prompt of 1.9 million tokens, bounded by the slots. That
+prompt is now refused before llama.cpp tokenizes it (``engines/prompt_bound.py``): 14 MB.
 
 Each round: 5,000 embedding inputs and 50,000 one-word messages (over the bounds), inputs
 and messages at the bounds, a prompt of 3.8 MB (near the body limit; over the context), a

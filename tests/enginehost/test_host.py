@@ -32,9 +32,10 @@ from openmaas.core.types import (
 )
 from openmaas.enginehost.app import EngineHost, create_host_app, local_engines
 from openmaas.engines.base import Engine, EngineState
-from openmaas.engines.embedded import CHAT_MODEL, EMBEDDING_MODEL
+from openmaas.engines.embedded import CHAT_MODEL, EMBEDDING_MODEL, chat_model_path
 from openmaas.engines.hosted import HostedEngine
 from openmaas.engines.llamacpp import LlamaCppEngine
+from openmaas.engines.prompt_bound import FALLBACK_TOKEN_BYTES, longest_token_bytes
 from openmaas.server.enginehost import bind_socket
 from openmaas.settings import Settings
 from tests.support.waiting import eventually
@@ -177,6 +178,21 @@ async def test_an_error_keeps_its_class(served: Served) -> None:
         await _all(served.hosted[CHAT_MODEL], _chat("hello " * 5000))
     assert info.value.prompt_tokens and info.value.context_length  # and the engine's counts
     assert info.value.prompt_tokens > info.value.context_length
+
+
+async def test_a_prompt_too_many_bytes_for_the_context_is_refused_by_the_host_as_such(
+    served: Served,
+) -> None:
+    """Refused before llama.cpp tokenizes it (engines/prompt_bound.py): the worker gets the
+    same PromptTooLong, its message naming the bytes, and no token count (none was made)."""
+    bound = 2048 * (longest_token_bytes(chat_model_path()) or FALLBACK_TOKEN_BYTES)
+    request = _chat("a" * (bound + 1))
+    with pytest.raises(PromptTooLong, match=f"{bound + 1} bytes") as info:
+        await _all(served.hosted[CHAT_MODEL], request)
+    assert info.value.context_length == 2048 and info.value.prompt_tokens is None
+    assert info.value.param == "messages"
+    with pytest.raises(PromptTooLong, match=f"{bound + 1} bytes"):
+        await served.hosted[CHAT_MODEL].count_prompt_tokens(request)
 
 
 async def test_closing_a_stream_stops_generation_in_the_host(served: Served) -> None:

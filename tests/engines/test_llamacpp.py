@@ -37,7 +37,14 @@ from openmaas.engines.embedded import (
     embedding_model_dir,
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.engines.llamacpp import EMBED_BATCH, LlamaCppConfig, LlamaCppEngine
+from openmaas.engines.llamacpp import (
+    EMBED_BATCH,
+    LlamaCppConfig,
+    LlamaCppEngine,
+    _raise_if_error,
+    _schema_param,
+)
+from openmaas.engines.prompt_bound import FALLBACK_TOKEN_BYTES, longest_token_bytes
 from openmaas.routing.router import Deployment, RoutedEngine, RouterConfig
 from tests.engines.loop_watch import (
     ANSWERS_DURING,
@@ -148,6 +155,62 @@ async def test_prompt_over_the_context_window_is_an_invalid_request(engine: Llam
     await stream.aclose()
     assert info.value.context_length == 2048  # llama.cpp's counts, for each protocol's words
     assert info.value.prompt_tokens is not None and info.value.prompt_tokens > 3000
+
+
+class _Watched:
+    """llama.cpp's server, with every call of its handlers noted."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._server, name)
+        if name.startswith("handle_"):
+            self.calls.append(name)
+        return value
+
+
+async def test_a_prompt_over_what_the_context_could_hold_is_refused_before_tokenizing(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: a prompt of megabytes was tokenized whole by llama.cpp (seconds of engine
+    time, for generation and again for admission's count) before the context error came.
+    One byte more than the context's 2048 tokens can hold at the longest token of the
+    vocabulary is refused at once: llama.cpp's server and its listener are never asked."""
+    bound = 2048 * (longest_token_bytes(chat_model_path()) or FALLBACK_TOKEN_BYTES)
+    watched = _Watched(engine._server)
+    listened: list[str] = []
+    monkeypatch.setattr(engine, "_server", watched)
+    monkeypatch.setattr(engine, "_listener", lambda path, *_: listened.append(path))
+    chat = _request("a" * (bound + 1))
+    completion = GenerationRequest("r", "smol", prompt="a" * (bound + 1))
+    for request, param in ((chat, "messages"), (completion, "prompt")):
+        with pytest.raises(PromptTooLong) as refused:
+            engine.stream(request)
+        assert refused.value.param == param and refused.value.context_length == 2048
+        assert f"{bound + 1} bytes" in refused.value.message
+        assert f"({bound} bytes" in refused.value.message
+        with pytest.raises(PromptTooLong, match=f"{bound + 1} bytes"):
+            await engine.count_prompt_tokens(request)
+    assert watched.calls == [] and listened == []
+    assert engine.capacity().in_flight == 0  # it never took a place in the queue
+
+
+async def test_a_long_prompt_under_the_byte_bound_gets_llama_cpps_own_answer(
+    engine: LlamaCppEngine,
+) -> None:
+    bound = 2048 * (longest_token_bytes(chat_model_path()) or FALLBACK_TOKEN_BYTES)
+    text = ("hello " * bound)[: bound - 100]
+    counted = await engine.count_prompt_tokens(_request(text))  # llama.cpp's own count
+    assert counted > 2048
+    stream = engine.stream(_request(text))
+    with pytest.raises(PromptTooLong) as refused:
+        async for _ in stream:
+            pass
+    await stream.aclose()
+    assert refused.value.context_length == 2048  # llama.cpp's counts: it tokenized it
+    assert refused.value.prompt_tokens == counted
 
 
 async def test_capacity_is_slots_plus_queue(engine: LlamaCppEngine) -> None:
@@ -403,6 +466,34 @@ async def test_a_schema_llama_cpp_cannot_use_is_the_requests_fault_and_leaves_th
         assert router.breaker_state("local") is BreakerState.CLOSED
     events = [event async for event in router.stream(hello)]
     assert isinstance(events[-1], Finished)
+
+
+def test_a_grammar_llama_cpp_fails_to_parse_names_the_field_it_came_from() -> None:
+    """Issue 12: llama.cpp's "failed to parse grammar" (a 400 it answers in the stream) was
+    a 400 naming ``messages``; it names the schema the grammar came from, as the request
+    bounds name it (tests/server/test_grammar_errors.py: over HTTP)."""
+    answer = {
+        "error": {"code": 400, "message": "Failed to initialize samplers: failed to parse grammar"}
+    }
+    schema = ResponseFormat(ResponseFormatKind.JSON_SCHEMA, {"type": "object"})
+    tool = Tool("lookup", "", {"type": "object"})
+    asked = _request("hi")
+    for request, field in (
+        (replace(asked, response_format=schema), "response_format.json_schema.schema"),
+        (replace(asked, tools=(tool,)), "tools"),
+        (replace(asked, tools=(tool,), response_format=schema), "tools"),  # tools' grammar
+        (
+            replace(asked, response_format=ResponseFormat(ResponseFormatKind.JSON_OBJECT)),
+            "response_format",
+        ),
+    ):
+        with pytest.raises(InvalidRequest) as refused:
+            _raise_if_error(answer, schema_param=_schema_param(request))
+        assert refused.value.param == field
+        assert refused.value.message.startswith(f"{field}: ")
+    with pytest.raises(InvalidRequest) as plain:  # no schema: the request's other fault
+        _raise_if_error(answer, schema_param=_schema_param(asked))
+    assert plain.value.param == "messages"
 
 
 async def _cached_tokens(engine: LlamaCppEngine, scope: str, text: str) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,16 +320,23 @@ class _Pump:
 
 
 # -- the app --------------------------------------------------------------------------------
-def create_host_app(host: EngineHost) -> Starlette:
+Background = Callable[[], Coroutine[Any, Any, None]]
+"""Work the host runs for as long as it serves (the process's heap trimming: the caller
+passes it in, ``server/enginehost.py``), cancelled when it stops."""
+
+
+def create_host_app(host: EngineHost, background: Sequence[Background] = ()) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         host.start_loading()
-        expiring = asyncio.create_task(host.keep_expiring())
+        tasks = [asyncio.create_task(host.keep_expiring())]
+        tasks += [asyncio.create_task(work()) for work in background]
         try:
             yield
         finally:
-            expiring.cancel()
-            await asyncio.gather(expiring, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await host.stop()
 
     async def health(request: Request) -> Response:

@@ -39,7 +39,8 @@ from openmaas.core.types import (
     Usage,
 )
 from openmaas.engines import generic_tools
-from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
+from openmaas.engines.base import EngineStream, ModelKind, SlotEngine, UsageTracker
+from openmaas.engines.prompt_bound import FALLBACK_TOKEN_BYTES, PromptBound, longest_token_bytes
 from openmaas.engines.prompt_cache import SlotScopes
 from openmaas.engines.upstream.openai_wire import sampling_fields
 
@@ -83,6 +84,7 @@ class LlamaCppEngine(SlotEngine):
         self._server: Any = None
         self._tokenizer: Any = None
         self._vocabulary: int | None = None  # embedding models: the vocabulary's size
+        self._prompt_bound: PromptBound | None = None  # generation: read at load
         self._listener_key = secrets.token_urlsafe(32)
         self._scopes = SlotScopes(config.slots)  # whose prompt each slot's cache holds
         # A thread per running request (at most ``slots``: the others wait in the fair queue,
@@ -112,10 +114,15 @@ class LlamaCppEngine(SlotEngine):
         self._server = built.pop()
 
     def _build_into(self, built: list[Any]) -> None:
-        server = self._create_server()
+        cfg = self._config
+        path = cfg.model_path() if callable(cfg.model_path) else cfg.model_path
+        server = self._create_server(path)
         built.append(server)
-        if self._config.kind is ModelKind.EMBEDDING:  # what token-id inputs are checked by
+        if cfg.kind is ModelKind.EMBEDDING:  # what token-id inputs are checked by
             self._vocabulary = self._read_vocabulary(server)
+        else:  # what prompts are refused by before llama.cpp tokenizes them
+            token_bytes = longest_token_bytes(path) or FALLBACK_TOKEN_BYTES
+            self._prompt_bound = PromptBound(cfg.context_per_slot, token_bytes)
 
     def _read_vocabulary(self, server: Any) -> int | None:
         """The model's vocabulary size, as llama.cpp reads it from the GGUF (None when its
@@ -127,11 +134,10 @@ class LlamaCppEngine(SlotEngine):
         except (EngineFailure, OSError, KeyError, IndexError, TypeError, ValueError):
             return None
 
-    def _create_server(self) -> Any:
+    def _create_server(self, path: Path) -> Any:
         import xllamacpp
 
         cfg = self._config
-        path = cfg.model_path() if callable(cfg.model_path) else cfg.model_path
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
         params = xllamacpp.CommonParams()
@@ -175,6 +181,21 @@ class LlamaCppEngine(SlotEngine):
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     # -- generation --------------------------------------------------------------------
+    def stream(self, request: GenerationRequest) -> EngineStream:
+        """As every slot engine's, after refusing a prompt too long to fit the context
+        before it waits for a slot or llama.cpp tokenizes it (engines/prompt_bound.py)."""
+        self._check_prompt_bytes(request)
+        return super().stream(request)
+
+    def _check_prompt_bytes(self, request: GenerationRequest) -> None:
+        if self._prompt_bound is None:  # not loaded: the caller's next step says so
+            return
+        if request.messages is None:
+            self._prompt_bound.check([request.prompt or ""], param="prompt")
+        else:
+            contents = [message["content"] for message in _llama_messages(request)]
+            self._prompt_bound.check(contents, param="messages")
+
     async def _stream(
         self, request: GenerationRequest, tracker: UsageTracker
     ) -> AsyncIterator[StreamEvent]:
@@ -248,7 +269,7 @@ class LlamaCppEngine(SlotEngine):
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise _failure(item, request) from item
-                _raise_if_error(item)
+                _raise_if_error(item, schema_param=_schema_param(request))
                 choice = item["choices"][0] if item.get("choices") else None
                 if choice is not None:
                     text = _choice_text(choice)
@@ -271,6 +292,7 @@ class LlamaCppEngine(SlotEngine):
                 self._scopes.give_back(slot.slot)
 
     async def _count_prompt_tokens(self, request: GenerationRequest) -> int:
+        self._check_prompt_bytes(request)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._count_blocking, request)
 
@@ -544,18 +566,40 @@ def _failure(exc: BaseException, request: GenerationRequest) -> OpenMaaSError:
     (``$ref`` it cannot follow, a keyword it refuses) is the request's fault, a 400 that no
     circuit breaker counts; anything else is the engine's."""
     text = str(exc)
-    if any(marker in text for marker in _SCHEMA_ERRORS):
-        fmt = request.response_format
-        param = (
-            "response_format.json_schema.schema"
-            if fmt.kind is ResponseFormatKind.JSON_SCHEMA
-            else "tools"
-        )
-        return InvalidRequest(f"{param}: llama.cpp cannot use this schema: {text}", param=param)
+    param = _schema_param(request)
+    if param is not None and _names_schema(text):
+        return _schema_refused(param, text)
     return EngineFailure(f"llama.cpp failed: {text}")
 
 
-def _raise_if_error(item: dict[str, Any], param: str = "messages") -> None:
+def _schema_param(request: GenerationRequest) -> str | None:
+    """The field the grammar of ``request`` came from, named as the request bounds name it
+    (serving/bounds.py; each protocol's error table says it in its own words): the tools'
+    schemas (their one grammar, ``_tool_grammar``), else the response format's."""
+    if request.wants_tools:
+        return "tools"
+    kind = request.response_format.kind
+    if kind is ResponseFormatKind.JSON_SCHEMA:
+        return "response_format.json_schema.schema"
+    if kind is ResponseFormatKind.JSON_OBJECT:
+        return "response_format"
+    return None
+
+
+def _names_schema(text: str) -> bool:
+    return any(marker in text for marker in _SCHEMA_ERRORS)
+
+
+def _schema_refused(param: str, text: str) -> InvalidRequest:
+    return InvalidRequest(f"{param}: llama.cpp cannot use this schema: {text}", param=param)
+
+
+def _raise_if_error(
+    item: dict[str, Any], param: str = "messages", schema_param: str | None = None
+) -> None:
+    """Raise what an error llama.cpp answered says: over the context window, a grammar of
+    the request's schema (``schema_param``: its field) it failed to build or parse, another
+    fault of the request (naming ``param``), or its own failure."""
     error = item.get("error")
     if error is None and "code" in item and "message" in item:
         error = item
@@ -571,6 +615,8 @@ def _raise_if_error(item: dict[str, Any], param: str = "messages") -> None:
             prompt_tokens=_int_or_none(counts.get("n_prompt_tokens")),
             context_length=_int_or_none(counts.get("n_ctx")),
         )
+    if code == 400 and schema_param is not None and _names_schema(message):
+        raise _schema_refused(schema_param, message)
     if code == 400:
         raise InvalidRequest(message, param=param)
     raise EngineFailure(f"llama.cpp error: {message}")

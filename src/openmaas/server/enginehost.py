@@ -16,12 +16,15 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
+from starlette.applications import Starlette
 
 from openmaas.core.errors import ConfigurationError
 from openmaas.enginehost.app import EngineHost, create_host_app, held_builder, local_engines
+from openmaas.server.heap import trim_heap_every
 from openmaas.server.logs import configure_logging
 from openmaas.server.processes import QuietServer, read_settings_line, stop_at_eof
 from openmaas.settings import Settings
@@ -67,6 +70,16 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
+def host_app(
+    host: EngineHost, settings: Settings, trim: Callable[[], object] | None = None
+) -> Starlette:
+    """The engine host's app: it trims its heap as a server process does (server/heap.py;
+    ``trim``: glibc's ``malloc_trim`` unless given), every ``OPENMAAS_MEMORY_TRIM_SECONDS``.
+    The local models run here, so what a hostile prompt leaves of llama.cpp's memory is
+    freed here."""
+    return create_host_app(host, [lambda: trim_heap_every(settings.memory_trim_seconds, trim)])
+
+
 def serve_host(settings: Settings, *, until_stdin_closes: bool = False) -> None:
     """Load the local models and serve them on the socket until SIGTERM (or stdin's end)."""
     path = socket_path(settings)
@@ -78,7 +91,7 @@ def serve_host(settings: Settings, *, until_stdin_closes: bool = False) -> None:
             drain_seconds=settings.catalog_drain_seconds,
         )
         config = uvicorn.Config(
-            create_host_app(host),
+            host_app(host, settings),
             log_config=None,
             access_log=False,
             lifespan="on",
