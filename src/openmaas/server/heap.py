@@ -1,15 +1,16 @@
 """Giving freed memory back to the operating system.
 
 glibc's allocator keeps what a thread freed in that thread's arena for reuse, and returns
-it to the system only from the top of the main heap. A hostile request that makes
-llama.cpp read a prompt of megabytes (tokenized whole before the context window refuses
-it) or Python parse 50,000 messages leaves tens to hundreds of MB resident that nothing
-uses again: measured on the embedded models, RSS went from 570 MB to 650-830 MB after a
-few such requests and stayed there (``MALLOC_ARENA_MAX=2`` did not help). ``malloc_trim``
+it to the system only from the top of the main heap. Hostile requests (a prompt of
+megabytes, which llama.cpp tokenized whole before its context refused it until such
+prompts were refused by their byte count first; 50,000 messages parsed by Python) left
+tens to hundreds of MB resident that nothing used again: measured on the embedded models,
+RSS went from 570 MB to 650-830 MB after a few such requests and stayed there
+(``MALLOC_ARENA_MAX=2`` did not help). ``malloc_trim``
 hands the free pages of every arena back; with it, RSS came back to within 15 MB of its
 baseline (``tests/e2e/test_memory_soak.py``, ``docs/security.md``).
 
-:func:`trim_heap_every` runs in the server's lifespan, on a thread every
+:func:`trim_heap_every` runs in the server's lifespan (and the engine host's), on a thread every
 ``OPENMAAS_MEMORY_TRIM_SECONDS``; on a C library without ``malloc_trim`` (musl, macOS) it
 does nothing.
 """
