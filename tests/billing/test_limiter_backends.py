@@ -205,6 +205,70 @@ async def test_window_rollover_with_a_fake_clock(make_limiter: MakeLimiter) -> N
     await limiter.admit(scope_list, "glm-4", 0, clock.now_ms())
 
 
+async def test_a_window_slides_bucket_by_bucket(make_limiter: MakeLimiter) -> None:
+    """One request a second against 10 RPM: the first 10 seconds fill it, the next 51 are
+    refused, then each second frees exactly the bucket of 61 seconds before, until the
+    window holds only new requests."""
+    limiter, clock = make_limiter(), Clock()
+    scope_list = scopes(Limits(rpm=10))
+    for second in range(10):
+        await limiter.admit(scope_list, "glm-4", 0, clock.now_ms() + second * 1_000)
+    for second in range(10, 61):
+        with pytest.raises(RateLimited) as info:
+            await limiter.admit(scope_list, "glm-4", 0, clock.now_ms() + second * 1_000)
+        assert info.value.headers["retry-after"] == str(61 - second)
+    for second in range(61, 71):
+        now = clock.now_ms() + second * 1_000
+        admitted = await limiter.admit(scope_list, "glm-4", 0, now)
+        assert admitted.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(RateLimited):
+            await limiter.admit(scope_list, "glm-4", 0, now + 999)
+        assert await used(limiter, "key:k", Dimension.REQUESTS, now + 999) == 10
+    with pytest.raises(RateLimited) as info:  # the window is full of seconds 61 to 70 now
+        await limiter.admit(scope_list, "glm-4", 0, clock.now_ms() + 71_000)
+    assert info.value.headers["retry-after"] == "51"
+
+
+async def test_tokens_over_many_windows_count_exactly_what_the_last_61_buckets_hold(
+    make_limiter: MakeLimiter,
+) -> None:
+    """Three minutes of traffic in uneven steps, settled under and over the reservation:
+    the usage is at every step the sum of the buckets still in the window."""
+    limiter, clock = make_limiter(), Clock()
+    scope_list = scopes(Limits(tpm=10**9))
+    charged: dict[int, int] = {}  # bucket (second) -> tokens
+    second = 0
+    while second < 180:
+        now = clock.now_ms() + second * 1_000
+        admission = await limiter.admit(scope_list, "glm-4", 100, now)
+        actual = [40, 100, 130][second % 3]  # refunds, exact, excess
+        await limiter.settle(admission, actual, now)
+        charged[second] = charged.get(second, 0) + actual
+        expected = sum(v for s, v in charged.items() if s >= second - 60)
+        assert await used(limiter, "key:k", Dimension.TOKENS, now) == expected, second
+        second += [1, 1, 2, 0, 3][second % 5]
+
+
+async def test_a_counter_idle_for_longer_than_a_window_starts_from_zero(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter, clock = make_limiter(), Clock()
+    scope_list = scopes(Limits(tpm=100))
+    for second in range(0, 60, 7):  # buckets all over the window
+        await limiter.admit(scope_list, "glm-4", 10, clock.now_ms() + second * 1_000)
+    with pytest.raises(RateLimited):
+        await limiter.admit(scope_list, "glm-4", 20, clock.now_ms() + 60_000)
+    later = clock.now_ms() + 3_600_000  # an hour of silence
+    assert await used(limiter, "key:k", Dimension.TOKENS, later) == 0
+    full = await limiter.admit(scope_list, "glm-4", 100, later)
+    assert full.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert full.headers["x-ratelimit-reset-tokens"] == "1m1s"
+    await limiter.release(full)
+    assert await used(limiter, "key:k", Dimension.TOKENS, later) == 0
+    again = await limiter.admit(scope_list, "glm-4", 100, later + 500)
+    assert again.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
 async def test_refusal_by_the_org_reserves_nothing_for_the_key(make_limiter: MakeLimiter) -> None:
     limiter, clock = make_limiter(), Clock()
     scope_list = scopes(Limits(tpm=1_000), org=Limits(tpm=100))  # the key's effective TPM: 100

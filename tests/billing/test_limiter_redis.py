@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from redis.commands.core import AsyncScript
 
 from openmaas.billing.limiter_redis import MAX_CONNECTIONS, RedisLimiter
 from openmaas.core.errors import RateLimited, UpstreamUnavailable
@@ -159,9 +160,74 @@ async def test_every_key_expires_so_memory_stays_bounded(
         await client.aclose()
     assert [k for k, ttl in ttls.items() if ttl < 0] == [f"{redis_prefix}clock"]
     windows = [
-        ttl for k, ttl in ttls.items() if k.startswith((f"{redis_prefix}r:", f"{redis_prefix}t:"))
+        ttl
+        for k, ttl in ttls.items()
+        if k.startswith((f"{redis_prefix}v2:r:", f"{redis_prefix}v2:t:"))
     ]
+    assert len(windows) == 6  # RPM and TPM of both scopes, per-model RPM of both
     assert all(0 < ttl <= 62_000 for ttl in windows)
+
+
+class LostReplies(RedisLimiter):
+    """A limiter whose every script call loses its first reply and runs again, as a call
+    whose connection broke after Redis ran it is retried on a fresh one."""
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        await script(keys=keys, args=args)
+        return await script(keys=keys, args=args)
+
+
+async def test_a_retried_script_changes_nothing_twice(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Admissions, settlements under and over the reservation and releases, each script run
+    twice: the same headers and counts as running each once."""
+    clock = Clock()
+    tier = Tier("t", Limits(rpm=50, tpm=5_000, concurrency=3))
+    scope_list = scopes_for(org_id="o", org_tier=tier, key_id="k", key_tier=tier)
+    once = RedisLimiter(redis_server.url, prefix=f"{redis_prefix}once:")
+    twice = LostReplies(redis_server.url, prefix=f"{redis_prefix}twice:")
+    try:
+        for step in range(12):
+            now = clock.now_ms() + step * 700
+            a = await once.admit(scope_list, "m", 300, now)
+            b = await twice.admit(scope_list, "m", 300, now)
+            assert a.headers == b.headers
+            if step % 3 == 0:
+                await once.release(a)
+                await twice.release(b)
+            else:
+                actual = 100 if step % 3 == 1 else 450
+                await once.settle(a, actual, now + 300)
+                await twice.settle(b, actual, now + 300)
+            for scope in ("key:k", "org:o"):
+                for dimension in Dimension:
+                    assert await once.used(scope, "*", dimension, now + 300) == (
+                        await twice.used(scope, "*", dimension, now + 300)
+                    ), (step, scope, dimension)
+        assert await twice.used("org:o", "*", Dimension.REQUESTS, clock.now_ms() + 9_000) == 12
+    finally:
+        await once.aclose()
+        await twice.aclose()
+
+
+async def test_counters_of_an_older_version_in_redis_are_not_read(
+    limiters: Callable[..., RedisLimiter], redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """After an upgrade, what an older version left in Redis (a window as a bare hash of
+    buckets, under keys without a version) neither counts nor breaks a script."""
+    clock = Clock()
+    bucket = clock.now_ms() // 1_000
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.hset(f"{redis_prefix}r:5:key:k:*", str(bucket), "60")
+        await client.hset(f"{redis_prefix}t:5:key:k:*", str(bucket), "1000")
+    finally:
+        await client.aclose()
+    limiter = limiters()
+    scope_list = scopes_for(org_id="o", org_tier=Tier("t", Limits(rpm=60, tpm=1_000)), key_id="k")
+    admitted = await limiter.admit(scope_list, "m", 1_000, clock.now_ms())
+    assert admitted.headers["x-ratelimit-remaining-requests"] == "59"
 
 
 async def test_a_burst_queues_for_a_few_connections_instead_of_opening_one_each(
@@ -279,8 +345,10 @@ COUNTERS = [
 def test_the_redis_limiter_decides_as_limit_state_does(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
-    """Random admissions, settlements, releases (again, too) and time steps (back, too):
-    the same decisions, errors, headers and counters as the in-process state."""
+    """Random admissions, settlements, releases (again, too) and time steps (back, too;
+    bucket by bucket, and idle gaps longer than the window), by two processes on one Redis,
+    one of which loses every reply and runs each script again: the same decisions, errors,
+    headers and counters as the in-process state."""
 
     class SameDecisions(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -289,7 +357,11 @@ def test_the_redis_limiter_decides_as_limit_state_does(
             self.now = 1_700_000_000_000
             self.model = LimitState()
             prefix = f"{redis_prefix}{uuid.uuid4().hex}:"
-            self.redis = RedisLimiter(redis_server.url, prefix=prefix, lease_ms=10**12)
+            self.processes = [
+                RedisLimiter(redis_server.url, prefix=prefix, lease_ms=10**12),
+                LostReplies(redis_server.url, prefix=prefix, lease_ms=10**12),
+            ]
+            self.redis = self.processes[0]
             self.admissions: list[tuple[Admission, str]] = []  # (Redis's, LimitState's id)
 
         def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -299,11 +371,13 @@ def test_the_redis_limiter_decides_as_limit_state_does(
             key=st.sampled_from(sorted(SCOPES)),
             model=st.sampled_from(["glm-4", "other"]),
             tokens=st.integers(0, 200),
+            process=st.integers(0, 1),
         )
-        def admit(self, key: str, model: str, tokens: int) -> None:
+        def admit(self, key: str, model: str, tokens: int, process: int) -> None:
             decision = self.model.admit(SCOPES[key], model, tokens, self.now)
+            limiter = self.processes[process]
             try:
-                got = self.run(self.redis.admit(SCOPES[key], model, tokens, self.now))
+                got = self.run(limiter.admit(SCOPES[key], model, tokens, self.now))
             except RateLimited as refused:
                 assert decision.admission is None
                 expected = rate_limited(decision)
@@ -322,23 +396,30 @@ def test_the_redis_limiter_decides_as_limit_state_does(
             assert got.concurrency_counters == decision.admission.concurrency_counters
             self.admissions.append((got, decision.admission.id))
 
-        @rule(data=st.data(), actual=st.integers(0, 300))
-        def settle(self, data: st.DataObject, actual: int) -> None:
+        @rule(data=st.data(), actual=st.integers(0, 300), process=st.integers(0, 1))
+        def settle(self, data: st.DataObject, actual: int, process: int) -> None:
             if not self.admissions:
                 return
             got, model_id = data.draw(st.sampled_from(self.admissions))
             self.model.settle(model_id, actual, self.now)
-            self.run(self.redis.settle(got, actual, self.now))
+            self.run(self.processes[process].settle(got, actual, self.now))
 
-        @rule(data=st.data())
-        def release(self, data: st.DataObject) -> None:
+        @rule(data=st.data(), process=st.integers(0, 1))
+        def release(self, data: st.DataObject, process: int) -> None:
             if not self.admissions:
                 return
             got, model_id = data.draw(st.sampled_from(self.admissions))
             self.model.release(model_id)
-            self.run(self.redis.release(got))
+            self.run(self.processes[process].release(got))
 
-        @rule(ms=st.one_of(st.integers(-2_000, 5_000), st.integers(0, 70_000)))
+        @rule(
+            ms=st.one_of(
+                st.integers(-2_000, 5_000),
+                st.sampled_from([1_000, 1_000, 999, 1]),
+                st.integers(0, 70_000),
+                st.integers(60_000, 400_000),
+            )
+        )
         def time_passes(self, ms: int) -> None:
             self.now += ms
 
@@ -353,7 +434,8 @@ def test_the_redis_limiter_decides_as_limit_state_does(
                 assert got == expected, (scope, model_name, dimension)
 
         def teardown(self) -> None:
-            self.run(self.redis.aclose())
+            for limiter in self.processes:
+                self.run(limiter.aclose())
             self.loop.close()
 
     run_state_machine_as_test(

@@ -14,15 +14,19 @@ three Lua scripts, each atomic in Redis (no other command runs while one does):
   call, and a later one finds none and changes nothing;
 * **renew** extends the leases of this process's slots while their requests run.
 
-Keys (``prefix`` first; ``openmaas:rl:`` by default):
+Keys (``prefix`` first, ``openmaas:rl:`` by default; then :data:`KEY_VERSION`, but for
+``clock``):
 
-* ``r:<scope>:<model>`` / ``t:<scope>:<model>``: a window counter, a hash of bucket index
-  to usage (the window and bucket sizes of the in-process backend); buckets that left the
-  window are deleted when seen, and the key expires ``window + 2 buckets`` after its last
-  charge;
-* ``c:<scope>:<model>``: concurrency slots, a sorted set of admission ids scored by the end
-  of their lease;
-* ``a:<id>``: an open admission's reservation, deleted when it ends, or expiring after
+* ``v2:r:<scope>:<model>`` / ``v2:t:<scope>:<model>``: a window counter, a hash of bucket
+  index to usage (the window and bucket sizes of the in-process backend) plus its running
+  total ``n``, its oldest bucket ``o`` and its newest ``m``. A script reads those and the
+  one bucket it changes with one ``HMGET`` and writes them with one ``HSET``: its cost does
+  not grow with the buckets in the window. Buckets that left the window since the last visit
+  are deleted then (usually none, at most a window's worth after an idle gap), and the key
+  expires ``window + 2 buckets`` after its newest bucket began;
+* ``v2:c:<scope>:<model>``: concurrency slots, a sorted set of admission ids scored by the
+  end of their lease;
+* ``v2:a:<id>``: an open admission's reservation, deleted when it ends, or expiring after
   :data:`RECORD_TTL_MS`;
 * ``clock``: the latest time any process has used, so that time never goes back for the
   counters even when the gateways' clocks differ a little (each call uses the later of its
@@ -106,6 +110,12 @@ POOL_WAIT_S = 5.0
 """How long a request waits for one of the :data:`MAX_CONNECTIONS` (a queue, not an outage);
 past it Redis counts as unreachable."""
 
+KEY_VERSION = "v2"
+"""In every key but ``clock``: the layout of the counters' data. A version that stores them
+differently takes a new tag, so that it starts from empty counters instead of misreading an
+older version's (they are short-lived: a window, a lease, an admission's record). v2: a
+window keeps its running total and its oldest and newest bucket."""
+
 _KIND = {Dimension.REQUESTS: "r", Dimension.TOKENS: "t", Dimension.CONCURRENCY: "c"}
 
 _COMMON = """
@@ -123,44 +133,105 @@ local function clock(key, now)
   return latest
 end
 
-local function load(key, now)
-  local flat = redis.call('HGETALL', key)
-  local oldest = math.floor(now / BUCKET) - SPAN
-  local w = {idx = {}, vals = {}, total = 0}
-  local stale = {}
-  for i = 1, #flat, 2 do
-    local index, usage = tonumber(flat[i]), tonumber(flat[i + 1])
-    if index < oldest then
-      stale[#stale + 1] = flat[i]
-    else
-      w.idx[#w.idx + 1] = index
-      w.vals[index] = usage
-      w.total = w.total + usage
+-- A window counter is one hash: a field per bucket index holding its usage (never 0), and
+-- n: the sum of every bucket field present, o: no bucket below this index is present,
+-- m: the newest bucket present. A visit reads n, o, m and the one bucket it will change
+-- in one HMGET and writes them back in one HSET; only the buckets that left the window
+-- since the last visit are read and deleted (usually none, never more than SPAN + 1).
+-- Returns the counter as seen at now: {key, cur, oldest, total, low, top, at (the usage of
+-- bucket index at, or nil)}; with write, the buckets that left the window are deleted
+-- (a counter left empty is deleted whole).
+local function load(key, now, write, at)
+  local cur = math.floor(now / BUCKET)
+  local oldest = cur - SPAN
+  local meta = redis.call('HMGET', key, 'n', 'o', 'm', at or cur)
+  local w = {key = key, cur = cur, oldest = oldest, total = 0, low = oldest, top = nil}
+  local low, top = tonumber(meta[2]), tonumber(meta[3])
+  if low == nil or top == nil then return w end
+  if top < oldest then
+    if write then redis.call('DEL', key) end
+    return w
+  end
+  w.total, w.top, w.at = tonumber(meta[1]), top, tonumber(meta[4])
+  if low >= oldest then
+    w.low = low
+    return w
+  end
+  local fields = {}
+  for index = low, oldest - 1 do fields[#fields + 1] = index end
+  local vals = redis.call('HMGET', key, unpack(fields))
+  local gone = {}
+  for i = 1, #fields do
+    if vals[i] then
+      w.total = w.total - tonumber(vals[i])
+      gone[#gone + 1] = fields[i]
     end
   end
-  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  table.sort(w.idx)
+  if write then
+    if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+    redis.call('HSET', key, 'n', w.total, 'o', oldest)
+  end
   return w
+end
+
+-- The buckets of a counter present from low to top, oldest first: {index, usage} pairs.
+local function buckets(w)
+  local fields, out = {}, {}
+  if w.top == nil then return out end
+  for index = w.low, w.top do fields[#fields + 1] = index end
+  local vals = redis.call('HMGET', w.key, unpack(fields))
+  for i = 1, #fields do
+    if vals[i] then out[#out + 1] = {fields[i], tonumber(vals[i])} end
+  end
+  return out
 end
 
 local function expires_at(index) return (index + SPAN + 1) * BUCKET end
 
-local function charge(key, amount, now)
-  if amount > 0 then
-    redis.call('HINCRBY', key, math.floor(now / BUCKET), amount)
-    redis.call('PEXPIRE', key, WINDOW_TTL)
-  end
+-- Charge the current bucket; w was loaded with at = nil (the current bucket).
+local function charge(w, amount)
+  if amount <= 0 then return end
+  w.total = w.total + amount
+  if w.top == nil or w.cur > w.top then w.top = w.cur end
+  redis.call('HSET', w.key, w.cur, (w.at or 0) + amount, 'n', w.total, 'o', w.low, 'm', w.top)
+  -- the key outlives its newest bucket's window: set once per new bucket
+  if w.at == nil then redis.call('PEXPIRE', w.key, WINDOW_TTL) end
+  w.at = (w.at or 0) + amount
 end
 
-local function refund(key, index, amount, now)
-  if amount <= 0 or index < math.floor(now / BUCKET) - SPAN then return end
-  local held = tonumber(redis.call('HGET', key, index) or '0')
+-- Give back up to amount of bucket index; w was loaded with at = index.
+local function refund(w, index, amount)
+  if amount <= 0 or index < w.low or w.top == nil or index > w.top then return end
+  local held = w.at or 0
   local give = math.min(held, amount)
   if give <= 0 then return end
-  if give == held then
-    redis.call('HDEL', key, index)
+  w.total = w.total - give
+  if w.total <= 0 then
+    redis.call('DEL', w.key)
+    w.total, w.top = 0, nil
+  elseif give < held then
+    redis.call('HSET', w.key, index, held - give, 'n', w.total)
   else
-    redis.call('HINCRBY', key, index, -give)
+    redis.call('HDEL', w.key, index)
+    if index == w.top then
+      w.top = nil
+      if index > w.low then
+        local fields = {}
+        for i = index - 1, w.low, -1 do fields[#fields + 1] = i end
+        local vals = redis.call('HMGET', w.key, unpack(fields))
+        for i = 1, #fields do
+          if vals[i] then
+            w.top = fields[i]
+            break
+          end
+        end
+      end
+    end
+    if w.top == nil then
+      redis.call('HSET', w.key, 'n', w.total)
+    else
+      redis.call('HSET', w.key, 'n', w.total, 'm', w.top)
+    end
   end
 end
 """
@@ -195,7 +266,7 @@ for i = 1, n do
     elseif used + amount <= limit then wait = 0
     else wait = busy_retry end
   else
-    local w = load(key, now)
+    local w = load(key, now, true)
     windows[i] = w
     used = w.total
     if amount > limit then wait = -1
@@ -203,10 +274,10 @@ for i = 1, n do
     else
       wait = -1
       local left = used
-      for _, index in ipairs(w.idx) do
-        left = left - w.vals[index]
+      for _, bucket in ipairs(buckets(w)) do
+        left = left - bucket[2]
         if left + amount <= limit then
-          wait = expires_at(index) - now
+          wait = expires_at(bucket[1]) - now
           break
         end
       end
@@ -223,7 +294,7 @@ if admitted and not again then
       redis.call('ZADD', key, lease_end, id)
       redis.call('PEXPIRE', key, slot_ttl)
     else
-      charge(key, rows[i][3], now)
+      charge(windows[i], rows[i][3])
     end
   end
   redis.call('SET', KEYS[2], reserve .. ':' .. math.floor(now / BUCKET), 'PX', record_ttl)
@@ -234,10 +305,10 @@ for i = 1, n do
   local after, reset = used, 0
   local w = windows[i]
   if w ~= nil then
-    if #w.idx > 0 then reset = expires_at(w.idx[#w.idx]) - now end
+    if w.top ~= nil then reset = expires_at(w.top) - now end
     if admitted and amount > 0 and not again then
       after = used + amount
-      reset = expires_at(math.floor(now / BUCKET)) - now
+      reset = expires_at(w.cur) - now
     end
   end
   out[#out + 1] = used
@@ -268,21 +339,23 @@ local index = tonumber(string.sub(record, sep + 1))
 local now = clock(KEYS[1], tonumber(ARGV[3]))
 local delta = -reserved
 if ARGV[4] ~= '' then delta = tonumber(ARGV[4]) - reserved end
-for i = 3, 2 + tokens do
-  if delta < 0 then refund(KEYS[i], index, -delta, now) else charge(KEYS[i], delta, now) end
+if delta < 0 then
+  for i = 3, 2 + tokens do refund(load(KEYS[i], now, true, index), index, -delta) end
+elseif delta > 0 then
+  for i = 3, 2 + tokens do charge(load(KEYS[i], now, true), delta) end
 end
 return 1
 """
 )
 
-# KEYS: clock, counter; ARGV: window, bucket, now, kind. Returns the counter's usage (it may
-# delete buckets that left the window, which changes no count).
+# KEYS: clock, counter; ARGV: window, bucket, now, kind. Returns the counter's usage, changing
+# nothing.
 _USED = (
     _COMMON
     + """
 local now = math.max(clock(KEYS[1], nil), tonumber(ARGV[3]))
 if ARGV[4] == 'c' then return redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf') end
-return load(KEYS[2], now).total
+return load(KEYS[2], now, false).total
 """
 )
 
@@ -353,10 +426,10 @@ class RedisLimiter:
 
     def _key(self, counter: CounterKey) -> str:
         scope, model, dimension = counter
-        return f"{self._prefix}{_KIND[dimension]}:{len(scope)}:{scope}:{model}"
+        return f"{self._prefix}{KEY_VERSION}:{_KIND[dimension]}:{len(scope)}:{scope}:{model}"
 
     def _record(self, admission_id: str) -> str:
-        return f"{self._prefix}a:{admission_id}"
+        return f"{self._prefix}{KEY_VERSION}:a:{admission_id}"
 
     @property
     def _clock_key(self) -> str:
