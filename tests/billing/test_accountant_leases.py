@@ -154,7 +154,7 @@ def statements(database: AsyncEngine) -> Iterator[list[str]]:
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record.getMessage())
 
-    writer, handler = logging.getLogger("openmaas.store.sqlite"), Note()
+    writer, handler = logging.getLogger("openmaas.store.writes"), Note()
     level = writer.level
     writer.addHandler(handler)
     writer.setLevel(logging.DEBUG)

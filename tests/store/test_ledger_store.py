@@ -237,7 +237,7 @@ async def test_sqlite_batches_take_the_writers_path_and_a_failing_one_fails_alon
     def conflict(_events: tuple[Event, ...]) -> tuple[Insert, ...]:
         return (Insert(ledger_head, {"id": 1, "seq": 0}),)  # the head's row exists already
 
-    with caplog.at_level(logging.DEBUG, logger="openmaas.store.sqlite"):
+    with caplog.at_level(logging.DEBUG, logger="openmaas.store.writes"):
         results = await asyncio.gather(
             *(
                 store.execute(TopUp(f"t{i}", org, 10), rows=conflict if i == 3 else None)

@@ -310,3 +310,37 @@ async def test_a_refused_command_writes_no_rows(
     await store.execute(TopUp("t2", org, 1))
     assert len(await store.execute(hold("r1", org), also=audit)) == 1
     assert await count(engine, audit_log) == before[2] + 1
+
+
+async def test_hot_batches_skip_sqlalchemy_and_a_failing_one_fails_alone(
+    database: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch with no extra writes goes through the database's driver itself (SQLite's
+    writer thread, asyncpg's ``executemany``); rows that break a constraint roll the batch
+    back, and retried one by one only their command fails, with nothing of it kept."""
+    import logging
+
+    from openmaas.store.rows import Insert
+    from openmaas.store.schema import ledger_head
+
+    org = await new_org(database)
+    store = LedgerStore(database, lambda: NOW)
+    await store.execute(TopUp("t-first", org, 10))  # the organization is known from here on
+
+    def conflict(_events: tuple[Event, ...]) -> tuple[Insert, ...]:
+        return (Insert(ledger_head, {"id": 1, "seq": 0}),)  # the head's row exists already
+
+    with caplog.at_level(logging.DEBUG, logger="openmaas.store.writes"):
+        results = await asyncio.gather(
+            *(
+                store.execute(TopUp(f"t{i}", org, 10), rows=conflict if i == 3 else None)
+                for i in range(8)
+            ),
+            return_exceptions=True,
+        )
+    assert [isinstance(r, Exception) for r in results] == [i == 3 for i in range(8)]
+    assert "INSERT INTO ledger_events" in caplog.text  # the direct writer's, not SQLAlchemy's
+    fresh = await LedgerStore(database, lambda: NOW).refresh()
+    assert fresh.balance(cash(org)) == store.ledger.balance(cash(org)) == 80
+    assert "t3" not in fresh.funding_ids and "t3" not in store.ledger.funding_ids
+    await store.close()

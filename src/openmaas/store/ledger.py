@@ -59,6 +59,7 @@ from openmaas.core.ledger_events import (
     TopUp,
 )
 from openmaas.core.money import Currency
+from openmaas.store.asyncpg_writer import AsyncpgWriter, uses_asyncpg
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
 from openmaas.store.sqlite_writer import (
@@ -67,6 +68,7 @@ from openmaas.store.sqlite_writer import (
     INSERT_ENTRIES,
     INSERT_EVENTS,
     SET_HEAD,
+    RowStatements,
     SqliteWriter,
     Statement,
     database_file,
@@ -143,6 +145,10 @@ class LedgerStore:
         # in one or two hand-offs (store/sqlite_writer.py); opened on first use.
         self._sqlite = database_file(engine) is not None
         self._writer: SqliteWriter | None = None
+        # On PostgreSQL through asyncpg, the same batches straight through the driver
+        # (store/asyncpg_writer.py), the rows' SQL built as for SQLite's writer.
+        self._asyncpg = AsyncpgWriter() if uses_asyncpg(engine) else None
+        self._rows_sql = RowStatements()
 
     async def close(self) -> None:
         """Close the SQLite writer's connection and thread, if one was opened."""
@@ -217,6 +223,9 @@ class LedgerStore:
         if self._sqlite and self._direct(batch):
             await self._run_batch_sqlite(batch)
             return
+        if self._asyncpg is not None and self._direct(batch):
+            await self._run_batch_asyncpg(batch)
+            return
         async with self._lock:
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
@@ -274,33 +283,11 @@ class LedgerStore:
             locked = False
             try:
                 if any(job.command is not None for job in batch):
-                    since = self._seq
-                    caught_up = await writer.call(writer.lock, since)
+                    caught_up = await writer.call(writer.lock, self._seq)
                     locked = True
-                    for seq, body in caught_up:
-                        self._ledger.apply(EVENT.validate_json(body))
-                        self._seq = seq
-                for job in batch:
-                    if job.command is None:
-                        outcomes.append(())
-                        continue
-                    written, outcome = self._decide(job.command)
-                    outcomes.append(outcome)
-                    for event in written:
-                        self._seq += 1
-                        appended.append((self._seq, event))
-                statements: list[Statement] = []
-                if appended:
-                    event_rows, entry_rows = self._event_rows(appended)
-                    statements.append((INSERT_EVENTS, list(map(_EVENT_VALUES, event_rows))))
-                    if entry_rows:
-                        statements.append((INSERT_ENTRIES, list(map(_ENTRY_VALUES, entry_rows))))
-                    statements.append((SET_HEAD, [(appended[-1][0],)]))
-                writes: list[Insert | Delete] = []
-                for job, outcome in zip(batch, outcomes, strict=True):
-                    if job.rows is not None and not isinstance(outcome, Exception):
-                        writes.extend(job.rows(outcome))
-                statements.extend(writer.rows(writes))
+                    self._apply_caught_up(caught_up)
+                outcomes, appended = self._decide_all(batch)
+                statements = self._statements(batch, outcomes, appended, writer.rows)
                 if locked:
                     await writer.call(writer.commit, statements)
                 elif statements:
@@ -313,6 +300,76 @@ class LedgerStore:
                 raise
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
+
+    async def _run_batch_asyncpg(self, batch: list[_Job]) -> None:
+        """``_run_batch`` on PostgreSQL through asyncpg itself: the same statements, each
+        statement's rows in one ``executemany``, in one transaction."""
+        writer = self._asyncpg
+        assert writer is not None
+        async with self._lock:
+            outcomes: list[tuple[Event, ...] | Exception] = []
+            appended: list[tuple[int, Event]] = []
+            try:
+                async with self._engine.connect() as conn:
+                    apg = await writer.driver(conn)
+                    async with apg.transaction():
+                        if any(job.command is not None for job in batch):
+                            self._apply_caught_up(await writer.lock(apg, self._seq))
+                        outcomes, appended = self._decide_all(batch)
+                        rows = self._rows_sql.rows
+                        await writer.run(apg, self._statements(batch, outcomes, appended, rows))
+            except BaseException:
+                if appended:  # applied in memory, never committed: start over from the log
+                    self._ledger, self._seq = Ledger(), 0
+                raise
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.settle(outcome)
+
+    def _apply_caught_up(self, events: list[tuple[int, str]]) -> None:
+        for seq, body in events:
+            self._ledger.apply(EVENT.validate_json(body))
+            self._seq = seq
+
+    def _decide_all(
+        self, batch: list[_Job]
+    ) -> tuple[list[tuple[Event, ...] | Exception], list[tuple[int, Event]]]:
+        """Each job's outcome, decided on the state the previous ones left, and the events
+        to append, numbered."""
+        outcomes: list[tuple[Event, ...] | Exception] = []
+        appended: list[tuple[int, Event]] = []
+        for job in batch:
+            if job.command is None:
+                outcomes.append(())
+                continue
+            written, outcome = self._decide(job.command)
+            outcomes.append(outcome)
+            for event in written:
+                self._seq += 1
+                appended.append((self._seq, event))
+        return outcomes, appended
+
+    def _statements(
+        self,
+        batch: list[_Job],
+        outcomes: list[tuple[Event, ...] | Exception],
+        appended: list[tuple[int, Event]],
+        rows: Callable[[Iterable[Insert | Delete]], list[Statement]],
+    ) -> list[Statement]:
+        """The batch's writes as the direct writers' statements: events, entries, the head,
+        then every job's rows."""
+        statements: list[Statement] = []
+        if appended:
+            event_rows, entry_rows = self._event_rows(appended)
+            statements.append((INSERT_EVENTS, list(map(_EVENT_VALUES, event_rows))))
+            if entry_rows:
+                statements.append((INSERT_ENTRIES, list(map(_ENTRY_VALUES, entry_rows))))
+            statements.append((SET_HEAD, [(appended[-1][0],)]))
+        writes: list[Insert | Delete] = []
+        for job, outcome in zip(batch, outcomes, strict=True):
+            if job.rows is not None and not isinstance(outcome, Exception):
+                writes.extend(job.rows(outcome))
+        statements.extend(rows(writes))
+        return statements
 
     async def _lock_and_catch_up(self, conn: AsyncConnection) -> None:
         """Take the ledger's lock; read the events other processes appended since ours

@@ -36,7 +36,7 @@ from openmaas.store.schema import ledger_entries, ledger_events
 
 T = TypeVar("T")
 
-log = logging.getLogger("openmaas.store.sqlite")
+log = logging.getLogger("openmaas.store.writes")
 """Each statement the writer runs, at DEBUG (as SQLAlchemy's engine log does for its own)."""
 
 Statement = tuple[str, list[tuple[Any, ...]]]
@@ -72,6 +72,35 @@ def database_file(engine: AsyncEngine) -> str | None:
     return database
 
 
+class RowStatements:
+    """``store/rows.write_rows``'s writes as SQL with ``?`` placeholders and parameter rows,
+    each table's INSERT built once per set of columns."""
+
+    __slots__ = ("_sql",)
+
+    def __init__(self) -> None:
+        self._sql: dict[tuple[str, tuple[str, ...]], str] = {}  # INSERTs by table and columns
+
+    def rows(self, writes: Iterable[Insert | Delete]) -> list[Statement]:
+        """``store/rows.write_rows``'s statements: the inserts, one per table (and set of
+        columns) in the order tables first appear, then the deletes, one per key column."""
+        inserts: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
+        deletes: dict[Column[Any], list[tuple[Any, ...]]] = {}
+        for write in writes:
+            if isinstance(write, Insert):
+                columns = tuple(write.row)
+                key = (write.table.name, columns)
+                if key not in self._sql:
+                    self._sql[key] = _insert_sql(write.table, columns)
+                inserts.setdefault(key, []).append(tuple(write.row.values()))
+            else:
+                deletes.setdefault(write.column, []).append((write.key,))
+        statements = [(self._sql[key], params) for key, params in inserts.items()]
+        for column, keys in deletes.items():
+            statements.append((f"DELETE FROM {column.table.name} WHERE {column.name} = ?", keys))
+        return statements
+
+
 class SqliteWriter:
     """One ``sqlite3`` connection to a database file, used from one thread of its own."""
 
@@ -80,7 +109,7 @@ class SqliteWriter:
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="openmaas-ledger-sqlite")
         self._conn: sqlite3.Connection | None = None  # opened and used on that thread only
-        self._sql: dict[tuple[str, tuple[str, ...]], str] = {}  # INSERTs by table and columns
+        self._rows = RowStatements()
 
     @classmethod
     async def open(cls, engine: AsyncEngine) -> SqliteWriter | None:
@@ -101,25 +130,9 @@ class SqliteWriter:
         await self.call(self._close)
         self._executor.shutdown(wait=True)
 
-    # -- statements (on the event loop) -------------------------------------------------
     def rows(self, writes: Iterable[Insert | Delete]) -> list[Statement]:
-        """``store/rows.write_rows``'s statements: the inserts, one per table (and set of
-        columns) in the order tables first appear, then the deletes, one per key column."""
-        inserts: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
-        deletes: dict[Column[Any], list[tuple[Any, ...]]] = {}
-        for write in writes:
-            if isinstance(write, Insert):
-                columns = tuple(write.row)
-                key = (write.table.name, columns)
-                if key not in self._sql:
-                    self._sql[key] = _insert_sql(write.table, columns)
-                inserts.setdefault(key, []).append(tuple(write.row.values()))
-            else:
-                deletes.setdefault(write.column, []).append((write.key,))
-        statements = [(self._sql[key], params) for key, params in inserts.items()]
-        for column, keys in deletes.items():
-            statements.append((f"DELETE FROM {column.table.name} WHERE {column.name} = ?", keys))
-        return statements
+        """The statements of ``writes`` (:class:`RowStatements`)."""
+        return self._rows.rows(writes)
 
     # -- on the writer's thread ----------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -150,13 +163,13 @@ class SqliteWriter:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            _trace(LOCK_HEAD)
+            trace(LOCK_HEAD)
             head = conn.execute(LOCK_HEAD).fetchone()
             if head is None:
                 raise RuntimeError("ledger_head is missing: run the migrations")
             if head[0] == since:
                 return []
-            _trace(EVENTS_SINCE)
+            trace(EVENTS_SINCE)
             return conn.execute(EVENTS_SINCE, (since,)).fetchall()
         except BaseException:
             conn.rollback()
@@ -167,7 +180,7 @@ class SqliteWriter:
         conn = self._connection()
         try:
             for sql, params in statements:
-                _trace(sql)
+                trace(sql)
                 conn.executemany(sql, params)
             conn.commit()
         except BaseException:
@@ -180,6 +193,7 @@ class SqliteWriter:
             self._conn.rollback()
 
 
-def _trace(sql: str) -> None:
+def trace(sql: str) -> None:
+    """Log ``sql`` at DEBUG, as a direct writer runs it."""
     if log.isEnabledFor(logging.DEBUG):
         log.debug(sql)
