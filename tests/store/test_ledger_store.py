@@ -215,39 +215,3 @@ async def test_commands_waiting_together_commit_together_and_fail_alone(
     fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
     assert fresh.balance(cash(org)) == store.ledger.balance(cash(org)) == 70
     assert "t3" not in fresh.funding_ids
-
-
-async def test_sqlite_batches_take_the_writers_path_and_a_failing_one_fails_alone(
-    database: AsyncEngine, caplog: pytest.LogCaptureFixture
-) -> None:
-    """On a SQLite file, a batch with no extra writes goes through the ledger's own
-    connection (store/sqlite_writer.py); rows that break a constraint roll the batch back,
-    and retried one by one only their command fails, with nothing of it in memory."""
-    import asyncio
-    import logging
-    import sqlite3
-
-    from openmaas.store.rows import Insert
-    from openmaas.store.schema import ledger_head
-
-    org = await new_org(database)
-    store = LedgerStore(database, lambda: NOW_MS)
-    await store.execute(TopUp("t-first", org, 10))  # the organization is known from here on
-
-    def conflict(_events: tuple[Event, ...]) -> tuple[Insert, ...]:
-        return (Insert(ledger_head, {"id": 1, "seq": 0}),)  # the head's row exists already
-
-    with caplog.at_level(logging.DEBUG, logger="openmaas.store.writes"):
-        results = await asyncio.gather(
-            *(
-                store.execute(TopUp(f"t{i}", org, 10), rows=conflict if i == 3 else None)
-                for i in range(8)
-            ),
-            return_exceptions=True,
-        )
-    assert [isinstance(r, sqlite3.IntegrityError) for r in results] == [i == 3 for i in range(8)]
-    assert "INSERT INTO ledger_events" in caplog.text  # the writer's, not SQLAlchemy's
-    fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
-    assert fresh.balance(cash(org)) == store.ledger.balance(cash(org)) == 80
-    assert "t3" not in fresh.funding_ids and "t3" not in store.ledger.funding_ids
-    await store.close()
