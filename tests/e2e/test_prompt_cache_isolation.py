@@ -1,5 +1,5 @@
 """Issue 12's probe against a live server: ``cached_tokens`` never tells one organization
-that another sent a prompt (engines/prompt_cache.py)."""
+that another sent a prompt (engines/slots/prompt_cache.py)."""
 
 from __future__ import annotations
 

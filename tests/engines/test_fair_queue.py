@@ -1,4 +1,4 @@
-"""The fair queue in front of an engine's slots (engines/fair.py): who gets a freed slot,
+"""The fair queue in front of an engine's slots (engines/slots/fair.py): who gets a freed slot,
 who is refused, and that nothing is given or freed twice."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openmaas.core.errors import EngineOverloaded
-from openmaas.engines.fair import FairQueue, Place, PlaceState
+from openmaas.engines.slots.fair import FairQueue, Place, PlaceState
 
 
 def _order(queue: FairQueue, running: list[Place], waiting: list[Place]) -> list[str]:

@@ -1,5 +1,5 @@
 """Choosing a slot so that no organization reuses another's cached prompt
-(engines/prompt_cache.py)."""
+(engines/slots/prompt_cache.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from openmaas.core.types import GenerationRequest, RoutingHints
 from openmaas.engines.base import EngineHealth, EngineState, ModelKind
 from openmaas.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
-from openmaas.engines.prompt_cache import SlotChoice, SlotScopes
+from openmaas.engines.slots.prompt_cache import SlotChoice, SlotScopes
 
 
 def test_a_scope_goes_back_to_its_own_slot_and_reuses_its_cache() -> None:
@@ -57,7 +57,7 @@ def test_of_its_own_slots_a_request_takes_the_one_whose_prompt_begins_as_its_own
     assert again == SlotChoice(main.slot, reuse_cache=True)
 
 
-# -- with the fair queue in front (engines/fair.py): llama.cpp only ever gets free slots ----
+# -- with the fair queue in front (engines/slots/fair.py): llama.cpp only ever gets free slots ----
 class _Slots:
     """llama.cpp's server as far as a completion goes: it notes the slot each request is
     sent to and holds it until the test ends that request."""

@@ -137,7 +137,7 @@ def test_each_choice_is_a_request_of_its_own() -> None:
     assert {choice_request(request, i).sampling.n for i in range(3)} == {1}
 
 
-# -- the fair queue in front of the slots (engines/fair.py) ---------------------------------
+# -- the fair queue in front of the slots (engines/slots/fair.py) ---------------------------------
 def _of(org: str, number: int, weight: int = 1) -> GenerationRequest:
     routing = RoutingHints(cache_scope=org, share_weight=weight)
     return GenerationRequest(f"{org}-{number}", "m", prompt=f"{org} {number}", routing=routing)

@@ -14,7 +14,7 @@ a narrower one, and the key's effective tier is the minimum of the two in every 
 (:func:`scopes_for`); the limiter admits it only when every counter of every scope admits.
 
 A tier's ``weight`` is an organization's share of a busy engine's slots against other
-organizations' (``engines/fair.py``, docs/limits.md "Fair sharing"): the organization's
+organizations' (``engines/slots/fair.py``, docs/limits.md "Fair sharing"): the organization's
 tier's counts, not a key's.
 
 Everything here is immutable data; nothing reads a clock or holds state.

@@ -88,7 +88,7 @@ class RoutingHints:
     # Who may share a prompt cache: requests of different scopes never reuse each other's
     # cached prefixes (nor learn of them from ``cached_tokens``). The gateway sets a keyed
     # hash of the organization; None: no isolation asked for. Also the key by which an
-    # engine's slots are shared fairly (engines/fair.py): None shares one key.
+    # engine's slots are shared fairly (engines/slots/fair.py): None shares one key.
     cache_scope: str | None = None
     # The organization's weight in that sharing (its tier's ``weight``): a key of weight 2
     # gets twice the slots of a key of weight 1 while both have requests waiting.

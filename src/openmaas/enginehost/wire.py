@@ -119,7 +119,7 @@ def _generation(body: dict[str, Any], request_id: str, routing: RoutingHints) ->
 
 
 def _routing(body: dict[str, Any], headers: Mapping[str, str]) -> RoutingHints:
-    """The worker's cache scope, sent as vLLM's ``cache_salt`` (engines/prompt_cache.py),
+    """The worker's cache scope, sent as vLLM's ``cache_salt`` (engines/slots/prompt_cache.py),
     or as the fairness key's header (embeddings); the fairness weight, in its header."""
     salt = body.get("cache_salt")
     if not (isinstance(salt, str) and salt):

@@ -9,7 +9,7 @@ engine: no tokens are generated for nobody.
 managed vLLM engine (``engines/vllm.py``) implement it directly. :class:`SlotEngine` is a
 template for the engines that really have slots (llama.cpp, the HTTP relay, the engine
 host's models, the fake): a request runs only while it holds one of the slots, and waits
-for one in a weighted fair queue shared by the organizations (``engines/fair.py``); it runs
+for one in a weighted fair queue shared by the organizations (``engines/slots/fair.py``); it runs
 the load/unload lifecycle around the ``_load``/``_unload``/``_stream``/``_embed`` hooks.
 :class:`SlotCounter` only counts requests against slots and queue (the managed vLLM engine,
 whose relay to its process is a slot engine, queued fairly).
@@ -40,7 +40,7 @@ from openmaas.core.types import (
     ToolCallDelta,
     Usage,
 )
-from openmaas.engines.fair import DEFAULT_SHARE, FairQueue, Place, queued
+from openmaas.engines.slots.fair import DEFAULT_SHARE, FairQueue, Place, queued
 
 
 class EngineState(StrEnum):
@@ -347,7 +347,7 @@ class SlotEngine(abc.ABC):
     ``_unload`` and ``_stream`` or ``_embed`` (and ``_count_prompt_tokens``).
 
     A request reaches ``_stream``/``_embed`` only while it holds one of the ``slots``; up
-    to ``queue`` more wait for one in the fair queue (``engines/fair.py``), keyed by their
+    to ``queue`` more wait for one in the fair queue (``engines/slots/fair.py``), keyed by their
     ``routing.cache_scope`` and weighted by ``routing.share_weight``; one key may fill
     ``queue_share`` of the queue."""
 

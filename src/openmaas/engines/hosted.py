@@ -8,7 +8,7 @@ lacks (``docs/engines.md``, "The engine host"):
 
 - the request id travels in a header (tool-call ids and llama.cpp's logs are the same as
   in-process), and so do its fairness key and weight (the host's engines share their slots
-  between organizations as in-process, ``engines/fair.py``);
+  between organizations as in-process, ``engines/slots/fair.py``);
 - every stream chunk carries the host engine's running usage, so the counts are exact, never
   a tokenizer's estimate, at every moment of the stream;
 - a stream closed before its end (the client went away) closes the connection, which stops
@@ -75,7 +75,7 @@ log = logging.getLogger("openmaas.engines.hosted")
 BASE_URL = "http://engine-host/v1"  # the host name is only the Host header over a socket
 REQUEST_ID_HEADER = "x-openmaas-request-id"
 # The request's fairness key (its cache scope) and weight, for the host engine's fair queue
-# (engines/fair.py): the workers' requests share the host's slots as one process's would.
+# (engines/slots/fair.py): the workers' requests share the host's slots as one process's would.
 SHARE_KEY_HEADER = "x-openmaas-share-key"
 SHARE_WEIGHT_HEADER = "x-openmaas-share-weight"
 HEALTH_PATH = "/engine/health"  # GET: each model's state

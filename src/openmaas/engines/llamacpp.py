@@ -41,7 +41,7 @@ from openmaas.core.types import (
 from openmaas.engines import generic_tools
 from openmaas.engines.base import EngineStream, ModelKind, SlotEngine, UsageTracker
 from openmaas.engines.prompt_bound import FALLBACK_TOKEN_BYTES, PromptBound, longest_token_bytes
-from openmaas.engines.prompt_cache import SlotScopes
+from openmaas.engines.slots.prompt_cache import SlotScopes
 from openmaas.engines.upstream.openai_wire import sampling_fields
 
 # How long closing a stream waits for llama.cpp to confirm the stop (and its last count).
@@ -88,7 +88,7 @@ class LlamaCppEngine(SlotEngine):
         self._listener_key = secrets.token_urlsafe(32)
         self._scopes = SlotScopes(config.slots)  # whose prompt each slot's cache holds
         # A thread per running request (at most ``slots``: the others wait in the fair queue,
-        # engines/fair.py), and for token counts, which do not queue.
+        # engines/slots/fair.py), and for token counts, which do not queue.
         self._pool = ThreadPoolExecutor(
             max_workers=config.slots + config.queue, thread_name_prefix=f"llamacpp-{model}"
         )
@@ -237,8 +237,8 @@ class LlamaCppEngine(SlotEngine):
         stop = threading.Event()
         body = _llama_body(request)
         # The slot is chosen here, not by llama.cpp: a prefix another organization's prompt
-        # left in a slot is never reused (engines/prompt_cache.py). This request holds one
-        # of the slots (engines/fair.py): one is free.
+        # left in a slot is never reused (engines/slots/prompt_cache.py). This request holds one
+        # of the slots (engines/slots/fair.py): one is free.
         prompt = json.dumps(body.get("messages", body.get("prompt")), ensure_ascii=False)
         slot = self._scopes.take(request.routing.cache_scope, prompt)
         body["id_slot"] = slot.slot

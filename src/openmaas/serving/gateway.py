@@ -243,7 +243,7 @@ class Gateway:
         """The organization's data policy, and its prompt-cache scope: a keyed hash of its
         id, so that engines keep prefix caches per organization and an upstream (vLLM's
         ``cache_salt``) never learns the id; the scope is also the key by which engines
-        share their slots fairly, weighted by the organization's tier (engines/fair.py)."""
+        share their slots fairly, weighted by the organization's tier (engines/slots/fair.py)."""
         scope = hmac.new(self._cache_key, principal.org_id.encode(), hashlib.sha256)
         return replace(
             hints,

@@ -59,10 +59,10 @@ from openmaas.core.ledger_events import (
     TopUp,
 )
 from openmaas.core.money import Currency
-from openmaas.store.asyncpg_writer import AsyncpgWriter, uses_asyncpg
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
-from openmaas.store.sqlite_writer import (
+from openmaas.store.writers.asyncpg import AsyncpgWriter, uses_asyncpg
+from openmaas.store.writers.sqlite import (
     ENTRY_COLUMNS,
     EVENT_COLUMNS,
     INSERT_ENTRIES,
@@ -142,11 +142,11 @@ class LedgerStore:
         self._flusher: asyncio.Future[None] | None = None
         self._max_batch = max_batch
         # On a SQLite file, batches without ``also`` go through a connection of their own
-        # in one or two hand-offs (store/sqlite_writer.py); opened on first use.
+        # in one or two hand-offs (store/writers/sqlite.py); opened on first use.
         self._sqlite = database_file(engine) is not None
         self._writer: SqliteWriter | None = None
         # On PostgreSQL through asyncpg, the same batches straight through the driver
-        # (store/asyncpg_writer.py), the rows' SQL built as for SQLite's writer.
+        # (store/writers/asyncpg.py), the rows' SQL built as for SQLite's writer.
         self._asyncpg = AsyncpgWriter() if uses_asyncpg(engine) else None
         self._rows_sql = RowStatements()
 

@@ -2,7 +2,7 @@
 
 SQLAlchemy's execution of a statement (compiling from its cache, binding, its result
 object) cost about as much Python as the statement's round trip, several times per batch.
-:class:`AsyncpgWriter` runs the same SQL as ``store/sqlite_writer.py`` (its ``?``
+:class:`AsyncpgWriter` runs the same SQL as ``store/writers/sqlite.py`` (its ``?``
 placeholders numbered as PostgreSQL's ``$1``, ``$2`` ...) on the pooled connection's own
 asyncpg connection, each statement's rows in one ``executemany``, in one asyncpg
 transaction. Same SQL and lock as the SQLAlchemy path, so processes using either
@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from openmaas.store.sqlite_writer import EVENTS_SINCE, LOCK_HEAD, Statement, trace
+from openmaas.store.writers.sqlite import EVENTS_SINCE, LOCK_HEAD, Statement, trace
 
 _MARK = re.compile(r"\?")
 

@@ -7,7 +7,7 @@ count would tell one organization what another sent.
 hash of the organization) of the last request given to it, and picks each request's slot
 among the free ones: one of its own scope (of those, the one whose last prompt shares the
 longest beginning with this one's, as llama.cpp itself would choose), else one never used,
-else the least recently used. The engine's fair queue (``engines/fair.py``) sends a request
+else the least recently used. The engine's fair queue (``engines/slots/fair.py``) sends a request
 to llama.cpp only while it holds one of the slots, so a free slot is always there (were
 none, the least busy would be taken and the request would wait in llama.cpp's own queue).
 The request may reuse the slot's cache only when the slot is its own scope's; otherwise it

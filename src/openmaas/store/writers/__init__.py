@@ -1,0 +1,1 @@
+"""The ledger's direct writers: a batch through the database driver itself."""
