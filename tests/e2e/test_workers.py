@@ -95,6 +95,24 @@ def _chat(live: LiveServer, text: str, model: str = CHAT_MODEL) -> httpx.Respons
     )
 
 
+def _chats_until_both_workers_answer(live: LiveServer, model: str) -> set[int]:
+    """Which workers answered chats, each billed exactly as answered: at least 12, and more
+    (up to 60) while only one worker has answered. The workers share one listening socket and
+    the kernel wakes whichever it likes, so a short run can all land on one worker."""
+    answered_by: set[int] = set()
+    for i in range(60):
+        if i >= 12 and len(answered_by) > 1:
+            break
+        response = _chat(live, f"Say hello number {i}.", model=model)
+        assert response.status_code == 200, response.text
+        usage = response.json()["usage"]
+        assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+        row = live.usage_row(response.headers["x-request-id"])
+        assert row["completion_tokens"] == usage["completion_tokens"]
+        answered_by.add(int(response.headers[WORKER_HEADER]))
+    return answered_by
+
+
 def test_two_workers_answer_and_the_models_are_loaded_once(two: LiveServer) -> None:
     assert two.process is not None
     workers = {int(httpx.get(f"{two.base_url}/healthz").headers[WORKER_HEADER]) for _ in range(40)}
@@ -105,18 +123,7 @@ def test_two_workers_answer_and_the_models_are_loaded_once(two: LiveServer) -> N
     [host] = _with_chat_model(children | {two.process.pid})
     assert host not in workers | {two.process.pid}
 
-    answered_by = set()
-    for i in range(12):
-        response = _chat(two, f"Say hello number {i}.")
-        assert response.status_code == 200, response.text
-        usage = response.json()["usage"]
-        assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
-        assert (
-            two.usage_row(response.headers["x-request-id"])["completion_tokens"]
-            == (usage["completion_tokens"])
-        )
-        answered_by.add(int(response.headers[WORKER_HEADER]))
-    assert answered_by == workers
+    assert _chats_until_both_workers_answer(two, CHAT_MODEL) == workers
     embedded = httpx.post(
         f"{two.base_url}/v1/embeddings",
         json={"model": EMBEDDING_MODEL, "input": ["a river"]},
@@ -160,14 +167,7 @@ def test_a_catalog_model_is_loaded_once_by_the_host_and_follows_the_file(
         assert state["model"] == "catalog-chat" and state["holders"] == 2
         assert state["state"] == "ready" and key.startswith("packaged~")
         [host] = _with_chat_model(_descendants(live.process.pid) | {live.process.pid})
-        answered_by = set()
-        for i in range(12):
-            response = _chat(live, f"Say hello number {i}.", model="catalog-chat")
-            assert response.status_code == 200, response.text
-            usage = response.json()["usage"]
-            row = live.usage_row(response.headers["x-request-id"])
-            assert row["completion_tokens"] == usage["completion_tokens"] > 0
-            answered_by.add(int(response.headers[WORKER_HEADER]))
+        answered_by = _chats_until_both_workers_answer(live, "catalog-chat")
         assert len(answered_by) == 2 and host not in answered_by
 
         # A changed deployment: the workers hold the new one, the host loads it and
