@@ -1,0 +1,226 @@
+"""``openmaas orgs``, ``keys``, ``tiers`` and ``audit``: organizations, their keys and limits."""
+
+from __future__ import annotations
+
+import click
+
+from openmaas.accounts.admin import AccountsAdmin, NewOrganization, Role
+from openmaas.billing.admin_bodies import (
+    TermsChange,
+    TierLimits,
+)
+from openmaas.cli.common import admin_body, cap, ms_to_iso, print_table, with_accounts, with_billing
+from openmaas.cli.root import main
+from openmaas.core.admin_fields import iso_ms
+
+
+@main.group(help="Organizations.")
+def orgs() -> None:
+    pass
+
+
+@orgs.command("create", help="Create an organization.")
+@click.argument("name")
+@click.option("--currency", default="CNY", show_default=True, help="CNY or USD.")
+@click.option("--tier", default=None, help="Rate-limit tier (see `openmaas tiers list`).")
+@click.option("--credit-limit", default=None, help="How far below zero cash may go, e.g. 100.")
+def orgs_create(name: str, currency: str, tier: str | None, credit_limit: str | None) -> None:
+    new = admin_body(
+        NewOrganization, name=name, currency=currency, tier=tier, credit_limit=credit_limit
+    )
+    org = with_accounts(lambda admin: admin.create_org(new))
+    click.echo(f"{org.id}\t{org.name}")
+
+
+@orgs.command("list", help="List organizations.")
+def orgs_list() -> None:
+    rows = [
+        (
+            org.id,
+            org.name,
+            org.currency,
+            org.tier or "",
+            str(org.discount_bp),
+            ms_to_iso(org.created_at_ms),
+        )
+        for org in with_accounts(lambda admin: admin.orgs.list())
+    ]
+    print_table(("id", "name", "currency", "tier", "discount (bp)", "created (UTC)"), rows)
+
+
+@orgs.command("set", help="Change an organization's tier, discount, credit limit or data policy.")
+@click.argument("org")
+@click.option("--tier", default=None, help="Rate-limit tier.")
+@click.option("--no-tier", is_flag=True, help="Remove the tier (no rate limits).")
+@click.option("--discount-bp", type=int, default=None, help="Discount, basis points (2500=25%).")
+@click.option("--credit-limit", default=None, help="How far below zero cash may go, e.g. 100.")
+@click.option(
+    "--data-policy",
+    type=click.Choice(["local_only", "burst"]),
+    default=None,
+    help="local_only: never an external deployment; burst: external when local is full.",
+)
+def orgs_set(
+    org: str,
+    tier: str | None,
+    no_tier: bool,
+    discount_bp: int | None,
+    credit_limit: str | None,
+    data_policy: str | None,
+) -> None:
+    if tier is not None and no_tier:
+        raise click.UsageError("Give --tier or --no-tier, not both.")
+    change = admin_body(
+        TermsChange,
+        {"tier": None} if no_tier else None,  # a tier left out stays as it is
+        tier=tier,
+        discount_bp=discount_bp,
+        credit_limit=credit_limit,
+        data_policy=data_policy,
+    )
+    changed = with_billing(lambda admin: admin.set_org(org, change))
+    click.echo(
+        f"{changed.id}\t{changed.name}\ttier={changed.tier or '-'}\t"
+        f"discount_bp={changed.discount_bp}\tdata_policy={changed.data_policy}"
+    )
+
+
+@main.group(help="API keys.")
+def keys() -> None:
+    pass
+
+
+@keys.command("create", help="Create a key; its secret is printed once.")
+@click.option("--org", required=True, help="Organization id or name.")
+@click.option("--name", required=True, help="A name for the key.")
+@click.option("--admin", "is_admin", is_flag=True, help="Give the key the admin role.")
+def keys_create(org: str, name: str, is_admin: bool) -> None:
+    role: Role = "admin" if is_admin else "member"
+    issued = with_accounts(lambda admin: admin.issue_key(org, name, role))
+    click.echo(issued.token)
+    click.echo(f"Key {issued.key.id} created; store it now, it will not be shown again.", err=True)
+
+
+@keys.command("list", help="List keys (never their secrets).")
+@click.option("--org", default=None, help="Only this organization (id or name).")
+def keys_list(org: str | None) -> None:
+    async def action(admin: AccountsAdmin) -> list:
+        org_id = (await admin.orgs.find(org)).id if org else None
+        return await admin.keys.list(org_id)
+
+    rows = [
+        (k.id, k.org_id, k.name, k.role, ms_to_iso(k.created_at_ms), ms_to_iso(k.revoked_at_ms))
+        for k in with_accounts(action)
+    ]
+    print_table(("id", "org", "name", "role", "created (UTC)", "revoked (UTC)"), rows)
+
+
+@keys.command("revoke", help="Revoke a key; every server refuses it within a second.")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    with_accounts(lambda admin: admin.revoke_key(key_id.partition(".")[0]))
+    click.echo(f"Key {key_id.partition('.')[0]} revoked.")
+
+
+@keys.command("set-tier", help="Give a key its own tier, narrowing its organization's.")
+@click.argument("key_id")
+@click.option("--tier", default=None, help="Rate-limit tier.")
+@click.option("--no-tier", is_flag=True, help="Remove the key's own tier.")
+def keys_set_tier(key_id: str, tier: str | None, no_tier: bool) -> None:
+    if (tier is None) == (not no_tier):
+        raise click.UsageError("Give exactly one of --tier or --no-tier.")
+    key = key_id.partition(".")[0]
+    with_billing(lambda admin: admin.set_key_tier(key, tier))
+    shown = tier or "none (the organization's tier applies)"
+    click.echo(f"Key {key}: tier {shown}.")
+
+
+@main.group(help="Rate-limit tiers.")
+def tiers() -> None:
+    pass
+
+
+@tiers.command("list", help="Every tier, its limits ('-': unlimited) and its weight.")
+def tiers_list() -> None:
+    rows = []
+    for tier in with_billing(lambda admin: admin.list_tiers()):
+        limits, weight = tier.limits, str(tier.weight)
+        caps = (cap(limits.rpm), cap(limits.tpm), cap(limits.concurrency))
+        rows.append((tier.name, "*", *caps, weight))
+        for model, lim in sorted(tier.models.items()):
+            rows.append((tier.name, model, cap(lim.rpm), cap(lim.tpm), cap(lim.concurrency), ""))
+    print_table(("tier", "model", "rpm", "tpm", "concurrency", "weight"), rows)
+
+
+def _model_caps(spec: str) -> tuple[str, dict[str, int | None]]:
+    parts = spec.rsplit(":", 3)
+    if len(parts) != 4 or not parts[0]:
+        raise click.BadParameter(f"{spec!r} is not MODEL:RPM:TPM:CONCURRENCY", param_hint="--model")
+    caps: dict[str, int | None] = {}
+    for dim, text in zip(("rpm", "tpm", "concurrency"), parts[1:], strict=True):
+        if text in ("", "-"):
+            caps[dim] = None
+        elif text.isdigit():
+            caps[dim] = int(text)
+        else:
+            raise click.BadParameter(f"{dim} {text!r} is not a number or '-'", param_hint="--model")
+    return parts[0], caps
+
+
+@tiers.command("set", help="Define or replace a tier; a limit left out is unlimited.")
+@click.argument("name")
+@click.option("--rpm", type=int, default=None, help="Requests per minute.")
+@click.option("--tpm", type=int, default=None, help="Tokens per minute.")
+@click.option("--concurrency", type=int, default=None, help="Requests in flight.")
+@click.option("--model", "models", multiple=True, help="MODEL:RPM:TPM:CONC ('-': unlimited).")
+@click.option(
+    "--weight",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Share of a busy engine's slots against other organizations' (docs/limits.md).",
+)
+def tiers_set(
+    name: str,
+    rpm: int | None,
+    tpm: int | None,
+    concurrency: int | None,
+    models: tuple[str, ...],
+    weight: int,
+) -> None:
+    per_model = dict(_model_caps(spec) for spec in models)
+    limits = admin_body(
+        TierLimits,
+        rpm=rpm,
+        tpm=tpm,
+        concurrency=concurrency,
+        models=per_model or None,
+        weight=weight,
+    )
+    tier = with_billing(lambda admin: admin.set_tier(name, limits))
+    click.echo(
+        f"{tier.name}\trpm={cap(tier.limits.rpm)}\ttpm={cap(tier.limits.tpm)}\t"
+        f"concurrency={cap(tier.limits.concurrency)}\tweight={tier.weight}"
+    )
+
+
+@main.command(help="The audit log of administrative changes (billing, catalog, credentials).")
+@click.option("--limit", type=int, default=50, show_default=True, help="How many entries.")
+def audit(limit: int) -> None:
+    import json
+
+    rows = [
+        (
+            iso_ms(e.at_ms),
+            e.actor,
+            e.action,
+            e.target,
+            json.dumps(e.before, sort_keys=True),
+            json.dumps(e.after, sort_keys=True),
+        )
+        for e in with_billing(lambda admin: admin.audit_log(limit))
+    ]
+    print_table(("time (UTC)", "actor", "action", "target", "before", "after"), rows)
+
+
+# -- catalog, models, deployments, credentials ----------------------------------------
