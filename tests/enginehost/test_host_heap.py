@@ -10,6 +10,7 @@ from pathlib import Path
 from openmaas.enginehost.app import EngineHost
 from openmaas.server.enginehost import host_app
 from openmaas.settings import Settings
+from tests.support.waiting import CountedCalls
 
 
 def _trimming() -> list[asyncio.Task[object]]:
@@ -17,18 +18,10 @@ def _trimming() -> list[asyncio.Task[object]]:
 
 
 async def test_the_engine_host_trims_its_heap_until_it_stops(tmp_path: Path) -> None:
-    calls = 0
-    third = asyncio.Event()
-
-    def trim() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            third.set()
-
+    trim = CountedCalls(3)
     settings = Settings(home=tmp_path / "home", memory_trim_seconds=0.001)
     app = host_app(EngineHost({}), settings, trim)
     async with app.router.lifespan_context(app):
-        await third.wait()
+        await trim.reached.wait()
         assert len(_trimming()) == 1
     assert _trimming() == []  # stopped with the host

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from openmaas.server.heap import malloc_trim, trim_heap_every
+from tests.support.waiting import CountedCalls
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
@@ -18,35 +19,18 @@ def test_glibc_has_malloc_trim() -> None:
 
 
 async def test_the_heap_is_trimmed_again_and_again_until_cancelled() -> None:
-    calls = 0
-    third = asyncio.Event()
-
-    def trim() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            third.set()
-
+    trim = CountedCalls(3)
     task = asyncio.create_task(trim_heap_every(0.001, trim))
-    await third.wait()
+    await trim.reached.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
 async def test_a_failing_trim_is_tried_again() -> None:
-    calls = 0
-    second = asyncio.Event()
-
-    def trim() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            second.set()
-        raise OSError("no")
-
+    trim = CountedCalls(2, fail=OSError("no"))
     task = asyncio.create_task(trim_heap_every(0.001, trim))
-    await second.wait()
+    await trim.reached.wait()
     task.cancel()
 
 

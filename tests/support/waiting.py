@@ -55,3 +55,22 @@ def wait_until(
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)  # polling, not waiting for a fixed time
     return value
+
+
+class CountedCalls:
+    """A callable that counts its calls and sets ``reached`` at the ``n``-th, so a test can
+    await a scheduled action having run ``n`` times; it raises ``fail`` on every call when
+    given one (a failing action)."""
+
+    def __init__(self, n: int, fail: BaseException | None = None) -> None:
+        self.n = n
+        self.calls = 0
+        self.reached = asyncio.Event()
+        self._fail = fail
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            self.reached.set()
+        if self._fail is not None:
+            raise self._fail
