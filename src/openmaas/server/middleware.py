@@ -19,10 +19,16 @@ class RequestContextMiddleware:
     """Gives each HTTP request its id (``x-request-id`` on every response) and enforces the
     body limit while the body is read, whatever ``content-length`` claims."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        new_request_id: RequestIdGenerator | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.new_request_id = RequestIdGenerator()
+        # Shared by every instance of one application: its ids stay monotonic.
+        self.new_request_id = new_request_id or RequestIdGenerator()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
