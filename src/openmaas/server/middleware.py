@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,9 +35,12 @@ class RequestContextMiddleware:
             return
         rid = self.new_request_id()
         token = request_id_var.set(rid)
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["request_id"] = rid
         started = time.perf_counter()
-        status: dict[str, Any] = {"code": None}
+        code: int | None = None
         limit = self.max_body_bytes
         received = 0
 
@@ -63,28 +65,32 @@ class RequestContextMiddleware:
 
             receive_fn = limited_receive
 
+        id_header = (b"x-request-id", rid.encode())
+
         async def send_with_id(message: Message) -> None:
+            nonlocal code
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", rid.encode()))
-                present = {name.lower() for name, _ in headers}
-                for name, value in scope["state"].get("response_headers", {}).items():
-                    if name.encode() not in present:  # an error's own headers win
-                        headers.append((name.encode(), value.encode()))
+                code = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append(id_header)
+                extra: dict[str, str] | None = state.get("response_headers")
+                if extra:
+                    present = {name.lower() for name, _ in headers}
+                    for name, value in extra.items():
+                        if name.encode() not in present:  # an error's own headers win
+                            headers.append((name.encode(), value.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
             await self.app(scope, receive_fn, send_with_id)
         finally:
-            state = scope.get("state", {})
             log.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
-                    "status": status["code"],
+                    "status": code,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     "key_id": state.get("key_id"),
                 },
