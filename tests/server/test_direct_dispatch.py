@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -39,6 +40,14 @@ def _app(direct: bool) -> OpenMaaSApp:
     async def echo(request: Request) -> Response:
         return json_response({"bytes": len(await request.body())})
 
+    @app.post("/v1/limited")
+    async def limited(request: Request) -> Response:
+        request.scope["state"]["response_headers"] = {"x-ratelimit-limit-requests": "60"}
+        request.scope["state"]["key_id"] = "key-1"
+        if await request.body():
+            raise ModelNotFound("ghost")
+        return json_response({})
+
     @app.post("/v1/items/{item}")
     async def item(request: Request) -> Response:
         return json_response({"item": request.path_params["item"]})
@@ -47,7 +56,7 @@ def _app(direct: bool) -> OpenMaaSApp:
     ids = RequestIdGenerator()
     app.add_middleware(RequestContextMiddleware, max_body_bytes=100, new_request_id=ids)
     if direct:
-        app.dispatch_directly(errors, lambda inner: RequestContextMiddleware(inner, 100, ids))
+        app.dispatch_directly(errors, 100, ids)
     return app
 
 
@@ -61,7 +70,7 @@ def test_only_fixed_paths_taking_the_request_alone_are_direct() -> None:
     assert app._direct is not None
     assert set(app._direct) == {
         ("POST", path) for path in ("/v1/boom", "/other/boom", "/v1/model", "/other/model")
-    } | {("POST", "/v1/echo")}
+    } | {("POST", "/v1/echo"), ("POST", "/v1/limited")}
 
 
 def test_errors_have_the_protocol_shape_status_and_request_id(client: TestClient) -> None:
@@ -89,3 +98,18 @@ def test_other_methods_and_paths_are_the_full_stacks(client: TestClient) -> None
     assert client.get("/v1/echo").status_code == 405
     assert client.post("/v1/nothing").json()["error"]["code"] == "not_found"
     assert client.post("/v1/items/7").json() == {"item": "7"}
+
+
+def test_a_routes_headers_and_the_access_log_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="openmaas.access")
+    answered = client.post("/v1/limited")
+    assert answered.headers["x-ratelimit-limit-requests"] == "60"
+    refused = client.post("/v1/limited", content=b"x")
+    assert refused.status_code == 404 and refused.headers["x-ratelimit-limit-requests"] == "60"
+    lines = [r for r in caplog.records if r.name == "openmaas.access"]
+    assert [(r.path, r.status, r.key_id) for r in lines] == [  # type: ignore[attr-defined]
+        ("/v1/limited", 200, "key-1"),
+        ("/v1/limited", 404, "key-1"),
+    ]

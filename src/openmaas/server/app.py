@@ -148,7 +148,7 @@ def create_app(
     ids = RequestIdGenerator()
     limit = settings.max_body_bytes
     app.add_middleware(RequestContextMiddleware, max_body_bytes=limit, new_request_id=ids)
-    app.dispatch_directly(errors, lambda inner: RequestContextMiddleware(inner, limit, ids))
+    app.dispatch_directly(errors, limit, ids)
     return app
 
 

@@ -4,9 +4,9 @@ FastAPI reaches an endpoint through six middlewares, two routers, dependency sol
 an exception wrapper per request: on a priced request that was as much CPU as the gateway's
 own work. An endpoint that takes only the request (every generation route: it
 authenticates before it reads the body, and parses the body itself) needs none of it, so
-:class:`OpenMaaSApp` calls such endpoints directly, through the same
-``RequestContextMiddleware`` (request id, body limit, access log) and the same error
-mapping (``server/errors.py``) as the full stack. Every route stays registered with FastAPI:
+:class:`OpenMaaSApp` calls such endpoints directly, with the steps of
+``RequestContextMiddleware`` (request id, body limit, access log) and the error mapping of
+``server/errors.py``, as the full stack does. Every route stays registered with FastAPI:
 the OpenAPI document, the access table and every other path (404, 405, a ``root_path``)
 are the full stack's.
 """
@@ -14,6 +14,7 @@ are the full stack's.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import get_type_hints
 
@@ -25,7 +26,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openmaas.core.errors import OpenMaaSError
+from openmaas.core.ids import RequestIdGenerator
 from openmaas.server.errors import ErrorMapping
+from openmaas.server.logs import request_id_var
+from openmaas.server.middleware import add_headers, begin, limited_receive, log_request
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -38,12 +42,13 @@ class OpenMaaSApp(FastAPI):
     _direct_app: ASGIApp | None = None
 
     def dispatch_directly(
-        self, errors: ErrorMapping, context: Callable[[ASGIApp], ASGIApp]
+        self, errors: ErrorMapping, max_body_bytes: int, new_request_id: RequestIdGenerator
     ) -> None:
-        """Call the endpoints that take only the request directly, wrapped by ``context``
-        (the request-context middleware) and answering errors through ``errors``."""
+        """Call the endpoints that take only the request directly, with what
+        ``RequestContextMiddleware`` does (the same ids: share its generator), answering
+        errors through ``errors``."""
         self._direct = direct_endpoints(self)
-        self._direct_app = context(_DirectDispatch(self._direct, errors))
+        self._direct_app = _DirectDispatch(self._direct, errors, max_body_bytes, new_request_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         direct = self._direct
@@ -86,23 +91,46 @@ def direct_endpoints(app: FastAPI) -> dict[tuple[str, str], Endpoint]:
 
 
 class _DirectDispatch:
-    """Calls the endpoint for the scope's method and path; an exception before the
-    response starts is answered as the full stack's handlers answer it."""
+    """Calls the endpoint for the scope's method and path: the request's id, the body
+    limit and the access-log line as ``RequestContextMiddleware`` gives them, without
+    wrapping ``send`` (the id and the route's headers go on the response before it is
+    sent); an exception before the response is answered as the full stack's handlers
+    answer it."""
 
-    __slots__ = ("_endpoints", "_errors")
+    __slots__ = ("_endpoints", "_errors", "_limit", "_new_request_id")
 
-    def __init__(self, endpoints: dict[tuple[str, str], Endpoint], errors: ErrorMapping) -> None:
+    def __init__(
+        self,
+        endpoints: dict[tuple[str, str], Endpoint],
+        errors: ErrorMapping,
+        max_body_bytes: int,
+        new_request_id: RequestIdGenerator,
+    ) -> None:
         self._endpoints = endpoints
         self._errors = errors
+        self._limit = max_body_bytes
+        self._new_request_id = new_request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self._endpoints[(scope["method"], scope["path"])]
+        rid, state, token = begin(scope, self._new_request_id)
+        started = time.perf_counter()
+        status: int | None = None
         try:
-            response = await endpoint(Request(scope, receive, send))
-        except OpenMaaSError as exc:
-            response = self._errors.ours(scope["path"], exc)
-        except HTTPException as exc:
-            response = self._errors.http(scope["path"], exc)
-        except Exception as exc:
-            response = self._errors.unexpected(scope["path"], exc)
-        await response(scope, receive, send)
+            receive = limited_receive(scope, receive, self._limit)
+            path = scope["path"]
+            try:
+                response = await self._endpoints[(scope["method"], path)](
+                    Request(scope, receive, send)
+                )
+            except OpenMaaSError as exc:
+                response = self._errors.ours(path, exc)
+            except HTTPException as exc:
+                response = self._errors.http(path, exc)
+            except Exception as exc:
+                response = self._errors.unexpected(path, exc)
+            add_headers(response.raw_headers, (b"x-request-id", rid.encode()), state)
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            log_request(scope, status, started, state)
+            request_id_var.reset(token)

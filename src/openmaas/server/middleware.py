@@ -1,9 +1,15 @@
-"""Pure ASGI middleware: request id, body-size limit, one access-log line per request."""
+"""Pure ASGI middleware: request id, body-size limit, one access-log line per request.
+
+The pieces (``begin``, ``limited_receive``, ``add_headers``, ``log_request``) are also
+what ``server/direct.py`` does for the routes it calls directly, without wrapping ``send``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from contextvars import Token
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,45 +32,16 @@ class RequestContextMiddleware:
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        # Shared by every instance of one application: its ids stay monotonic.
+        # Shared with the direct dispatch of one application: its ids stay monotonic.
         self.new_request_id = new_request_id or RequestIdGenerator()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = self.new_request_id()
-        token = request_id_var.set(rid)
-        state = scope.get("state")
-        if state is None:
-            state = scope["state"] = {}
-        state["request_id"] = rid
+        rid, state, token = begin(scope, self.new_request_id)
         started = time.perf_counter()
         code: int | None = None
-        limit = self.max_body_bytes
-        received = 0
-
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            too_large = PayloadTooLarge(limit)
-
-            async def refuse_receive() -> Message:
-                raise too_large
-
-            receive_fn: Receive = refuse_receive
-        else:
-
-            async def limited_receive() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise PayloadTooLarge(limit)
-                return message
-
-            receive_fn = limited_receive
-
         id_header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -72,30 +49,84 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 code = message["status"]
                 headers = list(message.get("headers", ()))
-                headers.append(id_header)
-                extra: dict[str, str] | None = state.get("response_headers")
-                if extra:
-                    present = {name.lower() for name, _ in headers}
-                    for name, value in extra.items():
-                        if name.encode() not in present:  # an error's own headers win
-                            headers.append((name.encode(), value.encode()))
+                add_headers(headers, id_header, state)
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive_fn, send_with_id)
-        finally:
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "key_id": state.get("key_id"),
-                },
+            await self.app(
+                scope, limited_receive(scope, receive, self.max_body_bytes), send_with_id
             )
+        finally:
+            log_request(scope, code, started, state)
             request_id_var.reset(token)
+
+
+def begin(
+    scope: Scope, new_request_id: RequestIdGenerator
+) -> tuple[str, dict[str, Any], Token[str | None]]:
+    """A new request's id, set in the scope's state (made if missing) and in the log
+    context (reset the returned token when the request ends)."""
+    rid = new_request_id()
+    token = request_id_var.set(rid)
+    state = scope.get("state")
+    if state is None:
+        state = scope["state"] = {}
+    state["request_id"] = rid
+    return rid, state, token
+
+
+def limited_receive(scope: Scope, receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises ``PayloadTooLarge`` once the body passes ``limit`` bytes, or
+    at once when ``content-length`` claims more."""
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        too_large = PayloadTooLarge(limit)
+
+        async def refuse_receive() -> Message:
+            raise too_large
+
+        return refuse_receive
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise PayloadTooLarge(limit)
+        return message
+
+    return limited
+
+
+def add_headers(
+    headers: list[tuple[bytes, bytes]], id_header: tuple[bytes, bytes], state: dict[str, Any]
+) -> None:
+    """The request id, then the headers a route asked for (``response_headers`` in the
+    state, e.g. ``x-ratelimit-*``) that the response does not carry itself."""
+    headers.append(id_header)
+    extra: dict[str, str] | None = state.get("response_headers")
+    if extra:
+        present = {name.lower() for name, _ in headers}
+        for name, value in extra.items():
+            if name.encode() not in present:  # an error's own headers win
+                headers.append((name.encode(), value.encode()))
+
+
+def log_request(scope: Scope, status: int | None, started: float, state: dict[str, Any]) -> None:
+    """The access-log line of one request."""
+    log.info(
+        "request",
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "key_id": state.get("key_id"),
+        },
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
