@@ -409,6 +409,8 @@ class RoutedEngine:
     ) -> tuple[_Member, str] | None:
         """The deployment for the next attempt and the decision's name, or None."""
         now = self.now()
+        if key_hash is None and len(self.members) == 1:
+            return self._select_only(request, exclude, now, need_room)
         usable = [
             m
             for m in self.members
@@ -439,6 +441,29 @@ class RoutedEngine:
             member = next(m for m in pool if m.id == chosen)
             decision = "least_loaded"
         return member, "burst" if burst else decision
+
+    def _select_only(
+        self,
+        request: GenerationRequest | EmbeddingRequest,
+        exclude: set[str],
+        now: float,
+        need_room: bool,
+    ) -> tuple[_Member, str] | None:
+        """``select`` for a model of one deployment, without affinity: the same checks and
+        the same answer, without building the pools (the common case, once per request)."""
+        m = self.members[0]
+        if (
+            m.id in exclude
+            or not m.ready()
+            or not m.breaker.allows(now)
+            or not (m.has_room() if need_room else m.breaker.state(now) is BreakerState.CLOSED)
+        ):
+            return None
+        if not m.local and _policy(request) is DataPolicy.LOCAL_ONLY:
+            return None
+        if m.deployment.weight < 1:  # least_loaded refuses it: keep its error
+            least_loaded([Load(m.id, m.outstanding, m.deployment.weight)], self.rng)
+        return m, "least_loaded"
 
     # -- serving -----------------------------------------------------------------------
     def stream(self, request: GenerationRequest) -> EngineStream:
