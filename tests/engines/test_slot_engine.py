@@ -193,6 +193,31 @@ async def test_an_organization_over_its_share_of_the_queue_is_refused_and_anothe
     assert engine.capacity().in_flight == 0
 
 
+async def test_a_stream_read_to_its_end_frees_its_slot_before_it_is_closed() -> None:
+    engine = await _fake(text="a b", slots=1, queue=1)
+    first = engine.stream(_of("A", 1))
+    events = [event async for event in first]
+    assert isinstance(events[-1], Finished)
+    assert engine.capacity().in_flight == 0
+    second = engine.stream(_of("B", 1))  # runs at once: the slot is free
+    assert isinstance(await second.__anext__(), TextDelta)
+    await first.aclose()
+    await second.aclose()
+    assert engine.stats.streams_started == 2 and engine.capacity().in_flight == 0
+
+
+async def test_a_stream_closed_before_it_starts_leaves_the_queue() -> None:
+    engine = await _fake(slots=1, queue=1)
+    first = engine.stream(_of("A", 1))
+    second = engine.stream(_of("B", 1))
+    await second.aclose()
+    assert engine.capacity().in_flight == 1
+    with pytest.raises(StopAsyncIteration):
+        await second.__anext__()
+    await first.aclose()
+    assert engine.stats.streams_started == 0 and engine.capacity().in_flight == 0
+
+
 async def test_a_request_whose_client_leaves_while_it_waits_never_reaches_the_engine() -> None:
     engine = await _fake(slots=1, queue=1)
     first = engine.stream(_of("A", 1))

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_SHIFTS = tuple(range(125, -1, -5))  # the 26 characters' bits, most significant first
 
 
 def encode_ulid(timestamp_ms: int, entropy: bytes) -> str:
@@ -21,11 +22,7 @@ def encode_ulid(timestamp_ms: int, entropy: bytes) -> str:
     if len(entropy) != 10:
         raise ValueError("entropy must be 10 bytes")
     value = (timestamp_ms << 80) | int.from_bytes(entropy, "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join([_ALPHABET[(value >> shift) & 31] for shift in _SHIFTS])
 
 
 def decode_ulid_timestamp(ulid: str) -> int:

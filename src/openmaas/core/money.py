@@ -40,6 +40,8 @@ DEFAULT_CURRENCY = Currency.CNY
 
 
 def _require_int(value: object, what: str) -> int:
+    if type(value) is int:  # the common case, one check (on every charge line)
+        return value
     # bool is an int subclass; True micros is a bug, not an amount.
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int (micros), not {type(value).__name__}")

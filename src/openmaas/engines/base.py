@@ -158,6 +158,57 @@ class EngineStream:
             self._release = None
 
 
+class _QueuedStream(EngineStream):
+    """One generation of a slot engine: its first event waits for its place's permit in
+    the fair queue, then the engine's events are read directly (``queued``'s generator
+    around them cost one more resumed frame per event). ``release`` frees the place, as
+    ``queued`` did when the events ended or were closed."""
+
+    def __init__(
+        self,
+        queue: FairQueue,
+        place: Place,
+        events: Callable[[], AsyncIterator[StreamEvent]],
+        tracker: UsageTracker,
+        release: Callable[[], None],
+    ) -> None:
+        super().__init__(_ended(), tracker, release)
+        self._queue = queue
+        self._place = place
+        self._start: Callable[[], AsyncIterator[StreamEvent]] | None = events
+
+    async def __anext__(self) -> StreamEvent:
+        if self._start is not None:
+            await self._begin(self._start)
+        try:
+            event = await self._events.__anext__()
+        except BaseException:
+            self._release_once()
+            raise
+        if isinstance(event, Finished):
+            self._take_cost()
+        return event
+
+    async def _begin(self, start: Callable[[], AsyncIterator[StreamEvent]]) -> None:
+        self._start = None
+        try:
+            await self._queue.wait(self._place)
+        except BaseException:  # cancelled while queued: the place leaves the queue
+            self._release_once()
+            raise
+        self._events = start()
+
+    async def aclose(self) -> None:
+        self._start = None  # never started: only the place to release
+        await super().aclose()
+
+
+async def _ended() -> AsyncIterator[StreamEvent]:
+    """No events (a stream not started yet, or one that will not start)."""
+    return
+    yield  # an async generator
+
+
 class Engine(Protocol):
     """Serves one model: what the catalog, the router and the gateway rely on.
 
@@ -420,8 +471,9 @@ class SlotEngine(abc.ABC):
         release = self._releasing(places)
         if n == 1:
             tracker = UsageTracker()
-            events = queued(self._queue, places[0], self._events(request, tracker))
-            return EngineStream(events, tracker, release)
+            return _QueuedStream(
+                self._queue, places[0], self._events(request, tracker), tracker, release
+            )
         choices = ChoicesTracker(n)
         streams = [
             queued(self._queue, place, self._events(choice_request(request, i), part))

@@ -58,6 +58,7 @@ from openmaas.core.types import (
     DataPolicy,
     EmbeddingRequest,
     EmbeddingResult,
+    Finished,
     GenerationRequest,
     StreamEvent,
 )
@@ -408,6 +409,8 @@ class RoutedEngine:
     ) -> tuple[_Member, str] | None:
         """The deployment for the next attempt and the decision's name, or None."""
         now = self.now()
+        if key_hash is None and len(self.members) == 1:
+            return self._select_only(request, exclude, now, need_room)
         usable = [
             m
             for m in self.members
@@ -438,6 +441,29 @@ class RoutedEngine:
             member = next(m for m in pool if m.id == chosen)
             decision = "least_loaded"
         return member, "burst" if burst else decision
+
+    def _select_only(
+        self,
+        request: GenerationRequest | EmbeddingRequest,
+        exclude: set[str],
+        now: float,
+        need_room: bool,
+    ) -> tuple[_Member, str] | None:
+        """``select`` for a model of one deployment, without affinity: the same checks and
+        the same answer, without building the pools (the common case, once per request)."""
+        m = self.members[0]
+        if (
+            m.id in exclude
+            or not m.ready()
+            or not m.breaker.allows(now)
+            or not (m.has_room() if need_room else m.breaker.state(now) is BreakerState.CLOSED)
+        ):
+            return None
+        if not m.local and _policy(request) is DataPolicy.LOCAL_ONLY:
+            return None
+        if m.deployment.weight < 1:  # least_loaded refuses it: keep its error
+            least_loaded([Load(m.id, m.outstanding, m.deployment.weight)], self.rng)
+        return m, "least_loaded"
 
     # -- serving -----------------------------------------------------------------------
     def stream(self, request: GenerationRequest) -> EngineStream:
@@ -643,12 +669,37 @@ class _Relay:
 class RoutedStream(EngineStream):
     """An :class:`EngineStream` whose ``route`` names the serving deployment and whose
     ``tracker`` is that deployment's; closing it closes the deployment's stream, even one
-    never read."""
+    never read.
+
+    The first event comes through ``_Relay.events`` (failover while none has come); every
+    later one is read from the serving deployment's stream directly, as ``events`` would
+    relay it, one async generator less per event on the hot path."""
 
     def __init__(self, relay: _Relay) -> None:
         super().__init__(relay.events(), relay.inner.tracker, relay.release)
         self._relay = relay
+        self._relaying = False  # the first event came: read the deployment's stream directly
         relay.bind(self)
+
+    async def __anext__(self) -> StreamEvent:
+        if not self._relaying:
+            event = await super().__anext__()
+            self._relaying = True
+            return event
+        relay = self._relay
+        try:
+            event = await relay.inner.__anext__()
+        except BaseException as exc:
+            if isinstance(exc, Exception) and not isinstance(exc, StopAsyncIteration):
+                relay.lease.failed(exc)  # mid-stream: recorded, never retried
+            try:
+                await relay.close()
+            finally:
+                self._release_once()
+            raise
+        if isinstance(event, Finished):
+            self._take_cost()
+        return event
 
     async def aclose(self) -> None:
         try:

@@ -24,10 +24,12 @@ from openmaas.accounts.auth import Authenticator
 from openmaas.billing.accountant import Accountant
 from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
+from openmaas.core.ids import RequestIdGenerator
 from openmaas.platform import open_platform
 from openmaas.protocols.anthropic.errors import to_anthropic_error
 from openmaas.protocols.openai.errors import to_responses_error
 from openmaas.protocols.zhipu.errors import to_zhipu_error
+from openmaas.server.direct import OpenMaaSApp
 from openmaas.server.errors import install_error_handlers
 from openmaas.server.heap import trim_heap_every
 from openmaas.server.middleware import RequestContextMiddleware
@@ -112,7 +114,7 @@ def create_app(
                 # Requests cut off by the grace period are still closing: let them record usage.
                 await app.state.openmaas.gateway.wait_idle(timeout=10.0)
 
-    app = FastAPI(
+    app = OpenMaaSApp(
         title="OpenMaaS",
         version=__version__,
         description="OpenAI-compatible API with keys and metering, over local models.",
@@ -127,7 +129,7 @@ def create_app(
     app.include_router(platform_routes.router)
     app.include_router(admin_routes.router)
     zhipu_routes.install(app)
-    install_error_handlers(
+    errors = install_error_handlers(
         app,
         [
             ("/v1/messages", to_anthropic_error),
@@ -143,7 +145,10 @@ def create_app(
         + zhipu_routes.BODY_MODELS
         + list(admin_routes.BODY_MODELS),
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    ids = RequestIdGenerator()
+    limit = settings.max_body_bytes
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=limit, new_request_id=ids)
+    app.dispatch_directly(errors, limit, ids)
     return app
 
 

@@ -1,9 +1,14 @@
-"""Pure ASGI middleware: request id, body-size limit, one access-log line per request."""
+"""Pure ASGI middleware: request id, body-size limit, one access-log line per request.
+
+The pieces (``begin``, ``limited_receive``, ``add_headers``, ``log_request``) are also
+what ``server/direct.py`` does for the routes it calls directly, without wrapping ``send``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from contextvars import Token
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,71 +24,109 @@ class RequestContextMiddleware:
     """Gives each HTTP request its id (``x-request-id`` on every response) and enforces the
     body limit while the body is read, whatever ``content-length`` claims."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        new_request_id: RequestIdGenerator | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.new_request_id = RequestIdGenerator()
+        # Shared with the direct dispatch of one application: its ids stay monotonic.
+        self.new_request_id = new_request_id or RequestIdGenerator()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = self.new_request_id()
-        token = request_id_var.set(rid)
-        scope.setdefault("state", {})["request_id"] = rid
+        rid, state, token = begin(scope, self.new_request_id)
         started = time.perf_counter()
-        status: dict[str, Any] = {"code": None}
-        limit = self.max_body_bytes
-        received = 0
-
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            too_large = PayloadTooLarge(limit)
-
-            async def refuse_receive() -> Message:
-                raise too_large
-
-            receive_fn: Receive = refuse_receive
-        else:
-
-            async def limited_receive() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise PayloadTooLarge(limit)
-                return message
-
-            receive_fn = limited_receive
+        code: int | None = None
+        id_header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message: Message) -> None:
+            nonlocal code
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", rid.encode()))
-                present = {name.lower() for name, _ in headers}
-                for name, value in scope["state"].get("response_headers", {}).items():
-                    if name.encode() not in present:  # an error's own headers win
-                        headers.append((name.encode(), value.encode()))
+                code = message["status"]
+                headers = list(message.get("headers", ()))
+                add_headers(headers, id_header, state)
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive_fn, send_with_id)
-        finally:
-            state = scope.get("state", {})
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status["code"],
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "key_id": state.get("key_id"),
-                },
+            await self.app(
+                scope, limited_receive(scope, receive, self.max_body_bytes), send_with_id
             )
+        finally:
+            log_request(scope, code, started, state)
             request_id_var.reset(token)
+
+
+def begin(
+    scope: Scope, new_request_id: RequestIdGenerator
+) -> tuple[str, dict[str, Any], Token[str | None]]:
+    """A new request's id, set in the scope's state (made if missing) and in the log
+    context (reset the returned token when the request ends)."""
+    rid = new_request_id()
+    token = request_id_var.set(rid)
+    state = scope.get("state")
+    if state is None:
+        state = scope["state"] = {}
+    state["request_id"] = rid
+    return rid, state, token
+
+
+def limited_receive(scope: Scope, receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises ``PayloadTooLarge`` once the body passes ``limit`` bytes, or
+    at once when ``content-length`` claims more."""
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        too_large = PayloadTooLarge(limit)
+
+        async def refuse_receive() -> Message:
+            raise too_large
+
+        return refuse_receive
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise PayloadTooLarge(limit)
+        return message
+
+    return limited
+
+
+def add_headers(
+    headers: list[tuple[bytes, bytes]], id_header: tuple[bytes, bytes], state: dict[str, Any]
+) -> None:
+    """The request id, then the headers a route asked for (``response_headers`` in the
+    state, e.g. ``x-ratelimit-*``) that the response does not carry itself."""
+    headers.append(id_header)
+    extra: dict[str, str] | None = state.get("response_headers")
+    if extra:
+        present = {name.lower() for name, _ in headers}
+        for name, value in extra.items():
+            if name.encode() not in present:  # an error's own headers win
+                headers.append((name.encode(), value.encode()))
+
+
+def log_request(scope: Scope, status: int | None, started: float, state: dict[str, Any]) -> None:
+    """The access-log line of one request."""
+    log.info(
+        "request",
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "key_id": state.get("key_id"),
+        },
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
