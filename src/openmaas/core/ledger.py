@@ -173,6 +173,8 @@ class Ledger:
 
     def has_budget(self, scopes: Iterable[str]) -> bool:
         """Whether any of ``scopes`` has a daily or monthly budget."""
+        if not self.budgets:  # the common case, read by every leased admission
+            return False
         return any((scope, period) in self.budgets for scope in scopes for period in BudgetPeriod)
 
     # -- applying --
@@ -268,6 +270,8 @@ class Ledger:
 
     def decide(self, command: Command) -> tuple[Event, ...]:
         """The events ``command`` produces, without applying them; raises when refused."""
+        if type(command) is SpendLease:  # the hot path: one per leased request
+            return self._spend(command)
         if isinstance(command, OpenOrg):
             _nonnegative(command.credit_limit, "credit_limit")
             if command.org in self.orgs:
@@ -406,7 +410,7 @@ class Ledger:
             transfers += _move(held_tokens(org), system(TOKENS, "consumed"), used)
             back = pack(pid) if not self.packs[pid].expired else system(TOKENS, "expired")
             transfers += _move(held_tokens(org), back, tokens - used)
-        charge = hold.applied.charge_lines(residual).micros
+        charge = hold.applied.charge_micros(residual)
         from_promo = min(charge, hold.promo)
         from_cash = min(charge - from_promo, hold.cash)
         currency = self.orgs[org].currency.value
@@ -430,6 +434,8 @@ class Ledger:
         """The transfers that pay ``extra`` micros of a charge beyond what was set aside
         (promo, then cash down to its floor, counting what this settlement gives back
         first), and the shortfall nobody could pay."""
+        if extra <= 0:  # the common case: the hold or the reservation covered it
+            return [], 0
         currency = self.orgs[org].currency.value
         revenue = system(currency, "revenue")
         extra_promo = min(extra, self.balance(promo(org)) + promo_back)
@@ -477,7 +483,7 @@ class Ledger:
         if command.applied.currency is not self.orgs[org].currency:
             raise ValueError(f"price in {command.applied.currency}, lease in another currency")
         lines = split_usage(command.usage, command.applied.price)
-        charge = command.applied.charge_lines(lines).micros
+        charge = command.applied.charge_micros(lines)
         from_lease = min(charge, command.reserved, lease.left)  # the others' stay theirs
         from_promo = min(from_lease, lease.promo)
         from_cash = from_lease - from_promo
