@@ -14,13 +14,24 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.errors import InsufficientBalance
 from openmaas.core.ledger import Ledger
-from openmaas.core.ledger_events import Event, Hold, Release, Settle, TopUp, cash, held
+from openmaas.core.ledger_events import (
+    Event,
+    Hold,
+    HoldResolved,
+    LeaseSpent,
+    Release,
+    Settle,
+    TopUp,
+    Transfer,
+    cash,
+    held,
+)
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
 from openmaas.store.audit import audit
 from openmaas.store.billing import statement
 from openmaas.store.database import MIGRATIONS_DIR
-from openmaas.store.ledger import EVENT, LedgerStore
+from openmaas.store.ledger import EVENT, LedgerStore, event_json
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import ledger_entries, ledger_events
 
@@ -166,6 +177,19 @@ async def test_the_entries_table_sums_to_the_balances(database: AsyncEngine) -> 
     assert [line.amount for line in lines] == [100, -HOLD, HOLD - 3]  # top-up, hold, refund
     assert [line.request_id for line in lines] == [None, "r1", "r1"]
     assert await statement(database, [cash(org)], NOW_MS + 1, NOW_MS + 2) == []
+
+
+def test_a_settlements_body_is_the_json_the_log_reads_back() -> None:
+    """The settlements' bodies (orjson, for CPU) are byte for byte pydantic's."""
+    revenue = Transfer("leased:o", "system:CNY:revenue", 3)
+    for event in (
+        LeaseSpent("r1", "l1", "o", Usage(200, 10, 300, True, 7), 40, 1, 2, 3, 0, (revenue,)),
+        LeaseSpent("r2", "l1", "o", Usage(), 40, 0, 0, 0, 5, ()),
+        HoldResolved("r3", True, Usage(1, 0, 2), 3, 0, 0, ()),
+        HoldResolved("r4", False, Usage(9, 9, 9, False, 9), 0, 12, 2, (revenue, revenue)),
+    ):
+        assert event_json(event) == EVENT.dump_json(event).decode()
+        assert EVENT.validate_json(event_json(event)) == event
 
 
 def test_upgrading_a_0001_database_keeps_its_data(tmp_path: Path) -> None:
