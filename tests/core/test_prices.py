@@ -156,6 +156,21 @@ def test_a_charge_is_the_sum_of_its_lines_each_by_the_rounding_rule(
 
 
 @given(usages(), model_prices(), st.integers(0, 10_000), counts)
+def test_the_settlements_total_is_the_itemized_charges_to_the_micro(
+    usage: Usage, price: ModelPrice, discount: int, pack_tokens: int
+) -> None:
+    applied = AppliedPrice(price, discount)
+    lines = split_usage(usage, price)
+    for part in (lines, *lines.cover(pack_tokens)):
+        assert applied.charge_micros(part) == applied.charge_lines(part).micros
+
+
+def test_the_settlements_total_refuses_what_a_line_refuses() -> None:
+    with pytest.raises(TypeError):
+        AppliedPrice(GLM).charge_micros(TokenLines(input=1.5))  # type: ignore[arg-type]
+
+
+@given(usages(), model_prices(), st.integers(0, 10_000), counts)
 def test_pack_coverage_never_raises_the_charge(
     usage: Usage, price: ModelPrice, discount: int, pack_tokens: int
 ) -> None:

@@ -3,6 +3,8 @@ per command, the event log as the truth, append-only tables, upgrades from 0001.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,15 +16,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.errors import InsufficientBalance
 from openmaas.core.ledger import Ledger
-from openmaas.core.ledger_events import Event, Hold, Release, Settle, TopUp, cash, held
+from openmaas.core.ledger_events import (
+    Event,
+    Hold,
+    HoldResolved,
+    LeaseSpent,
+    Release,
+    Settle,
+    TopUp,
+    Transfer,
+    cash,
+    held,
+)
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
 from openmaas.store.audit import audit
 from openmaas.store.billing import statement
 from openmaas.store.database import MIGRATIONS_DIR
-from openmaas.store.ledger import EVENT, LedgerStore
+from openmaas.store.ledger import EVENT, LedgerStore, event_json
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import ledger_entries, ledger_events
+from openmaas.store.writers import sqlite as writers_sqlite
 
 NOW_MS = 1_790_000_000_000
 PRICE = AppliedPrice(ModelPrice("m", 1_000_000, 1_000_000, 1_000_000))  # 1 micro a token
@@ -168,6 +182,19 @@ async def test_the_entries_table_sums_to_the_balances(database: AsyncEngine) -> 
     assert await statement(database, [cash(org)], NOW_MS + 1, NOW_MS + 2) == []
 
 
+def test_a_settlements_body_is_the_json_the_log_reads_back() -> None:
+    """The settlements' bodies (orjson, for CPU) are byte for byte pydantic's."""
+    revenue = Transfer("leased:o", "system:CNY:revenue", 3)
+    for event in (
+        LeaseSpent("r1", "l1", "o", Usage(200, 10, 300, True, 7), 40, 1, 2, 3, 0, (revenue,)),
+        LeaseSpent("r2", "l1", "o", Usage(), 40, 0, 0, 0, 5, ()),
+        HoldResolved("r3", True, Usage(1, 0, 2), 3, 0, 0, ()),
+        HoldResolved("r4", False, Usage(9, 9, 9, False, 9), 0, 12, 2, (revenue, revenue)),
+    ):
+        assert event_json(event) == EVENT.dump_json(event).decode()
+        assert EVENT.validate_json(event_json(event)) == event
+
+
 def test_upgrading_a_0001_database_keeps_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     config = Config()
@@ -215,3 +242,63 @@ async def test_commands_waiting_together_commit_together_and_fail_alone(
     fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
     assert fresh.balance(cash(org)) == store.ledger.balance(cash(org)) == 70
     assert "t3" not in fresh.funding_ids
+
+
+class _Pauses:
+    """``time`` for the SQLite writer: records its pauses, runs ``on_pause`` at each, and
+    moves its clock by ``step`` seconds per reading."""
+
+    def __init__(self, on_pause: Callable[[int], None], step: float = 0.0) -> None:
+        self.slept: list[float] = []
+        self._on_pause = on_pause
+        self._now = 0.0
+        self._step = step
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self._on_pause(len(self.slept))
+
+    def monotonic(self) -> float:
+        self._now += self._step
+        return self._now
+
+
+def _blocked_file(tmp_path: Path) -> tuple[str, sqlite3.Connection]:
+    path = str(tmp_path / "w.db")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("PRAGMA journal_mode=WAL")
+    blocker.execute("CREATE TABLE t (x INTEGER)")
+    blocker.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    blocker.execute("INSERT INTO t VALUES (0)")
+    return path, blocker
+
+
+def test_the_sqlite_writer_tries_again_soon_while_another_process_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Busy: pauses of a fraction of a millisecond (SQLite's own handler sleeps 1, 2, 5,
+    10 ... ms), then the write commits once the other transaction has."""
+    path, blocker = _blocked_file(tmp_path)
+    pauses = _Pauses(lambda n: blocker.execute("COMMIT") if n == 4 else None)
+    monkeypatch.setattr(writers_sqlite, "time", pauses)
+    writer = writers_sqlite.SqliteWriter(path, "FULL")
+    writer.write([("INSERT INTO t VALUES (?)", [(1,)])])
+    assert pauses.slept == [*writers_sqlite.BUSY_PAUSES_S, writers_sqlite.BUSY_PAUSES_S[-1]]
+    assert max(pauses.slept) <= 0.001
+    assert blocker.execute("SELECT x FROM t ORDER BY x").fetchall() == [(0,), (1,)]
+    writer._close()
+
+
+def test_the_sqlite_writer_gives_up_after_its_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, blocker = _blocked_file(tmp_path)
+    pauses = _Pauses(lambda _: None, step=1.0)  # a second per reading: 5 s in a few tries
+    monkeypatch.setattr(writers_sqlite, "time", pauses)
+    writer = writers_sqlite.SqliteWriter(path, "FULL")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        writer.write([("INSERT INTO t VALUES (?)", [(1,)])])
+    assert 1 <= len(pauses.slept) <= writers_sqlite.BUSY_TIMEOUT_MS / 1000 + 1
+    blocker.execute("COMMIT")
+    assert blocker.execute("SELECT x FROM t").fetchall() == [(0,)]  # nothing half-written
+    writer._close()

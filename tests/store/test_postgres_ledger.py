@@ -247,7 +247,7 @@ async def test_two_writers_on_two_engines_never_overdraw_and_see_each_other(
     view_a, view_b = await a.refresh(), await b.refresh()
     assert view_a.balances == view_b.balances
     assert view_a.holds.keys() == view_b.holds.keys()
-    assert view_a.resolved.keys() == view_b.resolved.keys()
+    assert view_a.resolved == view_b.resolved
     assert view_a.balance(cash(org)) == await sql_balance(second, cash(org))
     assert view_a.balance(held(org)) == await sql_balance(second, held(org))
     held_now = QUOTE.micros * len(view_a.holds)
@@ -343,4 +343,53 @@ async def test_hot_batches_skip_sqlalchemy_and_a_failing_one_fails_alone(
     fresh = await LedgerStore(database, lambda: NOW).refresh()
     assert fresh.balance(cash(org)) == store.ledger.balance(cash(org)) == 80
     assert "t3" not in fresh.funding_ids and "t3" not in store.ledger.funding_ids
+    await store.close()
+
+
+async def test_a_batch_of_settlements_with_their_rows_is_written_whole(
+    database: AsyncEngine, database_url: str, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Settlements waiting together, each with its usage record and the deletion of its
+    in-flight row, commit as one batch: on PostgreSQL its writes are one statement (events,
+    entries, head, usage records and deletions: ``store/writers/asyncpg.py``). Every row is
+    written, every in-flight row deleted, and the entries sum to the balances."""
+    import logging
+
+    from openmaas.core.termination import Termination
+    from openmaas.core.usage import UsageRecord
+    from openmaas.store.billing import InFlight, inflight_row
+    from openmaas.store.repositories import usage_rows
+    from openmaas.store.schema import inflight, usage_records
+
+    org = await new_org(database)
+    store = LedgerStore(database, clock.now_ms)
+    await store.execute(TopUp("t1", org, 10 * QUOTE.micros))
+    ids = [f"r{i}" for i in range(8)]
+    await asyncio.gather(*(store.execute(hold(rid, org)) for rid in ids))
+    await store.write(
+        rows=lambda _: [inflight_row(InFlight(r, "k", org, "m1", "chat", NOW, None)) for r in ids]
+    )
+    usage = Usage(prompt_tokens=80, cached_tokens=20, completion_tokens=30)
+
+    def settle(rid: str) -> Callable[[tuple[Event, ...]], object]:
+        record = UsageRecord(rid, "k", org, "m1", "chat", usage, Termination.FINISHED, NOW, 1, 2)
+        return lambda events: usage_rows(record) if events else ()
+
+    with caplog.at_level(logging.DEBUG, logger="openmaas.store.writes"):
+        settled = await asyncio.gather(
+            *(store.execute(Settle(rid, usage), rows=settle(rid)) for rid in ids)  # type: ignore[arg-type]
+        )
+    assert all(len(events) == 1 for events in settled)
+    if database_url.startswith("postgresql"):
+        combined = [m for m in caplog.messages if m.startswith("WITH ")]
+        assert len(combined) == 1 and "DELETE FROM inflight" in combined[0]
+        assert "INSERT INTO usage_records" in combined[0]
+    assert await count(database, usage_records) == 8
+    assert await count(database, inflight) == 0
+    fresh = await LedgerStore(database, clock.now_ms).refresh()
+    assert fresh.balances == store.ledger.balances
+    charge = PRICE.charge(usage).micros
+    assert await sql_balance(database, "system:CNY:revenue") == 8 * charge
+    assert await sql_balance(database, cash(org)) == fresh.balance(cash(org))
+    assert fresh.balance(cash(org)) == 10 * QUOTE.micros - 8 * charge
     await store.close()

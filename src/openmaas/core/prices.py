@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from openmaas.core.money import BASIS_POINTS, Currency, Money, line_charge
+from openmaas.core.money import BASIS_POINTS, TOKENS_PER_PRICE, Currency, Money, line_charge
 from openmaas.core.types import Usage
 
 
@@ -47,6 +47,8 @@ LINE_ORDER: tuple[LineKind, ...] = (
 
 LINE_SLACK = len(LINE_ORDER) - 1
 """Rounding each of n lines up adds at most n-1 micros over rounding their sum once."""
+
+_PER_PRICE_BP = TOKENS_PER_PRICE * BASIS_POINTS  # ``line_charge``'s denominator
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,26 @@ class AppliedPrice:
             if tokens
         )
         return Charge(self.price.model, self.currency, self.discount_bp, items)
+
+    def charge_micros(self, lines: TokenLines) -> int:
+        """``charge_lines(lines).micros`` without the itemized lines: the ledger's
+        settlements (one per request) need only the total. The same rule, line by line
+        (``money.line_charge``); the price and discount were checked when built."""
+        price = self.price
+        reasoning = price.reasoning_per_million
+        keep = BASIS_POINTS - self.discount_bp
+        total = 0
+        for tokens, per_million in (
+            (lines.input, price.input_per_million),
+            (lines.cached_input, price.cached_input_per_million),
+            (lines.output, price.output_per_million),
+            (lines.reasoning, price.output_per_million if reasoning is None else reasoning),
+        ):
+            if type(tokens) is not int:  # a float or a bool: refused as line_charge does
+                total += line_charge(tokens, per_million, self.discount_bp)
+            elif tokens:
+                total -= (-tokens * per_million * keep) // _PER_PRICE_BP
+        return total
 
     def charge(self, usage: Usage) -> Charge:
         return self.charge_lines(split_usage(usage, self.price))

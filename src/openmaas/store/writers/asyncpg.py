@@ -2,11 +2,19 @@
 
 SQLAlchemy's execution of a statement (compiling from its cache, binding, its result
 object) cost about as much Python as the statement's round trip, several times per batch.
-:class:`AsyncpgWriter` runs the same SQL as ``store/writers/sqlite.py`` (its ``?``
-placeholders numbered as PostgreSQL's ``$1``, ``$2`` ...) on the pooled connection's own
-asyncpg connection, each statement's rows in one ``executemany``, in one asyncpg
-transaction. Same SQL and lock as the SQLAlchemy path, so processes using either
-serialize on ``ledger_head`` alike.
+:class:`AsyncpgWriter` runs the same SQL as ``store/writers/sqlite.py`` on the pooled
+connection's own asyncpg connection, in one asyncpg transaction. Same SQL and lock as the
+SQLAlchemy path, so processes using either serialize on ``ledger_head`` alike.
+
+A batch's writes (the events, their entries, the head, the usage records, the in-flight
+rows inserted and deleted) are **one statement**, one round trip: each ``INSERT`` becomes a
+data-modifying ``WITH`` part that inserts ``unnest``-ed column arrays, each ``DELETE``
+one with ``= ANY`` of an array of keys, and the head's ``UPDATE`` the main statement.
+Every such part runs exactly once whether or not the main statement reads it, and the
+foreign key of ``ledger_entries`` is checked at the statement's end, when its events are
+in. The batch holds the ledger's lock from its ``UPDATE ledger_head`` to its commit: one
+round trip for the writes, where a statement each made five, and the event loop had to get
+back to the batch after each of them.
 """
 
 from __future__ import annotations
@@ -14,24 +22,36 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from openmaas.store.writers.sqlite import EVENTS_SINCE, LOCK_HEAD, Statement, trace
+from openmaas.store.schema import metadata
+from openmaas.store.writers.sqlite import EVENTS_SINCE, LOCK_HEAD, SET_HEAD, Statement, trace
 
 _MARK = re.compile(r"\?")
+_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \([?, ]+\)")
+_DELETE = re.compile(r"DELETE FROM (\w+) WHERE (\w+) = \?")
 
 
 def uses_asyncpg(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg"
 
 
+def _array_type(table: str, column: str) -> str:
+    """The PostgreSQL type of an array of ``table.column``'s values (lengths left to the
+    column: an over-long value is refused by the insert, as before)."""
+    sql_type = metadata.tables[table].c[column].type.compile(dialect=postgresql.dialect())
+    return sql_type.partition("(")[0] + "[]"
+
+
 class AsyncpgWriter:
     """Numbers the writer's SQL once per statement and runs it on asyncpg."""
 
-    __slots__ = ("_sql",)
+    __slots__ = ("_parts", "_sql")
 
     def __init__(self) -> None:
         self._sql: dict[str, str] = {}
+        self._parts: dict[str, tuple[str, ...] | None] = {}  # SQL -> array types (None: as is)
 
     def numbered(self, sql: str) -> str:
         found = self._sql.get(sql)
@@ -58,7 +78,62 @@ class AsyncpgWriter:
         return [(r[0], r[1]) for r in await apg.fetch(self.numbered(EVENTS_SINCE), since)]
 
     async def run(self, apg: Any, statements: list[Statement]) -> None:
-        for sql, params in statements:
-            if params:
+        """Run ``statements`` (the writers' ``INSERT``s, ``DELETE``s and the head's
+        ``UPDATE``) as one statement; any other SQL on its own, as it is."""
+        statements = [(sql, params) for sql, params in statements if params]
+        if not statements:
+            return
+        if len(statements) == 1 or any(self._types(sql) is None for sql, _ in statements):
+            for sql, params in statements:
                 trace(sql)
                 await apg.executemany(self.numbered(sql), params)
+            return
+        sql, args = self.combined(statements)
+        trace(sql)
+        await apg.execute(sql, *args)
+
+    def combined(self, statements: list[Statement]) -> tuple[str, list[Any]]:
+        """One statement for ``statements`` (each a known write) and its arguments."""
+        parts: list[str] = []
+        main = "SELECT 1"
+        args: list[Any] = []
+        for sql, params in statements:
+            types = self._types(sql)
+            assert types is not None
+            first = len(args) + 1
+            if sql == SET_HEAD:
+                args.append(params[-1][0])
+                main = f"UPDATE ledger_head SET seq = ${first} WHERE id = 1"
+                continue
+            marks = ", ".join(f"${first + i}::{t}" for i, t in enumerate(types))
+            insert = _INSERT.fullmatch(sql)
+            if insert is not None:
+                table, columns = insert.groups()
+                args.extend(list(column) for column in zip(*params, strict=True))
+                parts.append(f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({marks})")
+            else:
+                delete = _DELETE.fullmatch(sql)
+                assert delete is not None
+                table, column = delete.groups()
+                args.append([row[0] for row in params])
+                parts.append(f"DELETE FROM {table} WHERE {column} = ANY({marks})")
+        withs = ", ".join(f"w{n} AS ({part})" for n, part in enumerate(parts))
+        return (f"WITH {withs} {main}" if parts else main), args
+
+    def _types(self, sql: str) -> tuple[str, ...] | None:
+        """The array types of a known write's parameters (None: not one)."""
+        if sql in self._parts:
+            return self._parts[sql]
+        types: tuple[str, ...] | None = None
+        if sql == SET_HEAD:
+            types = ("bigint",)
+        elif (insert := _INSERT.fullmatch(sql)) is not None:
+            table, columns = insert.groups()
+            if table in metadata.tables:
+                types = tuple(_array_type(table, c.strip()) for c in columns.split(","))
+        elif (delete := _DELETE.fullmatch(sql)) is not None:
+            table, column = delete.groups()
+            if table in metadata.tables:
+                types = (_array_type(table, column),)
+        self._parts[sql] = types
+        return types

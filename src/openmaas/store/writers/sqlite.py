@@ -22,8 +22,10 @@ connection).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -43,6 +45,15 @@ Statement = tuple[str, list[tuple[Any, ...]]]
 """SQL with ``?`` placeholders and the parameter rows it is executed for (``executemany``)."""
 
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a writer waits for another process's write transaction before it fails."""
+
+BUSY_PAUSES_S = (0.0002, 0.0005, 0.001)
+"""The writer's pauses between tries of ``BEGIN IMMEDIATE`` while another process writes
+(the last one repeated). SQLite's own busy handler sleeps 1, 2, 5, 10, 15 ... ms between
+tries: with another process's batch holding the lock for well under a millisecond to a
+few, a waiting process slept on long after the lock was free."""
 
 EVENT_COLUMNS = ("seq", "at_ms", "kind", "org_id", "request_id", "idempotency_key", "body")
 ENTRY_COLUMNS = ("event_seq", "at_ms", "debit", "credit", "amount", "unit", "request_id")
@@ -141,9 +152,31 @@ class SqliteWriter:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA busy_timeout=0")  # waits of its own: ``_begin``
             self._conn = conn
         return self._conn
+
+    @staticmethod
+    def _begin(conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` (the database's write lock), tried again after each of
+        ``BUSY_PAUSES_S`` while another connection holds it, for up to ``BUSY_TIMEOUT_MS``.
+        The connection's own busy timeout is 0: once the lock is held, nothing a write
+        transaction does in WAL mode waits for another connection."""
+        deadline = 0.0
+        for tries in itertools.count():
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF
+                if code != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                if not tries:
+                    deadline = now + BUSY_TIMEOUT_MS / 1000
+                elif now >= deadline:
+                    raise
+            time.sleep(BUSY_PAUSES_S[min(tries, len(BUSY_PAUSES_S) - 1)])
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -153,7 +186,7 @@ class SqliteWriter:
     def write(self, statements: list[Statement]) -> None:
         """Run ``statements`` in one transaction and commit."""
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         self.commit(statements)
 
     def lock(self, since: int) -> list[tuple[int, str]]:
@@ -161,7 +194,7 @@ class SqliteWriter:
         (none read when the last event is ``since``'s). The transaction stays open for
         :meth:`commit` or :meth:`rollback`."""
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         try:
             trace(LOCK_HEAD)
             head = conn.execute(LOCK_HEAD).fetchone()
