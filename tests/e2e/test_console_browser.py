@@ -149,6 +149,10 @@ def test_the_pages_in_both_languages_and_at_phone_width(browser: Any, live: Live
     english.get_by_role("link", name="Balance").click()
     assert english.locator("[data-figure=available]").inner_text() == "CN¥1,234.50"
     _shot(english, "balance-en")
+    english.get_by_role("link", name="Audit log").click()  # the platform's: operators only
+    english.get_by_role("cell", name="user.create").first.wait_for()
+    _shot(english, "audit-en")
+    english.go_back()  # to the balance
     english.get_by_label("Language").select_option("zh-CN")  # the switch, kept in a cookie
     english.get_by_role("heading", name="余额").wait_for()  # the same page, in Chinese
     english.context.close()
@@ -166,6 +170,9 @@ def test_the_pages_in_both_languages_and_at_phone_width(browser: Any, live: Live
     chinese.get_by_role("link", name="余额").click()
     assert chinese.locator("[data-figure=available]").inner_text() == "¥1,234.50"
     _shot(chinese, "balance-zh-CN")
+    chinese.get_by_role("link", name="审计日志").click()
+    chinese.get_by_role("cell", name="key.revoke").first.wait_for()
+    _shot(chinese, "audit-zh-CN")
     chinese.context.close()
 
     phone = _page(browser, live, "zh-CN", PHONE)

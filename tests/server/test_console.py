@@ -230,3 +230,20 @@ def test_the_static_files_are_served_by_the_server_itself(
     client, _ = console
     assert "DOMContentLoaded" in client.get("/console/static/console.js").text
     assert ":focus-visible" in client.get("/console/static/console.css").text
+
+
+def test_operators_read_the_audit_log_with_each_persons_changes(
+    console: tuple[TestClient, World],
+) -> None:
+    client, world = console
+    sign_in(client, "member@example.com")
+    keys = f"/console/orgs/{world.org_a}/keys"
+    post_form(client, keys, keys, name="audited")
+    assert "/console/audit" not in client.get(keys).text  # no link for non-operators
+    sign_in(client, "ops@example.com")
+    page = client.get("/console/audit", params={"action": "key.create"}).text
+    assert "(member@example.com)" in page and "audited" in page
+    assert "user.create" not in page  # filtered by action
+    everything = client.get("/console/audit").text
+    assert "user.create" in everything and "member.set" in everything and "cli:test" in everything
+    assert "No entries match." in client.get("/console/audit", params={"actor": "nobody"}).text

@@ -74,6 +74,8 @@ def _expected(rule: ConsoleAccess, person: str | None, org_is_a: bool) -> set[in
         return {303, 403}  # GET: to sign in; POST: refused
     if rule is ConsoleAccess.SIGNED_IN:
         return {200, 303, 400}
+    if rule is ConsoleAccess.OPERATOR:
+        return {200} if person == "ops@example.com" else {403}
     role = (ROLE_IN_A if org_is_a else ROLE_IN_B).get(person)
     if role is None:
         return {404}  # another organization's pages do not exist for them
@@ -135,6 +137,8 @@ def test_a_member_of_a_never_sees_bs_keys_and_a_viewer_changes_nothing(
     assert made.status_code == 403
     revoke = f"/console/orgs/{world.org_a}/keys/{world.key_a}/revoke"
     assert client.post(revoke, data={"csrf": token}).status_code == 403
+
+    assert client.get("/console/audit").status_code == 403  # the platform's pages: operators
 
     sign_in(client, "bob@example.com")
     assert client.get(f"/console/orgs/{world.org_a}/balance").status_code == 404

@@ -43,6 +43,7 @@ class ConsoleAccess(Enum):
     MEMBER = "member"  # at least member there: creates and revokes keys
     ADMIN = "admin"
     OWNER = "owner"
+    OPERATOR = "operator"  # an operator only: the platform's pages
 
 
 _PUBLIC = Access.PUBLIC
@@ -67,6 +68,7 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     "POST /console/orgs/{org}/keys/{key_id}/revoke": ConsoleAccess.MEMBER,
     "GET /console/orgs/{org}/models": ConsoleAccess.VIEWER,
     "GET /console/orgs/{org}/balance": ConsoleAccess.VIEWER,
+    "GET /console/audit": ConsoleAccess.OPERATOR,
     "GET /console/{rest:path}": ConsoleAccess.PUBLIC,  # any other path: the console's 404
 }
 

@@ -221,6 +221,8 @@ async def _enter(request: Request, org: str | None = None) -> Visit:
         if request.method == "GET":
             raise _Redirect(f"{PREFIX}/sign-in?next={quote(request.url.path)}")
         raise PermissionDenied("Sign in first.")
+    if rule is ConsoleAccess.OPERATOR and not session.user.operator:
+        raise PermissionDenied("Only operators may open the platform's pages.")
     needed = _ROLE_OF.get(rule)
     if needed is not None:
         assert org is not None, "a route with a role names its {org}"
@@ -496,6 +498,31 @@ async def balance(request: Request, org: str) -> Response:
     report = await visit.platform.billing_admin(actor_of(visit.user)).balance(visit.org.org_id)
     orgs = await visit.people().organizations(visit.user)
     return visit.render("balance.html", page="balance", balance=report, orgs=orgs)
+
+
+# -- the platform's pages (operators) ------------------------------------------------------
+
+AUDIT_SCAN = 1000  # the newest entries the audit page filters
+
+
+@router.get("/audit")
+@page
+async def audit(request: Request) -> Response:
+    """The audit log, newest first, filtered by action (a prefix: ``key.``) and actor."""
+    visit = await _enter(request)
+    assert visit.user is not None
+    action = request.query_params.get("action", "").strip()[:60]
+    actor = request.query_params.get("actor", "").strip()[:80]
+    entries = await visit.platform.billing_admin(actor_of(visit.user)).audit_log(AUDIT_SCAN)
+    shown = [e for e in entries if e.action.startswith(action) and (not actor or actor in e.actor)][
+        :200
+    ]
+    emails = {u.id: u.email for u in await visit.people().users.all()}
+    rows = [
+        (e, emails.get(e.actor.removeprefix("user:")) if e.actor.startswith("user:") else None)
+        for e in shown
+    ]
+    return visit.render("audit.html", page="audit", rows=rows, action=action, actor=actor)
 
 
 @router.get("/{rest:path}")
