@@ -247,3 +247,28 @@ def test_operators_read_the_audit_log_with_each_persons_changes(
     everything = client.get("/console/audit").text
     assert "user.create" in everything and "member.set" in everything and "cli:test" in everything
     assert "No entries match." in client.get("/console/audit", params={"actor": "nobody"}).text
+
+
+def test_signing_in_returns_to_the_page_asked_for_and_only_to_a_console_page(
+    console: tuple[TestClient, World],
+) -> None:
+    client, world = console
+    balance = f"/console/orgs/{world.org_a}/balance"
+    asked = client.get(balance, follow_redirects=False)
+    assert asked.headers["location"] == f"/console/sign-in?next={balance}"
+    page = client.get(asked.headers["location"])
+    action = page.text.split('<form method="post" action="')[2].split('"')[0]
+    signed = client.post(
+        action,
+        data={"email": "member@example.com", "password": PASSWORD, "csrf": csrf_of(page)},
+        follow_redirects=False,
+    )
+    assert signed.headers["location"] == balance
+    client.cookies.clear()
+    page = client.get("/console/sign-in", params={"next": "//evil.example/x"})
+    signed = client.post(
+        "/console/sign-in?next=//evil.example/x",
+        data={"email": "member@example.com", "password": PASSWORD, "csrf": csrf_of(page)},
+        follow_redirects=False,
+    )
+    assert signed.headers["location"] == "/console"

@@ -302,7 +302,12 @@ async def sign_in_page(request: Request) -> Response:
     if visit.user is not None:
         return visit.redirect(_next(request.query_params.get("next")))
     notice = visit.t("password_changed") if request.query_params.get("changed") else None
-    return visit.render("sign_in.html", signup=visit.console.settings.console_signup, notice=notice)
+    return visit.render(
+        "sign_in.html",
+        signup=visit.console.settings.console_signup,
+        notice=notice,
+        next=_next(request.query_params.get("next")),
+    )
 
 
 @router.post("/sign-in")
@@ -327,7 +332,14 @@ async def sign_in(request: Request) -> Response:
         response.delete_cookie(CSRF_COOKIE, path=PREFIX)
         return response
     signup = visit.console.settings.console_signup
-    return visit.render("sign_in.html", 401, error=error, email=email, signup=signup)
+    return visit.render(
+        "sign_in.html",
+        401,
+        error=error,
+        email=email,
+        signup=signup,
+        next=_next(request.query_params.get("next")),
+    )
 
 
 @router.post("/sign-out")
