@@ -272,3 +272,20 @@ def test_signing_in_returns_to_the_page_asked_for_and_only_to_a_console_page(
         follow_redirects=False,
     )
     assert signed.headers["location"] == "/console"
+
+
+def test_a_key_made_with_a_monthly_budget_shows_it_and_a_bad_budget_makes_no_key(
+    console: tuple[TestClient, World],
+) -> None:
+    client, world = console
+    sign_in(client, "member@example.com")
+    keys = f"/console/orgs/{world.org_a}/keys"
+    bad = post_form(client, keys, keys, name="broke", budget="a lot")
+    assert bad.status_code == 400 and "The budget must be an amount" in bad.text
+    assert ">broke<" not in client.get(keys).text
+    made = post_form(client, keys, keys, name="capped", budget="5")
+    assert made.status_code == 201
+    row = client.get(keys).text.split(">capped<")[1].split("</tr>")[0]
+    assert "CN¥0.00 of CN¥5.00" in row
+    sign_in(client, "ops@example.com")
+    assert "billing.budget_set" in client.get("/console/audit", params={"actor": "user:"}).text

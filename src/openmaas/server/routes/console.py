@@ -31,7 +31,9 @@ from openmaas.accounts.admin import NewOrganization
 from openmaas.accounts.people import Access as OrgAccess
 from openmaas.accounts.people import OrgRole, PeopleAdmin, actor_of
 from openmaas.accounts.people_sessions import LockedOut, Session, SignIn, SignInPolicy
+from openmaas.billing.admin_bodies import BudgetLimit
 from openmaas.core.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from openmaas.core.ledger_events import BudgetPeriod
 from openmaas.core.money import Currency
 from openmaas.core.prices import ModelPrice
 from openmaas.platform import Platform
@@ -433,11 +435,19 @@ async def change_password(request: Request) -> Response:
 async def _keys_page(visit: Visit, status: int = 200, **values: Any) -> Response:
     assert visit.org is not None and visit.user is not None
     people = visit.people()
+    report = await visit.platform.billing_admin(actor_of(visit.user)).balance(visit.org.org_id)
+    budgets = {  # this month's budget of each key that has one
+        b.scope.removeprefix("key:"): b
+        for b in report.budgets
+        if b.scope.startswith("key:") and b.period is BudgetPeriod.MONTH
+    }
     return visit.render(
         "keys.html",
         status,
         page="keys",
         keys=await people.org_keys(visit.org),
+        budgets=budgets,
+        currency=report.currency.value,
         orgs=await people.organizations(visit.user),
         can_change=visit.org.role >= OrgRole.MEMBER,
         **values,
@@ -456,11 +466,17 @@ async def keys(request: Request, org: str) -> Response:
 @page
 async def create_key(request: Request, org: str) -> Response:
     visit = await _enter(request, org)
-    assert visit.org is not None
-    try:
+    assert visit.org is not None and visit.user is not None
+    budget_text = visit.form.get("budget", "").strip()
+    try:  # the budget is checked before the key exists
+        budget = BudgetLimit.parse({"limit": budget_text}) if budget_text else None
         issued = await visit.people().issue_key(visit.org, visit.form.get("name", ""))
     except InvalidRequest as exc:
-        return await _keys_page(visit, 400, error=exc.message)
+        message = visit.t("budget_invalid") if exc.param == "limit" else exc.message
+        return await _keys_page(visit, 400, error=message)
+    if budget is not None:  # a monthly budget on the new key, as the admin API sets one
+        billing = visit.platform.billing_admin(actor_of(visit.user))
+        await billing.set_budget(f"key:{issued.key.id}", BudgetPeriod.MONTH.value, budget)
     return await _keys_page(visit, 201, new_token=issued.token)
 
 
