@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what the test suite runs besides Python: the servers its fixtures start and stop on
-# loopback (redis-server), and npm with Claude Code and Codex CLI for their tests in tests/e2e.
-# redis-server, nodejs and npm come from Debian's packages when they are not on PATH; the
+# loopback (redis-server), npm with Claude Code and Codex CLI for their tests in tests/e2e,
+# and Debian's Chromium with a Chinese font for the console's browser tests (Playwright
+# drives /usr/bin/chromium; its own browser download is never used).
+# redis-server, nodejs, npm and chromium come from Debian's packages when missing; the
 # clients come from the npm registry at the exact versions scripts/claude-code/ and
 # scripts/codex/ pin, into .cache/npm (scripts/install-npm-client.sh). `make test` runs this
 # first.
@@ -14,6 +16,9 @@ set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+# the console's Chinese pages (and their screenshots) need a CJK font
+[ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

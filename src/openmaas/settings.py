@@ -260,6 +260,18 @@ class Settings(BaseSettings):
         "process; `serve --workers N` sets it to engine.sock in the data directory.",
     )
 
+    console_signup: bool = Field(
+        False,
+        description="Anyone may sign up to the console (an account and an organization of "
+        "their own); off: people are created by the CLI or an operator.",
+    )
+    console_session_hours: float = Field(
+        12, gt=0, description="A console session ends after this long without a request."
+    )
+    console_lockout_failures: int = Field(
+        5, ge=1, description="Failed sign-ins to one account before it is locked 15 minutes."
+    )
+
     @field_validator("sqlite_synchronous")
     @classmethod
     def _check_synchronous(cls, value: str) -> str:

@@ -60,6 +60,13 @@ CLI_CHANGES: dict[str, Command] = {
     "catalog apply": Command("catalog apply {file} --allow-empty"),
     "credentials set": Command("credentials set cloud-key", stdin="s3cret\n"),
     "credentials delete": Command("credentials delete old-key", setup=("credentials set old-key",)),
+    "users create": Command(
+        "users create --email new@example.com --password-stdin", stdin="correct horse battery\n"
+    ),
+    "users add-member": Command(
+        "users add-member --email pat@example.com --org {org} --role viewer",
+        setup=("users create --email pat@example.com --password-stdin",),
+    ),
 }
 CLI_READS: dict[str, Command] = {
     "orgs list": Command("orgs list"),
@@ -76,6 +83,7 @@ CLI_READS: dict[str, Command] = {
     "models list": Command("models list"),
     "deployments list": Command("deployments list"),
     "credentials list": Command("credentials list"),
+    "users list": Command("users list"),
 }
 NOT_ADMINISTRATION = {"serve"}  # starts the server; its first start is tested below
 
@@ -139,7 +147,7 @@ def test_each_changing_cli_command_writes_exactly_one_audit_row(
 ) -> None:
     case = CLI_CHANGES[name]
     for command in case.setup:
-        cli_site.run(command, stdin="value\n")
+        cli_site.run(command, stdin="a setup value\n")  # also a password long enough
     before = cli_site.audit_rows()
     cli_site.run(case.args, case.stdin)
     assert cli_site.audit_rows() == before + 1

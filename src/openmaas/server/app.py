@@ -35,6 +35,7 @@ from openmaas.server.heap import trim_heap_every
 from openmaas.server.middleware import RequestContextMiddleware
 from openmaas.server.routes import admin as admin_routes
 from openmaas.server.routes import anthropic as anthropic_routes
+from openmaas.server.routes import console as console_routes
 from openmaas.server.routes import openai as openai_routes
 from openmaas.server.routes import platform as platform_routes
 from openmaas.server.routes import responses as responses_routes
@@ -129,6 +130,7 @@ def create_app(
     app.include_router(platform_routes.router)
     app.include_router(admin_routes.router)
     zhipu_routes.install(app)
+    console_routes.install(app, settings)  # /console: pages for people
     errors = install_error_handlers(
         app,
         [

@@ -9,6 +9,12 @@ of key and fails on a route that is missing here or answers otherwise.
 Every key belongs to one organization and sees only that organization's data (its usage,
 stored responses, async jobs): a resource of another organization answers 404, as one that
 does not exist.
+
+The console's routes (``/console``) take no key: a person's session. They are in ``POLICY``
+as ``CONSOLE``, and ``CONSOLE_ROLES`` says who may call each: anyone, anyone signed in, or
+at least a role in the organization its ``{org}`` names (an operator: every organization,
+as owner). ``server/routes/console.py`` checks each request against this table, and a test
+fails when a served console route is missing from it.
 """
 
 from __future__ import annotations
@@ -25,11 +31,46 @@ class Access(Enum):
     PUBLIC = "public"  # no key needed; nothing of an organization is shown
     KEY = "key"  # any valid key (member or admin); it sees its own organization only
     ADMIN = "admin"  # an admin key (a member key: 403)
+    CONSOLE = "console"  # a person's console session, by CONSOLE_ROLES (keys are not read)
+
+
+class ConsoleAccess(Enum):
+    """Who may call a console route; the roles in an organization from least to most."""
+
+    PUBLIC = "public"  # anyone (signing in, the language, static files)
+    SIGNED_IN = "signed-in"  # anyone with a session (their own password, their organizations)
+    VIEWER = "viewer"  # at least viewer in the path's {org}: reads
+    MEMBER = "member"  # at least member there: creates and revokes keys
+    ADMIN = "admin"
+    OWNER = "owner"
+    OPERATOR = "operator"  # an operator only: the platform's pages
 
 
 _PUBLIC = Access.PUBLIC
 _KEY = Access.KEY
 _ADMIN = Access.ADMIN
+
+CONSOLE_ROLES: dict[str, ConsoleAccess] = {
+    "GET /console": ConsoleAccess.PUBLIC,  # the organization list, or the sign-in page
+    "GET /console/sign-in": ConsoleAccess.PUBLIC,
+    "POST /console/sign-in": ConsoleAccess.PUBLIC,
+    "GET /console/sign-up": ConsoleAccess.PUBLIC,  # 404 unless OPENMAAS_CONSOLE_SIGNUP
+    "POST /console/sign-up": ConsoleAccess.PUBLIC,
+    "POST /console/language": ConsoleAccess.PUBLIC,
+    "GET /console/static/{path:path}": ConsoleAccess.PUBLIC,
+    "HEAD /console/static/{path:path}": ConsoleAccess.PUBLIC,
+    "POST /console/sign-out": ConsoleAccess.SIGNED_IN,
+    "GET /console/password": ConsoleAccess.SIGNED_IN,
+    "POST /console/password": ConsoleAccess.SIGNED_IN,
+    "GET /console/orgs": ConsoleAccess.SIGNED_IN,
+    "GET /console/orgs/{org}/keys": ConsoleAccess.VIEWER,
+    "POST /console/orgs/{org}/keys": ConsoleAccess.MEMBER,
+    "POST /console/orgs/{org}/keys/{key_id}/revoke": ConsoleAccess.MEMBER,
+    "GET /console/orgs/{org}/models": ConsoleAccess.VIEWER,
+    "GET /console/orgs/{org}/balance": ConsoleAccess.VIEWER,
+    "GET /console/audit": ConsoleAccess.OPERATOR,
+    "GET /console/{rest:path}": ConsoleAccess.PUBLIC,  # any other path: the console's 404
+}
 
 POLICY: dict[str, Access] = {
     # the base URL, health and the API's own documentation
@@ -90,6 +131,8 @@ POLICY: dict[str, Access] = {
     "GET /admin/v1/credentials": _ADMIN,
     "PUT /admin/v1/credentials/{name}": _ADMIN,
     "DELETE /admin/v1/credentials/{name}": _ADMIN,
+    # the console: sessions, not keys (CONSOLE_ROLES)
+    **dict.fromkeys(CONSOLE_ROLES, Access.CONSOLE),
 }
 
 

@@ -1,0 +1,59 @@
+"""Who created each API key, and an organization's keys as the console lists them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from openmaas.store.people.schema import key_creators, users
+from openmaas.store.schema import api_keys, usage_records
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    id: str
+    name: str
+    role: str
+    created_at_ms: int
+    revoked_at_ms: int | None
+    creator: str | None  # the creator's email; None: made by the CLI or an admin key
+    last_used_ms: int | None
+
+
+async def record_creator(conn: AsyncConnection, key_id: str, user_id: str) -> None:
+    await conn.execute(insert(key_creators).values(key_id=key_id, user_id=user_id))
+
+
+async def list_org_keys(engine: AsyncEngine, org_id: str) -> list[KeyListing]:
+    """The organization's keys, newest first, with creator and last use."""
+    last_use = (
+        select(usage_records.c.key_id, func.max(usage_records.c.started_at_ms).label("last"))
+        .where(usage_records.c.org_id == org_id)
+        .group_by(usage_records.c.key_id)
+        .subquery()
+    )
+    query = (
+        select(
+            api_keys.c.id,
+            api_keys.c.name,
+            api_keys.c.role,
+            api_keys.c.created_at_ms,
+            api_keys.c.revoked_at_ms,
+            users.c.email,
+            last_use.c.last,
+        )
+        .select_from(
+            api_keys.outerjoin(key_creators, key_creators.c.key_id == api_keys.c.id)
+            .outerjoin(users, users.c.id == key_creators.c.user_id)
+            .outerjoin(last_use, last_use.c.key_id == api_keys.c.id)
+        )
+        .where(api_keys.c.org_id == org_id)
+        .order_by(api_keys.c.created_at_ms.desc(), api_keys.c.id)
+    )
+    async with engine.connect() as conn:
+        return [
+            KeyListing(r.id, r.name, r.role, r.created_at_ms, r.revoked_at_ms, r.email, r.last)
+            for r in await conn.execute(query)
+        ]
