@@ -56,6 +56,9 @@ class Period:
             raise InvalidRequest(f"A period is at most {MAX_DAYS} days.", "since")
         return cls(first, last)
 
+    def as_query(self) -> dict[str, str]:
+        return {"since": self.since.isoformat(), "until": self.until.isoformat()}
+
     def days(self) -> list[str]:
         count = (self.until - self.since).days + 1
         return [(self.since + timedelta(days=i)).isoformat() for i in range(count)]
