@@ -44,15 +44,14 @@ def compact(lang: str, value: int) -> str:
     return f"{value:,}"
 
 
-def _nice_ceiling(value: int) -> int:
-    """The axis top: 1, 2 or 5 times a power of ten, at least ``value``."""
-    if value <= 0:
-        return 1
+def _nice_step(value: int) -> int:
+    """A gridline step: 1, 2 or 5 times a power of ten, so that four steps reach ``value``."""
+    wanted = max(-(-value // 4), 1)
     magnitude = 1
-    while magnitude * 10 <= value:
+    while magnitude * 10 <= wanted:
         magnitude *= 10
     for step in (1, 2, 5, 10):
-        if step * magnitude >= value:
+        if step * magnitude >= wanted:
             return step * magnitude
     return 10 * magnitude  # unreachable
 
@@ -67,12 +66,13 @@ def _frame(
     ident: str,
 ) -> list[str]:
     parts = [
+        f"<figcaption>{escape(title)}</figcaption>",
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
         f'aria-labelledby="{ident}-t {ident}-d" preserveAspectRatio="xMidYMid meet">',
         f'<title id="{ident}-t">{escape(title)}</title><desc id="{ident}-d">{escape(desc)}</desc>',
     ]
     for i in range(5):  # gridlines and labels at 0, 1/4 ... of the top
-        value = top * i // 4
+        value = top // 4 * i
         y = BOTTOM - (BOTTOM - TOP) * i / 4
         parts.append(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
@@ -121,7 +121,7 @@ def bar_chart(
         else max((s.values[i] or 0 for s in series), default=0)
         for i in range(len(days))
     ]
-    top = _nice_ceiling(max(tops, default=0))
+    top = 4 * _nice_step(max(tops, default=0))
     parts = _frame(title, desc, days, top, fmt, lang, ident)
     slot = (WIDTH - RIGHT - LEFT) / max(len(days), 1)
     width = max(slot * 0.7, 1.0)
@@ -158,7 +158,7 @@ def line_chart(
     lang: str,
 ) -> Markup:
     """A line per series over the days, broken where a day has no value."""
-    top = _nice_ceiling(max((v or 0 for s in series for v in s.values), default=0))
+    top = 4 * _nice_step(max((v or 0 for s in series for v in s.values), default=0))
     parts = _frame(title, desc, days, top, fmt, lang, ident)
     for n, s in enumerate(series):
         colour = PALETTE[n % len(PALETTE)]

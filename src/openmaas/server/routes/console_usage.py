@@ -101,7 +101,7 @@ def _charts(visit: console.Visit, report: UsageReport, currency: str) -> list[An
     days = list(report.by_day)
     other = t("usage_other_models")
     number = lambda v: compact(lang, v)  # noqa: E731
-    money = lambda v: t.money(v, currency)  # noqa: E731
+    money = lambda v: t.money(v, currency, fine=True)  # noqa: E731
     ms = lambda v: t("usage_ms", ms=t.number(v))  # noqa: E731
     daily = list(report.by_day.values())
     return [
