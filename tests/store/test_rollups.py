@@ -17,13 +17,16 @@ from openmaas.core.rollups import BOUNDS_MS, Rollup, bucket_of, percentile
 from openmaas.core.termination import Termination
 from openmaas.core.types import Usage
 from openmaas.core.usage import UsageRecord
-from openmaas.store.database import open_database
-from openmaas.store.repositories import UsageRepository, insert_usage
+from openmaas.platform import open_platform
+from openmaas.settings import Settings
+from openmaas.store.database import migrate, open_database
+from openmaas.store.repositories import UsageRepository, insert_usage, utc_day
 from openmaas.store.rollups.reads import org_rollups
 from openmaas.store.rollups.roller import UsageRoller
 from openmaas.store.rollups.schema import usage_rollup_buckets, usage_rollups
 from openmaas.store.schema import usage_records
 from tests.support.clock import NOW_MS
+from tests.support.waiting import eventually
 
 DAY_MS = 86_400_000
 ORGS = ("org_a", "org_b")
@@ -65,8 +68,6 @@ def make_record(n: int, rng: random.Random) -> UsageRecord:
 
 def expected_from(records: list[UsageRecord]) -> dict[tuple[str, str, str, str], Rollup]:
     """The roll-ups computed straight from the records, independently of the roller."""
-    from openmaas.store.repositories import utc_day
-
     groups: dict[tuple[str, str, str, str], Rollup] = {}
     for r in records:
         group = (r.org_id, utc_day(r.started_at_ms), r.model, r.key_id)
@@ -105,8 +106,6 @@ async def test_rollups_equal_the_records_after_racing_rollers_and_a_restart(
     rng = random.Random(13)
     records = [make_record(n, rng) for n in range(600)]
     writer = open_database(database_url)
-    from openmaas.store.database import migrate
-
     await migrate(writer)
     first, second = open_database(database_url), open_database(database_url)
     try:
@@ -117,7 +116,8 @@ async def test_rollups_equal_the_records_after_racing_rollers_and_a_restart(
 
         async def write() -> None:
             for start in range(0, 400, 20):  # records arrive while both rollers run
-                await asyncio.gather(*(repo.append(r) for r in records[start : start + 20]))
+                for r in records[start : start + 20]:  # as one writer writes them
+                    await repo.append(r)
                 await asyncio.sleep(0)
             writing.set()
 
@@ -157,8 +157,6 @@ async def test_a_record_committed_late_is_not_skipped(database_url: str) -> None
     rng = random.Random(7)
     early, later = make_record(1, rng), make_record(2, rng)
     engine = open_database(database_url)
-    from openmaas.store.database import migrate
-
     await migrate(engine)
     try:
         roller = UsageRoller(engine, lambda: NOW_MS)
@@ -180,8 +178,6 @@ async def test_the_rollups_outlive_the_records(database_url: str) -> None:
     rng = random.Random(3)
     records = [make_record(n, rng) for n in range(50)]
     engine = open_database(database_url)
-    from openmaas.store.database import migrate
-
     await migrate(engine)
     try:
         for r in records:
@@ -208,3 +204,26 @@ def test_percentiles_read_the_bucket_upper_bound_within_a_fifth() -> None:
         assert read is not None and true < read <= true * 1.2 + 1
     assert percentile({}, 0.5) is None
     assert bucket_of(0) == 0 and bucket_of(BOUNDS_MS[-1] * 10) == len(BOUNDS_MS)
+
+
+async def test_a_serving_process_rolls_up_in_the_background(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A server's own connections (liveness lock, change feed, ledger) never hold the
+    watermark back: records appear in the roll-ups with nobody calling the roller."""
+    settings = Settings(
+        home=tmp_path_factory.mktemp("serving") / "home",
+        database_url=database_url,
+        embedded_models=False,
+        rollup_seconds=0.05,
+    )
+    rng = random.Random(11)
+    records = [make_record(n, rng) for n in range(30)]
+    async with open_platform(settings, serve=True) as platform:
+        for r in records:
+            await UsageRepository(platform.database).append(r)
+
+        async def rolled() -> bool:
+            return await stored_rollups(platform.database) == expected_from(records)
+
+        await eventually(rolled, what="the records in the roll-ups")

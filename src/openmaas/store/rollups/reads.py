@@ -63,7 +63,7 @@ async def org_rollups(
 
 
 async def rolled_at_ms(engine: AsyncEngine) -> int | None:
-    """When the roller last found nothing more to fold (None: never yet)."""
+    """When a pass last folded records and left none visible behind it (None: never)."""
     m = rollup_marks.c
     async with engine.connect() as conn:
         return (await conn.execute(select(m.rolled_at_ms).where(m.name == MARK))).scalar()

@@ -15,7 +15,9 @@ records became visible, so that a record can never appear behind it later:
   folds the records past the watermark and below that horizon, in ``(roll_xid,
   request_id)`` order.
 
-One pass is one transaction: it first updates the watermark's row (so passes of several
+A pass first looks, without a lock, for a record past the watermark; finding none, it
+writes nothing (idle passes cost no write lock). Otherwise it is one transaction: it first
+updates the watermark's row (so passes of several
 processes take turns on its lock and each starts where the last one stopped), reads up to
 ``batch`` records past it, adds their sums to the roll-up rows (an upsert that adds), and
 moves the watermark past them. A pass that fails or dies leaves nothing behind; two
@@ -93,18 +95,19 @@ class UsageRoller:
                 return folded
 
     async def roll_once(self) -> Pass:
-        """One pass: up to ``batch`` records, in one transaction."""
+        """One pass: up to ``batch`` records, in one transaction; none (no write at all)
+        when a look without a lock finds nothing past the watermark."""
         m = rollup_marks.c
+        mark_query = select(m.position, m.position_key).where(m.name == MARK)
+        async with self._engine.connect() as conn:
+            position, key = (await conn.execute(mark_query)).one()
+            if not (await self._after(conn, position, key, 1))[0]:
+                return Pass(0, True)
         async with self._engine.begin() as conn:
             # the watermark's row first: passes of other processes wait here for this one
             await conn.execute(update(rollup_marks).where(m.name == MARK).values(name=MARK))
-            mark = (
-                await conn.execute(select(m.position, m.position_key).where(m.name == MARK))
-            ).one()
-            if self._postgres:
-                rows, position, key = await self._after_postgres(conn, mark[0], mark[1])
-            else:
-                rows, position, key = await self._after_sqlite(conn, mark[0])
+            position, key = (await conn.execute(mark_query)).one()
+            rows, position, key = await self._after(conn, position, key, self._batch)
             done = len(rows) < self._batch
             if rows:
                 await _fold(conn, rows, self._postgres)
@@ -114,18 +117,26 @@ class UsageRoller:
             await conn.execute(update(rollup_marks).where(m.name == MARK).values(**values))
         return Pass(len(rows), done)
 
+    async def _after(
+        self, conn: AsyncConnection, position: int, key: str, limit: int
+    ) -> tuple[list[tuple[Any, ...]], int, str]:
+        """Up to ``limit`` records past the watermark, and the watermark after them."""
+        if self._postgres:
+            return await self._after_postgres(conn, position, key, limit)
+        return await self._after_sqlite(conn, position, limit)
+
     async def _after_sqlite(
-        self, conn: AsyncConnection, position: int
+        self, conn: AsyncConnection, position: int, limit: int
     ) -> tuple[list[tuple[Any, ...]], int, str]:
         rowid: ColumnElement[int] = literal_column("usage_records.rowid")
-        query = select(rowid, *_COLUMNS).where(rowid > position).order_by(rowid).limit(self._batch)
+        query = select(rowid, *_COLUMNS).where(rowid > position).order_by(rowid).limit(limit)
         rows = [tuple(r) for r in await conn.execute(query)]
         if not rows:
             return [], position, ""
         return [r[1:] for r in rows], int(rows[-1][0]), ""
 
     async def _after_postgres(
-        self, conn: AsyncConnection, position: int, key: str
+        self, conn: AsyncConnection, position: int, key: str, limit: int
     ) -> tuple[list[tuple[Any, ...]], int, str]:
         horizon = (
             await conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
@@ -136,7 +147,7 @@ class UsageRoller:
             .where(tuple_(xid, usage_records.c.request_id) > tuple_(position, key))
             .where(xid < int(horizon))
             .order_by(xid, usage_records.c.request_id)
-            .limit(self._batch)
+            .limit(limit)
         )
         rows = [tuple(r) for r in await conn.execute(query)]
         if not rows:

@@ -49,5 +49,6 @@ rollup_marks = Table(
     # (roll_xid, request_id) folded
     Column("position", BigInteger, nullable=False),
     Column("position_key", String(40), nullable=False),
-    Column("rolled_at_ms", BigInteger, nullable=True),  # the last pass that found all
+    # the last pass that folded records and left none visible behind it
+    Column("rolled_at_ms", BigInteger, nullable=True),
 )
