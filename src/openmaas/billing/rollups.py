@@ -70,7 +70,7 @@ class UsageReport:
 
     period: Period
     rows: list[RollupRow]
-    rolled_at_ms: int | None  # the roll-ups hold every record made before about then
+    rolled_at_ms: int | None  # when new records were last folded (None: never yet)
     by_day: dict[str, Rollup] = field(default_factory=dict)  # every day of the period
     by_model: dict[str, Rollup] = field(default_factory=dict)
     by_day_model: dict[tuple[str, str], Rollup] = field(default_factory=dict)

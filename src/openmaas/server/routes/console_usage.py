@@ -140,6 +140,7 @@ async def usage(request: Request, org: str) -> Response:
             "usage.html", 400, page="usage", orgs=orgs, error=exc.message, report=report,
             filters={}, keys={}, currency=currency, charts=[], presets=[],
             csv_url="", day=lambda d: day_label(visit.t.lang, d, year=True),
+            rollup_seconds=_rollup_seconds(visit),
         )  # fmt: skip
     today = _today(visit)
     presets = [
@@ -158,8 +159,13 @@ async def usage(request: Request, org: str) -> Response:
         charts=_charts(visit, report, currency),
         presets=presets,
         csv_url=f"{base}/usage.csv?{urlencode(filters)}",
+        rollup_seconds=_rollup_seconds(visit),
         day=lambda d: day_label(visit.t.lang, d, year=True),
     )
+
+
+def _rollup_seconds(visit: console.Visit) -> int:
+    return max(1, round(visit.console.settings.rollup_seconds))
 
 
 @router.get("/orgs/{org}/usage.csv")
