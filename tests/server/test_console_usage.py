@@ -115,7 +115,9 @@ def test_the_usage_page_shows_the_rolled_up_usage_with_no_usage_record_left(
 def test_filters_by_model_key_and_period(usage_console: tuple[TestClient, World]) -> None:
     client, world = usage_console
     sign_in(client, "member@example.com")
-    assert 'data-figure="requests">15<' in _usage(client, world, "?model=glm-small")
+    one_model = _usage(client, world, "?model=glm-small")
+    assert 'data-figure="requests">15<' in one_model
+    assert '<option value="fake-chat">' in one_model  # the other model stays a choice
     assert 'data-figure="requests">0<' in _usage(client, world, "?key=not-a-key-of-a&model=x")
     today = time.strftime("%Y-%m-%d", time.gmtime())
     only_today = _usage(client, world, f"?since={today}&until={today}")

@@ -88,6 +88,11 @@ class UsageReport:
     def models(self) -> list[str]:
         return sorted(self.by_model)
 
+    def only_model(self, model: str) -> UsageReport:
+        """The same report for one model's rows."""
+        rows = [row for row in self.rows if row.model == model]
+        return UsageReport(self.period, rows, self.rolled_at_ms)
+
 
 async def usage_report(
     engine: AsyncEngine,
@@ -95,14 +100,9 @@ async def usage_report(
     period: Period,
     *,
     key_id: str | None = None,
-    model: str | None = None,
 ) -> UsageReport:
+    """The organization's report over ``period`` (of one key's requests when ``key_id``)."""
     rows = await org_rollups(
-        engine,
-        org_id,
-        period.since.isoformat(),
-        period.until.isoformat(),
-        key_id=key_id,
-        model=model,
+        engine, org_id, period.since.isoformat(), period.until.isoformat(), key_id=key_id
     )
     return UsageReport(period, rows, await rolled_at_ms(engine))

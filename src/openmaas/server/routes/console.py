@@ -237,6 +237,8 @@ async def _enter(request: Request, org: str | None = None) -> Visit:
     return visit
 
 
+enter = _enter  # for the console's other page modules (console_usage.py)
+
 Handler = Callable[..., Awaitable[Response]]
 
 

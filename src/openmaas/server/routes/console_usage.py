@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -48,8 +50,16 @@ def _today(visit: console.Visit) -> date:
     return datetime.fromtimestamp(visit.platform.clock.now_ms() / 1000, UTC).date()
 
 
-async def _report(visit: console.Visit) -> tuple[UsageReport, dict[str, str], dict[str, str]]:
-    """The report the query asks for, its filters, and the organization's keys by id."""
+@dataclass(frozen=True)
+class _Asked:
+    report: UsageReport
+    filters: dict[str, str]  # the query, checked: since, until, key, model
+    keys: dict[str, str]  # the organization's keys: id -> name
+    models: list[str]  # the models used in the period (by the key asked for)
+
+
+async def _report(visit: console.Visit) -> _Asked:
+    """The report the query asks for, its filters, the keys and models to choose from."""
     assert visit.org is not None
     query = visit.request.query_params
     default = Period.last(DEFAULT_DAYS, _today(visit))
@@ -60,18 +70,16 @@ async def _report(visit: console.Visit) -> tuple[UsageReport, dict[str, str], di
     key = query.get("key", "")
     model = query.get("model", "")[:200]
     report = await usage_report(
-        visit.platform.database,
-        visit.org.org_id,
-        period,
-        key_id=key if key in keys else None,
-        model=model or None,
+        visit.platform.database, visit.org.org_id, period, key_id=key if key in keys else None
     )
+    models = report.models
     filters = {"since": period.since.isoformat(), "until": period.until.isoformat()}
     if key in keys:
         filters["key"] = key
     if model:
         filters["model"] = model
-    return report, filters, keys
+        report = report.only_model(model)
+    return _Asked(report, filters, keys, models)
 
 
 def _chart_models(report: UsageReport) -> list[str]:
@@ -79,7 +87,9 @@ def _chart_models(report: UsageReport) -> list[str]:
     return ranked[:CHART_MODELS]
 
 
-def _by_model_series(report: UsageReport, value: Any, other: str) -> list[Series]:
+def _by_model_series(
+    report: UsageReport, value: Callable[[Rollup], int], other: str
+) -> list[Series]:
     days = list(report.by_day)
     shown = _chart_models(report)
     series = [
@@ -125,12 +135,12 @@ def _charts(visit: console.Visit, report: UsageReport, currency: str) -> list[An
 @router.get("/orgs/{org}/usage")
 @console.page
 async def usage(request: Request, org: str) -> Response:
-    visit = await console._enter(request, org)
+    visit = await console.enter(request, org)
     assert visit.org is not None and visit.user is not None
     currency = (await visit.people().orgs.find(visit.org.org_id)).currency
     orgs = await visit.people().organizations(visit.user)
     try:
-        report, filters, keys = await _report(visit)
+        asked = await _report(visit)
     except InvalidRequest as exc:
         today = _today(visit)
         report = await usage_report(
@@ -138,11 +148,12 @@ async def usage(request: Request, org: str) -> Response:
         )
         return visit.render(
             "usage.html", 400, page="usage", orgs=orgs, error=exc.message, report=report,
-            filters={}, keys={}, currency=currency, charts=[], presets=[],
+            filters={}, keys={}, models=[], currency=currency, charts=[], presets=[],
             csv_url="", day=lambda d: day_label(visit.t.lang, d, year=True),
             rollup_seconds=_rollup_seconds(visit),
         )  # fmt: skip
     today = _today(visit)
+    report, filters = asked.report, asked.filters
     presets = [
         (days, "?" + urlencode({**filters, **Period.last(days, today).as_query()}))
         for days in PERIODS
@@ -154,7 +165,8 @@ async def usage(request: Request, org: str) -> Response:
         orgs=orgs,
         report=report,
         filters=filters,
-        keys=keys,
+        keys=asked.keys,
+        models=asked.models,
         currency=currency,
         charts=_charts(visit, report, currency),
         presets=presets,
@@ -172,12 +184,13 @@ def _rollup_seconds(visit: console.Visit) -> int:
 @console.page
 async def usage_csv(request: Request, org: str) -> Response:
     """The report's rows (day × model × key) as CSV; cost as a decimal in the currency."""
-    visit = await console._enter(request, org)
+    visit = await console.enter(request, org)
     assert visit.org is not None
     try:
-        report, filters, _keys = await _report(visit)
+        asked = await _report(visit)
     except InvalidRequest as exc:
         return Response(exc.message + "\n", 400, media_type="text/plain", headers=console.HEADERS)
+    report, filters = asked.report, asked.filters
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -224,7 +237,7 @@ def _ms(day: date) -> int:
 @console.page
 async def billing(request: Request, org: str) -> Response:
     """Balance, resource packs, and the month's ledger lines, newest first, paged."""
-    visit = await console._enter(request, org)
+    visit = await console.enter(request, org)
     assert visit.org is not None and visit.user is not None
     billing = visit.platform.billing_admin(actor_of(visit.user))
     report = await billing.balance(visit.org.org_id)
