@@ -9,6 +9,7 @@ flag on the user) administers the platform and every organization, as an admin k
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -16,7 +17,12 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from openmaas.accounts.admin import AccountsAdmin, IssuedKey
+from openmaas.accounts.admin import (
+    AccountsAdmin,
+    IssuedKey,
+    check_restrictions,
+    restriction_audit,
+)
 from openmaas.core.clock import Clock
 from openmaas.core.errors import InvalidRequest, NotFound, PermissionDenied
 from openmaas.core.keys import generate_key
@@ -208,17 +214,35 @@ class PeopleAdmin:
     async def org_keys(self, access: Access) -> list[KeyListing]:
         return await list_org_keys(self.changes.database, access.org_id)
 
-    async def issue_key(self, access: Access, name: str) -> IssuedKey:
-        """A member key of the organization, its creator recorded; audited as the user."""
+    async def issue_key(
+        self,
+        access: Access,
+        name: str,
+        *,
+        models: Iterable[str] | None = None,
+        expires_at_ms: int | None = None,
+    ) -> IssuedKey:
+        """A member key of the organization, its creator recorded; audited as the user.
+        ``models`` restricts it to those models, ``expires_at_ms`` ends it."""
         _need(access, OrgRole.MEMBER)
         name = name.strip()
         if not name or len(name) > 200:
             raise InvalidRequest("'name' must be 1 to 200 characters.", "name")
+        allowed = check_restrictions(models, expires_at_ms, self._clock.now_ms())
         new = generate_key(self._master_key)
         issued: list[ApiKey] = []
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
-            key = await insert_key(conn, access.org_id, name, "member", new, self._clock.now_ms())
+            key = await insert_key(
+                conn,
+                access.org_id,
+                name,
+                "member",
+                new,
+                self._clock.now_ms(),
+                models=allowed,
+                expires_at_ms=expires_at_ms,
+            )
             await record_creator(conn, key.id, access.user.id)
             issued.append(key)
             after = {
@@ -227,7 +251,7 @@ class PeopleAdmin:
                 "role": "member",
                 "creator": access.user.id,
             }
-            return AuditRecord("key.create", key.id, None, after)
+            return AuditRecord("key.create", key.id, None, after | restriction_audit(key))
 
         await self.changes.commit(write)
         return IssuedKey(issued[0], new.token)
