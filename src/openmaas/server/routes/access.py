@@ -121,6 +121,8 @@ POLICY: dict[str, Access] = {
     "POST /admin/v1/orgs/{org}/packs": _ADMIN,
     "GET /admin/v1/orgs/{org}/usage": _ADMIN,
     "GET /admin/v1/orgs/{org}/statement": _ADMIN,
+    "GET /admin/v1/orgs/{org}/keys": _ADMIN,
+    "POST /admin/v1/orgs/{org}/keys": _ADMIN,
     "PUT /admin/v1/budgets/{scope}/{period}": _ADMIN,
     "DELETE /admin/v1/budgets/{scope}/{period}": _ADMIN,
     "PATCH /admin/v1/keys/{key_id}": _ADMIN,
