@@ -73,6 +73,10 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     "GET /console/orgs/{org}/usage.csv": ConsoleAccess.VIEWER,
     "GET /console/orgs/{org}/billing": ConsoleAccess.VIEWER,
     "GET /console/audit": ConsoleAccess.OPERATOR,
+    # the playground and the SDK page (console_play.py); the playground spends: members
+    "GET /console/orgs/{org}/playground": ConsoleAccess.MEMBER,
+    "POST /console/orgs/{org}/playground/key": ConsoleAccess.MEMBER,
+    "GET /console/orgs/{org}/sdk": ConsoleAccess.VIEWER,
     "GET /console/{rest:path}": ConsoleAccess.PUBLIC,  # any other path: the console's 404
 }
 

@@ -92,9 +92,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.console = Console(settings)
     # before the pages: their last route answers every other /console path
     app.mount(f"{PREFIX}/static", StaticFiles(directory=FILES / "static"), name="console-static")
-    from openmaas.server.routes import console_usage  # its pages use this module's machinery
+    # the other page modules use this module's machinery
+    from openmaas.server.routes import console_play, console_usage
 
     app.include_router(console_usage.router)  # before this router's catch-all
+    app.include_router(console_play.router)
     app.include_router(router)
 
 
@@ -237,7 +239,7 @@ async def _enter(request: Request, org: str | None = None) -> Visit:
     return visit
 
 
-enter = _enter  # for the console's other page modules (console_usage.py)
+enter = _enter  # for the console's other page modules (console_usage.py, console_play.py)
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -355,6 +357,8 @@ async def sign_out(request: Request) -> Response:
     visit = await _enter(request)
     assert visit.session is not None
     await visit.sign_in().sign_out(visit.session.token)
+    # the playground's keys of this session (console_play.py) end with it
+    await visit.people().revoke_playground_keys(visit.session.user, visit.session.token)
     response = visit.redirect(f"{PREFIX}/sign-in")
     response.delete_cookie(SESSION_COOKIE, path=PREFIX)
     return response

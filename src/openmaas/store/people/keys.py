@@ -72,3 +72,18 @@ async def list_org_keys(engine: AsyncEngine, org_id: str) -> list[KeyListing]:
             )
             for r in await conn.execute(query)
         ]
+
+
+async def live_keys_named(engine: AsyncEngine, user_id: str, name: str) -> list[str]:
+    """The ids of the keys ``user_id`` created under ``name`` that are not revoked."""
+    query = (
+        select(api_keys.c.id)
+        .select_from(api_keys.join(key_creators, key_creators.c.key_id == api_keys.c.id))
+        .where(
+            key_creators.c.user_id == user_id,
+            api_keys.c.name == name,
+            api_keys.c.revoked_at_ms.is_(None),
+        )
+    )
+    async with engine.connect() as conn:
+        return [r.id for r in await conn.execute(query)]
