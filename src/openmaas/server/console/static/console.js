@@ -33,7 +33,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const label = (name, values = {}) =>
     root.dataset["l" + name].replace(/\{(\w+)\}/g, (_, k) => String(values[k] ?? ""));
   const keys = {}; // model -> a key made for this page's session
-  let history = [], controller = null;
+  let history = [], controller = null, lastSent = null;
 
   const element = (tag, className, text) => {
     const node = document.createElement(tag);
@@ -58,11 +58,15 @@ document.addEventListener("DOMContentLoaded", () => {
   }
 
   function showCode() {
-    const body = request(false);
-    const py = (value) => JSON.stringify(value, null, 4).replace(/\n/g, "\n    ");
+    // the request the form would send; once sent (the message box emptied), the one sent
+    const body = $("play-prompt").value.trim() || !lastSent ? request(false) : lastSent;
+    const py = (value) => JSON.stringify(value).replace(/":/g, '": ').replace(/,"/g, ', "')
+      .replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False");
+    const messages = body.messages.map((m) => `        ${py(m)},\n`).join("");
     const extra = Object.entries(body).filter(([k]) => k !== "model" && k !== "messages")
-      .map(([k, v]) => `    ${k}=${py(v)},\n`).join("").replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False");
-    const call = `    model=${JSON.stringify(body.model)},\n    messages=${py(body.messages)},\n${extra}    stream=True,\n)\n` +
+      .map(([k, v]) => `    ${k}=${py(v)},\n`).join("");
+    const call = `    model=${JSON.stringify(body.model)},\n    messages=[\n${messages}    ],\n` +
+      `${extra}    stream=True,\n)\n` +
       "for chunk in stream:\n    print(chunk.choices[0].delta.content or \"\", end=\"\")\n";
     const curlBody = JSON.stringify({ ...body, stream: true }).replace(/'/g, "'\\''");
     $("code-curl").textContent = `curl ${root.dataset.openai}/chat/completions \\\n` +
@@ -139,6 +143,7 @@ document.addEventListener("DOMContentLoaded", () => {
 
   async function chat(view, retried) {
     const body = request(true);
+    lastSent = request(false);
     const token = await key(body.model);
     const reply = await fetch(root.dataset.chatUrl, {
       method: "POST",
@@ -172,8 +177,9 @@ document.addEventListener("DOMContentLoaded", () => {
         apply(view, chunk, toolCalls);
       }
     }
-    history.push({ role: "user", content: body.messages[body.messages.length - 1].content },
-      { role: "assistant", content: view.querySelector(".answer").textContent });
+    history.push({ role: "user", content: body.messages[body.messages.length - 1].content });
+    const answered = view.querySelector(".answer").textContent;
+    if (answered) history.push({ role: "assistant", content: answered }); // not a bare tool call
   }
 
   form.addEventListener("submit", async (event) => {
@@ -197,7 +203,12 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   stop.addEventListener("click", () => controller && controller.abort());
-  $("play-clear").addEventListener("click", () => { history = []; log.replaceChildren(); showCode(); });
+  $("play-clear").addEventListener("click", () => {
+    history = [];
+    lastSent = null;
+    log.replaceChildren();
+    showCode();
+  });
   form.addEventListener("input", showCode);
   form.addEventListener("change", showCode);
   showCode();
