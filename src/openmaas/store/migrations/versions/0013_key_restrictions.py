@@ -2,14 +2,14 @@
 model names; NULL: every model) and ``api_keys.expires_at_ms`` (NULL: never expires).
 
 Revision ID: 0013
-Revises: 0009
+Revises: 0011
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0009"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
