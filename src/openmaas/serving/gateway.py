@@ -13,6 +13,10 @@ The two meet at one seam: a ``Generation`` knows its engine stream and how it en
 ends a request is ``core/termination.py``'s ``failure_for``, for generations and embeddings
 alike.
 
+A key restricted to models (``Principal.models``) is refused any other before admission,
+as a model that does not exist (404, ``ModelCatalog.check_allowed``): every protocol's
+generations, embeddings and async jobs pass ``reserve`` or ``embed``.
+
 The gateway keeps its open generations by key: when the change feed reports a key revoked
 (``apply_changes``), each of that key's generations is ended (``Generation.revoke``): the
 wait for the engine's next event is cancelled, the consumer gets ``KeyRevoked`` (an error
@@ -105,6 +109,7 @@ class Gateway:
         """Admit ``request`` (bounds, rate limits, its worst-case charge) without starting
         it: an async job is admitted at submit and started when its turn comes. End the
         reservation with :meth:`start` or :meth:`release`."""
+        self.catalog.check_allowed(principal.models, request.model)  # the key's models only
         served = self.catalog.for_kind(request.model, ModelKind.CHAT)
         self.bounds.check_generation(request)  # before admission: a refusal costs nothing
         engine = served.engine
@@ -171,6 +176,7 @@ class Gateway:
         headers: dict[str, str] | None = None,
     ) -> EmbeddingResult:
         """Embed, metered; ``headers`` (if given) receives the admission's rate-limit headers."""
+        self.catalog.check_allowed(principal.models, request.model)
         served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
         self.bounds.check_embedding(request, served.context_length)
         started = self._clock.monotonic()
