@@ -24,11 +24,19 @@ moves money for many requests into the organization's ``leased`` accounts for on
 which admits requests against it in memory (``core/leases.py``); ``SpendLease`` settles one
 of them from the lease, once (the same ``resolved:<request id>`` key as a hold's settlement);
 ``ShrinkLease`` gives back what the lease holds beyond what its open requests reserved.
+
+Memory: the state keeps what deciding the open requests needs (balances, open holds,
+leases, budgets) and only a bounded window of the ids of requests settled lately
+(``RecentIds``): a settlement repeated inside it is answered from memory, one repeated
+after its id left it is decided again and refused by the store's unique key
+(``resolved:<request id>``), which stays the guarantee of settling once
+(``store/ledger.py``, ``docs/billing.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from openmaas.core.errors import BudgetExceeded, InsufficientBalance, InvalidRequest, NotFound
@@ -75,6 +83,48 @@ from openmaas.core.ledger_events import (
 from openmaas.core.prices import split_usage
 from openmaas.core.types import Usage
 
+DEFAULT_SETTLED_WINDOW = 100_000
+"""Ids of settled requests a ledger keeps in memory by default (~110 bytes each)."""
+
+
+class RecentIds:
+    """The ids of the last ``capacity`` requests settled (or released), oldest forgotten
+    first: a set for membership, a queue for their order."""
+
+    __slots__ = ("_ids", "_order", "capacity")
+
+    def __init__(self, capacity: int = DEFAULT_SETTLED_WINDOW) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError("the settled window holds at least one id")
+        self.capacity = capacity
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()
+
+    def add(self, request_id: str) -> None:
+        if request_id in self._ids:
+            return
+        self._ids.add(request_id)
+        self._order.append(request_id)
+        if len(self._order) > self.capacity:
+            self._ids.discard(self._order.popleft())
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecentIds):
+            return NotImplemented
+        return self._ids == other._ids
+
+    def __repr__(self) -> str:
+        return f"RecentIds({len(self)} of {self.capacity})"
+
 
 @dataclass(slots=True)
 class PackState:
@@ -107,23 +157,22 @@ class Ledger:
     orgs: dict[str, OrgOpened] = field(default_factory=dict)
     packs: dict[str, PackState] = field(default_factory=dict)
     holds: dict[str, HoldPlaced] = field(default_factory=dict)
-    # The ids of the requests settled (or released) from a hold, and from a lease: only the
-    # ids, ~110 bytes a request in memory where the events kept were ~570 (they are in the
-    # log). Still one per request ever settled: docs/billing.md, known limit.
-    resolved: set[str] = field(default_factory=set)
+    # The ids of the requests settled (or released) lately, from a hold or from a lease: a
+    # bounded window (``RecentIds``), not one per request ever settled; the log's unique
+    # ``resolved:<request id>`` key is what settles a request once (docs/billing.md).
+    settled_ids: RecentIds = field(default_factory=RecentIds)
     funding_ids: set[str] = field(default_factory=set)
     budgets: dict[tuple[str, BudgetPeriod], int] = field(default_factory=dict)
     budget_spent: dict[tuple[str, str], int] = field(default_factory=dict)
     budget_held: dict[tuple[str, str], int] = field(default_factory=dict)
     leases: dict[str, LeaseState] = field(default_factory=dict)
-    spent: set[str] = field(default_factory=set)
     pack_orgs: set[str] = field(default_factory=set)  # organizations ever granted a pack
 
     # -- reading --
 
     @classmethod
-    def replay(cls, events: Iterable[Event]) -> Ledger:
-        ledger = cls()
+    def replay(cls, events: Iterable[Event], *, window: int = DEFAULT_SETTLED_WINDOW) -> Ledger:
+        ledger = cls(settled_ids=RecentIds(window))
         for event in events:
             ledger.apply(event)
         return ledger
@@ -148,8 +197,16 @@ class Ledger:
         return sorted(self.holds)
 
     def settled(self, request_id: str) -> bool:
-        """Whether the request was settled (or released), from a hold or from a lease."""
-        return request_id in self.resolved or request_id in self.spent
+        """Whether the request was settled (or released), from a hold or from a lease, as
+        far as the window of recent settlements knows (False: open, unknown, or settled
+        before the window: the store's unique key then refuses a repeat)."""
+        return request_id in self.settled_ids
+
+    def remember_settled(self, request_id: str) -> None:
+        """Note a request the log says was settled (``store/ledger.py``, when its repeat
+        was refused there): a repeat is then answered from memory again."""
+        if request_id not in self.holds:
+            self.settled_ids.add(request_id)
 
     def open_leases(self, *, org: str | None = None, instance_id: str | None = None) -> list[str]:
         """Ids of the leases not yet closed, of one organization or one process."""
@@ -220,7 +277,7 @@ class Ledger:
                 self.budget_held[key] = self.budget_held.get(key, 0) + event.money
         elif isinstance(event, HoldResolved):
             hold = self.holds.pop(event.request_id)
-            self.resolved.add(event.request_id)
+            self.settled_ids.add(event.request_id)
             for key in hold.budget_keys:
                 self.budget_held[key] -= hold.money
                 self.budget_spent[key] = self.budget_spent.get(key, 0) + event.charged
@@ -229,7 +286,7 @@ class Ledger:
                 event.org, event.instance_id, event.promo, event.cash
             )
         elif isinstance(event, LeaseSpent):
-            self.spent.add(event.request_id)
+            self.settled_ids.add(event.request_id)
             lease = self.leases[event.lease_id]
             lease.promo -= event.from_promo
             lease.cash -= event.from_cash

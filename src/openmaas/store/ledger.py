@@ -20,6 +20,15 @@ commands are waiting at that moment (group commit; each keeps its own outcome):
 5. commit, then answer each caller. If anything fails before the commit, the transaction
    rolls back and its commands are retried one by one, so only the culprit fails.
 
+The in-memory ``Ledger`` keeps only a window of recently settled request ids
+(``OPENMAAS_LEDGER_SETTLED_WINDOW``). A settlement (or hold) repeated after its id left the
+window is decided again, and its append is refused by the unique ``resolved:<request id>``
+(or ``hold:<request id>``) key: the transaction rolls back, the state in memory is rebuilt
+from the log, and the command, retried alone, finds its key in ``ledger_events``; the
+ledger then remembers the id and answers the command as the repeat it is (no events, its
+``rows`` given ``()``). A ``Settle`` or ``Release`` of a hold the state does not know
+looks the key up first.
+
 Both ``ledger_events`` and ``ledger_entries`` are append-only (triggers refuse UPDATE and
 DELETE). Balances are derived: the in-memory ``Ledger`` is a cache of the event log, and
 ``SUM(amount)`` over ``ledger_entries`` gives the same numbers in SQL.
@@ -38,7 +47,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.aio import finish_despite_cancellation
-from openmaas.core.ledger import Ledger
+from openmaas.core.ledger import DEFAULT_SETTLED_WINDOW, Ledger, RecentIds
 from openmaas.core.ledger_events import (
     Command,
     DrawLease,
@@ -55,7 +64,9 @@ from openmaas.core.ledger_events import (
     OrgOpened,
     PackExpired,
     PackGranted,
+    Release,
     SetCreditLimit,
+    Settle,
     SpendLease,
     TopUp,
 )
@@ -95,7 +106,9 @@ Also = Callable[[AsyncConnection, tuple[Event, ...]], Awaitable[None]]
 Rows = Callable[[tuple[Event, ...]], Iterable[Insert | Delete]]
 """Rows a command adds or deletes with its events (given the events, ``()`` for a repeat),
 written together with every other command's of the batch: the hot path's writes. A batch
-must not insert and delete the same row (the inserts are written first)."""
+must not insert and delete the same row (the inserts are written first). It may be asked
+more than once (a try that rolled back, then the one that commits): the last answer is
+the one written."""
 
 
 def idempotency_key(event: Event) -> str | None:
@@ -116,6 +129,13 @@ def idempotency_key(event: Event) -> str | None:
         return f"resolved:{event.request_id}"
     if isinstance(event, LeaseDrawn):
         return f"lease:{event.lease_id}"
+    return None
+
+
+def _request_of(command: Command | None) -> str | None:
+    """The request a command settles (or holds for): its ``resolved:`` key's id."""
+    if isinstance(command, SpendLease | Settle | Release | Hold):
+        return command.request_id
     return None
 
 
@@ -147,12 +167,19 @@ class LedgerStore:
     processes may write the same database at the same time (they serialize on the lock)."""
 
     def __init__(
-        self, engine: AsyncEngine, now_ms: Callable[[], int], *, max_batch: int = 256
+        self,
+        engine: AsyncEngine,
+        now_ms: Callable[[], int],
+        *,
+        max_batch: int = 256,
+        settled_window: int = DEFAULT_SETTLED_WINDOW,
     ) -> None:
         self._engine = engine
         self._now_ms = now_ms
-        self._ledger = Ledger()
+        self._window = settled_window
+        self._ledger = self._empty()
         self._seq = 0  # the last event applied to ``_ledger``
+        self.events_read = 0  # events read from the log into memory (start-up, catch-ups)
         self._lock = asyncio.Lock()  # one transaction (or refresh) of this process at a time
         self._queue: list[_Job] = []
         self._flusher: asyncio.Future[None] | None = None
@@ -185,6 +212,35 @@ class LedgerStore:
                 await self._catch_up(conn)
         return self._ledger
 
+    def _empty(self) -> Ledger:
+        return Ledger(settled_ids=RecentIds(self._window))
+
+    def _forget(self) -> None:
+        """Applied in memory, never committed: start over from the log."""
+        self._ledger, self._seq = self._empty(), 0
+
+    async def settled_in_log(self, request_id: str) -> bool:
+        """Whether the log holds the request's settlement (its ``resolved:`` key)."""
+        async with self._engine.connect() as conn:
+            found = await conn.execute(
+                select(ledger_events.c.seq).where(
+                    ledger_events.c.idempotency_key == f"resolved:{request_id}"
+                )
+            )
+            return found.first() is not None
+
+    async def _remember_if_settled(self, request_id: str) -> bool:
+        """Whether the log says ``request_id`` was settled; if so the ledger in memory
+        (rebuilt first when a failure left it to be) remembers it, so that its repeat is
+        answered as one."""
+        if not await self.settled_in_log(request_id):
+            return False
+        async with self._lock:
+            async with self._engine.connect() as conn:
+                await self._catch_up(conn)
+            self._ledger.remember_settled(request_id)
+        return True
+
     async def execute(
         self, command: Command, *, also: Also | None = None, rows: Rows | None = None
     ) -> tuple[Event, ...]:
@@ -194,6 +250,12 @@ class LedgerStore:
         yet is opened first, in the currency of its row. A caller cancelled meanwhile gets
         its ``CancelledError`` only once the command has finished (committed and applied, or
         rolled back), so the state it then reads is settled."""
+        if (
+            isinstance(command, Settle | Release)
+            and command.request_id not in self._ledger.holds
+            and not self._ledger.settled(command.request_id)
+        ):  # settled before the window, or held by another process: the log says which
+            await self._remember_if_settled(command.request_id)
         future = self._enqueue(command, also, rows)
         try:
             return await asyncio.shield(future)
@@ -228,13 +290,27 @@ class LedgerStore:
                 await self._run_batch(batch)
             except Exception as exc:  # the transaction rolled back as a whole
                 if len(batch) == 1:
-                    batch[0].settle(exc)
+                    await self._failed(batch[0], exc)
                     continue
                 for job in batch:  # one at a time: only the culprit fails
                     try:
                         await self._run_batch([job])
                     except Exception as single:
-                        job.settle(single)
+                        await self._failed(job, single)
+
+    async def _failed(self, job: _Job, exc: Exception) -> None:
+        """``job`` failed alone. Refused by the log's unique key as a request settled
+        before the window of recent ones: remember it and run it again, a repeat now (no
+        events). Otherwise it fails with ``exc``."""
+        request_id = _request_of(job.command)
+        try:
+            if request_id is not None and await self._remember_if_settled(request_id):
+                await self._run_batch([job])
+                return
+        except Exception as again:
+            if request_id is not None and request_id in self._ledger.settled_ids:
+                exc = again  # the repeat's own failure
+        job.settle(exc)
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         """One transaction for ``batch``: lock, catch up, decide each command on the state
@@ -274,7 +350,7 @@ class LedgerStore:
                         await write_rows(conn, writes)
             except BaseException:
                 if appended:  # applied in memory, never committed: start over from the log
-                    self._ledger, self._seq = Ledger(), 0
+                    self._forget()
                 raise
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
@@ -317,7 +393,7 @@ class LedgerStore:
                 if locked:
                     await asyncio.shield(writer.call(writer.rollback))
                 if appended:  # applied in memory, never committed: start over from the log
-                    self._ledger, self._seq = Ledger(), 0
+                    self._forget()
                 raise
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
@@ -341,7 +417,7 @@ class LedgerStore:
                         await writer.run(apg, self._statements(batch, outcomes, appended, rows))
             except BaseException:
                 if appended:  # applied in memory, never committed: start over from the log
-                    self._ledger, self._seq = Ledger(), 0
+                    self._forget()
                 raise
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
@@ -350,6 +426,7 @@ class LedgerStore:
         for seq, body in events:
             self._ledger.apply(EVENT.validate_json(body))
             self._seq = seq
+            self.events_read += 1
 
     def _decide_all(
         self, batch: list[_Job]
@@ -445,6 +522,7 @@ class LedgerStore:
         for seq, body in rows:
             self._ledger.apply(EVENT.validate_json(body))
             self._seq = seq
+            self.events_read += 1
 
     async def _append(self, conn: AsyncConnection, events: list[tuple[int, Event]]) -> None:
         event_rows, entry_rows = self._event_rows(events)
