@@ -147,6 +147,50 @@ class LeaseState:
         return self.promo + self.cash
 
 
+@dataclass(frozen=True, slots=True)
+class PackRecord:
+    pack_id: str
+    org: str
+    models: tuple[str, ...]
+    expires_at_ms: int
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    lease_id: str
+    org: str
+    instance_id: str
+    promo: int
+    cash: int
+    closed: bool
+
+
+STATE_VERSION = 1
+"""The shape of ``LedgerState``; a snapshot of another shape is not read (replayed instead)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """All of a ``Ledger`` but its window of settled ids, in plain immutable values: what a
+    snapshot of the ledger stores (``store/ledger.py``). ``Ledger.from_state(x.state())``
+    decides every command as ``x`` does (a repeat settled before the window aside)."""
+
+    balances: dict[str, int]
+    units: dict[str, str]
+    floors: dict[str, int]
+    orgs: tuple[OrgOpened, ...]
+    packs: tuple[PackRecord, ...]
+    holds: tuple[HoldPlaced, ...]
+    funding_ids: tuple[str, ...]
+    budgets: tuple[tuple[str, BudgetPeriod, int], ...]
+    budget_spent: tuple[tuple[str, str, int], ...]
+    budget_held: tuple[tuple[str, str, int], ...]
+    leases: tuple[LeaseRecord, ...]
+    pack_orgs: tuple[str, ...]
+    version: int = STATE_VERSION
+
+
 @dataclass(slots=True)
 class Ledger:
     """The state. Mutated only by ``apply``; ``execute`` decides, then applies."""
@@ -176,6 +220,58 @@ class Ledger:
         for event in events:
             ledger.apply(event)
         return ledger
+
+    def state(self) -> LedgerState:
+        """The state as plain values (a copy: applying more events leaves it as it was)."""
+        return LedgerState(
+            balances=dict(self.balances),
+            units=dict(self.units),
+            floors=dict(self.floors),
+            orgs=tuple(self.orgs.values()),
+            packs=tuple(
+                PackRecord(pid, p.org, tuple(sorted(p.models)), p.expires_at_ms, p.expired)
+                for pid, p in self.packs.items()
+            ),
+            holds=tuple(self.holds.values()),
+            funding_ids=tuple(sorted(self.funding_ids)),
+            budgets=tuple(
+                (scope, period, limit) for (scope, period), limit in self.budgets.items()
+            ),
+            budget_spent=tuple((s, k, v) for (s, k), v in self.budget_spent.items()),
+            budget_held=tuple((s, k, v) for (s, k), v in self.budget_held.items()),
+            leases=tuple(
+                LeaseRecord(lid, x.org, x.instance_id, x.promo, x.cash, x.closed)
+                for lid, x in self.leases.items()
+            ),
+            pack_orgs=tuple(sorted(self.pack_orgs)),
+        )
+
+    @classmethod
+    def from_state(cls, state: LedgerState, *, window: int = DEFAULT_SETTLED_WINDOW) -> Ledger:
+        """The ledger ``state`` describes, with an empty window of settled ids."""
+        if state.version != STATE_VERSION:
+            raise ValueError(f"a ledger state of version {state.version}, not {STATE_VERSION}")
+        return cls(
+            balances=dict(state.balances),
+            units=dict(state.units),
+            floors=dict(state.floors),
+            orgs={org.org: org for org in state.orgs},
+            packs={
+                p.pack_id: PackState(p.org, frozenset(p.models), p.expires_at_ms, p.expired)
+                for p in state.packs
+            },
+            holds={hold.request_id: hold for hold in state.holds},
+            settled_ids=RecentIds(window),
+            funding_ids=set(state.funding_ids),
+            budgets={(scope, period): limit for scope, period, limit in state.budgets},
+            budget_spent={(s, k): v for s, k, v in state.budget_spent},
+            budget_held={(s, k): v for s, k, v in state.budget_held},
+            leases={
+                x.lease_id: LeaseState(x.org, x.instance_id, x.promo, x.cash, x.closed)
+                for x in state.leases
+            },
+            pack_orgs=set(state.pack_orgs),
+        )
 
     def balance(self, account: str) -> int:
         return self.balances.get(account, 0)

@@ -29,6 +29,12 @@ ledger then remembers the id and answers the command as the repeat it is (no eve
 ``rows`` given ``()``). A ``Settle`` or ``Release`` of a hold the state does not know
 looks the key up first.
 
+A process does not replay the whole log when it starts: it reads the newest snapshot of the
+ledger's state (``store/ledger_snapshots.py``, migration 0010) and then only the events
+after it. Whichever process commits the event that puts the log
+``OPENMAAS_LEDGER_SNAPSHOT_EVENTS`` past the newest snapshot it knows writes a new one, in a
+transaction of its own after its commit, and ``close`` (a clean shutdown) writes one.
+
 Both ``ledger_events`` and ``ledger_entries`` are append-only (triggers refuse UPDATE and
 DELETE). Balances are derived: the in-memory ``Ledger`` is a cache of the event log, and
 ``SUM(amount)`` over ``ledger_entries`` gives the same numbers in SQL.
@@ -37,6 +43,7 @@ DELETE). Balances are derived: the in-memory ``Ledger`` is a cache of the event 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -47,7 +54,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.aio import finish_despite_cancellation
-from openmaas.core.ledger import DEFAULT_SETTLED_WINDOW, Ledger, RecentIds
+from openmaas.core.ledger import DEFAULT_SETTLED_WINDOW, Ledger, LedgerState, RecentIds
 from openmaas.core.ledger_events import (
     Command,
     DrawLease,
@@ -71,6 +78,7 @@ from openmaas.core.ledger_events import (
     TopUp,
 )
 from openmaas.core.money import Currency
+from openmaas.store import ledger_snapshots
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
 from openmaas.store.writers.asyncpg import AsyncpgWriter, uses_asyncpg
@@ -87,6 +95,11 @@ from openmaas.store.writers.sqlite import (
 )
 
 EVENT = TypeAdapter(Annotated[Event, Field(discriminator="kind")])
+
+DEFAULT_SNAPSHOT_EVENTS = 100_000
+"""Events past the newest snapshot after which a process writes a new one."""
+
+log = logging.getLogger("openmaas.store.ledger")
 
 
 def event_json(event: Event) -> str:
@@ -173,13 +186,20 @@ class LedgerStore:
         *,
         max_batch: int = 256,
         settled_window: int = DEFAULT_SETTLED_WINDOW,
+        snapshot_events: int = DEFAULT_SNAPSHOT_EVENTS,
     ) -> None:
         self._engine = engine
         self._now_ms = now_ms
         self._window = settled_window
         self._ledger = self._empty()
         self._seq = 0  # the last event applied to ``_ledger``
+        self._loaded = False  # whether ``_ledger`` started from the newest snapshot (or none)
+        self._snapshot_every = snapshot_events  # 0: only at ``close``
+        self._snapshot_seq = 0  # the newest snapshot's seq this process knows of
+        self._snapshotting: asyncio.Future[None] | None = None
         self.events_read = 0  # events read from the log into memory (start-up, catch-ups)
+        self.snapshot_read: int | None = None  # the seq of the snapshot it last started from
+        self.snapshots_written = 0
         self._lock = asyncio.Lock()  # one transaction (or refresh) of this process at a time
         self._queue: list[_Job] = []
         self._flusher: asyncio.Future[None] | None = None
@@ -194,7 +214,14 @@ class LedgerStore:
         self._rows_sql = RowStatements()
 
     async def close(self) -> None:
-        """Close the SQLite writer's connection and thread, if one was opened."""
+        """Write a snapshot of the state if the log went past the newest one (a clean
+        shutdown: the next start reads no event), then close the SQLite writer's connection
+        and thread, if one was opened."""
+        await self.snapshot_written()
+        try:
+            await self.snapshot(only_if_newer=True)
+        except Exception:  # the snapshot is an optimization: the log stays the truth
+            log.warning("the ledger snapshot at shutdown was not written", exc_info=True)
         async with self._lock:
             writer, self._writer = self._writer, None
             if writer is not None:
@@ -205,9 +232,69 @@ class LedgerStore:
         """The state as of the last command or ``refresh`` (read it, never mutate it)."""
         return self._ledger
 
+    async def snapshot(self, *, only_if_newer: bool = False) -> bool:
+        """Write a snapshot of the state as of the log's last event now (``only_if_newer``:
+        only when that is past the newest snapshot this process knows of, and a process
+        that never read the ledger writes none). Whether one was written."""
+        async with self._lock:
+            if only_if_newer and not self._loaded:
+                return False
+            await self._ensure_loaded()
+            async with self._engine.connect() as conn:
+                await self._catch_up(conn)
+            if only_if_newer and self._seq <= self._snapshot_seq:
+                return False
+            state, seq = self._ledger.state(), self._seq
+        written = await ledger_snapshots.write(self._engine, state, seq, self._now_ms(), 0)
+        if written:
+            self._snapshot_seq = max(self._snapshot_seq, seq)
+            self.snapshots_written += 1
+        return written
+
+    async def snapshot_written(self) -> None:
+        """Wait for the snapshot being written in the background, if one is."""
+        if self._snapshotting is not None:
+            await self._snapshotting
+
+    async def _ensure_loaded(self) -> None:
+        """Start ``_ledger`` from the newest usable snapshot (once, and again after a failed
+        transaction made it forget); the catch-up then reads only the events after it."""
+        if self._loaded:
+            return
+        async with self._engine.connect() as conn:
+            found = await ledger_snapshots.read_newest(conn, self._window)
+        if found is None:
+            self._ledger, self._seq = self._empty(), 0
+        else:
+            self._ledger, self._seq = found
+            self._snapshot_seq = max(self._snapshot_seq, self._seq)
+        self.snapshot_read = None if found is None else self._seq
+        self._loaded = True
+
+    def _snapshot_if_due(self) -> None:
+        """After a commit: snapshot the state (as of ``_seq``, under the lock) once the log
+        is ``snapshot_events`` past the newest snapshot; written in the background."""
+        if not self._snapshot_every or self._seq - self._snapshot_seq < self._snapshot_every:
+            return
+        if self._snapshotting is not None and not self._snapshotting.done():
+            return
+        self._snapshot_seq = self._seq
+        self._snapshotting = asyncio.ensure_future(
+            self._write_snapshot(self._ledger.state(), self._seq)
+        )
+
+    async def _write_snapshot(self, state: LedgerState, seq: int) -> None:
+        gap = self._snapshot_every // 2  # another process's about as new: none from this one
+        try:
+            if await ledger_snapshots.write(self._engine, state, seq, self._now_ms(), gap):
+                self.snapshots_written += 1
+        except Exception:  # the snapshot is an optimization: the log stays the truth
+            log.warning("a ledger snapshot was not written", exc_info=True)
+
     async def refresh(self) -> Ledger:
         """Catch up with events written by other processes; returns the current state."""
         async with self._lock:
+            await self._ensure_loaded()
             async with self._engine.connect() as conn:
                 await self._catch_up(conn)
         return self._ledger
@@ -216,8 +303,10 @@ class LedgerStore:
         return Ledger(settled_ids=RecentIds(self._window))
 
     def _forget(self) -> None:
-        """Applied in memory, never committed: start over from the log."""
+        """Applied in memory, never committed: start over from the newest snapshot and the
+        log after it."""
         self._ledger, self._seq = self._empty(), 0
+        self._loaded = False
 
     async def settled_in_log(self, request_id: str) -> bool:
         """Whether the log holds the request's settlement (its ``resolved:`` key)."""
@@ -236,6 +325,7 @@ class LedgerStore:
         if not await self.settled_in_log(request_id):
             return False
         async with self._lock:
+            await self._ensure_loaded()
             async with self._engine.connect() as conn:
                 await self._catch_up(conn)
             self._ledger.remember_settled(request_id)
@@ -324,6 +414,7 @@ class LedgerStore:
             await self._run_batch_asyncpg(batch)
             return
         async with self._lock:
+            await self._ensure_loaded()
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             try:
@@ -352,6 +443,8 @@ class LedgerStore:
                 if appended:  # applied in memory, never committed: start over from the log
                     self._forget()
                 raise
+            if appended:
+                self._snapshot_if_due()
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
@@ -371,6 +464,7 @@ class LedgerStore:
         commands, the lock and the catch-up in one, the decisions here, then the appends,
         the rows and the commit in another."""
         async with self._lock:
+            await self._ensure_loaded()
             if self._writer is None:
                 self._writer = await SqliteWriter.open(self._engine)
             writer = self._writer
@@ -395,6 +489,8 @@ class LedgerStore:
                 if appended:  # applied in memory, never committed: start over from the log
                     self._forget()
                 raise
+            if appended:
+                self._snapshot_if_due()
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
@@ -404,6 +500,7 @@ class LedgerStore:
         writer = self._asyncpg
         assert writer is not None
         async with self._lock:
+            await self._ensure_loaded()
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             try:
@@ -419,6 +516,8 @@ class LedgerStore:
                 if appended:  # applied in memory, never committed: start over from the log
                     self._forget()
                 raise
+            if appended:
+                self._snapshot_if_due()
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
