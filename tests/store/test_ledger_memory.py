@@ -19,6 +19,7 @@ from openmaas.core.ledger_events import (
     Hold,
     Release,
     Settle,
+    ShrinkLease,
     SpendLease,
     TopUp,
     cash,
@@ -133,3 +134,24 @@ async def test_a_settle_of_a_hold_nobody_placed_is_still_refused(database: Async
     store, _org = await funded_store(database)
     with pytest.raises(KeyError):
         await store.execute(Settle("never-held", Usage(prompt_tokens=1)))
+
+
+async def test_closed_leases_are_kept_only_as_many_as_the_window(database: AsyncEngine) -> None:
+    """A process draws a lease per organization every few seconds of spend: the closed ones
+    are forgotten beyond the window, and a late repeat on one is still answered as one."""
+    store, org = await funded_store(database)
+    await store.execute(ShrinkLease("lease-1", 0))
+    for n in range(12):
+        await store.execute(DrawLease(f"lease-{n + 2}", org, "gw-1", want=1_000, at_least=1))
+        await store.execute(
+            SpendLease(f"r{n}", f"lease-{n + 2}", PRICE, Usage(prompt_tokens=5), reserved=50)
+        )
+        await store.execute(ShrinkLease(f"lease-{n + 2}", 0))
+    assert len(store.ledger.leases) == WINDOW and store.ledger.open_leases() == []
+    balances = dict(store.ledger.balances)
+    late = SpendLease("r0", "lease-2", PRICE, Usage(prompt_tokens=9), reserved=50)
+    assert await store.execute(late) == ()  # its lease and its id forgotten: the log knows
+    with pytest.raises(KeyError):  # never settled, on a lease long closed: refused
+        await store.execute(SpendLease("r-new", "lease-2", PRICE, Usage(), reserved=50))
+    assert store.ledger.balances == balances
+    assert (await LedgerStore(database, lambda: NOW_MS).refresh()).balances == balances

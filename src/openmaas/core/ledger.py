@@ -187,6 +187,7 @@ class LedgerState:
     budget_spent: tuple[tuple[str, str, int], ...]
     budget_held: tuple[tuple[str, str, int], ...]
     leases: tuple[LeaseRecord, ...]
+    closed_leases: tuple[str, ...]  # the closed ones of ``leases``, oldest closed first
     pack_orgs: tuple[str, ...]
     version: int = STATE_VERSION
 
@@ -209,7 +210,11 @@ class Ledger:
     budgets: dict[tuple[str, BudgetPeriod], int] = field(default_factory=dict)
     budget_spent: dict[tuple[str, str], int] = field(default_factory=dict)
     budget_held: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Open leases, and the last closed ones (as many as the window of settled ids holds):
+    # a lease is drawn per process and organization every few seconds of spend, so all of
+    # them would grow without end. ``closed_leases``: their ids, oldest closed first.
     leases: dict[str, LeaseState] = field(default_factory=dict)
+    closed_leases: deque[str] = field(default_factory=deque)
     pack_orgs: set[str] = field(default_factory=set)  # organizations ever granted a pack
 
     # -- reading --
@@ -243,6 +248,7 @@ class Ledger:
                 LeaseRecord(lid, x.org, x.instance_id, x.promo, x.cash, x.closed)
                 for lid, x in self.leases.items()
             ),
+            closed_leases=tuple(self.closed_leases),
             pack_orgs=tuple(sorted(self.pack_orgs)),
         )
 
@@ -270,6 +276,7 @@ class Ledger:
                 x.lease_id: LeaseState(x.org, x.instance_id, x.promo, x.cash, x.closed)
                 for x in state.leases
             },
+            closed_leases=deque(state.closed_leases),
             pack_orgs=set(state.pack_orgs),
         )
 
@@ -383,14 +390,19 @@ class Ledger:
             )
         elif isinstance(event, LeaseSpent):
             self.settled_ids.add(event.request_id)
-            lease = self.leases[event.lease_id]
-            lease.promo -= event.from_promo
-            lease.cash -= event.from_cash
+            spent_from = self.leases.get(event.lease_id)
+            if spent_from is not None:  # None: closed long ago (it had nothing left to give)
+                spent_from.promo -= event.from_promo
+                spent_from.cash -= event.from_cash
         elif isinstance(event, LeaseShrunk):
-            lease = self.leases[event.lease_id]
+            lease = self.leases[event.lease_id]  # never closed twice: an open lease
             lease.promo -= event.promo
             lease.cash -= event.cash
-            lease.closed = lease.closed or event.closed
+            if event.closed and not lease.closed:
+                lease.closed = True
+                self.closed_leases.append(event.lease_id)
+                if len(self.closed_leases) > self.settled_ids.capacity:
+                    del self.leases[self.closed_leases.popleft()]
         for transfer in transfers:
             for account in (transfer.debit, transfer.credit):
                 if account not in self.units:  # system accounts open on first use

@@ -344,8 +344,12 @@ class LedgerStore:
             isinstance(command, Settle | Release)
             and command.request_id not in self._ledger.holds
             and not self._ledger.settled(command.request_id)
-        ):  # settled before the window, or held by another process: the log says which
-            await self._remember_if_settled(command.request_id)
+        ) or (
+            type(command) is SpendLease
+            and command.lease_id not in self._ledger.leases
+            and not self._ledger.settled(command.request_id)
+        ):  # settled before the window (or its lease closed before it), or held by another
+            await self._remember_if_settled(command.request_id)  # process: the log says
         future = self._enqueue(command, also, rows)
         try:
             return await asyncio.shield(future)
