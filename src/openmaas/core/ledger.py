@@ -36,7 +36,7 @@ after its id left it is decided again and refused by the store's unique key
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from openmaas.core.errors import BudgetExceeded, InsufficientBalance, InvalidRequest, NotFound
@@ -87,40 +87,27 @@ DEFAULT_SETTLED_WINDOW = 100_000
 """Ids of settled requests a ledger keeps in memory by default (~110 bytes each)."""
 
 
-class RecentIds:
+class RecentIds(set[str]):
     """The ids of the last ``capacity`` requests settled (or released), oldest forgotten
-    first: a set for membership, a queue for their order."""
+    first: a set (its membership test, once per settlement, stays the built-in one) and a
+    queue of the same ids in the order they came."""
 
-    __slots__ = ("_ids", "_order", "capacity")
+    __slots__ = ("_order", "capacity")
 
     def __init__(self, capacity: int = DEFAULT_SETTLED_WINDOW) -> None:
+        super().__init__()
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError("the settled window holds at least one id")
         self.capacity = capacity
-        self._ids: set[str] = set()
         self._order: deque[str] = deque()
 
     def add(self, request_id: str) -> None:
-        if request_id in self._ids:
+        if request_id in self:
             return
-        self._ids.add(request_id)
+        set.add(self, request_id)
         self._order.append(request_id)
         if len(self._order) > self.capacity:
-            self._ids.discard(self._order.popleft())
-
-    def __contains__(self, request_id: object) -> bool:
-        return request_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._order)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RecentIds):
-            return NotImplemented
-        return self._ids == other._ids
+            self.discard(self._order.popleft())
 
     def __repr__(self) -> str:
         return f"RecentIds({len(self)} of {self.capacity})"
