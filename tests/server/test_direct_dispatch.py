@@ -48,6 +48,11 @@ def _app(direct: bool) -> OpenMaaSApp:
             raise ModelNotFound("ghost")
         return json_response({})
 
+    @app.get("/v1/where")
+    async def where(request: Request) -> Response:  # as the console reads its route's rule
+        route = request.scope["route"]
+        return json_response({"route": route.path, "params": request.path_params})
+
     @app.post("/v1/items/{item}")
     async def item(request: Request) -> Response:
         return json_response({"item": request.path_params["item"]})
@@ -70,7 +75,7 @@ def test_only_fixed_paths_taking_the_request_alone_are_direct() -> None:
     assert app._direct is not None
     assert set(app._direct) == {
         ("POST", path) for path in ("/v1/boom", "/other/boom", "/v1/model", "/other/model")
-    } | {("POST", "/v1/echo"), ("POST", "/v1/limited")}
+    } | {("POST", "/v1/echo"), ("POST", "/v1/limited"), ("GET", "/v1/where")}
 
 
 def test_errors_have_the_protocol_shape_status_and_request_id(client: TestClient) -> None:
@@ -85,6 +90,10 @@ def test_errors_have_the_protocol_shape_status_and_request_id(client: TestClient
     assert other.status_code == 404 and other.headers["x-proto"] == "other"
     assert other.json() == {"type": "error", "error": {"message": ModelNotFound("ghost").message}}
     assert client.post("/other/boom").json()["type"] == "error"
+
+
+def test_an_endpoint_finds_its_route_in_the_scope(client: TestClient) -> None:
+    assert client.get("/v1/where").json() == {"route": "/v1/where", "params": {}}
 
 
 def test_the_body_limit_holds(client: TestClient) -> None:

@@ -32,13 +32,14 @@ from openmaas.server.logs import request_id_var
 from openmaas.server.middleware import add_headers, begin, limited_receive, log_request
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+Direct = tuple[Endpoint, APIRoute]  # the endpoint, and its route as the scope names it
 
 
 class OpenMaaSApp(FastAPI):
     """FastAPI, with the routes that :func:`direct_endpoints` finds called directly once
     :meth:`dispatch_directly` was called (after every route and middleware is added)."""
 
-    _direct: dict[tuple[str, str], Endpoint] | None = None
+    _direct: dict[tuple[str, str], Direct] | None = None
     _direct_app: ASGIApp | None = None
 
     def dispatch_directly(
@@ -66,11 +67,11 @@ class OpenMaaSApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def direct_endpoints(app: FastAPI) -> dict[tuple[str, str], Endpoint]:
-    """(method, path) -> endpoint, for each route with a fixed path whose endpoint's one
-    parameter is the request and which returns a ``Response``: nothing for FastAPI to
-    solve, validate or serialise."""
-    found: dict[tuple[str, str], Endpoint] = {}
+def direct_endpoints(app: FastAPI) -> dict[tuple[str, str], Direct]:
+    """(method, path) -> (endpoint, route), for each route with a fixed path whose
+    endpoint's one parameter is the request and which returns a ``Response``: nothing for
+    FastAPI to solve, validate or serialise."""
+    found: dict[tuple[str, str], Direct] = {}
     for route in iter_route_contexts(app.routes):
         path, endpoint = route.path, route.endpoint
         if not isinstance(route.original_route, APIRoute) or not path or "{" in path:
@@ -86,7 +87,7 @@ def direct_endpoints(app: FastAPI) -> dict[tuple[str, str], Endpoint]:
         if dependant.dependencies:
             continue
         for method in route.methods or ():
-            found.setdefault((method, path), endpoint)
+            found.setdefault((method, path), (endpoint, route.original_route))
     return found
 
 
@@ -101,7 +102,7 @@ class _DirectDispatch:
 
     def __init__(
         self,
-        endpoints: dict[tuple[str, str], Endpoint],
+        endpoints: dict[tuple[str, str], Direct],
         errors: ErrorMapping,
         max_body_bytes: int,
         new_request_id: RequestIdGenerator,
@@ -118,10 +119,14 @@ class _DirectDispatch:
         try:
             receive = limited_receive(scope, receive, self._limit)
             path = scope["path"]
+            endpoint, route = self._endpoints[(scope["method"], path)]
+            # what routing puts in the scope: an endpoint may read its route (the console
+            # finds its access rule by the route's path)
+            scope["route"] = route
+            scope["endpoint"] = endpoint
+            scope["path_params"] = {}
             try:
-                response = await self._endpoints[(scope["method"], path)](
-                    Request(scope, receive, send)
-                )
+                response = await endpoint(Request(scope, receive, send))
             except OpenMaaSError as exc:
                 response = self._errors.ours(path, exc)
             except HTTPException as exc:

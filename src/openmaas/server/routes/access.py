@@ -68,6 +68,10 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     "POST /console/orgs/{org}/keys/{key_id}/revoke": ConsoleAccess.MEMBER,
     "GET /console/orgs/{org}/models": ConsoleAccess.VIEWER,
     "GET /console/orgs/{org}/balance": ConsoleAccess.VIEWER,
+    # usage and billing (console_usage.py)
+    "GET /console/orgs/{org}/usage": ConsoleAccess.VIEWER,
+    "GET /console/orgs/{org}/usage.csv": ConsoleAccess.VIEWER,
+    "GET /console/orgs/{org}/billing": ConsoleAccess.VIEWER,
     "GET /console/audit": ConsoleAccess.OPERATOR,
     "GET /console/{rest:path}": ConsoleAccess.PUBLIC,  # any other path: the console's 404
 }

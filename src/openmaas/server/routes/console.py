@@ -92,6 +92,9 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.console = Console(settings)
     # before the pages: their last route answers every other /console path
     app.mount(f"{PREFIX}/static", StaticFiles(directory=FILES / "static"), name="console-static")
+    from openmaas.server.routes import console_usage  # its pages use this module's machinery
+
+    app.include_router(console_usage.router)  # before this router's catch-all
     app.include_router(router)
 
 
@@ -233,6 +236,8 @@ async def _enter(request: Request, org: str | None = None) -> Visit:
             raise PermissionDenied(f"This needs the {needed.label} role.")
     return visit
 
+
+enter = _enter  # for the console's other page modules (console_usage.py)
 
 Handler = Callable[..., Awaitable[Response]]
 
