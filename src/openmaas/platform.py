@@ -153,7 +153,12 @@ async def open_platform(
         if serve:  # before the accountant: every request it admits names this instance
             liveness = await Liveness.start(database)
             async_jobs = AsyncJobStore(database, clock.now_ms, liveness.instance_id)
-        ledger = LedgerStore(database, clock.now_ms)
+        ledger = LedgerStore(
+            database,
+            clock.now_ms,
+            settled_window=settings.ledger_settled_window,
+            snapshot_events=settings.ledger_snapshot_events,
+        )
         accountant = Accountant(
             database,
             ledger,

@@ -193,6 +193,20 @@ class Settings(BaseSettings):
         "per organization, so that priced requests are admitted in memory; an idle lease is "
         "given back after this long (0: a ledger hold per priced request).",
     )
+    ledger_settled_window: int = Field(
+        100_000,
+        ge=1,
+        description="Ids of recently settled requests each process keeps in memory to answer a "
+        "repeated settlement without the database (~110 bytes each); older repeats are refused "
+        "by the ledger's unique key in the database all the same.",
+    )
+    ledger_snapshot_events: int = Field(
+        100_000,
+        ge=0,
+        description="Events of the ledger's log after which a process writes a snapshot of the "
+        "ledger's state, so that a process starting reads the newest snapshot and only the "
+        "events after it (0: a snapshot only at a clean shutdown).",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis URL (redis://host:6379/0) for rate-limit counters shared by every "

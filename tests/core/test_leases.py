@@ -132,7 +132,7 @@ def test_lease_events_replay_to_the_same_state() -> None:
         events += ledger.execute(command)
     replayed = Ledger.replay(EVENT_LOG.validate_json(EVENT_LOG.dump_json(events)))
     assert replayed.balances == ledger.balances
-    assert replayed.leases == ledger.leases and replayed.spent == ledger.spent
+    assert replayed.leases == ledger.leases and replayed.settled_ids == ledger.settled_ids
 
 
 # -- one process's book ---------------------------------------------------------------

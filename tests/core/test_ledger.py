@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from pydantic import Field, TypeAdapter
 
 from openmaas.core.errors import BudgetExceeded, InsufficientBalance, InvalidRequest, NotFound
-from openmaas.core.ledger import Ledger
+from openmaas.core.ledger import Ledger, RecentIds
 from openmaas.core.ledger_events import (
     TOKENS,
     BudgetPeriod,
@@ -473,3 +473,22 @@ def test_replay_refuses_an_invalid_transfer_whole() -> None:
         with pytest.raises(ValueError):
             ledger.apply(Funded("x", (Transfer(system("CNY", "external"), cash("o"), 1), transfer)))
     assert (ledger.balances, ledger.funding_ids) == snapshot
+
+
+def test_the_settled_ids_kept_are_a_window_whatever_was_settled() -> None:
+    """Memory bounded: the state keeps the ids of the last ``window`` settlements, not one
+    per request ever settled; a repeat inside the window is answered from memory."""
+    ledger = Ledger(settled_ids=RecentIds(8))
+    ledger.execute(OpenOrg("o"))
+    ledger.execute(TopUp("t", "o", 1_000_000))
+    for n in range(100):
+        ledger.execute(hold(f"r{n}"))
+        ledger.execute(Settle(f"r{n}", Usage(prompt_tokens=1)))
+    assert len(ledger.settled_ids) == 8 and ledger.holds == {}
+    assert [ledger.settled(f"r{n}") for n in (91, 92, 99)] == [False, True, True]
+    assert ledger.decide(Settle("r99", Usage(prompt_tokens=5))) == ()
+    ledger.remember_settled("r0")  # the store found r0's settlement in the log
+    assert ledger.decide(Settle("r0", Usage(prompt_tokens=5))) == ()
+    assert len(ledger.settled_ids) == 8
+    with pytest.raises(ValueError):
+        RecentIds(0)

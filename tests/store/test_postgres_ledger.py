@@ -247,7 +247,7 @@ async def test_two_writers_on_two_engines_never_overdraw_and_see_each_other(
     view_a, view_b = await a.refresh(), await b.refresh()
     assert view_a.balances == view_b.balances
     assert view_a.holds.keys() == view_b.holds.keys()
-    assert view_a.resolved == view_b.resolved
+    assert view_a.settled_ids == view_b.settled_ids
     assert view_a.balance(cash(org)) == await sql_balance(second, cash(org))
     assert view_a.balance(held(org)) == await sql_balance(second, held(org))
     held_now = QUOTE.micros * len(view_a.holds)

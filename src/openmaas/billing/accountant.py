@@ -531,6 +531,7 @@ class Accountant:
 
         def write(events: tuple[Event, ...]) -> tuple[Insert | Delete, ...]:
             resolved = next((e for e in events if isinstance(e, HoldResolved)), None)
+            cost.clear()  # asked again after a try that rolled back: this one counts
             if resolved is None:
                 return ()  # settled before: its usage record was written with it
             currency = self.ledger.ledger.orgs[record.org_id].currency
@@ -559,6 +560,7 @@ class Accountant:
         charged: list[int] = []
 
         def write(events: tuple[Event, ...]) -> tuple[Insert | Delete, ...]:
+            charged.clear()  # asked again after a try that rolled back: this one counts
             if not events:
                 return ()  # settled before: its usage record was written with it
             spent = events[0]  # a spend decides one event, or none

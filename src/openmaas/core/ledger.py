@@ -24,10 +24,18 @@ moves money for many requests into the organization's ``leased`` accounts for on
 which admits requests against it in memory (``core/leases.py``); ``SpendLease`` settles one
 of them from the lease, once (the same ``resolved:<request id>`` key as a hold's settlement);
 ``ShrinkLease`` gives back what the lease holds beyond what its open requests reserved.
+
+Memory: the state keeps what deciding the open requests needs (balances, open holds,
+leases, budgets) and only a bounded window of the ids of requests settled lately
+(``RecentIds``): a settlement repeated inside it is answered from memory, one repeated
+after its id left it is decided again and refused by the store's unique key
+(``resolved:<request id>``), which stays the guarantee of settling once
+(``store/ledger.py``, ``docs/billing.md``).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -75,6 +83,35 @@ from openmaas.core.ledger_events import (
 from openmaas.core.prices import split_usage
 from openmaas.core.types import Usage
 
+DEFAULT_SETTLED_WINDOW = 100_000
+"""Ids of settled requests a ledger keeps in memory by default (~110 bytes each)."""
+
+
+class RecentIds(set[str]):
+    """The ids of the last ``capacity`` requests settled (or released), oldest forgotten
+    first: a set (its membership test, once per settlement, stays the built-in one) and a
+    queue of the same ids in the order they came."""
+
+    __slots__ = ("_order", "capacity")
+
+    def __init__(self, capacity: int = DEFAULT_SETTLED_WINDOW) -> None:
+        super().__init__()
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError("the settled window holds at least one id")
+        self.capacity = capacity
+        self._order: deque[str] = deque()
+
+    def add(self, request_id: str) -> None:
+        if request_id in self:
+            return
+        set.add(self, request_id)
+        self._order.append(request_id)
+        if len(self._order) > self.capacity:
+            self.discard(self._order.popleft())
+
+    def __repr__(self) -> str:
+        return f"RecentIds({len(self)} of {self.capacity})"
+
 
 @dataclass(slots=True)
 class PackState:
@@ -97,6 +134,51 @@ class LeaseState:
         return self.promo + self.cash
 
 
+@dataclass(frozen=True, slots=True)
+class PackRecord:
+    pack_id: str
+    org: str
+    models: tuple[str, ...]
+    expires_at_ms: int
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    lease_id: str
+    org: str
+    instance_id: str
+    promo: int
+    cash: int
+    closed: bool
+
+
+STATE_VERSION = 1
+"""The shape of ``LedgerState``; a snapshot of another shape is not read (replayed instead)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """All of a ``Ledger`` but its window of settled ids, in plain immutable values: what a
+    snapshot of the ledger stores (``store/ledger.py``). ``Ledger.from_state(x.state())``
+    decides every command as ``x`` does (a repeat settled before the window aside)."""
+
+    balances: dict[str, int]
+    units: dict[str, str]
+    floors: dict[str, int]
+    orgs: tuple[OrgOpened, ...]
+    packs: tuple[PackRecord, ...]
+    holds: tuple[HoldPlaced, ...]
+    funding_ids: tuple[str, ...]
+    budgets: tuple[tuple[str, BudgetPeriod, int], ...]
+    budget_spent: tuple[tuple[str, str, int], ...]
+    budget_held: tuple[tuple[str, str, int], ...]
+    leases: tuple[LeaseRecord, ...]
+    closed_leases: tuple[str, ...]  # the closed ones of ``leases``, oldest closed first
+    pack_orgs: tuple[str, ...]
+    version: int = STATE_VERSION
+
+
 @dataclass(slots=True)
 class Ledger:
     """The state. Mutated only by ``apply``; ``execute`` decides, then applies."""
@@ -107,26 +189,83 @@ class Ledger:
     orgs: dict[str, OrgOpened] = field(default_factory=dict)
     packs: dict[str, PackState] = field(default_factory=dict)
     holds: dict[str, HoldPlaced] = field(default_factory=dict)
-    # The ids of the requests settled (or released) from a hold, and from a lease: only the
-    # ids, ~110 bytes a request in memory where the events kept were ~570 (they are in the
-    # log). Still one per request ever settled: docs/billing.md, known limit.
-    resolved: set[str] = field(default_factory=set)
+    # The ids of the requests settled (or released) lately, from a hold or from a lease: a
+    # bounded window (``RecentIds``), not one per request ever settled; the log's unique
+    # ``resolved:<request id>`` key is what settles a request once (docs/billing.md).
+    settled_ids: RecentIds = field(default_factory=RecentIds)
     funding_ids: set[str] = field(default_factory=set)
     budgets: dict[tuple[str, BudgetPeriod], int] = field(default_factory=dict)
     budget_spent: dict[tuple[str, str], int] = field(default_factory=dict)
     budget_held: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Open leases, and the last closed ones (as many as the window of settled ids holds):
+    # a lease is drawn per process and organization every few seconds of spend, so all of
+    # them would grow without end. ``closed_leases``: their ids, oldest closed first.
     leases: dict[str, LeaseState] = field(default_factory=dict)
-    spent: set[str] = field(default_factory=set)
+    closed_leases: deque[str] = field(default_factory=deque)
     pack_orgs: set[str] = field(default_factory=set)  # organizations ever granted a pack
 
     # -- reading --
 
     @classmethod
-    def replay(cls, events: Iterable[Event]) -> Ledger:
-        ledger = cls()
+    def replay(cls, events: Iterable[Event], *, window: int = DEFAULT_SETTLED_WINDOW) -> Ledger:
+        ledger = cls(settled_ids=RecentIds(window))
         for event in events:
             ledger.apply(event)
         return ledger
+
+    def state(self) -> LedgerState:
+        """The state as plain values (a copy: applying more events leaves it as it was)."""
+        return LedgerState(
+            balances=dict(self.balances),
+            units=dict(self.units),
+            floors=dict(self.floors),
+            orgs=tuple(self.orgs.values()),
+            packs=tuple(
+                PackRecord(pid, p.org, tuple(sorted(p.models)), p.expires_at_ms, p.expired)
+                for pid, p in self.packs.items()
+            ),
+            holds=tuple(self.holds.values()),
+            funding_ids=tuple(sorted(self.funding_ids)),
+            budgets=tuple(
+                (scope, period, limit) for (scope, period), limit in self.budgets.items()
+            ),
+            budget_spent=tuple((s, k, v) for (s, k), v in self.budget_spent.items()),
+            budget_held=tuple((s, k, v) for (s, k), v in self.budget_held.items()),
+            leases=tuple(
+                LeaseRecord(lid, x.org, x.instance_id, x.promo, x.cash, x.closed)
+                for lid, x in self.leases.items()
+            ),
+            closed_leases=tuple(self.closed_leases),
+            pack_orgs=tuple(sorted(self.pack_orgs)),
+        )
+
+    @classmethod
+    def from_state(cls, state: LedgerState, *, window: int = DEFAULT_SETTLED_WINDOW) -> Ledger:
+        """The ledger ``state`` describes, with an empty window of settled ids."""
+        if state.version != STATE_VERSION:
+            raise ValueError(f"a ledger state of version {state.version}, not {STATE_VERSION}")
+        return cls(
+            balances=dict(state.balances),
+            units=dict(state.units),
+            floors=dict(state.floors),
+            orgs={org.org: org for org in state.orgs},
+            packs={
+                p.pack_id: PackState(p.org, frozenset(p.models), p.expires_at_ms, p.expired)
+                for p in state.packs
+            },
+            holds={hold.request_id: hold for hold in state.holds},
+            settled_ids=RecentIds(window),
+            funding_ids=set(state.funding_ids),
+            budgets={(scope, period): limit for scope, period, limit in state.budgets},
+            budget_spent={(s, k): v for s, k, v in state.budget_spent},
+            budget_held={(s, k): v for s, k, v in state.budget_held},
+            leases={
+                x.lease_id: LeaseState(x.org, x.instance_id, x.promo, x.cash, x.closed)
+                for x in state.leases
+            },
+            closed_leases=deque(state.closed_leases),
+            pack_orgs=set(state.pack_orgs),
+        )
 
     def balance(self, account: str) -> int:
         return self.balances.get(account, 0)
@@ -148,8 +287,16 @@ class Ledger:
         return sorted(self.holds)
 
     def settled(self, request_id: str) -> bool:
-        """Whether the request was settled (or released), from a hold or from a lease."""
-        return request_id in self.resolved or request_id in self.spent
+        """Whether the request was settled (or released), from a hold or from a lease, as
+        far as the window of recent settlements knows (False: open, unknown, or settled
+        before the window: the store's unique key then refuses a repeat)."""
+        return request_id in self.settled_ids
+
+    def remember_settled(self, request_id: str) -> None:
+        """Note a request the log says was settled (``store/ledger.py``, when its repeat
+        was refused there): a repeat is then answered from memory again."""
+        if request_id not in self.holds:
+            self.settled_ids.add(request_id)
 
     def open_leases(self, *, org: str | None = None, instance_id: str | None = None) -> list[str]:
         """Ids of the leases not yet closed, of one organization or one process."""
@@ -220,7 +367,7 @@ class Ledger:
                 self.budget_held[key] = self.budget_held.get(key, 0) + event.money
         elif isinstance(event, HoldResolved):
             hold = self.holds.pop(event.request_id)
-            self.resolved.add(event.request_id)
+            self.settled_ids.add(event.request_id)
             for key in hold.budget_keys:
                 self.budget_held[key] -= hold.money
                 self.budget_spent[key] = self.budget_spent.get(key, 0) + event.charged
@@ -229,15 +376,20 @@ class Ledger:
                 event.org, event.instance_id, event.promo, event.cash
             )
         elif isinstance(event, LeaseSpent):
-            self.spent.add(event.request_id)
-            lease = self.leases[event.lease_id]
-            lease.promo -= event.from_promo
-            lease.cash -= event.from_cash
+            self.settled_ids.add(event.request_id)
+            spent_from = self.leases.get(event.lease_id)
+            if spent_from is not None:  # None: closed long ago (it had nothing left to give)
+                spent_from.promo -= event.from_promo
+                spent_from.cash -= event.from_cash
         elif isinstance(event, LeaseShrunk):
-            lease = self.leases[event.lease_id]
+            lease = self.leases[event.lease_id]  # never closed twice: an open lease
             lease.promo -= event.promo
             lease.cash -= event.cash
-            lease.closed = lease.closed or event.closed
+            if event.closed and not lease.closed:
+                lease.closed = True
+                self.closed_leases.append(event.lease_id)
+                if len(self.closed_leases) > self.settled_ids.capacity:
+                    del self.leases[self.closed_leases.popleft()]
         for transfer in transfers:
             for account in (transfer.debit, transfer.credit):
                 if account not in self.units:  # system accounts open on first use

@@ -20,6 +20,21 @@ commands are waiting at that moment (group commit; each keeps its own outcome):
 5. commit, then answer each caller. If anything fails before the commit, the transaction
    rolls back and its commands are retried one by one, so only the culprit fails.
 
+The in-memory ``Ledger`` keeps only a window of recently settled request ids
+(``OPENMAAS_LEDGER_SETTLED_WINDOW``). A settlement (or hold) repeated after its id left the
+window is decided again, and its append is refused by the unique ``resolved:<request id>``
+(or ``hold:<request id>``) key: the transaction rolls back, the state in memory is rebuilt
+from the log, and the command, retried alone, finds its key in ``ledger_events``; the
+ledger then remembers the id and answers the command as the repeat it is (no events, its
+``rows`` given ``()``). A ``Settle`` or ``Release`` of a hold the state does not know
+looks the key up first.
+
+A process does not replay the whole log when it starts: it reads the newest snapshot of the
+ledger's state (``store/ledger_snapshots.py``, migration 0010) and then only the events
+after it. Whichever process commits the event that puts the log
+``OPENMAAS_LEDGER_SNAPSHOT_EVENTS`` past the newest snapshot it knows writes a new one, in a
+transaction of its own after its commit, and ``close`` (a clean shutdown) writes one.
+
 Both ``ledger_events`` and ``ledger_entries`` are append-only (triggers refuse UPDATE and
 DELETE). Balances are derived: the in-memory ``Ledger`` is a cache of the event log, and
 ``SUM(amount)`` over ``ledger_entries`` gives the same numbers in SQL.
@@ -28,6 +43,7 @@ DELETE). Balances are derived: the in-memory ``Ledger`` is a cache of the event 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -38,7 +54,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.aio import finish_despite_cancellation
-from openmaas.core.ledger import Ledger
+from openmaas.core.ledger import DEFAULT_SETTLED_WINDOW, Ledger, LedgerState, RecentIds
 from openmaas.core.ledger_events import (
     Command,
     DrawLease,
@@ -55,11 +71,14 @@ from openmaas.core.ledger_events import (
     OrgOpened,
     PackExpired,
     PackGranted,
+    Release,
     SetCreditLimit,
+    Settle,
     SpendLease,
     TopUp,
 )
 from openmaas.core.money import Currency
+from openmaas.store import ledger_snapshots
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
 from openmaas.store.writers.asyncpg import AsyncpgWriter, uses_asyncpg
@@ -76,6 +95,11 @@ from openmaas.store.writers.sqlite import (
 )
 
 EVENT = TypeAdapter(Annotated[Event, Field(discriminator="kind")])
+
+DEFAULT_SNAPSHOT_EVENTS = 100_000
+"""Events past the newest snapshot after which a process writes a new one."""
+
+log = logging.getLogger("openmaas.store.ledger")
 
 
 def event_json(event: Event) -> str:
@@ -95,7 +119,9 @@ Also = Callable[[AsyncConnection, tuple[Event, ...]], Awaitable[None]]
 Rows = Callable[[tuple[Event, ...]], Iterable[Insert | Delete]]
 """Rows a command adds or deletes with its events (given the events, ``()`` for a repeat),
 written together with every other command's of the batch: the hot path's writes. A batch
-must not insert and delete the same row (the inserts are written first)."""
+must not insert and delete the same row (the inserts are written first). It may be asked
+more than once (a try that rolled back, then the one that commits): the last answer is
+the one written."""
 
 
 def idempotency_key(event: Event) -> str | None:
@@ -116,6 +142,13 @@ def idempotency_key(event: Event) -> str | None:
         return f"resolved:{event.request_id}"
     if isinstance(event, LeaseDrawn):
         return f"lease:{event.lease_id}"
+    return None
+
+
+def _request_of(command: Command | None) -> str | None:
+    """The request a command settles (or holds for): its ``resolved:`` key's id."""
+    if isinstance(command, SpendLease | Settle | Release | Hold):
+        return command.request_id
     return None
 
 
@@ -147,12 +180,26 @@ class LedgerStore:
     processes may write the same database at the same time (they serialize on the lock)."""
 
     def __init__(
-        self, engine: AsyncEngine, now_ms: Callable[[], int], *, max_batch: int = 256
+        self,
+        engine: AsyncEngine,
+        now_ms: Callable[[], int],
+        *,
+        max_batch: int = 256,
+        settled_window: int = DEFAULT_SETTLED_WINDOW,
+        snapshot_events: int = DEFAULT_SNAPSHOT_EVENTS,
     ) -> None:
         self._engine = engine
         self._now_ms = now_ms
-        self._ledger = Ledger()
+        self._window = settled_window
+        self._ledger = self._empty()
         self._seq = 0  # the last event applied to ``_ledger``
+        self._loaded = False  # whether ``_ledger`` started from the newest snapshot (or none)
+        self._snapshot_every = snapshot_events  # 0: only at ``close``
+        self._snapshot_seq = 0  # the newest snapshot's seq this process knows of
+        self._snapshotting: asyncio.Future[None] | None = None
+        self.events_read = 0  # events read from the log into memory (start-up, catch-ups)
+        self.snapshot_read: int | None = None  # the seq of the snapshot it last started from
+        self.snapshots_written = 0
         self._lock = asyncio.Lock()  # one transaction (or refresh) of this process at a time
         self._queue: list[_Job] = []
         self._flusher: asyncio.Future[None] | None = None
@@ -167,7 +214,14 @@ class LedgerStore:
         self._rows_sql = RowStatements()
 
     async def close(self) -> None:
-        """Close the SQLite writer's connection and thread, if one was opened."""
+        """Write a snapshot of the state if the log went past the newest one (a clean
+        shutdown: the next start reads no event), then close the SQLite writer's connection
+        and thread, if one was opened."""
+        await self.snapshot_written()
+        try:
+            await self.snapshot(only_if_newer=True)
+        except Exception:  # the snapshot is an optimization: the log stays the truth
+            log.warning("the ledger snapshot at shutdown was not written", exc_info=True)
         async with self._lock:
             writer, self._writer = self._writer, None
             if writer is not None:
@@ -178,12 +232,104 @@ class LedgerStore:
         """The state as of the last command or ``refresh`` (read it, never mutate it)."""
         return self._ledger
 
+    async def snapshot(self, *, only_if_newer: bool = False) -> bool:
+        """Write a snapshot of the state as of the log's last event now (``only_if_newer``:
+        only when that is past the newest snapshot this process knows of, and a process
+        that never read the ledger writes none). Whether one was written."""
+        async with self._lock:
+            if only_if_newer and not self._loaded:
+                return False
+            await self._ensure_loaded()
+            async with self._engine.connect() as conn:
+                await self._catch_up(conn)
+            if only_if_newer and self._seq <= self._snapshot_seq:
+                return False
+            state, seq = self._ledger.state(), self._seq
+        written = await ledger_snapshots.write(self._engine, state, seq, self._now_ms(), 0)
+        if written:
+            self._snapshot_seq = max(self._snapshot_seq, seq)
+            self.snapshots_written += 1
+        return written
+
+    async def snapshot_written(self) -> None:
+        """Wait for the snapshot being written in the background, if one is."""
+        if self._snapshotting is not None:
+            await self._snapshotting
+
+    async def _ensure_loaded(self) -> None:
+        """Start ``_ledger`` from the newest usable snapshot (once, and again after a failed
+        transaction made it forget); the catch-up then reads only the events after it."""
+        if self._loaded:
+            return
+        async with self._engine.connect() as conn:
+            found = await ledger_snapshots.read_newest(conn, self._window)
+        if found is None:
+            self._ledger, self._seq = self._empty(), 0
+        else:
+            self._ledger, self._seq = found
+            self._snapshot_seq = max(self._snapshot_seq, self._seq)
+        self.snapshot_read = None if found is None else self._seq
+        self._loaded = True
+
+    def _snapshot_if_due(self) -> None:
+        """After a commit: snapshot the state (as of ``_seq``, under the lock) once the log
+        is ``snapshot_events`` past the newest snapshot; written in the background."""
+        if not self._snapshot_every or self._seq - self._snapshot_seq < self._snapshot_every:
+            return
+        if self._snapshotting is not None and not self._snapshotting.done():
+            return
+        self._snapshot_seq = self._seq
+        self._snapshotting = asyncio.ensure_future(
+            self._write_snapshot(self._ledger.state(), self._seq)
+        )
+
+    async def _write_snapshot(self, state: LedgerState, seq: int) -> None:
+        gap = self._snapshot_every // 2  # another process's about as new: none from this one
+        try:
+            if await ledger_snapshots.write(self._engine, state, seq, self._now_ms(), gap):
+                self.snapshots_written += 1
+        except Exception:  # the snapshot is an optimization: the log stays the truth
+            log.warning("a ledger snapshot was not written", exc_info=True)
+
     async def refresh(self) -> Ledger:
         """Catch up with events written by other processes; returns the current state."""
         async with self._lock:
+            await self._ensure_loaded()
             async with self._engine.connect() as conn:
                 await self._catch_up(conn)
         return self._ledger
+
+    def _empty(self) -> Ledger:
+        return Ledger(settled_ids=RecentIds(self._window))
+
+    def _forget(self) -> None:
+        """Applied in memory, never committed: start over from the newest snapshot and the
+        log after it."""
+        self._ledger, self._seq = self._empty(), 0
+        self._loaded = False
+
+    async def settled_in_log(self, request_id: str) -> bool:
+        """Whether the log holds the request's settlement (its ``resolved:`` key)."""
+        async with self._engine.connect() as conn:
+            found = await conn.execute(
+                select(ledger_events.c.seq).where(
+                    ledger_events.c.idempotency_key == f"resolved:{request_id}"
+                )
+            )
+            return found.first() is not None
+
+    async def _remember_if_settled(self, request_id: str) -> bool:
+        """Whether the log says ``request_id`` was settled; if so the ledger in memory
+        (rebuilt first when a failure left it to be) remembers it, so that its repeat is
+        answered as one."""
+        if not await self.settled_in_log(request_id):
+            return False
+        async with self._lock:
+            await self._ensure_loaded()
+            async with self._engine.connect() as conn:
+                await self._catch_up(conn)
+            self._ledger.remember_settled(request_id)
+        return True
 
     async def execute(
         self, command: Command, *, also: Also | None = None, rows: Rows | None = None
@@ -194,6 +340,16 @@ class LedgerStore:
         yet is opened first, in the currency of its row. A caller cancelled meanwhile gets
         its ``CancelledError`` only once the command has finished (committed and applied, or
         rolled back), so the state it then reads is settled."""
+        if (
+            isinstance(command, Settle | Release)
+            and command.request_id not in self._ledger.holds
+            and not self._ledger.settled(command.request_id)
+        ) or (
+            type(command) is SpendLease
+            and command.lease_id not in self._ledger.leases
+            and not self._ledger.settled(command.request_id)
+        ):  # settled before the window (or its lease closed before it), or held by another
+            await self._remember_if_settled(command.request_id)  # process: the log says
         future = self._enqueue(command, also, rows)
         try:
             return await asyncio.shield(future)
@@ -228,13 +384,27 @@ class LedgerStore:
                 await self._run_batch(batch)
             except Exception as exc:  # the transaction rolled back as a whole
                 if len(batch) == 1:
-                    batch[0].settle(exc)
+                    await self._failed(batch[0], exc)
                     continue
                 for job in batch:  # one at a time: only the culprit fails
                     try:
                         await self._run_batch([job])
                     except Exception as single:
-                        job.settle(single)
+                        await self._failed(job, single)
+
+    async def _failed(self, job: _Job, exc: Exception) -> None:
+        """``job`` failed alone. Refused by the log's unique key as a request settled
+        before the window of recent ones: remember it and run it again, a repeat now (no
+        events). Otherwise it fails with ``exc``."""
+        request_id = _request_of(job.command)
+        try:
+            if request_id is not None and await self._remember_if_settled(request_id):
+                await self._run_batch([job])
+                return
+        except Exception as again:
+            if request_id is not None and request_id in self._ledger.settled_ids:
+                exc = again  # the repeat's own failure
+        job.settle(exc)
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         """One transaction for ``batch``: lock, catch up, decide each command on the state
@@ -248,6 +418,7 @@ class LedgerStore:
             await self._run_batch_asyncpg(batch)
             return
         async with self._lock:
+            await self._ensure_loaded()
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             try:
@@ -274,8 +445,10 @@ class LedgerStore:
                         await write_rows(conn, writes)
             except BaseException:
                 if appended:  # applied in memory, never committed: start over from the log
-                    self._ledger, self._seq = Ledger(), 0
+                    self._forget()
                 raise
+            if appended:
+                self._snapshot_if_due()
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
@@ -295,6 +468,7 @@ class LedgerStore:
         commands, the lock and the catch-up in one, the decisions here, then the appends,
         the rows and the commit in another."""
         async with self._lock:
+            await self._ensure_loaded()
             if self._writer is None:
                 self._writer = await SqliteWriter.open(self._engine)
             writer = self._writer
@@ -317,8 +491,10 @@ class LedgerStore:
                 if locked:
                     await asyncio.shield(writer.call(writer.rollback))
                 if appended:  # applied in memory, never committed: start over from the log
-                    self._ledger, self._seq = Ledger(), 0
+                    self._forget()
                 raise
+            if appended:
+                self._snapshot_if_due()
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
@@ -328,6 +504,7 @@ class LedgerStore:
         writer = self._asyncpg
         assert writer is not None
         async with self._lock:
+            await self._ensure_loaded()
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             try:
@@ -341,8 +518,10 @@ class LedgerStore:
                         await writer.run(apg, self._statements(batch, outcomes, appended, rows))
             except BaseException:
                 if appended:  # applied in memory, never committed: start over from the log
-                    self._ledger, self._seq = Ledger(), 0
+                    self._forget()
                 raise
+            if appended:
+                self._snapshot_if_due()
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
@@ -350,6 +529,7 @@ class LedgerStore:
         for seq, body in events:
             self._ledger.apply(EVENT.validate_json(body))
             self._seq = seq
+            self.events_read += 1
 
     def _decide_all(
         self, batch: list[_Job]
@@ -445,6 +625,7 @@ class LedgerStore:
         for seq, body in rows:
             self._ledger.apply(EVENT.validate_json(body))
             self._seq = seq
+            self.events_read += 1
 
     async def _append(self, conn: AsyncConnection, events: list[tuple[int, Event]]) -> None:
         event_rows, entry_rows = self._event_rows(events)

@@ -109,6 +109,15 @@ ledger_entries = Table(
     Index("ix_entries_credit_at", "credit", "at_ms"),
 )
 
+ledger_snapshots = Table(  # migration 0010: derived from the log, not part of it
+    "ledger_snapshots",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),  # the last event in it
+    Column("at_ms", BigInteger, nullable=False),
+    Column("digest", String(64), nullable=False),  # sha256 of body, checked when read
+    Column("body", Text, nullable=False),  # core/ledger.py LedgerState as JSON
+)
+
 prices = Table(
     "prices",
     metadata,

@@ -4,14 +4,14 @@ PostgreSQL, each usage record also gets the id of the transaction that inserted 
 (``roll_xid``, filled by its default), the order in which the roller folds them.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
