@@ -178,6 +178,11 @@ class LedgerStore:
         """The state as of the last command or ``refresh`` (read it, never mutate it)."""
         return self._ledger
 
+    @property
+    def backlog(self) -> int:
+        """Commands and writes queued, not yet in a batch (the metrics' writer backlog)."""
+        return len(self._queue)
+
     async def refresh(self) -> Ledger:
         """Catch up with events written by other processes; returns the current state."""
         async with self._lock:
