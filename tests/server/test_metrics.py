@@ -5,14 +5,19 @@ exactly with the usage records and the ledger after a mixed run through the thre
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+import openmaas
 from openmaas.accounts.admin import NewOrganization
 from openmaas.billing.admin_bodies import NewFunds, NewPrice
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
+from openmaas.server.metrics import MULTIPROC_ENV, Metrics, multiprocess_directory, worker_died
 from openmaas.settings import Settings
 from tests.support.app import app_state
 from tests.support.metrics import by, disagreements, samples
@@ -127,3 +132,41 @@ def test_counters_agree_with_usage_records_and_ledger_across_protocols(tmp_path:
     assert by(found, "openmaas_tokens_total", "kind")[("output",)] > 0
     latency = by(found, "openmaas_request_duration_seconds_count", "protocol")
     assert latency == {("openai",): 4, ("anthropic",): 2, ("zhipu",): 3}
+
+
+_WORKER = """
+import os
+from openmaas.server.metrics import Metrics, metrics_from_environment
+metrics = metrics_from_environment()
+assert metrics.multiprocess_dir is not None
+metrics.backlog.set(3)
+metrics.requests.labels("openai", "m", "finished").inc(2)
+print(os.getpid())
+"""
+
+
+def test_workers_share_one_scrape_and_a_dead_one_leaves_the_live_gauges(tmp_path: Path) -> None:
+    """Each worker writes its values into the run's directory; a scrape sums them. A worker
+    that died keeps its counts in the sums, and its gauges leave once it is marked dead."""
+    directory = multiprocess_directory(tmp_path / "home")
+    (directory / "stale.db").write_bytes(b"from an earlier run")
+    directory = multiprocess_directory(tmp_path / "home")  # each start empties it
+    assert list(directory.iterdir()) == []
+    source = str(Path(openmaas.__file__).parents[1])
+    env = {**os.environ, MULTIPROC_ENV: str(directory), "PYTHONPATH": source}
+    pids = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", _WORKER], env=env, check=True, capture_output=True, text=True
+            ).stdout
+        )
+        for _ in range(2)
+    ]
+    scrape = Metrics(multiprocess_dir=directory)
+    found = samples(scrape.exposition().decode())
+    assert by(found, "openmaas_requests_total", "termination") == {("finished",): 4}
+    assert found[("openmaas_usage_writer_backlog", ())] == 6
+    worker_died(directory, pids[0])
+    found = samples(scrape.exposition().decode())
+    assert by(found, "openmaas_requests_total", "termination") == {("finished",): 4}
+    assert found[("openmaas_usage_writer_backlog", ())] == 3
