@@ -146,10 +146,13 @@ def test_metrics_agree_with_usage_and_ledger(
         for reply in scrapes:  # whichever worker answers sees every worker's counts
             assert disagreements(reply.text, database) == []
         found = samples(scrapes[-1].text)
+        if workers == 2:  # this run's directory of the workers' metrics, only it
+            assert [d.name for d in (live.home / "metrics").iterdir()] == [str(live.process.pid)]
     finally:
         live.stop()
     if workers == 2:
         assert len(answered) == 2
+        assert list((live.home / "metrics").iterdir()) == []  # removed as the run ended
     terminations = by(found, "openmaas_requests_total", "termination")
     assert terminations[("refused",)] == 2
     assert terminations[("client_disconnected",)] == 1

@@ -79,6 +79,12 @@ def test_metrics_answer_only_their_token(tmp_path: Path) -> None:
             ("openmaas_deployment_up", (("deployment", "fake-echo"), ("model", "fake-echo")))
         ]
         assert ("openmaas_usage_writer_backlog", ()) in found
+        # a model the catalog no longer serves leaves the deployment gauges
+        catalog = app_state(client).catalog
+        catalog.replace([m for m in catalog.list() if m.name != "fake-echo"])
+        found = samples(client.get("/metrics", headers=SCRAPE).text)
+        up = by(found, "openmaas_deployment_up", "model")
+        assert ("fake-echo",) not in up and up[("fake-free",)] == 1
 
 
 def test_counters_agree_with_usage_records_and_ledger_across_protocols(tmp_path: Path) -> None:
@@ -148,9 +154,11 @@ print(os.getpid())
 def test_workers_share_one_scrape_and_a_dead_one_leaves_the_live_gauges(tmp_path: Path) -> None:
     """Each worker writes its values into the run's directory; a scrape sums them. A worker
     that died keeps its counts in the sums, and its gauges leave once it is marked dead."""
-    directory = multiprocess_directory(tmp_path / "home")
-    (directory / "stale.db").write_bytes(b"from an earlier run")
-    directory = multiprocess_directory(tmp_path / "home")  # each start empties it
+    home = tmp_path / "home"
+    over = multiprocess_directory(home, run=2**22 + 7)  # a run whose supervisor is gone
+    (over / "counter_1.db").write_bytes(b"from an earlier run")
+    directory = multiprocess_directory(home)  # this run's: new, empty, the old one gone
+    assert list((home / "metrics").iterdir()) == [directory]
     assert list(directory.iterdir()) == []
     source = str(Path(openmaas.__file__).parents[1])
     env = {**os.environ, MULTIPROC_ENV: str(directory), "PYTHONPATH": source}

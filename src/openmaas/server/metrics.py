@@ -13,10 +13,11 @@ sampled: every ``SAMPLE_SECONDS`` by each process, and by the process that answe
 before it answers.
 
 With several gateway processes (``openmaas serve --workers N``) the supervisor gives every
-worker ``PROMETHEUS_MULTIPROC_DIR`` (a directory under the data directory, emptied at each
-start): prometheus_client keeps each process's values in files there, and a scrape of any
-worker sums the counters and histograms of all of them, alive or dead; a worker that died is
-marked dead (:func:`worker_died`), so its gauges leave the live sums.
+worker ``PROMETHEUS_MULTIPROC_DIR`` (``metrics/<supervisor pid>`` in the data directory, new
+at each start, removed at its end): prometheus_client keeps each process's values in files
+there, and a scrape of any worker sums the counters and histograms of all of them, alive or
+dead; a worker that died is marked dead (:func:`worker_died`), so its gauges leave the live
+sums.
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ class Metrics:
         self._upstream: dict[tuple[str, str, str], Counter] = {}
         self._reasons: dict[type[BaseException], str] = {}
         self._held_currencies: set[str] = set()
+        self._deployments: set[tuple[str, str]] = set()  # the gauges' label sets, last sampled
 
     # -- the gateway's meter (serving/gateway.py's Meter) -----------------------------
 
@@ -280,6 +282,7 @@ class Metrics:
 
     def sample(self, state: AppState) -> None:
         """Set the gauges from this process's state (off the request path)."""
+        deployments: set[tuple[str, str]] = set()
         for model in state.catalog.list():
             engine = model.engine
             if isinstance(engine, RoutedEngine):
@@ -288,9 +291,19 @@ class Metrics:
                     self._deployment(model.name, member.id, member.engine)
                     state_ = member.breaker.state(now)
                     self.circuit.labels(model.name, member.id).set(_CIRCUIT[state_])
+                    deployments.add((model.name, member.id))
             else:
                 self._deployment(model.name, model.name, engine)
                 self.circuit.labels(model.name, model.name).set(0)
+                deployments.add((model.name, model.name))
+        for gone in self._deployments - deployments:  # a catalog change removed it
+            if self.multiprocess_dir is None:
+                for gauge in (self.in_flight, self.queued, self.up, self.circuit):
+                    gauge.remove(*gone)
+            else:  # a series stays in the files for the run: nothing in flight, closed
+                for gauge in (self.in_flight, self.queued, self.circuit):
+                    gauge.labels(*gone).set(0)
+        self._deployments = deployments
         self.generations.set(state.gateway.open_generations)
         ledger_store = state.accountant.ledger
         holds = ledger_store.ledger.holds
@@ -337,13 +350,33 @@ def metrics_from_environment() -> Metrics:
     return Metrics(multiprocess_dir=Path(directory) if directory else None)
 
 
-def multiprocess_directory(home: Path) -> Path:
-    """Where the workers of ``serve --workers N`` keep their metrics, emptied at each start
-    (counts of an earlier run are not this run's)."""
-    directory = home.resolve() / "metrics"
-    shutil.rmtree(directory, ignore_errors=True)
+def multiprocess_directory(home: Path, run: int | None = None) -> Path:
+    """Where the workers of this run of ``serve --workers N`` keep their metrics: a new,
+    empty ``metrics/<run>`` in the data directory (``run``: the supervisor's pid; counts of
+    an earlier run are not this run's). Directories of runs that are over (no process has
+    their pid) are removed; another supervisor's on the same data directory is left alone."""
+    base = home.resolve() / "metrics"
+    run = os.getpid() if run is None else run
+    if base.is_dir():
+        for entry in base.iterdir():
+            if not entry.name.isdigit() or int(entry.name) == run or not _alive(int(entry.name)):
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+    directory = base / str(run)
     directory.mkdir(parents=True)
     return directory
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def worker_died(directory: Path, pid: int) -> None:

@@ -29,12 +29,14 @@ import asyncio
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
+from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
@@ -217,6 +219,7 @@ class Supervisor:
         self.host = _Child(EngineHostProcess(self.worker_settings, self.socket))
         self.workers: list[_Child] = []
         self.listeners: list[socket.socket] = listeners or []
+        self.metrics_dir: Path | None = None  # the workers' metrics (with a metrics token)
 
     def run(self) -> None:
         original = {
@@ -267,7 +270,7 @@ class Supervisor:
         named in their environment, and what marks a dead worker's there (docs/metrics.md)."""
         if not self.settings.metrics_token:
             return None, None
-        directory = multiprocess_directory(self.settings.home)
+        directory = self.metrics_dir = multiprocess_directory(self.settings.home)
         return {MULTIPROC_ENV: str(directory)}, partial(worker_died, directory)
 
     def _listener_per_worker(self) -> list[socket.socket]:
@@ -284,6 +287,8 @@ class Supervisor:
         self.host.process.stop(grace)
         for listener in self.listeners:
             listener.close()
+        if self.metrics_dir is not None:  # this run's metrics end with it
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 _now = time.monotonic
