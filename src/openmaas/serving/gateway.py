@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -259,14 +259,22 @@ class Gateway:
         """Settle and append the usage record (one transaction). The write runs as its own
         task and is waited for even if the caller is cancelled again meanwhile (a
         cancellation is re-raised afterwards)."""
+        write = self.accountant.finish(ticket, record)
+        if self._meter is not None:
+            write = self._counted(write, self._meter)
         try:
-            written = await finish_despite_cancellation(self.accountant.finish(ticket, record))
+            return await finish_despite_cancellation(write)
         except Exception:
             # The record is also logged in full, so an operator can replay it.
             log.exception("failed to append usage record", extra={"usage": record})
             raise
-        if self._meter is not None:  # counted where the record is made: they agree
-            self._meter.recorded(written)
+
+    @staticmethod
+    async def _counted(write: Awaitable[UsageRecord], meter: Meter) -> UsageRecord:
+        """The record as written, told to the meter in the write's own task: counted even
+        when the caller is cancelled meanwhile, so the counters agree with the records."""
+        written = await write
+        meter.recorded(written)
         return written
 
     def _refused(self, endpoint: str, model: str, exc: BaseException | None) -> None:
