@@ -5,11 +5,13 @@ exactly with the usage records and the ledger after a mixed run through the thre
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 import openmaas
@@ -178,3 +180,23 @@ def test_workers_share_one_scrape_and_a_dead_one_leaves_the_live_gauges(tmp_path
     found = samples(scrape.exposition().decode())
     assert by(found, "openmaas_requests_total", "termination") == {("finished",): 4}
     assert found[("openmaas_usage_writer_backlog", ())] == 3
+
+
+def test_nothing_logs_a_prompt_or_a_completion_with_metrics_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path, metrics_token=TOKEN)
+    key, _ = asyncio.run(_keys(settings))
+    prompt = "a prompt nobody may log 7f3a"
+    body = {"model": "fake-echo", "messages": [{"role": "user", "content": prompt}]}
+    with caplog.at_level(logging.DEBUG), TestClient(create_app(settings)) as client:
+        auth = {"Authorization": f"Bearer {key}"}
+        for stream in (False, True):
+            reply = client.post(
+                "/v1/chat/completions", json={**body, "stream": stream}, headers=auth
+            )
+            assert reply.status_code == 200
+        assert client.get("/metrics", headers=SCRAPE).status_code == 200
+    assert any(r.name.startswith("openmaas") for r in caplog.records)  # the logs were seen
+    logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    assert prompt not in logged and FAKES["fake-echo"]["text"] not in logged
