@@ -259,9 +259,10 @@ class Gateway:
         """Settle and append the usage record (one transaction). The write runs as its own
         task and is waited for even if the caller is cancelled again meanwhile (a
         cancellation is re-raised afterwards)."""
-        write = self.accountant.finish(ticket, record)
-        if self._meter is not None:
-            write = self._counted(write, self._meter)
+        write: Awaitable[UsageRecord] = self.accountant.finish(ticket, record)
+        if self._meter is not None:  # told as the write ends, even if the caller is cancelled
+            write = asyncio.ensure_future(write)
+            write.add_done_callback(self._count)
         try:
             return await finish_despite_cancellation(write)
         except Exception:
@@ -269,13 +270,12 @@ class Gateway:
             log.exception("failed to append usage record", extra={"usage": record})
             raise
 
-    @staticmethod
-    async def _counted(write: Awaitable[UsageRecord], meter: Meter) -> UsageRecord:
-        """The record as written, told to the meter in the write's own task: counted even
-        when the caller is cancelled meanwhile, so the counters agree with the records."""
-        written = await write
-        meter.recorded(written)
-        return written
+    def _count(self, write: asyncio.Future[UsageRecord]) -> None:
+        """A usage record written: the meter counts it where it is made, so the counters
+        agree with the records (a callback of the write's own task, which runs before the
+        caller resumes and whether or not the caller was cancelled meanwhile)."""
+        if self._meter is not None and not write.cancelled() and write.exception() is None:
+            self._meter.recorded(write.result())
 
     def _refused(self, endpoint: str, model: str, exc: BaseException | None) -> None:
         if self._meter is not None and isinstance(exc, OpenMaaSError):
