@@ -7,7 +7,8 @@ date, and builds the services on it, once, for the server, the CLI and the tests
 built the same way for an actor (``cli:<user>``, ``key:<admin key id>``) on one unit of work
 that writes every change with its audit row. With ``serve=True`` (a serving process) it
 also starts this process's instance (an id and its liveness lock, ``store/instance.py``:
-any number of processes may serve from one database), recovers the requests that dead
+any number of processes may serve from one database), folds usage records into daily
+roll-ups every ``rollup_seconds`` (``billing/rollups.py``), recovers the requests that dead
 processes left in flight (and fails their async jobs, ``store/async_jobs.py``), on start
 and every ``recovery_seconds``, starts the change feed
 (``store/changes.py``) that keeps the key cache and the accountant's terms true to every
@@ -32,6 +33,7 @@ from openmaas.billing.accountant import Accountant
 from openmaas.billing.admin import BillingAdmin
 from openmaas.billing.limiter import InProcessLimiter, Limiter
 from openmaas.billing.limiter_redis import RedisLimiter
+from openmaas.billing.rollups import keep_rolling
 from openmaas.catalog.admin import CatalogAdmin
 from openmaas.catalog.reloader import CatalogManager
 from openmaas.catalog.served import ModelCatalog, build_catalog
@@ -46,6 +48,7 @@ from openmaas.store.database import migrate, open_database
 from openmaas.store.instance import Liveness
 from openmaas.store.ledger import LedgerStore
 from openmaas.store.repositories import ApiKeyRepository
+from openmaas.store.rollups.roller import UsageRoller
 
 log = logging.getLogger("openmaas.platform")
 
@@ -62,6 +65,7 @@ class Platform:
     ledger: LedgerStore
     accountant: Accountant
     limiter: Limiter
+    roller: UsageRoller  # usage records into daily roll-ups (in a server: in the background)
     catalog: ModelCatalog | None = None  # serving only
     catalog_manager: CatalogManager | None = None  # serving only: the document, reloaded live
     feed: ChangeFeed | None = None  # serving only: every process's changes, polled
@@ -161,8 +165,16 @@ async def open_platform(
             recoveries=() if async_jobs is None else (async_jobs,),  # a dead one's jobs fail
             leases=LeasePolicy(seconds=settings.lease_seconds),
         )
+        roller = UsageRoller(database, clock.now_ms)
         platform = Platform(
-            settings, database, clock, load_master_key(settings), ledger, accountant, limiter
+            settings,
+            database,
+            clock,
+            load_master_key(settings),
+            ledger,
+            accountant,
+            limiter,
+            roller,
         )
         platform.async_jobs = async_jobs
         if not serve:
@@ -173,6 +185,7 @@ async def open_platform(
             log.warning("recovered %d requests left in flight by dead processes", recovered)
         recovery = asyncio.create_task(_keep_recovering(accountant, settings.recovery_seconds))
         leasing = asyncio.create_task(_keep_returning_idle_leases(accountant, settings))
+        rolling = asyncio.create_task(keep_rolling(roller, settings.rollup_seconds))
         feed = ChangeFeed(database, clock, settings.change_poll_seconds)
         try:
             key_cache = KeyCache(ApiKeyRepository(database), current=feed.current)
@@ -191,9 +204,9 @@ async def open_platform(
                 await models.stop()
         finally:
             await feed.stop()
-            for task in (recovery, leasing):
+            for task in (recovery, leasing, rolling):
                 task.cancel()
-            await asyncio.gather(recovery, leasing, return_exceptions=True)
+            await asyncio.gather(recovery, leasing, rolling, return_exceptions=True)
             await accountant.close()  # every lease back to its organization
     finally:
         if liveness is not None:

@@ -174,6 +174,12 @@ class Settings(BaseSettings):
         description="How often a running request's token count is saved for crash recovery "
         "(0: never; a kill -9 then releases its hold unbilled).",
     )
+    rollup_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often each serving process folds new usage records into the daily "
+        "roll-ups that the console's usage page reads (its charts lag by about this much).",
+    )
     recovery_seconds: float = Field(
         5.0,
         gt=0,

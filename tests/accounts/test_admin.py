@@ -148,3 +148,41 @@ async def test_admin_refuses_bad_input(tmp_path: Path) -> None:
             await admin.revoke_key("om" + "0" * 16)
         assert await admin.keys.list() == []
     assert await audit_actions(settings) == [("cli:alice", "org.create")]  # refusals: no row
+
+
+async def test_a_key_restricted_to_models_with_an_expiry_is_stored_and_audited(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    later = int(time.time() * 1000) + 3_600_000
+    async with open_admin(settings) as admin:
+        await admin.create_org(new_org("acme"))
+        issued = await admin.issue_key(
+            "acme", "ci", models=["glm-4", " fake-chat ", "glm-4"], expires_at_ms=later
+        )
+        stored = await admin.keys.get(issued.key.id)
+    assert stored is not None
+    assert stored.models == frozenset({"glm-4", "fake-chat"}) and stored.expires_at_ms == later
+    async with open_platform(settings) as platform:
+        created = next(e for e in await read_audit(platform.database) if e.action == "key.create")
+    assert created.after is not None
+    assert created.after["models"] == ["fake-chat", "glm-4"]
+    assert created.after["expires_at"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("models", "expires_in_ms", "field"),
+    [([], None, "models"), ([" "], None, "models"), (None, -1, "expires_at")],
+    ids=["no-model", "blank-model", "expiry-passed"],
+)
+async def test_a_restriction_that_cannot_work_is_refused(
+    tmp_path: Path, models: list[str] | None, expires_in_ms: int | None, field: str
+) -> None:
+    settings = settings_for(tmp_path)
+    expires = None if expires_in_ms is None else int(time.time() * 1000) + expires_in_ms
+    async with open_admin(settings) as admin:
+        await admin.create_org(new_org("acme"))
+        with pytest.raises(InvalidRequest) as info:
+            await admin.issue_key("acme", "ci", models=models, expires_at_ms=expires)
+        assert info.value.param == field
+        assert await admin.keys.list() == []

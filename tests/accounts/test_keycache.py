@@ -223,3 +223,32 @@ async def test_a_server_platform_answers_keys_from_memory_and_applies_its_own_ch
         await platform.accounts_admin("key:admin").revoke_key(issued.key.id)
         with pytest.raises(AuthenticationFailed, match="revoked"):  # this process: at once
             await auth.authenticate(header)
+
+
+async def test_an_expired_key_is_refused_from_memory_with_no_change_to_tell_of_it(
+    world: World,
+) -> None:
+    issued = await world.admin.issue_key("acme", "bot", expires_at_ms=world.clock.now_ms() + 60_000)
+    await world.feed.poll()
+    header = f"Bearer {issued.token}"
+    await world.auth.authenticate(header)  # read once, then kept
+    world.clock.advance(60)
+    await world.feed.poll()  # the feed is current, and has nothing to say of the key
+    before = world.statements.count("FROM api_keys")
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        await world.auth.authenticate(header)
+    assert world.statements.count("FROM api_keys") == before  # the clock decided, not SQL
+
+
+async def test_a_keys_models_reach_its_principal_from_memory(world: World) -> None:
+    issued = await world.admin.issue_key("acme", "bot", models=["glm-4", "fake-chat"])
+    await world.feed.poll()
+    header = f"Bearer {issued.token}"
+    await world.auth.authenticate(header)
+    before = world.statements.count("FROM api_keys")
+    principal = await world.auth.authenticate(header)
+    assert world.statements.count("FROM api_keys") == before
+    assert principal.models == frozenset({"glm-4", "fake-chat"})
+    assert principal.may_use("fake-chat") and not principal.may_use("other")
+    unrestricted = await world.admin.issue_key("acme", "any")
+    assert (await world.auth.authenticate(f"Bearer {unrestricted.token}")).models is None

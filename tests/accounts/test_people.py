@@ -181,3 +181,37 @@ async def test_failed_sign_ins_lock_the_address(platform: Platform) -> None:
     with pytest.raises(LockedOut):
         await signing.sign_in("ada@example.com", PASSWORD, "10.0.0.9")
     assert await signing.sign_in("ada@example.com", PASSWORD, "10.0.0.10")
+
+
+async def test_a_persons_key_for_some_models_with_an_expiry_and_their_playground_keys(
+    platform: Platform,
+) -> None:
+    from openmaas.accounts.people import PLAYGROUND_KEY_MS
+
+    accounts = platform.accounts_admin("cli:test")
+    org = await accounts.create_org(NewOrganization(name="org-a"))
+    member = await people(platform).create_user("m@example.com", PASSWORD)
+    await people(platform).add_member(member.id, org.id, OrgRole.MEMBER)
+    as_member = people(platform, actor_of(member))
+    access = await as_member.access(member, org.id)
+    now = platform.clock.now_ms()
+    issued = await as_member.issue_key(
+        access, "bot", models=["glm-4", "fake-chat"], expires_at_ms=now + 86_400_000
+    )
+    listed = {k.id: k for k in await as_member.org_keys(access)}
+    assert listed[issued.key.id].models == ("fake-chat", "glm-4")
+    assert listed[issued.key.id].expires_at_ms == now + 86_400_000
+
+    played = await as_member.issue_playground_key(access, "fake-chat", "session-one")
+    other = await as_member.issue_playground_key(access, "fake-chat", "session-two")
+    assert played.key.models == frozenset({"fake-chat"})
+    assert played.key.expires_at_ms == now + PLAYGROUND_KEY_MS
+    assert await as_member.revoke_playground_keys(member, "session-one") == 1
+    keys = ApiKeyRepository(platform.database)
+    assert [(await keys.get(k.key.id)).revoked for k in (played, other, issued)] == [  # type: ignore[union-attr]
+        True,
+        False,
+        False,
+    ]
+    revoked = [e for e in await read_audit(platform.database) if e.action == "key.revoke"]
+    assert [(e.actor, e.target) for e in revoked] == [(actor_of(member), played.key.id)]

@@ -51,6 +51,30 @@ def test_a_key_revoked_by_the_cli_is_refused_by_the_running_server(server: LiveS
     assert response.status_code == 401 and "revoked" in response.json()["error"]["message"]
 
 
+def test_a_key_the_cli_restricts_is_restricted_by_the_running_server(server: LiveServer) -> None:
+    """Made in another process with a model and an expiry: the server reads both with the
+    key's row, and then answers them from memory."""
+    key = server.cli(
+        "keys", "create", "--org", "default", "--name", "one-model", "--model", MODEL,
+        "--expires", "30d",
+    ).stdout.strip()  # fmt: skip
+    headers = {"Authorization": f"Bearer {key}"}
+    listed = httpx.get(f"{server.base_url}/v1/models", headers=headers).json()
+    assert [m["id"] for m in listed["data"]] == [MODEL]
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    url = f"{server.base_url}/v1/chat/completions"
+    assert httpx.post(url, json={"model": MODEL, **chat}, headers=headers).status_code == 200
+    refused = httpx.post(url, json={"model": SLOW, **chat}, headers=headers)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    listing = server.cli("keys", "list").stdout
+    assert "one-model" in listing and MODEL in listing
+    past = server.cli(
+        "keys", "create", "--org", "default", "--name", "late", "--expires", "2001-01-01",
+        check=False,
+    )  # fmt: skip
+    assert past.returncode != 0 and "expires_at" in past.stderr
+
+
 def test_a_price_set_by_the_cli_applies_after_the_poll(server: LiveServer) -> None:
     server.cli("orgs", "create", "payer")
     server.cli("billing", "topup", "payer", "10")

@@ -138,6 +138,8 @@ def test_async_jobs_belong_to_their_organization(served: tuple[TestClient, Keys]
         ("GET", "/admin/v1/orgs/{org}/statement"),
         ("PATCH", "/admin/v1/keys/{key}"),
         ("PATCH", "/admin/v1/orgs/{org}"),
+        ("GET", "/admin/v1/orgs/{org}/keys"),
+        ("POST", "/admin/v1/orgs/{org}/keys"),
     ],
 )
 def test_a_member_key_cannot_reach_any_organization_through_the_admin_api(

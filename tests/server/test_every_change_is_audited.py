@@ -43,7 +43,7 @@ class Command:
 CLI_CHANGES: dict[str, Command] = {
     "orgs create": Command("orgs create globex --currency USD --credit-limit 5"),
     "orgs set": Command("orgs set {org} --tier V1 --discount-bp 100"),
-    "keys create": Command("keys create --org {org} --name ci"),
+    "keys create": Command("keys create --org {org} --name ci --model m --expires 2099-01-01"),
     "keys revoke": Command("keys revoke {key}"),
     "keys set-tier": Command("keys set-tier {key} --tier V0"),
     "billing topup": Command("billing topup {org} 10"),
@@ -192,6 +192,9 @@ API_CHANGES: dict[str, Call] = {
         setup=(("PUT", "/admin/v1/budgets/org:{org}/month", {"limit": "5"}),),
     ),
     "PATCH /admin/v1/keys/{key_id}": Call("/admin/v1/keys/{key}", {"tier": "V0"}),
+    "POST /admin/v1/orgs/{org}/keys": Call(
+        "/admin/v1/orgs/{org}/keys", {"name": "ci", "models": ["m"], "expires_at": "2099-01-01"}
+    ),
     "POST /admin/v1/prices": Call(
         "/admin/v1/prices", {"model": "m", "input": "1", "cached_input": "0", "output": "2"}
     ),

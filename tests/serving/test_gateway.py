@@ -741,3 +741,24 @@ async def test_fake_reasons_then_calls_the_offered_tools(tmp_path: Path) -> None
     assert refused.tool_calls == () and refused.text == "no tools offered"
     quiet = await run(thinking=Thinking(enabled=False))
     assert quiet.reasoning is None and quiet.text == "no tools offered"
+
+
+# -- a key restricted to models ------------------------------------------------------------
+RESTRICTED = Principal("om00000000000000ee", "org_test", "member", models=frozenset({"tiny-embed"}))
+
+
+async def test_a_restricted_key_is_refused_other_models_before_admission(
+    harness: Harness,
+) -> None:
+    chat_engine = FakeEngine("fake-chat", FakeScript())
+    gateway = await harness.gateway(
+        ServedModel("fake-chat", chat_engine), ServedModel("tiny-embed", TinyEmbedder())
+    )
+    with pytest.raises(ModelNotFound) as info:
+        await gateway.generate(RESTRICTED, chat(), "chat.completions")
+    assert info.value.model == "fake-chat"
+    with pytest.raises(ModelNotFound):
+        await gateway.reserve(RESTRICTED, chat(), "zhipu.async.chat.completions")
+    assert chat_engine.stats.streams_started == 0 and await harness.recorded() == []
+    result = await gateway.embed(RESTRICTED, embed_request("a b"), "embeddings")
+    assert len(result.vectors) == 1 and len(await harness.recorded()) == 1

@@ -6,12 +6,14 @@ in the ledger (currency, credit limit) and its audit row, in one transaction."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from openmaas.core.admin_fields import AdminBody, CurrencyCode, Money, Name, iso_ms
+from openmaas.core.admin_fields import AdminBody, CurrencyCode, Moment, Money, Name, iso_ms
 from openmaas.core.clock import Clock
 from openmaas.core.errors import InvalidRequest
 from openmaas.core.keys import generate_key
@@ -58,6 +60,67 @@ class NewOrganization(AdminBody):
     credit_limit: Money = 0
 
 
+MAX_KEY_MODELS = 100
+
+
+class NewApiKey(AdminBody):
+    """``POST /admin/v1/orgs/{org}/keys``: a key of the organization, its secret shown once.
+
+    ``models`` restricts it to those models (catalog names or aliases; left out: every
+    model); ``expires_at`` (a date, midnight UTC, or an ISO 8601 time; left out: never)
+    is when it stops working."""
+
+    name: Name
+    role: Role = "member"
+    models: list[Name] | None = Field(None, min_length=1, max_length=MAX_KEY_MODELS)
+    expires_at: Moment | None = None
+
+
+def check_restrictions(
+    models: Iterable[str] | None, expires_at_ms: int | None, now_ms: int
+) -> frozenset[str] | None:
+    """A key's restriction as it will be stored: the set of its models (None: every model),
+    refused when empty or too long; an expiry that has already passed is refused."""
+    allowed = None
+    if models is not None:
+        allowed = frozenset(m.strip() for m in models if m.strip())
+        if not allowed:
+            raise InvalidRequest("'models' must name at least one model.", "models")
+        if len(allowed) > MAX_KEY_MODELS or any(len(m) > 200 for m in allowed):
+            raise InvalidRequest(
+                f"'models' must be at most {MAX_KEY_MODELS} names of at most 200 characters.",
+                "models",
+            )
+    if expires_at_ms is not None and expires_at_ms <= now_ms:
+        raise InvalidRequest("'expires_at' must lie in the future.", "expires_at")
+    return allowed
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    """A key as the admin API shows it (never its secret or hash)."""
+    return {
+        "id": key.id,
+        "org": key.org_id,
+        "name": key.name,
+        "role": key.role,
+        "tier": key.tier,
+        "models": None if key.models is None else sorted(key.models),
+        "expires_at": None if key.expires_at_ms is None else iso_ms(key.expires_at_ms),
+        "created_at": iso_ms(key.created_at_ms),
+        "revoked_at": None if key.revoked_at_ms is None else iso_ms(key.revoked_at_ms),
+    }
+
+
+def restriction_audit(key: ApiKey) -> dict[str, Any]:
+    """What the audit row of a key's creation says of its restriction (only what is set)."""
+    after: dict[str, Any] = {}
+    if key.models is not None:
+        after["models"] = sorted(key.models)
+    if key.expires_at_ms is not None:
+        after["expires_at"] = iso_ms(key.expires_at_ms)
+    return after
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedKey:
     key: ApiKey
@@ -93,18 +156,38 @@ class AccountsAdmin:
         await self.changes.commit(write, OpenOrg(org.id, new.currency, new.credit_limit))
         return org
 
-    async def issue_key(self, org: str, name: str, role: Role = "member") -> IssuedKey:
+    async def issue_key(
+        self,
+        org: str,
+        name: str,
+        role: Role = "member",
+        *,
+        models: Iterable[str] | None = None,
+        expires_at_ms: int | None = None,
+    ) -> IssuedKey:
+        """A key of ``org``; ``models`` restricts it to those models, ``expires_at_ms`` ends
+        it (both None: every model, never)."""
         if role not in ROLES:
             raise InvalidRequest(f"'role' must be one of {', '.join(ROLES)}.", "role")
+        allowed = check_restrictions(models, expires_at_ms, self._clock.now_ms())
         organization = await self.orgs.find(org)
         new = generate_key(self._master_key)
         issued: list[ApiKey] = []
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
-            key = await insert_key(conn, organization.id, name, role, new, self._clock.now_ms())
+            key = await insert_key(
+                conn,
+                organization.id,
+                name,
+                role,
+                new,
+                self._clock.now_ms(),
+                models=allowed,
+                expires_at_ms=expires_at_ms,
+            )
             issued.append(key)
             after = {"org": organization.id, "name": name, "role": role}  # never the secret
-            return AuditRecord("key.create", key.id, None, after)
+            return AuditRecord("key.create", key.id, None, after | restriction_audit(key))
 
         await self.changes.commit(write)
         return IssuedKey(issued[0], new.token)

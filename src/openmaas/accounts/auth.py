@@ -6,7 +6,10 @@ JWT that Zhipu's SDKs build from one (see ``core/keys.py``). The key's row comes
 ``KeySource``: the database itself (``ApiKeyRepository``: a revoked key fails at once), or,
 in a server, the ``KeyCache`` kept true by the change feed (``accounts/keycache.py``: a key
 revoked anywhere fails in every process within a second). Either way the presented secret
-is hashed and compared with the stored hash on every request.
+is hashed and compared with the stored hash on every request, and the key's expiry with
+the clock (an expired key is refused as a revoked one is, with no change to tell of it).
+The principal carries the key's model restriction (``Principal.models``), read from the
+same row: ``Principal.may_use`` is what the gateway and the model lists ask.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from openmaas.core.keys import (
     JWT_MAX_LIFETIME_MS,
     CredentialMissing,
     InvalidToken,
+    KeyExpired,
     KeyRevoked,
     check_jwt,
     derive_secret,
@@ -46,10 +50,15 @@ class Principal:
     org_id: str
     role: str
     tier: str | None = None  # the key's own tier, narrowing its organization's
+    models: frozenset[str] | None = None  # the only models the key may use; None: every one
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    def may_use(self, *names: str) -> bool:
+        """Whether the key may use a model known by any of ``names`` (its name, an alias)."""
+        return self.models is None or any(name in self.models for name in names)
 
 
 _WHITESPACE = re.compile(r"\s")  # what str.isspace() calls whitespace, in one C call
@@ -156,7 +165,10 @@ class Authenticator:
         key = await (self._jwt_key(token) if looks_like_jwt(token) else self._raw_key(token))
         if key.revoked:
             raise KeyRevoked("This API key has been revoked.")
-        return Principal(key_id=key.id, org_id=key.org_id, role=key.role, tier=key.tier)
+        if key.expired(self._now_ms()):
+            # compared with the clock on every request: no change is needed for it to hold
+            raise KeyExpired("This API key has expired.")
+        return Principal(key.id, key.org_id, key.role, key.tier, key.models)
 
     async def _raw_key(self, token: str) -> ApiKey:
         key_id, secret = split_key(token)

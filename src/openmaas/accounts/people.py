@@ -9,6 +9,7 @@ flag on the user) administers the platform and every organization, as an admin k
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -16,14 +17,24 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from openmaas.accounts.admin import AccountsAdmin, IssuedKey
+from openmaas.accounts.admin import (
+    AccountsAdmin,
+    IssuedKey,
+    check_restrictions,
+    restriction_audit,
+)
 from openmaas.core.clock import Clock
 from openmaas.core.errors import InvalidRequest, NotFound, PermissionDenied
 from openmaas.core.keys import generate_key
 from openmaas.core.ledger_events import Event
 from openmaas.store.audit import AuditedChanges, AuditRecord
-from openmaas.store.people.keys import KeyListing, list_org_keys, record_creator
-from openmaas.store.people.sessions import revoke_user_sessions
+from openmaas.store.people.keys import (
+    KeyListing,
+    list_org_keys,
+    live_keys_named,
+    record_creator,
+)
+from openmaas.store.people.sessions import revoke_user_sessions, token_hash
 from openmaas.store.people.users import (
     Membership,
     User,
@@ -208,17 +219,35 @@ class PeopleAdmin:
     async def org_keys(self, access: Access) -> list[KeyListing]:
         return await list_org_keys(self.changes.database, access.org_id)
 
-    async def issue_key(self, access: Access, name: str) -> IssuedKey:
-        """A member key of the organization, its creator recorded; audited as the user."""
+    async def issue_key(
+        self,
+        access: Access,
+        name: str,
+        *,
+        models: Iterable[str] | None = None,
+        expires_at_ms: int | None = None,
+    ) -> IssuedKey:
+        """A member key of the organization, its creator recorded; audited as the user.
+        ``models`` restricts it to those models, ``expires_at_ms`` ends it."""
         _need(access, OrgRole.MEMBER)
         name = name.strip()
         if not name or len(name) > 200:
             raise InvalidRequest("'name' must be 1 to 200 characters.", "name")
+        allowed = check_restrictions(models, expires_at_ms, self._clock.now_ms())
         new = generate_key(self._master_key)
         issued: list[ApiKey] = []
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
-            key = await insert_key(conn, access.org_id, name, "member", new, self._clock.now_ms())
+            key = await insert_key(
+                conn,
+                access.org_id,
+                name,
+                "member",
+                new,
+                self._clock.now_ms(),
+                models=allowed,
+                expires_at_ms=expires_at_ms,
+            )
             await record_creator(conn, key.id, access.user.id)
             issued.append(key)
             after = {
@@ -227,10 +256,30 @@ class PeopleAdmin:
                 "role": "member",
                 "creator": access.user.id,
             }
-            return AuditRecord("key.create", key.id, None, after)
+            return AuditRecord("key.create", key.id, None, after | restriction_audit(key))
 
         await self.changes.commit(write)
         return IssuedKey(issued[0], new.token)
+
+    async def issue_playground_key(self, access: Access, model: str, session: str) -> IssuedKey:
+        """The console playground's key: a member key for ``model`` only, expiring within
+        the hour, created by the person (as any key of theirs) under a name that ties it to
+        their session (``session``: its token), so that signing out revokes it."""
+        return await self.issue_key(
+            access,
+            playground_key_name(session),
+            models=[model],
+            expires_at_ms=self._clock.now_ms() + PLAYGROUND_KEY_MS,
+        )
+
+    async def revoke_playground_keys(self, user: User, session: str) -> int:
+        """Revoke the playground keys ``user`` made in the session ``session`` (at sign-out);
+        how many there were."""
+        found = await live_keys_named(self.changes.database, user.id, playground_key_name(session))
+        accounts = AccountsAdmin(self.changes, self._clock, self._master_key)
+        for key_id in found:
+            await accounts.revoke_key(key_id)
+        return len(found)
 
     async def revoke_key(self, access: Access, key_id: str) -> None:
         """Revoke one of the organization's keys (another organization's: not found)."""
@@ -239,6 +288,16 @@ class PeopleAdmin:
         if key_id not in keys:
             raise NotFound(f"No API key with id '{key_id}'.")
         await AccountsAdmin(self.changes, self._clock, self._master_key).revoke_key(key_id)
+
+
+PLAYGROUND_KEY_MS = 3_600_000
+"""How long a playground key lives at most (it is revoked at sign-out before that)."""
+
+
+def playground_key_name(session: str) -> str:
+    """The name of a session's playground keys: ``playground <12 hex digits>``, from the
+    session token's SHA-256 (as the database keeps it; never the token)."""
+    return "playground " + token_hash(session)[:12]
 
 
 def _need(access: Access, role: OrgRole) -> None:

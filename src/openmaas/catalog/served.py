@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from openmaas.catalog.builtin import (
@@ -111,6 +111,24 @@ class ModelCatalog:
 
     def list(self) -> list[ServedModel]:
         return list(self._view.models.values())
+
+    def allows(self, models: Collection[str] | None, name: str) -> bool:
+        """Whether a key restricted to ``models`` (None: every model) may use the served
+        model ``name``: named there itself or by one of its aliases."""
+        if models is None or name in models:
+            return True
+        aliases = self._view.aliases
+        return any(aliases.get(allowed) == name for allowed in models)
+
+    def usable(self, models: Collection[str] | None) -> tuple[ServedModel, ...]:
+        """The served models a key restricted to ``models`` may use (what it is listed)."""
+        return tuple(m for m in self._view.models.values() if self.allows(models, m.name))
+
+    def check_allowed(self, models: Collection[str] | None, name: str) -> None:
+        """Refuse a model the key may not use as one that does not exist (404): the key is
+        not told what else the server serves."""
+        if not self.allows(models, name):
+            raise ModelNotFound(name)
 
     def get(self, name: str) -> ServedModel:
         try:

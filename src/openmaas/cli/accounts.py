@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import click
 
-from openmaas.accounts.admin import AccountsAdmin, NewOrganization, Role
+from openmaas.accounts.admin import AccountsAdmin, NewApiKey, NewOrganization, Role
 from openmaas.billing.admin_bodies import (
     TermsChange,
     TierLimits,
@@ -94,11 +97,51 @@ def keys() -> None:
 @click.option("--org", required=True, help="Organization id or name.")
 @click.option("--name", required=True, help="A name for the key.")
 @click.option("--admin", "is_admin", is_flag=True, help="Give the key the admin role.")
-def keys_create(org: str, name: str, is_admin: bool) -> None:
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Restrict the key to this model (repeat for several); without it: every model.",
+)
+@click.option(
+    "--expires",
+    default=None,
+    help="When the key stops working: a date (midnight UTC), an ISO 8601 time, or a "
+    "duration from now (90m, 12h, 30d).",
+)
+def keys_create(
+    org: str, name: str, is_admin: bool, models: tuple[str, ...], expires: str | None
+) -> None:
     role: Role = "admin" if is_admin else "member"
-    issued = with_accounts(lambda admin: admin.issue_key(org, name, role))
+    restriction = admin_body(
+        NewApiKey, name=name, role=role, models=list(models) or None, expires_at=expires_at(expires)
+    )
+    issued = with_accounts(
+        lambda admin: admin.issue_key(
+            org,
+            restriction.name,
+            restriction.role,
+            models=restriction.models,
+            expires_at_ms=restriction.expires_at,
+        )
+    )
     click.echo(issued.token)
     click.echo(f"Key {issued.key.id} created; store it now, it will not be shown again.", err=True)
+
+
+_DURATION = re.compile(r"(\d{1,6})([mhd])")
+_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def expires_at(text: str | None) -> str | int | None:
+    """``--expires`` as ``NewApiKey.expires_at`` takes it: a duration (``30d``) becomes
+    epoch milliseconds from now; a date or time is passed on to be checked there."""
+    if text is None:
+        return None
+    duration = _DURATION.fullmatch(text.strip())
+    if duration is None:
+        return text
+    return int(time.time() * 1000) + int(duration[1]) * _UNIT_MS[duration[2]]
 
 
 @keys.command("list", help="List keys (never their secrets).")
@@ -109,10 +152,31 @@ def keys_list(org: str | None) -> None:
         return await admin.keys.list(org_id)
 
     rows = [
-        (k.id, k.org_id, k.name, k.role, ms_to_iso(k.created_at_ms), ms_to_iso(k.revoked_at_ms))
+        (
+            k.id,
+            k.org_id,
+            k.name,
+            k.role,
+            ",".join(sorted(k.models)) if k.models is not None else "",
+            ms_to_iso(k.created_at_ms),
+            ms_to_iso(k.expires_at_ms),
+            ms_to_iso(k.revoked_at_ms),
+        )
         for k in with_accounts(action)
     ]
-    print_table(("id", "org", "name", "role", "created (UTC)", "revoked (UTC)"), rows)
+    print_table(
+        (
+            "id",
+            "org",
+            "name",
+            "role",
+            "models",
+            "created (UTC)",
+            "expires (UTC)",
+            "revoked (UTC)",
+        ),
+        rows,
+    )
 
 
 @keys.command("revoke", help="Revoke a key; every server refuses it within a second.")

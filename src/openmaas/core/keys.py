@@ -62,6 +62,10 @@ class KeyRevoked(AuthenticationFailed):
     """The key was revoked: refused from then on, and its requests in flight are ended."""
 
 
+class KeyExpired(AuthenticationFailed):
+    """The key's expiry has passed: refused from then on, as a revoked key is."""
+
+
 class TokenLifetimeTooLong(InvalidToken):
     """A correctly signed JWT whose ``exp`` lies further ahead than the server accepts."""
 

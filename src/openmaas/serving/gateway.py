@@ -13,6 +13,10 @@ The two meet at one seam: a ``Generation`` knows its engine stream and how it en
 ends a request is ``core/termination.py``'s ``failure_for``, for generations and embeddings
 alike.
 
+A key restricted to models (``Principal.models``) is refused any other before admission,
+as a model that does not exist (404, ``ModelCatalog.check_allowed``): every protocol's
+generations, embeddings and async jobs pass ``reserve`` or ``embed``.
+
 The gateway keeps its open generations by key: when the change feed reports a key revoked
 (``apply_changes``), each of that key's generations is ended (``Generation.revoke``): the
 wait for the engine's next event is cancelled, the consumer gets ``KeyRevoked`` (an error
@@ -117,6 +121,7 @@ class Gateway:
         it: an async job is admitted at submit and started when its turn comes. End the
         reservation with :meth:`start` or :meth:`release`."""
         try:
+            self.catalog.check_allowed(principal.models, request.model)  # the key's models only
             served = self.catalog.for_kind(request.model, ModelKind.CHAT)
         except OpenMaaSError as exc:
             self._refused(endpoint, "", exc)  # not served: the client's name is no label
@@ -196,6 +201,7 @@ class Gateway:
     ) -> EmbeddingResult:
         """Embed, metered; ``headers`` (if given) receives the admission's rate-limit headers."""
         try:
+            self.catalog.check_allowed(principal.models, request.model)
             served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
         except OpenMaaSError as exc:
             self._refused(endpoint, "", exc)

@@ -6,7 +6,9 @@ import functools
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -40,10 +42,27 @@ class ApiKey:
     created_at_ms: int
     revoked_at_ms: int | None
     tier: str | None = None  # narrows the organization's tier
+    models: frozenset[str] | None = None  # the only models it may use; None: every model
+    expires_at_ms: int | None = None  # refused from then on; None: never expires
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at_ms is not None
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_at_ms is not None and self.expires_at_ms <= now_ms
+
+
+def models_json(models: frozenset[str] | None) -> str | None:
+    """A key's model restriction as stored: a sorted JSON array, or NULL for every model."""
+    return None if models is None else orjson.dumps(sorted(models)).decode()
+
+
+def _api_key(row: Any) -> ApiKey:
+    values = dict(row._mapping)
+    stored = values.pop("models", None)
+    models = None if stored is None else frozenset(orjson.loads(stored))
+    return ApiKey(**values, models=models)
 
 
 def _money(micros: int | None, currency: str | None) -> Money | None:
@@ -89,10 +108,29 @@ async def insert_organization(conn: AsyncConnection, org: Organization) -> None:
 
 
 async def insert_key(
-    conn: AsyncConnection, org_id: str, name: str, role: str, key: NewKey, now_ms: int
+    conn: AsyncConnection,
+    org_id: str,
+    name: str,
+    role: str,
+    key: NewKey,
+    now_ms: int,
+    *,
+    models: frozenset[str] | None = None,
+    expires_at_ms: int | None = None,
 ) -> ApiKey:
-    """Insert a key's row (its secret's hash only) in the caller's transaction."""
-    row = ApiKey(key.key_id, org_id, name, role, key.secret_hash, now_ms, None)
+    """Insert a key's row (its secret's hash only) in the caller's transaction; ``models``
+    and ``expires_at_ms`` restrict it (``None``: every model, never expires)."""
+    row = ApiKey(
+        key.key_id,
+        org_id,
+        name,
+        role,
+        key.secret_hash,
+        now_ms,
+        None,
+        models=models,
+        expires_at_ms=expires_at_ms,
+    )
     await conn.execute(
         insert(api_keys).values(
             id=row.id,
@@ -101,6 +139,8 @@ async def insert_key(
             role=role,
             secret_hash=row.secret_hash,
             created_at_ms=now_ms,
+            models=models_json(models),
+            expires_at_ms=expires_at_ms,
         )
     )
     return row
@@ -172,14 +212,14 @@ class ApiKeyRepository:
     async def get(self, key_id: str) -> ApiKey | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-        return ApiKey(**row._mapping) if row is not None else None
+        return _api_key(row) if row is not None else None
 
     async def list(self, org_id: str | None = None) -> list[ApiKey]:
         query = select(api_keys).order_by(api_keys.c.created_at_ms)
         if org_id is not None:
             query = query.where(api_keys.c.org_id == org_id)
         async with self._engine.connect() as conn:
-            return [ApiKey(**row._mapping) for row in await conn.execute(query)]
+            return [_api_key(row) for row in await conn.execute(query)]
 
     async def revoke(self, key_id: str, now_ms: int) -> None:
         """Revoke with no audit row (tests; administration goes through ``AccountsAdmin``)."""

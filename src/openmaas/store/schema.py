@@ -39,6 +39,8 @@ api_keys = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("revoked_at_ms", BigInteger, nullable=True),
     Column("tier", String(40), nullable=True),  # narrows the organization's tier
+    Column("models", Text, nullable=True),  # JSON array of model names; NULL: every model
+    Column("expires_at_ms", BigInteger, nullable=True),  # NULL: never expires
 )
 
 usage_records = Table(

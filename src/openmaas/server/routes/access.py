@@ -69,7 +69,15 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     "POST /console/orgs/{org}/keys/{key_id}/revoke": ConsoleAccess.MEMBER,
     "GET /console/orgs/{org}/models": ConsoleAccess.VIEWER,
     "GET /console/orgs/{org}/balance": ConsoleAccess.VIEWER,
+    # usage and billing (console_usage.py)
+    "GET /console/orgs/{org}/usage": ConsoleAccess.VIEWER,
+    "GET /console/orgs/{org}/usage.csv": ConsoleAccess.VIEWER,
+    "GET /console/orgs/{org}/billing": ConsoleAccess.VIEWER,
     "GET /console/audit": ConsoleAccess.OPERATOR,
+    # the playground and the SDK page (console_play.py); the playground spends: members
+    "GET /console/orgs/{org}/playground": ConsoleAccess.MEMBER,
+    "POST /console/orgs/{org}/playground/key": ConsoleAccess.MEMBER,
+    "GET /console/orgs/{org}/sdk": ConsoleAccess.VIEWER,
     "GET /console/{rest:path}": ConsoleAccess.PUBLIC,  # any other path: the console's 404
 }
 
@@ -119,6 +127,8 @@ POLICY: dict[str, Access] = {
     "POST /admin/v1/orgs/{org}/packs": _ADMIN,
     "GET /admin/v1/orgs/{org}/usage": _ADMIN,
     "GET /admin/v1/orgs/{org}/statement": _ADMIN,
+    "GET /admin/v1/orgs/{org}/keys": _ADMIN,
+    "POST /admin/v1/orgs/{org}/keys": _ADMIN,
     "PUT /admin/v1/budgets/{scope}/{period}": _ADMIN,
     "DELETE /admin/v1/budgets/{scope}/{period}": _ADMIN,
     "PATCH /admin/v1/keys/{key_id}": _ADMIN,

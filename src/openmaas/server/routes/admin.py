@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from openmaas.accounts.admin import AccountsAdmin, NewOrganization, org_json
+from openmaas.accounts.admin import AccountsAdmin, NewApiKey, NewOrganization, key_json, org_json
 from openmaas.billing.admin import BillingAdmin
 from openmaas.billing.admin_bodies import (
     BudgetLimit,
@@ -44,6 +44,7 @@ from openmaas.server.state import AppState, app_state
 router = APIRouter(prefix="/admin/v1", tags=["Admin"])
 BODY_MODELS: list[type[AdminBody]] = [
     NewOrganization,
+    NewApiKey,
     TermsChange,
     NewFunds,
     NewPack,
@@ -291,6 +292,30 @@ async def clear_budget(request: Request, scope: str, period: str) -> Response:
     admin = await _admin(request)
     await admin.clear_budget(scope, period)
     return Response(status_code=204)
+
+
+@router.get("/orgs/{org}/keys", summary="An organization's keys (never their secrets)")
+async def list_keys(request: Request, org: str) -> Response:
+    admin = await _accounts(request)
+    organization = await admin.orgs.find(org)
+    data = [key_json(k) for k in await admin.keys.list(organization.id)]
+    return json_response({"object": "list", "data": data})
+
+
+@router.post(
+    "/orgs/{org}/keys",
+    summary="Create a key, optionally restricted to models and with an expiry; its secret "
+    "('key') is shown once",
+    status_code=201,
+    openapi_extra=json_body(NewApiKey),
+)
+async def create_key(request: Request, org: str) -> Response:
+    admin = await _accounts(request)
+    body = await _body(request, NewApiKey)
+    issued = await admin.issue_key(
+        org, body.name, body.role, models=body.models, expires_at_ms=body.expires_at
+    )
+    return json_response({**key_json(issued.key), "key": issued.token}, 201)
 
 
 @router.patch(

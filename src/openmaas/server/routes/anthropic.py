@@ -67,6 +67,7 @@ async def count_tokens(request: Request) -> Response:
     principal = await authenticate(request, state)
     body = adapter.parse_body(await request.body(), AnthropicCountTokensRequest)
     model = state.catalog.resolve(body.model)
+    state.catalog.check_allowed(principal.models, model)
     core = adapter.count_request(body, request_id(request), model)
     async with state.accountant.counting(principal, model) as admission:
         if admission is not None:

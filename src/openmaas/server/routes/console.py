@@ -92,6 +92,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.console = Console(settings)
     # before the pages: their last route answers every other /console path
     app.mount(f"{PREFIX}/static", StaticFiles(directory=FILES / "static"), name="console-static")
+    # the other page modules use this module's machinery
+    from openmaas.server.routes import console_play, console_usage
+
+    app.include_router(console_usage.router)  # before this router's catch-all
+    app.include_router(console_play.router)
     app.include_router(router)
 
 
@@ -234,6 +239,8 @@ async def _enter(request: Request, org: str | None = None) -> Visit:
     return visit
 
 
+enter = _enter  # for the console's other page modules (console_usage.py, console_play.py)
+
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -350,6 +357,8 @@ async def sign_out(request: Request) -> Response:
     visit = await _enter(request)
     assert visit.session is not None
     await visit.sign_in().sign_out(visit.session.token)
+    # the playground's keys of this session (console_play.py) end with it
+    await visit.people().revoke_playground_keys(visit.session.user, visit.session.token)
     response = visit.redirect(f"{PREFIX}/sign-in")
     response.delete_cookie(SESSION_COOKIE, path=PREFIX)
     return response
@@ -450,8 +459,31 @@ async def _keys_page(visit: Visit, status: int = 200, **values: Any) -> Response
         currency=report.currency.value,
         orgs=await people.organizations(visit.user),
         can_change=visit.org.role >= OrgRole.MEMBER,
+        models=sorted(m.name for m in app_state(visit.request).catalog.list()),
+        expiries=KEY_EXPIRIES,
+        now_ms=visit.platform.clock.now_ms(),
         **values,
     )
+
+
+KEY_EXPIRIES = {"1h": 3_600_000, "1d": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000}
+KEY_EXPIRIES |= {"90d": 90 * 86_400_000, "365d": 365 * 86_400_000}
+"""The key form's expiries (its ``expires`` field: one of these, or none: never)."""
+MODEL_FIELD = "model."  # the key form's checkbox of model M is ``model.M``
+
+
+def _key_restriction(visit: Visit) -> tuple[list[str] | None, int | None]:
+    """The models (None: every one) and the expiry (None: never) the key form asks for."""
+    served = {m.name for m in app_state(visit.request).catalog.list()}
+    models = [name[len(MODEL_FIELD) :] for name in visit.form if name.startswith(MODEL_FIELD)]
+    for model in models:
+        if model not in served:
+            raise InvalidRequest(visit.t("key_model_unknown", model=model), "models")
+    expires = visit.form.get("expires", "")
+    if expires and expires not in KEY_EXPIRIES:
+        raise InvalidRequest("'expires' is not one of the choices.", "expires")
+    now = visit.platform.clock.now_ms()
+    return models or None, now + KEY_EXPIRIES[expires] if expires else None
 
 
 @router.get("/orgs/{org}/keys")
@@ -470,7 +502,10 @@ async def create_key(request: Request, org: str) -> Response:
     budget_text = visit.form.get("budget", "").strip()
     try:  # the budget is checked before the key exists
         budget = BudgetLimit.parse({"limit": budget_text}) if budget_text else None
-        issued = await visit.people().issue_key(visit.org, visit.form.get("name", ""))
+        models, expires_at_ms = _key_restriction(visit)
+        issued = await visit.people().issue_key(
+            visit.org, visit.form.get("name", ""), models=models, expires_at_ms=expires_at_ms
+        )
     except InvalidRequest as exc:
         message = visit.t("budget_invalid") if exc.param == "limit" else exc.message
         return await _keys_page(visit, 400, error=message)

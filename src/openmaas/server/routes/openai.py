@@ -82,10 +82,10 @@ async def embeddings(request: Request) -> Response:
 @router.get("/models", summary="List the models this server serves")
 async def list_models(request: Request) -> Response:
     state = app_state(request)
-    await authenticate(request, state)
+    principal = await authenticate(request, state)
     cards = [
         adapter.model_card(m.name, m.owned_by, m.created, m.context_length)
-        for m in state.catalog.list()
+        for m in state.catalog.usable(principal.models)  # a restricted key: its models only
     ]
     return json_response({"object": "list", "data": cards})
 
@@ -93,8 +93,9 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{model_id:path}", summary="Describe one model")
 async def get_model(model_id: str, request: Request) -> Response:
     state = app_state(request)
-    await authenticate(request, state)
+    principal = await authenticate(request, state)
     model = state.catalog.get(model_id)
+    state.catalog.check_allowed(principal.models, model.name)
     card = adapter.model_card(model.name, model.owned_by, model.created, model.context_length)
     return json_response(card)
 

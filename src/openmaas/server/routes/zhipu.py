@@ -194,6 +194,7 @@ async def embeddings(request: Request) -> Response:
 @router.get("/models", summary="List the models this server serves")
 async def list_models(request: Request) -> Response:
     state = app_state(request)
-    await authenticate(request, state)
-    cards = [adapter.model_card(m.name, m.owned_by, m.created) for m in state.catalog.list()]
+    principal = await authenticate(request, state)
+    usable = state.catalog.usable(principal.models)  # a restricted key: its models only
+    cards = [adapter.model_card(m.name, m.owned_by, m.created) for m in usable]
     return json_response({"object": "list", "data": cards})

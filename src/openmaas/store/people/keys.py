@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -20,6 +21,8 @@ class KeyListing:
     revoked_at_ms: int | None
     creator: str | None  # the creator's email; None: made by the CLI or an admin key
     last_used_ms: int | None
+    models: tuple[str, ...] | None = None  # the only models it may use; None: every model
+    expires_at_ms: int | None = None
 
 
 async def record_creator(conn: AsyncConnection, key_id: str, user_id: str) -> None:
@@ -41,6 +44,8 @@ async def list_org_keys(engine: AsyncEngine, org_id: str) -> list[KeyListing]:
             api_keys.c.role,
             api_keys.c.created_at_ms,
             api_keys.c.revoked_at_ms,
+            api_keys.c.models,
+            api_keys.c.expires_at_ms,
             users.c.email,
             last_use.c.last,
         )
@@ -54,6 +59,31 @@ async def list_org_keys(engine: AsyncEngine, org_id: str) -> list[KeyListing]:
     )
     async with engine.connect() as conn:
         return [
-            KeyListing(r.id, r.name, r.role, r.created_at_ms, r.revoked_at_ms, r.email, r.last)
+            KeyListing(
+                r.id,
+                r.name,
+                r.role,
+                r.created_at_ms,
+                r.revoked_at_ms,
+                r.email,
+                r.last,
+                None if r.models is None else tuple(orjson.loads(r.models)),
+                r.expires_at_ms,
+            )
             for r in await conn.execute(query)
         ]
+
+
+async def live_keys_named(engine: AsyncEngine, user_id: str, name: str) -> list[str]:
+    """The ids of the keys ``user_id`` created under ``name`` that are not revoked."""
+    query = (
+        select(api_keys.c.id)
+        .select_from(api_keys.join(key_creators, key_creators.c.key_id == api_keys.c.id))
+        .where(
+            key_creators.c.user_id == user_id,
+            api_keys.c.name == name,
+            api_keys.c.revoked_at_ms.is_(None),
+        )
+    )
+    async with engine.connect() as conn:
+        return [r.id for r in await conn.execute(query)]

@@ -1,0 +1,108 @@
+"""Daily roll-ups of usage for the console's usage page: the background pass that folds new
+usage records into them (``store/rollups/roller.py``, run by every serving process every
+``OPENMAAS_ROLLUP_SECONDS``; passes of several processes take turns), and the report of an
+organization's period read from them alone: per day, per model, per key, and in total."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.core.errors import InvalidRequest
+from openmaas.core.rollups import Rollup
+from openmaas.store.rollups.reads import RollupRow, org_rollups, rolled_at_ms
+from openmaas.store.rollups.roller import UsageRoller
+
+log = logging.getLogger("openmaas.rollups")
+
+MAX_DAYS = 366  # the longest period one report reads
+
+
+async def keep_rolling(roller: UsageRoller, every_seconds: float) -> None:
+    """Fold new usage records into the roll-ups every ``every_seconds``, until cancelled."""
+    while True:
+        try:
+            await roller.roll()
+        except Exception:  # the next round tries again
+            log.exception("rolling usage records up failed")
+        await asyncio.sleep(every_seconds)
+
+
+@dataclass(frozen=True)
+class Period:
+    """The UTC days ``since`` to ``until``, both included."""
+
+    since: date
+    until: date
+
+    @classmethod
+    def last(cls, days: int, today: date) -> Period:
+        return cls(today - timedelta(days=days - 1), today)
+
+    @classmethod
+    def parse(cls, since: str, until: str, default: Period) -> Period:
+        try:
+            first = date.fromisoformat(since) if since else default.since
+            last = date.fromisoformat(until) if until else default.until
+        except ValueError:
+            raise InvalidRequest("A day is written YYYY-MM-DD.", "since") from None
+        if last < first:
+            raise InvalidRequest("'until' must not be before 'since'.", "until")
+        if (last - first).days >= MAX_DAYS:
+            raise InvalidRequest(f"A period is at most {MAX_DAYS} days.", "since")
+        return cls(first, last)
+
+    def as_query(self) -> dict[str, str]:
+        return {"since": self.since.isoformat(), "until": self.until.isoformat()}
+
+    def days(self) -> list[str]:
+        count = (self.until - self.since).days + 1
+        return [(self.since + timedelta(days=i)).isoformat() for i in range(count)]
+
+
+@dataclass
+class UsageReport:
+    """An organization's usage over a period, from the roll-ups only."""
+
+    period: Period
+    rows: list[RollupRow]
+    rolled_at_ms: int | None  # when new records were last folded (None: never yet)
+    by_day: dict[str, Rollup] = field(default_factory=dict)  # every day of the period
+    by_model: dict[str, Rollup] = field(default_factory=dict)
+    by_day_model: dict[tuple[str, str], Rollup] = field(default_factory=dict)
+    total: Rollup = field(default_factory=Rollup)
+
+    def __post_init__(self) -> None:
+        self.by_day = {day: Rollup() for day in self.period.days()}
+        for row in self.rows:
+            self.by_day.setdefault(row.day, Rollup()).add(row.sums)
+            self.by_model.setdefault(row.model, Rollup()).add(row.sums)
+            self.by_day_model.setdefault((row.day, row.model), Rollup()).add(row.sums)
+            self.total.add(row.sums)
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.by_model)
+
+    def only_model(self, model: str) -> UsageReport:
+        """The same report for one model's rows."""
+        rows = [row for row in self.rows if row.model == model]
+        return UsageReport(self.period, rows, self.rolled_at_ms)
+
+
+async def usage_report(
+    engine: AsyncEngine,
+    org_id: str,
+    period: Period,
+    *,
+    key_id: str | None = None,
+) -> UsageReport:
+    """The organization's report over ``period`` (of one key's requests when ``key_id``)."""
+    rows = await org_rollups(
+        engine, org_id, period.since.isoformat(), period.until.isoformat(), key_id=key_id
+    )
+    return UsageReport(period, rows, await rolled_at_ms(engine))

@@ -1,0 +1,69 @@
+"""What the console reads of the roll-ups: an organization's rows over a period, filtered
+by key and model, with their latency histograms; never the usage records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.core.rollups import LATENCY, Rollup
+from openmaas.store.rollups.roller import MARK
+from openmaas.store.rollups.schema import rollup_marks, usage_rollup_buckets, usage_rollups
+
+
+@dataclass(frozen=True, slots=True)
+class RollupRow:
+    day: str
+    model: str
+    key_id: str
+    sums: Rollup
+
+
+async def org_rollups(
+    engine: AsyncEngine,
+    org_id: str,
+    since_day: str,
+    until_day: str,
+    *,
+    key_id: str | None = None,
+    model: str | None = None,
+) -> list[RollupRow]:
+    """The organization's roll-up rows of the days ``[since_day, until_day]`` (UTC dates),
+    by day, model and key."""
+    r, b = usage_rollups.c, usage_rollup_buckets.c
+    rows = select(usage_rollups).where(r.org_id == org_id, r.day >= since_day, r.day <= until_day)
+    buckets = select(b.day, b.model, b.key_id, b.metric, b.bucket, b.requests).where(
+        b.org_id == org_id, b.day >= since_day, b.day <= until_day
+    )
+    if key_id is not None:
+        rows, buckets = rows.where(r.key_id == key_id), buckets.where(b.key_id == key_id)
+    if model is not None:
+        rows, buckets = rows.where(r.model == model), buckets.where(b.model == model)
+    found: dict[tuple[str, str, str], Rollup] = {}
+    async with engine.connect() as conn:
+        for row in await conn.execute(rows.order_by(r.day, r.model, r.key_id)):
+            found[(row.day, row.model, row.key_id)] = Rollup(
+                requests=int(row.requests),
+                errors=int(row.errors),
+                input_tokens=int(row.input_tokens),
+                cached_tokens=int(row.cached_tokens),
+                output_tokens=int(row.output_tokens),
+                reasoning_tokens=int(row.reasoning_tokens),
+                cost_micros=int(row.cost_micros),
+                currency=row.currency,
+            )
+        for day, model_name, key, metric, bucket, n in await conn.execute(buckets):
+            rollup = found.get((day, model_name, key))
+            if rollup is not None:
+                histogram = rollup.latency if metric == LATENCY else rollup.ttft
+                histogram[int(bucket)] = int(n)
+    return [RollupRow(day, m, k, sums) for (day, m, k), sums in found.items()]
+
+
+async def rolled_at_ms(engine: AsyncEngine) -> int | None:
+    """When a pass last folded records and left none visible behind it (None: never)."""
+    m = rollup_marks.c
+    async with engine.connect() as conn:
+        return (await conn.execute(select(m.rolled_at_ms).where(m.name == MARK))).scalar()

@@ -1,0 +1,54 @@
+"""The tables of migration 0011, on the one ``metadata`` of ``store/schema.py``.
+
+On PostgreSQL the migration also adds ``usage_records.roll_xid`` (the inserting
+transaction's id, ``pg_current_xact_id()``), which the roller reads by name: it is not on
+``store/schema.py``'s table, so no writer of usage records knows of it (its default fills
+it). On SQLite the roller reads the table's ``rowid``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Integer, String, Table
+
+from openmaas.store.schema import metadata
+
+usage_rollups = Table(
+    "usage_rollups",
+    metadata,
+    Column("org_id", String(40), primary_key=True),
+    Column("day", String(10), primary_key=True),  # UTC date of the requests' start
+    Column("model", String(200), primary_key=True),
+    Column("key_id", String(40), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),  # core/rollups.py's ERROR_TERMINATIONS
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("cached_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("cost_micros", BigInteger, nullable=False),  # the priced requests' charges
+    Column("currency", String(3), nullable=True),  # None: no priced request yet
+)
+
+usage_rollup_buckets = Table(
+    "usage_rollup_buckets",
+    metadata,
+    Column("org_id", String(40), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("key_id", String(40), primary_key=True),
+    Column("metric", String(8), primary_key=True),  # "latency" | "ttft"
+    Column("bucket", Integer, primary_key=True),  # core/rollups.py's BOUNDS_MS
+    Column("requests", BigInteger, nullable=False),
+)
+
+rollup_marks = Table(
+    "rollup_marks",
+    metadata,
+    Column("name", String(40), primary_key=True),  # "usage": the one roller
+    # how far the roller has folded: SQLite, the last rowid; PostgreSQL, the last
+    # (roll_xid, request_id) folded
+    Column("position", BigInteger, nullable=False),
+    Column("position_key", String(40), nullable=False),
+    # the last pass that folded records and left none visible behind it
+    Column("rolled_at_ms", BigInteger, nullable=True),
+)

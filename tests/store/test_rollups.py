@@ -1,0 +1,229 @@
+"""Daily roll-ups (store/rollups/): after a mixed run, with records written while two
+rollers race and a roller restarts, the roll-ups equal the usage records they came from, on
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openmaas.core.money import Currency, Money
+from openmaas.core.rollups import BOUNDS_MS, Rollup, bucket_of, percentile
+from openmaas.core.termination import Termination
+from openmaas.core.types import Usage
+from openmaas.core.usage import UsageRecord
+from openmaas.platform import open_platform
+from openmaas.settings import Settings
+from openmaas.store.database import migrate, open_database
+from openmaas.store.repositories import UsageRepository, insert_usage, utc_day
+from openmaas.store.rollups.reads import org_rollups
+from openmaas.store.rollups.roller import UsageRoller
+from openmaas.store.rollups.schema import usage_rollup_buckets, usage_rollups
+from openmaas.store.schema import usage_records
+from tests.support.clock import NOW_MS
+from tests.support.waiting import eventually
+
+DAY_MS = 86_400_000
+ORGS = ("org_a", "org_b")
+MODELS = ("glm-4", "tiny")
+KEYS = ("k1", "k2", "k3")
+TERMINATIONS = tuple(Termination)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        return "sqlite+aiosqlite:///" + str(tmp_path_factory.mktemp("rollups") / "openmaas.db")
+    new_pg_database: Callable[[], str] = request.getfixturevalue("new_pg_database")
+    return new_pg_database()
+
+
+def make_record(n: int, rng: random.Random) -> UsageRecord:
+    priced = rng.random() < 0.8
+    started = rng.random() < 0.9
+    return UsageRecord(
+        request_id=f"req_{rng.randrange(10**12):012d}_{n:05d}",  # not in writing order
+        key_id=rng.choice(KEYS),
+        org_id=rng.choice(ORGS),
+        model=rng.choice(MODELS),
+        endpoint="/v1/chat/completions",
+        usage=Usage(
+            rng.randrange(2000),
+            rng.randrange(50),
+            rng.randrange(900),
+            reasoning_tokens=rng.randrange(30),
+        ),
+        termination=rng.choice(TERMINATIONS),
+        started_at_ms=NOW_MS - rng.randrange(4) * DAY_MS - rng.randrange(DAY_MS),
+        ttft_ms=rng.randrange(5_000) if started else None,
+        latency_ms=rng.randrange(60_000),
+        cost=Money(rng.randrange(10**9), Currency.CNY) if priced else None,
+    )
+
+
+def expected_from(records: list[UsageRecord]) -> dict[tuple[str, str, str, str], Rollup]:
+    """The roll-ups computed straight from the records, independently of the roller."""
+    groups: dict[tuple[str, str, str, str], Rollup] = {}
+    for r in records:
+        group = (r.org_id, utc_day(r.started_at_ms), r.model, r.key_id)
+        rollup = groups.setdefault(group, Rollup())
+        rollup.requests += 1
+        rollup.errors += r.termination in {
+            Termination.ENGINE_ERROR, Termination.REJECTED, Termination.TIMEOUT,
+            Termination.GATEWAY_SHUTDOWN, Termination.GATEWAY_KILLED,
+        }  # fmt: skip
+        rollup.input_tokens += r.usage.prompt_tokens
+        rollup.cached_tokens += r.usage.cached_tokens
+        rollup.output_tokens += r.usage.completion_tokens
+        rollup.reasoning_tokens += r.usage.reasoning_tokens
+        if r.cost is not None:
+            rollup.cost_micros += r.cost.micros
+            rollup.currency = "CNY"
+        b = bucket_of(r.latency_ms)
+        rollup.latency[b] = rollup.latency.get(b, 0) + 1
+        if r.ttft_ms is not None:
+            t = bucket_of(r.ttft_ms)
+            rollup.ttft[t] = rollup.ttft.get(t, 0) + 1
+    return groups
+
+
+async def stored_rollups(engine: AsyncEngine) -> dict[tuple[str, str, str, str], Rollup]:
+    found: dict[tuple[str, str, str, str], Rollup] = {}
+    for org in ORGS:
+        for row in await org_rollups(engine, org, "2000-01-01", "2100-01-01"):
+            found[(org, row.day, row.model, row.key_id)] = row.sums
+    return found
+
+
+async def test_rollups_equal_the_records_after_racing_rollers_and_a_restart(
+    database_url: str,
+) -> None:
+    rng = random.Random(13)
+    records = [make_record(n, rng) for n in range(600)]
+    writer = open_database(database_url)
+    await migrate(writer)
+    first, second = open_database(database_url), open_database(database_url)
+    try:
+        roller_a = UsageRoller(first, lambda: NOW_MS, batch=37)
+        roller_b = UsageRoller(second, lambda: NOW_MS, batch=53)
+        repo = UsageRepository(writer)
+        writing = asyncio.Event()
+
+        async def write() -> None:
+            for start in range(0, 400, 20):  # records arrive while both rollers run
+                for r in records[start : start + 20]:  # as one writer writes them
+                    await repo.append(r)
+                await asyncio.sleep(0)
+            writing.set()
+
+        async def keep_rolling(roller: UsageRoller) -> int:
+            folded = 0
+            while not writing.is_set():
+                folded += (await roller.roll_once()).folded
+                await asyncio.sleep(0)
+            return folded + await roller.roll()
+
+        _, folded_a, folded_b = await asyncio.gather(
+            write(), keep_rolling(roller_a), keep_rolling(roller_b)
+        )
+        assert folded_a > 0 and folded_b > 0  # both took part
+        assert folded_a + folded_b == 400  # and no record was folded twice
+        # a restart: a new roller in a new process carries on from the watermark
+        for r in records[400:]:
+            await repo.append(r)
+        restarted = open_database(database_url)
+        try:
+            assert await UsageRoller(restarted, lambda: NOW_MS).roll() == 200
+            assert await roller_a.roll() == 0  # nothing is folded twice
+        finally:
+            await restarted.dispose()
+        assert await stored_rollups(writer) == expected_from(records)
+    finally:
+        for engine in (writer, first, second):
+            await engine.dispose()
+
+
+async def test_a_record_committed_late_is_not_skipped(database_url: str) -> None:
+    """A record whose transaction is still open when later ones commit holds the watermark
+    back (PostgreSQL: a pass stops below the oldest open transaction); once it commits, the
+    next pass folds them all."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: a record commits before the next one is written")
+    rng = random.Random(7)
+    early, later = make_record(1, rng), make_record(2, rng)
+    engine = open_database(database_url)
+    await migrate(engine)
+    try:
+        roller = UsageRoller(engine, lambda: NOW_MS)
+        async with engine.connect() as slow:
+            transaction = await slow.begin()
+            await insert_usage(slow, early)  # not committed yet
+            await UsageRepository(engine).append(later)
+            assert await roller.roll() == 0  # not past the open transaction
+            await transaction.commit()
+        assert await roller.roll() == 2
+        assert await stored_rollups(engine) == expected_from([early, later])
+    finally:
+        await engine.dispose()
+
+
+async def test_the_rollups_outlive_the_records(database_url: str) -> None:
+    """Once rolled, the roll-ups are read without the records (the console reads no
+    record)."""
+    rng = random.Random(3)
+    records = [make_record(n, rng) for n in range(50)]
+    engine = open_database(database_url)
+    await migrate(engine)
+    try:
+        for r in records:
+            await UsageRepository(engine).append(r)
+        await UsageRoller(engine, lambda: NOW_MS).roll()
+        async with engine.begin() as conn:
+            await conn.execute(delete(usage_records))
+        assert await stored_rollups(engine) == expected_from(records)
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(usage_rollups))).all()
+            assert (await conn.execute(select(usage_rollup_buckets))).all()
+    finally:
+        await engine.dispose()
+
+
+def test_percentiles_read_the_bucket_upper_bound_within_a_fifth() -> None:
+    rng = random.Random(1)
+    values = sorted(rng.randrange(1, 100_000) for _ in range(1001))
+    histogram: dict[int, int] = {}
+    for v in values:
+        histogram[bucket_of(v)] = histogram.get(bucket_of(v), 0) + 1
+    for fraction, true in ((0.5, values[500]), (0.95, values[950])):
+        read = percentile(histogram, fraction)
+        assert read is not None and true < read <= true * 1.2 + 1
+    assert percentile({}, 0.5) is None
+    assert bucket_of(0) == 0 and bucket_of(BOUNDS_MS[-1] * 10) == len(BOUNDS_MS)
+
+
+async def test_a_serving_process_rolls_up_in_the_background(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A server's own connections (liveness lock, change feed, ledger) never hold the
+    watermark back: records appear in the roll-ups with nobody calling the roller."""
+    settings = Settings(
+        home=tmp_path_factory.mktemp("serving") / "home",
+        database_url=database_url,
+        embedded_models=False,
+        rollup_seconds=0.05,
+    )
+    rng = random.Random(11)
+    records = [make_record(n, rng) for n in range(30)]
+    async with open_platform(settings, serve=True) as platform:
+        for r in records:
+            await UsageRepository(platform.database).append(r)
+
+        async def rolled() -> bool:
+            return await stored_rollups(platform.database) == expected_from(records)
+
+        await eventually(rolled, what="the records in the roll-ups")
