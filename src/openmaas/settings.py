@@ -230,6 +230,11 @@ class Settings(BaseSettings):
         description="Master key that API-key secrets are derived from (guard it like a "
         "password); default: the file secret-key in the data directory, created on first use.",
     )
+    metrics_token: str | None = Field(
+        None,
+        description="Bearer token of GET /metrics (Prometheus text format, docs/metrics.md); "
+        "unset: /metrics answers 404 and nothing is counted.",
+    )
     jwt_max_lifetime_seconds: float = Field(
         86_400.0,
         gt=0,

@@ -32,6 +32,7 @@ from openmaas.protocols.zhipu.errors import to_zhipu_error
 from openmaas.server.direct import OpenMaaSApp
 from openmaas.server.errors import install_error_handlers
 from openmaas.server.heap import trim_heap_every
+from openmaas.server.metrics import metrics_from_environment
 from openmaas.server.middleware import RequestContextMiddleware
 from openmaas.server.routes import admin as admin_routes
 from openmaas.server.routes import anthropic as anthropic_routes
@@ -80,6 +81,7 @@ def create_app(
         life = lifecycle or Lifecycle()
         async with open_platform(settings, clock=clock, catalog=catalog, serve=True) as platform:
             assert platform.catalog is not None
+            metrics = metrics_from_environment() if settings.metrics_token else None
             app.state.openmaas = AppState(
                 platform=platform,
                 auth=Authenticator(
@@ -96,8 +98,10 @@ def create_app(
                     lambda: life.draining,
                     RequestBounds.from_settings(settings),
                     cache_scope_key(platform.master_key),
+                    meter=metrics,
                 ),
                 lifecycle=life,
+                metrics=metrics,
             )
             if platform.feed is not None:  # a revoked key's requests in flight are ended
                 platform.feed.subscribe(app.state.openmaas.gateway.apply_changes)
@@ -106,11 +110,18 @@ def create_app(
             platform.catalog.start_loading()
             housekeeping = asyncio.create_task(_expire_packs(platform.accountant))
             trimming = asyncio.create_task(trim_heap_every(settings.memory_trim_seconds))
+            sampling = (
+                asyncio.create_task(metrics.sample_every(app.state.openmaas))
+                if metrics is not None
+                else None
+            )
             try:
                 yield
             finally:
                 housekeeping.cancel()
                 trimming.cancel()
+                if sampling is not None:
+                    sampling.cancel()
                 await zhipu_routes.close(app)  # cancel async jobs: they record usage as they close
                 # Requests cut off by the grace period are still closing: let them record usage.
                 await app.state.openmaas.gateway.wait_idle(timeout=10.0)

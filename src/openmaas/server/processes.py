@@ -128,9 +128,15 @@ class ChildProcess:
     by ``kill -9``) stops the child (:func:`stop_at_eof`): no orphans."""
 
     def __init__(
-        self, module: str, settings: Settings, name: str, pass_fds: tuple[int, ...] = ()
+        self,
+        module: str,
+        settings: Settings,
+        name: str,
+        pass_fds: tuple[int, ...] = (),
+        environment: dict[str, str] | None = None,
     ) -> None:
         self.module = module
+        self._environment = environment  # added to this process's environment
         self.name = name
         self._settings_line = settings.model_dump_json().encode() + b"\n"
         self._pass_fds = pass_fds
@@ -146,6 +152,7 @@ class ChildProcess:
             [sys.executable, "-m", self.module, "--settings-stdin", *self._args],
             stdin=subprocess.PIPE,
             pass_fds=self._pass_fds,
+            env={**os.environ, **self._environment} if self._environment else None,
         )
         assert proc.stdin is not None
         proc.stdin.write(self._settings_line)

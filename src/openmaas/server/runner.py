@@ -29,11 +29,14 @@ import asyncio
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
+from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
@@ -46,6 +49,7 @@ from openmaas.core.errors import ConfigurationError
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.server.logs import configure_logging
+from openmaas.server.metrics import MULTIPROC_ENV, multiprocess_directory, worker_died
 from openmaas.server.processes import ChildProcess, EngineHostProcess, QuietServer, StopFlag
 from openmaas.server.state import Lifecycle
 from openmaas.settings import Settings
@@ -165,8 +169,11 @@ class _NameWorker:
 class _Child:
     """A child process restarted when it dies, waiting longer after each quick death."""
 
-    def __init__(self, process: ChildProcess) -> None:
+    def __init__(
+        self, process: ChildProcess, on_death: Callable[[int], None] | None = None
+    ) -> None:
         self.process = process
+        self.on_death = on_death  # told the pid of the process that died
         self.backoff = 0.0
         self.restart_at: float | None = None
         self.started_at = 0.0
@@ -190,6 +197,8 @@ class _Child:
                 f"{self.process.name} exited; restarting it",
                 extra={"pid": self.process.pid, "code": code, "after_s": self.backoff},
             )
+            if self.on_death is not None:
+                self.on_death(self.process.pid)
         if now < self.restart_at:
             return False
         self.start(now)
@@ -210,6 +219,7 @@ class Supervisor:
         self.host = _Child(EngineHostProcess(self.worker_settings, self.socket))
         self.workers: list[_Child] = []
         self.listeners: list[socket.socket] = listeners or []
+        self.metrics_dir: Path | None = None  # the workers' metrics (with a metrics token)
 
     def run(self) -> None:
         original = {
@@ -221,14 +231,16 @@ class Supervisor:
             assert isinstance(self.host.process, EngineHostProcess)
             if not self.host.process.wait_ready(self.stop):
                 return
+            metrics, on_death = self._metrics_across_workers()
             for index, listener in enumerate(self._listener_per_worker()):
                 process = ChildProcess(
                     "openmaas.server.worker",
                     self.worker_settings,
                     f"worker {index}",
                     pass_fds=(listener.fileno(),),
+                    environment=metrics,
                 )
-                self.workers.append(_Child(process))
+                self.workers.append(_Child(process, on_death))
                 self.workers[-1].start(_now())
             log.info(
                 "serving",
@@ -251,6 +263,16 @@ class Supervisor:
     def _handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.stop.set()
 
+    def _metrics_across_workers(
+        self,
+    ) -> tuple[dict[str, str] | None, Callable[[int], None] | None]:
+        """With a metrics token: one directory for every worker's metrics (emptied now),
+        named in their environment, and what marks a dead worker's there (docs/metrics.md)."""
+        if not self.settings.metrics_token:
+            return None, None
+        directory = self.metrics_dir = multiprocess_directory(self.settings.home)
+        return {MULTIPROC_ENV: str(directory)}, partial(worker_died, directory)
+
     def _listener_per_worker(self) -> list[socket.socket]:
         if len(self.listeners) == 1:
             return self.listeners * self.settings.workers
@@ -265,6 +287,8 @@ class Supervisor:
         self.host.process.stop(grace)
         for listener in self.listeners:
             listener.close()
+        if self.metrics_dir is not None:  # this run's metrics end with it
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 _now = time.monotonic

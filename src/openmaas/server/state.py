@@ -13,6 +13,7 @@ from openmaas.catalog.reloader import CatalogManager
 from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
 from openmaas.platform import Platform
+from openmaas.server.metrics import Metrics
 from openmaas.serving.gateway import Gateway
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
@@ -32,6 +33,7 @@ class AppState:
     usage: UsageRepository
     gateway: Gateway
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    metrics: Metrics | None = None  # None: no OPENMAAS_METRICS_TOKEN, nothing counted
 
     @property
     def settings(self) -> Settings:

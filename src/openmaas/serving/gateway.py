@@ -31,7 +31,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -43,7 +43,7 @@ from openmaas.aio import finish_despite_cancellation
 from openmaas.billing.accountant import Accountant, Ticket
 from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
-from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest
+from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest, OpenMaaSError
 from openmaas.core.keys import KeyRevoked
 from openmaas.core.termination import (
     Termination,
@@ -77,6 +77,15 @@ class Change(Protocol):
     def target(self) -> str: ...
 
 
+class Meter(Protocol):
+    """Where the gateway reports each usage record as written and each refusal (the
+    server's metrics, ``server/metrics.py``); both are called on the request path."""
+
+    def recorded(self, record: UsageRecord) -> None: ...
+
+    def refused(self, endpoint: str, model: str, exc: BaseException) -> None: ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -86,8 +95,10 @@ class Gateway:
         shutting_down: Callable[[], bool],
         bounds: RequestBounds | None = None,
         cache_key: bytes | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.catalog = catalog
+        self._meter = meter  # None: nothing counted
         self.bounds = bounds or RequestBounds()
         # Keys the organizations' prompt-cache scopes (``cache_scope``); one of its own when
         # none is given: isolated still, but not shared with other processes.
@@ -109,25 +120,33 @@ class Gateway:
         """Admit ``request`` (bounds, rate limits, its worst-case charge) without starting
         it: an async job is admitted at submit and started when its turn comes. End the
         reservation with :meth:`start` or :meth:`release`."""
-        self.catalog.check_allowed(principal.models, request.model)  # the key's models only
-        served = self.catalog.for_kind(request.model, ModelKind.CHAT)
-        self.bounds.check_generation(request)  # before admission: a refusal costs nothing
-        engine = served.engine
-        started = self._clock.monotonic()
+        try:
+            self.catalog.check_allowed(principal.models, request.model)  # the key's models only
+            served = self.catalog.for_kind(request.model, ModelKind.CHAT)
+        except OpenMaaSError as exc:
+            self._refused(endpoint, "", exc)  # not served: the client's name is no label
+            raise
         n = request.sampling.n  # n choices: n generations, each reading the prompt
+        engine = served.engine
 
         async def count_prompt() -> int:
             return n * await engine.count_prompt_tokens(request)
 
-        ticket = await self.accountant.admit(
-            principal,
-            served.name,
-            endpoint,
-            request.request_id,
-            count_prompt=count_prompt,
-            max_tokens=_times(n, request.sampling.max_tokens),
-            context_length=_times(n, served.context_length),
-        )
+        try:
+            self.bounds.check_generation(request)  # before admission: a refusal costs nothing
+            started = self._clock.monotonic()
+            ticket = await self.accountant.admit(
+                principal,
+                served.name,
+                endpoint,
+                request.request_id,
+                count_prompt=count_prompt,
+                max_tokens=_times(n, request.sampling.max_tokens),
+                context_length=_times(n, served.context_length),
+            )
+        except OpenMaaSError as exc:
+            self._refused(endpoint, request.model, exc)
+            raise
         return Reservation(principal, request, endpoint, ticket, started)
 
     async def start(self, reservation: Reservation) -> Generation:
@@ -139,8 +158,9 @@ class Gateway:
             routing = self._routing(reservation.request.routing, principal, ticket)
             request = replace(reservation.request, routing=routing)
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
-        except BaseException:
+        except BaseException as exc:
             await self.release(reservation)
+            self._refused(reservation.endpoint, request.model, exc)
             raise
         self._open += 1
         admitted = _Admitted(
@@ -148,7 +168,11 @@ class Gateway:
         )
         generation = admitted.generation = Generation(request, stream, admitted)
         self._live.setdefault(principal.key_id, set()).add(generation)
-        return await generation.start()
+        try:
+            return await generation.start()
+        except CapacityError as exc:  # refused before the first event: nothing recorded
+            self._refused(reservation.endpoint, request.model, exc)
+            raise
 
     async def release(self, reservation: Reservation) -> None:
         """A reserved request that will not start: its limits and hold are given back."""
@@ -176,27 +200,36 @@ class Gateway:
         headers: dict[str, str] | None = None,
     ) -> EmbeddingResult:
         """Embed, metered; ``headers`` (if given) receives the admission's rate-limit headers."""
-        self.catalog.check_allowed(principal.models, request.model)
-        served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
-        self.bounds.check_embedding(request, served.context_length)
-        started = self._clock.monotonic()
+        try:
+            self.catalog.check_allowed(principal.models, request.model)
+            served = self.catalog.for_kind(request.model, ModelKind.EMBEDDING)
+        except OpenMaaSError as exc:
+            self._refused(endpoint, "", exc)
+            raise
 
         async def count_prompt() -> int:
             return embedding_token_bound(request, served.context_length)
 
-        ticket = await self.accountant.admit(
-            principal,
-            served.name,
-            endpoint,
-            request.request_id,
-            count_prompt=count_prompt,
-            max_tokens=0,
-            context_length=served.context_length,
-        )
+        try:
+            self.bounds.check_embedding(request, served.context_length)
+            started = self._clock.monotonic()
+            ticket = await self.accountant.admit(
+                principal,
+                served.name,
+                endpoint,
+                request.request_id,
+                count_prompt=count_prompt,
+                max_tokens=0,
+                context_length=served.context_length,
+            )
+        except OpenMaaSError as exc:
+            self._refused(endpoint, request.model, exc)
+            raise
         if headers is not None and ticket.limit is not None:
             headers.update(ticket.limit.headers)
         termination: Termination | None = Termination.FINISHED
         error: str | None = None
+        failed: BaseException | None = None
         usage = Usage()
         request = replace(request, routing=self._routing(request.routing, principal, ticket))
         try:
@@ -205,12 +238,13 @@ class Gateway:
             return result
         except BaseException as exc:
             failure = failure_for(exc, shutting_down=self._shutting_down())
-            termination, error = failure.termination, failure.error
+            termination, error, failed = failure.termination, failure.error, exc
             raise
         finally:
             with anyio.CancelScope(shield=True):
                 if termination is None:  # refused before the engine saw it: no record
                     await self.accountant.cancel(ticket)
+                    self._refused(endpoint, request.model, failed)
                 else:
                     record = UsageRecord(
                         request.request_id,
@@ -231,12 +265,32 @@ class Gateway:
         """Settle and append the usage record (one transaction). The write runs as its own
         task and is waited for even if the caller is cancelled again meanwhile (a
         cancellation is re-raised afterwards)."""
+        write: Awaitable[UsageRecord] = self.accountant.finish(ticket, record)
+        if self._meter is not None:  # told as the write ends, even if the caller is cancelled
+            write = asyncio.ensure_future(write)
+            write.add_done_callback(self._count)
         try:
-            return await finish_despite_cancellation(self.accountant.finish(ticket, record))
+            return await finish_despite_cancellation(write)
         except Exception:
             # The record is also logged in full, so an operator can replay it.
             log.exception("failed to append usage record", extra={"usage": record})
             raise
+
+    def _count(self, write: asyncio.Future[UsageRecord]) -> None:
+        """A usage record written: the meter counts it where it is made, so the counters
+        agree with the records (a callback of the write's own task, which runs before the
+        caller resumes and whether or not the caller was cancelled meanwhile)."""
+        if self._meter is not None and not write.cancelled() and write.exception() is None:
+            self._meter.recorded(write.result())
+
+    def _refused(self, endpoint: str, model: str, exc: BaseException | None) -> None:
+        if self._meter is not None and isinstance(exc, OpenMaaSError):
+            self._meter.refused(endpoint, model, exc)
+
+    @property
+    def open_generations(self) -> int:
+        """Generations admitted whose usage record is not yet written."""
+        return self._open
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until every generation has recorded its usage (for shutdown)."""

@@ -291,6 +291,11 @@ class LedgerStore:
         except Exception:  # the snapshot is an optimization: the log stays the truth
             log.warning("a ledger snapshot was not written", exc_info=True)
 
+    @property
+    def backlog(self) -> int:
+        """Commands and writes queued, not yet in a batch (the metrics' writer backlog)."""
+        return len(self._queue)
+
     async def refresh(self) -> Ledger:
         """Catch up with events written by other processes; returns the current state."""
         async with self._lock:

@@ -32,6 +32,7 @@ class Access(Enum):
     KEY = "key"  # any valid key (member or admin); it sees its own organization only
     ADMIN = "admin"  # an admin key (a member key: 403)
     CONSOLE = "console"  # a person's console session, by CONSOLE_ROLES (keys are not read)
+    METRICS = "metrics"  # the metrics token (OPENMAAS_METRICS_TOKEN; keys are not read)
 
 
 class ConsoleAccess(Enum):
@@ -85,6 +86,7 @@ POLICY: dict[str, Access] = {
     "HEAD /": _PUBLIC,
     "GET /healthz": _PUBLIC,
     "GET /readyz": _PUBLIC,
+    "GET /metrics": Access.METRICS,  # 404 while no metrics token is set
     "GET /openapi.json": _PUBLIC,
     "HEAD /openapi.json": _PUBLIC,
     "GET /docs": _PUBLIC,

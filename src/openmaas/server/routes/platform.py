@@ -1,12 +1,16 @@
-"""OpenMaaS's own endpoints: the base URL's ``HEAD /``, health, readiness and usage."""
+"""OpenMaaS's own endpoints: the base URL's ``HEAD /``, health, readiness, metrics and
+usage."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from openmaas.core.errors import AuthenticationFailed, NotFound
 from openmaas.core.money import format_micros
 from openmaas.core.validation import checked_day
+from openmaas.server.metrics import authorized
 from openmaas.server.responses import json_response
 from openmaas.server.routes.common import authenticate
 from openmaas.server.state import app_state
@@ -25,6 +29,20 @@ async def root() -> Response:
 @router.get("/healthz", summary="Liveness: the process is up")
 async def healthz() -> Response:
     return json_response({"status": "ok"})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """The Prometheus text format (docs/metrics.md), behind ``OPENMAAS_METRICS_TOKEN``: 404
+    while it is unset (nothing is counted then), 401 without ``Authorization: Bearer``."""
+    state = app_state(request)
+    token, meter = state.settings.metrics_token, state.metrics
+    if token is None or meter is None:
+        raise NotFound("Not Found")
+    if not authorized(request, token):
+        raise AuthenticationFailed("A valid metrics token is required.")
+    meter.sample(state)
+    return Response(meter.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(
