@@ -97,6 +97,10 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.include_router(console_usage.router)  # before this router's catch-all
     app.include_router(console_play.router)
+    from openmaas.server.routes import console_ops, console_people  # they import this module
+
+    app.include_router(console_ops.router)
+    app.include_router(console_people.router)
     app.include_router(router)
 
 

@@ -1,0 +1,215 @@
+"""The console's operator pages (``routes/console_ops.py``): organizations, deployments,
+the catalog editor, prices and users, for operators only, each change made through the
+platform's own services and audited with the person as the actor."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from openmaas.server.app import create_app
+from openmaas.settings import Settings
+from openmaas.store.audit import read_audit
+from openmaas.store.people.users import UserRepository
+from tests.server.test_console import console_settings
+from tests.support.app import app_state
+from tests.support.people import PASSWORD, World, csrf_of, make_world, post_form, sign_in
+from tests.support.waiting import wait_until
+
+OPS = "/console/operator"
+CATALOG = """models:
+  - name: chat-a
+    kind: chat
+    deployments:
+      - id: one
+        engine: fake
+"""
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[tuple[TestClient, World, Settings]]:
+    settings = console_settings(tmp_path)
+    world = asyncio.run(make_world(settings))
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200, what="the fake engine")
+        sign_in(client, "ops@example.com")
+        yield client, world, settings
+
+
+def _audit(client: TestClient) -> list[tuple[str, str, str]]:
+    """Every audit entry (actor, action, target), read on the application's loop."""
+
+    async def read() -> list[tuple[str, str, str]]:
+        entries = await read_audit(app_state(client).platform.database, 10_000)
+        return [(e.actor, e.action, e.target) for e in reversed(entries)]
+
+    assert client.portal is not None
+    return client.portal.call(read)
+
+
+def _user_id(client: TestClient, email: str) -> str:
+    async def read() -> str:
+        return (await UserRepository(app_state(client).platform.database).find(email)).id
+
+    assert client.portal is not None
+    return client.portal.call(read)
+
+
+def test_an_operator_creates_an_org_tops_it_up_sets_its_terms_and_grants_a_pack(
+    console: tuple[TestClient, World, Settings],
+) -> None:
+    client, world, settings = console
+    listing = client.get(f"{OPS}/orgs")
+    assert listing.status_code == 200
+    assert "org-a" in listing.text and "CN¥1,234.50" in listing.text  # A's balance
+
+    made = post_form(client, f"{OPS}/orgs", f"{OPS}/orgs", name="globex", currency="USD")
+    assert made.status_code == 303
+    page = client.get(made.headers["location"])
+    assert "globex" in page.text and "The organization is created." in page.text
+    org = made.headers["location"].split("/")[-1].split("?")[0]
+
+    done = post_form(client, f"{OPS}/orgs/{org}", f"{OPS}/orgs/{org}/topup", amount="250.5")
+    assert done.status_code == 303
+    assert 'data-figure="available">$250.50' in client.get(f"{OPS}/orgs/{org}").text
+
+    terms = post_form(
+        client,
+        f"{OPS}/orgs/{org}",
+        f"{OPS}/orgs/{org}/terms",
+        credit_limit="100",
+        data_policy="local_only",
+    )
+    assert terms.status_code == 303
+    shown = client.get(f"{OPS}/orgs/{org}").text
+    assert 'data-figure="credit">$100.00' in shown and "local only" in shown
+    assert 'data-figure="available">$350.50' in shown
+
+    bad_tier = post_form(client, f"{OPS}/orgs/{org}", f"{OPS}/orgs/{org}/terms", tier="Gold")
+    assert bad_tier.status_code == 400 and "Gold" in bad_tier.text  # no such tier: refused
+
+    pack = post_form(
+        client,
+        f"{OPS}/orgs/{org}",
+        f"{OPS}/orgs/{org}/packs",
+        models="fake-chat",
+        tokens="1,000",
+        expires_at="2099-01-01",
+    )
+    assert pack.status_code == 303
+    assert "1,000" in client.get(f"{OPS}/orgs/{org}").text
+
+    promo = post_form(
+        client, f"{OPS}/orgs/{org}", f"{OPS}/orgs/{org}/topup", amount="-5", kind="promo"
+    )
+    assert promo.status_code == 400  # the service's own check: nothing written
+
+    ops = f"user:{_user_id(client, 'ops@example.com')}"
+    mine = [(action, target) for actor, action, target in _audit(client) if actor == ops]
+    assert [a for a, _t in mine] == [
+        "org.create",
+        "billing.topup",
+        "org.update",
+        "billing.pack_grant",
+    ]
+    del world
+
+
+def test_the_catalog_editor_shows_each_error_on_its_line_and_saves_as_the_api_does(
+    console: tuple[TestClient, World, Settings],
+) -> None:
+    client, _world, settings = console
+    broken = CATALOG.replace("kind: chat", "kind: chat\n    context_length: lots")
+    checked = post_form(client, f"{OPS}/catalog", f"{OPS}/catalog", document=broken, check="1")
+    assert checked.status_code == 400
+    bad = re.findall(r'<tr class="bad" data-line="(\d+)">', checked.text)
+    assert bad == ["4"]  # the line of context_length, with its error beside it
+    assert "context_length" in checked.text.split('data-line="4"')[1].split("</tr>")[0]
+    assert "1 errors" in checked.text or "has 1" in checked.text
+
+    empty = post_form(client, f"{OPS}/catalog", f"{OPS}/catalog", document="models: []\n")
+    assert empty.status_code == 400 and "declares no models" in empty.text
+
+    valid = post_form(client, f"{OPS}/catalog", f"{OPS}/catalog", document=CATALOG, check="1")
+    assert valid.status_code == 200 and "1 models" in valid.text
+
+    saved = post_form(client, f"{OPS}/catalog", f"{OPS}/catalog", document=CATALOG)
+    assert saved.status_code == 303
+    assert "chat-a" in client.get(f"{OPS}/catalog").text
+    models = client.get(f"{OPS}/models").text
+    assert 'data-model="chat-a"' in models and "closed" in models  # its circuit
+    assert any(a == "catalog.apply" and actor.startswith("user:") for actor, a, _ in _audit(client))
+
+
+def test_prices_are_listed_and_set(console: tuple[TestClient, World, Settings]) -> None:
+    client, _world, _settings = console
+    page = client.get(f"{OPS}/prices")
+    assert page.status_code == 200 and "fake-chat" in page.text and "in force" in page.text
+    set_ = post_form(
+        client,
+        f"{OPS}/prices",
+        f"{OPS}/prices",
+        model="chat-b",
+        currency="CNY",
+        input="1",
+        cached_input="0.25",
+        output="3",
+    )
+    assert set_.status_code == 303
+    assert "chat-b" in client.get(f"{OPS}/prices").text
+    missing = post_form(client, f"{OPS}/prices", f"{OPS}/prices", model="chat-c", input="1")
+    assert missing.status_code == 400 and "cached_input" in missing.text
+
+
+def test_an_operator_makes_an_operator_and_disables_a_user_who_is_signed_out(
+    console: tuple[TestClient, World, Settings],
+) -> None:
+    client, _world, settings = console
+    other = TestClient(client.app, base_url="https://testserver")
+    assert sign_in(other, "member@example.com").status_code == 303
+    assert other.get("/console").status_code == 200
+    assert other.get(f"{OPS}/users").status_code == 403  # not yet
+
+    page = client.get(f"{OPS}/users").text
+    member = re.search(r'data-user="member@example.com">\s*<td>member@example.com '
+                       r'<span class="mono help">(usr_\w+)', page).group(1)  # type: ignore[union-attr]  # fmt: skip
+    made = post_form(client, f"{OPS}/users", f"{OPS}/users/{member}/operator", operator="1")
+    assert made.status_code == 303
+    assert other.get(f"{OPS}/users").status_code == 200  # an operator now
+
+    off = post_form(client, f"{OPS}/users", f"{OPS}/users/{member}/disabled", disabled="1")
+    assert off.status_code == 303
+    assert other.get("/console", follow_redirects=False).status_code == 303  # signed out
+    assert sign_in(other, "member@example.com", PASSWORD).status_code == 401
+
+    ops = _user_id(client, "ops@example.com")
+    myself = post_form(client, f"{OPS}/users", f"{OPS}/users/{ops}/disabled", disabled="1")
+    assert myself.status_code == 400  # an operator does not lock themselves out
+    actions = [a for actor, a, _t in _audit(client) if actor == f"user:{ops}"]
+    assert actions == ["user.operator", "user.disable"]
+
+
+def test_only_operators_reach_the_operator_pages_and_every_post_needs_the_csrf_token(
+    console: tuple[TestClient, World, Settings],
+) -> None:
+    client, world, _settings = console
+    for path in ("orgs", f"orgs/{world.org_a}", "models", "catalog", "prices", "users"):
+        assert client.get(f"{OPS}/{path}").status_code == 200
+    no_token = client.post(f"{OPS}/orgs", data={"name": "sneaky"})
+    assert no_token.status_code == 403
+    wrong = client.post(f"{OPS}/orgs/{world.org_a}/topup", data={"amount": "9", "csrf": "x"})
+    assert wrong.status_code == 403
+    for person in ("member@example.com", "viewer@example.com", "bob@example.com"):
+        sign_in(client, person)
+        token = csrf_of(client.get("/console/password"))
+        for path in ("orgs", f"orgs/{world.org_a}", "models", "catalog", "prices", "users"):
+            assert client.get(f"{OPS}/{path}").status_code == 403
+        topup = client.post(f"{OPS}/orgs/{world.org_a}/topup", data={"amount": "9", "csrf": token})
+        assert topup.status_code == 403
+    client.cookies.clear()
+    assert client.get(f"{OPS}/orgs", follow_redirects=False).status_code == 303  # sign in
