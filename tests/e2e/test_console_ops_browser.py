@@ -155,7 +155,7 @@ def test_the_operator_pages_in_chinese_and_at_phone_width(
     page.get_by_role("link", name="default", exact=True).click()
     page.get_by_role("heading", name="充值", exact=True).wait_for()
     _shot(page, "ops-org-zh-CN")
-    page.get_by_role("link", name="模型目录", exact=True).click()
+    page.get_by_role("link", name="目录编辑", exact=True).click()
     page.get_by_label("文档", exact=True).fill(BROKEN)
     page.get_by_role("button", name="检查", exact=True).click()
     page.locator("tr.bad").wait_for()
