@@ -63,7 +63,7 @@ def test_both_languages_have_every_message() -> None:
 def _path(route: str, world: World, org: str) -> str:
     path = route.split(" ", 1)[1]
     path = path.replace("{org}", org).replace("{key_id}", world.key_a)
-    for name in ("{user_id}", "{invitation_id}", "{token}"):  # none such: refused, not done
+    for name in ("{user_id}", "{invitation_id}"):  # none such: refused, not done
         path = path.replace(name, "nobody")
     return path.replace("{path:path}", "console.css")
 

@@ -83,9 +83,9 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     "POST /console/orgs/{org}/members/{user_id}/role": ConsoleAccess.ADMIN,
     "POST /console/orgs/{org}/members/{user_id}/remove": ConsoleAccess.ADMIN,
     "POST /console/orgs/{org}/invitations/{invitation_id}/revoke": ConsoleAccess.ADMIN,
-    "GET /console/invitations/{token}": ConsoleAccess.PUBLIC,  # the token is the permission
-    "POST /console/invitations/{token}/sign-up": ConsoleAccess.PUBLIC,
-    "POST /console/invitations/{token}/accept": ConsoleAccess.SIGNED_IN,
+    "GET /console/invitation": ConsoleAccess.PUBLIC,  # ?token=: the token is the permission
+    "POST /console/invitation/sign-up": ConsoleAccess.PUBLIC,
+    "POST /console/invitation/accept": ConsoleAccess.SIGNED_IN,
     # the platform's pages (routes/console_ops.py)
     **dict.fromkeys(
         (

@@ -1,7 +1,8 @@
 """The console's members and invitations: an organization's owners and admins list its
 members, change their roles, remove them and invite people by email
-(``/console/orgs/{org}/members``); whoever has an invitation's link accepts it signed in
-with the invited email, or signs up through it (even when open sign-up is off).
+(``/console/orgs/{org}/members``); whoever has an invitation's link
+(``/console/invitation?token=...``) accepts it signed in with the invited email, or signs
+up through it (even when open sign-up is off).
 
 The rules live in ``accounts/people_roles.py`` (the last owner stays, only an owner
 touches owners, a token is good once until it expires); this module renders them, and
@@ -34,8 +35,9 @@ ROLES = [r.label for r in sorted(OrgRole, reverse=True)]
 
 
 def invitation_link(request: Request, token: str) -> str:
-    """The link to hand the invited person (this server's address, as the browser used it)."""
-    return f"{str(request.base_url).rstrip('/')}{PREFIX}/invitations/{token}"
+    """The link to hand the invited person (this server's address, as the browser used it).
+    The token rides in the query, never the path: the access log writes paths."""
+    return f"{str(request.base_url).rstrip('/')}{PREFIX}/invitation?token={token}"
 
 
 async def _members_page(
@@ -135,19 +137,20 @@ async def _invitation_page(visit: Visit, token: str, status: int = 200, **values
     return visit.render("invitation.html", status, invitation=found, token=token, **values)
 
 
-@router.get("/invitations/{token}")
+@router.get("/invitation")
 @page
-async def invitation(request: Request, token: str) -> Response:
+async def invitation(request: Request) -> Response:
     visit = await _enter(request)
-    return await _invitation_page(visit, token)
+    return await _invitation_page(visit, request.query_params.get("token", "")[:100])
 
 
-@router.post("/invitations/{token}/accept")
+@router.post("/invitation/accept")
 @page
-async def accept(request: Request, token: str) -> Response:
+async def accept(request: Request) -> Response:
     """Signed in with the invited email: join the organization."""
     visit = await _enter(request)
     assert visit.user is not None
+    token = visit.form.get("token", "")[:100]
     try:
         found = await roles(visit).accept(token, visit.user)
     except InvitationClosed:
@@ -157,11 +160,12 @@ async def accept(request: Request, token: str) -> Response:
     return visit.redirect(f"{PREFIX}/orgs/{found.org_id}/keys")
 
 
-@router.post("/invitations/{token}/sign-up")
+@router.post("/invitation/sign-up")
 @page
-async def sign_up(request: Request, token: str) -> Response:
+async def sign_up(request: Request) -> Response:
     """A new account with the invited email, in the organization, signed in."""
     visit = await _enter(request)
+    token = visit.form.get("token", "")[:100]
     password = visit.form.get("password", "")
     if password != visit.form.get("password2"):
         return await _invitation_page(visit, token, 400, error=visit.t("passwords_differ"))
