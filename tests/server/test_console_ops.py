@@ -226,7 +226,7 @@ def test_every_new_post_needs_a_session_and_its_csrf_token_and_writes_nothing_wi
         if route.startswith("POST ")
         and ("/operator/" in route or "/members" in route or "/invitation" in route)  # fmt: skip
     ]
-    assert len(ours) == 14
+    assert len(ours) == 15
     ops = _user_id(client, "ops@example.com")
     fills = {"{org}": world.org_a, "{user_id}": ops, "{invitation_id}": "inv_x"}
     token = csrf_of(client.get("/console/password"))
@@ -272,3 +272,50 @@ def test_the_admin_api_answers_the_same_changes_to_admin_keys_only(
     ):
         reply = client.request(method, path, json=body, headers=member)
         assert reply.status_code == 403, f"{method} {path}: {reply.status_code}"
+
+
+def test_a_suspended_organizations_member_keys_are_refused_until_it_is_resumed(
+    console: tuple[TestClient, World, Settings],
+) -> None:
+    client, world, settings = console
+
+    async def keys() -> tuple[str, str]:
+        accounts = app_state(client).platform.accounts_admin("cli:test")
+        member = await accounts.issue_key(world.org_a, "member")
+        admin = await accounts.issue_key(world.org_a, "admin", role="admin")
+        return member.token, admin.token
+
+    assert client.portal is not None
+    member_token, admin_token = client.portal.call(keys)
+    member = {"authorization": f"Bearer {member_token}"}
+    admin = {"authorization": f"Bearer {admin_token}"}
+    assert client.get("/v1/models", headers=member).status_code == 200
+
+    page = f"{OPS}/orgs/{world.org_a}"
+    off = post_form(client, page, f"{page}/suspension", suspended="1")
+    assert off.status_code == 303
+    assert "data-suspended" in client.get(page).text
+    assert "data-suspended" in client.get(f"{OPS}/orgs").text
+    refused = client.get("/v1/models", headers=member)
+    assert refused.status_code == 403 and "suspended" in refused.text
+    chat = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/v1/chat/completions", json=chat, headers=member).status_code == 403
+    assert client.get("/v1/models", headers=admin).status_code == 200  # admin keys run it all
+
+    on = post_form(client, page, f"{page}/suspension", suspended="0")
+    assert on.status_code == 303
+    assert client.get("/v1/models", headers=member).status_code == 200
+
+    suspension = f"/admin/v1/orgs/{world.org_a}/suspension"
+    assert client.put(suspension, headers=member).status_code == 403  # a member key: never
+    assert client.put(suspension, headers=admin).status_code == 204
+    assert client.get("/v1/models", headers=member).status_code == 403
+    assert client.delete(suspension, headers=admin).status_code == 204
+    assert client.get("/v1/models", headers=member).status_code == 200
+    ops = f"user:{_user_id(client, 'ops@example.com')}"
+    done = [
+        (actor, a) for actor, a, t in _audit(client) if a.startswith("org.s") or a == "org.resume"
+    ]
+    assert [a for _actor, a in done] == ["org.suspend", "org.resume"] * 2
+    assert done[0][0] == ops and done[2][0].startswith("key:")
+    del settings

@@ -1,6 +1,7 @@
 """The console's operator pages (``/console/operator/...``, operators only): organizations
-(create, tier, data policy, credit limit, top up, resource packs), models and deployments
-as the platform reports them, the catalog editor, prices, and users.
+(create, tier, data policy, credit limit, top up, resource packs, suspend and resume),
+models and deployments as the platform reports them, the catalog editor, prices, and
+users.
 
 Every page passes ``console._enter`` (the route's row in ``access.CONSOLE_ROLES`` says
 operators only) and calls the services the admin API calls, as the person
@@ -37,7 +38,15 @@ router = APIRouter(prefix=f"{PREFIX}/operator", include_in_schema=False)
 OPS = f"{PREFIX}/operator"
 MAX_ORGS_SHOWN = 500  # the list filters by name beyond that
 MAX_CATALOG_CHARS = 200_000
-DONE = ("created", "terms", "topup", "promo", "pack")  # what an organization's page confirms
+DONE = (
+    "created",
+    "terms",
+    "topup",
+    "promo",
+    "pack",
+    "suspended",
+    "resumed",
+)  # what an organization's page confirms
 
 
 def _billing(visit: Visit) -> BillingAdmin:
@@ -85,10 +94,13 @@ async def _orgs_page(visit: Visit, status: int = 200, **values: Any) -> Response
         if wanted.lower() in o.name.lower()
     ]
     tiers = [t.name for t in await billing.list_tiers()]
+    assert visit.user is not None
+    suspended = await visit.platform.suspensions(actor_of(visit.user)).suspended()
     return visit.render(
         "ops_orgs.html",
         status,
         page="ops_orgs",
+        suspended=suspended,
         rows=rows[:MAX_ORGS_SHOWN],
         more=max(0, len(rows) - MAX_ORGS_SHOWN),
         q=wanted,
@@ -125,14 +137,17 @@ async def create_org(request: Request) -> Response:
 
 
 async def _org_page(visit: Visit, org: str, status: int = 200, **values: Any) -> Response:
+    assert visit.user is not None
     billing = _billing(visit)
     found = await billing.org(org)
     done = visit.request.query_params.get("done", "")
+    suspended = await visit.platform.suspensions(actor_of(visit.user)).suspended()
     return visit.render(
         "ops_org.html",
         status,
         page="ops_orgs",
         target=found,
+        suspended_at=suspended.get(found.id),
         balance=await billing.balance(found.id),
         tiers=[t.name for t in await billing.list_tiers()],
         policies=[p.value for p in DataPolicy],
@@ -193,6 +208,21 @@ async def org_topup(request: Request, org: str) -> Response:
     if visit.form.get("kind") == "promo":
         return await _change(visit, org, "promo", billing.grant_promo(org, funds))
     return await _change(visit, org, "topup", billing.top_up(org, funds))
+
+
+@router.post("/orgs/{org}/suspension")
+@page
+async def org_suspension(request: Request, org: str) -> Response:
+    """``suspended=1`` suspends the organization (its member keys refused), ``0`` resumes
+    it, as ``PUT`` / ``DELETE /admin/v1/orgs/{org}/suspension`` do."""
+    visit = await _enter(request)
+    assert visit.user is not None
+    flag = visit.form.get("suspended")
+    if flag not in ("0", "1"):
+        return await _org_page(visit, org, 400, error="'suspended' must be 0 or 1.")
+    suspensions = visit.platform.suspensions(actor_of(visit.user))
+    change = suspensions.suspend(org) if flag == "1" else suspensions.resume(org)
+    return await _change(visit, org, "suspended" if flag == "1" else "resumed", change)
 
 
 @router.post("/orgs/{org}/packs")

@@ -72,3 +72,10 @@ invitations = Table(  # migration 0012
     Column("revoked_at_ms", BigInteger, nullable=True),
     Index("ix_invitations_org", "org_id"),
 )
+
+org_suspensions = Table(  # migration 0012: a row while the organization is suspended
+    "org_suspensions",
+    metadata,
+    Column("org_id", String(40), ForeignKey("organizations.id"), primary_key=True),
+    Column("suspended_at_ms", BigInteger, nullable=False),
+)

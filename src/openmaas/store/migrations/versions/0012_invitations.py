@@ -1,5 +1,6 @@
 """Invitations to an organization (store/people/invitations.py): an email, a role, who
-invited, when it expires, and only the SHA-256 of its single-use token.
+invited, when it expires, and only the SHA-256 of its single-use token; and the
+organizations an operator suspended (store/people/suspensions.py).
 
 Revision ID: 0012
 Revises: 0013
@@ -30,8 +31,14 @@ def upgrade() -> None:
         sa.Column("revoked_at_ms", sa.BigInteger, nullable=True),
     )
     op.create_index("ix_invitations_org", "invitations", ["org_id"])
+    op.create_table(
+        "org_suspensions",
+        sa.Column("org_id", sa.String(40), sa.ForeignKey("organizations.id"), primary_key=True),
+        sa.Column("suspended_at_ms", sa.BigInteger, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("org_suspensions")
     op.drop_index("ix_invitations_org", table_name="invitations")
     op.drop_table("invitations")
