@@ -3,7 +3,7 @@
 models and deployments as the platform reports them, the catalog editor, prices, and
 users.
 
-Every page passes ``console._enter`` (the route's row in ``access.CONSOLE_ROLES`` says
+Every page passes ``console.enter`` (the route's row in ``access.CONSOLE_ROLES`` says
 operators only) and calls the services the admin API calls, as the person
 (``user:<id>`` in the audit log): ``billing_admin``, ``accounts_admin``, ``catalog_admin``
 and ``accounts/people_roles.py``. A refused change shows the service's message on the page
@@ -31,7 +31,7 @@ from openmaas.catalog.reloader import CatalogFileManaged
 from openmaas.core.errors import InvalidRequest
 from openmaas.core.money import Currency
 from openmaas.core.types import DataPolicy
-from openmaas.server.routes.console import PREFIX, SIGN_UP_ACTOR, Visit, _enter, page
+from openmaas.server.routes.console import PREFIX, SIGN_UP_ACTOR, Visit, enter, page
 from openmaas.server.state import app_state
 
 router = APIRouter(prefix=f"{PREFIX}/operator", include_in_schema=False)
@@ -113,14 +113,14 @@ async def _orgs_page(visit: Visit, status: int = 200, **values: Any) -> Response
 @router.get("/orgs")
 @page
 async def orgs(request: Request) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     return await _orgs_page(visit)
 
 
 @router.post("/orgs")
 @page
 async def create_org(request: Request) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     assert visit.user is not None
     form = visit.form
     body: dict[str, Any] = {"name": form.get("name", "").strip()}
@@ -159,7 +159,7 @@ async def _org_page(visit: Visit, org: str, status: int = 200, **values: Any) ->
 @router.get("/orgs/{org}")
 @page
 async def org_detail(request: Request, org: str) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     return await _org_page(visit, org)
 
 
@@ -177,7 +177,7 @@ async def _change(visit: Visit, org: str, done: str, change: Any) -> Response:
 @page
 async def org_terms(request: Request, org: str) -> Response:
     """Tier (``-``: none), data policy and credit limit; a field left empty stays."""
-    visit = await _enter(request)
+    visit = await enter(request)
     form = visit.form
     body: dict[str, Any] = {}
     tier = form.get("tier", "").strip()
@@ -199,7 +199,7 @@ async def org_terms(request: Request, org: str) -> Response:
 @page
 async def org_topup(request: Request, org: str) -> Response:
     """Money in: prepaid cash, or promotional credit (``kind=promo``)."""
-    visit = await _enter(request)
+    visit = await enter(request)
     billing = _billing(visit)
     try:
         funds = NewFunds.parse({"amount": visit.form.get("amount", "").strip()})
@@ -215,7 +215,7 @@ async def org_topup(request: Request, org: str) -> Response:
 async def org_suspension(request: Request, org: str) -> Response:
     """``suspended=1`` suspends the organization (its member keys refused), ``0`` resumes
     it, as ``PUT`` / ``DELETE /admin/v1/orgs/{org}/suspension`` do."""
-    visit = await _enter(request)
+    visit = await enter(request)
     assert visit.user is not None
     flag = visit.form.get("suspended")
     if flag not in ("0", "1"):
@@ -228,7 +228,7 @@ async def org_suspension(request: Request, org: str) -> Response:
 @router.post("/orgs/{org}/packs")
 @page
 async def org_pack(request: Request, org: str) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     form = visit.form
     tokens = form.get("tokens", "").strip().replace(",", "")
     body = {
@@ -252,7 +252,7 @@ async def org_pack(request: Request, org: str) -> Response:
 async def models(request: Request) -> Response:
     """Every served model, its deployments' health, load, circuit and routing (as
     ``GET /admin/v1/models`` reports them)."""
-    visit = await _enter(request)
+    visit = await enter(request)
     state = app_state(request)
     catalog = state.catalog
     described = [describe_model(m, catalog.aliases) for m in catalog.list()]
@@ -306,7 +306,7 @@ async def _catalog_page(visit: Visit, status: int = 200, **values: Any) -> Respo
 @router.get("/catalog")
 @page
 async def catalog(request: Request) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     saved = request.query_params.get("saved", "")
     return await _catalog_page(visit, saved=saved if saved.isalnum() else None)
 
@@ -316,7 +316,7 @@ async def catalog(request: Request) -> Response:
 async def save_catalog(request: Request) -> Response:
     """``check=1``: the platform's own checks, nothing saved; else the document applied
     as ``PUT /admin/v1/catalog`` applies it (an empty one only with ``allow_empty``)."""
-    visit = await _enter(request)
+    visit = await enter(request)
     text = visit.form.get("document", "").replace("\r\n", "\n")
     admin = _catalog(visit)
     if len(text) > MAX_CATALOG_CHARS:
@@ -361,14 +361,14 @@ async def _prices_page(visit: Visit, status: int = 200, **values: Any) -> Respon
 @router.get("/prices")
 @page
 async def prices(request: Request) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     return await _prices_page(visit, done=request.query_params.get("done") == "1")
 
 
 @router.post("/prices")
 @page
 async def set_price(request: Request) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     form = visit.form
     body: dict[str, Any] = {}
     for name in ("model", "currency", "input", "cached_input", "output", "reasoning",
@@ -403,7 +403,7 @@ async def _users_page(visit: Visit, status: int = 200, **values: Any) -> Respons
 @router.get("/users")
 @page
 async def users(request: Request) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     return await _users_page(visit)
 
 
@@ -411,7 +411,7 @@ async def users(request: Request) -> Response:
 @page
 async def user_operator(request: Request, user_id: str) -> Response:
     """``operator=1`` makes the user an operator, ``operator=0`` unmakes one."""
-    visit = await _enter(request)
+    visit = await enter(request)
     assert visit.user is not None
     flag = visit.form.get("operator")
     try:
@@ -427,7 +427,7 @@ async def user_operator(request: Request, user_id: str) -> Response:
 @page
 async def user_disabled(request: Request, user_id: str) -> Response:
     """``disabled=1`` disables the user (their sessions end), ``disabled=0`` enables."""
-    visit = await _enter(request)
+    visit = await enter(request)
     assert visit.user is not None
     flag = visit.form.get("disabled")
     try:

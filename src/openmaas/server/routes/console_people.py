@@ -24,7 +24,7 @@ from openmaas.server.routes.console import (
     PREFIX,
     SESSION_COOKIE,
     Visit,
-    _enter,
+    enter,
     page,
     set_cookie,
 )
@@ -64,14 +64,14 @@ async def _members_page(
 @router.get("/orgs/{org}/members")
 @page
 async def members(request: Request, org: str) -> Response:
-    visit = await _enter(request, org)
+    visit = await enter(request, org)
     return await _members_page(visit)
 
 
 @router.post("/orgs/{org}/members/invite")
 @page
 async def invite(request: Request, org: str) -> Response:
-    visit = await _enter(request, org)
+    visit = await enter(request, org)
     assert visit.org is not None
     try:
         role = OrgRole.parse(visit.form.get("role", ""))
@@ -86,7 +86,7 @@ async def invite(request: Request, org: str) -> Response:
 @router.post("/orgs/{org}/members/{user_id}/role")
 @page
 async def set_role(request: Request, org: str, user_id: str) -> Response:
-    visit = await _enter(request, org)
+    visit = await enter(request, org)
     assert visit.org is not None
     try:
         role = OrgRole.parse(visit.form.get("role", ""))
@@ -101,7 +101,7 @@ async def set_role(request: Request, org: str, user_id: str) -> Response:
 @router.post("/orgs/{org}/members/{user_id}/remove")
 @page
 async def remove(request: Request, org: str, user_id: str) -> Response:
-    visit = await _enter(request, org)
+    visit = await enter(request, org)
     assert visit.org is not None and visit.user is not None
     try:
         await roles(visit).remove(visit.org, user_id)
@@ -117,7 +117,7 @@ async def remove(request: Request, org: str, user_id: str) -> Response:
 @router.post("/orgs/{org}/invitations/{invitation_id}/revoke")
 @page
 async def revoke_invitation(request: Request, org: str, invitation_id: str) -> Response:
-    visit = await _enter(request, org)
+    visit = await enter(request, org)
     assert visit.org is not None
     try:
         await roles(visit).revoke_invitation(visit.org, invitation_id)
@@ -140,7 +140,7 @@ async def _invitation_page(visit: Visit, token: str, status: int = 200, **values
 @router.get("/invitation")
 @page
 async def invitation(request: Request) -> Response:
-    visit = await _enter(request)
+    visit = await enter(request)
     return await _invitation_page(visit, request.query_params.get("token", "")[:100])
 
 
@@ -148,7 +148,7 @@ async def invitation(request: Request) -> Response:
 @page
 async def accept(request: Request) -> Response:
     """Signed in with the invited email: join the organization."""
-    visit = await _enter(request)
+    visit = await enter(request)
     assert visit.user is not None
     token = visit.form.get("token", "")[:100]
     try:
@@ -164,7 +164,7 @@ async def accept(request: Request) -> Response:
 @page
 async def sign_up(request: Request) -> Response:
     """A new account with the invited email, in the organization, signed in."""
-    visit = await _enter(request)
+    visit = await enter(request)
     token = visit.form.get("token", "")[:100]
     password = visit.form.get("password", "")
     if password != visit.form.get("password2"):
