@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from openmaas.accounts.admin import AccountsAdmin, IssuedKey, ensure_home, first_run
 from openmaas.accounts.auth import load_master_key
 from openmaas.accounts.keycache import KeyCache, KeySource
+from openmaas.accounts.suspensions import SuspendedOrgs, Suspensions
 from openmaas.billing.accountant import Accountant
 from openmaas.billing.admin import BillingAdmin
 from openmaas.billing.limiter import InProcessLimiter, Limiter
@@ -71,6 +72,7 @@ class Platform:
     feed: ChangeFeed | None = None  # serving only: every process's changes, polled
     key_cache: KeyCache | None = None  # serving only: keys from memory, kept by the feed
     async_jobs: AsyncJobStore | None = None  # serving only: jobs this process runs
+    suspended: SuspendedOrgs | None = None  # serving only: suspended organizations, by the feed
 
     @property
     def keys(self) -> KeySource:
@@ -99,6 +101,10 @@ class Platform:
         return CatalogAdmin(
             self.changes(actor), self.settings, self.master_key, manager=self.catalog_manager
         )
+
+    def suspensions(self, actor: str) -> Suspensions:
+        """Suspending and resuming organizations (operators, admin keys)."""
+        return Suspensions(self.changes(actor))
 
     async def first_run(self) -> IssuedKey | None:
         """The default organization and admin key on the very first start (None later)."""
@@ -196,8 +202,11 @@ async def open_platform(
             key_cache = KeyCache(ApiKeyRepository(database), current=feed.current)
             feed.subscribe(key_cache.apply)
             feed.subscribe(accountant.apply_changes)
+            suspended = SuspendedOrgs(database, current=feed.current)
+            feed.subscribe(suspended.apply)
             await feed.start()  # before anything is cached
             platform.feed, platform.key_cache = feed, key_cache
+            platform.suspended = suspended
             models = catalog or build_catalog(settings)
             manager = CatalogManager(models, settings, database, platform.master_key, clock)
             await manager.start()  # the catalog document's models join the settings' ones

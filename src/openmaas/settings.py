@@ -296,6 +296,12 @@ class Settings(BaseSettings):
     console_lockout_failures: int = Field(
         5, ge=1, description="Failed sign-ins to one account before it is locked 15 minutes."
     )
+    console_invitation_hours: float = Field(
+        72,
+        gt=0,
+        le=24 * 90,
+        description="An invitation to an organization can be accepted for this long.",
+    )
 
     @field_validator("sqlite_synchronous")
     @classmethod

@@ -177,6 +177,12 @@ API_CHANGES: dict[str, Call] = {
     "POST /admin/v1/orgs": Call("/admin/v1/orgs", {"name": "globex", "credit_limit": "5"}),
     "PATCH /admin/v1/orgs/{org}": Call("/admin/v1/orgs/{org}", {"tier": "V1"}),
     "POST /admin/v1/orgs/{org}/topups": Call("/admin/v1/orgs/{org}/topups", {"amount": "10"}),
+    "PUT /admin/v1/orgs/{org}/suspension": Call(
+        "/admin/v1/orgs/{org}/suspension", {"reason": "unpaid"}
+    ),
+    "DELETE /admin/v1/orgs/{org}/suspension": Call(
+        "/admin/v1/orgs/{org}/suspension", setup=(("PUT", "/admin/v1/orgs/{org}/suspension", {}),)
+    ),
     "POST /admin/v1/orgs/{org}/promotions": Call(
         "/admin/v1/orgs/{org}/promotions", {"amount": "2"}
     ),

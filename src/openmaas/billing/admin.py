@@ -325,6 +325,23 @@ class BillingAdmin:
             leased_promo + leased_cash,
         )
 
+    async def balances(self) -> dict[str, tuple[int, int]]:
+        """Every organization's available money and credit limit, as ``balance`` reports
+        them, from one read of the ledger (the operators' list of organizations)."""
+        ledger = await self.ledger.refresh()
+        found = {}
+        for org in await self._orgs.list():
+            opened = ledger.orgs.get(org.id)
+            credit_limit = opened.credit_limit if opened is not None else 0
+            leased_promo, leased_cash = ledger.leased_parts(org.id)
+            available = (
+                ledger.balance(cash(org.id)) + leased_cash
+                + ledger.balance(promo(org.id)) + leased_promo
+                + credit_limit
+            )  # fmt: skip
+            found[org.id] = (available, credit_limit)
+        return found
+
     async def usage(
         self, org: str, since_day: str | None = None, until_day: str | None = None
     ) -> list[UsageTotal]:

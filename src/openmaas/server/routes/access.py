@@ -78,6 +78,36 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     "GET /console/orgs/{org}/playground": ConsoleAccess.MEMBER,
     "POST /console/orgs/{org}/playground/key": ConsoleAccess.MEMBER,
     "GET /console/orgs/{org}/sdk": ConsoleAccess.VIEWER,
+    # members and invitations (routes/console_people.py)
+    "GET /console/orgs/{org}/members": ConsoleAccess.ADMIN,
+    "POST /console/orgs/{org}/members/invite": ConsoleAccess.ADMIN,
+    "POST /console/orgs/{org}/members/{user_id}/role": ConsoleAccess.ADMIN,
+    "POST /console/orgs/{org}/members/{user_id}/remove": ConsoleAccess.ADMIN,
+    "POST /console/orgs/{org}/invitations/{invitation_id}/revoke": ConsoleAccess.ADMIN,
+    "GET /console/invitation": ConsoleAccess.PUBLIC,  # ?token=: the token is the permission
+    "POST /console/invitation/sign-up": ConsoleAccess.PUBLIC,
+    "POST /console/invitation/accept": ConsoleAccess.SIGNED_IN,
+    # the platform's pages (routes/console_ops.py)
+    **dict.fromkeys(
+        (
+            "GET /console/operator/orgs",
+            "POST /console/operator/orgs",
+            "GET /console/operator/orgs/{org}",
+            "POST /console/operator/orgs/{org}/terms",
+            "POST /console/operator/orgs/{org}/topup",
+            "POST /console/operator/orgs/{org}/packs",
+            "POST /console/operator/orgs/{org}/suspension",
+            "GET /console/operator/models",
+            "GET /console/operator/catalog",
+            "POST /console/operator/catalog",
+            "GET /console/operator/prices",
+            "POST /console/operator/prices",
+            "GET /console/operator/users",
+            "POST /console/operator/users/{user_id}/operator",
+            "POST /console/operator/users/{user_id}/disabled",
+        ),
+        ConsoleAccess.OPERATOR,
+    ),
     "GET /console/{rest:path}": ConsoleAccess.PUBLIC,  # any other path: the console's 404
 }
 
@@ -121,6 +151,8 @@ POLICY: dict[str, Access] = {
     "POST /admin/v1/orgs": _ADMIN,
     "PATCH /admin/v1/orgs/{org}": _ADMIN,
     "POST /admin/v1/orgs/{org}/topups": _ADMIN,
+    "PUT /admin/v1/orgs/{org}/suspension": _ADMIN,
+    "DELETE /admin/v1/orgs/{org}/suspension": _ADMIN,
     "POST /admin/v1/orgs/{org}/promotions": _ADMIN,
     "GET /admin/v1/orgs/{org}/balance": _ADMIN,
     "GET /admin/v1/orgs/{org}/packs": _ADMIN,

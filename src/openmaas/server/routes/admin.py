@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from openmaas.accounts.admin import AccountsAdmin, NewApiKey, NewOrganization, key_json, org_json
+from openmaas.accounts.suspensions import NewSuspension
 from openmaas.billing.admin import BillingAdmin
 from openmaas.billing.admin_bodies import (
     BudgetLimit,
@@ -45,6 +46,7 @@ router = APIRouter(prefix="/admin/v1", tags=["Admin"])
 BODY_MODELS: list[type[AdminBody]] = [
     NewOrganization,
     NewApiKey,
+    NewSuspension,
     TermsChange,
     NewFunds,
     NewPack,
@@ -157,6 +159,26 @@ async def top_up(request: Request, org: str) -> Response:
     admin = await _admin(request)
     done = await admin.top_up(org, await _body(request, NewFunds))
     return json_response(done.as_json(), 201 if done.applied else 200)
+
+
+@router.put(
+    "/orgs/{org}/suspension",
+    summary="Suspend an organization: its member keys are refused (403) until it is resumed",
+    status_code=204,
+    openapi_extra=json_body(NewSuspension),
+)
+async def suspend_org(request: Request, org: str) -> Response:
+    state = app_state(request)
+    suspensions = state.platform.suspensions(await _actor(request, state))
+    await suspensions.suspend(org, (await _body(request, NewSuspension)).reason)
+    return Response(status_code=204)
+
+
+@router.delete("/orgs/{org}/suspension", summary="Resume a suspended organization", status_code=204)
+async def resume_org(request: Request, org: str) -> Response:
+    state = app_state(request)
+    await state.platform.suspensions(await _actor(request, state)).resume(org)
+    return Response(status_code=204)
 
 
 @router.post(

@@ -38,6 +38,9 @@ async def authenticate(request: Request, state: AppState) -> Principal:
     """The caller, from whichever header carries the key; the key id goes to the access log."""
     principal = await state.auth.authenticate_headers(request.headers)
     request.scope["state"]["key_id"] = principal.key_id
+    suspended = state.platform.suspended
+    if suspended is not None and not principal.is_admin:  # admin keys run the platform
+        await suspended.check(principal.org_id)
     return principal
 
 

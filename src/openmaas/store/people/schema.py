@@ -55,3 +55,27 @@ key_creators = Table(
     Column("key_id", String(40), ForeignKey("api_keys.id"), primary_key=True),
     Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
 )
+
+invitations = Table(  # migration 0012
+    "invitations",
+    metadata,
+    Column("id", String(40), primary_key=True),  # "inv_" + 16 hex digits
+    Column("token_hash", String(64), nullable=False, unique=True),  # SHA-256 of the token
+    Column("org_id", String(40), ForeignKey("organizations.id"), nullable=False),
+    Column("email", String(320), nullable=False),  # lower case
+    Column("role", String(20), nullable=False),
+    Column("invited_by", String(40), ForeignKey("users.id"), nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("accepted_at_ms", BigInteger, nullable=True),
+    Column("accepted_by", String(40), ForeignKey("users.id"), nullable=True),
+    Column("revoked_at_ms", BigInteger, nullable=True),
+    Index("ix_invitations_org", "org_id"),
+)
+
+org_suspensions = Table(  # migration 0012: a row while the organization is suspended
+    "org_suspensions",
+    metadata,
+    Column("org_id", String(40), ForeignKey("organizations.id"), primary_key=True),
+    Column("suspended_at_ms", BigInteger, nullable=False),
+)
