@@ -1,4 +1,4 @@
-"""Invitations to an organization (migration 0012): only the SHA-256 of each token is
+"""Invitations to an organization (migration 0013): only the SHA-256 of each token is
 stored; a token is good once, until it expires or is revoked."""
 
 from __future__ import annotations

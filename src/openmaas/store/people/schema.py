@@ -56,7 +56,7 @@ key_creators = Table(
     Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
 )
 
-invitations = Table(  # migration 0012
+invitations = Table(  # migration 0013
     "invitations",
     metadata,
     Column("id", String(40), primary_key=True),  # "inv_" + 16 hex digits
@@ -73,7 +73,7 @@ invitations = Table(  # migration 0012
     Index("ix_invitations_org", "org_id"),
 )
 
-org_suspensions = Table(  # migration 0012: a row while the organization is suspended
+org_suspensions = Table(  # migration 0013: a row while the organization is suspended
     "org_suspensions",
     metadata,
     Column("org_id", String(40), ForeignKey("organizations.id"), primary_key=True),

@@ -1,4 +1,4 @@
-"""Suspended organizations (migration 0012): a row while one is suspended."""
+"""Suspended organizations (migration 0013): a row while one is suspended."""
 
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
 """API keys restricted to models and with an expiry: ``api_keys.models`` (a JSON array of
 model names; NULL: every model) and ``api_keys.expires_at_ms`` (NULL: never expires).
 
-Revision ID: 0013
+Revision ID: 0012
 Revises: 0011
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
+revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None

@@ -2,15 +2,15 @@
 invited, when it expires, and only the SHA-256 of its single-use token; and the
 organizations an operator suspended (store/people/suspensions.py).
 
-Revision ID: 0012
-Revises: 0013
+Revision ID: 0013
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0013"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
