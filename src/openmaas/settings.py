@@ -303,6 +303,18 @@ class Settings(BaseSettings):
         description="An invitation to an organization can be accepted for this long.",
     )
 
+    moderation_lists: str = Field(
+        "",
+        description="Word lists of the built-in content filter, comma-separated paths "
+        "(UTF-8, one word per line, `#` starts a comment): requests holding a listed word "
+        "are refused and output reaching one is cut (docs/moderation.md). Empty: off.",
+    )
+    moderation_plugin: str | None = Field(
+        None,
+        description="An external moderator, `package.module:factory` (a callable returning a "
+        "Moderator, docs/moderation.md); checked besides the word lists.",
+    )
+
     @field_validator("sqlite_synchronous")
     @classmethod
     def _check_synchronous(cls, value: str) -> str:
@@ -318,6 +330,10 @@ class Settings(BaseSettings):
         if self.embedding_threads is not None:
             return self.embedding_threads
         return max(1, available_cpus() - self.threads)
+
+    @property
+    def moderation_list_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(p.strip()) for p in self.moderation_lists.split(",") if p.strip())
 
     @property
     def resolved_database_url(self) -> str:
