@@ -10,6 +10,7 @@ import pytest
 
 from openmaas.core.errors import ConfigurationError
 from openmaas.moderation import OutputGuard, WordLists, build_moderator, load_plugin
+from openmaas.settings import Settings
 
 
 def lists(tmp_path: Path, *words: str) -> Path:
@@ -19,7 +20,7 @@ def lists(tmp_path: Path, *words: str) -> Path:
 
 
 async def test_lists_are_read_from_files_one_word_a_line(tmp_path: Path) -> None:
-    moderator = build_moderator([lists(tmp_path, "secret plan", "敏感词")], None)
+    moderator = build_moderator({"words": lists(tmp_path, "secret plan", "敏感词")}, None)
     assert moderator is not None and moderator.holdback == len("secret plan") - 1
     assert await moderator.check_input("o", ["hi", "a Secret Plan"]) == "word_list"
     assert await moderator.check_input("o", ["有敏感词"]) == "word_list"
@@ -27,13 +28,41 @@ async def test_lists_are_read_from_files_one_word_a_line(tmp_path: Path) -> None
 
 
 def test_no_lists_and_no_plugin_is_off(tmp_path: Path) -> None:
-    assert build_moderator([], None) is None
-    assert build_moderator([lists(tmp_path)], None) is None  # a list without words
+    assert build_moderator({}, None) is None
+    assert build_moderator({"words": lists(tmp_path)}, None) is None  # a list without words
+
+
+async def test_organizations_get_their_own_lists(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("alpha\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("beta-long-word\n", encoding="utf-8")
+    named = {"a": tmp_path / "a.txt", "b": tmp_path / "b.txt"}
+    moderator = build_moderator(named, None, {"org_a": ["a"], "org_off": []})
+    assert moderator is not None and moderator.holdback == len("beta-long-word") - 1
+    assert await moderator.check_input("org_a", ["alpha"]) == "word_list"
+    assert await moderator.check_input("org_a", ["beta-long-word"]) is None  # not its list
+    assert await moderator.check_input("org_off", ["alpha beta-long-word"]) is None
+    assert await moderator.check_output("org_off", "alpha") is None
+    assert await moderator.check_input("org_other", ["beta-long-word"]) == "word_list"
+    assert await moderator.check_output("org_other", "an alpha") == 3
+
+
+def test_an_organization_naming_an_unknown_list_stops_the_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="nope"):
+        build_moderator({"words": lists(tmp_path, "x")}, None, {"org_a": ["nope"]})
+
+
+def test_the_setting_names_lists_or_takes_their_stems() -> None:
+    settings = Settings(moderation_lists="/etc/om/political.txt, ads=/srv/ads-zh.txt")
+    assert settings.moderation_list_paths == {
+        "political": Path("/etc/om/political.txt"),
+        "ads": Path("/srv/ads-zh.txt"),
+    }
+    assert Settings().moderation_list_paths == {}
 
 
 def test_a_missing_list_stops_the_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="missing.txt"):
-        build_moderator([tmp_path / "missing.txt"], None)
+        build_moderator({"missing": tmp_path / "missing.txt"}, None)
 
 
 async def feed_all(guard: OutputGuard, chunks: Sequence[str]) -> tuple[str, bool]:
@@ -95,7 +124,7 @@ async def test_a_plugin_is_loaded_by_import_path_and_chained_with_the_lists(
     tmp_path: Path,
 ) -> None:
     assert isinstance(load_plugin(f"{__name__}:make_upstream"), Upstream)
-    moderator = build_moderator([lists(tmp_path, "secret")], f"{__name__}:make_upstream")
+    moderator = build_moderator({"words": lists(tmp_path, "secret")}, f"{__name__}:make_upstream")
     assert moderator is not None and moderator.holdback == 5
     assert await moderator.check_input("o", ["forbidden"]) == "external"
     assert await moderator.check_input("o", ["secret"]) == "word_list"

@@ -8,9 +8,11 @@ from openmaas.moderation.seam import (
     Chain,
     Moderator,
     OutputGuard,
+    PerOrganization,
     WordLists,
     build_moderator,
     load_plugin,
+    read_list,
 )
 
 __all__ = [
@@ -20,9 +22,11 @@ __all__ = [
     "Match",
     "Moderator",
     "OutputGuard",
+    "PerOrganization",
     "WordLists",
     "WordMatcher",
     "build_moderator",
     "load_plugin",
     "normalise",
+    "read_list",
 ]

@@ -18,7 +18,7 @@ back, once the stream has ended by itself. Pure code; the I/O, if any, is the mo
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -42,8 +42,8 @@ class Moderator(Protocol):
 
 
 class WordLists:
-    """The built-in moderator: words from operator-supplied lists (one word per line,
-    UTF-8, ``#`` starts a comment line), matched after NFKC and case folding."""
+    """The built-in moderator: words from operator-supplied lists, matched after NFKC and
+    case folding."""
 
     def __init__(self, words: Iterable[str]) -> None:
         self._matcher = WordMatcher(words)
@@ -52,17 +52,6 @@ class WordLists:
     @property
     def has_words(self) -> bool:
         return bool(self._matcher)
-
-    @classmethod
-    def from_files(cls, paths: Sequence[Path]) -> WordLists:
-        words: list[str] = []
-        for path in paths:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigurationError(f"moderation list {path}: {exc}") from exc
-            words += [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-        return cls(words)
 
     async def check_input(self, org_id: str, texts: Sequence[str]) -> str | None:
         for text in texts:
@@ -74,6 +63,44 @@ class WordLists:
     async def check_output(self, org_id: str, text: str) -> int | None:
         match = self._matcher.first(text)
         return None if match is None else match.start
+
+
+def read_list(path: Path) -> list[str]:
+    """The words of one list file: one a line, UTF-8; blank and ``#`` lines are none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"moderation list {path}: {exc}") from exc
+    return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+
+
+class PerOrganization:
+    """Named word lists, chosen per organization: ``orgs`` maps an organization's id to the
+    names of its lists (none: it is not moderated); any other organization gets every list."""
+
+    def __init__(self, lists: Mapping[str, Sequence[str]], orgs: Mapping[str, Sequence[str]]):
+        unknown = sorted({name for names in orgs.values() for name in names} - set(lists))
+        if unknown:
+            raise ConfigurationError(f"moderation: no list named {', '.join(unknown)}")
+        self._every = WordLists(word for words in lists.values() for word in words)
+        self._by_org = {
+            org: WordLists(word for name in names for word in lists[name])
+            for org, names in orgs.items()
+        }
+        self.holdback = max([self._every.holdback, *(m.holdback for m in self._by_org.values())])
+
+    @property
+    def has_words(self) -> bool:
+        return self._every.has_words
+
+    def _lists(self, org_id: str) -> WordLists:
+        return self._by_org.get(org_id, self._every)
+
+    async def check_input(self, org_id: str, texts: Sequence[str]) -> str | None:
+        return await self._lists(org_id).check_input(org_id, texts)
+
+    async def check_output(self, org_id: str, text: str) -> int | None:
+        return await self._lists(org_id).check_output(org_id, text)
 
 
 class Chain:
@@ -111,12 +138,17 @@ def load_plugin(path: str) -> Moderator:
     return moderator
 
 
-def build_moderator(lists: Sequence[Path], plugin: str | None) -> Moderator | None:
-    """The moderator the settings ask for; None (moderation off, nothing checked) when
-    they name no list and no plugin, or the lists hold no word."""
+def build_moderator(
+    lists: Mapping[str, Path],
+    plugin: str | None,
+    orgs: Mapping[str, Sequence[str]] | None = None,
+) -> Moderator | None:
+    """The moderator the settings ask for: the named word lists (``orgs``: the lists of
+    particular organizations, by id) and a plugin. None (moderation off, nothing checked)
+    when they name no list and no plugin, or the lists hold no word."""
     moderators: list[Moderator] = []
     if lists:
-        words = WordLists.from_files(lists)
+        words = PerOrganization({name: read_list(path) for name, path in lists.items()}, orgs or {})
         if words.has_words:
             moderators.append(words)
     if plugin:

@@ -101,7 +101,9 @@ def create_app(
                     cache_scope_key(platform.master_key),
                     meter=metrics,
                     moderator=build_moderator(
-                        settings.moderation_list_paths, settings.moderation_plugin
+                        settings.moderation_list_paths,
+                        settings.moderation_plugin,
+                        settings.moderation_orgs,
                     ),
                 ),
                 lifecycle=life,
