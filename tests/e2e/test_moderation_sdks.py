@@ -116,6 +116,16 @@ def test_openai_answer_is_cut_with_content_filter(oai: openai.OpenAI, server: Li
     check_cut(server, answer.id, TOKENS_AT_CUT_ENGLISH)
 
 
+def test_openai_responses_end_incomplete_with_content_filter(
+    oai: openai.OpenAI, server: LiveServer
+) -> None:
+    response = oai.responses.create(model="en-chat", input="tell me")
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "content_filter"
+    assert response.output_text == SENT_ENGLISH
+
+
 def test_openai_input_with_a_listed_word_is_refused_free(
     oai: openai.OpenAI, server: LiveServer
 ) -> None:

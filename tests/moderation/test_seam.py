@@ -7,9 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openmaas.core.errors import ConfigurationError
-from openmaas.moderation import OutputGuard, WordLists, build_moderator, load_plugin
+from openmaas.moderation import (
+    OutputGuard,
+    WordLists,
+    WordMatcher,
+    build_moderator,
+    load_plugin,
+)
 from openmaas.settings import Settings
 
 
@@ -137,3 +145,21 @@ def test_a_plugin_that_cannot_be_imported_stops_the_start() -> None:
         load_plugin("openmaas.no_such_module:factory")
     with pytest.raises(ConfigurationError):
         load_plugin("builtins:dict")  # returns no Moderator
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text("ab机密", min_size=1, max_size=3), min_size=1, max_size=3),
+    st.text("ab机密Ａ", max_size=24),
+    st.lists(st.integers(0, 24), max_size=6),
+)
+async def test_any_split_of_the_output_sends_exactly_the_text_before_the_first_word(
+    words: list[str], text: str, cuts: list[int]
+) -> None:
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    chunks = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)] or [""]
+    guard = OutputGuard(WordLists(words), "o")
+    sent, cut = await feed_all(guard, chunks)
+    match = WordMatcher(words).first(text)
+    assert cut == (match is not None)
+    assert sent == (text if match is None else text[: match.start])
