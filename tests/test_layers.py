@@ -18,12 +18,22 @@ ALLOWED: dict[str, set[str]] = {
     "engines": {"core", "glm", "aio"},
     "store": {"core", "aio"},
     "settings": {"core"},
+    "moderation": {"core"},  # content safety: pure matching and the seam's protocol
     # feature packages, inner to outer
     "accounts": {"core", "store", "settings", "aio"},
     "billing": {"core", "store", "settings", "aio", "accounts"},
     "routing": {"core", "engines", "aio"},
     "catalog": {"core", "glm", "engines", "store", "settings", "aio", "accounts", "routing"},
-    "serving": {"core", "engines", "aio", "accounts", "billing", "routing", "catalog"},
+    "serving": {
+        "core",
+        "engines",
+        "aio",
+        "accounts",
+        "billing",
+        "routing",
+        "catalog",
+        "moderation",
+    },
     # the engine host: the settings' local models, once per machine, for the workers
     "enginehost": {"core", "engines", "protocols", "settings", "catalog", "asgi"},
     # the composition root, then the edges

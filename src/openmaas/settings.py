@@ -303,6 +303,25 @@ class Settings(BaseSettings):
         description="An invitation to an organization can be accepted for this long.",
     )
 
+    moderation_lists: str = Field(
+        "",
+        description="Word lists of the built-in content filter, comma-separated, each "
+        "`name=path` or a path (named by its file's stem); UTF-8, one word per line, `#` "
+        "starts a comment: requests holding a listed word are refused and output reaching "
+        "one is cut (docs/moderation.md). Empty: off.",
+    )
+    moderation_orgs: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="The lists of particular organizations, by organization id, as JSON "
+        '(`{"org_...": ["political"], "org_...": []}`; an empty list: not moderated); '
+        "every other organization gets every list.",
+    )
+    moderation_plugin: str | None = Field(
+        None,
+        description="An external moderator, `package.module:factory` (a callable returning a "
+        "Moderator, docs/moderation.md); checked besides the word lists.",
+    )
+
     @field_validator("sqlite_synchronous")
     @classmethod
     def _check_synchronous(cls, value: str) -> str:
@@ -318,6 +337,15 @@ class Settings(BaseSettings):
         if self.embedding_threads is not None:
             return self.embedding_threads
         return max(1, available_cpus() - self.threads)
+
+    @property
+    def moderation_list_paths(self) -> dict[str, Path]:
+        """``OPENMAAS_MODERATION_LISTS`` by name: ``name=path``, or a path named by its stem."""
+        named: dict[str, Path] = {}
+        for entry in filter(None, (part.strip() for part in self.moderation_lists.split(","))):
+            name, sep, path = entry.partition("=")
+            named[name.strip() if sep else Path(entry).stem] = Path(path.strip() if sep else entry)
+        return named
 
     @property
     def resolved_database_url(self) -> str:

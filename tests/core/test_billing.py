@@ -30,6 +30,8 @@ TABLE = [
     (Termination.CLIENT_DISCONNECTED, Usage(), Usage(), Rule.AS_COUNTED),
     (Termination.KEY_REVOKED, FULL, FULL, Rule.AS_COUNTED),
     (Termination.KEY_REVOKED, PROMPT_ONLY, PROMPT_ONLY, Rule.AS_COUNTED),
+    (Termination.CONTENT_FILTERED, FULL, FULL, Rule.AS_COUNTED),
+    (Termination.CONTENT_FILTERED, PROMPT_ONLY, PROMPT_ONLY, Rule.AS_COUNTED),
     (Termination.ENGINE_ERROR, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),
     (Termination.ENGINE_ERROR, FULL, FULL, Rule.AS_COUNTED),
     (Termination.GATEWAY_SHUTDOWN, PROMPT_ONLY, Usage(), Rule.FREE_NO_OUTPUT),

@@ -12,6 +12,7 @@ from openmaas.core.errors import (
     BudgetExceeded,
     CapacityError,
     ConfigurationError,
+    ContentFiltered,
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
@@ -46,6 +47,7 @@ def test_module_defines_the_documented_tree() -> None:
         RequestError,
         InvalidRequest,
         PromptTooLong,
+        ContentFiltered,
         PayloadTooLarge,
         AuthenticationFailed,
         PermissionDenied,
@@ -79,6 +81,7 @@ def test_every_class_is_an_openmaas_error(cls: type) -> None:
     [
         (InvalidRequest, RequestError),
         (PromptTooLong, InvalidRequest),
+        (ContentFiltered, InvalidRequest),
         (PayloadTooLarge, RequestError),
         (AuthenticationFailed, RequestError),
         (PermissionDenied, RequestError),

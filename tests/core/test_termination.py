@@ -52,6 +52,7 @@ def test_stored_names_are_stable() -> None:
         "timeout",
         "gateway_killed",
         "key_revoked",
+        "content_filtered",
     }
     assert all(len(t.value) <= 40 for t in Termination)  # the column is String(40)
 

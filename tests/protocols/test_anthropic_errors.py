@@ -6,6 +6,7 @@ import pytest
 
 from openmaas.core.errors import (
     AuthenticationFailed,
+    ContentFiltered,
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
@@ -26,6 +27,7 @@ from openmaas.protocols.anthropic.errors import to_anthropic_error
     [
         (InvalidRequest("bad", param="x"), 400, "invalid_request_error"),
         (PromptTooLong("too long", "messages"), 400, "invalid_request_error"),
+        (ContentFiltered("unsafe"), 400, "invalid_request_error"),
         (PayloadTooLarge(1024), 413, "request_too_large"),
         (AuthenticationFailed("who"), 401, "authentication_error"),
         (PermissionDenied("no"), 403, "permission_error"),

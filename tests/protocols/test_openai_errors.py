@@ -7,6 +7,7 @@ import pytest
 from openmaas.core.errors import (
     AuthenticationFailed,
     ConfigurationError,
+    ContentFiltered,
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
@@ -34,6 +35,7 @@ from openmaas.protocols.openai.errors import to_openai_error
             "invalid_request_error",
             "context_length_exceeded",
         ),
+        (ContentFiltered("unsafe"), 400, "invalid_request_error", "content_filter"),
         (PayloadTooLarge(1024), 413, "invalid_request_error", "request_too_large"),
         (AuthenticationFailed("no key"), 401, "invalid_request_error", "invalid_api_key"),
         (PermissionDenied("no"), 403, "permission_error", "permission_denied"),

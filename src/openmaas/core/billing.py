@@ -17,10 +17,10 @@ failed on our side before any output, which is free. Concretely:
   the request. With no completion token generated, nothing is charged (not even the prompt);
   after the first token, the engine's counts so far (the client received that output).
 - ``rejected``: the engine refused the input; nothing is charged.
-
-A content filter is not a termination of its own today: a filtered *input* is refused
-before admission (no hold, no engine), and output stopped by a filter ends with
-``FinishReason.CONTENT_FILTER``, which maps to ``finished`` and is billed as generated.
+- ``content_filtered``: moderation cut the output (``docs/moderation.md``), as
+  ``client_disconnected``: the prompt read and the tokens generated up to the cut,
+  delivered or held back. A filtered *input* is refused before admission (no hold, no
+  engine, no usage record) and costs nothing.
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ class Rule(StrEnum):
     FREE_REJECTED = "free_rejected"  # the engine refused the input
 
 
-CHARGED_AS_COUNTED = frozenset({Termination.CLIENT_DISCONNECTED, Termination.KEY_REVOKED})
-"""Ended by the client, or by its key's revocation: the engine's counts, even with no output."""
+CHARGED_AS_COUNTED = frozenset(
+    {Termination.CLIENT_DISCONNECTED, Termination.KEY_REVOKED, Termination.CONTENT_FILTERED}
+)
+"""Ended by the client, by its key's revocation, or by a content filter on what the model
+generated: the engine's counts, even with no output."""
 
 FREE_WITHOUT_OUTPUT = frozenset(
     {

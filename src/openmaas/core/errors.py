@@ -7,7 +7,8 @@ nothing else decides a status code.
     OpenMaaSError
     ├── RequestError                 the caller asked for something wrong
     │   ├── InvalidRequest           malformed JSON or an invalid field (names the field)
-    │   │   └── PromptTooLong        the prompt does not fit the model's context window
+    │   │   ├── PromptTooLong        the prompt does not fit the model's context window
+    │   │   └── ContentFiltered      moderation refuses the request's messages
     │   ├── PayloadTooLarge          request body over the configured limit
     │   ├── AuthenticationFailed     missing, malformed, unknown or revoked key
     │   ├── PermissionDenied         a valid key that may not do this
@@ -65,6 +66,12 @@ class PromptTooLong(InvalidRequest):
         super().__init__(message, param)
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+
+
+class ContentFiltered(InvalidRequest):
+    """The request's messages hold content that moderation refuses (``docs/moderation.md``):
+    refused before admission, at no charge (OpenAI 400 ``content_filter``, Zhipu 1301,
+    Anthropic 400 ``invalid_request_error``)."""
 
 
 class PayloadTooLarge(RequestError):

@@ -26,9 +26,12 @@ class Termination(StrEnum):
     TIMEOUT = "timeout"  # a connect, first-token, idle or total timeout cut the request
     GATEWAY_KILLED = "gateway_killed"  # the process died (kill -9, power); found on restart
     KEY_REVOKED = "key_revoked"  # the caller's API key was revoked while the request ran
+    CONTENT_FILTERED = "content_filtered"  # moderation (or the upstream's filter) cut the output
 
 
 def from_finish_reason(reason: FinishReason) -> Termination:
+    if reason is FinishReason.CONTENT_FILTER:
+        return Termination.CONTENT_FILTERED
     return Termination.LENGTH if reason is FinishReason.LENGTH else Termination.FINISHED
 
 

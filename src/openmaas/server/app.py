@@ -25,6 +25,7 @@ from openmaas.billing.accountant import Accountant
 from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
 from openmaas.core.ids import RequestIdGenerator
+from openmaas.moderation import build_moderator
 from openmaas.platform import open_platform
 from openmaas.protocols.anthropic.errors import to_anthropic_error
 from openmaas.protocols.openai.errors import to_responses_error
@@ -99,6 +100,11 @@ def create_app(
                     RequestBounds.from_settings(settings),
                     cache_scope_key(platform.master_key),
                     meter=metrics,
+                    moderator=build_moderator(
+                        settings.moderation_list_paths,
+                        settings.moderation_plugin,
+                        settings.moderation_orgs,
+                    ),
                 ),
                 lifecycle=life,
                 metrics=metrics,

@@ -22,6 +22,13 @@ The gateway keeps its open generations by key: when the change feed reports a ke
 wait for the engine's next event is cancelled, the consumer gets ``KeyRevoked`` (an error
 event in a stream), and the request is settled as ``key_revoked`` for what the engine had
 counted.
+
+Moderation (``docs/moderation.md``), when the gateway has a moderator: a request whose
+texts it refuses is refused before admission (``ContentFiltered``: nothing held, nothing
+recorded); a generation's text and reasoning pass an ``OutputGuard``, which holds back a
+tail until the next window is checked and, at refused content, ends the stream with
+``FinishReason.CONTENT_FILTER`` (settled as ``content_filtered`` for what the engine had
+counted). Without one, nothing of it runs.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -43,7 +51,13 @@ from openmaas.aio import finish_despite_cancellation
 from openmaas.billing.accountant import Accountant, Ticket
 from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
-from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest, OpenMaaSError
+from openmaas.core.errors import (
+    CapacityError,
+    ContentFiltered,
+    EngineFailure,
+    InvalidRequest,
+    OpenMaaSError,
+)
 from openmaas.core.keys import KeyRevoked
 from openmaas.core.termination import (
     Termination,
@@ -55,13 +69,17 @@ from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
     Finished,
+    FinishReason,
     GenerationRequest,
+    ReasoningDelta,
     RoutingHints,
     StreamEvent,
+    TextDelta,
     Usage,
 )
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind, Route
+from openmaas.moderation import FILTERED_INPUT, FILTERED_OUTPUT, Moderator, OutputGuard
 from openmaas.serving.bounds import RequestBounds, embedding_token_bound
 
 log = logging.getLogger("openmaas.gateway")
@@ -96,8 +114,10 @@ class Gateway:
         bounds: RequestBounds | None = None,
         cache_key: bytes | None = None,
         meter: Meter | None = None,
+        moderator: Moderator | None = None,
     ) -> None:
         self.catalog = catalog
+        self._moderator = moderator  # None: moderation off, nothing checked
         self._meter = meter  # None: nothing counted
         self.bounds = bounds or RequestBounds()
         # Keys the organizations' prompt-cache scopes (``cache_scope``); one of its own when
@@ -134,6 +154,8 @@ class Gateway:
 
         try:
             self.bounds.check_generation(request)  # before admission: a refusal costs nothing
+            if self._moderator is not None:
+                await self._moderate(principal, request)
             started = self._clock.monotonic()
             ticket = await self.accountant.admit(
                 principal,
@@ -148,6 +170,17 @@ class Gateway:
             self._refused(endpoint, request.model, exc)
             raise
         return Reservation(principal, request, endpoint, ticket, started)
+
+    async def _moderate(self, principal: Principal, request: GenerationRequest) -> None:
+        """Refuse a request whose texts the moderator refuses (before admission: free)."""
+        assert self._moderator is not None
+        texts = [request.prompt] if request.prompt is not None else []
+        for message in request.messages or ():
+            texts.append(message.content)
+            if message.reasoning:
+                texts.append(message.reasoning)
+        if await self._moderator.check_input(principal.org_id, texts) is not None:
+            raise ContentFiltered(FILTERED_INPUT)
 
     async def start(self, reservation: Reservation) -> Generation:
         """Start a reserved request on its model's engine (the one served now); the
@@ -166,7 +199,10 @@ class Gateway:
         admitted = _Admitted(
             self, principal, request, reservation.endpoint, ticket, reservation.started
         )
-        generation = admitted.generation = Generation(request, stream, admitted)
+        guard = (
+            OutputGuard(self._moderator, principal.org_id) if self._moderator is not None else None
+        )
+        generation = admitted.generation = Generation(request, stream, admitted, guard)
         self._live.setdefault(principal.key_id, set()).add(generation)
         try:
             return await generation.start()
@@ -450,11 +486,17 @@ class Generation:
     """An admitted, metered generation: iterate its events, and always ``aclose()`` it."""
 
     def __init__(
-        self, request: GenerationRequest, stream: EngineStream, settlement: Settlement
+        self,
+        request: GenerationRequest,
+        stream: EngineStream,
+        settlement: Settlement,
+        guard: OutputGuard | None = None,
     ) -> None:
         self.request = request
         self._stream = stream
         self._settlement = settlement
+        self._guard = guard  # None: output passes unchecked
+        self._ready: deque[StreamEvent] = deque()  # checked events not yet handed out
         self._first: StreamEvent | None = None
         self._ttft_ms: int | None = None
         self._finished: Finished | None = None
@@ -519,12 +561,59 @@ class Generation:
         return self
 
     async def __anext__(self) -> StreamEvent:
+        if self._guard is not None:
+            return await self._checked()
         if self._first is not None:
             event, self._first = self._first, None
             return event
         if self._finished is not None:
             raise StopAsyncIteration
         return await self._next()
+
+    async def _checked(self) -> StreamEvent:
+        """The next event once moderation has passed it: text is handed out as its window
+        clears, a tail held back; refused content ends the stream (``content_filter``)."""
+        assert self._guard is not None
+        while not self._ready:
+            if self._first is not None:
+                event, self._first = self._first, None
+            elif self._finished is not None:
+                raise StopAsyncIteration
+            else:
+                event = await self._next()
+            await self._screen(self._guard, event)
+        return self._ready.popleft()
+
+    async def _screen(self, guard: OutputGuard, event: StreamEvent) -> None:
+        if isinstance(event, Finished):
+            for (kind, choice), text in guard.drain():  # the held-back tails, checked
+                count = event.usage.completion_tokens
+                self._ready.append(
+                    TextDelta(text, count, choice=choice)
+                    if kind == "text"
+                    else ReasoningDelta(text, count, choice=choice)
+                )
+            self._ready.append(event)
+            return
+        if not isinstance(event, TextDelta | ReasoningDelta):
+            self._ready.append(event)
+            return
+        kind = "text" if isinstance(event, TextDelta) else "reasoning"
+        text, cut = await guard.feed((kind, event.choice), event.text)
+        if text:
+            self._ready.append(replace(event, text=text))
+        if cut:
+            self._cut_by_moderation()
+
+    def _cut_by_moderation(self) -> None:
+        """End the stream at refused content: the engine is stopped by ``aclose``, the
+        request is settled as ``content_filtered`` for the engine's counts so far."""
+        n = self.request.sampling.n
+        reason = FinishReason.CONTENT_FILTER
+        finished = Finished(reason, self._stream.tracker.snapshot(), (reason,) * n if n > 1 else ())
+        self._finished = finished
+        self._fail(Termination.CONTENT_FILTERED, FILTERED_OUTPUT)
+        self._ready.append(finished)
 
     async def _next(self) -> StreamEvent:
         if self._revoked:

@@ -8,6 +8,7 @@ from typing import Any
 from openmaas.core.errors import (
     AuthenticationFailed,
     CapacityError,
+    ContentFiltered,
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
@@ -28,6 +29,7 @@ from openmaas.core.errors import (
 _TABLE: tuple[tuple[type[OpenMaaSError], int, str, str | None], ...] = (
     (PayloadTooLarge, 413, "invalid_request_error", "request_too_large"),
     (PromptTooLong, 400, "invalid_request_error", "context_length_exceeded"),
+    (ContentFiltered, 400, "invalid_request_error", "content_filter"),
     (InvalidRequest, 400, "invalid_request_error", None),
     (AuthenticationFailed, 401, "invalid_request_error", "invalid_api_key"),
     (PermissionDenied, 403, "permission_error", "permission_denied"),

@@ -14,6 +14,7 @@ from openmaas.core.errors import (
     AuthenticationFailed,
     BudgetExceeded,
     CapacityError,
+    ContentFiltered,
     EngineFailure,
     EngineNotReady,
     EngineOverloaded,
@@ -42,6 +43,7 @@ TABLE: tuple[tuple[type[OpenMaaSError], int, str, bool], ...] = (
     (MalformedBody, 400, "1210", False),
     (MissingField, 400, "1213", False),
     (PromptTooLong, 400, "1261", False),
+    (ContentFiltered, 400, "1301", False),  # unsafe or sensitive content
     (InvalidRequest, 400, "1214", False),
     (PermissionDenied, 403, "1220", False),
     (ModelNotFound, 400, "1211", False),
