@@ -175,6 +175,18 @@ POLICY: dict[str, Access] = {
     "GET /admin/v1/credentials": _ADMIN,
     "PUT /admin/v1/credentials/{name}": _ADMIN,
     "DELETE /admin/v1/credentials/{name}": _ADMIN,
+    # the admin API for people (admin_people.py): what the console's people pages do
+    "GET /admin/v1/orgs/{org}/members": _ADMIN,
+    "PATCH /admin/v1/orgs/{org}/members/{user_id}": _ADMIN,
+    "DELETE /admin/v1/orgs/{org}/members/{user_id}": _ADMIN,
+    "GET /admin/v1/orgs/{org}/invitations": _ADMIN,
+    "POST /admin/v1/orgs/{org}/invitations": _ADMIN,
+    "DELETE /admin/v1/orgs/{org}/invitations/{invitation_id}": _ADMIN,
+    "GET /admin/v1/users": _ADMIN,
+    "PUT /admin/v1/users/{user_id}/operator": _ADMIN,
+    "DELETE /admin/v1/users/{user_id}/operator": _ADMIN,
+    "PUT /admin/v1/users/{user_id}/disabled": _ADMIN,
+    "DELETE /admin/v1/users/{user_id}/disabled": _ADMIN,
     # the console: sessions, not keys (CONSOLE_ROLES)
     **dict.fromkeys(CONSOLE_ROLES, Access.CONSOLE),
 }
