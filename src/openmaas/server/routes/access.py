@@ -90,6 +90,7 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     # the platform's pages (routes/console_ops.py)
     **dict.fromkeys(
         (
+            "GET /console/operator",  # the platform overview (routes/console_overview.py)
             "GET /console/operator/orgs",
             "POST /console/operator/orgs",
             "GET /console/operator/orgs/{org}",
