@@ -46,7 +46,7 @@ def _charts(visit: console.Visit, report: PlatformReport) -> list[object]:
                 t("overview_chart_revenue_desc", currency=currency),
                 days,
                 [Series(currency, [d.revenue.get(currency, 0) for d in daily])],
-                lambda v, c=currency: t.money(v, c),  # type: ignore[misc]
+                lambda v, c=currency: t.money(v, c, fine=True),  # type: ignore[misc]
                 lang,
             )
         )
