@@ -210,7 +210,7 @@ def test_the_platform_overview_shows_the_requests_in_both_languages(
 
     def rolled_up() -> bool:  # the roll-ups fold new records every OPENMAAS_ROLLUP_SECONDS
         page.reload()
-        return page.locator("[data-figure=requests]").inner_text() != "0"
+        return bool(page.locator("[data-figure=requests]").inner_text() != "0")
 
     wait_until(rolled_up, what="the requests in the platform overview", timeout=60, interval=1)
     assert page.locator("[data-figure=revenue-CNY]").inner_text().startswith("CN¥")
