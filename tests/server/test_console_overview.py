@@ -21,9 +21,13 @@ from tests.support.app import app_state
 from tests.support.people import World, make_world, sign_in
 from tests.support.waiting import wait_until
 
+Site = tuple[TestClient, World, dict[str, str]]
+
 
 @pytest.fixture(scope="module")
-def overview(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, World]]:
+def overview(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """Usage of A and B rolled up, the records then deleted; the headers of an admin key
+    (the admin API's view of the same)."""
     settings = console_settings(tmp_path_factory.mktemp("overview"), rollup_seconds=3600)
     world = asyncio.run(make_world(settings))
     with TestClient(create_app(settings), base_url="https://testserver") as client:
@@ -33,22 +37,24 @@ def overview(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestCli
         records = [record(n, world, days_ago=n % 3) for n in range(1, 11)]
         records += [record(n, world, org_b=True) for n in range(100, 104)]
 
-        async def write_and_roll() -> None:
+        async def write_and_roll() -> str:
             for r in records:
                 await repo.append(r)
             await platform.roller.roll()
             async with platform.database.begin() as conn:  # the page reads roll-ups only
                 await conn.execute(delete(usage_records))
+            admin = await platform.accounts_admin("test").issue_key(world.org_a, "ops", "admin")
+            return admin.token
 
         assert client.portal is not None
-        client.portal.call(write_and_roll)
-        yield client, world
+        admin = {"Authorization": f"Bearer {client.portal.call(write_and_roll)}"}
+        yield client, world, admin
 
 
 def test_the_overview_sums_every_organization_from_the_rollups_alone(
-    overview: tuple[TestClient, World],
+    overview: Site,
 ) -> None:
-    client, _world = overview
+    client, _world, _admin = overview
     sign_in(client, "ops@example.com")
     statements: list[str] = []
 
@@ -79,8 +85,8 @@ def test_the_overview_sums_every_organization_from_the_rollups_alone(
     assert wrong.status_code == 400 and 'role="alert"' in wrong.text
 
 
-def test_only_operators_see_it_in_both_languages(overview: tuple[TestClient, World]) -> None:
-    client, _world = overview
+def test_only_operators_see_it_in_both_languages(overview: Site) -> None:
+    client, _world, _admin = overview
     for email in ("member@example.com", "viewer@example.com", "lonely@example.com"):
         sign_in(client, email)
         assert client.get("/console/operator").status_code == 403, email
@@ -92,3 +98,16 @@ def test_only_operators_see_it_in_both_languages(overview: tuple[TestClient, Wor
     assert "平台概览" in text and "¥21.00" in text and "上游成本" in text
     client.cookies.set("openmaas_lang", "en", path="/console")
     assert "Platform overview" in client.get("/console/operator").text
+
+
+def test_the_admin_api_answers_the_same_overview(overview: Site) -> None:
+    """No back door: what the page shows, an admin key reads too (from the roll-ups)."""
+    client, world, admin = overview
+    found = client.get("/admin/v1/usage", headers=admin)
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert body["total"] == {"requests": 14, "tokens": 1680, "revenue": {"CNY": "21.000000"}}
+    assert [o["org"] for o in body["top_orgs"]] == [world.org_a, world.org_b]
+    assert len(body["days"]) == 30 and body["days"][-1]["requests"] > 0
+    wrong = client.get("/admin/v1/usage?since=2020-01-05&until=2020-01-01", headers=admin)
+    assert wrong.status_code == 400

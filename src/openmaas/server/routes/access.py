@@ -170,6 +170,7 @@ POLICY: dict[str, Access] = {
     "GET /admin/v1/tiers": _ADMIN,
     "PUT /admin/v1/tiers/{name}": _ADMIN,
     "GET /admin/v1/audit": _ADMIN,
+    "GET /admin/v1/usage": _ADMIN,  # the platform's, as the console's overview
     "GET /admin/v1/catalog": _ADMIN,
     "PUT /admin/v1/catalog": _ADMIN,
     "GET /admin/v1/models": _ADMIN,
