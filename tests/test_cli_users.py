@@ -56,3 +56,45 @@ def test_an_unknown_role_is_refused(cli: CliRunner) -> None:
         main, ["users", "add-member", "--email", "x@example.com", "--org", "o", "--role", "god"]
     )
     assert added.exit_code == 2 and "owner" in added.output
+
+
+def test_members_invitations_and_operators_from_the_cli_under_the_consoles_rules(
+    cli: CliRunner,
+) -> None:
+    def ok(*args: str, stdin: str | None = None) -> str:
+        done = cli.invoke(main, list(args), input=stdin)
+        assert done.exit_code == 0, (args, done.output)
+        return done.output
+
+    assert cli.invoke(main, ["orgs", "create", "acme"]).exit_code == 0
+    for email in ("own@example.com", "pat@example.com"):
+        ok("users", "create", "--email", email, "--password-stdin", stdin=PASSWORD + "\n")
+    ok("users", "add-member", "--email", "own@example.com", "--org", "acme", "--role", "owner")
+    ok("users", "add-member", "--email", "pat@example.com", "--org", "acme", "--role", "viewer")
+    ok("members", "set-role", "--org", "acme", "--user", "pat@example.com", "--role", "admin")
+    assert "pat@example.com\tadmin" in ok("members", "list", "--org", "acme")
+    last = cli.invoke(main, ["members", "remove", "--org", "acme", "--user", "own@example.com"])
+    assert last.exit_code == 1 and "last owner" in last.output  # the console's rule
+    ok("members", "remove", "--org", "acme", "--user", "pat@example.com")
+    assert "pat@example.com" not in ok("members", "list", "--org", "acme")
+
+    made = ok("invitations", "create", "--org", "acme", "--email", "x@example.com")
+    invitation, token = made.split("\n")[0].split("\t")
+    listed = ok("invitations", "list", "--org", "acme")
+    assert f"{invitation}\tx@example.com\tmember\topen" in listed and token not in listed
+    ok("invitations", "revoke", "--org", "acme", invitation)
+    assert f"{invitation}\tx@example.com\tmember\trevoked" in ok(
+        "invitations", "list", "--org", "acme"
+    )
+
+    ok("users", "make-operator", "pat@example.com")
+    ok("users", "disable", "pat@example.com")
+    assert "pat@example.com\tyes" in ok("users", "list")
+    ok("users", "unmake-operator", "pat@example.com")
+    ok("users", "enable", "pat@example.com")
+    ok("orgs", "suspend", "acme", "--reason", "unpaid")
+    ok("orgs", "resume", "acme")
+    audit = ok("audit")
+    for action in ("member.remove", "invitation.revoke", "user.operator", "user.disable"):
+        assert action in audit
+    assert "org.suspend" in audit and "org.resume" in audit

@@ -2,7 +2,8 @@
 driving Debian's ``/usr/bin/chromium``, as ``test_console_browser.py``) against a live
 server: an operator made by the CLI tops up an organization and sets its tier, edits the
 catalog and sees an error on its line, invites a person who signs up through the
-invitation (open sign-up off) and sees the organization; both languages; phone width.
+invitation (open sign-up off) and sees the organization; the platform overview shows the
+requests of a key; both languages; phone width.
 Screenshots of the new pages go to docs/screenshots/ (linked from docs/console.md)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
 
 from tests.e2e.live import FAKE_MODELS, LiveServer
@@ -24,6 +26,7 @@ from tests.e2e.test_console_browser import (
     _shot,
     browser,  # noqa: F401  (the fixture)
 )
+from tests.support.waiting import wait_until
 
 NEWCOMER = "new.person@example.com"
 NEW_PASSWORD = "a password of my own"
@@ -187,4 +190,40 @@ def test_the_operator_pages_in_chinese_and_at_phone_width(
         assert width <= PHONE["width"], f"{path} scrolls sideways at phone width ({width}px)"
     phone.goto(f"/console/operator/orgs/{org}")
     _shot(phone, "ops-org-phone-zh-CN")
+    phone.context.close()
+
+
+def test_the_platform_overview_shows_the_requests_in_both_languages(
+    browser: Any,  # noqa: F811
+    live: LiveServer,
+) -> None:
+    live.cli("billing", "topup", "default", "100")  # the requests are priced
+    client = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key=live.new_key(), max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(
+            model="fake-echo", messages=[{"role": "user", "content": "hi"}]
+        )
+    page = _page(browser, live, "en-US", DESKTOP)
+    _sign_in(page, EMAIL, PASSWORD, EN)
+    page.get_by_role("link", name="Overview", exact=True).click()
+    page.get_by_role("heading", name="Platform overview", exact=True).wait_for()
+
+    def rolled_up() -> bool:  # the roll-ups fold new records every OPENMAAS_ROLLUP_SECONDS
+        page.reload()
+        return bool(page.locator("[data-figure=requests]").inner_text() != "0")
+
+    wait_until(rolled_up, what="the requests in the platform overview", timeout=60, interval=1)
+    assert page.locator("[data-figure=revenue-CNY]").inner_text().startswith("CN¥")
+    assert page.locator("[data-overview=orgs]").get_by_role("link", name="default").count() == 1
+    _shot(page, "operator-overview-en")
+    page.get_by_label("Language").select_option("zh-CN")
+    page.get_by_role("heading", name="平台概览", exact=True).wait_for()
+    _shot(page, "operator-overview-zh-CN")
+    page.context.close()
+
+    phone = _page(browser, live, "zh-CN", PHONE)
+    _sign_in(phone, EMAIL, PASSWORD, ZH)
+    phone.goto("/console/operator")
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the overview scrolls sideways at phone width ({width}px)"
     phone.context.close()

@@ -19,6 +19,8 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from openmaas.accounts.admin import IssuedKey, NewOrganization
+from openmaas.accounts.people import OrgRole, PeopleAdmin
+from openmaas.accounts.people_roles import PeopleRoles
 from openmaas.cli import main
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
@@ -67,6 +69,43 @@ CLI_CHANGES: dict[str, Command] = {
         "users add-member --email pat@example.com --org {org} --role viewer",
         setup=("users create --email pat@example.com --password-stdin",),
     ),
+    "users make-operator": Command(
+        "users make-operator op1@example.com",
+        setup=("users create --email op1@example.com --password-stdin",),
+    ),
+    "users unmake-operator": Command(
+        "users unmake-operator op2@example.com",
+        setup=("users create --email op2@example.com --operator --password-stdin",),
+    ),
+    "users disable": Command(
+        "users disable d1@example.com",
+        setup=("users create --email d1@example.com --password-stdin",),
+    ),
+    "users enable": Command(
+        "users enable d2@example.com",
+        setup=(
+            "users create --email d2@example.com --password-stdin",
+            "users disable d2@example.com",
+        ),
+    ),
+    "orgs suspend": Command("orgs suspend {org} --reason unpaid"),
+    "orgs resume": Command("orgs resume {org}", setup=("orgs suspend {org}",)),
+    "members set-role": Command(
+        "members set-role --org {org} --user m1@example.com --role member",
+        setup=(
+            "users create --email m1@example.com --password-stdin",
+            "users add-member --email m1@example.com --org {org} --role viewer",
+        ),
+    ),
+    "members remove": Command(
+        "members remove --org {org} --user m2@example.com",
+        setup=(
+            "users create --email m2@example.com --password-stdin",
+            "users add-member --email m2@example.com --org {org} --role viewer",
+        ),
+    ),
+    "invitations create": Command("invitations create --org {org} --email i1@example.com"),
+    "invitations revoke": Command("invitations revoke --org {org} {invitation}"),
 }
 CLI_READS: dict[str, Command] = {
     "orgs list": Command("orgs list"),
@@ -84,6 +123,8 @@ CLI_READS: dict[str, Command] = {
     "deployments list": Command("deployments list"),
     "credentials list": Command("credentials list"),
     "users list": Command("users list"),
+    "members list": Command("members list --org {org}"),
+    "invitations list": Command("invitations list --org {org}"),
 }
 NOT_ADMINISTRATION = {"serve"}  # starts the server; its first start is tested below
 
@@ -124,15 +165,20 @@ def cli_site(tmp_path_factory: pytest.TempPathFactory) -> CliSite:
     catalog = root / "catalog.yaml"
     catalog.write_text(EMPTY_CATALOG)
 
-    async def seed() -> IssuedKey:
+    async def seed() -> tuple[IssuedKey, str]:
         async with open_platform(settings) as platform:
             accounts = platform.accounts_admin("test")
             await accounts.create_org(NewOrganization(name="acme"))
-            return await accounts.issue_key("acme", "bot")
+            roles = PeopleRoles(platform.changes("test"), platform.clock, invitation_hours=1)
+            invited = await roles.invite(
+                await roles.platform_access("acme"), "i0@example.com", OrgRole.VIEWER
+            )
+            return await accounts.issue_key("acme", "bot"), invited.id
 
-    issued = asyncio.run(seed())
+    issued, invitation = asyncio.run(seed())
     env = {"OPENMAAS_HOME": str(settings.home), "OPENMAAS_EMBEDDED_MODELS": "false"}
-    return CliSite(settings, env, {"org": "acme", "key": issued.key.id, "file": str(catalog)})
+    values = {"org": "acme", "key": issued.key.id, "file": str(catalog), "invitation": invitation}
+    return CliSite(settings, env, values)
 
 
 def test_every_cli_command_has_a_case() -> None:
@@ -213,6 +259,24 @@ API_CHANGES: dict[str, Call] = {
         "/admin/v1/credentials/old-key",
         setup=(("PUT", "/admin/v1/credentials/old-key", {"value": "x"}),),
     ),
+    "PATCH /admin/v1/orgs/{org}/members/{user_id}": Call(
+        "/admin/v1/orgs/{org}/members/{m1}", {"role": "member"}
+    ),
+    "DELETE /admin/v1/orgs/{org}/members/{user_id}": Call("/admin/v1/orgs/{org}/members/{m2}"),
+    "POST /admin/v1/orgs/{org}/invitations": Call(
+        "/admin/v1/orgs/{org}/invitations", {"email": "new@example.com", "role": "viewer"}
+    ),
+    "DELETE /admin/v1/orgs/{org}/invitations/{invitation_id}": Call(
+        "/admin/v1/orgs/{org}/invitations/{invitation}"
+    ),
+    "PUT /admin/v1/users/{user_id}/operator": Call("/admin/v1/users/{u1}/operator"),
+    "DELETE /admin/v1/users/{user_id}/operator": Call(
+        "/admin/v1/users/{u2}/operator", setup=(("PUT", "/admin/v1/users/{u2}/operator", None),)
+    ),
+    "PUT /admin/v1/users/{user_id}/disabled": Call("/admin/v1/users/{u3}/disabled"),
+    "DELETE /admin/v1/users/{user_id}/disabled": Call(
+        "/admin/v1/users/{u4}/disabled", setup=(("PUT", "/admin/v1/users/{u4}/disabled", None),)
+    ),
 }
 
 
@@ -248,21 +312,28 @@ class ApiSite:
 def api_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiSite]:
     settings = Settings(home=tmp_path_factory.mktemp("audited-api") / "home", embedded_models=False)
 
-    async def seed() -> IssuedKey:
+    async def seed() -> dict[str, str]:
         async with open_platform(settings) as platform:
             await platform.first_run()
             accounts = platform.accounts_admin("test")
             await accounts.create_org(NewOrganization(name="acme"))
-            return await accounts.issue_key("acme", "bot")
+            issued = await accounts.issue_key("acme", "bot")
+            people = PeopleAdmin(platform.changes("test"), platform.clock, platform.master_key)
+            values = {"org": "acme", "key": issued.key.id}
+            for name in ("m1", "m2", "u1", "u2", "u3", "u4"):
+                user = await people.create_user(f"{name}@example.com", "a setup value")
+                values[name] = user.id
+                if name.startswith("m"):
+                    await people.add_member(user.id, "acme", OrgRole.VIEWER)
+            roles = PeopleRoles(platform.changes("test"), platform.clock, invitation_hours=1)
+            access = await roles.platform_access("acme")
+            values["invitation"] = (await roles.invite(access, "i0@example.com", OrgRole.MEMBER)).id
+            return values
 
-    issued = asyncio.run(seed())
+    values = asyncio.run(seed())
     admin_key = settings.admin_key_file.read_text().strip()
     with TestClient(create_app(settings)) as client:
-        yield ApiSite(
-            client,
-            {"Authorization": f"Bearer {admin_key}"},
-            {"org": "acme", "key": issued.key.id},
-        )
+        yield ApiSite(client, {"Authorization": f"Bearer {admin_key}"}, values)
 
 
 def test_every_mutating_admin_route_has_a_case() -> None:

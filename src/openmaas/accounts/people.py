@@ -111,9 +111,11 @@ def _check_email(email: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """What a user may do in one organization: their role there (operators: owner)."""
+    """What a user may do in one organization: their role there (operators: owner).
+    ``user`` None: not a person but the platform itself (an admin key, the CLI), which acts
+    as an operator does: as owner (``PeopleRoles.platform_access``)."""
 
-    user: User
+    user: User | None
     org_id: str
     org_name: str
     role: OrgRole
@@ -248,14 +250,11 @@ class PeopleAdmin:
                 models=allowed,
                 expires_at_ms=expires_at_ms,
             )
-            await record_creator(conn, key.id, access.user.id)
+            creator = None if access.user is None else access.user.id
+            if creator is not None:
+                await record_creator(conn, key.id, creator)
             issued.append(key)
-            after = {
-                "org": access.org_id,
-                "name": name,
-                "role": "member",
-                "creator": access.user.id,
-            }
+            after = {"org": access.org_id, "name": name, "role": "member", "creator": creator}
             return AuditRecord("key.create", key.id, None, after | restriction_audit(key))
 
         await self.changes.commit(write)

@@ -11,13 +11,19 @@ The rules, checked here whoever asks:
 - an invitation names an email and a role; its token (shown once, only its SHA-256 stored)
   is good once, until it expires or is revoked, and only for a person with that email;
 - an operator neither disables themselves nor takes away their own operator role.
+
+The console calls this service as the person; the admin API (``/admin/v1``, an admin key)
+and the CLI call the same methods as the platform itself: ``platform_access`` gives them an
+organization as an operator has it (owner), and ``by=None`` changes users as an operator.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from openmaas.accounts.people import (
@@ -28,6 +34,7 @@ from openmaas.accounts.people import (
     _need,
     check_password,
 )
+from openmaas.core.admin_fields import AdminBody
 from openmaas.core.clock import Clock
 from openmaas.core.errors import InvalidRequest, NotFound, PermissionDenied
 from openmaas.core.ledger_events import Event
@@ -36,6 +43,7 @@ from openmaas.store.people import invitations as invites
 from openmaas.store.people import members as store
 from openmaas.store.people.sessions import revoke_user_sessions
 from openmaas.store.people.users import User, UserRepository, insert_user, upsert_membership
+from openmaas.store.repositories import OrganizationRepository
 
 TOKEN_BYTES = 32
 
@@ -44,6 +52,31 @@ TOKEN_BYTES = 32
 class NewInvitation:
     id: str
     token: str  # shown once: the link carries it; only its hash is stored
+
+
+RoleName = Literal["owner", "admin", "member", "viewer"]
+
+
+class MemberRoleChange(AdminBody):
+    """``PATCH /admin/v1/orgs/{org}/members/{user}``: the member's new role."""
+
+    role: RoleName
+
+
+class InvitationRequest(AdminBody):
+    """``POST /admin/v1/orgs/{org}/invitations``: whom to invite, with which role."""
+
+    email: str = Field(max_length=320)
+    role: RoleName = "member"
+
+
+def invitation_status(found: invites.Invitation, now_ms: int) -> str:
+    """``open``, ``accepted``, ``revoked`` or ``expired``."""
+    if found.accepted_at_ms is not None:
+        return "accepted"
+    if found.revoked_at_ms is not None:
+        return "revoked"
+    return "open" if found.open(now_ms) else "expired"
 
 
 class InvitationClosed(InvalidRequest):
@@ -61,6 +94,13 @@ class PeopleRoles:
         self._clock = clock
         self._invitation_ms = round(invitation_hours * 3_600_000)
         self.users = UserRepository(changes.database)
+        self.orgs = OrganizationRepository(changes.database)
+
+    async def platform_access(self, org: str) -> Access:
+        """``org`` (id or name) as the platform itself holds it (an admin key, the CLI): as
+        an operator, the owner role, no person (an unknown organization: not found)."""
+        found = await self.orgs.find(org)
+        return Access(None, found.id, found.name, OrgRole.OWNER)
 
     # -- members ----------------------------------------------------------------------
 
@@ -113,7 +153,7 @@ class PeopleRoles:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         now = self._clock.now_ms()
         made: list[str] = []
-        inviter = access.user.id
+        inviter = None if access.user is None else access.user.id
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord:
             found = await invites.insert_invitation(
@@ -194,10 +234,12 @@ class PeopleRoles:
 
     # -- users' platform roles (operators) ----------------------------------------------
 
-    async def set_operator(self, by: User, user_id: str, operator: bool) -> None:
+    async def set_operator(self, by: User | None, user_id: str, operator: bool) -> None:
+        """Make ``user_id`` (id or email) an operator or not; ``by`` None: the platform
+        itself (an admin key, the CLI)."""
         _operator(by)
         target = await self.users.find(user_id)
-        if target.id == by.id and not operator:
+        if by is not None and target.id == by.id and not operator:
             raise InvalidRequest("An operator does not take away their own role.", "operator")
 
         async def write(conn: AsyncConnection, _events: tuple[Event, ...]) -> AuditRecord | None:
@@ -209,11 +251,12 @@ class PeopleRoles:
 
         await self.changes.commit(write)
 
-    async def set_disabled(self, by: User, user_id: str, disabled: bool) -> None:
-        """Disable a user (every session of theirs ends; sign-in refused) or enable again."""
+    async def set_disabled(self, by: User | None, user_id: str, disabled: bool) -> None:
+        """Disable a user (every session of theirs ends; sign-in refused) or enable again;
+        ``by`` None: the platform itself (an admin key, the CLI)."""
         _operator(by)
         target = await self.users.find(user_id)
-        if target.id == by.id:
+        if by is not None and target.id == by.id:
             raise InvalidRequest("An operator does not disable themselves.", "user")
         now = self._clock.now_ms()
 
@@ -248,6 +291,6 @@ def _may_touch(access: Access, current: OrgRole) -> None:
         raise PermissionDenied("Only an owner changes or removes an owner.")
 
 
-def _operator(user: User) -> None:
-    if not user.operator:
+def _operator(user: User | None) -> None:
+    if user is not None and not user.operator:
         raise PermissionDenied("Only operators change users' platform roles.")

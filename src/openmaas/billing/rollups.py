@@ -1,7 +1,9 @@
 """Daily roll-ups of usage for the console's usage page: the background pass that folds new
 usage records into them (``store/rollups/roller.py``, run by every serving process every
 ``OPENMAAS_ROLLUP_SECONDS``; passes of several processes take turns), and the report of an
-organization's period read from them alone: per day, per model, per key, and in total."""
+organization's period read from them alone: per day, per model, per key, and in total;
+and the platform's (the operator's overview): every organization's tokens and revenue per
+day, the top organizations and models, summed by the database from the roll-ups alone."""
 
 from __future__ import annotations
 
@@ -14,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.errors import InvalidRequest
 from openmaas.core.rollups import Rollup
-from openmaas.store.rollups.reads import RollupRow, org_rollups, rolled_at_ms
+from openmaas.store.rollups.reads import (
+    PlatformSums,
+    RollupRow,
+    org_rollups,
+    platform_sums,
+    rolled_at_ms,
+)
 from openmaas.store.rollups.roller import UsageRoller
 
 log = logging.getLogger("openmaas.rollups")
@@ -106,3 +114,62 @@ async def usage_report(
         engine, org_id, period.since.isoformat(), period.until.isoformat(), key_id=key_id
     )
     return UsageReport(period, rows, await rolled_at_ms(engine))
+
+
+@dataclass
+class Totals:
+    """Sums of a day, an organization or a model: revenue per currency (the charged cost of
+    priced requests; organizations pay in their own currency, so sums stay apart)."""
+
+    requests: int = 0
+    tokens: int = 0
+    revenue: dict[str, int] = field(default_factory=dict)  # currency -> micros
+
+    def add(self, sums: PlatformSums) -> None:
+        self.requests += sums.requests
+        self.tokens += sums.tokens
+        if sums.currency is not None:
+            self.revenue[sums.currency] = self.revenue.get(sums.currency, 0) + sums.cost_micros
+
+
+@dataclass
+class PlatformReport:
+    """Every organization's usage over a period, from the roll-ups only."""
+
+    period: Period
+    rolled_at_ms: int | None
+    by_day: dict[str, Totals]  # every day of the period
+    top_orgs: list[tuple[str, Totals]]  # organization id, by tokens, most first
+    top_models: list[tuple[str, Totals]]
+    total: Totals
+
+    @property
+    def currencies(self) -> list[str]:
+        return sorted(self.total.revenue)
+
+
+def _grouped(rows: list[PlatformSums]) -> dict[str, Totals]:
+    found: dict[str, Totals] = {}
+    for row in rows:
+        found.setdefault(row.group, Totals()).add(row)
+    return found
+
+
+def _top(found: dict[str, Totals], count: int) -> list[tuple[str, Totals]]:
+    return sorted(found.items(), key=lambda item: (-item[1].tokens, item[0]))[:count]
+
+
+async def platform_report(engine: AsyncEngine, period: Period, *, top: int = 10) -> PlatformReport:
+    """Tokens and revenue per day, and the ``top`` organizations and models by tokens."""
+    since, until = period.since.isoformat(), period.until.isoformat()
+    days = _grouped(await platform_sums(engine, since, until, "day"))
+    by_day = {day: days.get(day, Totals()) for day in period.days()}
+    org_rows = await platform_sums(engine, since, until, "org")
+    total = Totals()
+    for row in org_rows:
+        total.add(row)
+    orgs = _grouped(org_rows)
+    models = _grouped(await platform_sums(engine, since, until, "model"))
+    return PlatformReport(
+        period, await rolled_at_ms(engine), by_day, _top(orgs, top), _top(models, top), total
+    )

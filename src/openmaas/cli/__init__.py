@@ -2,7 +2,7 @@
 directory's platform as the admin API does (audited as ``cli:<unix user>``). One module per
 command group; importing them registers their commands on ``main``."""
 
-from openmaas.cli import accounts, billing, catalog, users
+from openmaas.cli import accounts, billing, catalog, people, users
 from openmaas.cli.root import main
 
-__all__ = ["accounts", "billing", "catalog", "main", "users"]
+__all__ = ["accounts", "billing", "catalog", "main", "people", "users"]

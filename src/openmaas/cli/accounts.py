@@ -8,11 +8,21 @@ import time
 import click
 
 from openmaas.accounts.admin import AccountsAdmin, NewApiKey, NewOrganization, Role
+from openmaas.accounts.suspensions import NewSuspension
 from openmaas.billing.admin_bodies import (
     TermsChange,
     TierLimits,
 )
-from openmaas.cli.common import admin_body, cap, ms_to_iso, print_table, with_accounts, with_billing
+from openmaas.cli.common import (
+    admin_body,
+    cap,
+    cli_actor,
+    ms_to_iso,
+    print_table,
+    run_platform,
+    with_accounts,
+    with_billing,
+)
 from openmaas.cli.root import main
 from openmaas.core.admin_fields import iso_ms
 
@@ -86,6 +96,22 @@ def orgs_set(
         f"{changed.id}\t{changed.name}\ttier={changed.tier or '-'}\t"
         f"discount_bp={changed.discount_bp}\tdata_policy={changed.data_policy}"
     )
+
+
+@orgs.command("suspend", help="Suspend an organization: its member keys are refused (403).")
+@click.argument("org")
+@click.option("--reason", default=None, help="Why (kept in the audit log).")
+def orgs_suspend(org: str, reason: str | None) -> None:
+    body = admin_body(NewSuspension, reason=reason)
+    run_platform(lambda platform: platform.suspensions(cli_actor()).suspend(org, body.reason))
+    click.echo(f"{org}\tsuspended")
+
+
+@orgs.command("resume", help="Resume a suspended organization.")
+@click.argument("org")
+def orgs_resume(org: str) -> None:
+    run_platform(lambda platform: platform.suspensions(cli_actor()).resume(org))
+    click.echo(f"{org}\tresumed")
 
 
 @main.group(help="API keys.")

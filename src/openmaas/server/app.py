@@ -36,6 +36,7 @@ from openmaas.server.heap import trim_heap_every
 from openmaas.server.metrics import metrics_from_environment
 from openmaas.server.middleware import RequestContextMiddleware
 from openmaas.server.routes import admin as admin_routes
+from openmaas.server.routes import admin_people as admin_people_routes
 from openmaas.server.routes import anthropic as anthropic_routes
 from openmaas.server.routes import console as console_routes
 from openmaas.server.routes import openai as openai_routes
@@ -146,6 +147,7 @@ def create_app(
     app.include_router(anthropic_routes.router)
     app.include_router(platform_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(admin_people_routes.router)
     zhipu_routes.install(app)
     console_routes.install(app, settings)  # /console: pages for people
     errors = install_error_handlers(
@@ -162,7 +164,8 @@ def create_app(
         + responses_routes.BODY_MODELS
         + anthropic_routes.BODY_MODELS
         + zhipu_routes.BODY_MODELS
-        + list(admin_routes.BODY_MODELS),
+        + list(admin_routes.BODY_MODELS)
+        + list(admin_people_routes.BODY_MODELS),
     )
     ids = RequestIdGenerator()
     limit = settings.max_body_bytes

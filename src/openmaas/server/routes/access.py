@@ -90,6 +90,7 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     # the platform's pages (routes/console_ops.py)
     **dict.fromkeys(
         (
+            "GET /console/operator",  # the platform overview (routes/console_overview.py)
             "GET /console/operator/orgs",
             "POST /console/operator/orgs",
             "GET /console/operator/orgs/{org}",
@@ -169,12 +170,25 @@ POLICY: dict[str, Access] = {
     "GET /admin/v1/tiers": _ADMIN,
     "PUT /admin/v1/tiers/{name}": _ADMIN,
     "GET /admin/v1/audit": _ADMIN,
+    "GET /admin/v1/usage": _ADMIN,  # the platform's, as the console's overview
     "GET /admin/v1/catalog": _ADMIN,
     "PUT /admin/v1/catalog": _ADMIN,
     "GET /admin/v1/models": _ADMIN,
     "GET /admin/v1/credentials": _ADMIN,
     "PUT /admin/v1/credentials/{name}": _ADMIN,
     "DELETE /admin/v1/credentials/{name}": _ADMIN,
+    # the admin API for people (admin_people.py): what the console's people pages do
+    "GET /admin/v1/orgs/{org}/members": _ADMIN,
+    "PATCH /admin/v1/orgs/{org}/members/{user_id}": _ADMIN,
+    "DELETE /admin/v1/orgs/{org}/members/{user_id}": _ADMIN,
+    "GET /admin/v1/orgs/{org}/invitations": _ADMIN,
+    "POST /admin/v1/orgs/{org}/invitations": _ADMIN,
+    "DELETE /admin/v1/orgs/{org}/invitations/{invitation_id}": _ADMIN,
+    "GET /admin/v1/users": _ADMIN,
+    "PUT /admin/v1/users/{user_id}/operator": _ADMIN,
+    "DELETE /admin/v1/users/{user_id}/operator": _ADMIN,
+    "PUT /admin/v1/users/{user_id}/disabled": _ADMIN,
+    "DELETE /admin/v1/users/{user_id}/disabled": _ADMIN,
     # the console: sessions, not keys (CONSOLE_ROLES)
     **dict.fromkeys(CONSOLE_ROLES, Access.CONSOLE),
 }

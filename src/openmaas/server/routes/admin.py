@@ -12,6 +12,7 @@ organization, key, budget or credential, 409 for a catalog managed by a file.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
@@ -30,6 +31,7 @@ from openmaas.billing.admin_bodies import (
     TierLimits,
 )
 from openmaas.billing.reports import price_json, statement_csv, statement_json, tier_json
+from openmaas.billing.rollups import Period, Totals, platform_report
 from openmaas.catalog.admin import CatalogAdmin, CredentialValue, CurrentCatalog, describe_model
 from openmaas.catalog.document import CatalogRejected
 from openmaas.catalog.reloader import CatalogFileManaged
@@ -417,6 +419,41 @@ async def audit(request: Request) -> Response:
         for e in entries
     ]
     return json_response({"object": "list", "data": data})
+
+
+@router.get(
+    "/usage",
+    summary="The platform's usage: tokens and revenue per day, top organizations and models",
+    openapi_extra=_query(
+        ("since", _DAY, "First UTC day, YYYY-MM-DD (default: 29 days before until)"),
+        ("until", _DAY, "Last UTC day, YYYY-MM-DD (default: today)"),
+    ),
+)
+async def platform_usage(request: Request) -> Response:
+    """What the console's platform overview shows, from the daily roll-ups alone (revenue
+    per currency; upstream cost is not in the roll-ups: ``/orgs/{org}/usage`` has it)."""
+    admin = await _admin(request)
+    params = request.query_params
+    today = datetime.fromtimestamp(admin.clock.now_ms() / 1000, UTC).date()
+    period = Period.parse(
+        params.get("since", "")[:10], params.get("until", "")[:10], Period.last(30, today)
+    )
+    report = await platform_report(admin.database, period)
+
+    def sums(totals: Totals) -> dict[str, Any]:
+        revenue = {c: format_micros(m) for c, m in sorted(totals.revenue.items())}
+        return {"requests": totals.requests, "tokens": totals.tokens, "revenue": revenue}
+
+    return json_response(
+        {
+            "object": "platform_usage",
+            **period.as_query(),
+            "total": sums(report.total),
+            "days": [{"date": d, **sums(t)} for d, t in report.by_day.items()],
+            "top_orgs": [{"org": o, **sums(t)} for o, t in report.top_orgs],
+            "top_models": [{"model": m, **sums(t)} for m, t in report.top_models],
+        }
+    )
 
 
 # -- catalog, models, credentials -------------------------------------------------------

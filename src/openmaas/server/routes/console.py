@@ -93,9 +93,16 @@ def install(app: FastAPI, settings: Settings) -> None:
     # before the pages: their last route answers every other /console path
     app.mount(f"{PREFIX}/static", StaticFiles(directory=FILES / "static"), name="console-static")
     # the other page modules use this module's machinery
-    from openmaas.server.routes import console_ops, console_people, console_play, console_usage
+    from openmaas.server.routes import (
+        console_ops,
+        console_overview,
+        console_people,
+        console_play,
+        console_usage,
+    )
 
     app.include_router(console_usage.router)  # before this router's catch-all
+    app.include_router(console_overview.router)
     app.include_router(console_play.router)
     app.include_router(console_ops.router)
     app.include_router(console_people.router)

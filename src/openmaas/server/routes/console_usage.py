@@ -46,7 +46,8 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def _today(visit: console.Visit) -> date:
+def utc_today(visit: console.Visit) -> date:
+    """Today's UTC date by the platform's clock."""
     return datetime.fromtimestamp(visit.platform.clock.now_ms() / 1000, UTC).date()
 
 
@@ -62,7 +63,7 @@ async def _report(visit: console.Visit) -> _Asked:
     """The report the query asks for, its filters, the keys and models to choose from."""
     assert visit.org is not None
     query = visit.request.query_params
-    default = Period.last(DEFAULT_DAYS, _today(visit))
+    default = Period.last(DEFAULT_DAYS, utc_today(visit))
     period = Period.parse(query.get("since", "")[:10], query.get("until", "")[:10], default)
     keys = {k.id: k.name for k in await ApiKeyRepository(visit.platform.database).list(
         visit.org.org_id
@@ -142,7 +143,7 @@ async def usage(request: Request, org: str) -> Response:
     try:
         asked = await _report(visit)
     except InvalidRequest as exc:
-        today = _today(visit)
+        today = utc_today(visit)
         report = await usage_report(
             visit.platform.database, visit.org.org_id, Period.last(DEFAULT_DAYS, today)
         )
@@ -152,7 +153,7 @@ async def usage(request: Request, org: str) -> Response:
             csv_url="", day=lambda d: day_label(visit.t.lang, d, year=True),
             rollup_seconds=_rollup_seconds(visit),
         )  # fmt: skip
-    today = _today(visit)
+    today = utc_today(visit)
     report, filters = asked.report, asked.filters
     presets = [
         (days, "?" + urlencode({**filters, **Period.last(days, today).as_query()}))
@@ -241,7 +242,7 @@ async def billing(request: Request, org: str) -> Response:
     assert visit.org is not None and visit.user is not None
     billing = visit.platform.billing_admin(actor_of(visit.user))
     report = await billing.balance(visit.org.org_id)
-    today = _today(visit)
+    today = utc_today(visit)
     month = _month(request.query_params.get("month", "")[:7], today)
     try:
         number = max(1, int(request.query_params.get("page", "1")[:6]))

@@ -1,11 +1,12 @@
 """What the console reads of the roll-ups: an organization's rows over a period, filtered
-by key and model, with their latency histograms; never the usage records."""
+by key and model, with their latency histograms; the platform's sums per day, organization
+or model (the operator's overview, summed by the database); never the usage records."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.rollups import LATENCY, Rollup
@@ -60,6 +61,47 @@ async def org_rollups(
                 histogram = rollup.latency if metric == LATENCY else rollup.ttft
                 histogram[int(bucket)] = int(n)
     return [RollupRow(day, m, k, sums) for (day, m, k), sums in found.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSums:
+    """Every organization's roll-ups of one day, organization or model, in one currency
+    (None: requests that had no price)."""
+
+    group: str  # the day, the organization id or the model
+    currency: str | None
+    requests: int
+    tokens: int  # input + output
+    cost_micros: int
+
+
+PLATFORM_GROUPS = {"day": usage_rollups.c.day, "org": usage_rollups.c.org_id,
+                   "model": usage_rollups.c.model}  # fmt: skip
+
+
+async def platform_sums(
+    engine: AsyncEngine, since_day: str, until_day: str, by: str
+) -> list[PlatformSums]:
+    """The roll-ups of the days ``[since_day, until_day]`` summed per ``by`` (``day``,
+    ``org`` or ``model``) and currency, by the database: one row per group and currency."""
+    r = usage_rollups.c
+    group = PLATFORM_GROUPS[by]
+    query = (
+        select(
+            group,
+            r.currency,
+            func.sum(r.requests),
+            func.sum(r.input_tokens + r.output_tokens),
+            func.sum(r.cost_micros),
+        )
+        .where(r.day >= since_day, r.day <= until_day)
+        .group_by(group, r.currency)
+    )
+    async with engine.connect() as conn:
+        return [
+            PlatformSums(str(g), currency, int(n or 0), int(tokens or 0), int(cost or 0))
+            for g, currency, n, tokens, cost in await conn.execute(query)
+        ]
 
 
 async def rolled_at_ms(engine: AsyncEngine) -> int | None:
