@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.money import Currency, Money
@@ -227,3 +228,27 @@ async def test_a_serving_process_rolls_up_in_the_background(
             return await stored_rollups(platform.database) == expected_from(records)
 
         await eventually(rolled, what="the records in the roll-ups")
+
+
+async def test_the_platforms_period_is_read_by_day_not_by_scanning_every_organization(
+    tmp_path: Path,
+) -> None:
+    """The overview sums a period across every organization (a year of a thousand is
+    ~365,000 rows a model): SQLite's plan searches the day index instead of the table."""
+    engine = open_database("sqlite+aiosqlite:///" + str(tmp_path / "openmaas.db"))
+    try:
+        await migrate(engine)
+        r = usage_rollups.c
+        query = (
+            select(r.day, func.sum(r.requests))
+            .where(r.day >= "2026-01-01", r.day <= "2026-01-31")
+            .group_by(r.day)
+        )
+        sql = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
+        async with engine.connect() as conn:
+            plan = " ".join(str(row[-1]) for row in await conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + sql
+            ))  # fmt: skip
+        assert "ix_rollups_day" in plan, plan
+    finally:
+        await engine.dispose()

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("cost_micros", sa.BigInteger, nullable=False),
         sa.Column("currency", sa.String(3), nullable=True),
     )
+    op.create_index("ix_rollups_day", "usage_rollups", ["day"])
     op.create_table(
         "usage_rollup_buckets",
         *_key(),
@@ -69,4 +70,5 @@ def downgrade() -> None:
         op.execute("ALTER TABLE usage_records DROP COLUMN roll_xid")
     op.drop_table("rollup_marks")
     op.drop_table("usage_rollup_buckets")
+    op.drop_index("ix_rollups_day", "usage_rollups")
     op.drop_table("usage_rollups")
