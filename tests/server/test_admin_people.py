@@ -17,7 +17,7 @@ from openmaas.accounts.people import OrgRole, PeopleAdmin
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.settings import Settings
-from tests.support.people import PASSWORD, post_form, sign_in
+from tests.support.people import PASSWORD, another_browser, post_form, sign_in
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_an_admin_key_invites_a_person_who_joins_and_is_then_managed_as_a_member
     assert "token" not in listed[0] and invitation["token"] not in str(listed)  # shown once
 
     # the person accepts in the console, signed in, with the invited email
-    browser = TestClient(client.app, base_url="https://testserver")
+    browser = another_browser(client)
     sign_in(browser, "pat@example.com")
     page = invitation["link"].removeprefix("https://testserver")
     assert browser.get(page).status_code == 200
@@ -115,7 +115,7 @@ def test_users_made_operators_and_disabled_by_an_admin_key(
 ) -> None:
     client, world = site
     pat = world["pat@example.com"]
-    browser = TestClient(client.app, base_url="https://testserver")
+    browser = another_browser(client)
     sign_in(browser, "pat@example.com")
     assert browser.get("/console/operator/orgs").status_code == 403  # not an operator yet
 

@@ -19,7 +19,15 @@ from openmaas.store.audit import read_audit
 from openmaas.store.people.users import UserRepository
 from tests.server.test_console import console_settings
 from tests.support.app import app_state
-from tests.support.people import PASSWORD, World, csrf_of, make_world, post_form, sign_in
+from tests.support.people import (
+    PASSWORD,
+    World,
+    another_browser,
+    csrf_of,
+    make_world,
+    post_form,
+    sign_in,
+)
 from tests.support.waiting import wait_until
 
 OPS = "/console/operator"
@@ -171,7 +179,7 @@ def test_an_operator_makes_an_operator_and_disables_a_user_who_is_signed_out(
     console: tuple[TestClient, World, Settings],
 ) -> None:
     client, _world, settings = console
-    other = TestClient(client.app, base_url="https://testserver")
+    other = another_browser(client)
     assert sign_in(other, "member@example.com").status_code == 303
     assert other.get("/console").status_code == 200
     assert other.get(f"{OPS}/users").status_code == 403  # not yet
@@ -243,7 +251,7 @@ def test_every_new_post_needs_a_session_and_its_csrf_token_and_writes_nothing_wi
             path, data={**form, "csrf": token}, headers={"origin": "https://evil.example"}
         )
         assert elsewhere.status_code == 403, f"{route}: another origin"
-        signed_out = TestClient(client.app, base_url="https://testserver")
+        signed_out = another_browser(client)
         assert signed_out.post(path, data={**form, "csrf": token}).status_code == 403, route
     assert len(_audit(client)) == before  # nothing was changed
 

@@ -17,7 +17,15 @@ from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.settings import Settings
 from tests.server.test_console import console_settings
-from tests.support.people import PASSWORD, World, csrf_of, make_world, post_form, sign_in
+from tests.support.people import (
+    PASSWORD,
+    World,
+    another_browser,
+    csrf_of,
+    make_world,
+    post_form,
+    sign_in,
+)
 from tests.support.waiting import wait_until
 
 NEW_PASSWORD = "a new person's password"
@@ -68,7 +76,7 @@ def test_an_admin_invites_a_person_who_signs_up_through_the_link_and_sees_the_or
     link = _invite(client, world.org_a, "new@example.com", "member")
     assert "new@example.com" in client.get(f"/console/orgs/{world.org_a}/members").text
 
-    newcomer = TestClient(client.app, base_url="https://testserver")
+    newcomer = another_browser(client)
     invitation = newcomer.get(link)
     assert invitation.status_code == 200 and "org-a" in invitation.text
     token = csrf_of(invitation)
@@ -88,7 +96,7 @@ def test_an_admin_invites_a_person_who_signs_up_through_the_link_and_sees_the_or
     assert keys.status_code == 200 and "org-a" in keys.text and "new@example.com" in keys.text
     assert newcomer.get(f"/console/orgs/{world.org_b}/keys").status_code == 404
 
-    again = TestClient(client.app, base_url="https://testserver")
+    again = another_browser(client)
     assert again.get(link).status_code == 404  # used: it works once
     assert (
         "new@example.com"

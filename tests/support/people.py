@@ -79,3 +79,12 @@ def post_form(client: TestClient, page_path: str, action: str, **fields: str) ->
     """Open ``page_path``, then POST ``fields`` to ``action`` with the page's CSRF token."""
     token = csrf_of(client.get(page_path))
     return client.post(action, data={**fields, "csrf": token}, follow_redirects=False)
+
+
+def another_browser(client: TestClient) -> TestClient:
+    """A second browser (its own cookies) on the app ``client`` serves, on the same event
+    loop: a TestClient of its own would run each request on a loop of its own, where the
+    app's database connections and locks, made on ``client``'s loop, can wait forever."""
+    other = TestClient(client.app, base_url=str(client.base_url))
+    other.portal = client.portal
+    return other
