@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.e2e.console_browser import browser  # noqa: F401  (Chromium, for the console's tests)
 from tests.e2e.live import FAKE_MODELS, MODEL_ALIASES, LiveServer
 
 

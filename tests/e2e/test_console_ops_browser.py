@@ -8,24 +8,22 @@ Screenshots of the new pages go to docs/screenshots/ (linked from docs/console.m
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
-from tests.e2e.live import FAKE_MODELS, LiveServer
-from tests.e2e.test_console_browser import (
+from tests.e2e.console_browser import (
     DESKTOP,
     EMAIL,
     PASSWORD,
     PHONE,
-    _page,
-    _shot,
-    browser,  # noqa: F401  (the fixture)
+    open_page,
+    shot,
+    start_with_operator,
 )
+from tests.e2e.live import FAKE_MODELS, LiveServer
 from tests.support.waiting import wait_until
 
 NEWCOMER = "new.person@example.com"
@@ -48,13 +46,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         embedded_models=False,
         fake_models=FAKE_MODELS,
     )
-    server.start()
-    made = subprocess.run(
-        [sys.executable, "-m", "openmaas", "users", "create", "--email", EMAIL, "--operator",
-         "--password-stdin"],
-        env=server.env, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    start_with_operator(server)
     server.cli("tiers", "set", "Gold", "--rpm", "600")
     server.cli("prices", "set", "fake-echo", "--input", "2", "--cached-input", "0.5",
                "--output", "8")  # fmt: skip
@@ -75,10 +67,10 @@ ZH = ("邮箱", "密码", "登录")
 
 
 def test_an_operator_tops_up_sets_a_tier_edits_the_catalog_and_invites(
-    browser: Any,  # noqa: F811
+    browser: Any,
     live: LiveServer,
 ) -> None:
-    page = _page(browser, live, "en-US", DESKTOP)
+    page = open_page(browser, live, "en-US", DESKTOP)
     _sign_in(page, EMAIL, PASSWORD, EN)
     page.get_by_role("link", name="Organizations", exact=True).click()
     page.get_by_role("heading", name="Organizations", exact=True).wait_for()
@@ -91,10 +83,10 @@ def test_an_operator_tops_up_sets_a_tier_edits_the_catalog_and_invites(
     page.get_by_role("button", name="Save", exact=True).click()
     page.get_by_role("status").get_by_text("The terms are saved.").wait_for()
     assert page.locator("[data-figure=tier]").inner_text() == "Gold"
-    _shot(page, "ops-org-en")
+    shot(page, "ops-org-en")
     page.get_by_role("link", name="Organizations", exact=True).click()
     page.locator("tr[data-org=default]").get_by_text("Gold").wait_for()
-    _shot(page, "ops-orgs-en")
+    shot(page, "ops-orgs-en")
 
     page.get_by_role("link", name="Catalog", exact=True).click()
     page.get_by_label("Document", exact=True).fill(BROKEN)
@@ -104,19 +96,19 @@ def test_an_operator_tops_up_sets_a_tier_edits_the_catalog_and_invites(
     assert bad.get_attribute("data-line") == "4"  # context_length: lots
     assert "context_length: lots" in bad.inner_text()
     assert "context_length" in bad.locator("td.issue").inner_text()
-    _shot(page, "ops-catalog-en")
+    shot(page, "ops-catalog-en")
     page.get_by_label("Document", exact=True).fill(BROKEN.replace("lots", "4096"))
     page.get_by_role("button", name="Save and apply", exact=True).click()
     page.get_by_role("status").get_by_text("Saved and applied").wait_for()
     page.get_by_role("link", name="Deployments", exact=True).click()
     page.locator("[data-model=chat-a]").wait_for()
-    _shot(page, "ops-models-en")
+    shot(page, "ops-models-en")
     page.get_by_role("link", name="Prices", exact=True).click()
     page.get_by_role("cell", name="fake-echo").first.wait_for()
-    _shot(page, "ops-prices-en")
+    shot(page, "ops-prices-en")
     page.get_by_role("link", name="Users", exact=True).click()
     page.locator(f"tr[data-user='{EMAIL}']").wait_for()
-    _shot(page, "ops-users-en")
+    shot(page, "ops-users-en")
 
     page.goto("/console")
     page.get_by_role("link", name="Members", exact=True).click()
@@ -127,14 +119,14 @@ def test_an_operator_tops_up_sets_a_tier_edits_the_catalog_and_invites(
     url = link.input_value()
     assert "/console/invitation?token=" in url
     page.get_by_role("button", name="Copy", exact=True).click()
-    _shot(page, "members-en", mask=[link])
+    shot(page, "members-en", mask=[link])
     page.context.close()
 
-    newcomer = _page(browser, live, "zh-CN", DESKTOP)  # open sign-up is off: the link works
+    newcomer = open_page(browser, live, "zh-CN", DESKTOP)  # open sign-up is off: the link works
     newcomer.goto(url)
     newcomer.get_by_role("heading", name="邀请", exact=True).wait_for()
     assert "default" in newcomer.locator("main").inner_text()
-    _shot(newcomer, "invitation-zh-CN")
+    shot(newcomer, "invitation-zh-CN")
     newcomer.get_by_label("密码", exact=True).fill(NEW_PASSWORD)
     newcomer.get_by_label("再次输入密码").fill(NEW_PASSWORD)
     newcomer.get_by_role("button", name="创建账号", exact=True).click()
@@ -147,39 +139,39 @@ def test_an_operator_tops_up_sets_a_tier_edits_the_catalog_and_invites(
 
 
 def test_the_operator_pages_in_chinese_and_at_phone_width(
-    browser: Any,  # noqa: F811
+    browser: Any,
     live: LiveServer,
 ) -> None:
-    page = _page(browser, live, "zh-CN", DESKTOP)
+    page = open_page(browser, live, "zh-CN", DESKTOP)
     _sign_in(page, EMAIL, PASSWORD, ZH)
     page.get_by_role("link", name="组织", exact=True).click()
     page.get_by_role("heading", name="组织", exact=True).wait_for()
-    _shot(page, "ops-orgs-zh-CN")
+    shot(page, "ops-orgs-zh-CN")
     page.get_by_role("link", name="default", exact=True).click()
     page.get_by_role("heading", name="充值", exact=True).wait_for()
-    _shot(page, "ops-org-zh-CN")
+    shot(page, "ops-org-zh-CN")
     page.get_by_role("link", name="目录编辑", exact=True).click()
     page.get_by_label("文档", exact=True).fill(BROKEN)
     page.get_by_role("button", name="检查", exact=True).click()
     page.locator("tr.bad").wait_for()
-    _shot(page, "ops-catalog-zh-CN")
+    shot(page, "ops-catalog-zh-CN")
     page.get_by_role("link", name="部署", exact=True).click()
     page.get_by_role("heading", name="模型与部署", exact=True).wait_for()
-    _shot(page, "ops-models-zh-CN")
+    shot(page, "ops-models-zh-CN")
     page.get_by_role("link", name="价格", exact=True).first.click()
     page.get_by_role("heading", name="价格", exact=True).wait_for()
-    _shot(page, "ops-prices-zh-CN")
+    shot(page, "ops-prices-zh-CN")
     page.get_by_role("link", name="用户", exact=True).click()
     page.get_by_role("heading", name="用户", exact=True).wait_for()
-    _shot(page, "ops-users-zh-CN")
+    shot(page, "ops-users-zh-CN")
     page.goto("/console")
     page.get_by_role("link", name="成员", exact=True).click()
     page.get_by_role("heading", name="成员", exact=True).wait_for()
-    _shot(page, "members-zh-CN")
+    shot(page, "members-zh-CN")
     members = page.url
     page.context.close()
 
-    phone = _page(browser, live, "zh-CN", PHONE)
+    phone = open_page(browser, live, "zh-CN", PHONE)
     _sign_in(phone, EMAIL, PASSWORD, ZH)
     org = members.split("/orgs/")[1].split("/")[0]
     for path in ("operator/orgs", f"operator/orgs/{org}", "operator/catalog",
@@ -189,12 +181,12 @@ def test_the_operator_pages_in_chinese_and_at_phone_width(
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{path} scrolls sideways at phone width ({width}px)"
     phone.goto(f"/console/operator/orgs/{org}")
-    _shot(phone, "ops-org-phone-zh-CN")
+    shot(phone, "ops-org-phone-zh-CN")
     phone.context.close()
 
 
 def test_the_platform_overview_shows_the_requests_in_both_languages(
-    browser: Any,  # noqa: F811
+    browser: Any,
     live: LiveServer,
 ) -> None:
     live.cli("billing", "topup", "default", "100")  # the requests are priced
@@ -203,7 +195,7 @@ def test_the_platform_overview_shows_the_requests_in_both_languages(
         client.chat.completions.create(
             model="fake-echo", messages=[{"role": "user", "content": "hi"}]
         )
-    page = _page(browser, live, "en-US", DESKTOP)
+    page = open_page(browser, live, "en-US", DESKTOP)
     _sign_in(page, EMAIL, PASSWORD, EN)
     page.get_by_role("link", name="Overview", exact=True).click()
     page.get_by_role("heading", name="Platform overview", exact=True).wait_for()
@@ -215,13 +207,13 @@ def test_the_platform_overview_shows_the_requests_in_both_languages(
     wait_until(rolled_up, what="the requests in the platform overview", timeout=60, interval=1)
     assert page.locator("[data-figure=revenue-CNY]").inner_text().startswith("CN¥")
     assert page.locator("[data-overview=orgs]").get_by_role("link", name="default").count() == 1
-    _shot(page, "operator-overview-en")
+    shot(page, "operator-overview-en")
     page.get_by_label("Language").select_option("zh-CN")
     page.get_by_role("heading", name="平台概览", exact=True).wait_for()
-    _shot(page, "operator-overview-zh-CN")
+    shot(page, "operator-overview-zh-CN")
     page.context.close()
 
-    phone = _page(browser, live, "zh-CN", PHONE)
+    phone = open_page(browser, live, "zh-CN", PHONE)
     _sign_in(phone, EMAIL, PASSWORD, ZH)
     phone.goto("/console/operator")
     width = phone.evaluate("document.documentElement.scrollWidth")

@@ -8,25 +8,21 @@ languages, phone width. Screenshots go to docs/screenshots/."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
-from tests.e2e.live import CHAT_MODEL, LiveServer
-from tests.e2e.test_console_browser import (
+from tests.e2e.console_browser import (
     DESKTOP,
-    EMAIL,
-    PASSWORD,
     PHONE,
-    _page,
-    _shot,
-    _sign_in,
-    browser,  # noqa: F401  (the fixture)
+    open_page,
+    shot,
+    sign_in,
+    start_with_operator,
 )
+from tests.e2e.live import CHAT_MODEL, LiveServer
 
 REASONER = "fake-reasoner"
 FAKES = {
@@ -42,13 +38,7 @@ FAKES = {
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A server with the embedded model and a fake reasoning model, an operator, money."""
     server = LiveServer(tmp_path_factory.mktemp("console-play") / "home", fake_models=FAKES)
-    server.start()
-    made = subprocess.run(
-        [sys.executable, "-m", "openmaas", "users", "create", "--email", EMAIL, "--operator",
-         "--password-stdin"],
-        env=server.env, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    start_with_operator(server)
     server.cli("billing", "topup", "default", "100")
     yield server
     server.stop()
@@ -70,11 +60,11 @@ def _send(page: Any, prompt: str) -> Any:
 
 
 def test_a_key_for_one_model_with_an_expiry_made_in_the_console(
-    browser: Any,  # noqa: F811
+    browser: Any,
     live: LiveServer,
 ) -> None:
-    page = _page(browser, live, "en-US", DESKTOP)
-    _sign_in(page, "Email", "Password", "Sign in")
+    page = open_page(browser, live, "en-US", DESKTOP)
+    sign_in(page, "Email", "Password", "Sign in")
     page.get_by_label("Name").fill("one model")
     page.get_by_label(CHAT_MODEL).check()
     page.get_by_label("Expires").select_option("7d")
@@ -83,7 +73,7 @@ def test_a_key_for_one_model_with_an_expiry_made_in_the_console(
     token = secret.input_value()
     row = page.locator("tr", has_text="one model")
     assert CHAT_MODEL in row.inner_text() and "until " in row.inner_text()
-    _shot(page, "keys-restricted-en", mask=[secret])
+    shot(page, "keys-restricted-en", mask=[secret])
 
     client = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key=token, max_retries=0)
     assert [m.id for m in client.models.list()] == [CHAT_MODEL]
@@ -100,11 +90,11 @@ def test_a_key_for_one_model_with_an_expiry_made_in_the_console(
 
 
 def test_the_playground_streams_answers_reasoning_apart_and_tool_calls(
-    browser: Any,  # noqa: F811
+    browser: Any,
     live: LiveServer,
 ) -> None:
-    page = _page(browser, live, "en-US", DESKTOP)
-    _sign_in(page, "Email", "Password", "Sign in")
+    page = open_page(browser, live, "en-US", DESKTOP)
+    sign_in(page, "Email", "Password", "Sign in")
     page.get_by_role("link", name="Playground").click()
     page.get_by_role("heading", name="Playground").wait_for()
     page.get_by_label("Model", exact=True).select_option(CHAT_MODEL)
@@ -127,34 +117,34 @@ def test_the_playground_streams_answers_reasoning_apart_and_tool_calls(
     code = page.locator("#code-openai").inner_text()
     assert f'base_url="{live.base_url}/v1"' in code and f'model="{REASONER}"' in code
     assert "tools=" in code
-    _shot(page, "playground-en")
+    shot(page, "playground-en")
     page.get_by_role("link", name="SDKs").click()
     assert page.locator("#url-openai").inner_text() == f"{live.base_url}/v1"
     assert page.locator("#url-zhipu").inner_text() == f"{live.base_url}/api/paas/v4/"
-    _shot(page, "sdk-en")
+    shot(page, "sdk-en")
     page.context.close()
 
 
 def test_the_playground_and_sdk_page_in_chinese_and_at_phone_width(
-    browser: Any,  # noqa: F811
+    browser: Any,
     live: LiveServer,
 ) -> None:
-    chinese = _page(browser, live, "zh-CN", DESKTOP)
-    _sign_in(chinese, "邮箱", "密码", "登录")
+    chinese = open_page(browser, live, "zh-CN", DESKTOP)
+    sign_in(chinese, "邮箱", "密码", "登录")
     chinese.get_by_role("link", name="体验中心").click()
     chinese.get_by_role("heading", name="体验中心").wait_for()
     chinese.get_by_label("模型", exact=True).select_option(REASONER)
     turn = _send(chinese, "北京天气怎么样？")
     assert turn.locator(".reasoning summary").inner_text() == "思考过程"
     assert turn.locator(".answer").inner_text() == "It is sunny in Beijing."
-    _shot(chinese, "playground-zh-CN")
+    shot(chinese, "playground-zh-CN")
     chinese.get_by_role("link", name="SDK 接入").click()
     chinese.get_by_role("heading", name="在代码中调用 API").wait_for()
-    _shot(chinese, "sdk-zh-CN")
+    shot(chinese, "sdk-zh-CN")
     chinese.context.close()
 
-    phone = _page(browser, live, "zh-CN", PHONE)
-    _sign_in(phone, "邮箱", "密码", "登录")
+    phone = open_page(browser, live, "zh-CN", PHONE)
+    sign_in(phone, "邮箱", "密码", "登录")
     for path in ("playground", "sdk", "keys"):
         phone.goto(phone.url.rsplit("/", 1)[0] + "/" + path)
         width = phone.evaluate("document.documentElement.scrollWidth")
@@ -162,5 +152,5 @@ def test_the_playground_and_sdk_page_in_chinese_and_at_phone_width(
     phone.goto(phone.url.rsplit("/", 1)[0] + "/playground")
     phone.get_by_label("模型", exact=True).select_option(REASONER)
     _send(phone, "你好")
-    _shot(phone, "playground-phone-zh-CN")
+    shot(phone, "playground-phone-zh-CN")
     phone.context.close()

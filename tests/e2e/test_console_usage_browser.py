@@ -7,28 +7,23 @@ phone width. Screenshots go to docs/screenshots/ (linked from docs/console.md)."
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
-from tests.e2e.live import FAKE_MODELS, LiveServer
-from tests.e2e.test_console_browser import (
+from tests.e2e.console_browser import (
     DESKTOP,
-    EMAIL,
-    PASSWORD,
     PHONE,
-    _page,
-    _shot,
-    _sign_in,
+    open_page,
+    shot,
+    sign_in,
+    start_with_operator,
 )
-from tests.e2e.test_console_browser import browser as _browser
+from tests.e2e.live import FAKE_MODELS, LiveServer
 from tests.support.waiting import wait_until
 
-browser = _browser  # the same fixture: Chromium, or a skip saying why
 REQUESTS = 4  # chat completions made with the SDK (one of them streamed)
 
 
@@ -42,13 +37,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         fake_models=FAKE_MODELS,
         rollup_seconds=0.5,
     )
-    server.start()
-    made = subprocess.run(
-        [sys.executable, "-m", "openmaas", "users", "create", "--email", EMAIL, "--operator",
-         "--password-stdin"],
-        env=server.env, input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    start_with_operator(server)
     server.cli("prices", "set", "fake-echo", "--input", "2", "--cached-input", "0.5",
                "--output", "8")  # fmt: skip
     server.cli("billing", "topup", "default", "1234.5")
@@ -66,8 +55,8 @@ def _requests_shown(page: Any) -> int:
 def test_usage_made_with_the_sdk_appears_in_the_chart_and_the_csv(
     browser: Any, live: LiveServer
 ) -> None:
-    page = _page(browser, live, "en-US", DESKTOP)
-    _sign_in(page, "Email", "Password", "Sign in")
+    page = open_page(browser, live, "en-US", DESKTOP)
+    sign_in(page, "Email", "Password", "Sign in")
     page.get_by_label("Name").fill("charts")
     page.get_by_role("button", name="Create key").click()
     token = page.locator("#new-key").input_value()
@@ -101,35 +90,35 @@ def test_usage_made_with_the_sdk_appears_in_the_chart_and_the_csv(
     assert int(rows[0]["requests"]) == REQUESTS and int(rows[0]["errors"]) == 0
     assert int(rows[0]["output_tokens"]) == 5 * REQUESTS  # "one two three four five"
     page.goto(page.url.split("?")[0])
-    _shot(page, "usage-en")
+    shot(page, "usage-en")
 
     page.get_by_role("link", name="Billing").click()
     page.get_by_role("heading", name="Billing").wait_for()
     assert page.locator("table[data-billing=packs]").inner_text().count("fake-slow") == 1
     assert page.locator("table[data-billing=statement] tr").count() > 1
-    _shot(page, "billing-en")
+    shot(page, "billing-en")
     page.context.close()
 
 
 def test_the_pages_in_chinese_and_at_phone_width(browser: Any, live: LiveServer) -> None:
-    chinese = _page(browser, live, "zh-CN", DESKTOP)
-    _sign_in(chinese, "邮箱", "密码", "登录")
+    chinese = open_page(browser, live, "zh-CN", DESKTOP)
+    sign_in(chinese, "邮箱", "密码", "登录")
     chinese.get_by_role("link", name="用量").click()
     chinese.get_by_role("heading", name="用量").wait_for()
     chinese.get_by_role("img", name="每日 tokens（按模型）").wait_for()
     assert chinese.locator("[data-figure=cost]").inner_text().startswith("¥")
-    _shot(chinese, "usage-zh-CN")
+    shot(chinese, "usage-zh-CN")
     chinese.get_by_role("link", name="账单").click()
     chinese.get_by_role("heading", name="账单").first.wait_for()
-    _shot(chinese, "billing-zh-CN")
+    shot(chinese, "billing-zh-CN")
     chinese.context.close()
 
-    phone = _page(browser, live, "zh-CN", PHONE)
-    _sign_in(phone, "邮箱", "密码", "登录")
+    phone = open_page(browser, live, "zh-CN", PHONE)
+    sign_in(phone, "邮箱", "密码", "登录")
     for path in ("usage", "billing"):
         phone.goto(phone.url.rsplit("/", 1)[0] + "/" + path)
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{path} scrolls sideways at phone width ({width}px)"
     phone.goto(phone.url.rsplit("/", 1)[0] + "/usage")
-    _shot(phone, "usage-phone-zh-CN")
+    shot(phone, "usage-phone-zh-CN")
     phone.context.close()
