@@ -79,6 +79,7 @@ from openmaas.core.ledger_events import (
 )
 from openmaas.core.money import Currency
 from openmaas.store import ledger_snapshots
+from openmaas.store.ledger_undo import Undo
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
 from openmaas.store.writers.asyncpg import AsyncpgWriter, uses_asyncpg
@@ -200,6 +201,7 @@ class LedgerStore:
         self.events_read = 0  # events read from the log into memory (start-up, catch-ups)
         self.snapshot_read: int | None = None  # the seq of the snapshot it last started from
         self.snapshots_written = 0
+        self.conflicts = 0  # optimistic batches another process's appends sent back
         self._lock = asyncio.Lock()  # one transaction (or refresh) of this process at a time
         self._queue: list[_Job] = []
         self._flusher: asyncio.Future[None] | None = None
@@ -290,6 +292,11 @@ class LedgerStore:
                 self.snapshots_written += 1
         except Exception:  # the snapshot is an optimization: the log stays the truth
             log.warning("a ledger snapshot was not written", exc_info=True)
+
+    @property
+    def handoffs(self) -> int:
+        """Calls this process made to the SQLite writer's thread (0 on another database)."""
+        return 0 if self._writer is None else self._writer.handoffs
 
     @property
     def backlog(self) -> int:
@@ -469,20 +476,25 @@ class LedgerStore:
         return True
 
     async def _run_batch_sqlite(self, batch: list[_Job]) -> None:
-        """``_run_batch`` through the SQLite writer: plain writes in one hand-off; with
-        commands, the lock and the catch-up in one, the decisions here, then the appends,
-        the rows and the commit in another."""
+        """``_run_batch`` through the SQLite writer, in one hand-off: plain writes; and
+        commands, decided here on the state as of the last event this process saw, then
+        written if that is still the log's last (``_optimistic``). After a conflict, the
+        lock and the catch-up in one hand-off, the decisions here, then the appends, the
+        rows and the commit in another."""
         async with self._lock:
             await self._ensure_loaded()
             if self._writer is None:
                 self._writer = await SqliteWriter.open(self._engine)
             writer = self._writer
             assert writer is not None
+            commands = any(job.command is not None for job in batch)
+            if commands and await self._optimistic(writer, batch):
+                return
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             locked = False
             try:
-                if any(job.command is not None for job in batch):
+                if commands:
                     caught_up = await writer.call(writer.lock, self._seq)
                     locked = True
                     self._apply_caught_up(caught_up)
@@ -502,6 +514,36 @@ class LedgerStore:
                 self._snapshot_if_due()
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
+
+    async def _optimistic(self, writer: SqliteWriter, batch: list[_Job]) -> bool:
+        """Under ``_lock``: decide ``batch`` on the state in memory and, in one hand-off,
+        write it if the log's last event is still the one this process applied last;
+        answer each job and say True. If another process appended meanwhile, nothing was
+        written: undo the decisions in memory, apply that process's events and say False
+        (the caller decides the batch again, under the database's lock)."""
+        base = self._seq
+        undo = Undo()
+        outcomes: list[tuple[Event, ...] | Exception] = []
+        appended: list[tuple[int, Event]] = []
+        try:
+            outcomes, appended = self._decide_all(batch, undo)
+            statements = self._statements(batch, outcomes, appended, writer.rows)
+            caught_up = await writer.call(writer.commit_at, base, statements)
+        except BaseException:
+            if appended:  # applied in memory, never committed: start over from the log
+                self._forget()
+            raise
+        if caught_up:
+            undo.revert(self._ledger)
+            self._seq = base
+            self.conflicts += 1
+            self._apply_caught_up(caught_up)
+            return False
+        if appended:
+            self._snapshot_if_due()
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.settle(outcome)
+        return True
 
     async def _run_batch_asyncpg(self, batch: list[_Job]) -> None:
         """``_run_batch`` on PostgreSQL through asyncpg itself: the same statements, each
@@ -537,17 +579,17 @@ class LedgerStore:
             self.events_read += 1
 
     def _decide_all(
-        self, batch: list[_Job]
+        self, batch: list[_Job], undo: Undo | None = None
     ) -> tuple[list[tuple[Event, ...] | Exception], list[tuple[int, Event]]]:
         """Each job's outcome, decided on the state the previous ones left, and the events
-        to append, numbered."""
+        to append, numbered (each saved in ``undo`` before it is applied, if given)."""
         outcomes: list[tuple[Event, ...] | Exception] = []
         appended: list[tuple[int, Event]] = []
         for job in batch:
             if job.command is None:
                 outcomes.append(())
                 continue
-            written, outcome = self._decide(job.command)
+            written, outcome = self._decide(job.command, undo)
             outcomes.append(outcome)
             for event in written:
                 self._seq += 1
@@ -603,13 +645,18 @@ class LedgerStore:
         written, outcome = self._decide(command)
         return opened + written, outcome
 
-    def _decide(self, command: Command) -> tuple[tuple[Event, ...], tuple[Event, ...] | Exception]:
-        """The command's events, applied to the state (or its refusal, nothing applied)."""
+    def _decide(
+        self, command: Command, undo: Undo | None = None
+    ) -> tuple[tuple[Event, ...], tuple[Event, ...] | Exception]:
+        """The command's events, applied to the state (or its refusal, nothing applied),
+        each saved in ``undo`` first if given."""
         try:
             own = self._ledger.decide(command)
         except Exception as exc:  # refused: nothing of its own is written
             return (), exc
         for event in own:
+            if undo is not None:
+                undo.record(self._ledger, event)
             self._ledger.apply(event)
         return own, own
 
