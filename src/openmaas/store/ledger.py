@@ -113,6 +113,10 @@ def event_json(event: Event) -> str:
     return EVENT.dump_json(event).decode()
 
 
+Caught = tuple[bool, list[tuple[int, str]]]
+"""An optimistic batch's write: whether it committed, and the events (seq and body) other
+processes appended after the one it was decided on, as far as the write read them."""
+
 Also = Callable[[AsyncConnection, tuple[Event, ...]], Awaitable[None]]
 """Extra writes that commit or roll back with a command's events."""
 
@@ -488,8 +492,14 @@ class LedgerStore:
             writer = self._writer
             assert writer is not None
             commands = any(job.command is not None for job in batch)
-            if commands and await self._optimistic(writer, batch):
-                return
+            if commands:
+
+                async def write(base: int, statements: list[Statement]) -> Caught:
+                    assert writer is not None
+                    return await writer.call(writer.commit_at, base, statements)
+
+                if await self._optimistic(batch, writer.rows, write):
+                    return
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             locked = False
@@ -515,25 +525,32 @@ class LedgerStore:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
-    async def _optimistic(self, writer: SqliteWriter, batch: list[_Job]) -> bool:
-        """Under ``_lock``: decide ``batch`` on the state in memory and, in one hand-off,
-        write it if the log's last event is still the one this process applied last;
-        answer each job and say True. If another process appended meanwhile, nothing was
-        written: undo the decisions in memory, apply that process's events and say False
-        (the caller decides the batch again, under the database's lock)."""
+    async def _optimistic(
+        self,
+        batch: list[_Job],
+        rows: Callable[[Iterable[Insert | Delete]], list[Statement]],
+        write: Callable[[int, list[Statement]], Awaitable[Caught]],
+    ) -> bool:
+        """Under ``_lock``: decide ``batch`` on the state in memory and ``write`` its
+        statements, which commits them only if the log's last event is still ``base``, the
+        one this process applied last: then answer each job and say True. If another
+        process appended meanwhile, nothing was written: undo the decisions in memory,
+        apply the events ``write`` read, if any, and say False (the caller decides the
+        batch again, under the database's lock, catching up on the rest)."""
         base = self._seq
         undo = Undo()
         outcomes: list[tuple[Event, ...] | Exception] = []
         appended: list[tuple[int, Event]] = []
         try:
             outcomes, appended = self._decide_all(batch, undo)
-            statements = self._statements(batch, outcomes, appended, writer.rows)
-            caught_up = await writer.call(writer.commit_at, base, statements)
+            committed, caught_up = await write(
+                base, self._statements(batch, outcomes, appended, rows)
+            )
         except BaseException:
             if appended:  # applied in memory, never committed: start over from the log
                 self._forget()
             raise
-        if caught_up:
+        if not committed:
             undo.revert(self._ledger)
             self._seq = base
             self.conflicts += 1
@@ -552,6 +569,16 @@ class LedgerStore:
         assert writer is not None
         async with self._lock:
             await self._ensure_loaded()
+            if any(job.command is not None for job in batch):
+
+                async def write(base: int, statements: list[Statement]) -> Caught:
+                    assert writer is not None
+                    async with self._engine.connect() as conn:
+                        apg = await writer.driver(conn)
+                        return await writer.commit_at(apg, base, statements), []
+
+                if await self._optimistic(batch, self._rows_sql.rows, write):
+                    return
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             try:

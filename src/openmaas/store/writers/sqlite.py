@@ -214,17 +214,19 @@ class SqliteWriter:
             conn.rollback()
             raise
 
-    def commit_at(self, since: int, statements: list[Statement]) -> list[tuple[int, str]]:
+    def commit_at(
+        self, since: int, statements: list[Statement]
+    ) -> tuple[bool, list[tuple[int, str]]]:
         """Begin, take the ledger's lock and, when the last event is still ``since`` (no
-        other writer appended meanwhile), run ``statements`` and commit: answers ``[]``.
-        Otherwise roll back, having written nothing, and answer the events appended after
-        ``since``, for the batch to be decided again on them."""
+        other writer appended meanwhile), run ``statements`` and commit: ``(True, [])``.
+        Otherwise roll back, having written nothing, and answer ``(False, the events
+        appended after since)``, for the batch to be decided again on them."""
         caught_up = self.lock(since)
         if caught_up:
             self.rollback()
-            return caught_up
+            return False, caught_up
         self.commit(statements)
-        return []
+        return True, []
 
     def commit(self, statements: list[Statement]) -> None:
         """Run ``statements`` in the open transaction and commit (or roll back and raise)."""
