@@ -20,6 +20,13 @@ commands are waiting at that moment (group commit; each keeps its own outcome):
 5. commit, then answer each caller. If anything fails before the commit, the transaction
    rolls back and its commands are retried one by one, so only the culprit fails.
 
+A batch the direct writers run (``store/writers/``: no ``also``) is optimistic: steps 3
+and 4's decisions come first, on the state as of the last event this process applied, and
+the lock, the appends, the rows and the commit follow in one hand-off (SQLite) or one
+statement (PostgreSQL) that writes only if the log's last event is still that one. If
+another process appended meanwhile nothing is written: the decisions are undone
+(``store/ledger_undo.py``), its events applied, and the batch runs steps 1 to 5 as above.
+
 The in-memory ``Ledger`` keeps only a window of recently settled request ids
 (``OPENMAAS_LEDGER_SETTLED_WINDOW``). A settlement (or hold) repeated after its id left the
 window is decided again, and its append is refused by the unique ``resolved:<request id>``
