@@ -9,11 +9,8 @@ newest snapshot and the log costs up to ``OPENMAAS_LEDGER_SNAPSHOT_EVENTS`` even
 values of every entry the event can change (``Ledger.apply``'s, event kind by event kind),
 and :meth:`Undo.revert` puts them back, newest first.
 
-One approximation, which the ledger's design already covers: a reverted settlement leaves
-the window of recently settled ids (``RecentIds``) as a set without that id, but an id it
-pushed out of the window stays out, and the reverted id keeps its place in the window's
-queue (it may push out a later id early). A request settled before the window is settled
-once all the same: the log's unique ``resolved:`` key refuses its repeat.
+The window of recently settled ids is put back as it was too (``RecentIds.take_back``:
+the reverted id leaves it, and the one its settlement pushed out returns).
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from openmaas.core.ledger import Ledger
+from openmaas.core.ledger import Ledger, RecentIds
 from openmaas.core.ledger_events import (
     BudgetSet,
     CreditLimitSet,
@@ -50,7 +47,7 @@ _MISSING = object()
 class Undo:
     """The saved values of what a batch's events changed in one ``Ledger``."""
 
-    __slots__ = ("_closed", "_entries", "_fields", "_members", "_order")
+    __slots__ = ("_closed", "_entries", "_fields", "_members", "_order", "_window")
 
     def __init__(self) -> None:
         self._entries: list[tuple[dict[Any, Any], Any, Any]] = []  # 0: dict, key, old value
@@ -58,7 +55,8 @@ class Undo:
         self._fields: list[tuple[Any, str, Any]] = []  # 2: object, attribute, old value
         # 3: closed_leases appended to: the deque, the lease it pushed out and its state
         self._closed: list[tuple[Any, str | None, Any]] = []
-        self._order: list[int] = []  # each record's kind (0 to 3 as above), oldest first
+        self._window: list[tuple[RecentIds, str, str | None]] = []  # 4: id, pushed out
+        self._order: list[int] = []  # each record's kind (0 to 4 as above), oldest first
 
     def record(self, ledger: Ledger, event: Event) -> None:
         """Save what applying ``event`` to ``ledger`` will change (call it just before)."""
@@ -68,7 +66,7 @@ class Undo:
             accounts.append(transfer.credit)
 
         if isinstance(event, LeaseSpent):
-            self._member(ledger.settled_ids, event.request_id)
+            self._settled(ledger.settled_ids, event.request_id)
             lease = ledger.leases.get(event.lease_id)
             if lease is not None:
                 self._field(lease, "promo")
@@ -78,7 +76,7 @@ class Undo:
             self._entries_of(ledger.budget_held, event.budget_keys)
         elif isinstance(event, HoldResolved):
             self._entry(ledger.holds, event.request_id)
-            self._member(ledger.settled_ids, event.request_id)
+            self._settled(ledger.settled_ids, event.request_id)
             hold = ledger.holds.get(event.request_id)
             if hold is not None:
                 self._entries_of(ledger.budget_held, hold.budget_keys)
@@ -119,7 +117,7 @@ class Undo:
 
     def revert(self, ledger: Ledger) -> None:
         """Put back every saved value, newest first: ``ledger`` is as before the first
-        recorded event (but for the window's approximation, above)."""
+        recorded event."""
         for kind in reversed(self._order):
             if kind == 0:
                 table, key, old = self._entries.pop()
@@ -133,6 +131,9 @@ class Undo:
             elif kind == 2:
                 target, name, old = self._fields.pop()
                 setattr(target, name, old)
+            elif kind == 4:
+                window, item, pushed_out = self._window.pop()
+                window.take_back(item, pushed_out)
             else:
                 closed, pushed_out, state = self._closed.pop()
                 closed.pop()
@@ -153,6 +154,11 @@ class Undo:
         if item not in members:
             self._members.append((members, item))
             self._order.append(1)
+
+    def _settled(self, window: RecentIds, request_id: str) -> None:
+        if request_id not in window:
+            self._window.append((window, request_id, window.next_out()))
+            self._order.append(4)
 
     def _field(self, target: Any, name: str) -> None:
         self._fields.append((target, name, getattr(target, name)))
