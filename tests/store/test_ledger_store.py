@@ -395,3 +395,31 @@ async def test_two_processes_interleaving_batches_stay_exact(database: AsyncEngi
         ).scalar_one()
     assert kinds.count("hold_placed") == kinds.count("hold_resolved") == 120
     assert entries == fresh.balance(cash(org))
+
+
+async def test_while_another_process_appends_batches_take_the_lock_first(
+    database: AsyncEngine,
+) -> None:
+    """After a conflict, a batch takes the lock and catches up first (two hand-offs, never
+    sent back) until a lock finds no other process's events; then it is optimistic again."""
+    org = await new_org(database)
+    one = LedgerStore(database, lambda: NOW_MS)
+    two = LedgerStore(database, lambda: NOW_MS)
+    await one.execute(TopUp("t1", org, 100 * HOLD))
+    await two.refresh()
+    await two.execute(TopUp("t2", org, 1))  # opens the writer
+    expected = [  # (did one append just before, two's hand-offs, two's conflicts so far)
+        (True, 1 + 2, 1),  # sent back, then decided again under the lock
+        (True, 2, 1),  # contended: the lock first, which finds one's event
+        (False, 2, 1),  # the lock first, which finds none
+        (False, 1, 1),  # optimistic again
+        (True, 1 + 2, 2),
+    ]
+    for n, (one_appends, handoffs, conflicts) in enumerate(expected):
+        if one_appends:
+            await one.execute(TopUp(f"one{n}", org, 1))
+        before = two.handoffs
+        await two.execute(TopUp(f"two{n}", org, 1))
+        assert (two.handoffs - before, two.conflicts) == (handoffs, conflicts)
+    fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
+    assert fresh.balance(cash(org)) == two.ledger.balance(cash(org)) == 100 * HOLD + 1 + 3 + 5

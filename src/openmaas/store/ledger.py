@@ -213,6 +213,9 @@ class LedgerStore:
         self.snapshot_read: int | None = None  # the seq of the snapshot it last started from
         self.snapshots_written = 0
         self.conflicts = 0  # optimistic batches another process's appends sent back
+        # Whether the last look at the log found another process's events: batches then
+        # take the lock first (``_optimistic``) until a lock finds none again.
+        self._contended = False
         self._lock = asyncio.Lock()  # one transaction (or refresh) of this process at a time
         self._queue: list[_Job] = []
         self._flusher: asyncio.Future[None] | None = None
@@ -499,6 +502,7 @@ class LedgerStore:
             writer = self._writer
             assert writer is not None
             commands = any(job.command is not None for job in batch)
+            sent_back = self.conflicts  # changed below: this batch was sent back
             if commands:
 
                 async def write(base: int, statements: list[Statement]) -> Caught:
@@ -513,6 +517,7 @@ class LedgerStore:
             try:
                 if commands:
                     caught_up = await writer.call(writer.lock, self._seq)
+                    self._contended = bool(caught_up) or self.conflicts != sent_back
                     locked = True
                     self._apply_caught_up(caught_up)
                 outcomes, appended = self._decide_all(batch)
@@ -543,7 +548,14 @@ class LedgerStore:
         one this process applied last: then answer each job and say True. If another
         process appended meanwhile, nothing was written: undo the decisions in memory,
         apply the events ``write`` read, if any, and say False (the caller decides the
-        batch again, under the database's lock, catching up on the rest)."""
+        batch again, under the database's lock, catching up on the rest).
+
+        While other processes keep appending, most optimistic batches would be sent back
+        (a wasted hand-off or round trip each): after a conflict, batches take the lock
+        first, as before, and the first whose lock finds no other process's events makes
+        the next batch optimistic again. A lone process is never sent back."""
+        if self._contended:
+            return False
         base = self._seq
         undo = Undo()
         outcomes: list[tuple[Event, ...] | Exception] = []
@@ -561,6 +573,7 @@ class LedgerStore:
             undo.revert(self._ledger)
             self._seq = base
             self.conflicts += 1
+            self._contended = True
             self._apply_caught_up(caught_up)
             return False
         if appended:
@@ -576,6 +589,7 @@ class LedgerStore:
         assert writer is not None
         async with self._lock:
             await self._ensure_loaded()
+            sent_back = self.conflicts  # changed below: this batch was sent back
             if any(job.command is not None for job in batch):
 
                 async def write(base: int, statements: list[Statement]) -> Caught:
@@ -593,7 +607,9 @@ class LedgerStore:
                     apg = await writer.driver(conn)
                     async with apg.transaction():
                         if any(job.command is not None for job in batch):
-                            self._apply_caught_up(await writer.lock(apg, self._seq))
+                            caught_up = await writer.lock(apg, self._seq)
+                            self._contended = bool(caught_up) or self.conflicts != sent_back
+                            self._apply_caught_up(caught_up)
                         outcomes, appended = self._decide_all(batch)
                         rows = self._rows_sql.rows
                         await writer.run(apg, self._statements(batch, outcomes, appended, rows))
