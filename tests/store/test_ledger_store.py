@@ -302,3 +302,124 @@ def test_the_sqlite_writer_gives_up_after_its_busy_timeout(
     blocker.execute("COMMIT")
     assert blocker.execute("SELECT x FROM t").fetchall() == [(0,)]  # nothing half-written
     writer._close()
+
+
+async def test_a_lone_process_makes_one_hand_off_per_batch(database: AsyncEngine) -> None:
+    """Decided on the state in memory, then written in one hand-off to the writer's thread
+    when the log's last event is still this process's: a hold, a settlement, a refusal."""
+    org = await new_org(database)
+    store = LedgerStore(database, lambda: NOW_MS)
+    await store.execute(TopUp("t1", org, HOLD))  # opens the organization: no writer yet
+    steps = [
+        lambda: store.execute(hold("a", org)),
+        lambda: store.execute(Settle("a", Usage(prompt_tokens=3))),
+        lambda: store.execute(TopUp("t2", org, 3 * HOLD)),
+        lambda: store.execute(hold("b", org, tokens=10_000)),  # refused: nothing written
+    ]
+    for step in steps:
+        before = store.handoffs
+        try:
+            await step()
+        except InsufficientBalance:
+            pass
+        assert store.handoffs == before + 1
+    assert store.conflicts == 0
+    assert store.ledger.balance(cash(org)) == 4 * HOLD - 3
+
+
+async def test_a_batch_another_process_overtook_is_decided_again(database: AsyncEngine) -> None:
+    """``two`` decides on a state ``one`` has moved past: its batch is not written, its
+    decisions are undone, and it is decided again on ``one``'s events: a hold the money no
+    longer pays for is refused, a settlement ``one`` made is answered as the repeat it is."""
+    org = await new_org(database)
+    one = LedgerStore(database, lambda: NOW_MS)
+    two = LedgerStore(database, lambda: NOW_MS)
+    await one.execute(TopUp("t1", org, 2 * HOLD))
+    await two.execute(hold("a", org))
+    await one.execute(hold("b", org))
+    await one.execute(Settle("a", Usage(prompt_tokens=3)))  # settles two's hold
+    assert two.ledger.balance(cash(org)) == HOLD  # two saw neither: b would fit
+    with pytest.raises(InsufficientBalance):
+        await two.execute(hold("c", org, tokens=8))
+    assert await two.execute(Settle("a", Usage(prompt_tokens=9))) == ()  # one's stands
+    assert two.conflicts == 1  # the second command found the state current
+    await two.execute(Settle("b", Usage(prompt_tokens=5)))
+    fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
+    for ledger in (fresh, await one.refresh(), two.ledger):
+        assert ledger.state() == fresh.state()
+    assert fresh.balance(cash(org)) == 2 * HOLD - 3 - 5
+    assert fresh.balance(held(org)) == 0
+    assert await count(database, ledger_events) == 1 + 1 + 2 + 2  # opened, top-up, 2 holds,
+    # 2 settlements: no refused or repeated command wrote an event
+
+
+async def test_two_processes_interleaving_batches_stay_exact(database: AsyncEngine) -> None:
+    """Two stores on one database file, each with many commands at once (their batches
+    interleave and overtake each other): every hold is settled exactly once, the balance
+    is exact, the entries sum to it, and both processes end on the log's state."""
+    import asyncio
+
+    org = await new_org(database)
+    stores = [LedgerStore(database, lambda: NOW_MS) for _ in range(2)]
+    await stores[0].execute(TopUp("t1", org, 1_000 * HOLD))
+    await stores[1].refresh()
+
+    async def request(n: int) -> None:
+        store = stores[n % 2]
+        await store.execute(hold(f"r{n}", org))
+        await asyncio.sleep(0)
+        other = stores[(n + 1) % 2]  # the other process settles half of them
+        await (other if n % 4 < 2 else store).execute(Settle(f"r{n}", Usage(prompt_tokens=n % 7)))
+        await store.execute(Settle(f"r{n}", Usage(prompt_tokens=99)))  # a repeat: no effect
+
+    await asyncio.gather(*(request(n) for n in range(120)))
+    assert sum(store.conflicts for store in stores) > 0
+    fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
+    charged = sum(n % 7 for n in range(120))
+    assert fresh.balance(cash(org)) == 1_000 * HOLD - charged
+    assert fresh.balance(held(org)) == 0 and fresh.open_holds() == []
+    for store in stores:
+        assert (await store.refresh()).state() == fresh.state()
+    async with database.connect() as conn:
+        kinds = (await conn.execute(select(ledger_events.c.kind))).scalars().all()
+        entries = (
+            await conn.execute(
+                select(func.sum(ledger_entries.c.amount)).where(
+                    ledger_entries.c.credit == cash(org)
+                )
+            )
+        ).scalar_one() - (
+            await conn.execute(
+                select(func.sum(ledger_entries.c.amount)).where(ledger_entries.c.debit == cash(org))
+            )
+        ).scalar_one()
+    assert kinds.count("hold_placed") == kinds.count("hold_resolved") == 120
+    assert entries == fresh.balance(cash(org))
+
+
+async def test_while_another_process_appends_batches_take_the_lock_first(
+    database: AsyncEngine,
+) -> None:
+    """After a conflict, a batch takes the lock and catches up first (two hand-offs, never
+    sent back) until a lock finds no other process's events; then it is optimistic again."""
+    org = await new_org(database)
+    one = LedgerStore(database, lambda: NOW_MS)
+    two = LedgerStore(database, lambda: NOW_MS)
+    await one.execute(TopUp("t1", org, 100 * HOLD))
+    await two.refresh()
+    await two.execute(TopUp("t2", org, 1))  # opens the writer
+    expected = [  # (did one append just before, two's hand-offs, two's conflicts so far)
+        (True, 1 + 2, 1),  # sent back, then decided again under the lock
+        (True, 2, 1),  # contended: the lock first, which finds one's event
+        (False, 2, 1),  # the lock first, which finds none
+        (False, 1, 1),  # optimistic again
+        (True, 1 + 2, 2),
+    ]
+    for n, (one_appends, handoffs, conflicts) in enumerate(expected):
+        if one_appends:
+            await one.execute(TopUp(f"one{n}", org, 1))
+        before = two.handoffs
+        await two.execute(TopUp(f"two{n}", org, 1))
+        assert (two.handoffs - before, two.conflicts) == (handoffs, conflicts)
+    fresh = await LedgerStore(database, lambda: NOW_MS).refresh()
+    assert fresh.balance(cash(org)) == two.ledger.balance(cash(org)) == 100 * HOLD + 1 + 3 + 5

@@ -6,8 +6,9 @@ Skipped with a reason where the PostgreSQL server binaries are not on PATH."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select, table, text
@@ -257,6 +258,7 @@ async def test_two_writers_on_two_engines_never_overdraw_and_see_each_other(
     assert view_a.balance("system:CNY:revenue") == charge * settled > 0
     assert view_a.balance(cash(org)) == 10 * QUOTE.micros - charge * settled - held_now
     assert len(owner) > 10  # resolved holds gave money back for more
+    assert b.conflicts > 0  # b's batches were decided on a state a had moved past
     # every event is in the log exactly once, in one sequence
     async with first.connect() as conn:
         seqs = (await conn.execute(select(ledger_events.c.seq).order_by("seq"))).scalars().all()
@@ -392,4 +394,64 @@ async def test_a_batch_of_settlements_with_their_rows_is_written_whole(
     assert await sql_balance(database, "system:CNY:revenue") == 8 * charge
     assert await sql_balance(database, cash(org)) == fresh.balance(cash(org))
     assert fresh.balance(cash(org)) == 10 * QUOTE.micros - 8 * charge
+    await store.close()
+
+
+class _RoundTrips:
+    """An asyncpg connection that counts the round trips made through it (a transaction's
+    ``BEGIN`` and ``COMMIT`` each one)."""
+
+    def __init__(self, apg: Any, counted: list[str]) -> None:
+        self._apg = apg
+        self._counted = counted
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._apg, name)
+        if name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+            self._counted.append(name)
+        elif name == "transaction":
+            self._counted.extend(("BEGIN", "COMMIT"))
+        return found
+
+
+async def test_a_lone_process_writes_a_batch_in_one_round_trip(
+    database: AsyncEngine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decided on the state in memory, a batch (a hold; settlements with their usage rows;
+    a refusal) is written by one statement on PostgreSQL that commits only if the log's
+    last event is still this process's: one round trip, where a transaction made four; on
+    SQLite one hand-off to the writer's thread."""
+    from openmaas.store.writers.asyncpg import AsyncpgWriter
+
+    counted: list[str] = []
+    driver = AsyncpgWriter.driver
+
+    async def counting(conn: AsyncConnection) -> Any:
+        return _RoundTrips(await driver(conn), counted)
+
+    monkeypatch.setattr(AsyncpgWriter, "driver", staticmethod(counting))
+    org = await new_org(database)
+    store = LedgerStore(database, lambda: NOW)
+    await store.execute(TopUp("t1", org, 3 * QUOTE.micros))  # opens the organization
+    usage = Usage(prompt_tokens=40, completion_tokens=10)
+    big = Hold("big", org, PRICE.worst_case(prompt_tokens=10**6, max_output_tokens=0), NOW)
+    batches: list[Callable[[], Awaitable[object]]] = [
+        lambda: asyncio.gather(*(store.execute(hold(f"r{i}", org)) for i in range(2))),
+        lambda: asyncio.gather(*(store.execute(Settle(f"r{i}", usage)) for i in range(2))),
+        lambda: store.execute(TopUp("t2", org, 7)),
+        lambda: asyncio.gather(store.execute(big), return_exceptions=True),  # refused
+    ]
+    for batch in batches:
+        counted.clear()
+        before = store.handoffs
+        await batch()
+        if database_url.startswith("postgresql"):
+            assert counted == ["fetchval"]
+        else:
+            assert store.handoffs == before + 1
+    assert store.conflicts == 0
+    charge = PRICE.charge(usage).micros
+    assert (await LedgerStore(database, lambda: NOW).refresh()).balance(cash(org)) == (
+        3 * QUOTE.micros + 7 - 2 * charge
+    )
     await store.close()

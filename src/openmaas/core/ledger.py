@@ -109,6 +109,21 @@ class RecentIds(set[str]):
         if len(self._order) > self.capacity:
             self.discard(self._order.popleft())
 
+    def next_out(self) -> str | None:
+        """The id that adding a new one would push out (None: there is room)."""
+        return self._order[0] if len(self._order) >= self.capacity else None
+
+    def take_back(self, request_id: str, pushed_out: str | None) -> None:
+        """Undo the newest ``add``, of ``request_id``, which pushed out ``pushed_out``
+        (``next_out`` before it): the window is as before that add (``store/ledger_undo.py``,
+        for a batch another process's appends sent back)."""
+        if self._order and self._order[-1] == request_id:
+            self._order.pop()
+        self.discard(request_id)
+        if pushed_out is not None and pushed_out not in self:
+            set.add(self, pushed_out)
+            self._order.appendleft(pushed_out)
+
     def __repr__(self) -> str:
         return f"RecentIds({len(self)} of {self.capacity})"
 

@@ -20,6 +20,13 @@ commands are waiting at that moment (group commit; each keeps its own outcome):
 5. commit, then answer each caller. If anything fails before the commit, the transaction
    rolls back and its commands are retried one by one, so only the culprit fails.
 
+A batch the direct writers run (``store/writers/``: no ``also``) is optimistic: steps 3
+and 4's decisions come first, on the state as of the last event this process applied, and
+the lock, the appends, the rows and the commit follow in one hand-off (SQLite) or one
+statement (PostgreSQL) that writes only if the log's last event is still that one. If
+another process appended meanwhile nothing is written: the decisions are undone
+(``store/ledger_undo.py``), its events applied, and the batch runs steps 1 to 5 as above.
+
 The in-memory ``Ledger`` keeps only a window of recently settled request ids
 (``OPENMAAS_LEDGER_SETTLED_WINDOW``). A settlement (or hold) repeated after its id left the
 window is decided again, and its append is refused by the unique ``resolved:<request id>``
@@ -79,6 +86,7 @@ from openmaas.core.ledger_events import (
 )
 from openmaas.core.money import Currency
 from openmaas.store import ledger_snapshots
+from openmaas.store.ledger_undo import Undo
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
 from openmaas.store.writers.asyncpg import AsyncpgWriter, uses_asyncpg
@@ -111,6 +119,10 @@ def event_json(event: Event) -> str:
         return orjson.dumps(event).decode()
     return EVENT.dump_json(event).decode()
 
+
+Caught = tuple[bool, list[tuple[int, str]]]
+"""An optimistic batch's write: whether it committed, and the events (seq and body) other
+processes appended after the one it was decided on, as far as the write read them."""
 
 Also = Callable[[AsyncConnection, tuple[Event, ...]], Awaitable[None]]
 """Extra writes that commit or roll back with a command's events."""
@@ -200,6 +212,10 @@ class LedgerStore:
         self.events_read = 0  # events read from the log into memory (start-up, catch-ups)
         self.snapshot_read: int | None = None  # the seq of the snapshot it last started from
         self.snapshots_written = 0
+        self.conflicts = 0  # optimistic batches another process's appends sent back
+        # Whether the last look at the log found another process's events: batches then
+        # take the lock first (``_optimistic``) until a lock finds none again.
+        self._contended = False
         self._lock = asyncio.Lock()  # one transaction (or refresh) of this process at a time
         self._queue: list[_Job] = []
         self._flusher: asyncio.Future[None] | None = None
@@ -290,6 +306,11 @@ class LedgerStore:
                 self.snapshots_written += 1
         except Exception:  # the snapshot is an optimization: the log stays the truth
             log.warning("a ledger snapshot was not written", exc_info=True)
+
+    @property
+    def handoffs(self) -> int:
+        """Calls this process made to the SQLite writer's thread (0 on another database)."""
+        return 0 if self._writer is None else self._writer.handoffs
 
     @property
     def backlog(self) -> int:
@@ -469,21 +490,34 @@ class LedgerStore:
         return True
 
     async def _run_batch_sqlite(self, batch: list[_Job]) -> None:
-        """``_run_batch`` through the SQLite writer: plain writes in one hand-off; with
-        commands, the lock and the catch-up in one, the decisions here, then the appends,
-        the rows and the commit in another."""
+        """``_run_batch`` through the SQLite writer, in one hand-off: plain writes; and
+        commands, decided here on the state as of the last event this process saw, then
+        written if that is still the log's last (``_optimistic``). After a conflict, the
+        lock and the catch-up in one hand-off, the decisions here, then the appends, the
+        rows and the commit in another."""
         async with self._lock:
             await self._ensure_loaded()
             if self._writer is None:
                 self._writer = await SqliteWriter.open(self._engine)
             writer = self._writer
             assert writer is not None
+            commands = any(job.command is not None for job in batch)
+            sent_back = self.conflicts  # changed below: this batch was sent back
+            if commands:
+
+                async def write(base: int, statements: list[Statement]) -> Caught:
+                    assert writer is not None
+                    return await writer.call(writer.commit_at, base, statements)
+
+                if await self._optimistic(batch, writer.rows, write):
+                    return
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             locked = False
             try:
-                if any(job.command is not None for job in batch):
+                if commands:
                     caught_up = await writer.call(writer.lock, self._seq)
+                    self._contended = bool(caught_up) or self.conflicts != sent_back
                     locked = True
                     self._apply_caught_up(caught_up)
                 outcomes, appended = self._decide_all(batch)
@@ -503,6 +537,51 @@ class LedgerStore:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
+    async def _optimistic(
+        self,
+        batch: list[_Job],
+        rows: Callable[[Iterable[Insert | Delete]], list[Statement]],
+        write: Callable[[int, list[Statement]], Awaitable[Caught]],
+    ) -> bool:
+        """Under ``_lock``: decide ``batch`` on the state in memory and ``write`` its
+        statements, which commits them only if the log's last event is still ``base``, the
+        one this process applied last: then answer each job and say True. If another
+        process appended meanwhile, nothing was written: undo the decisions in memory,
+        apply the events ``write`` read, if any, and say False (the caller decides the
+        batch again, under the database's lock, catching up on the rest).
+
+        While other processes keep appending, most optimistic batches would be sent back
+        (a wasted hand-off or round trip each): after a conflict, batches take the lock
+        first, as before, and the first whose lock finds no other process's events makes
+        the next batch optimistic again. A lone process is never sent back."""
+        if self._contended:
+            return False
+        base = self._seq
+        undo = Undo()
+        outcomes: list[tuple[Event, ...] | Exception] = []
+        appended: list[tuple[int, Event]] = []
+        try:
+            outcomes, appended = self._decide_all(batch, undo)
+            committed, caught_up = await write(
+                base, self._statements(batch, outcomes, appended, rows)
+            )
+        except BaseException:
+            if appended:  # applied in memory, never committed: start over from the log
+                self._forget()
+            raise
+        if not committed:
+            undo.revert(self._ledger)
+            self._seq = base
+            self.conflicts += 1
+            self._contended = True
+            self._apply_caught_up(caught_up)
+            return False
+        if appended:
+            self._snapshot_if_due()
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.settle(outcome)
+        return True
+
     async def _run_batch_asyncpg(self, batch: list[_Job]) -> None:
         """``_run_batch`` on PostgreSQL through asyncpg itself: the same statements, each
         statement's rows in one ``executemany``, in one transaction."""
@@ -510,6 +589,17 @@ class LedgerStore:
         assert writer is not None
         async with self._lock:
             await self._ensure_loaded()
+            sent_back = self.conflicts  # changed below: this batch was sent back
+            if any(job.command is not None for job in batch):
+
+                async def write(base: int, statements: list[Statement]) -> Caught:
+                    assert writer is not None
+                    async with self._engine.connect() as conn:
+                        apg = await writer.driver(conn)
+                        return await writer.commit_at(apg, base, statements), []
+
+                if await self._optimistic(batch, self._rows_sql.rows, write):
+                    return
             outcomes: list[tuple[Event, ...] | Exception] = []
             appended: list[tuple[int, Event]] = []
             try:
@@ -517,7 +607,9 @@ class LedgerStore:
                     apg = await writer.driver(conn)
                     async with apg.transaction():
                         if any(job.command is not None for job in batch):
-                            self._apply_caught_up(await writer.lock(apg, self._seq))
+                            caught_up = await writer.lock(apg, self._seq)
+                            self._contended = bool(caught_up) or self.conflicts != sent_back
+                            self._apply_caught_up(caught_up)
                         outcomes, appended = self._decide_all(batch)
                         rows = self._rows_sql.rows
                         await writer.run(apg, self._statements(batch, outcomes, appended, rows))
@@ -537,17 +629,17 @@ class LedgerStore:
             self.events_read += 1
 
     def _decide_all(
-        self, batch: list[_Job]
+        self, batch: list[_Job], undo: Undo | None = None
     ) -> tuple[list[tuple[Event, ...] | Exception], list[tuple[int, Event]]]:
         """Each job's outcome, decided on the state the previous ones left, and the events
-        to append, numbered."""
+        to append, numbered (each saved in ``undo`` before it is applied, if given)."""
         outcomes: list[tuple[Event, ...] | Exception] = []
         appended: list[tuple[int, Event]] = []
         for job in batch:
             if job.command is None:
                 outcomes.append(())
                 continue
-            written, outcome = self._decide(job.command)
+            written, outcome = self._decide(job.command, undo)
             outcomes.append(outcome)
             for event in written:
                 self._seq += 1
@@ -603,13 +695,18 @@ class LedgerStore:
         written, outcome = self._decide(command)
         return opened + written, outcome
 
-    def _decide(self, command: Command) -> tuple[tuple[Event, ...], tuple[Event, ...] | Exception]:
-        """The command's events, applied to the state (or its refusal, nothing applied)."""
+    def _decide(
+        self, command: Command, undo: Undo | None = None
+    ) -> tuple[tuple[Event, ...], tuple[Event, ...] | Exception]:
+        """The command's events, applied to the state (or its refusal, nothing applied),
+        each saved in ``undo`` first if given."""
         try:
             own = self._ledger.decide(command)
         except Exception as exc:  # refused: nothing of its own is written
             return (), exc
         for event in own:
+            if undo is not None:
+                undo.record(self._ledger, event)
             self._ledger.apply(event)
         return own, own
 

@@ -92,16 +92,44 @@ class AsyncpgWriter:
         trace(sql)
         await apg.execute(sql, *args)
 
-    def combined(self, statements: list[Statement]) -> tuple[str, list[Any]]:
-        """One statement for ``statements`` (each a known write) and its arguments."""
+    async def commit_at(self, apg: Any, since: int, statements: list[Statement]) -> bool:
+        """Outside a transaction: ``statements`` as one statement, which is its own
+        transaction, and writes only if the log's last event is still ``since``: whether
+        it did. Its first part takes the ledger's lock, ``UPDATE ledger_head ... WHERE seq
+        = since`` (waiting for another writer's transaction, then reading the head it
+        committed), and every write is made on the condition that it updated the head. One
+        round trip, the lock held for no more than that statement, where a transaction
+        made four (``BEGIN``, the lock, the writes, ``COMMIT``) and held the lock for three.
+        Statements that are not known writes: False, nothing written (the caller's
+        two-step path runs them)."""
+        writes = [(sql, params) for sql, params in statements if params and sql != SET_HEAD]
+        if any(self._types(sql) is None for sql, _ in writes):
+            return False
+        head = next((params[-1][0] for sql, params in statements if sql == SET_HEAD), since)
+        sql, args = self.combined(writes, first=3, only_if="EXISTS (SELECT 1 FROM head)")
+        sql = (
+            "WITH head AS (UPDATE ledger_head SET seq = $1 WHERE id = 1 AND seq = $2"
+            " RETURNING seq)" + (f", {sql}" if writes else "") + " SELECT count(*) FROM head"
+        )
+        trace(sql)
+        return bool(await apg.fetchval(sql, head, since, *args))
+
+    def combined(
+        self, statements: list[Statement], *, first: int = 1, only_if: str | None = None
+    ) -> tuple[str, list[Any]]:
+        """One statement for ``statements`` (each a known write) and its arguments, its
+        parameters numbered from ``first``. With ``only_if``: the writes' ``WITH`` parts
+        alone, each writing only where that condition holds (and no head)."""
         parts: list[str] = []
         main = "SELECT 1"
         args: list[Any] = []
+        start = first
         for sql, params in statements:
             types = self._types(sql)
             assert types is not None
-            first = len(args) + 1
+            first = start + len(args)
             if sql == SET_HEAD:
+                assert only_if is None
                 args.append(params[-1][0])
                 main = f"UPDATE ledger_head SET seq = ${first} WHERE id = 1"
                 continue
@@ -110,14 +138,20 @@ class AsyncpgWriter:
             if insert is not None:
                 table, columns = insert.groups()
                 args.extend(list(column) for column in zip(*params, strict=True))
-                parts.append(f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({marks})")
+                where = "" if only_if is None else f" WHERE {only_if}"
+                parts.append(
+                    f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({marks}){where}"
+                )
             else:
                 delete = _DELETE.fullmatch(sql)
                 assert delete is not None
                 table, column = delete.groups()
                 args.append([row[0] for row in params])
-                parts.append(f"DELETE FROM {table} WHERE {column} = ANY({marks})")
+                where = "" if only_if is None else f" AND {only_if}"
+                parts.append(f"DELETE FROM {table} WHERE {column} = ANY({marks}){where}")
         withs = ", ".join(f"w{n} AS ({part})" for n, part in enumerate(parts))
+        if only_if is not None:
+            return withs, args
         return (f"WITH {withs} {main}" if parts else main), args
 
     def _types(self, sql: str) -> tuple[str, ...] | None:

@@ -1,4 +1,4 @@
-"""The ledger's group-committed transactions on SQLite in one or two hand-offs.
+"""The ledger's group-committed transactions on SQLite in one hand-off (two after a conflict).
 
 SQLAlchemy's aiosqlite adapter hands every step of a statement (cursor, execute, fetch,
 close) and every ``BEGIN`` and ``COMMIT`` to the driver's thread and back: a priced
@@ -8,10 +8,14 @@ connection on a thread of its own and runs a whole step there at once:
 
 * :meth:`SqliteWriter.write`: a batch of plain writes (usage records, in-flight rows) in
   one transaction, one hand-off;
-* :meth:`SqliteWriter.lock` then :meth:`SqliteWriter.commit`: a batch with ledger commands
-  takes the ledger's lock and reads the events other writers appended (first hand-off), the
-  event loop decides the commands on the state they give, and the events and rows are
-  written and committed (second hand-off).
+* :meth:`SqliteWriter.commit_at`: a batch with ledger commands, decided in the event loop
+  on the state as of the last event this process saw, takes the ledger's lock and, if that
+  is still the log's last event, writes the events and rows and commits (one hand-off); if
+  another writer appended meanwhile, it rolls back and answers those events;
+* :meth:`SqliteWriter.lock` then :meth:`SqliteWriter.commit`: the batch decided again after
+  such a conflict takes the lock and reads the events other writers appended (first
+  hand-off), the event loop decides the commands on the state they give, and the events
+  and rows are written and committed (second hand-off).
 
 The SQL is the same as the SQLAlchemy path's (``store/ledger.py``), so processes using
 either serialize on the same lock; PostgreSQL keeps that path (asyncpg has no thread to
@@ -121,6 +125,7 @@ class SqliteWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="openmaas-ledger-sqlite")
         self._conn: sqlite3.Connection | None = None  # opened and used on that thread only
         self._rows = RowStatements()
+        self.handoffs = 0  # calls run on the writer's thread
 
     @classmethod
     async def open(cls, engine: AsyncEngine) -> SqliteWriter | None:
@@ -134,7 +139,8 @@ class SqliteWriter:
         return cls(path, _SYNCHRONOUS.get(int(level or 2), "FULL"))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the writer's thread."""
+        """Run ``fn(*args)`` on the writer's thread (one hand-off, counted)."""
+        self.handoffs += 1
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def close(self) -> None:
@@ -207,6 +213,20 @@ class SqliteWriter:
         except BaseException:
             conn.rollback()
             raise
+
+    def commit_at(
+        self, since: int, statements: list[Statement]
+    ) -> tuple[bool, list[tuple[int, str]]]:
+        """Begin, take the ledger's lock and, when the last event is still ``since`` (no
+        other writer appended meanwhile), run ``statements`` and commit: ``(True, [])``.
+        Otherwise roll back, having written nothing, and answer ``(False, the events
+        appended after since)``, for the batch to be decided again on them."""
+        caught_up = self.lock(since)
+        if caught_up:
+            self.rollback()
+            return False, caught_up
+        self.commit(statements)
+        return True, []
 
     def commit(self, statements: list[Statement]) -> None:
         """Run ``statements`` in the open transaction and commit (or roll back and raise)."""
