@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -18,6 +17,7 @@ import openai
 import pytest
 
 from tests.e2e.live import LiveServer
+from tests.e2e.sdk_venvs import build_sdk_venv
 
 # The fake streams a token per word: "secret " and "plan " are two chunks.
 ENGLISH = "the plan is a secret plan for today"
@@ -27,7 +27,6 @@ CHINESE = "这是 机密文件 内容"  # "机密" inside the second chunk (spli
 SENT_CHINESE = "这是 "
 TOKENS_AT_CUT_CHINESE = 2
 INPUT_PRICE, OUTPUT_PRICE = 2, 8  # per million tokens: 2 and 8 micros per token
-ZHIPUAI = Path(__file__).resolve().parents[2] / ".venv-sdk" / "zhipuai" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
@@ -210,10 +209,12 @@ print(json.dumps(out))
 
 
 def test_zhipuai_stream_is_cut_with_sensitive(server: LiveServer) -> None:
-    if not ZHIPUAI.exists():
-        pytest.skip("the zhipuai SDK's virtualenv is not built (tests/e2e/test_zhipu_sdks.py)")
+    try:
+        zhipuai = build_sdk_venv("zhipuai")  # as tests/e2e/test_zhipu_sdks.py does
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"cannot install the zhipuai SDK here: {exc}")
     done = subprocess.run(
-        [str(ZHIPUAI), "-c", ZHIPU_SCRIPT, f"{server.base_url}/api/paas/v4/", server.admin_key],
+        [str(zhipuai), "-c", ZHIPU_SCRIPT, f"{server.base_url}/api/paas/v4/", server.admin_key],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,46 +22,12 @@ import pytest
 
 from openmaas.core.keys import build_jwt
 from tests.e2e.live import CHAT_MODEL, EMBEDDING_MODEL, LiveServer
+from tests.e2e.sdk_venvs import PIP_TIMEOUT, SDK_PACKAGES, SDK_VENVS, build_sdk_venv
 from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-SDK_VENVS = ROOT / ".venv-sdk"
 SCENARIOS = Path(__file__).parent / "zhipu_clients" / "scenarios.py"
-# zhipuai imports sniffio without declaring it (newer httpx no longer brings it along).
-SDK_PACKAGES: dict[str, list[str]] = {
-    "zhipuai": ["zhipuai==2.1.5.20250825", "sniffio"],
-    "zai": ["zai-sdk==0.2.3"],
-}
-PIP_TIMEOUT = 900
 TOOL_MODEL = "fake-glm"
 USER = [{"role": "user", "content": "Say hello."}]
-
-
-def _build_venv(name: str) -> Path:
-    """``.venv-sdk/<name>`` with its SDK installed; a marker names what was installed."""
-    venv = SDK_VENVS / name
-    python = venv / "bin" / "python"
-    marker = venv / ".installed"
-    wanted = " ".join(SDK_PACKAGES[name])
-    if python.exists() and marker.exists() and marker.read_text() == wanted:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            *SDK_PACKAGES[name],
-        ],
-        check=True,
-        timeout=PIP_TIMEOUT,
-        capture_output=True,
-    )
-    marker.write_text(wanted)
-    return python
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +35,7 @@ def sdk_venvs() -> dict[str, Future[Path]]:
     """Both SDK environments, built in parallel (once; later sessions reuse them)."""
     SDK_VENVS.mkdir(exist_ok=True)
     pool = ThreadPoolExecutor(max_workers=2)
-    return {name: pool.submit(_build_venv, name) for name in SDK_PACKAGES}
+    return {name: pool.submit(build_sdk_venv, name) for name in SDK_PACKAGES}
 
 
 @pytest.fixture(scope="session", params=["zhipuai", "zai"])
