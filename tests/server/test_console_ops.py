@@ -199,6 +199,9 @@ def test_an_operator_makes_an_operator_and_disables_a_user_who_is_signed_out(
     ops = _user_id(client, "ops@example.com")
     myself = post_form(client, f"{OPS}/users", f"{OPS}/users/{ops}/disabled", disabled="1")
     assert myself.status_code == 400  # an operator does not lock themselves out
+    for field in ("operator", "disabled"):
+        odd = post_form(client, f"{OPS}/users", f"{OPS}/users/{member}/{field}", **{field: "yes"})
+        assert odd.status_code == 400 and f"&#39;{field}&#39; must be 0 or 1." in odd.text
     actions = [a for actor, a, _t in _audit(client) if actor == f"user:{ops}"]
     assert actions == ["user.operator", "user.disable"]
 
