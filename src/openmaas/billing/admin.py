@@ -359,6 +359,37 @@ class BillingAdmin:
         Money leased to gateway processes is still the organization's, so a lease's lines
         show as cash (or promo) and the moves between cash and a lease are left out: the
         cash lines add up to the cash of the balance report."""
+        accounts, as_own, until = await self._statement_accounts(org, since_ms, until_ms)
+        lines = []
+        for line in await store.statement(self.database, accounts, since_ms, until):
+            account = as_own.get(line.account, line.account)
+            counterparty = as_own.get(line.counterparty, line.counterparty)
+            if account != counterparty:  # a move into or out of a lease is no line
+                lines.append(replace(line, account=account, counterparty=counterparty))
+        return lines
+
+    async def statement_page(
+        self, org: str, since_ms: int, until_ms: int, offset: int, limit: int
+    ) -> tuple[list[store.StatementLine], int]:
+        """``statement``'s lines newest first, ``limit`` of them after ``offset``, and
+        how many there are in all: the console's paged statement, cut by the database."""
+        accounts, as_own, until = await self._statement_accounts(org, since_ms, until_ms)
+        hidden = list(as_own.items())  # a lease and the account it draws on
+        page, total = await store.statement_page(
+            self.database, accounts, hidden, since_ms, until, offset, limit
+        )
+        lines = [
+            replace(line, account=as_own.get(line.account, line.account),
+                    counterparty=as_own.get(line.counterparty, line.counterparty))
+            for line in page
+        ]  # fmt: skip
+        return lines, total
+
+    async def _statement_accounts(
+        self, org: str, since_ms: int, until_ms: int | None
+    ) -> tuple[list[str], dict[str, str], int]:
+        """The organization's accounts, its leases mapped to the accounts they draw on,
+        and the end of the period (now when ``until_ms`` is None)."""
         found = await self._orgs.find(org)
         until = self.clock.now_ms() + 1 if until_ms is None else until_ms
         if until <= since_ms:
@@ -370,13 +401,7 @@ class BillingAdmin:
         accounts += [
             pack(pid) for pid, state in sorted(ledger.packs.items()) if state.org == found.id
         ]
-        lines = []
-        for line in await store.statement(self.database, accounts, since_ms, until):
-            account = as_own.get(line.account, line.account)
-            counterparty = as_own.get(line.counterparty, line.counterparty)
-            if account != counterparty:  # a move into or out of a lease is no line
-                lines.append(replace(line, account=account, counterparty=counterparty))
-        return lines
+        return accounts, as_own, until
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         if limit < 1:
