@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import insert
 
 from openmaas.server.app import create_app
 from openmaas.server.routes.access import CONSOLE_ROLES
 from openmaas.settings import Settings
 from openmaas.store.audit import read_audit
 from openmaas.store.people.users import UserRepository
+from openmaas.store.schema import audit_log
 from tests.server.test_console import console_settings
 from tests.support.app import app_state
 from tests.support.people import (
@@ -330,3 +332,38 @@ def test_a_suspended_organizations_member_keys_are_refused_until_it_is_resumed(
     assert [a for _actor, a in done] == ["org.suspend", "org.resume"] * 2
     assert done[0][0] == ops and done[2][0].startswith("key:")
     del settings
+
+
+def test_the_audit_page_and_api_filter_in_the_database_so_an_old_change_is_found(
+    console: tuple[TestClient, World, Settings],
+) -> None:
+    """An entry behind 1,500 newer ones is found by its action and actor, on the page and
+    through the admin API; ``%`` and ``_`` in a filter are the characters themselves."""
+    client, world, _settings = console
+
+    async def seed() -> str:
+        rows = [{"at_ms": 1, "actor": "cli:old_hand", "action": "org.tier", "target": "org_x"}]
+        rows += [
+            {"at_ms": 2 + n, "actor": "cli:busy", "action": "price.set", "target": f"m{n}"}
+            for n in range(1_500)
+        ]
+        platform = app_state(client).platform
+        key = await platform.accounts_admin("cli:test").issue_key(world.org_a, "ops", "admin")
+        async with platform.database.begin() as conn:
+            await conn.execute(insert(audit_log), rows)
+        return key.token
+
+    assert client.portal is not None
+    admin = {"Authorization": "Bearer " + client.portal.call(seed)}
+    page = client.get("/console/audit", params={"action": "org.tier", "actor": "old_hand"})
+    assert page.status_code == 200 and "org_x" in page.text and "cli:old_hand" in page.text
+    assert "cli:busy" not in page.text
+    for wild in ({"actor": "%"}, {"actor": "old%hand"}, {"action": "org_tier"}):
+        assert "org_x" not in client.get("/console/audit", params=wild).text
+
+    found = client.get(
+        "/admin/v1/audit", params={"action": "org.", "actor": "old_"}, headers=admin
+    ).json()["data"]
+    assert [(e["actor"], e["target"]) for e in found] == [("cli:old_hand", "org_x")]
+    too_long = client.get("/admin/v1/audit", params={"actor": "x" * 81}, headers=admin)
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "actor"

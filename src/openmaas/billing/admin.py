@@ -403,10 +403,17 @@ class BillingAdmin:
         ]
         return accounts, as_own, until
 
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+    async def audit_log(
+        self, limit: int = 100, action: str = "", actor: str = ""
+    ) -> list[AuditEntry]:
+        """The newest ``limit`` entries (at most 10,000), newest first, whose action starts
+        with ``action`` and whose actor contains ``actor``."""
         if limit < 1:
             raise InvalidRequest("'limit' must be a positive integer.", "limit")
-        return await read_audit(self.database, min(limit, 10_000))
+        for name, value, most in (("action", action, 60), ("actor", actor, 80)):
+            if len(value) > most:
+                raise InvalidRequest(f"'{name}' is at most {most} characters.", name)
+        return await read_audit(self.database, min(limit, 10_000), action, actor)
 
     # -- prices and tiers --
 

@@ -296,7 +296,9 @@ def tiers_set(
 
 @main.command(help="The audit log of administrative changes (billing, catalog, credentials).")
 @click.option("--limit", type=int, default=50, show_default=True, help="How many entries.")
-def audit(limit: int) -> None:
+@click.option("--action", default="", help="Only actions that start with this (e.g. key.).")
+@click.option("--actor", default="", help="Only actors that contain this (e.g. a user id).")
+def audit(limit: int, action: str, actor: str) -> None:
     import json
 
     rows = [
@@ -308,7 +310,7 @@ def audit(limit: int) -> None:
             json.dumps(e.before, sort_keys=True),
             json.dumps(e.after, sort_keys=True),
         )
-        for e in with_billing(lambda admin: admin.audit_log(limit))
+        for e in with_billing(lambda admin: admin.audit_log(limit, action, actor))
     ]
     print_table(("time (UTC)", "actor", "action", "target", "before", "after"), rows)
 
