@@ -95,10 +95,12 @@ def test_an_operator_creates_an_org_tops_it_up_sets_its_terms_and_grants_a_pack(
         f"{OPS}/orgs/{org}/terms",
         credit_limit="100",
         data_policy="local_only",
+        prompt_logging="on",
     )
     assert terms.status_code == 303
     shown = client.get(f"{OPS}/orgs/{org}").text
     assert 'data-figure="credit">$100.00' in shown and "local only" in shown
+    assert 'data-figure="prompt-logging">on: prompts and answers logged' in shown
     assert 'data-figure="available">$350.50' in shown
 
     bad_tier = post_form(client, f"{OPS}/orgs/{org}", f"{OPS}/orgs/{org}/terms", tier="Gold")

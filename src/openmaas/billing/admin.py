@@ -115,8 +115,9 @@ class BillingAdmin:
         return await self._orgs.list()
 
     async def set_org(self, org: str, change: TermsChange) -> Organization:
-        """Change an organization's tier (None removes it), discount, credit limit or data
-        policy (``local_only``: never an external deployment; ``burst``)."""
+        """Change an organization's tier (None removes it), discount, credit limit, data
+        policy (``local_only``: never an external deployment; ``burst``) or prompt logging
+        (its generations logged, prompt and answer: ``docs/metrics.md``)."""
         found = await self._orgs.find(org)
         values: dict[str, Any] = {}
         if change.sets_tier:
@@ -125,10 +126,13 @@ class BillingAdmin:
             values["discount_bp"] = change.discount_bp
         if change.data_policy is not None:
             values["data_policy"] = change.data_policy.value
+        if change.prompt_logging is not None:
+            values["prompt_logging"] = change.prompt_logging
         limit = change.credit_limit
         if not values and limit is None:
             raise InvalidRequest(
-                "Nothing to change: give a tier, discount_bp, credit_limit or data_policy."
+                "Nothing to change: give a tier, discount_bp, credit_limit, data_policy or "
+                "prompt_logging."
             )
 
         # Read before the change: admins' changes of one organization are rare enough that

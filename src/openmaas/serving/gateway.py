@@ -29,6 +29,10 @@ recorded); a generation's text and reasoning pass an ``OutputGuard``, which hold
 tail until the next window is checked and, at refused content, ends the stream with
 ``FinishReason.CONTENT_FILTER`` (settled as ``content_filtered`` for what the engine had
 counted). Without one, nothing of it runs.
+
+Prompt logging (``serving/transcripts.py``): a generation of an organization an operator
+has turned it on for keeps a ``Transcript`` of what the client was sent and logs it with
+the request once the usage record is written; for any other organization nothing is kept.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind, Route
 from openmaas.moderation import FILTERED_INPUT, FILTERED_OUTPUT, Moderator, OutputGuard
 from openmaas.serving.bounds import RequestBounds, embedding_token_bound
+from openmaas.serving.transcripts import Transcript
 
 log = logging.getLogger("openmaas.gateway")
 
@@ -202,7 +207,8 @@ class Gateway:
         guard = (
             OutputGuard(self._moderator, principal.org_id) if self._moderator is not None else None
         )
-        generation = admitted.generation = Generation(request, stream, admitted, guard)
+        transcript = Transcript(request) if ticket.prompt_logging else None
+        generation = admitted.generation = Generation(request, stream, admitted, guard, transcript)
         self._live.setdefault(principal.key_id, set()).add(generation)
         try:
             return await generation.start()
@@ -491,11 +497,13 @@ class Generation:
         stream: EngineStream,
         settlement: Settlement,
         guard: OutputGuard | None = None,
+        transcript: Transcript | None = None,
     ) -> None:
         self.request = request
         self._stream = stream
         self._settlement = settlement
         self._guard = guard  # None: output passes unchecked
+        self._transcript = transcript  # None: the organization's prompts are not logged
         self._ready: deque[StreamEvent] = deque()  # checked events not yet handed out
         self._first: StreamEvent | None = None
         self._ttft_ms: int | None = None
@@ -561,6 +569,13 @@ class Generation:
         return self
 
     async def __anext__(self) -> StreamEvent:
+        if self._transcript is not None:
+            event = await self._handout()
+            self._transcript.saw(event)
+            return event
+        return await self._handout()
+
+    async def _handout(self) -> StreamEvent:
         if self._guard is not None:
             return await self._checked()
         if self._first is not None:
@@ -684,6 +699,8 @@ class Generation:
                 await self._stream.aclose()
             finally:
                 record = await self._settlement.settle(self._outcome())
+        if self._transcript is not None:
+            self._transcript.log(record)
         return record
 
     def _outcome(self) -> Outcome:

@@ -141,7 +141,8 @@ async def check_tier(database: AsyncEngine, tier: str | None, name: str = "tier"
 
 
 async def update_org(conn: AsyncConnection, org_id: str, **values: Any) -> dict[str, Any]:
-    """Change an organization's ``tier`` or ``discount_bp``; returns the old values."""
+    """Change an organization's columns (``tier``, ``discount_bp``, ``data_policy``,
+    ``prompt_logging``); returns the old values."""
     columns = [getattr(organizations.c, name) for name in values]
     old = (await conn.execute(select(*columns).where(organizations.c.id == org_id))).first()
     if old is None:
@@ -167,14 +168,19 @@ class OrgTerms:
     tier: str | None = None  # None: no rate limits
     data_policy: DataPolicy = DataPolicy.BURST
     name: str = ""  # what people call it (refusals name it)
+    prompt_logging: bool = False  # its generations are logged, prompt and answer
 
 
 async def load_org_terms(conn: AsyncConnection) -> dict[str, OrgTerms]:
-    """Each organization's currency, tier and data policy."""
+    """Each organization's currency, tier, data policy and prompt logging."""
     o = organizations.c
-    rows = await conn.execute(select(o.id, o.name, o.currency, o.tier, o.data_policy))
+    rows = await conn.execute(
+        select(o.id, o.name, o.currency, o.tier, o.data_policy, o.prompt_logging)
+    )
     return {
-        r.id: OrgTerms(Currency(r.currency), r.tier, DataPolicy(r.data_policy), r.name)
+        r.id: OrgTerms(
+            Currency(r.currency), r.tier, DataPolicy(r.data_policy), r.name, r.prompt_logging
+        )
         for r in rows
     }
 

@@ -177,7 +177,8 @@ async def _change(visit: Visit, org: str, done: str, change: Any) -> Response:
 @router.post("/orgs/{org}/terms")
 @page
 async def org_terms(request: Request, org: str) -> Response:
-    """Tier (``-``: none), data policy and credit limit; a field left empty stays."""
+    """Tier (``-``: none), data policy, credit limit and prompt logging (``on``, ``off``);
+    a field left empty stays."""
     visit = await enter(request)
     form = visit.form
     body: dict[str, Any] = {}
@@ -188,6 +189,9 @@ async def org_terms(request: Request, org: str) -> Response:
         body["data_policy"] = form["data_policy"].strip()
     if form.get("credit_limit", "").strip():
         body["credit_limit"] = form["credit_limit"].strip()
+    logging = form.get("prompt_logging", "").strip()
+    if logging:
+        body["prompt_logging"] = {"on": True, "off": False}.get(logging, logging)
     billing = _billing(visit)
     try:
         change = TermsChange.parse(body)
