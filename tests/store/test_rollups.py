@@ -1,6 +1,7 @@
 """Daily roll-ups (store/rollups/): after a mixed run, with records written while two
-rollers race and a roller restarts, the roll-ups equal the usage records they came from, on
-SQLite and PostgreSQL."""
+rollers race and a roller restarts, the roll-ups (upstream costs among them, each in its
+own currency) equal the usage records they came from, on SQLite and PostgreSQL; migration
+0014 adds the upstream cost of the records folded before it, once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,11 +23,15 @@ from openmaas.core.types import Usage
 from openmaas.core.usage import UsageRecord
 from openmaas.platform import open_platform
 from openmaas.settings import Settings
-from openmaas.store.database import migrate, open_database
+from openmaas.store.database import MIGRATIONS_DIR, migrate, open_database
 from openmaas.store.repositories import UsageRepository, insert_usage, utc_day
 from openmaas.store.rollups.reads import org_rollups
 from openmaas.store.rollups.roller import UsageRoller
-from openmaas.store.rollups.schema import usage_rollup_buckets, usage_rollups
+from openmaas.store.rollups.schema import (
+    usage_rollup_buckets,
+    usage_rollup_upstream,
+    usage_rollups,
+)
 from openmaas.store.schema import usage_records
 from tests.support.clock import NOW_MS
 from tests.support.waiting import eventually
@@ -47,6 +54,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def make_record(n: int, rng: random.Random) -> UsageRecord:
     priced = rng.random() < 0.8
     started = rng.random() < 0.9
+    upstream = rng.choice((None, Currency.USD, Currency.CNY))
     return UsageRecord(
         request_id=f"req_{rng.randrange(10**12):012d}_{n:05d}",  # not in writing order
         key_id=rng.choice(KEYS),
@@ -64,7 +72,31 @@ def make_record(n: int, rng: random.Random) -> UsageRecord:
         ttft_ms=rng.randrange(5_000) if started else None,
         latency_ms=rng.randrange(60_000),
         cost=Money(rng.randrange(10**9), Currency.CNY) if priced else None,
+        upstream_cost=None if upstream is None else Money(rng.randrange(10**8), upstream),
     )
+
+
+UpstreamRollups = dict[tuple[str, str, str, str], tuple[int, int]]
+
+
+def expected_upstream(records: list[UsageRecord]) -> UpstreamRollups:
+    """The upstream costs per organization × day × model × currency, from the records."""
+    groups: UpstreamRollups = {}
+    for r in records:
+        if r.upstream_cost is not None:
+            group = (r.org_id, utc_day(r.started_at_ms), r.model, r.upstream_cost.currency.value)
+            n, micros = groups.get(group, (0, 0))
+            groups[group] = (n + 1, micros + r.upstream_cost.micros)
+    return groups
+
+
+async def stored_upstream(engine: AsyncEngine) -> UpstreamRollups:
+    u = usage_rollup_upstream.c
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(u.org_id, u.day, u.model, u.currency, u.requests, u.cost_micros)
+        )
+        return {(o, d, m, c): (int(n), int(micros)) for o, d, m, c, n, micros in rows}
 
 
 def expected_from(records: list[UsageRecord]) -> dict[tuple[str, str, str, str], Rollup]:
@@ -144,6 +176,9 @@ async def test_rollups_equal_the_records_after_racing_rollers_and_a_restart(
         finally:
             await restarted.dispose()
         assert await stored_rollups(writer) == expected_from(records)
+        upstream = expected_upstream(records)
+        assert {c for (_o, _d, _m, c) in upstream} == {"USD", "CNY"}  # apart, never added
+        assert await stored_upstream(writer) == upstream
     finally:
         for engine in (writer, first, second):
             await engine.dispose()
@@ -187,9 +222,49 @@ async def test_the_rollups_outlive_the_records(database_url: str) -> None:
         async with engine.begin() as conn:
             await conn.execute(delete(usage_records))
         assert await stored_rollups(engine) == expected_from(records)
+        assert await stored_upstream(engine) == expected_upstream(records)
         async with engine.connect() as conn:
             assert (await conn.execute(select(usage_rollups))).all()
             assert (await conn.execute(select(usage_rollup_buckets))).all()
+    finally:
+        await engine.dispose()
+
+
+async def _migrate_to(engine: AsyncEngine, revision: str, *, down: bool = False) -> None:
+    def move(sync_connection) -> None:  # type: ignore[no-untyped-def]
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = sync_connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(move)
+
+
+async def test_migration_0014_adds_the_upstream_cost_of_records_folded_before_it_once(
+    database_url: str,
+) -> None:
+    """Records folded before migration 0014 (whose roll-ups had no upstream cost) get it
+    from the migration; those written after the last pass get it from the roller; none
+    twice, however often the roller runs again."""
+    rng = random.Random(14)
+    records = [make_record(n, rng) for n in range(80)]
+    engine = open_database(database_url)
+    await migrate(engine)
+    try:
+        repo, roller = UsageRepository(engine), UsageRoller(engine, lambda: NOW_MS)
+        for r in records[:50]:
+            await repo.append(r)
+        assert await roller.roll() == 50
+        await _migrate_to(engine, "0013", down=True)  # as before 0014: folded, no upstream
+        for r in records[50:]:
+            await repo.append(r)  # written, not folded yet
+        await _migrate_to(engine, "head")
+        assert await stored_upstream(engine) == expected_upstream(records[:50])
+        assert await roller.roll() == 30
+        assert await roller.roll() == 0
+        assert await stored_upstream(engine) == expected_upstream(records)
+        assert await stored_rollups(engine) == expected_from(records)
     finally:
         await engine.dispose()
 

@@ -1,6 +1,7 @@
 """What the console reads of the roll-ups: an organization's rows over a period, filtered
 by key and model, with their latency histograms; the platform's sums per day, organization
-or model (the operator's overview, summed by the database); never the usage records."""
+or model (the operator's overview, summed by the database), and what external upstreams
+charged us per day, organization or model; never the usage records."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.core.rollups import LATENCY, Rollup
 from openmaas.store.rollups.roller import MARK
-from openmaas.store.rollups.schema import rollup_marks, usage_rollup_buckets, usage_rollups
+from openmaas.store.rollups.schema import (
+    rollup_marks,
+    usage_rollup_buckets,
+    usage_rollup_upstream,
+    usage_rollups,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,40 @@ async def platform_sums(
         return [
             PlatformSums(str(g), currency, int(n or 0), int(tokens or 0), int(cost or 0))
             for g, currency, n, tokens, cost in await conn.execute(query)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSums:
+    """What external upstreams charged us for every organization's requests of one day,
+    organization or model, in one of the upstreams' currencies."""
+
+    group: str  # the day, the organization id or the model
+    currency: str
+    requests: int  # the requests that had an upstream cost
+    cost_micros: int
+
+
+UPSTREAM_GROUPS = {"day": usage_rollup_upstream.c.day, "org": usage_rollup_upstream.c.org_id,
+                   "model": usage_rollup_upstream.c.model}  # fmt: skip
+
+
+async def platform_upstream(
+    engine: AsyncEngine, since_day: str, until_day: str, by: str
+) -> list[UpstreamSums]:
+    """The upstream costs of the days ``[since_day, until_day]`` summed per ``by`` (``day``,
+    ``org`` or ``model``) and currency, by the database."""
+    u = usage_rollup_upstream.c
+    group = UPSTREAM_GROUPS[by]
+    query = (
+        select(group, u.currency, func.sum(u.requests), func.sum(u.cost_micros))
+        .where(u.day >= since_day, u.day <= until_day)
+        .group_by(group, u.currency)
+    )
+    async with engine.connect() as conn:
+        return [
+            UpstreamSums(str(g), str(currency), int(n or 0), int(cost or 0))
+            for g, currency, n, cost in await conn.execute(query)
         ]
 
 

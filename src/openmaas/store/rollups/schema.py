@@ -1,4 +1,4 @@
-"""The tables of migration 0011, on the one ``metadata`` of ``store/schema.py``.
+"""The tables of migrations 0011 and 0014, on the one ``metadata`` of ``store/schema.py``.
 
 On PostgreSQL the migration also adds ``usage_records.roll_xid`` (the inserting
 transaction's id, ``pg_current_xact_id()``), which the roller reads by name: it is not on
@@ -42,6 +42,22 @@ usage_rollup_buckets = Table(
     Column("metric", String(8), primary_key=True),  # "latency" | "ttft"
     Column("bucket", Integer, primary_key=True),  # core/rollups.py's BOUNDS_MS
     Column("requests", BigInteger, nullable=False),
+)
+
+# migration 0014: what external upstreams charged us, in the upstream's currency (which need
+# not be the organization's, and may differ between a model's deployments): a row per
+# currency, so that amounts in two currencies are never added; per organization × day ×
+# model (no key: only the operator reads it), folded by the same pass as usage_rollups
+usage_rollup_upstream = Table(
+    "usage_rollup_upstream",
+    metadata,
+    Column("org_id", String(40), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("currency", String(3), primary_key=True),  # the upstream's
+    Column("requests", BigInteger, nullable=False),  # the records that had an upstream cost
+    Column("cost_micros", BigInteger, nullable=False),
+    Index("ix_rollup_upstream_day", "day"),
 )
 
 rollup_marks = Table(
