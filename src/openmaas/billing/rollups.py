@@ -3,7 +3,8 @@ usage records into them (``store/rollups/roller.py``, run by every serving proce
 ``OPENMAAS_ROLLUP_SECONDS``; passes of several processes take turns), and the report of an
 organization's period read from them alone: per day, per model, per key, and in total;
 and the platform's (the operator's overview): every organization's tokens and revenue per
-day, the top organizations and models, summed by the database from the roll-ups alone."""
+day, the top organizations and models, and beside the revenue what external upstreams
+charged us (each in its own currency), summed by the database from the roll-ups alone."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from openmaas.core.rollups import Rollup
 from openmaas.store.rollups.reads import (
     PlatformSums,
     RollupRow,
+    UpstreamSums,
     org_rollups,
     platform_sums,
+    platform_upstream,
     rolled_at_ms,
 )
 from openmaas.store.rollups.roller import UsageRoller
@@ -119,17 +122,34 @@ async def usage_report(
 @dataclass
 class Totals:
     """Sums of a day, an organization or a model: revenue per currency (the charged cost of
-    priced requests; organizations pay in their own currency, so sums stay apart)."""
+    priced requests; organizations pay in their own currency, so sums stay apart), and the
+    upstream cost per currency (what external upstreams charged us, in theirs)."""
 
     requests: int = 0
     tokens: int = 0
     revenue: dict[str, int] = field(default_factory=dict)  # currency -> micros
+    upstream: dict[str, int] = field(default_factory=dict)  # currency -> micros
 
     def add(self, sums: PlatformSums) -> None:
         self.requests += sums.requests
         self.tokens += sums.tokens
         if sums.currency is not None:
             self.revenue[sums.currency] = self.revenue.get(sums.currency, 0) + sums.cost_micros
+
+    def add_upstream(self, sums: UpstreamSums) -> None:
+        self.upstream[sums.currency] = self.upstream.get(sums.currency, 0) + sums.cost_micros
+
+    def merge(self, other: Totals) -> None:
+        self.requests += other.requests
+        self.tokens += other.tokens
+        for mine, theirs in ((self.revenue, other.revenue), (self.upstream, other.upstream)):
+            for currency, micros in theirs.items():
+                mine[currency] = mine.get(currency, 0) + micros
+
+    def margins(self) -> dict[str, int]:
+        """Revenue less upstream cost, per currency that has both (amounts in two currencies
+        are never subtracted either)."""
+        return {c: self.revenue[c] - self.upstream[c] for c in self.revenue if c in self.upstream}
 
 
 @dataclass
@@ -145,13 +165,16 @@ class PlatformReport:
 
     @property
     def currencies(self) -> list[str]:
-        return sorted(self.total.revenue)
+        """Every currency of the revenue and of the upstream cost."""
+        return sorted(set(self.total.revenue) | set(self.total.upstream))
 
 
-def _grouped(rows: list[PlatformSums]) -> dict[str, Totals]:
+def _grouped(rows: list[PlatformSums], upstream: list[UpstreamSums]) -> dict[str, Totals]:
     found: dict[str, Totals] = {}
     for row in rows:
         found.setdefault(row.group, Totals()).add(row)
+    for cost in upstream:  # a group has usage wherever it has an upstream cost
+        found.setdefault(cost.group, Totals()).add_upstream(cost)
     return found
 
 
@@ -160,16 +183,23 @@ def _top(found: dict[str, Totals], count: int) -> list[tuple[str, Totals]]:
 
 
 async def platform_report(engine: AsyncEngine, period: Period, *, top: int = 10) -> PlatformReport:
-    """Tokens and revenue per day, and the ``top`` organizations and models by tokens."""
+    """Tokens, revenue and upstream cost per day, and the ``top`` organizations and models
+    by tokens."""
     since, until = period.since.isoformat(), period.until.isoformat()
-    days = _grouped(await platform_sums(engine, since, until, "day"))
+
+    async def grouped(by: str) -> dict[str, Totals]:
+        return _grouped(
+            await platform_sums(engine, since, until, by),
+            await platform_upstream(engine, since, until, by),
+        )
+
+    days = await grouped("day")
     by_day = {day: days.get(day, Totals()) for day in period.days()}
-    org_rows = await platform_sums(engine, since, until, "org")
+    orgs = await grouped("org")
     total = Totals()
-    for row in org_rows:
-        total.add(row)
-    orgs = _grouped(org_rows)
-    models = _grouped(await platform_sums(engine, since, until, "model"))
+    for totals in orgs.values():
+        total.merge(totals)
+    models = await grouped("model")
     return PlatformReport(
         period, await rolled_at_ms(engine), by_day, _top(orgs, top), _top(models, top), total
     )
