@@ -2,11 +2,12 @@
 
 Issue 13 asks that "pages stay fast with a year of usage for a thousand organizations". This
 seeds the daily roll-ups directly in the database (``usage_rollups``, their latency and
-time-to-first-token buckets, and ``usage_rollup_upstream`` for the models an external
-upstream serves): ``--days`` days up to today × ``--orgs`` organizations × ``--models``
-models × one key, with ``--buckets`` histogram buckets per row (half latency, half time to
-first token). The rows are made by ``INSERT ... SELECT`` over small helper tables (the days,
-the organizations, the models), so seeding a million rows takes seconds, not minutes.
+time-to-first-token buckets, ``usage_rollup_upstream`` for the models an external upstream
+serves, and the overview's sums of them, ``platform_rollups``): ``--days`` days up to today
+× ``--orgs`` organizations × ``--models`` models × one key, with ``--buckets`` histogram
+buckets per row (half latency, half time to first token). The rows are made by ``INSERT ...
+SELECT`` over small helper tables (the days, the organizations, the models), so seeding a
+million rows takes seconds, not minutes.
 
 Then, through the ASGI app in-process (its lifespan run as the server runs it, requests
 over ``httpx.ASGITransport``: no sockets), it times:
@@ -92,6 +93,23 @@ SEED = (
     FROM bench_orgs o CROSS JOIN bench_days d CROSS JOIN bench_models m
     WHERE m.upstream IS NOT NULL""",
 )
+# the overview's sums of those rows, as the roller keeps them (migration 0014 does the same)
+PLATFORM = tuple(
+    f"""INSERT INTO platform_rollups (span, start, dim, ident, kind, currency, requests, tokens,
+        micros)
+    SELECT '{span}', {start}, '{dim}', {ident}, {kind}
+    GROUP BY {start}, {ident}, currency"""
+    for span, start, dim, ident in (
+        ("day", "day", "model", "model"),
+        ("day", "day", "org", "org_id"),
+        ("month", "substr(day, 1, 7)", "org", "org_id"),
+    )
+    for kind in (
+        "'revenue', COALESCE(currency, ''), SUM(requests), SUM(input_tokens + output_tokens), "
+        "SUM(cost_micros) FROM usage_rollups",
+        "'upstream', currency, SUM(requests), 0, SUM(cost_micros) FROM usage_rollup_upstream",
+    )
+)
 
 
 def seeded_requests(args: argparse.Namespace) -> int:
@@ -144,6 +162,9 @@ async def seed(engine: AsyncEngine, first_org: str, args: argparse.Namespace) ->
         made = {}
         for name, statement in zip(("rollups", "buckets", "upstream"), SEED, strict=True):
             made[name] = (await conn.execute(text(statement))).rowcount
+        made["platform"] = 0
+        for statement in PLATFORM:
+            made["platform"] += (await conn.execute(text(statement))).rowcount
         await conn.run_sync(bench.drop_all)
     if engine.dialect.name == "postgresql":
         async with engine.connect() as conn:
@@ -200,22 +221,18 @@ async def sign_in(client: httpx.AsyncClient) -> None:
 
 
 async def explain(engine: AsyncEngine, days: int) -> None:
-    """The plans of the overview's grouped queries over ``days``."""
-    from openmaas.store.rollups.reads import PLATFORM_GROUPS, UPSTREAM_GROUPS
+    """The plans of the overview's queries over ``days``."""
+    from openmaas.store.rollups.reads import platform_queries
 
     period = Period.last(days, today())
     since, until = period.since.isoformat(), period.until.isoformat()
     prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN ANALYZE "
-    for table, groups in (("usage_rollups", PLATFORM_GROUPS), ("usage_rollup_upstream",
-                                                               UPSTREAM_GROUPS)):  # fmt: skip
-        for by, column in groups.items():
-            sql = (
-                f"SELECT {column.name}, currency, sum(requests) FROM {table} "
-                f"WHERE day >= '{since}' AND day <= '{until}' GROUP BY {column.name}, currency"
-            )
+    for by in ("day", "org", "model"):
+        for query in platform_queries(since, until, by):
+            sql = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
             async with engine.connect() as conn:
                 plan = [" ".join(map(str, row)) for row in await conn.exec_driver_sql(prefix + sql)]
-            print(f"\n{table} by {by}, {days} days:\n  " + "\n  ".join(plan))
+            print(f"\nby {by}, {days} days:\n  " + "\n  ".join(plan))
 
 
 async def measure(database: str, url: str, home: Path, args: argparse.Namespace) -> None:

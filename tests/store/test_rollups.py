@@ -6,16 +6,19 @@ own currency) equal the usage records they came from, on SQLite and PostgreSQL; 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openmaas.billing.rollups import Period, Totals, platform_report
 from openmaas.core.money import Currency, Money
 from openmaas.core.rollups import BOUNDS_MS, Rollup, bucket_of, percentile
 from openmaas.core.termination import Termination
@@ -25,7 +28,7 @@ from openmaas.platform import open_platform
 from openmaas.settings import Settings
 from openmaas.store.database import MIGRATIONS_DIR, migrate, open_database
 from openmaas.store.repositories import UsageRepository, insert_usage, utc_day
-from openmaas.store.rollups.reads import org_rollups
+from openmaas.store.rollups.reads import org_rollups, platform_queries
 from openmaas.store.rollups.roller import UsageRoller
 from openmaas.store.rollups.schema import (
     usage_rollup_buckets,
@@ -305,25 +308,84 @@ async def test_a_serving_process_rolls_up_in_the_background(
         await eventually(rolled, what="the records in the roll-ups")
 
 
-async def test_the_platforms_period_is_read_by_day_not_by_scanning_every_organization(
-    tmp_path: Path,
-) -> None:
-    """The overview sums a period across every organization (a year of a thousand is
-    ~365,000 rows a model): SQLite's plan searches the day index instead of the table."""
+async def test_the_platforms_sums_equal_the_records_over_any_period(database_url: str) -> None:
+    """The overview's sums (``platform_rollups``: per day and model, per day and organization,
+    per month and organization) equal the records of the period, however it falls on the
+    months: whole months, a period inside one month, one that starts or ends on a month's
+    first or last day, a year."""
+    rng = random.Random(21)
+    records = []
+    for n in range(400):
+        record = make_record(n, rng)
+        started = NOW_MS - rng.randrange(400) * DAY_MS - rng.randrange(DAY_MS)
+        records.append(dataclasses.replace(record, started_at_ms=started))
+    engine = open_database(database_url)
+    await migrate(engine)
+    try:
+        for r in records:
+            await UsageRepository(engine).append(r)
+        await UsageRoller(engine, lambda: NOW_MS).roll()
+        today = date.fromisoformat(utc_day(NOW_MS))
+        month = today.replace(day=1)
+        periods = [
+            Period.last(365, today),
+            Period.last(30, today),
+            Period(month - timedelta(days=1), today),  # a month's last day, then a month
+            Period(month - timedelta(days=90), month - timedelta(days=1)),  # ends a month
+            Period(month, today),  # from a month's first day
+            Period(today - timedelta(days=3), today - timedelta(days=1)),
+        ]
+        for period in periods:
+            report = await platform_report(engine, period, top=1000)
+            inside = [
+                r for r in records
+                if period.since.isoformat() <= utc_day(r.started_at_ms) <= period.until.isoformat()
+            ]  # fmt: skip
+            orgs = {org: totals for org, totals in report.top_orgs}
+            models = {model: totals for model, totals in report.top_models}
+            for name, found, key in (("org", orgs, "org_id"), ("model", models, "model")):
+                for ident in {getattr(r, key) for r in inside}:
+                    mine = [r for r in inside if getattr(r, key) == ident]
+                    assert found[ident] == totals_of(mine), (period, name, ident)
+            assert report.total == totals_of(inside), period
+            for day, totals in report.by_day.items():
+                assert totals == totals_of(
+                    [r for r in inside if utc_day(r.started_at_ms) == day]
+                ), (period, day)
+    finally:
+        await engine.dispose()
+
+
+def totals_of(records: list[UsageRecord]) -> Totals:
+    """What the overview shows of ``records``, computed from them."""
+    totals = Totals()
+    for r in records:
+        totals.requests += 1
+        totals.tokens += r.usage.prompt_tokens + r.usage.completion_tokens
+        if r.cost is not None:
+            c = r.cost.currency.value
+            totals.revenue[c] = totals.revenue.get(c, 0) + r.cost.micros
+        if r.upstream_cost is not None:
+            c = r.upstream_cost.currency.value
+            totals.upstream[c] = totals.upstream.get(c, 0) + r.upstream_cost.micros
+    return totals
+
+
+async def test_the_platforms_period_is_read_from_its_sums_by_their_key(tmp_path: Path) -> None:
+    """The overview sums a period across every organization (a year of a thousand is a
+    million roll-up rows): it reads ``platform_rollups`` by its primary key's span and
+    start, never by scanning the table."""
     engine = open_database("sqlite+aiosqlite:///" + str(tmp_path / "openmaas.db"))
     try:
         await migrate(engine)
-        r = usage_rollups.c
-        query = (
-            select(r.day, func.sum(r.requests))
-            .where(r.day >= "2026-01-01", r.day <= "2026-01-31")
-            .group_by(r.day)
-        )
-        sql = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
-        async with engine.connect() as conn:
-            plan = " ".join(str(row[-1]) for row in await conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN " + sql
-            ))  # fmt: skip
-        assert "ix_rollups_day" in plan, plan
+        for by in ("day", "org", "model"):
+            for query in platform_queries("2026-01-15", "2026-04-20", by):
+                sql = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
+                async with engine.connect() as conn:
+                    plan = " ".join(str(row[-1]) for row in await conn.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN " + sql
+                    ))  # fmt: skip
+                assert "SEARCH platform_rollups USING INDEX" in plan, (by, plan)
+                assert "span=? AND dim=? AND start>" in plan, (by, plan)
     finally:
         await engine.dispose()

@@ -20,10 +20,8 @@ from openmaas.core.rollups import Rollup
 from openmaas.store.rollups.reads import (
     PlatformSums,
     RollupRow,
-    UpstreamSums,
     org_rollups,
     platform_sums,
-    platform_upstream,
     rolled_at_ms,
 )
 from openmaas.store.rollups.roller import UsageRoller
@@ -131,13 +129,14 @@ class Totals:
     upstream: dict[str, int] = field(default_factory=dict)  # currency -> micros
 
     def add(self, sums: PlatformSums) -> None:
+        if sums.kind == "upstream":  # requests counted once, with their revenue
+            if sums.currency is not None:
+                self.upstream[sums.currency] = self.upstream.get(sums.currency, 0) + sums.micros
+            return
         self.requests += sums.requests
         self.tokens += sums.tokens
         if sums.currency is not None:
-            self.revenue[sums.currency] = self.revenue.get(sums.currency, 0) + sums.cost_micros
-
-    def add_upstream(self, sums: UpstreamSums) -> None:
-        self.upstream[sums.currency] = self.upstream.get(sums.currency, 0) + sums.cost_micros
+            self.revenue[sums.currency] = self.revenue.get(sums.currency, 0) + sums.micros
 
     def merge(self, other: Totals) -> None:
         self.requests += other.requests
@@ -169,12 +168,10 @@ class PlatformReport:
         return sorted(set(self.total.revenue) | set(self.total.upstream))
 
 
-def _grouped(rows: list[PlatformSums], upstream: list[UpstreamSums]) -> dict[str, Totals]:
+def _grouped(rows: list[PlatformSums]) -> dict[str, Totals]:
     found: dict[str, Totals] = {}
     for row in rows:
         found.setdefault(row.group, Totals()).add(row)
-    for cost in upstream:  # a group has usage wherever it has an upstream cost
-        found.setdefault(cost.group, Totals()).add_upstream(cost)
     return found
 
 
@@ -184,14 +181,11 @@ def _top(found: dict[str, Totals], count: int) -> list[tuple[str, Totals]]:
 
 async def platform_report(engine: AsyncEngine, period: Period, *, top: int = 10) -> PlatformReport:
     """Tokens, revenue and upstream cost per day, and the ``top`` organizations and models
-    by tokens."""
+    by tokens (``platform_rollups``: a few thousand rows, whatever the organizations)."""
     since, until = period.since.isoformat(), period.until.isoformat()
 
     async def grouped(by: str) -> dict[str, Totals]:
-        return _grouped(
-            await platform_sums(engine, since, until, by),
-            await platform_upstream(engine, since, until, by),
-        )
+        return _grouped(await platform_sums(engine, since, until, by))
 
     days = await grouped("day")
     by_day = {day: days.get(day, Totals()) for day in period.days()}

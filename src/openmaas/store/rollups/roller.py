@@ -24,8 +24,10 @@ moves the watermark past them. A pass that fails or dies leaves nothing behind; 
 processes never fold the same record. The writers of usage records do nothing for this.
 
 The same pass adds the records' upstream cost (what an external upstream charged us) to
-``usage_rollup_upstream``, a row per organization × day × model × the upstream's currency
-(migration 0014, which summed the records folded before it).
+``usage_rollup_upstream``, a row per organization × day × model × the upstream's currency,
+and both to ``platform_rollups``, the operator's overview's sums per day and model, day and
+organization, month and organization (migration 0014, which summed the records folded
+before it).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.rollups import LATENCY, TTFT, Rollup
 from openmaas.store.rollups.schema import (
+    platform_rollups,
     rollup_marks,
     usage_rollup_buckets,
     usage_rollup_upstream,
@@ -242,6 +245,42 @@ async def _fold(conn: AsyncConnection, rows: list[tuple[Any, ...]], postgres: bo
     ]  # fmt: skip
     if upstream:
         await _add(conn, usage_rollup_upstream, upstream, ("requests", "cost_micros"), postgres)
+    await _add(conn, platform_rollups, platform_rows(sums, upstream), _PLATFORM, postgres)
+
+
+_PLATFORM = ("requests", "tokens", "micros")
+# where each roll-up row also counts: (span, the start of the span from the day, dimension)
+_SPANS = (
+    ("day", lambda day: day, "model"),
+    ("day", lambda day: day, "org_id"),
+    ("month", lambda day: day[:7], "org_id"),
+)
+
+
+def platform_rows(
+    sums: Iterable[Mapping[str, Any]], upstream: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """``platform_rollups``' rows for the rows added to ``usage_rollups`` (``sums``) and
+    ``usage_rollup_upstream`` (``upstream``), summed per span, dimension and currency."""
+    found: dict[tuple[str, str, str, str, str, str], list[int]] = {}
+
+    def count(kind: str, row: Mapping[str, Any], currency: str, values: tuple[int, ...]) -> None:
+        for span, start, dim in _SPANS:
+            key = (span, start(row["day"]), dim.removesuffix("_id"), row[dim], kind, currency)
+            summed = found.setdefault(key, [0, 0, 0])
+            for i, value in enumerate(values):
+                summed[i] += value
+
+    for row in sums:
+        tokens = row["input_tokens"] + row["output_tokens"]
+        count("revenue", row, row["currency"] or "", (row["requests"], tokens, row["cost_micros"]))
+    for row in upstream:
+        count("upstream", row, row["currency"], (row["requests"], 0, row["cost_micros"]))
+    names = ("span", "start", "dim", "ident", "kind", "currency")
+    return [
+        dict(zip(names, key, strict=True)) | dict(zip(_PLATFORM, values, strict=True))
+        for key, values in found.items()
+    ]
 
 
 async def _add(

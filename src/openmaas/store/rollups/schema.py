@@ -60,6 +60,28 @@ usage_rollup_upstream = Table(
     Index("ix_rollup_upstream_day", "day"),
 )
 
+# migration 0014: the platform's sums for the operator's overview, which reads a period
+# across every organization: per day and model, per day and organization, and per month and
+# organization (so that a year of a thousand organizations is ~12,000 rows per currency, not
+# a row per organization, model and key each day); ``kind`` "revenue" (requests, input +
+# output tokens and what they were charged, in the organization's currency; "" for requests
+# without a price) or "upstream" (the requests that had an upstream cost and what it was, in
+# the upstream's currency; no tokens). Folded by the same pass as usage_rollups.
+platform_rollups = Table(
+    "platform_rollups",
+    metadata,
+    Column("span", String(5), primary_key=True),  # "day" | "month"
+    # the key's order: a period's rows of one span and dimension lie together
+    Column("dim", String(5), primary_key=True),  # "org" | "model"
+    Column("start", String(10), primary_key=True),  # YYYY-MM-DD | YYYY-MM
+    Column("ident", String(200), primary_key=True),  # the organization id or the model
+    Column("kind", String(8), primary_key=True),  # "revenue" | "upstream"
+    Column("currency", String(3), primary_key=True),  # "": requests without a price
+    Column("requests", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("micros", BigInteger, nullable=False),
+)
+
 rollup_marks = Table(
     "rollup_marks",
     metadata,

@@ -4,11 +4,15 @@ charged us per organization × UTC day × model × the upstream's currency
 currency is not the organization's and may differ between a model's deployments, so one
 pair of columns per roll-up row would have to add two currencies.
 
+And ``platform_rollups``, the operator's overview's sums (revenue and upstream cost) per
+day and model, day and organization, month and organization: the overview read every
+organization's rows of a period, a million rows for a year of a thousand organizations.
+
 The records the roller folded before this migration (those at or behind its watermark) are
 summed here, in the same transaction, after taking the watermark's row (as a pass does), so
 that they appear too; the roller folds the upstream cost of every later record with the rest
 of it. Each record is counted once: behind the watermark by this migration, past it by the
-roller.
+roller. ``platform_rollups`` is summed from the roll-ups, which hold every folded record.
 
 Revision ID: 0014
 Revises: 0013
@@ -54,7 +58,39 @@ def upgrade() -> None:
         "GROUP BY org_id, day, model, upstream_currency"
     )
 
+    op.create_table(
+        "platform_rollups",
+        sa.Column("span", sa.String(5), primary_key=True),
+        sa.Column("dim", sa.String(5), primary_key=True),
+        sa.Column("start", sa.String(10), primary_key=True),
+        sa.Column("ident", sa.String(200), primary_key=True),
+        sa.Column("kind", sa.String(8), primary_key=True),
+        sa.Column("currency", sa.String(3), primary_key=True),
+        sa.Column("requests", sa.BigInteger, nullable=False),
+        sa.Column("tokens", sa.BigInteger, nullable=False),
+        sa.Column("micros", sa.BigInteger, nullable=False),
+    )
+    for span, start in (("day", "day"), ("month", "substr(day, 1, 7)")):
+        for dim, ident in (("org", "org_id"), ("model", "model")):
+            if span == "month" and dim == "model":
+                continue  # only organizations are summed per month
+            op.execute(
+                "INSERT INTO platform_rollups "
+                "(span, start, dim, ident, kind, currency, requests, tokens, micros) "
+                f"SELECT '{span}', {start}, '{dim}', {ident}, 'revenue', COALESCE(currency, ''), "
+                "SUM(requests), SUM(input_tokens + output_tokens), SUM(cost_micros) "
+                f"FROM usage_rollups GROUP BY {start}, {ident}, COALESCE(currency, '')"
+            )
+            op.execute(
+                "INSERT INTO platform_rollups "
+                "(span, start, dim, ident, kind, currency, requests, tokens, micros) "
+                f"SELECT '{span}', {start}, '{dim}', {ident}, 'upstream', currency, "
+                "SUM(requests), 0, SUM(cost_micros) "
+                f"FROM usage_rollup_upstream GROUP BY {start}, {ident}, currency"
+            )
+
 
 def downgrade() -> None:
+    op.drop_table("platform_rollups")
     op.drop_index("ix_rollup_upstream_day", "usage_rollup_upstream")
     op.drop_table("usage_rollup_upstream")
