@@ -8,7 +8,7 @@ it). On SQLite the roller reads the table's ``rowid``.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, String, Table
+from sqlalchemy import BigInteger, Column, Integer, String, Table
 
 from openmaas.store.schema import metadata
 
@@ -27,9 +27,8 @@ usage_rollups = Table(
     Column("reasoning_tokens", BigInteger, nullable=False),
     Column("cost_micros", BigInteger, nullable=False),  # the priced requests' charges
     Column("currency", String(3), nullable=True),  # None: no priced request yet
-    # the platform overview reads a period across every organization: by day, not by the
-    # key's leading org_id (a year of a thousand organizations is ~365,000 rows per model)
-    Index("ix_rollups_day", "day"),
+    # (migration 0011's index by day, for the overview, went in 0014: it reads
+    # platform_rollups)
 )
 
 usage_rollup_buckets = Table(
@@ -57,7 +56,6 @@ usage_rollup_upstream = Table(
     Column("currency", String(3), primary_key=True),  # the upstream's
     Column("requests", BigInteger, nullable=False),  # the records that had an upstream cost
     Column("cost_micros", BigInteger, nullable=False),
-    Index("ix_rollup_upstream_day", "day"),
 )
 
 # migration 0014: the platform's sums for the operator's overview, which reads a period

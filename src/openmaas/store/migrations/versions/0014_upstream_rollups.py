@@ -6,7 +6,8 @@ pair of columns per roll-up row would have to add two currencies.
 
 And ``platform_rollups``, the operator's overview's sums (revenue and upstream cost) per
 day and model, day and organization, month and organization: the overview read every
-organization's rows of a period, a million rows for a year of a thousand organizations.
+organization's rows of a period, a million rows for a year of a thousand organizations
+(by ``ix_rollups_day``, dropped here: nothing else reads ``usage_rollups`` by day alone).
 
 The records the roller folded before this migration (those at or behind its watermark) are
 summed here, in the same transaction, after taking the watermark's row (as a pass does), so
@@ -45,7 +46,6 @@ def upgrade() -> None:
         sa.Column("requests", sa.BigInteger, nullable=False),
         sa.Column("cost_micros", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_rollup_upstream_day", "usage_rollup_upstream", ["day"])
     folded = _FOLDED[op.get_bind().dialect.name]
     # a pass of a running roller waits for this transaction (and then folds the rest)
     op.execute("UPDATE rollup_marks SET name = name WHERE name = 'usage'")
@@ -70,6 +70,7 @@ def upgrade() -> None:
         sa.Column("tokens", sa.BigInteger, nullable=False),
         sa.Column("micros", sa.BigInteger, nullable=False),
     )
+    op.drop_index("ix_rollups_day", "usage_rollups")  # read by the overview until now
     for span, start in (("day", "day"), ("month", "substr(day, 1, 7)")):
         for dim, ident in (("org", "org_id"), ("model", "model")):
             if span == "month" and dim == "model":
@@ -91,6 +92,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.create_index("ix_rollups_day", "usage_rollups", ["day"])
     op.drop_table("platform_rollups")
-    op.drop_index("ix_rollup_upstream_day", "usage_rollup_upstream")
     op.drop_table("usage_rollup_upstream")
