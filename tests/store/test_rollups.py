@@ -268,6 +268,9 @@ async def test_migration_0014_adds_the_upstream_cost_of_records_folded_before_it
         assert await roller.roll() == 0
         assert await stored_upstream(engine) == expected_upstream(records)
         assert await stored_rollups(engine) == expected_from(records)
+        # the overview's sums: those before 0014 summed by it, the others by the roller
+        year = Period.last(365, date.fromisoformat(utc_day(NOW_MS)))
+        assert (await platform_report(engine, year)).total == totals_of(records)
     finally:
         await engine.dispose()
 
