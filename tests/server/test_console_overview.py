@@ -74,6 +74,7 @@ def test_the_overview_sums_every_organization_from_the_rollups_alone(
     assert 'data-figure="tokens">1,680<' in text  # 120 each (100 in, 20 out)
     assert 'data-figure="revenue-CNY">CN¥21.00<' in text  # CN¥1.50 each
     assert text.count('<svg class="chart"') == 2  # tokens, revenue in CNY
+    assert 'id="ops-money-CNY-t">Revenue per day (CNY)<' in text  # no upstream cost
     orgs = text.split('data-overview="orgs"')[1].split("</table>")[0]
     assert orgs.index("org-a") < orgs.index("org-b")  # most tokens first
     models = text.split('data-overview="models"')[1].split("</table>")[0]

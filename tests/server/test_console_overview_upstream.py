@@ -189,7 +189,8 @@ def test_the_overview_shows_upstream_cost_beside_revenue_in_both_languages(site:
     assert f'data-figure="upstream-CNY">{shown("CN¥", cny_cost)}<' in text
     assert 'data-figure="margin-CNY">' in text and 'data-figure="margin-USD"' not in text
     assert "data-upstream-note" not in text
-    assert 'id="ops-money-USD-t">Revenue and upstream cost per day (USD)<' in text
+    assert 'id="ops-money-CNY-t">Revenue and upstream cost per day (CNY)<' in text
+    assert 'id="ops-money-USD-t">Upstream cost per day (USD)<' in text  # no revenue in USD
     assert f"Upstream cost (USD): {shown('$', usd_cost)}</title></rect>" in text  # today's bar
     assert f"Upstream cost (CNY): {shown('CN¥', cny_cost)}</title></rect>" in text
     models = text.split('data-overview="models"')[1].split("</table>")[0]

@@ -48,11 +48,14 @@ def _charts(visit: console.Visit, report: PlatformReport) -> list[object]:
         if currency in total.upstream:
             name = t("overview_upstream_in", currency=currency)
             series.append(Series(name, [d.upstream.get(currency, 0) for d in daily]))
+        # both side by side, or the one this currency has
+        both, only = len(series) == 2, "revenue" if currency in total.revenue else "upstream"
+        title = "overview_chart_money" if both else f"overview_chart_{only}"
         charts.append(
             bar_chart(
                 f"ops-money-{currency}",
-                t("overview_chart_money", currency=currency),
-                t("overview_chart_money_desc", currency=currency),
+                t(title, currency=currency),
+                t(f"{title}_desc", currency=currency),
                 days,
                 series,
                 lambda v, c=currency: t.money(v, c, fine=True),  # type: ignore[misc]
