@@ -89,3 +89,18 @@ def test_removing_a_budget_answers_the_204_the_document_lists(
     assert reply.status_code == 204
     listed = document["paths"]["/admin/v1/budgets/{scope}/{period}"]["delete"]["responses"]
     assert "204" in listed and "200" not in listed
+
+
+def test_the_platforms_usage_documents_upstream_cost_beside_revenue(
+    document: dict[str, Any],
+) -> None:
+    """What ``GET /admin/v1/usage`` answers is in the document (Schemathesis checks the
+    answers against it): revenue, upstream cost and margin, per currency, at every level."""
+    ok = document["paths"]["/admin/v1/usage"]["get"]["responses"]["200"]
+    body = ok["content"]["application/json"]["schema"]
+    for level in ("total", "days", "top_orgs", "top_models"):
+        schema = body["properties"][level]
+        sums = schema.get("items", schema)
+        for name in ("requests", "tokens", "revenue", "upstream_cost", "margin"):
+            assert name in sums["required"], (level, name)
+        assert sums["properties"]["upstream_cost"]["additionalProperties"] == {"type": "string"}

@@ -1,7 +1,7 @@
 """The operator's platform overview (server/routes/console_overview.py): every
 organization's tokens and revenue per day and the top organizations and models, from the
-roll-ups alone; upstream cost said to be absent rather than invented; operators only; both
-languages."""
+roll-ups alone; no upstream cost shown where none was charged (tests of upstream cost:
+test_console_overview_upstream.py); operators only; both languages."""
 
 from __future__ import annotations
 
@@ -74,11 +74,12 @@ def test_the_overview_sums_every_organization_from_the_rollups_alone(
     assert 'data-figure="tokens">1,680<' in text  # 120 each (100 in, 20 out)
     assert 'data-figure="revenue-CNY">CN¥21.00<' in text  # CN¥1.50 each
     assert text.count('<svg class="chart"') == 2  # tokens, revenue in CNY
+    assert 'id="ops-money-CNY-t">Revenue per day (CNY)<' in text  # no upstream cost
     orgs = text.split('data-overview="orgs"')[1].split("</table>")[0]
     assert orgs.index("org-a") < orgs.index("org-b")  # most tokens first
     models = text.split('data-overview="models"')[1].split("</table>")[0]
     assert "secret-model-of-b" in models and "glm-small" in models
-    assert "data-upstream-note" in text and "not in the daily roll-ups" in text
+    assert 'data-figure="upstream">–<' in text  # no upstream charged any of these
     narrow = client.get("/console/operator?since=2020-01-01&until=2020-01-02")
     assert 'data-figure="requests">0<' in narrow.text
     wrong = client.get("/console/operator?since=2020-01-05&until=2020-01-01")
@@ -106,7 +107,13 @@ def test_the_admin_api_answers_the_same_overview(overview: Site) -> None:
     found = client.get("/admin/v1/usage", headers=admin)
     assert found.status_code == 200, found.text
     body = found.json()
-    assert body["total"] == {"requests": 14, "tokens": 1680, "revenue": {"CNY": "21.000000"}}
+    assert body["total"] == {
+        "requests": 14,
+        "tokens": 1680,
+        "revenue": {"CNY": "21.000000"},
+        "upstream_cost": {},
+        "margin": {},
+    }
     assert [o["org"] for o in body["top_orgs"]] == [world.org_a, world.org_b]
     assert len(body["days"]) == 30 and body["days"][-1]["requests"] > 0
     wrong = client.get("/admin/v1/usage?since=2020-01-05&until=2020-01-01", headers=admin)

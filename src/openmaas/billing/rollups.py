@@ -3,7 +3,8 @@ usage records into them (``store/rollups/roller.py``, run by every serving proce
 ``OPENMAAS_ROLLUP_SECONDS``; passes of several processes take turns), and the report of an
 organization's period read from them alone: per day, per model, per key, and in total;
 and the platform's (the operator's overview): every organization's tokens and revenue per
-day, the top organizations and models, summed by the database from the roll-ups alone."""
+day, the top organizations and models, and beside the revenue what external upstreams
+charged us (each in its own currency), summed by the database from the roll-ups alone."""
 
 from __future__ import annotations
 
@@ -119,17 +120,35 @@ async def usage_report(
 @dataclass
 class Totals:
     """Sums of a day, an organization or a model: revenue per currency (the charged cost of
-    priced requests; organizations pay in their own currency, so sums stay apart)."""
+    priced requests; organizations pay in their own currency, so sums stay apart), and the
+    upstream cost per currency (what external upstreams charged us, in theirs)."""
 
     requests: int = 0
     tokens: int = 0
     revenue: dict[str, int] = field(default_factory=dict)  # currency -> micros
+    upstream: dict[str, int] = field(default_factory=dict)  # currency -> micros
 
     def add(self, sums: PlatformSums) -> None:
+        if sums.kind == "upstream":  # requests counted once, with their revenue
+            if sums.currency is not None:
+                self.upstream[sums.currency] = self.upstream.get(sums.currency, 0) + sums.micros
+            return
         self.requests += sums.requests
         self.tokens += sums.tokens
         if sums.currency is not None:
-            self.revenue[sums.currency] = self.revenue.get(sums.currency, 0) + sums.cost_micros
+            self.revenue[sums.currency] = self.revenue.get(sums.currency, 0) + sums.micros
+
+    def merge(self, other: Totals) -> None:
+        self.requests += other.requests
+        self.tokens += other.tokens
+        for mine, theirs in ((self.revenue, other.revenue), (self.upstream, other.upstream)):
+            for currency, micros in theirs.items():
+                mine[currency] = mine.get(currency, 0) + micros
+
+    def margins(self) -> dict[str, int]:
+        """Revenue less upstream cost, per currency that has both (amounts in two currencies
+        are never subtracted either)."""
+        return {c: self.revenue[c] - self.upstream[c] for c in self.revenue if c in self.upstream}
 
 
 @dataclass
@@ -145,7 +164,8 @@ class PlatformReport:
 
     @property
     def currencies(self) -> list[str]:
-        return sorted(self.total.revenue)
+        """Every currency of the revenue and of the upstream cost."""
+        return sorted(set(self.total.revenue) | set(self.total.upstream))
 
 
 def _grouped(rows: list[PlatformSums]) -> dict[str, Totals]:
@@ -160,16 +180,20 @@ def _top(found: dict[str, Totals], count: int) -> list[tuple[str, Totals]]:
 
 
 async def platform_report(engine: AsyncEngine, period: Period, *, top: int = 10) -> PlatformReport:
-    """Tokens and revenue per day, and the ``top`` organizations and models by tokens."""
+    """Tokens, revenue and upstream cost per day, and the ``top`` organizations and models
+    by tokens (``platform_rollups``: a few thousand rows, whatever the organizations)."""
     since, until = period.since.isoformat(), period.until.isoformat()
-    days = _grouped(await platform_sums(engine, since, until, "day"))
+
+    async def grouped(by: str) -> dict[str, Totals]:
+        return _grouped(await platform_sums(engine, since, until, by))
+
+    days = await grouped("day")
     by_day = {day: days.get(day, Totals()) for day in period.days()}
-    org_rows = await platform_sums(engine, since, until, "org")
+    orgs = await grouped("org")
     total = Totals()
-    for row in org_rows:
-        total.add(row)
-    orgs = _grouped(org_rows)
-    models = _grouped(await platform_sums(engine, since, until, "model"))
+    for totals in orgs.values():
+        total.merge(totals)
+    models = await grouped("model")
     return PlatformReport(
         period, await rolled_at_ms(engine), by_day, _top(orgs, top), _top(models, top), total
     )

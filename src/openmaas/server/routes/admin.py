@@ -425,17 +425,60 @@ async def audit(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
+_AMOUNTS = {
+    "type": "object",
+    "description": "Amounts per currency (ISO 4217 code: decimal string); never added across",
+    "additionalProperties": {"type": "string"},
+}
+_SUMS = {
+    "requests": {"type": "integer"},
+    "tokens": {"type": "integer", "description": "Input + output"},
+    "revenue": _AMOUNTS | {"description": "What organizations were charged, in theirs"},
+    "upstream_cost": _AMOUNTS | {"description": "What external upstreams charged us, in theirs"},
+    "margin": _AMOUNTS | {"description": "Revenue less upstream cost, where both are in it"},
+}
+
+
+def _sums_schema(**first: dict[str, Any]) -> dict[str, Any]:
+    properties = first | _SUMS
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+_PLATFORM_USAGE = {
+    "type": "object",
+    "required": ["object", "since", "until", "total", "days", "top_orgs", "top_models"],
+    "properties": {
+        "object": {"type": "string", "enum": ["platform_usage"]},
+        "since": _DAY,
+        "until": _DAY,
+        "total": _sums_schema(),
+        "days": {"type": "array", "items": _sums_schema(date=_DAY)},
+        "top_orgs": {"type": "array", "items": _sums_schema(org={"type": "string"})},
+        "top_models": {"type": "array", "items": _sums_schema(model={"type": "string"})},
+    },
+}
+
+
 @router.get(
     "/usage",
-    summary="The platform's usage: tokens and revenue per day, top organizations and models",
+    summary="The platform's tokens, revenue and upstream cost per day; top organizations, models",
     openapi_extra=_query(
         ("since", _DAY, "First UTC day, YYYY-MM-DD (default: 29 days before until)"),
         ("until", _DAY, "Last UTC day, YYYY-MM-DD (default: today)"),
-    ),
+    )
+    | {
+        "responses": {
+            "200": {
+                "description": "The platform's usage over the period, from the daily roll-ups",
+                "content": {"application/json": {"schema": _PLATFORM_USAGE}},
+            }
+        }
+    },
 )
 async def platform_usage(request: Request) -> Response:
-    """What the console's platform overview shows, from the daily roll-ups alone (revenue
-    per currency; upstream cost is not in the roll-ups: ``/orgs/{org}/usage`` has it)."""
+    """What the console's platform overview shows, from the daily roll-ups alone: revenue
+    per organizations' currency, upstream cost per upstreams' currency, and the margin in
+    each currency that has both."""
     admin = await _admin(request)
     params = request.query_params
     today = datetime.fromtimestamp(admin.clock.now_ms() / 1000, UTC).date()
@@ -444,9 +487,17 @@ async def platform_usage(request: Request) -> Response:
     )
     report = await platform_report(admin.database, period)
 
+    def amounts(by_currency: dict[str, int]) -> dict[str, str]:
+        return {c: format_micros(m) for c, m in sorted(by_currency.items())}
+
     def sums(totals: Totals) -> dict[str, Any]:
-        revenue = {c: format_micros(m) for c, m in sorted(totals.revenue.items())}
-        return {"requests": totals.requests, "tokens": totals.tokens, "revenue": revenue}
+        return {
+            "requests": totals.requests,
+            "tokens": totals.tokens,
+            "revenue": amounts(totals.revenue),
+            "upstream_cost": amounts(totals.upstream),
+            "margin": amounts(totals.margins()),
+        }
 
     return json_response(
         {

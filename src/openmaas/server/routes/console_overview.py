@@ -1,13 +1,14 @@
 """The operator's platform overview (``/console/operator``, operators only): every
-organization's tokens and revenue per day, and the top organizations and models of a
-period, read from the daily roll-ups alone (``billing/rollups.py``'s ``platform_report``,
-summed by the database), never the usage records; drawn as SVG on the server by the usage
-page's charts (``console/charts.py``).
+organization's tokens, revenue and upstream cost per day, and the top organizations and
+models of a period, read from the daily roll-ups alone (``billing/rollups.py``'s
+``platform_report``, summed by the database), never the usage records; drawn as SVG on the
+server by the usage page's charts (``console/charts.py``).
 
-Revenue is what organizations were charged, per currency (each pays in its own). The
-upstream cost (what external providers charged us) is kept on each usage record but not in
-the roll-ups: the page says so rather than show a number it cannot read from them; the
-admin API's ``GET /admin/v1/orgs/{org}/usage`` reports it per organization.
+Revenue is what organizations were charged, per currency (each pays in its own); upstream
+cost is what external providers charged us, per currency (each charges in its own). One
+chart per currency shows both side by side; the margin is shown only where revenue and
+upstream cost are in the same currency: amounts in two currencies are never added or
+subtracted.
 """
 
 from __future__ import annotations
@@ -38,16 +39,28 @@ def _charts(visit: console.Visit, report: PlatformReport) -> list[object]:
                   days, [Series(t("overview_tokens"), [d.tokens for d in daily])],
                   lambda v: compact(lang, v), lang),
     ]  # fmt: skip
+    total = report.total
     for currency in report.currencies:
+        series = []
+        if currency in total.revenue:
+            name = t("overview_revenue", currency=currency)
+            series.append(Series(name, [d.revenue.get(currency, 0) for d in daily]))
+        if currency in total.upstream:
+            name = t("overview_upstream_in", currency=currency)
+            series.append(Series(name, [d.upstream.get(currency, 0) for d in daily]))
+        # both side by side, or the one this currency has
+        both, only = len(series) == 2, "revenue" if currency in total.revenue else "upstream"
+        title = "overview_chart_money" if both else f"overview_chart_{only}"
         charts.append(
             bar_chart(
-                f"ops-revenue-{currency}",
-                t("overview_chart_revenue", currency=currency),
-                t("overview_chart_revenue_desc", currency=currency),
+                f"ops-money-{currency}",
+                t(title, currency=currency),
+                t(f"{title}_desc", currency=currency),
                 days,
-                [Series(currency, [d.revenue.get(currency, 0) for d in daily])],
+                series,
                 lambda v, c=currency: t.money(v, c, fine=True),  # type: ignore[misc]
                 lang,
+                stacked=False,
             )
         )
     return charts

@@ -22,6 +22,12 @@ processes take turns on its lock and each starts where the last one stopped), re
 ``batch`` records past it, adds their sums to the roll-up rows (an upsert that adds), and
 moves the watermark past them. A pass that fails or dies leaves nothing behind; two
 processes never fold the same record. The writers of usage records do nothing for this.
+
+The same pass adds the records' upstream cost (what an external upstream charged us) to
+``usage_rollup_upstream``, a row per organization × day × model × the upstream's currency,
+and both to ``platform_rollups``, the operator's overview's sums per day and model, day and
+organization, month and organization (migration 0015, which summed the records folded
+before it).
 """
 
 from __future__ import annotations
@@ -35,13 +41,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.rollups import LATENCY, TTFT, Rollup
-from openmaas.store.rollups.schema import rollup_marks, usage_rollup_buckets, usage_rollups
+from openmaas.store.rollups.schema import (
+    platform_rollups,
+    rollup_marks,
+    usage_rollup_buckets,
+    usage_rollup_upstream,
+    usage_rollups,
+)
 from openmaas.store.schema import usage_records
 
 MARK = "usage"
 BATCH = 5_000
 
 GroupKey = tuple[str, str, str, str]  # org_id, day, model, key_id
+UpstreamKey = tuple[str, str, str, str]  # org_id, day, model, the upstream's currency
 
 _COLUMNS = (
     usage_records.c.request_id,
@@ -58,6 +71,8 @@ _COLUMNS = (
     usage_records.c.currency,
     usage_records.c.latency_ms,
     usage_records.c.ttft_ms,
+    usage_records.c.upstream_cost_micros,
+    usage_records.c.upstream_currency,
 )
 _SUMMED = (
     "requests",
@@ -162,7 +177,7 @@ def fold_records(rows: Iterable[tuple[Any, ...]]) -> dict[GroupKey, Rollup]:
     groups: dict[GroupKey, Rollup] = {}
     for r in rows:
         (_rid, org, day, model, key, termination, prompt, cached, completion, reasoning,
-         cost, currency, latency, ttft) = r  # fmt: skip
+         cost, currency, latency, ttft, _upstream, _upstream_currency) = r  # fmt: skip
         group = (str(org), str(day), str(model), str(key))
         rollup = groups.get(group)
         if rollup is None:
@@ -178,6 +193,21 @@ def fold_records(rows: Iterable[tuple[Any, ...]]) -> dict[GroupKey, Rollup]:
             latency_ms=int(latency),
             ttft_ms=None if ttft is None else int(ttft),
         )
+    return groups
+
+
+def fold_upstream(rows: Iterable[tuple[Any, ...]]) -> dict[UpstreamKey, tuple[int, int]]:
+    """The records' upstream costs (the columns of ``_COLUMNS``) summed per organization ×
+    day × model × the upstream's currency: (records, micros); a record without one adds
+    nothing."""
+    groups: dict[UpstreamKey, tuple[int, int]] = {}
+    for r in rows:
+        org, day, model, micros, currency = r[1], r[2], r[3], r[14], r[15]
+        if micros is None or currency is None:
+            continue
+        group = (str(org), str(day), str(model), str(currency))
+        requests, summed = groups.get(group, (0, 0))
+        groups[group] = (requests + 1, summed + int(micros))
     return groups
 
 
@@ -208,6 +238,49 @@ async def _fold(conn: AsyncConnection, rows: list[tuple[Any, ...]], postgres: bo
     await _add(conn, usage_rollups, sums, _SUMMED, postgres)
     if buckets:
         await _add(conn, usage_rollup_buckets, buckets, ("requests",), postgres)
+    upstream = [
+        {"org_id": org, "day": day, "model": model, "currency": currency,
+         "requests": requests, "cost_micros": micros}
+        for (org, day, model, currency), (requests, micros) in fold_upstream(rows).items()
+    ]  # fmt: skip
+    if upstream:
+        await _add(conn, usage_rollup_upstream, upstream, ("requests", "cost_micros"), postgres)
+    await _add(conn, platform_rollups, platform_rows(sums, upstream), _PLATFORM, postgres)
+
+
+_PLATFORM = ("requests", "tokens", "micros")
+# where each roll-up row also counts: (span, the start of the span from the day, dimension)
+_SPANS = (
+    ("day", lambda day: day, "model"),
+    ("day", lambda day: day, "org_id"),
+    ("month", lambda day: day[:7], "org_id"),
+)
+
+
+def platform_rows(
+    sums: Iterable[Mapping[str, Any]], upstream: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """``platform_rollups``' rows for the rows added to ``usage_rollups`` (``sums``) and
+    ``usage_rollup_upstream`` (``upstream``), summed per span, dimension and currency."""
+    found: dict[tuple[str, str, str, str, str, str], list[int]] = {}
+
+    def count(kind: str, row: Mapping[str, Any], currency: str, values: tuple[int, ...]) -> None:
+        for span, start, dim in _SPANS:
+            key = (span, start(row["day"]), dim.removesuffix("_id"), row[dim], kind, currency)
+            summed = found.setdefault(key, [0, 0, 0])
+            for i, value in enumerate(values):
+                summed[i] += value
+
+    for row in sums:
+        tokens = row["input_tokens"] + row["output_tokens"]
+        count("revenue", row, row["currency"] or "", (row["requests"], tokens, row["cost_micros"]))
+    for row in upstream:
+        count("upstream", row, row["currency"], (row["requests"], 0, row["cost_micros"]))
+    names = ("span", "start", "dim", "ident", "kind", "currency")
+    return [
+        dict(zip(names, key, strict=True)) | dict(zip(_PLATFORM, values, strict=True))
+        for key, values in found.items()
+    ]
 
 
 async def _add(
@@ -221,7 +294,7 @@ async def _add(
     dialect = postgresql if postgres else sqlite
     statement = dialect.insert(table)
     changes: dict[str, object] = {name: table.c[name] + statement.excluded[name] for name in summed}
-    if "currency" in table.c:
+    if "currency" in table.c and not table.c.currency.primary_key:
         changes["currency"] = func.coalesce(table.c.currency, statement.excluded.currency)
     keys = [c.name for c in table.primary_key.columns]
     await conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes), rows)
