@@ -490,21 +490,37 @@ async def test_usage_shows_what_was_charged_beside_what_upstreams_charged_us(
 
     org = await create_org(accounts, "reseller", currency="USD")
     usage = UsageRepository(database)
-    for n, (charged, upstream) in enumerate([(120, 100), (60, 45)]):
+    upstreams = [(120, Money(100, Currency.USD)), (60, Money(45, Currency.USD)),
+                 (30, Money(200, Currency.CNY)), (10, None)]  # fmt: skip
+    for n, (charged, upstream) in enumerate(upstreams):
         await usage.append(
             UsageRecord(
                 f"r{n}", "k", org.id, "glm-cloud", "chat.completions", Usage(10, 0, 5),
                 Termination.FINISHED, NOW_MS, 10, 20, cost=Money(charged, Currency.USD),
-                deployment="zhipu", data_class="external",
-                upstream_cost=Money(upstream, Currency.USD),
+                deployment="zhipu", data_class="external", upstream_cost=upstream,
             )
         )  # fmt: skip
     [day] = await admin.usage("reseller")
-    assert (day.requests, day.cost, day.upstream_cost) == (
-        2,
-        Money(180, Currency.USD),
-        Money(145, Currency.USD),
-    )  # a margin of 35 micros
+    assert (day.requests, day.prompt_tokens, day.cost, day.upstream_costs) == (
+        4,
+        40,
+        Money(220, Currency.USD),
+        (Money(200, Currency.CNY), Money(145, Currency.USD)),  # never added together
+    )
+
+    # Across organizations (the CLI's usage without --org), money is summed per currency.
+    other = await create_org(accounts, "yuan")
+    await usage.append(
+        UsageRecord(
+            "r-cny", "k2", other.id, "glm-cloud", "chat.completions", Usage(1, 0, 1),
+            Termination.FINISHED, NOW_MS, 10, 20, cost=Money(7, Currency.CNY),
+        )
+    )  # fmt: skip
+    both = await usage.totals()
+    assert [(t.requests, t.cost) for t in both] == [
+        (1, Money(7, Currency.CNY)),
+        (4, Money(220, Currency.USD)),
+    ]
     for name, bad in [("since", "yesterday"), ("since", "20261201"), ("until", "2026-W48-2")]:
         with pytest.raises(InvalidRequest, match="YYYY-MM-DD") as info:
             await admin.usage("reseller", **{f"{name}_day": bad})

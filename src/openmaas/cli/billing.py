@@ -48,9 +48,7 @@ def usage(org: str | None, since: str | None, until: str | None) -> None:
             str(t.completion_tokens),
             str(t.prompt_tokens + t.completion_tokens),
             "" if t.cost is None else money(t.cost.micros, t.cost.currency.value),
-            ""
-            if t.upstream_cost is None
-            else money(t.upstream_cost.micros, t.upstream_cost.currency.value),
+            "; ".join(money(m.micros, m.currency.value) for m in t.upstream_costs),
         )
         for t in with_accounts(action)
     ]

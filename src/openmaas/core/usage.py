@@ -41,4 +41,6 @@ class UsageTotal:
     cached_tokens: int
     completion_tokens: int
     cost: Money | None = None  # what the priced requests among them were charged
-    upstream_cost: Money | None = None  # what external upstreams charged us for them
+    # what external upstreams charged us for them, one amount per upstream currency (an
+    # upstream's currency is not the organization's, and two are never added)
+    upstream_costs: tuple[Money, ...] = ()

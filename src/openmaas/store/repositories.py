@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -304,22 +304,28 @@ class UsageRepository:
     async def totals(
         self, org_id: str | None = None, since_day: str | None = None, until_day: str | None = None
     ) -> list[UsageTotal]:
-        u = usage_records.c
+        """Per UTC day, model and the organizations' currency (one row a day and model for
+        one organization): requests, tokens, the charge, and the upstreams' costs per their
+        currency. Money is summed only within a currency: across organizations the rows
+        are split by each organization's currency, and upstream costs stay apart by theirs."""
+        u, o = usage_records.c, organizations.c
         query = (
             select(
                 u.day,
                 u.model,
+                o.currency,
+                u.upstream_currency,
                 func.count().label("requests"),
                 func.sum(u.prompt_tokens).label("prompt_tokens"),
                 func.sum(u.cached_tokens).label("cached_tokens"),
                 func.sum(u.completion_tokens).label("completion_tokens"),
+                func.count(u.cost_micros).label("priced"),
                 func.sum(u.cost_micros).label("cost_micros"),
-                func.max(u.currency).label("currency"),  # an organization has one currency
                 func.sum(u.upstream_cost_micros).label("upstream_cost_micros"),
-                func.max(u.upstream_currency).label("upstream_currency"),
             )
-            .group_by(u.day, u.model)
-            .order_by(u.day, u.model)
+            .select_from(usage_records.join(organizations, o.id == u.org_id))
+            .group_by(u.day, u.model, o.currency, u.upstream_currency)
+            .order_by(u.day, u.model, o.currency)
         )
         if org_id is not None:
             query = query.where(u.org_id == org_id)
@@ -327,18 +333,36 @@ class UsageRepository:
             query = query.where(u.day >= since_day)
         if until_day is not None:
             query = query.where(u.day <= until_day)
+        totals: dict[tuple[str, str, str], UsageTotal] = {}
         async with self._engine.connect() as conn:
-            rows = await conn.execute(query)
-            return [
-                UsageTotal(
-                    day=r.day,
-                    model=r.model,
-                    requests=int(r.requests),
-                    prompt_tokens=int(r.prompt_tokens or 0),
-                    cached_tokens=int(r.cached_tokens or 0),
-                    completion_tokens=int(r.completion_tokens or 0),
-                    cost=_money(r.cost_micros, r.currency),
-                    upstream_cost=_money(r.upstream_cost_micros, r.upstream_currency),
-                )
-                for r in rows
-            ]
+            for r in await conn.execute(query):
+                key = (r.day, r.model, r.currency)
+                upstream = _money(r.upstream_cost_micros, r.upstream_currency)
+                found = totals.get(key)
+                cost = Money(int(r.cost_micros or 0), Currency(r.currency)) if r.priced else None
+                if found is not None:
+                    if found.cost is not None:
+                        cost = found.cost if cost is None else found.cost + cost
+                    found = replace(
+                        found,
+                        requests=found.requests + int(r.requests),
+                        prompt_tokens=found.prompt_tokens + int(r.prompt_tokens or 0),
+                        cached_tokens=found.cached_tokens + int(r.cached_tokens or 0),
+                        completion_tokens=found.completion_tokens + int(r.completion_tokens or 0),
+                        cost=cost,
+                    )
+                else:
+                    found = UsageTotal(
+                        day=r.day,
+                        model=r.model,
+                        requests=int(r.requests),
+                        prompt_tokens=int(r.prompt_tokens or 0),
+                        cached_tokens=int(r.cached_tokens or 0),
+                        completion_tokens=int(r.completion_tokens or 0),
+                        cost=cost,
+                    )
+                if upstream is not None:
+                    costs = sorted((*found.upstream_costs, upstream), key=lambda m: m.currency)
+                    found = replace(found, upstream_costs=tuple(costs))
+                totals[key] = found
+        return list(totals.values())

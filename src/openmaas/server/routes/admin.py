@@ -250,7 +250,10 @@ async def org_usage(request: Request, org: str) -> Response:
                     "cached_tokens": t.cached_tokens,
                     "completion_tokens": t.completion_tokens,
                     "charged": money(t.cost),
-                    "upstream_cost": money(t.upstream_cost),
+                    # {currency: amount}: an upstream's currency need not be the charge's
+                    "upstream_cost": {
+                        m.currency.value: format_micros(m.micros) for m in t.upstream_costs
+                    },
                 }
                 for t in totals
             ],
