@@ -199,6 +199,25 @@ def test_an_anthropic_request_is_traced_the_same(traced: Traced) -> None:
     assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
 
 
+def test_a_zhipu_stream_is_traced_the_same(traced: Traced) -> None:
+    with traced.client.stream(
+        "POST",
+        "/api/paas/v4/chat/completions",
+        json=_chat("fake-echo", stream=True),
+        headers=traced.headers,
+    ) as reply:
+        assert reply.status_code == 200
+        rid = reply.headers["x-request-id"]
+        assert "[DONE]" in "".join(reply.iter_text())
+    root, children = traced.tree(rid)
+    assert root.name == "chat fake-echo"
+    assert [c.name for c in children] == STEPS
+    attributes = _attributes(root)
+    assert attributes["openmaas.protocol"] == "zhipu"
+    assert attributes["openmaas.endpoint"] == "zhipu.chat.completions"
+    assert attributes["gen_ai.usage.output_tokens"] > 0
+
+
 def test_a_failover_is_two_engine_attempts(traced: Traced) -> None:
     reply = traced.client.post("/v1/chat/completions", json=_chat("glm-4"), headers=traced.headers)
     assert reply.status_code == 200
