@@ -109,9 +109,17 @@ def collector() -> Iterator[Collector]:
         found.server.server_close()
 
 
-@pytest.fixture
-def traced(tmp_path: Path, collector: Collector) -> Iterator[tuple[LiveServer, str]]:
-    live = LiveServer(tmp_path / "home", embedded_models="false", fake_models=FAKES, traces="otlp")
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+def traced(
+    request: pytest.FixtureRequest, tmp_path: Path, collector: Collector
+) -> Iterator[tuple[LiveServer, str]]:
+    live = LiveServer(
+        tmp_path / "home",
+        embedded_models="false",
+        fake_models=FAKES,
+        traces="otlp",
+        workers=request.param,
+    )
     live.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.url
     live.env["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # export within 0.1 s, not 5
     live.home.mkdir(parents=True)
