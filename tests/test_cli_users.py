@@ -98,3 +98,5 @@ def test_members_invitations_and_operators_from_the_cli_under_the_consoles_rules
     for action in ("member.remove", "invitation.revoke", "user.operator", "user.disable"):
         assert action in audit
     assert "org.suspend" in audit and "org.resume" in audit
+    suspensions = ok("audit", "--action", "org.s", "--actor", "cli:").splitlines()[1:]
+    assert [line.split()[2] for line in suspensions] == ["org.suspend"]

@@ -366,6 +366,41 @@ async def test_a_long_prompt_is_estimated_too(upstream: Upstream, engines: Engin
     assert finished.usage.prompt_tokens >= words
 
 
+class _CallbacksLate(asyncio.Future[int]):
+    """A finished estimate whose done-callbacks have not run yet (a busy loop runs them on
+    a later turn than the stream's)."""
+
+    def add_done_callback(self, fn, *, context=None):  # type: ignore[no-untyped-def, override]
+        pass
+
+
+@pytest.mark.parametrize("broken", [False, True])
+async def test_a_long_prompts_estimate_counts_even_before_its_callback_ran(
+    upstream: Upstream, engines: Engines, monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    """The stream's end reads the estimate itself: CI once billed such a prompt as 0 tokens
+    on a loaded machine. Also when the upstream breaks off (billed on the estimate)."""
+    upstream.behaviour = (
+        Behaviour(text="a b c d e f", usage=False, drop_after_tokens=2)
+        if broken
+        else Behaviour(text="ok", usage=False)
+    )
+    engine = await engines()
+    estimate = _CallbacksLate()
+    estimate.set_result(3_000)
+    estimator = type(engine._estimator())
+    monkeypatch.setattr(estimator, "prompt_now", lambda self, request: None)
+    monkeypatch.setattr(estimator, "prompt", lambda self, request: estimate)
+    stream = engine.stream(chat("a long prompt"))
+    if broken:
+        with pytest.raises(EngineFailure):
+            await collect(stream)
+        assert stream.tracker.snapshot().prompt_tokens == 3_000
+    else:
+        finished = (await collect(stream))[-1]
+        assert isinstance(finished, Finished) and finished.usage.prompt_tokens == 3_000
+
+
 async def test_completions_relay_a_plain_prompt(upstream: Upstream, engines: Engines) -> None:
     upstream.behaviour = Behaviour(text="4 5 6", prompt_tokens=3)
     engine = await engines()

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import insert
 
 from openmaas.server.app import create_app
 from openmaas.server.routes.access import CONSOLE_ROLES
 from openmaas.settings import Settings
 from openmaas.store.audit import read_audit
 from openmaas.store.people.users import UserRepository
+from openmaas.store.schema import audit_log
 from tests.server.test_console import console_settings
 from tests.support.app import app_state
 from tests.support.people import (
@@ -93,10 +95,12 @@ def test_an_operator_creates_an_org_tops_it_up_sets_its_terms_and_grants_a_pack(
         f"{OPS}/orgs/{org}/terms",
         credit_limit="100",
         data_policy="local_only",
+        prompt_logging="on",
     )
     assert terms.status_code == 303
     shown = client.get(f"{OPS}/orgs/{org}").text
     assert 'data-figure="credit">$100.00' in shown and "local only" in shown
+    assert 'data-figure="prompt-logging">on: prompts and answers logged' in shown
     assert 'data-figure="available">$350.50' in shown
 
     bad_tier = post_form(client, f"{OPS}/orgs/{org}", f"{OPS}/orgs/{org}/terms", tier="Gold")
@@ -199,6 +203,9 @@ def test_an_operator_makes_an_operator_and_disables_a_user_who_is_signed_out(
     ops = _user_id(client, "ops@example.com")
     myself = post_form(client, f"{OPS}/users", f"{OPS}/users/{ops}/disabled", disabled="1")
     assert myself.status_code == 400  # an operator does not lock themselves out
+    for field in ("operator", "disabled"):
+        odd = post_form(client, f"{OPS}/users", f"{OPS}/users/{member}/{field}", **{field: "yes"})
+        assert odd.status_code == 400 and f"&#39;{field}&#39; must be 0 or 1." in odd.text
     actions = [a for actor, a, _t in _audit(client) if actor == f"user:{ops}"]
     assert actions == ["user.operator", "user.disable"]
 
@@ -327,3 +334,38 @@ def test_a_suspended_organizations_member_keys_are_refused_until_it_is_resumed(
     assert [a for _actor, a in done] == ["org.suspend", "org.resume"] * 2
     assert done[0][0] == ops and done[2][0].startswith("key:")
     del settings
+
+
+def test_the_audit_page_and_api_filter_in_the_database_so_an_old_change_is_found(
+    console: tuple[TestClient, World, Settings],
+) -> None:
+    """An entry behind 1,500 newer ones is found by its action and actor, on the page and
+    through the admin API; ``%`` and ``_`` in a filter are the characters themselves."""
+    client, world, _settings = console
+
+    async def seed() -> str:
+        rows = [{"at_ms": 1, "actor": "cli:old_hand", "action": "org.tier", "target": "org_x"}]
+        rows += [
+            {"at_ms": 2 + n, "actor": "cli:busy", "action": "price.set", "target": f"m{n}"}
+            for n in range(1_500)
+        ]
+        platform = app_state(client).platform
+        key = await platform.accounts_admin("cli:test").issue_key(world.org_a, "ops", "admin")
+        async with platform.database.begin() as conn:
+            await conn.execute(insert(audit_log), rows)
+        return key.token
+
+    assert client.portal is not None
+    admin = {"Authorization": "Bearer " + client.portal.call(seed)}
+    page = client.get("/console/audit", params={"action": "org.tier", "actor": "old_hand"})
+    assert page.status_code == 200 and "org_x" in page.text and "cli:old_hand" in page.text
+    assert "cli:busy" not in page.text
+    for wild in ({"actor": "%"}, {"actor": "old%hand"}, {"action": "org_tier"}):
+        assert "org_x" not in client.get("/console/audit", params=wild).text
+
+    found = client.get(
+        "/admin/v1/audit", params={"action": "org.", "actor": "old_"}, headers=admin
+    ).json()["data"]
+    assert [(e["actor"], e["target"]) for e in found] == [("cli:old_hand", "org_x")]
+    too_long = client.get("/admin/v1/audit", params={"actor": "x" * 81}, headers=admin)
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "actor"

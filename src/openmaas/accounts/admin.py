@@ -47,6 +47,7 @@ def org_json(org: Organization) -> dict[str, Any]:
         "tier": org.tier,
         "discount_bp": org.discount_bp,
         "data_policy": org.data_policy,
+        "prompt_logging": org.prompt_logging,
         "created_at": iso_ms(org.created_at_ms),
     }
 

@@ -164,6 +164,7 @@ class Ticket:
     limit: Admission | None
     data_policy: DataPolicy = DataPolicy.BURST  # the organization's, for the router
     share_weight: int = 1  # the organization's tier's weight, for the engine's fair queue
+    prompt_logging: bool = False  # the organization's: the generation is logged in full
     last_checkpoint: float = 0.0  # monotonic time of admission, then of the last write
     pending: asyncio.Future[None] | None = None  # the row's last write, in the background
     row_due: bool = False  # the row waits to be written (``Accountant._schedule_row``)
@@ -349,12 +350,14 @@ class Accountant:
             if scopes
             else None
         )
+        org_terms = terms.org(principal.org_id)
         ticket = Ticket(
             request,
             price,
             limit,
-            terms.org(principal.org_id).data_policy,
+            org_terms.data_policy,
             terms.share_weight(principal.org_id),
+            org_terms.prompt_logging,
             last_checkpoint=self._clock.monotonic(),
         )
         quote = None if price is None else price.worst_case(prompt, max_output)

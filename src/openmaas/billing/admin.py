@@ -115,8 +115,9 @@ class BillingAdmin:
         return await self._orgs.list()
 
     async def set_org(self, org: str, change: TermsChange) -> Organization:
-        """Change an organization's tier (None removes it), discount, credit limit or data
-        policy (``local_only``: never an external deployment; ``burst``)."""
+        """Change an organization's tier (None removes it), discount, credit limit, data
+        policy (``local_only``: never an external deployment; ``burst``) or prompt logging
+        (its generations logged, prompt and answer: ``docs/metrics.md``)."""
         found = await self._orgs.find(org)
         values: dict[str, Any] = {}
         if change.sets_tier:
@@ -125,10 +126,13 @@ class BillingAdmin:
             values["discount_bp"] = change.discount_bp
         if change.data_policy is not None:
             values["data_policy"] = change.data_policy.value
+        if change.prompt_logging is not None:
+            values["prompt_logging"] = change.prompt_logging
         limit = change.credit_limit
         if not values and limit is None:
             raise InvalidRequest(
-                "Nothing to change: give a tier, discount_bp, credit_limit or data_policy."
+                "Nothing to change: give a tier, discount_bp, credit_limit, data_policy or "
+                "prompt_logging."
             )
 
         # Read before the change: admins' changes of one organization are rare enough that
@@ -359,6 +363,37 @@ class BillingAdmin:
         Money leased to gateway processes is still the organization's, so a lease's lines
         show as cash (or promo) and the moves between cash and a lease are left out: the
         cash lines add up to the cash of the balance report."""
+        accounts, as_own, until = await self._statement_accounts(org, since_ms, until_ms)
+        lines = []
+        for line in await store.statement(self.database, accounts, since_ms, until):
+            account = as_own.get(line.account, line.account)
+            counterparty = as_own.get(line.counterparty, line.counterparty)
+            if account != counterparty:  # a move into or out of a lease is no line
+                lines.append(replace(line, account=account, counterparty=counterparty))
+        return lines
+
+    async def statement_page(
+        self, org: str, since_ms: int, until_ms: int, offset: int, limit: int
+    ) -> tuple[list[store.StatementLine], int]:
+        """``statement``'s lines newest first, ``limit`` of them after ``offset``, and
+        how many there are in all: the console's paged statement, cut by the database."""
+        accounts, as_own, until = await self._statement_accounts(org, since_ms, until_ms)
+        hidden = list(as_own.items())  # a lease and the account it draws on
+        page, total = await store.statement_page(
+            self.database, accounts, hidden, since_ms, until, offset, limit
+        )
+        lines = [
+            replace(line, account=as_own.get(line.account, line.account),
+                    counterparty=as_own.get(line.counterparty, line.counterparty))
+            for line in page
+        ]  # fmt: skip
+        return lines, total
+
+    async def _statement_accounts(
+        self, org: str, since_ms: int, until_ms: int | None
+    ) -> tuple[list[str], dict[str, str], int]:
+        """The organization's accounts, its leases mapped to the accounts they draw on,
+        and the end of the period (now when ``until_ms`` is None)."""
         found = await self._orgs.find(org)
         until = self.clock.now_ms() + 1 if until_ms is None else until_ms
         if until <= since_ms:
@@ -370,18 +405,19 @@ class BillingAdmin:
         accounts += [
             pack(pid) for pid, state in sorted(ledger.packs.items()) if state.org == found.id
         ]
-        lines = []
-        for line in await store.statement(self.database, accounts, since_ms, until):
-            account = as_own.get(line.account, line.account)
-            counterparty = as_own.get(line.counterparty, line.counterparty)
-            if account != counterparty:  # a move into or out of a lease is no line
-                lines.append(replace(line, account=account, counterparty=counterparty))
-        return lines
+        return accounts, as_own, until
 
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+    async def audit_log(
+        self, limit: int = 100, action: str = "", actor: str = ""
+    ) -> list[AuditEntry]:
+        """The newest ``limit`` entries (at most 10,000), newest first, whose action starts
+        with ``action`` and whose actor contains ``actor``."""
         if limit < 1:
             raise InvalidRequest("'limit' must be a positive integer.", "limit")
-        return await read_audit(self.database, min(limit, 10_000))
+        for name, value, most in (("action", action, 60), ("actor", actor, 80)):
+            if len(value) > most:
+                raise InvalidRequest(f"'{name}' is at most {most} characters.", name)
+        return await read_audit(self.database, min(limit, 10_000), action, actor)
 
     # -- prices and tiers --
 

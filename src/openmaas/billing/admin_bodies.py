@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainValidator, WithJsonSchema
+from pydantic import BeforeValidator, PlainValidator, StrictBool, WithJsonSchema
 
 from openmaas.core.admin_fields import (
     AdminBody,
@@ -88,6 +88,7 @@ class TermsChange(AdminBody):
         ]
         | None
     ) = None
+    prompt_logging: StrictBool | None = None  # the organization's generations logged
 
     @property
     def sets_tier(self) -> bool:

@@ -61,7 +61,10 @@ def orgs_list() -> None:
     print_table(("id", "name", "currency", "tier", "discount (bp)", "created (UTC)"), rows)
 
 
-@orgs.command("set", help="Change an organization's tier, discount, credit limit or data policy.")
+@orgs.command(
+    "set",
+    help="Change an organization's tier, discount, credit limit, data policy or prompt logging.",
+)
 @click.argument("org")
 @click.option("--tier", default=None, help="Rate-limit tier.")
 @click.option("--no-tier", is_flag=True, help="Remove the tier (no rate limits).")
@@ -73,6 +76,12 @@ def orgs_list() -> None:
     default=None,
     help="local_only: never an external deployment; burst: external when local is full.",
 )
+@click.option(
+    "--prompt-logging",
+    type=click.Choice(["on", "off"]),
+    default=None,
+    help="on: log the organization's prompts and answers (docs/metrics.md); off by default.",
+)
 def orgs_set(
     org: str,
     tier: str | None,
@@ -80,6 +89,7 @@ def orgs_set(
     discount_bp: int | None,
     credit_limit: str | None,
     data_policy: str | None,
+    prompt_logging: str | None,
 ) -> None:
     if tier is not None and no_tier:
         raise click.UsageError("Give --tier or --no-tier, not both.")
@@ -90,11 +100,13 @@ def orgs_set(
         discount_bp=discount_bp,
         credit_limit=credit_limit,
         data_policy=data_policy,
+        prompt_logging=None if prompt_logging is None else prompt_logging == "on",
     )
     changed = with_billing(lambda admin: admin.set_org(org, change))
     click.echo(
         f"{changed.id}\t{changed.name}\ttier={changed.tier or '-'}\t"
-        f"discount_bp={changed.discount_bp}\tdata_policy={changed.data_policy}"
+        f"discount_bp={changed.discount_bp}\tdata_policy={changed.data_policy}\t"
+        f"prompt_logging={'on' if changed.prompt_logging else 'off'}"
     )
 
 
@@ -296,7 +308,9 @@ def tiers_set(
 
 @main.command(help="The audit log of administrative changes (billing, catalog, credentials).")
 @click.option("--limit", type=int, default=50, show_default=True, help="How many entries.")
-def audit(limit: int) -> None:
+@click.option("--action", default="", help="Only actions that start with this (e.g. key.).")
+@click.option("--actor", default="", help="Only actors that contain this (e.g. a user id).")
+def audit(limit: int, action: str, actor: str) -> None:
     import json
 
     rows = [
@@ -308,7 +322,7 @@ def audit(limit: int) -> None:
             json.dumps(e.before, sort_keys=True),
             json.dumps(e.after, sort_keys=True),
         )
-        for e in with_billing(lambda admin: admin.audit_log(limit))
+        for e in with_billing(lambda admin: admin.audit_log(limit, action, actor))
     ]
     print_table(("time (UTC)", "actor", "action", "target", "before", "after"), rows)
 

@@ -30,6 +30,10 @@ tail until the next window is checked and, at refused content, ends the stream w
 ``FinishReason.CONTENT_FILTER`` (settled as ``content_filtered`` for what the engine had
 counted). Without one, nothing of it runs.
 
+Prompt logging (``serving/transcripts.py``): a generation of an organization an operator
+has turned it on for keeps a ``Transcript`` of what the client was sent and logs it with
+the request once the usage record is written; for any other organization nothing is kept.
+
 Traces (``docs/traces.md``), when the request carries one (``RoutingHints.trace``,
 ``core/tracing.py``): the request's generation, its ``admission``, ``routing`` (the
 engine's stream until its first event), the one attempt of an engine served directly (a
@@ -89,6 +93,7 @@ from openmaas.engines.base import EngineStream, ModelKind, Route
 from openmaas.moderation import FILTERED_INPUT, FILTERED_OUTPUT, Moderator, OutputGuard
 from openmaas.routing.router import RoutedEngine
 from openmaas.serving.bounds import RequestBounds, embedding_token_bound
+from openmaas.serving.transcripts import Transcript
 
 log = logging.getLogger("openmaas.gateway")
 
@@ -230,7 +235,8 @@ class Gateway:
         guard = (
             OutputGuard(self._moderator, principal.org_id) if self._moderator is not None else None
         )
-        generation = admitted.generation = Generation(request, stream, admitted, guard)
+        transcript = Transcript(request) if ticket.prompt_logging else None
+        generation = admitted.generation = Generation(request, stream, admitted, guard, transcript)
         if attempt is not None:
             generation.attempt = attempt
         self._live.setdefault(principal.key_id, set()).add(generation)
@@ -549,11 +555,13 @@ class Generation:
         stream: EngineStream,
         settlement: Settlement,
         guard: OutputGuard | None = None,
+        transcript: Transcript | None = None,
     ) -> None:
         self.request = request
         self._stream = stream
         self._settlement = settlement
         self._guard = guard  # None: output passes unchecked
+        self._transcript = transcript  # None: the organization's prompts are not logged
         self._ready: deque[StreamEvent] = deque()  # checked events not yet handed out
         self._first: StreamEvent | None = None
         self._ttft_ms: int | None = None
@@ -620,6 +628,13 @@ class Generation:
         return self
 
     async def __anext__(self) -> StreamEvent:
+        if self._transcript is not None:
+            event = await self._handout()
+            self._transcript.saw(event)
+            return event
+        return await self._handout()
+
+    async def _handout(self) -> StreamEvent:
         if self._guard is not None:
             return await self._checked()
         if self._first is not None:
@@ -747,6 +762,8 @@ class Generation:
                 if self.attempt is not None:
                     self._end_attempt(self.attempt)
                 record = await self._settlement.settle(self._outcome())
+        if self._transcript is not None:
+            self._transcript.log(record)
         return record
 
     @property

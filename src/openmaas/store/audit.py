@@ -76,10 +76,19 @@ async def audit(
     )
 
 
-async def read_audit(engine: AsyncEngine, limit: int = 100) -> list[AuditEntry]:
-    """The newest ``limit`` entries, newest first."""
+async def read_audit(
+    engine: AsyncEngine, limit: int = 100, action: str = "", actor: str = ""
+) -> list[AuditEntry]:
+    """The newest ``limit`` entries, newest first; only those whose action starts with
+    ``action`` (``key.``) and whose actor contains ``actor``, filtered by the database."""
+    a = audit_log.c
+    query = select(audit_log).order_by(a.id.desc()).limit(limit)
+    if action:
+        query = query.where(a.action.startswith(action, autoescape=True))
+    if actor:
+        query = query.where(a.actor.contains(actor, autoescape=True))
     async with engine.connect() as conn:
-        rows = await conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
+        rows = await conn.execute(query)
         return [
             AuditEntry(
                 r.id,

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, literal, not_, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.errors import InvalidRequest
@@ -141,7 +141,8 @@ async def check_tier(database: AsyncEngine, tier: str | None, name: str = "tier"
 
 
 async def update_org(conn: AsyncConnection, org_id: str, **values: Any) -> dict[str, Any]:
-    """Change an organization's ``tier`` or ``discount_bp``; returns the old values."""
+    """Change an organization's columns (``tier``, ``discount_bp``, ``data_policy``,
+    ``prompt_logging``); returns the old values."""
     columns = [getattr(organizations.c, name) for name in values]
     old = (await conn.execute(select(*columns).where(organizations.c.id == org_id))).first()
     if old is None:
@@ -167,14 +168,19 @@ class OrgTerms:
     tier: str | None = None  # None: no rate limits
     data_policy: DataPolicy = DataPolicy.BURST
     name: str = ""  # what people call it (refusals name it)
+    prompt_logging: bool = False  # its generations are logged, prompt and answer
 
 
 async def load_org_terms(conn: AsyncConnection) -> dict[str, OrgTerms]:
-    """Each organization's currency, tier and data policy."""
+    """Each organization's currency, tier, data policy and prompt logging."""
     o = organizations.c
-    rows = await conn.execute(select(o.id, o.name, o.currency, o.tier, o.data_policy))
+    rows = await conn.execute(
+        select(o.id, o.name, o.currency, o.tier, o.data_policy, o.prompt_logging)
+    )
     return {
-        r.id: OrgTerms(Currency(r.currency), r.tier, DataPolicy(r.data_policy), r.name)
+        r.id: OrgTerms(
+            Currency(r.currency), r.tier, DataPolicy(r.data_policy), r.name, r.prompt_logging
+        )
         for r in rows
     }
 
@@ -369,3 +375,48 @@ async def statement(
                                   r.request_id)
                 )  # fmt: skip
     return lines
+
+
+async def statement_page(
+    engine: AsyncEngine,
+    accounts: list[str],
+    hidden: list[tuple[str, str]],
+    since_ms: int,
+    until_ms: int,
+    offset: int,
+    limit: int,
+) -> tuple[list[StatementLine], int]:
+    """One page of ``statement``'s lines, newest first, and how many lines there are in
+    all, counted and cut by the database (a month of a busy organization is never read
+    whole). Entries between the two accounts of a pair in ``hidden`` (either way round)
+    make no line."""
+    e = ledger_entries.c
+    shown = [
+        e.at_ms >= since_ms,
+        e.at_ms < until_ms,
+        *(
+            not_(or_(and_(e.debit == a, e.credit == b), and_(e.debit == b, e.credit == a)))
+            for a, b in hidden
+        ),
+    ]
+    common = (e.id, e.at_ms, e.event_seq, e.unit, e.request_id)
+    credited = select(
+        *common, e.credit.label("account"), e.debit.label("counterparty"),
+        e.amount.label("amount"), literal(0).label("side"),
+    ).where(e.credit.in_(accounts), *shown)  # fmt: skip
+    debited = select(
+        *common, e.debit.label("account"), e.credit.label("counterparty"),
+        (-e.amount).label("amount"), literal(1).label("side"),
+    ).where(e.debit.in_(accounts), *shown)  # fmt: skip
+    sides = union_all(credited, debited).subquery()
+    u = sides.c
+    page = select(sides).order_by(u.id.desc(), u.side.desc()).offset(offset).limit(limit)
+    async with engine.connect() as conn:
+        total = (await conn.execute(select(func.count()).select_from(sides))).scalar_one()
+        rows = await conn.execute(page)
+        lines = [
+            StatementLine(r.at_ms, r.event_seq, r.account, r.counterparty, r.amount, r.unit,
+                          r.request_id)
+            for r in rows
+        ]  # fmt: skip
+    return lines, total

@@ -30,6 +30,7 @@ class Organization:
     tier: str | None = None  # None: no rate limits
     discount_bp: int = 0
     data_policy: str = "burst"  # core.types.DataPolicy
+    prompt_logging: bool = False  # its generations logged, prompt and answer (an operator's)
 
 
 @dataclass(frozen=True, slots=True)

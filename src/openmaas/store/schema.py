@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -12,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -26,6 +28,8 @@ organizations = Table(
     Column("tier", String(40), nullable=True),  # None: no rate limits
     Column("discount_bp", Integer, nullable=False, server_default="0"),
     Column("data_policy", String(20), nullable=False, server_default="burst"),  # DataPolicy
+    # migration 0014: the organization's generations are logged, prompt and answer
+    Column("prompt_logging", Boolean, nullable=False, server_default=false()),
 )
 
 api_keys = Table(

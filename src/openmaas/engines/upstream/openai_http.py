@@ -326,8 +326,12 @@ class OpenAIHttpEngine(SlotEngine):
                     "upstream reported no usage; the counts are estimated",
                     extra={"model": self.model, "deployment": self.deployment},
                 )
-            if estimate is not None and not estimate.done():
-                await asyncio.wait({estimate})
+            if estimate is not None:
+                if not estimate.done():
+                    await asyncio.wait({estimate})
+                # Taken here too: an estimate done by now may not have run its callback yet
+                # (a busy loop ran this task first), and the count must not be 0.
+                _take_estimate(tracker, estimate)
             finished = Finished(reason, usage_of(tracker, reasoning_tokens))
             tracker.upstream_cost = self._cost(finished.usage, upstream_said)
             yield finished
@@ -339,11 +343,13 @@ class OpenAIHttpEngine(SlotEngine):
                 # already; closing an unfinished one closes its connection: the upstream sees
                 # the disconnect and stops generating.
                 response.close()
-            if estimate is not None and not estimate.done():
-                if tracker.estimated:  # a broken stream is billed on the estimate
-                    await asyncio.wait({estimate})
-                else:
+            if estimate is not None and finished is None:
+                if not tracker.estimated:
                     estimate.cancel()
+                else:  # a broken stream is billed on the estimate
+                    if not estimate.done():
+                        await asyncio.wait({estimate})
+                    _take_estimate(tracker, estimate)
             if finished is None:
                 usage = usage_of(tracker, reasoning_tokens)
                 tracker.upstream_cost = self._cost(usage, upstream_said)

@@ -400,12 +400,16 @@ async def set_tier(request: Request, name: str) -> Response:
     "/audit",
     summary="The audit log, newest first",
     openapi_extra=_query(
-        ("limit", {"type": "integer", "minimum": 0}, "How many entries (default 100)")
+        ("limit", {"type": "integer", "minimum": 0}, "How many entries (default 100)"),
+        ("action", {"type": "string", "maxLength": 60}, "Only actions that start with this (key.)"),
+        ("actor", {"type": "string", "maxLength": 80}, "Only actors that contain this"),
     ),
 )
 async def audit(request: Request) -> Response:
     admin = await _admin(request)
-    entries = await admin.audit_log(_query_int(request, "limit", 100))
+    q = request.query_params
+    limit = _query_int(request, "limit", 100)
+    entries = await admin.audit_log(limit, q.get("action", ""), q.get("actor", ""))
     data = [
         {
             "id": e.id,

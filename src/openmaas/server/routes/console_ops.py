@@ -12,6 +12,7 @@ and ``accounts/people_roles.py``. A refused change shows the service's message o
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -176,7 +177,8 @@ async def _change(visit: Visit, org: str, done: str, change: Any) -> Response:
 @router.post("/orgs/{org}/terms")
 @page
 async def org_terms(request: Request, org: str) -> Response:
-    """Tier (``-``: none), data policy and credit limit; a field left empty stays."""
+    """Tier (``-``: none), data policy, credit limit and prompt logging (``on``, ``off``);
+    a field left empty stays."""
     visit = await enter(request)
     form = visit.form
     body: dict[str, Any] = {}
@@ -187,6 +189,9 @@ async def org_terms(request: Request, org: str) -> Response:
         body["data_policy"] = form["data_policy"].strip()
     if form.get("credit_limit", "").strip():
         body["credit_limit"] = form["credit_limit"].strip()
+    logging = form.get("prompt_logging", "").strip()
+    if logging:
+        body["prompt_logging"] = {"on": True, "off": False}.get(logging, logging)
     billing = _billing(visit)
     try:
         change = TermsChange.parse(body)
@@ -412,15 +417,9 @@ async def users(request: Request) -> Response:
 async def user_operator(request: Request, user_id: str) -> Response:
     """``operator=1`` makes the user an operator, ``operator=0`` unmakes one."""
     visit = await enter(request)
-    assert visit.user is not None
-    flag = visit.form.get("operator")
-    try:
-        if flag not in ("0", "1"):
-            raise InvalidRequest("'operator' must be 0 or 1.", "operator")
-        await roles(visit).set_operator(visit.user, user_id, flag == "1")
-    except InvalidRequest as exc:
-        return await _users_page(visit, 400, error=exc.message)
-    return visit.redirect(f"{OPS}/users")
+    return await _user_flag(
+        visit, "operator", lambda on: roles(visit).set_operator(visit.user, user_id, on)
+    )
 
 
 @router.post("/users/{user_id}/disabled")
@@ -428,12 +427,21 @@ async def user_operator(request: Request, user_id: str) -> Response:
 async def user_disabled(request: Request, user_id: str) -> Response:
     """``disabled=1`` disables the user (their sessions end), ``disabled=0`` enables."""
     visit = await enter(request)
+    return await _user_flag(
+        visit, "disabled", lambda on: roles(visit).set_disabled(visit.user, user_id, on)
+    )
+
+
+async def _user_flag(
+    visit: Visit, field: str, change: Callable[[bool], Awaitable[object]]
+) -> Response:
+    """Set a user's flag from the form's ``field`` (``0`` or ``1``), then the users page."""
     assert visit.user is not None
-    flag = visit.form.get("disabled")
+    flag = visit.form.get(field)
     try:
         if flag not in ("0", "1"):
-            raise InvalidRequest("'disabled' must be 0 or 1.", "disabled")
-        await roles(visit).set_disabled(visit.user, user_id, flag == "1")
+            raise InvalidRequest(f"'{field}' must be 0 or 1.", field)
+        await change(flag == "1")
     except InvalidRequest as exc:
         return await _users_page(visit, 400, error=exc.message)
     return visit.redirect(f"{OPS}/users")

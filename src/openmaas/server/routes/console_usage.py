@@ -248,11 +248,16 @@ async def billing(request: Request, org: str) -> Response:
         number = max(1, int(request.query_params.get("page", "1")[:6]))
     except ValueError:
         number = 1
-    lines = await billing.statement(visit.org.org_id, _ms(month), _ms(_next_month(month)))
-    lines.reverse()  # newest first
-    pages = max(1, -(-len(lines) // STATEMENT_PAGE))
-    number = min(number, pages)
-    shown = lines[(number - 1) * STATEMENT_PAGE : number * STATEMENT_PAGE]
+    since, until = _ms(month), _ms(_next_month(month))
+    shown, total = await billing.statement_page(
+        visit.org.org_id, since, until, (number - 1) * STATEMENT_PAGE, STATEMENT_PAGE
+    )
+    pages = max(1, -(-total // STATEMENT_PAGE))
+    if number > pages:  # past the end: the last page
+        number = pages
+        shown, total = await billing.statement_page(
+            visit.org.org_id, since, until, (number - 1) * STATEMENT_PAGE, STATEMENT_PAGE
+        )
     prefix = f"org:{visit.org.org_id}:"
     previous = date(month.year - (month.month == 1), (month.month - 2) % 12 + 1, 1)
     later = _next_month(month)
@@ -276,7 +281,7 @@ async def billing(request: Request, org: str) -> Response:
         later=later.strftime("%Y-%m") if later <= today else None,
         page_number=number,
         pages=pages,
-        line_count=len(lines),
+        line_count=total,
     )
 
 
