@@ -235,6 +235,13 @@ class Settings(BaseSettings):
         description="Bearer token of GET /metrics (Prometheus text format, docs/metrics.md); "
         "unset: /metrics answers 404 and nothing is counted.",
     )
+    traces: Literal["off", "otlp", "console"] = Field(
+        "off",
+        description="OpenTelemetry traces of the API's requests (docs/traces.md; needs the "
+        "otel extra): otlp sends them over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(default http://localhost:4318), console prints them to stdout; off: nothing of "
+        "tracing is loaded or run.",
+    )
     jwt_max_lifetime_seconds: float = Field(
         86_400.0,
         gt=0,

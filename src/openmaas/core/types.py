@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from openmaas.core.tracing import RequestTrace
 
 
 class Role(StrEnum):
@@ -93,6 +96,9 @@ class RoutingHints:
     # The organization's weight in that sharing (its tier's ``weight``): a key of weight 2
     # gets twice the slots of a key of weight 1 while both have requests waiting.
     share_weight: int = 1
+    # The request's trace (``core/tracing.py``) when the server traces it; None: tracing is
+    # off, and nothing on the request path reports to one.
+    trace: RequestTrace | None = field(default=None, compare=False, repr=False)
 
 
 class ResponseFormatKind(StrEnum):

@@ -54,6 +54,7 @@ from openmaas.core.routing import (
     stable_hash,
 )
 from openmaas.core.termination import failure_for
+from openmaas.core.tracing import TraceSpan
 from openmaas.core.types import (
     DataPolicy,
     EmbeddingRequest,
@@ -165,9 +166,20 @@ class _Member:
 
 class _Lease:
     """One attempt on one deployment: counted in its outstanding requests until released,
-    and the circuit's half-open probe when ``probe``."""
+    and the circuit's half-open probe when ``probe``. In a traced request (``span``) the
+    attempt is a span, ended when the lease is released, with its outcome."""
 
-    __slots__ = ("router", "member", "decision", "probe", "_released", "_resolved", "_failed")
+    __slots__ = (
+        "router",
+        "member",
+        "decision",
+        "probe",
+        "span",
+        "_released",
+        "_resolved",
+        "_failed",
+        "_error",
+    )
 
     def __init__(self, router: RoutedEngine, member: _Member, decision: str) -> None:
         self.router = router
@@ -175,9 +187,11 @@ class _Lease:
         self.decision = decision
         self.probe = member.breaker.begin(router.now())
         member.outstanding += 1
+        self.span: TraceSpan | None = None
         self._released = False
         self._resolved = False
         self._failed = False
+        self._error: BaseException | None = None
 
     def succeeded(self) -> None:
         if not self._resolved:
@@ -187,6 +201,8 @@ class _Lease:
     def failed(self, exc: BaseException) -> None:
         """Count ``exc`` against the deployment (once per attempt), before or after its
         first event: a deployment that drops streams midway is unhealthy too."""
+        if self.span is not None and self._error is None:
+            self._error = exc
         if self._failed or not failure_for(exc).deployment_failed:
             return
         self._failed = self._resolved = True
@@ -202,6 +218,17 @@ class _Lease:
             self.member.outstanding -= 1
             if self.probe and not self._resolved:
                 self.member.breaker.abandon()
+            if self.span is not None:
+                self._end_span(self.span)
+
+    def _end_span(self, span: TraceSpan) -> None:
+        """The attempt's outcome: ``error`` (it failed, before or after its first event),
+        ``served`` (it answered), ``abandoned`` (released before answering, e.g. the
+        client left while it waited)."""
+        error = self._error
+        served = self._resolved and not self._failed
+        outcome = "error" if error is not None else "served" if served else "abandoned"
+        span.end({"openmaas.attempt.outcome": outcome}, error)
 
 
 class _Plan:
@@ -235,7 +262,11 @@ class _Plan:
                     self.tried.add(member.id)
                     self.attempts += 1
                     self.last_deployment = member.id
-                    return _Lease(source, member, label or decision)
+                    lease = _Lease(source, member, label or decision)
+                    trace = self.request.routing.trace
+                    if trace is not None:
+                        lease.span = trace.attempt(member.id, lease.decision)
+                    return lease
             self.index += 1
             self.tried = set()
         return None

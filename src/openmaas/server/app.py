@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fastapi_offline
 from fastapi import FastAPI
@@ -24,6 +25,7 @@ from openmaas.accounts.auth import Authenticator
 from openmaas.billing.accountant import Accountant
 from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
+from openmaas.core.errors import ConfigurationError
 from openmaas.core.ids import RequestIdGenerator
 from openmaas.moderation import build_moderator
 from openmaas.platform import open_platform
@@ -50,6 +52,9 @@ from openmaas.serving.gateway import Gateway, cache_scope_key
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
 
+if TYPE_CHECKING:  # imported only when traces are on
+    from openmaas.server.traces import Tracing
+
 log = logging.getLogger("openmaas.server")
 
 PACK_EXPIRY_SECONDS = 60.0
@@ -69,14 +74,43 @@ async def _expire_packs(accountant: Accountant) -> None:
         await asyncio.sleep(PACK_EXPIRY_SECONDS)
 
 
+def check_tracing(settings: Settings) -> None:
+    """``OPENMAAS_TRACES`` on needs the ``otel`` extra: one clear error at start if missing."""
+    if settings.traces == "off":
+        return
+    try:
+        import openmaas.server.traces  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"OPENMAAS_TRACES={settings.traces} needs OpenTelemetry, which is not installed "
+            f"(missing: {exc.name}); install the extra: pip install 'openmaas[otel]', or set "
+            "OPENMAAS_TRACES=off."
+        ) from None
+
+
+def build_tracing(settings: Settings) -> Tracing | None:
+    """The process's tracing when ``OPENMAAS_TRACES`` is on; off, None and nothing of it
+    (nor of OpenTelemetry) is imported."""
+    if settings.traces == "off":
+        return None
+    check_tracing(settings)
+    from openmaas.server.traces import Tracing
+
+    return Tracing.from_settings(settings)
+
+
 def create_app(
     settings: Settings,
     *,
     catalog: ModelCatalog | None = None,
     clock: Clock | None = None,
     lifecycle: Lifecycle | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
-    """The application. Engines load in the background once it starts (503 until ready)."""
+    """The application. Engines load in the background once it starts (503 until ready).
+    ``tracing``: traces to its exporter (tests); else as ``OPENMAAS_TRACES`` says."""
+    if tracing is None:
+        tracing = build_tracing(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,6 +143,7 @@ def create_app(
                 ),
                 lifecycle=life,
                 metrics=metrics,
+                tracing=tracing,
             )
             if platform.feed is not None:  # a revoked key's requests in flight are ended
                 platform.feed.subscribe(app.state.openmaas.gateway.apply_changes)
@@ -132,6 +167,8 @@ def create_app(
                 await zhipu_routes.close(app)  # cancel async jobs: they record usage as they close
                 # Requests cut off by the grace period are still closing: let them record usage.
                 await app.state.openmaas.gateway.wait_idle(timeout=10.0)
+                if tracing is not None:  # the spans still buffered are exported
+                    await asyncio.to_thread(tracing.shutdown)
 
     app = OpenMaaSApp(
         title="OpenMaaS",
@@ -169,8 +206,10 @@ def create_app(
     )
     ids = RequestIdGenerator()
     limit = settings.max_body_bytes
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=limit, new_request_id=ids)
-    app.dispatch_directly(errors, limit, ids)
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=limit, new_request_id=ids, tracing=tracing
+    )
+    app.dispatch_directly(errors, limit, ids, tracing)
     return app
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import get_type_hints
+from typing import TYPE_CHECKING, get_type_hints
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -31,6 +31,9 @@ from openmaas.server.errors import ErrorMapping
 from openmaas.server.logs import request_id_var
 from openmaas.server.middleware import add_headers, begin, limited_receive, log_request
 
+if TYPE_CHECKING:  # imported only when traces are on
+    from openmaas.server.traces import Tracing
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 Direct = tuple[Endpoint, APIRoute]  # the endpoint, and its route as the scope names it
 
@@ -43,13 +46,19 @@ class OpenMaaSApp(FastAPI):
     _direct_app: ASGIApp | None = None
 
     def dispatch_directly(
-        self, errors: ErrorMapping, max_body_bytes: int, new_request_id: RequestIdGenerator
+        self,
+        errors: ErrorMapping,
+        max_body_bytes: int,
+        new_request_id: RequestIdGenerator,
+        tracing: Tracing | None = None,
     ) -> None:
         """Call the endpoints that take only the request directly, with what
-        ``RequestContextMiddleware`` does (the same ids: share its generator), answering
-        errors through ``errors``."""
+        ``RequestContextMiddleware`` does (the same ids: share its generator; a span per
+        request when ``tracing``), answering errors through ``errors``."""
         self._direct = direct_endpoints(self)
-        self._direct_app = _DirectDispatch(self._direct, errors, max_body_bytes, new_request_id)
+        self._direct_app = _DirectDispatch(
+            self._direct, errors, max_body_bytes, new_request_id, tracing
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         direct = self._direct
@@ -98,7 +107,7 @@ class _DirectDispatch:
     sent); an exception before the response is answered as the full stack's handlers
     answer it."""
 
-    __slots__ = ("_endpoints", "_errors", "_limit", "_new_request_id")
+    __slots__ = ("_endpoints", "_errors", "_limit", "_new_request_id", "_tracing")
 
     def __init__(
         self,
@@ -106,14 +115,18 @@ class _DirectDispatch:
         errors: ErrorMapping,
         max_body_bytes: int,
         new_request_id: RequestIdGenerator,
+        tracing: Tracing | None = None,
     ) -> None:
         self._endpoints = endpoints
         self._errors = errors
         self._limit = max_body_bytes
         self._new_request_id = new_request_id
+        self._tracing = tracing  # None: traces off, nothing of them runs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid, state, token = begin(scope, self._new_request_id)
+        tracing = self._tracing
+        trace = tracing.begin(scope) if tracing is not None else None
         started = time.perf_counter()
         status: int | None = None
         try:
@@ -128,14 +141,22 @@ class _DirectDispatch:
             try:
                 response = await endpoint(Request(scope, receive, send))
             except OpenMaaSError as exc:
+                if trace is not None:
+                    trace.failed(exc)
                 response = self._errors.ours(path, exc)
             except HTTPException as exc:
+                if trace is not None:
+                    trace.failed(exc)
                 response = self._errors.http(path, exc)
             except Exception as exc:
+                if trace is not None:
+                    trace.failed(exc)
                 response = self._errors.unexpected(path, exc)
             add_headers(response.raw_headers, (b"x-request-id", rid.encode()), state)
             status = response.status_code
             await response(scope, receive, send)
         finally:
             log_request(scope, status, started, state)
+            if trace is not None:
+                tracing.end(trace, status)  # type: ignore[union-attr]
             request_id_var.reset(token)

@@ -1,6 +1,7 @@
 """Structured JSON logs, one object per line, carrying the request id of the request being
-served. Only fields chosen here and by callers are logged: never headers or bodies, so a
-credential cannot reach a log line by accident."""
+served and, with traces on (``OPENMAAS_TRACES``, docs/traces.md), the ``trace_id`` and
+``span_id`` of its span. Only fields chosen here and by callers are logged: never headers or
+bodies, so a credential cannot reach a log line by accident."""
 
 from __future__ import annotations
 
@@ -16,10 +17,20 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "openmaas_request_id", default=None
 )
 
+# (trace id, span id) as 32 and 16 hex digits, set by ``server/traces.py`` while it traces
+# a request; read only by a formatter made with ``traces=True``.
+trace_ids_var: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "openmaas_trace_ids", default=None
+)
+
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, *, traces: bool = False) -> None:
+        super().__init__()
+        self.traces = traces  # False: the trace context is not even looked at
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": round(record.created, 3),
@@ -30,6 +41,10 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
+        if self.traces:
+            ids = trace_ids_var.get()
+            if ids is not None:
+                entry["trace_id"], entry["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = (
@@ -40,9 +55,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, *, traces: bool = False) -> None:
+    """JSON lines on stderr; ``traces``: with the trace and span ids of a traced request."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(traces=traces))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from contextvars import Token
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openmaas.core.errors import PayloadTooLarge
 from openmaas.core.ids import RequestIdGenerator
 from openmaas.server.logs import request_id_var
+
+if TYPE_CHECKING:  # imported only when traces are on
+    from openmaas.server.traces import Tracing
 
 log = logging.getLogger("openmaas.access")
 
@@ -29,17 +32,21 @@ class RequestContextMiddleware:
         app: ASGIApp,
         max_body_bytes: int,
         new_request_id: RequestIdGenerator | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         # Shared with the direct dispatch of one application: its ids stay monotonic.
         self.new_request_id = new_request_id or RequestIdGenerator()
+        self.tracing = tracing  # a span per request (None: traces off)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         rid, state, token = begin(scope, self.new_request_id)
+        tracing = self.tracing
+        trace = tracing.begin(scope) if tracing is not None else None
         started = time.perf_counter()
         code: int | None = None
         id_header = (b"x-request-id", rid.encode())
@@ -59,6 +66,8 @@ class RequestContextMiddleware:
             )
         finally:
             log_request(scope, code, started, state)
+            if trace is not None:
+                tracing.end(trace, code)  # type: ignore[union-attr]
             request_id_var.reset(token)
 
 

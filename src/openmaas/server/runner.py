@@ -47,7 +47,7 @@ from openmaas.accounts.admin import IssuedKey
 from openmaas.catalog.builtin import settings_document
 from openmaas.core.errors import ConfigurationError
 from openmaas.platform import open_platform
-from openmaas.server.app import create_app
+from openmaas.server.app import check_tracing, create_app
 from openmaas.server.logs import configure_logging
 from openmaas.server.metrics import MULTIPROC_ENV, multiprocess_directory, worker_died
 from openmaas.server.processes import ChildProcess, EngineHostProcess, QuietServer, StopFlag
@@ -70,7 +70,8 @@ async def _first_run(settings: Settings) -> IssuedKey | None:
 def serve(settings: Settings) -> None:
     """``openmaas serve``. Raises ``ConfigurationError`` (one line for people) when it cannot
     start: the port is taken, say; then nothing was set up or printed before."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, traces=settings.traces != "off")
+    check_tracing(settings)  # traces on without their extra: one line, before anything else
     # First what can fail on the settings alone: a bad model setting or a busy port ends
     # here, before a data directory or an admin key is made and printed.
     models = [model.name for model in settings_document(settings).models]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
@@ -17,6 +18,9 @@ from openmaas.server.metrics import Metrics
 from openmaas.serving.gateway import Gateway
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
+
+if TYPE_CHECKING:  # imported only when traces are on
+    from openmaas.server.traces import Tracing
 
 
 @dataclass
@@ -34,6 +38,7 @@ class AppState:
     gateway: Gateway
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     metrics: Metrics | None = None  # None: no OPENMAAS_METRICS_TOKEN, nothing counted
+    tracing: Tracing | None = None  # None: OPENMAAS_TRACES off, nothing traced
 
     @property
     def settings(self) -> Settings:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, required=True, help="the listening socket")
     args = parser.parse_args(argv)
     settings = read_settings_line()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, traces=settings.traces != "off")
     stop_at_eof()
     listener = socket.socket(fileno=args.fd)
     run_server(settings, sockets=[listener], name_worker=True)

@@ -33,6 +33,12 @@ counted). Without one, nothing of it runs.
 Prompt logging (``serving/transcripts.py``): a generation of an organization an operator
 has turned it on for keeps a ``Transcript`` of what the client was sent and logs it with
 the request once the usage record is written; for any other organization nothing is kept.
+
+Traces (``docs/traces.md``), when the request carries one (``RoutingHints.trace``,
+``core/tracing.py``): the request's generation, its ``admission``, ``routing`` (the
+engine's stream until its first event), the one attempt of an engine served directly (a
+router reports its own) and ``settlement`` with the usage record are reported to it.
+Without one, the gateway only tests that it has none.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from openmaas.core.termination import (
     for_interruption,
     from_finish_reason,
 )
+from openmaas.core.tracing import Attributes, RequestTrace, TraceSpan
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -84,6 +91,7 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind, Route
 from openmaas.moderation import FILTERED_INPUT, FILTERED_OUTPUT, Moderator, OutputGuard
+from openmaas.routing.router import RoutedEngine
 from openmaas.serving.bounds import RequestBounds, embedding_token_bound
 from openmaas.serving.transcripts import Transcript
 
@@ -145,10 +153,17 @@ class Gateway:
         """Admit ``request`` (bounds, rate limits, its worst-case charge) without starting
         it: an async job is admitted at submit and started when its turn comes. End the
         reservation with :meth:`start` or :meth:`release`."""
+        trace = request.routing.trace
+        admission: TraceSpan | None = None
+        if trace is not None:
+            trace.generation(request, endpoint, principal.org_id)
+            admission = trace.step("admission")
         try:
             self.catalog.check_allowed(principal.models, request.model)  # the key's models only
             served = self.catalog.for_kind(request.model, ModelKind.CHAT)
         except OpenMaaSError as exc:
+            if admission is not None:
+                admission.end(None, exc)
             self._refused(endpoint, "", exc)  # not served: the client's name is no label
             raise
         n = request.sampling.n  # n choices: n generations, each reading the prompt
@@ -171,9 +186,14 @@ class Gateway:
                 max_tokens=_times(n, request.sampling.max_tokens),
                 context_length=_times(n, served.context_length),
             )
-        except OpenMaaSError as exc:
-            self._refused(endpoint, request.model, exc)
+        except BaseException as exc:
+            if admission is not None:
+                admission.end(None, exc)
+            if isinstance(exc, OpenMaaSError):
+                self._refused(endpoint, request.model, exc)
             raise
+        if admission is not None:
+            admission.end(_admission_attributes(ticket))
         return Reservation(principal, request, endpoint, ticket, started)
 
     async def _moderate(self, principal: Principal, request: GenerationRequest) -> None:
@@ -191,12 +211,20 @@ class Gateway:
         """Start a reserved request on its model's engine (the one served now); the
         reservation is released if the engine refuses it."""
         principal, ticket = reservation.principal, reservation.ticket
+        trace = reservation.request.routing.trace
+        routing_span: TraceSpan | None = None
+        attempt: TraceSpan | None = None  # an engine served directly: its one attempt
         try:
-            engine = self.catalog.for_kind(reservation.request.model, ModelKind.CHAT).engine
+            served = self.catalog.for_kind(reservation.request.model, ModelKind.CHAT)
+            engine = served.engine
             routing = self._routing(reservation.request.routing, principal, ticket)
             request = replace(reservation.request, routing=routing)
+            if trace is not None:
+                routing_span, attempt = _trace_routing(trace, engine, served.name)
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException as exc:
+            if trace is not None:
+                _end_spans(exc, routing_span, attempt)
             await self.release(reservation)
             self._refused(reservation.endpoint, request.model, exc)
             raise
@@ -209,12 +237,23 @@ class Gateway:
         )
         transcript = Transcript(request) if ticket.prompt_logging else None
         generation = admitted.generation = Generation(request, stream, admitted, guard, transcript)
+        if attempt is not None:
+            generation.attempt = attempt
         self._live.setdefault(principal.key_id, set()).add(generation)
         try:
-            return await generation.start()
+            await generation.start()
         except CapacityError as exc:  # refused before the first event: nothing recorded
+            if routing_span is not None:
+                routing_span.end(None, exc)
             self._refused(reservation.endpoint, request.model, exc)
             raise
+        except BaseException as exc:
+            if routing_span is not None:
+                routing_span.end(None, exc)
+            raise
+        if routing_span is not None:
+            routing_span.end(_route_attributes(stream.route))
+        return generation
 
     async def release(self, reservation: Reservation) -> None:
         """A reserved request that will not start: its limits and hold are given back."""
@@ -352,6 +391,7 @@ class Gateway:
             data_policy=ticket.data_policy,
             cache_scope=scope.hexdigest()[:32],
             share_weight=ticket.share_weight,
+            trace=hints.trace,  # named: ``replace`` would read it with a call per request
         )
 
     def _elapsed_ms(self, since: float) -> int:
@@ -482,10 +522,28 @@ class _Admitted:
             attempts=route.attempts,
             upstream_cost=route.upstream_cost,
         )
+        trace = self._request.routing.trace
+        if trace is not None:
+            return await self._settle_traced(trace, record)
         try:
             return await gateway.finish(self._ticket, record)
         finally:
             gateway._closed(self)
+
+    async def _settle_traced(self, trace: RequestTrace, record: UsageRecord) -> UsageRecord:
+        """``settle``'s write as the trace's ``settlement`` step, the record told to it."""
+        settlement = trace.step("settlement")
+        try:
+            written = await self._gateway.finish(self._ticket, record)
+        except BaseException as exc:
+            settlement.end(None, exc)
+            raise
+        finally:
+            self._gateway._closed(self)
+        generation = self.generation
+        trace.recorded(written, generation.finish_reasons if generation is not None else ())
+        settlement.end(_settlement_attributes(written))
+        return written
 
 
 class Generation:
@@ -512,6 +570,7 @@ class Generation:
         self._error: str | None = None
         self._closed = False
         self._revoked = False
+        self.attempt: TraceSpan | None = None  # traced, an engine served directly: its span
         # While the engine's next event is awaited: the task awaiting it and how many
         # cancellations it had then; ``revoke`` cancels that wait (``_taken_back`` undoes it).
         self._waiter: asyncio.Task[object] | None = None
@@ -687,6 +746,8 @@ class Generation:
             try:
                 await self._stream.aclose()
             finally:
+                if self.attempt is not None:
+                    self._end_attempt(self.attempt)
                 await self._settlement.cancel()
 
     async def aclose(self) -> UsageRecord | None:
@@ -698,15 +759,86 @@ class Generation:
             try:
                 await self._stream.aclose()
             finally:
+                if self.attempt is not None:
+                    self._end_attempt(self.attempt)
                 record = await self._settlement.settle(self._outcome())
         if self._transcript is not None:
             self._transcript.log(record)
         return record
 
+    @property
+    def finish_reasons(self) -> tuple[str, ...]:
+        """How each choice finished (empty when the generation did not finish)."""
+        finished = self._finished
+        if finished is None:
+            return ()
+        return tuple(r.value for r in finished.choices or (finished.reason,))
+
+    def _end_attempt(self, span: TraceSpan) -> None:
+        """The traced attempt of an engine served directly ended with the generation."""
+        termination = self._termination
+        if termination in _ATTEMPT_FAILED:
+            span.end({"openmaas.attempt.outcome": "error"}, self._error or termination)
+        else:
+            served = self._ttft_ms is not None or self._finished is not None
+            span.end({"openmaas.attempt.outcome": "served" if served else "abandoned"})
+
     def _outcome(self) -> Outcome:
         finished = self._finished
         usage = finished.usage if finished else self._stream.tracker.snapshot()
         return Outcome(usage, self._termination, self._ttft_ms, self._error, self._stream.route)
+
+
+_ATTEMPT_FAILED = frozenset({Termination.ENGINE_ERROR, Termination.TIMEOUT, Termination.REJECTED})
+
+
+def _trace_routing(
+    trace: RequestTrace, engine: object, model: str
+) -> tuple[TraceSpan, TraceSpan | None]:
+    """A traced start's ``routing`` step, and the one attempt of an engine served directly
+    (a router reports its attempts itself)."""
+    routing = trace.step("routing")
+    attempt = None if isinstance(engine, RoutedEngine) else trace.attempt(model, "direct")
+    return routing, attempt
+
+
+def _end_spans(exc: BaseException, *spans: TraceSpan | None) -> None:
+    for span in spans:
+        if span is not None:
+            span.end(None, exc)
+
+
+def _admission_attributes(ticket: Ticket) -> Attributes:
+    how = "leased" if ticket.leased else "held" if ticket.held else "unpriced"
+    attributes: dict[str, str | int | float | bool] = {
+        "openmaas.admission": how,
+        "openmaas.data_policy": ticket.data_policy.value,
+    }
+    reserved = ticket.request.reserved_micros
+    if reserved is not None:
+        attributes["openmaas.reserved_micros"] = reserved
+    return attributes
+
+
+def _route_attributes(route: Route) -> Attributes:
+    attributes: dict[str, str | int | float | bool] = {"openmaas.route.attempts": route.attempts}
+    if route.deployment is not None:
+        attributes["openmaas.deployment"] = route.deployment
+    if route.decision is not None:
+        attributes["openmaas.route.decision"] = route.decision
+    if route.data_class is not None:
+        attributes["openmaas.data_class"] = route.data_class
+    return attributes
+
+
+def _settlement_attributes(record: UsageRecord) -> Attributes:
+    attributes: dict[str, str | int | float | bool] = {
+        "openmaas.termination": record.termination.value
+    }
+    if record.cost is not None:
+        attributes["openmaas.cost.micros"] = record.cost.micros
+        attributes["openmaas.cost.currency"] = record.cost.currency.value
+    return attributes
 
 
 def cache_scope_key(master_key: bytes) -> bytes:

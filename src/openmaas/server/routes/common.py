@@ -83,6 +83,9 @@ async def _started(
     session = _header(request, _SESSION)
     if session:  # turns of one conversation go to the replica that has its KV cache
         core = replace(core, routing=replace(core.routing, affinity_key=session[:200]))
+    if state.tracing is not None:  # the request's span (server/traces.py) goes with it
+        trace = request.scope["state"].get("trace")
+        core = replace(core, routing=replace(core.routing, trace=trace))
     generation = await state.gateway.generate(principal, core, endpoint)
     response_headers(request).update(generation.limit_headers)
     return generation
