@@ -27,7 +27,9 @@ The same pass adds the records' upstream cost (what an external upstream charged
 ``usage_rollup_upstream``, a row per organization × day × model × the upstream's currency,
 and both to ``platform_rollups``, the operator's overview's sums per day and model, day and
 organization, month and organization (migration 0015, which summed the records folded
-before it).
+before it), and keeps each key's latest start in ``key_last_use`` (migration 0016): with
+``unfolded``, the records past the watermark, that is each key's last use, read without a
+scan of its records.
 """
 
 from __future__ import annotations
@@ -36,12 +38,24 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, func, literal_column, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.core.rollups import LATENCY, TTFT, Rollup
 from openmaas.store.rollups.schema import (
+    key_last_use,
     platform_rollups,
     rollup_marks,
     usage_rollup_buckets,
@@ -73,6 +87,7 @@ _COLUMNS = (
     usage_records.c.ttft_ms,
     usage_records.c.upstream_cost_micros,
     usage_records.c.upstream_currency,
+    usage_records.c.started_at_ms,
 )
 _SUMMED = (
     "requests",
@@ -177,7 +192,7 @@ def fold_records(rows: Iterable[tuple[Any, ...]]) -> dict[GroupKey, Rollup]:
     groups: dict[GroupKey, Rollup] = {}
     for r in rows:
         (_rid, org, day, model, key, termination, prompt, cached, completion, reasoning,
-         cost, currency, latency, ttft, _upstream, _upstream_currency) = r  # fmt: skip
+         cost, currency, latency, ttft, _upstream, _upstream_currency, _started) = r  # fmt: skip
         group = (str(org), str(day), str(model), str(key))
         rollup = groups.get(group)
         if rollup is None:
@@ -246,6 +261,39 @@ async def _fold(conn: AsyncConnection, rows: list[tuple[Any, ...]], postgres: bo
     if upstream:
         await _add(conn, usage_rollup_upstream, upstream, ("requests", "cost_micros"), postgres)
     await _add(conn, platform_rollups, platform_rows(sums, upstream), _PLATFORM, postgres)
+    await _last_use(conn, rows, postgres)
+
+
+async def _last_use(conn: AsyncConnection, rows: list[tuple[Any, ...]], postgres: bool) -> None:
+    """Each key's latest start among ``rows``, kept in ``key_last_use`` where later."""
+    latest: dict[str, int] = {}
+    for r in rows:
+        key, started = str(r[4]), int(r[16])
+        if started > latest.get(key, -1):
+            latest[key] = started
+    statement = (postgresql if postgres else sqlite).insert(key_last_use)
+    later = statement.excluded.last_at_ms
+    current = key_last_use.c.last_at_ms
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["key_id"],
+            set_={"last_at_ms": case((later > current, later), else_=current)},
+        ),
+        [{"key_id": key, "last_at_ms": at} for key, at in latest.items()],
+    )
+
+
+def unfolded(postgres: bool) -> ColumnElement[bool]:
+    """The usage records past the roller's watermark (not yet folded), as a condition on
+    ``usage_records`` that reads the watermark in the same statement (one snapshot)."""
+    m = rollup_marks.c
+    position = select(m.position).where(m.name == MARK).scalar_subquery()
+    if not postgres:
+        rowid: ColumnElement[int] = literal_column("usage_records.rowid")
+        return rowid > position
+    xid: ColumnElement[int] = literal_column("usage_records.roll_xid")
+    key = select(m.position_key).where(m.name == MARK).scalar_subquery()
+    return and_(xid >= position, tuple_(xid, usage_records.c.request_id) > tuple_(position, key))
 
 
 _PLATFORM = ("requests", "tokens", "micros")

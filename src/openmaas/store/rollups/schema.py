@@ -91,3 +91,11 @@ rollup_marks = Table(
     # the last pass that folded records and left none visible behind it
     Column("rolled_at_ms", BigInteger, nullable=True),
 )
+
+# migration 0016: when each key was last used (the latest start of its folded records)
+key_last_use = Table(
+    "key_last_use",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("last_at_ms", BigInteger, nullable=False),
+)
