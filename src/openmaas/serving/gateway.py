@@ -75,7 +75,7 @@ from openmaas.core.termination import (
     for_interruption,
     from_finish_reason,
 )
-from openmaas.core.tracing import Attributes, RequestTrace, TraceSpan
+from openmaas.core.tracing import RequestTrace, TraceSpan
 from openmaas.core.types import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -91,8 +91,14 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, ModelKind, Route
 from openmaas.moderation import FILTERED_INPUT, FILTERED_OUTPUT, Moderator, OutputGuard
-from openmaas.routing.router import RoutedEngine
 from openmaas.serving.bounds import RequestBounds, embedding_token_bound
+from openmaas.serving.trace_steps import (
+    admission_attributes,
+    end_spans,
+    route_attributes,
+    settlement_attributes,
+    trace_routing,
+)
 from openmaas.serving.transcripts import Transcript
 
 log = logging.getLogger("openmaas.gateway")
@@ -193,7 +199,7 @@ class Gateway:
                 self._refused(endpoint, request.model, exc)
             raise
         if admission is not None:
-            admission.end(_admission_attributes(ticket))
+            admission.end(admission_attributes(ticket))
         return Reservation(principal, request, endpoint, ticket, started)
 
     async def _moderate(self, principal: Principal, request: GenerationRequest) -> None:
@@ -220,11 +226,11 @@ class Gateway:
             routing = self._routing(reservation.request.routing, principal, ticket)
             request = replace(reservation.request, routing=routing)
             if trace is not None:
-                routing_span, attempt = _trace_routing(trace, engine, served.name)
+                routing_span, attempt = trace_routing(trace, engine, served.name)
             stream = engine.stream(request)  # may refuse: 429 / 503, nothing reached it
         except BaseException as exc:
             if trace is not None:
-                _end_spans(exc, routing_span, attempt)
+                end_spans(exc, routing_span, attempt)
             await self.release(reservation)
             self._refused(reservation.endpoint, request.model, exc)
             raise
@@ -252,7 +258,7 @@ class Gateway:
                 routing_span.end(None, exc)
             raise
         if routing_span is not None:
-            routing_span.end(_route_attributes(stream.route))
+            routing_span.end(route_attributes(stream.route))
         return generation
 
     async def release(self, reservation: Reservation) -> None:
@@ -542,7 +548,7 @@ class _Admitted:
             self._gateway._closed(self)
         generation = self.generation
         trace.recorded(written, generation.finish_reasons if generation is not None else ())
-        settlement.end(_settlement_attributes(written))
+        settlement.end(settlement_attributes(written))
         return written
 
 
@@ -790,55 +796,6 @@ class Generation:
 
 
 _ATTEMPT_FAILED = frozenset({Termination.ENGINE_ERROR, Termination.TIMEOUT, Termination.REJECTED})
-
-
-def _trace_routing(
-    trace: RequestTrace, engine: object, model: str
-) -> tuple[TraceSpan, TraceSpan | None]:
-    """A traced start's ``routing`` step, and the one attempt of an engine served directly
-    (a router reports its attempts itself)."""
-    routing = trace.step("routing")
-    attempt = None if isinstance(engine, RoutedEngine) else trace.attempt(model, "direct")
-    return routing, attempt
-
-
-def _end_spans(exc: BaseException, *spans: TraceSpan | None) -> None:
-    for span in spans:
-        if span is not None:
-            span.end(None, exc)
-
-
-def _admission_attributes(ticket: Ticket) -> Attributes:
-    how = "leased" if ticket.leased else "held" if ticket.held else "unpriced"
-    attributes: dict[str, str | int | float | bool] = {
-        "openmaas.admission": how,
-        "openmaas.data_policy": ticket.data_policy.value,
-    }
-    reserved = ticket.request.reserved_micros
-    if reserved is not None:
-        attributes["openmaas.reserved_micros"] = reserved
-    return attributes
-
-
-def _route_attributes(route: Route) -> Attributes:
-    attributes: dict[str, str | int | float | bool] = {"openmaas.route.attempts": route.attempts}
-    if route.deployment is not None:
-        attributes["openmaas.deployment"] = route.deployment
-    if route.decision is not None:
-        attributes["openmaas.route.decision"] = route.decision
-    if route.data_class is not None:
-        attributes["openmaas.data_class"] = route.data_class
-    return attributes
-
-
-def _settlement_attributes(record: UsageRecord) -> Attributes:
-    attributes: dict[str, str | int | float | bool] = {
-        "openmaas.termination": record.termination.value
-    }
-    if record.cost is not None:
-        attributes["openmaas.cost.micros"] = record.cost.micros
-        attributes["openmaas.cost.currency"] = record.cost.currency.value
-    return attributes
 
 
 def cache_scope_key(master_key: bytes) -> bytes:
