@@ -82,6 +82,22 @@ def test_only_the_organization_an_operator_chose_is_logged_prompt_and_answer(
             headers={"x-api-key": keys["a"]},
         )  # fmt: skip
         assert reply.status_code == 200
+        bearer = {"Authorization": f"Bearer {keys['a']}"}
+        zhipu = client.post(
+            "/api/paas/v4/chat/completions",
+            json={
+                "model": "fake-echo",
+                "messages": [{"role": "user", "content": SECRET_A + " zhipu"}],
+            },
+            headers=bearer,
+        )
+        assert zhipu.status_code == 200
+        responses = client.post(
+            "/v1/responses",
+            json={"model": "fake-echo", "input": SECRET_A + " responses", "store": False},
+            headers=bearer,
+        )
+        assert responses.status_code == 200
         embedded = client.post(
             "/v1/embeddings",
             json={"model": "no-such-embedder", "input": SECRET_A},
@@ -94,12 +110,14 @@ def test_only_the_organization_an_operator_chose_is_logged_prompt_and_answer(
             [{"role": "user", "content": SECRET_A}],
             [{"role": "user", "content": SECRET_A + " streamed"}],
             [{"role": "user", "content": SECRET_A + " anthropic"}],
+            [{"role": "user", "content": SECRET_A + " zhipu"}],
+            [{"role": "user", "content": SECRET_A + " responses"}],
         ]
-        for log, endpoint in zip(
-            logs, ("chat.completions", "chat.completions", "messages"), strict=True
-        ):
+        endpoints = [log["endpoint"] for log in logs]
+        assert endpoints[:3] == ["chat.completions", "chat.completions", "messages"]
+        assert len(set(endpoints)) == 4  # Zhipu's and the Responses API's endpoints too
+        for log in logs:
             assert log["org_id"] == keys["org_a"] and log["termination"] == "finished"
-            assert log["endpoint"] == endpoint
             [choice] = log["choices"]  # type: ignore[misc]
             assert choice["text"] == FAKES["fake-echo"]["text"]
             assert choice["reasoning"] == FAKES["fake-echo"]["reasoning"]
@@ -108,7 +126,7 @@ def test_only_the_organization_an_operator_chose_is_logged_prompt_and_answer(
 
         client.patch("/admin/v1/orgs/org-a", json={"prompt_logging": False}, headers=admin)
         _chat(client, keys["a"], "after it was turned off")
-        assert len(_prompt_logs(caplog)) == 3
+        assert len(_prompt_logs(caplog)) == 5
         audit = client.get("/admin/v1/audit", params={"action": "org.update"}, headers=admin).json()
         assert [e["after"].get("prompt_logging") for e in audit["data"]][:2] == [False, True]
 
