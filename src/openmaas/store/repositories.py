@@ -309,11 +309,13 @@ class UsageRepository:
         currency. Money is summed only within a currency: across organizations the rows
         are split by each organization's currency, and upstream costs stay apart by theirs."""
         u, o = usage_records.c, organizations.c
+        # the organization's currency (a record of one the table does not know: its own)
+        currency = func.coalesce(o.currency, u.currency).label("currency")
         query = (
             select(
                 u.day,
                 u.model,
-                o.currency,
+                currency,
                 u.upstream_currency,
                 func.count().label("requests"),
                 func.sum(u.prompt_tokens).label("prompt_tokens"),
@@ -323,9 +325,9 @@ class UsageRepository:
                 func.sum(u.cost_micros).label("cost_micros"),
                 func.sum(u.upstream_cost_micros).label("upstream_cost_micros"),
             )
-            .select_from(usage_records.join(organizations, o.id == u.org_id))
-            .group_by(u.day, u.model, o.currency, u.upstream_currency)
-            .order_by(u.day, u.model, o.currency)
+            .select_from(usage_records.outerjoin(organizations, o.id == u.org_id))
+            .group_by(u.day, u.model, currency, u.upstream_currency)
+            .order_by(u.day, u.model, currency)
         )
         if org_id is not None:
             query = query.where(u.org_id == org_id)
@@ -339,7 +341,8 @@ class UsageRepository:
                 key = (r.day, r.model, r.currency)
                 upstream = _money(r.upstream_cost_micros, r.upstream_currency)
                 found = totals.get(key)
-                cost = Money(int(r.cost_micros or 0), Currency(r.currency)) if r.priced else None
+                priced = r.priced and r.currency is not None
+                cost = Money(int(r.cost_micros or 0), Currency(r.currency)) if priced else None
                 if found is not None:
                     if found.cost is not None:
                         cost = found.cost if cost is None else found.cost + cost
