@@ -41,10 +41,11 @@ from openmaas.core.types import (
 from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import Engine, EngineStream, ModelKind, SlotEngine
 from openmaas.engines.fake import FakeEngine, FakeScript
-from openmaas.serving.gateway import Gateway, Generation
+from openmaas.serving.gateway import Gateway
+from openmaas.serving.generation import Generation
 from openmaas.store.billing import InFlight
 from openmaas.store.changes import Change
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from openmaas.store.schema import usage_records
 from tests.support.clock import ManualClock

@@ -27,7 +27,8 @@ from openmaas.core.types import (
 )
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.moderation import WordLists
-from openmaas.serving.gateway import Gateway, Generation
+from openmaas.serving.gateway import Gateway
+from openmaas.serving.generation import Generation
 from openmaas.store.repositories import UsageRepository
 from tests.serving.test_gateway import PRINCIPAL, billing_over, frozen_clock
 
