@@ -1,6 +1,6 @@
 """The ledger's memory per settled request and a process's start-up on a long log.
 
-Two measurements of ``store/ledger.py`` alone (no HTTP, no accountant) on a SQLite file in a
+Two measurements of ``store/ledger/log.py`` alone (no HTTP, no accountant) on a SQLite file in a
 temporary directory, with requests settled from a lease (``SpendLease``, the hot path) by
 ``--concurrency`` coroutines (group-committed batches):
 
@@ -41,7 +41,7 @@ from openmaas.core.ledger_events import DrawLease, SpendLease, TopUp  # noqa: E4
 from openmaas.core.prices import AppliedPrice, ModelPrice  # noqa: E402
 from openmaas.core.types import Usage  # noqa: E402
 from openmaas.store.database import migrate, open_database  # noqa: E402
-from openmaas.store.ledger import LedgerStore  # noqa: E402
+from openmaas.store.ledger.log import LedgerStore  # noqa: E402
 from openmaas.store.repositories import OrganizationRepository  # noqa: E402
 
 NOW_MS = 1_790_000_000_000

@@ -47,7 +47,7 @@ from openmaas.store.audit import AuditedChanges
 from openmaas.store.changes import ChangeFeed
 from openmaas.store.database import migrate, open_database
 from openmaas.store.instance import Liveness
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import ApiKeyRepository
 from openmaas.store.rollups.roller import UsageRoller
 

@@ -20,7 +20,7 @@ from openmaas.platform import open_platform
 from openmaas.settings import Settings
 from openmaas.store.audit import AuditedChanges
 from openmaas.store.changes import RESET, Change, ChangeFeed
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import ApiKey, ApiKeyRepository, OrganizationRepository
 from tests.support.clock import ManualClock
 

@@ -49,7 +49,7 @@ from openmaas.core.types import (
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.serving.gateway import Gateway
 from openmaas.store.billing import InFlight, load_inflight, set_price, set_tier, update_org
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import OrganizationRepository, UsageRepository
 from openmaas.store.schema import usage_records
 from tests.support.clock import ManualClock

@@ -40,7 +40,7 @@ from openmaas.store.audit import AuditedChanges
 from openmaas.store.billing import checkpoint, set_price
 from openmaas.store.database import migrate, open_database
 from openmaas.store.instance import Liveness
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import inflight, ledger_events, usage_records
 from tests.billing.test_accountant import PRICE

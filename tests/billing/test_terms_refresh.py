@@ -21,7 +21,7 @@ from openmaas.core.keys import generate_key
 from openmaas.core.prices import ModelPrice
 from openmaas.store.billing import set_price
 from openmaas.store.changes import Change
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import ApiKeyRepository, OrganizationRepository
 from tests.support.clock import NOW_MS, ManualClock
 

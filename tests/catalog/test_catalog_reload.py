@@ -30,7 +30,7 @@ from openmaas.routing.router import RoutedEngine
 from openmaas.settings import Settings
 from openmaas.store import catalog as catalog_store
 from openmaas.store.audit import AuditedChanges
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from tests.engines.upstream import Behaviour, Upstream
 from tests.support.waiting import eventually
 

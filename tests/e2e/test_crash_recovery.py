@@ -27,7 +27,7 @@ from openmaas.core.money import Currency
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.store.billing import set_price
 from openmaas.store.database import open_database
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.schema import (
     inflight,
     ledger_entries,

@@ -828,7 +828,7 @@ async def test_gateway_records_upstream_usage_cost_and_timeouts(
     from openmaas.catalog.served import ModelCatalog, ServedModel
     from openmaas.core.ids import new_request_id
     from openmaas.serving.gateway import Gateway
-    from openmaas.store.ledger import LedgerStore
+    from openmaas.store.ledger.log import LedgerStore
     from openmaas.store.repositories import UsageRepository
 
     upstream.behaviour = Behaviour(text="Hi from afar.", prompt_tokens=9, cached_tokens=4)

@@ -42,7 +42,7 @@ from openmaas.engines.base import EngineState, EngineStream, ModelKind, SlotEngi
 from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.routing.router import DataClass, Deployment, RoutedEngine, RouterConfig
 from openmaas.serving.gateway import Gateway
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import UsageRepository
 from tests.support.clock import ManualClock
 from tests.support.waiting import eventually

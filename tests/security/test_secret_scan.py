@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from openmaas.core.keys import build_jwt
 from openmaas.server.app import create_app
-from openmaas.server.logs import JsonFormatter
+from openmaas.server.telemetry.logs import JsonFormatter
 from tests.security.world import MASTER_KEY, Keys, issue_keys, security_settings
 from tests.support.waiting import wait_until
 

@@ -1,4 +1,4 @@
-"""The console (server/routes/console.py) under a TestClient: signing in and out, cookie
+"""The console (server/console/pages.py) under a TestClient: signing in and out, cookie
 flags, session fixation, CSRF, lockout, password change, the pages in both languages, and
 the CSP header."""
 

@@ -1,4 +1,4 @@
-"""The console's operator pages (``routes/console_ops.py``): organizations, deployments,
+"""The console's operator pages (``console/ops.py``): organizations, deployments,
 the catalog editor, prices and users, for operators only, each change made through the
 platform's own services and audited with the person as the actor."""
 

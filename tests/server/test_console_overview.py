@@ -1,4 +1,4 @@
-"""The operator's platform overview (server/routes/console_overview.py): every
+"""The operator's platform overview (server/console/overview.py): every
 organization's tokens and revenue per day and the top organizations and models, from the
 roll-ups alone; no upstream cost shown where none was charged (tests of upstream cost:
 test_console_overview_upstream.py); operators only; both languages."""

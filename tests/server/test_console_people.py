@@ -1,4 +1,4 @@
-"""Members and invitations in the console (``routes/console_people.py``): an admin invites
+"""Members and invitations in the console (``console/people.py``): an admin invites
 by email, the invited person signs up through the link (open sign-up off) or accepts it
 signed in, roles change, members go; no one else reaches these pages."""
 

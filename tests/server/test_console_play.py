@@ -1,4 +1,4 @@
-"""The playground and the SDK page (server/routes/console_play.py): the key the playground
+"""The playground and the SDK page (server/console/play.py): the key the playground
 makes (the session's person's, one model, an hour, revoked at sign-out), the stream it
 reads through the public API with reasoning apart, and base URLs from the request."""
 

@@ -1,4 +1,4 @@
-"""The console's usage and billing pages (server/routes/console_usage.py): charts and CSV
+"""The console's usage and billing pages (server/console/usage.py): charts and CSV
 from the roll-ups alone, filters, both languages, and only the organization's own people."""
 
 from __future__ import annotations

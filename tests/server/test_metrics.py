@@ -19,7 +19,12 @@ from openmaas.accounts.admin import NewOrganization
 from openmaas.billing.admin_bodies import NewFunds, NewPrice
 from openmaas.platform import open_platform
 from openmaas.server.app import create_app
-from openmaas.server.metrics import MULTIPROC_ENV, Metrics, multiprocess_directory, worker_died
+from openmaas.server.telemetry.metrics import (
+    MULTIPROC_ENV,
+    Metrics,
+    multiprocess_directory,
+    worker_died,
+)
 from openmaas.settings import Settings
 from tests.support.app import app_state
 from tests.support.metrics import by, disagreements, samples
@@ -144,7 +149,7 @@ def test_counters_agree_with_usage_records_and_ledger_across_protocols(tmp_path:
 
 _WORKER = """
 import os
-from openmaas.server.metrics import Metrics, metrics_from_environment
+from openmaas.server.telemetry.metrics import Metrics, metrics_from_environment
 metrics = metrics_from_environment()
 assert metrics.multiprocess_dir is not None
 metrics.backlog.set(3)

@@ -33,8 +33,8 @@ from openmaas.accounts.admin import NewOrganization  # noqa: E402
 from openmaas.billing.admin_bodies import NewFunds, NewPrice  # noqa: E402
 from openmaas.platform import open_platform  # noqa: E402
 from openmaas.server.app import create_app  # noqa: E402
-from openmaas.server.logs import JsonFormatter  # noqa: E402
-from openmaas.server.traces import Tracing  # noqa: E402
+from openmaas.server.telemetry.logs import JsonFormatter  # noqa: E402
+from openmaas.server.telemetry.traces import Tracing  # noqa: E402
 from openmaas.settings import Settings  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 
@@ -326,7 +326,7 @@ with TestClient(create_app(settings)) as client:
         assert reply.status_code == 200 and "[DONE]" in reply.text, reply.text
     assert client.app.state.openmaas.tracing is None
     assert fake_engine(client, "fake-echo").stats.last_routing.trace is None
-print("loaded:", "openmaas.server.traces" in sys.modules)
+print("loaded:", "openmaas.server.telemetry.traces" in sys.modules)
 """
 
 

@@ -29,7 +29,7 @@ from openmaas.engines.fake import FakeEngine, FakeScript
 from openmaas.routing.router import DataClass, Deployment, RoutedEngine
 from openmaas.serving.gateway import Gateway
 from openmaas.store.billing import update_org
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import usage_records
 from tests.support.clock import ManualClock

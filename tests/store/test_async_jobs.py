@@ -18,7 +18,7 @@ from openmaas.core.ids import new_request_id
 from openmaas.core.jobs import Job, JobStatus, TooManyJobs
 from openmaas.store.async_jobs import ORPHANED, AsyncJobStore
 from openmaas.store.instance import Liveness
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.schema import async_jobs, organizations
 from tests.store.test_instances import Holder, await_dead
 

@@ -28,7 +28,7 @@ from openmaas.core.types import Usage
 from openmaas.store.billing import checkpoint, inflight_owners, load_inflight, set_price
 from openmaas.store.database import migrate, open_database
 from openmaas.store.instance import Liveness, lock_directory
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import inflight, usage_records
 from tests.support.waiting import eventually

@@ -1,4 +1,4 @@
-"""The ledger's memory stays bounded (store/ledger.py with core/ledger.py's ``RecentIds``): a
+"""The ledger's memory stays bounded (store/ledger/log.py with core/ledger.py's ``RecentIds``): a
 process keeps a window of recently settled request ids, not one per request ever settled,
 and the log's unique ``resolved:<request id>`` key settles a request once, on SQLite and on
 PostgreSQL (skipped where its server cannot run)."""
@@ -29,7 +29,7 @@ from openmaas.core.ledger_events import (
 )
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.rows import Insert
 from openmaas.store.schema import ledger_events

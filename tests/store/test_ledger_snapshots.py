@@ -1,5 +1,5 @@
 """A process starts from the newest snapshot of the ledger, not from the first event
-(store/ledger_snapshots.py, migration 0010), on SQLite and on PostgreSQL (skipped where its
+(store/ledger/snapshots.py, migration 0010), on SQLite and on PostgreSQL (skipped where its
 server cannot run): the events it reads do not grow with the log, the snapshot and the
 events after it give exactly what replaying every event gives, and a snapshot that was
 never finished, or is damaged, leaves the previous one in use."""
@@ -26,8 +26,8 @@ from openmaas.core.ledger_events import (
 )
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
-from openmaas.store import ledger_snapshots
-from openmaas.store.ledger import EVENT, LedgerStore
+from openmaas.store.ledger import snapshots as ledger_snapshots
+from openmaas.store.ledger.log import EVENT, LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import ledger_events
 from openmaas.store.schema import ledger_snapshots as snapshots_table

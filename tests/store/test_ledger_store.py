@@ -1,4 +1,4 @@
-"""The ledger on SQLite (store/ledger.py, store/billing.py, migration 0002): one transaction
+"""The ledger on SQLite (store/ledger/log.py, store/billing.py, migration 0002): one transaction
 per command, the event log as the truth, append-only tables, upgrades from 0001."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from openmaas.core.types import Usage
 from openmaas.store.audit import audit
 from openmaas.store.billing import statement
 from openmaas.store.database import MIGRATIONS_DIR
-from openmaas.store.ledger import EVENT, LedgerStore, event_json
+from openmaas.store.ledger.log import EVENT, LedgerStore, event_json
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import ledger_entries, ledger_events
 from openmaas.store.writers import sqlite as writers_sqlite

@@ -1,5 +1,5 @@
 """Undoing the events of an optimistic batch another process's appends sent back
-(store/ledger_undo.py): after any sequence of commands, a batch applied with an ``Undo``
+(store/ledger/undo.py): after any sequence of commands, a batch applied with an ``Undo``
 and reverted leaves the ledger deciding as before it (its state equal, field by field)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from openmaas.core.ledger_events import (
 from openmaas.core.money import Currency
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
-from openmaas.store.ledger_undo import Undo
+from openmaas.store.ledger.undo import Undo
 
 PRICE = AppliedPrice(ModelPrice("m", 1_000_000, 500_000, 2_000_000))
 AT_MS = 1_790_000_000_000

@@ -20,7 +20,7 @@ from openmaas.core.ledger_events import Event, Hold, Release, Settle, TopUp, cas
 from openmaas.core.prices import AppliedPrice, HoldQuote, ModelPrice
 from openmaas.core.types import Usage
 from openmaas.store.database import migrate, open_database
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import audit_log, ledger_entries, ledger_events
 from tests.store.test_repositories import head_revision

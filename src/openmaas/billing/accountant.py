@@ -80,7 +80,7 @@ from openmaas.store.billing import (
 )
 from openmaas.store.changes import Change
 from openmaas.store.instance import Liveness
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import insert_usage, usage_row, usage_rows
 from openmaas.store.rows import Delete, Insert
 from openmaas.store.schema import inflight, usage_records

@@ -15,7 +15,7 @@ from openmaas.core.errors import InsufficientBalance
 from openmaas.core.ids import new_request_id
 from openmaas.core.leases import LeaseBook, LeasePolicy, Shrink
 from openmaas.core.ledger_events import DrawLease, ShrinkLease
-from openmaas.store.ledger import LedgerStore
+from openmaas.store.ledger.log import LedgerStore
 
 log = logging.getLogger("openmaas.billing")
 

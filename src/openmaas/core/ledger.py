@@ -30,7 +30,7 @@ leases, budgets) and only a bounded window of the ids of requests settled lately
 (``RecentIds``): a settlement repeated inside it is answered from memory, one repeated
 after its id left it is decided again and refused by the store's unique key
 (``resolved:<request id>``), which stays the guarantee of settling once
-(``store/ledger.py``, ``docs/billing.md``).
+(``store/ledger/log.py``, ``docs/billing.md``).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class RecentIds(set[str]):
 
     def take_back(self, request_id: str, pushed_out: str | None) -> None:
         """Undo the newest ``add``, of ``request_id``, which pushed out ``pushed_out``
-        (``next_out`` before it): the window is as before that add (``store/ledger_undo.py``,
+        (``next_out`` before it): the window is as before that add (``store/ledger/undo.py``,
         for a batch another process's appends sent back)."""
         if self._order and self._order[-1] == request_id:
             self._order.pop()
@@ -175,7 +175,7 @@ STATE_VERSION = 1
 @dataclass(frozen=True, slots=True)
 class LedgerState:
     """All of a ``Ledger`` but its window of settled ids, in plain immutable values: what a
-    snapshot of the ledger stores (``store/ledger.py``). ``Ledger.from_state(x.state())``
+    snapshot of the ledger stores (``store/ledger/log.py``). ``Ledger.from_state(x.state())``
     decides every command as ``x`` does (a repeat settled before the window aside)."""
 
     balances: dict[str, int]
@@ -308,7 +308,7 @@ class Ledger:
         return request_id in self.settled_ids
 
     def remember_settled(self, request_id: str) -> None:
-        """Note a request the log says was settled (``store/ledger.py``, when its repeat
+        """Note a request the log says was settled (``store/ledger/log.py``, when its repeat
         was refused there): a repeat is then answered from memory again."""
         if request_id not in self.holds:
             self.settled_ids.add(request_id)

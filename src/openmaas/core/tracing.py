@@ -1,7 +1,7 @@
 """The seam through which the request path reports a traced request's steps (docs/traces.md).
 
 A request is traced when the server gives it a :class:`RequestTrace` (with
-``OPENMAAS_TRACES`` on, ``server/traces.py`` implements it over OpenTelemetry); it travels
+``OPENMAAS_TRACES`` on, ``server/telemetry/traces.py`` implements it over OpenTelemetry); it travels
 with the request in ``RoutingHints.trace``. Off, that field is None and the gateway and the
 router only test it: no tracing code runs and nothing of OpenTelemetry is imported.
 

@@ -32,28 +32,28 @@ from openmaas.platform import open_platform
 from openmaas.protocols.anthropic.errors import to_anthropic_error
 from openmaas.protocols.openai.errors import to_responses_error
 from openmaas.protocols.zhipu.errors import to_zhipu_error
+from openmaas.server.console import pages as console_routes
 from openmaas.server.direct import OpenMaaSApp
 from openmaas.server.errors import install_error_handlers
 from openmaas.server.heap import trim_heap_every
-from openmaas.server.metrics import metrics_from_environment
 from openmaas.server.middleware import RequestContextMiddleware
 from openmaas.server.routes import admin as admin_routes
 from openmaas.server.routes import admin_people as admin_people_routes
 from openmaas.server.routes import anthropic as anthropic_routes
-from openmaas.server.routes import console as console_routes
 from openmaas.server.routes import openai as openai_routes
 from openmaas.server.routes import platform as platform_routes
 from openmaas.server.routes import responses as responses_routes
 from openmaas.server.routes import zhipu as zhipu_routes
 from openmaas.server.routes.openapi import install_openapi
 from openmaas.server.state import AppState, Lifecycle
+from openmaas.server.telemetry.metrics import metrics_from_environment
 from openmaas.serving.bounds import RequestBounds
 from openmaas.serving.gateway import Gateway, cache_scope_key
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
 
 if TYPE_CHECKING:  # imported only when traces are on
-    from openmaas.server.traces import Tracing
+    from openmaas.server.telemetry.traces import Tracing
 
 log = logging.getLogger("openmaas.server")
 
@@ -79,7 +79,7 @@ def check_tracing(settings: Settings) -> None:
     if settings.traces == "off":
         return
     try:
-        import openmaas.server.traces  # noqa: F401
+        import openmaas.server.telemetry.traces  # noqa: F401
     except ImportError as exc:
         raise ConfigurationError(
             f"OPENMAAS_TRACES={settings.traces} needs OpenTelemetry, which is not installed "
@@ -94,7 +94,7 @@ def build_tracing(settings: Settings) -> Tracing | None:
     if settings.traces == "off":
         return None
     check_tracing(settings)
-    from openmaas.server.traces import Tracing
+    from openmaas.server.telemetry.traces import Tracing
 
     return Tracing.from_settings(settings)
 

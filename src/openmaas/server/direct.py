@@ -28,11 +28,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from openmaas.core.errors import OpenMaaSError
 from openmaas.core.ids import RequestIdGenerator
 from openmaas.server.errors import ErrorMapping
-from openmaas.server.logs import request_id_var
 from openmaas.server.middleware import add_headers, begin, limited_receive, log_request
+from openmaas.server.telemetry.logs import request_id_var
 
 if TYPE_CHECKING:  # imported only when traces are on
-    from openmaas.server.traces import Tracing
+    from openmaas.server.telemetry.traces import Tracing
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Direct = tuple[Endpoint, APIRoute]  # the endpoint, and its route as the scope names it

@@ -25,8 +25,8 @@ from starlette.applications import Starlette
 from openmaas.core.errors import ConfigurationError
 from openmaas.enginehost.app import EngineHost, create_host_app, held_builder, local_engines
 from openmaas.server.heap import trim_heap_every
-from openmaas.server.logs import configure_logging
 from openmaas.server.processes import QuietServer, read_settings_line, stop_at_eof
+from openmaas.server.telemetry.logs import configure_logging
 from openmaas.settings import Settings
 
 log = logging.getLogger("openmaas.enginehost")

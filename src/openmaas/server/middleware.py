@@ -15,10 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openmaas.core.errors import PayloadTooLarge
 from openmaas.core.ids import RequestIdGenerator
-from openmaas.server.logs import request_id_var
+from openmaas.server.telemetry.logs import request_id_var
 
 if TYPE_CHECKING:  # imported only when traces are on
-    from openmaas.server.traces import Tracing
+    from openmaas.server.telemetry.traces import Tracing
 
 log = logging.getLogger("openmaas.access")
 

@@ -48,10 +48,10 @@ from openmaas.catalog.builtin import settings_document
 from openmaas.core.errors import ConfigurationError
 from openmaas.platform import open_platform
 from openmaas.server.app import check_tracing, create_app
-from openmaas.server.logs import configure_logging
-from openmaas.server.metrics import MULTIPROC_ENV, multiprocess_directory, worker_died
 from openmaas.server.processes import ChildProcess, EngineHostProcess, QuietServer, StopFlag
 from openmaas.server.state import Lifecycle
+from openmaas.server.telemetry.logs import configure_logging
+from openmaas.server.telemetry.metrics import MULTIPROC_ENV, multiprocess_directory, worker_died
 from openmaas.settings import Settings
 
 log = logging.getLogger("openmaas.server")

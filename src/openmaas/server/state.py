@@ -14,13 +14,13 @@ from openmaas.catalog.reloader import CatalogManager
 from openmaas.catalog.served import ModelCatalog
 from openmaas.core.clock import Clock
 from openmaas.platform import Platform
-from openmaas.server.metrics import Metrics
+from openmaas.server.telemetry.metrics import Metrics
 from openmaas.serving.gateway import Gateway
 from openmaas.settings import Settings
 from openmaas.store.repositories import UsageRepository
 
 if TYPE_CHECKING:  # imported only when traces are on
-    from openmaas.server.traces import Tracing
+    from openmaas.server.telemetry.traces import Tracing
 
 
 @dataclass

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import socket
 
-from openmaas.server.logs import configure_logging
 from openmaas.server.processes import read_settings_line, stop_at_eof
 from openmaas.server.runner import run_server
+from openmaas.server.telemetry.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,7 @@ logged in full only when an operator has turned it on for that organization
 A ``Transcript`` is kept by a generation of such an organization: it sees the events the
 client was sent (after moderation: text a filter cut is not in it) and, once the usage
 record is written, logs one record on the ``openmaas.prompts`` logger (JSON, as every log
-line: ``server/logs.py``) with the request's messages or prompt, the tools it offered (by
+line: ``server/telemetry/logs.py``) with the request's messages or prompt, the tools it offered (by
 name), each choice's answer, reasoning and tool calls, and the usage record's counts and
 termination. Operators route that logger apart (a file of its own, a retention of its own).
 Without the switch no transcript exists and nothing of this runs."""

@@ -1,5 +1,5 @@
 """Rows written in bulk: the hot path's inserts and deletes, collected from every command of
-a group-committed batch (``store/ledger.py``) and written as one multi-row ``INSERT`` per
+a group-committed batch (``store/ledger/log.py``) and written as one multi-row ``INSERT`` per
 table and one ``DELETE ... WHERE key IN (...)`` per key column, whatever the number of
 requests in the batch."""
 

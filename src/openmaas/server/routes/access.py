@@ -13,7 +13,7 @@ does not exist.
 The console's routes (``/console``) take no key: a person's session. They are in ``POLICY``
 as ``CONSOLE``, and ``CONSOLE_ROLES`` says who may call each: anyone, anyone signed in, or
 at least a role in the organization its ``{org}`` names (an operator: every organization,
-as owner). ``server/routes/console.py`` checks each request against this table, and a test
+as owner). ``server/console/pages.py`` checks each request against this table, and a test
 fails when a served console route is missing from it.
 """
 
@@ -69,16 +69,16 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     "POST /console/orgs/{org}/keys/{key_id}/revoke": ConsoleAccess.MEMBER,
     "GET /console/orgs/{org}/models": ConsoleAccess.VIEWER,
     "GET /console/orgs/{org}/balance": ConsoleAccess.VIEWER,
-    # usage and billing (console_usage.py)
+    # usage and billing (console/usage.py)
     "GET /console/orgs/{org}/usage": ConsoleAccess.VIEWER,
     "GET /console/orgs/{org}/usage.csv": ConsoleAccess.VIEWER,
     "GET /console/orgs/{org}/billing": ConsoleAccess.VIEWER,
     "GET /console/audit": ConsoleAccess.OPERATOR,
-    # the playground and the SDK page (console_play.py); the playground spends: members
+    # the playground and the SDK page (console/play.py); the playground spends: members
     "GET /console/orgs/{org}/playground": ConsoleAccess.MEMBER,
     "POST /console/orgs/{org}/playground/key": ConsoleAccess.MEMBER,
     "GET /console/orgs/{org}/sdk": ConsoleAccess.VIEWER,
-    # members and invitations (routes/console_people.py)
+    # members and invitations (console/people.py)
     "GET /console/orgs/{org}/members": ConsoleAccess.ADMIN,
     "POST /console/orgs/{org}/members/invite": ConsoleAccess.ADMIN,
     "POST /console/orgs/{org}/members/{user_id}/role": ConsoleAccess.ADMIN,
@@ -87,10 +87,10 @@ CONSOLE_ROLES: dict[str, ConsoleAccess] = {
     "GET /console/invitation": ConsoleAccess.PUBLIC,  # ?token=: the token is the permission
     "POST /console/invitation/sign-up": ConsoleAccess.PUBLIC,
     "POST /console/invitation/accept": ConsoleAccess.SIGNED_IN,
-    # the platform's pages (routes/console_ops.py)
+    # the platform's pages (console/ops.py)
     **dict.fromkeys(
         (
-            "GET /console/operator",  # the platform overview (routes/console_overview.py)
+            "GET /console/operator",  # the platform overview (console/overview.py)
             "GET /console/operator/orgs",
             "POST /console/operator/orgs",
             "GET /console/operator/orgs/{org}",

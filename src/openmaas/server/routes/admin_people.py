@@ -24,9 +24,9 @@ from openmaas.accounts.people_roles import (
     invitation_status,
 )
 from openmaas.core.admin_fields import AdminBody, iso_ms
+from openmaas.server.console.people import invitation_link
 from openmaas.server.responses import json_response
 from openmaas.server.routes.admin import _actor, _body
-from openmaas.server.routes.console_people import invitation_link
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import app_state
 from openmaas.store.people.invitations import Invitation

@@ -15,7 +15,7 @@ from openmaas.core.assembly import Assembler
 from openmaas.core.errors import OpenMaaSError
 from openmaas.core.types import Finished, GenerationRequest, StreamEvent
 from openmaas.server.state import AppState
-from openmaas.serving.gateway import Generation
+from openmaas.serving.generation import Generation
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ async def _started(
     session = _header(request, _SESSION)
     if session:  # turns of one conversation go to the replica that has its KV cache
         core = replace(core, routing=replace(core.routing, affinity_key=session[:200]))
-    if state.tracing is not None:  # the request's span (server/traces.py) goes with it
+    if state.tracing is not None:  # the request's span (server/telemetry/traces.py) goes with it
         trace = request.scope["state"].get("trace")
         core = replace(core, routing=replace(core.routing, trace=trace))
     generation = await state.gateway.generate(principal, core, endpoint)

@@ -10,10 +10,10 @@ from starlette.responses import Response
 from openmaas.core.errors import AuthenticationFailed, NotFound
 from openmaas.core.money import format_micros
 from openmaas.core.validation import checked_day
-from openmaas.server.metrics import authorized
 from openmaas.server.responses import json_response
 from openmaas.server.routes.common import authenticate
 from openmaas.server.state import app_state
+from openmaas.server.telemetry.metrics import authorized
 from openmaas.store.database import ping
 
 router = APIRouter(tags=["Platform"])

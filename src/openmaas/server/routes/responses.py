@@ -24,7 +24,7 @@ from openmaas.server.responses import EventStreamResponse, json_response
 from openmaas.server.routes.common import answer, authenticate, start_generation
 from openmaas.server.routes.openapi import json_body
 from openmaas.server.state import AppState, app_state, request_id
-from openmaas.serving.gateway import Generation
+from openmaas.serving.generation import Generation
 from openmaas.store.responses import ResponseRepository, StoredResponse
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])

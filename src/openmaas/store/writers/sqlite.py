@@ -17,7 +17,7 @@ connection on a thread of its own and runs a whole step there at once:
   hand-off), the event loop decides the commands on the state they give, and the events
   and rows are written and committed (second hand-off).
 
-The SQL is the same as the SQLAlchemy path's (``store/ledger.py``), so processes using
+The SQL is the same as the SQLAlchemy path's (``store/ledger/log.py``), so processes using
 either serialize on the same lock; PostgreSQL keeps that path (asyncpg has no thread to
 hand off to). Only a database file qualifies (an in-memory database is private to its
 connection).

@@ -1,6 +1,6 @@
 """Ledger snapshots: a process starts from the newest snapshot of the ledger's state (balances,
 open holds and leases, the seq of the last event it reflects) and reads only the events
-after it, instead of the whole log (store/ledger.py, docs/billing.md "Memory and start-up").
+after it, instead of the whole log (store/ledger/log.py, docs/billing.md "Memory and start-up").
 Derived data: the log stays the truth and append-only; old snapshots are deleted.
 
 Revision ID: 0010

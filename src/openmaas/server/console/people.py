@@ -20,7 +20,8 @@ from starlette.responses import Response
 from openmaas.accounts.people import OrgRole
 from openmaas.accounts.people_roles import InvitationClosed, NewInvitation
 from openmaas.core.errors import InvalidRequest, NotFound, PermissionDenied
-from openmaas.server.routes.console import (
+from openmaas.server.console.ops import roles
+from openmaas.server.console.pages import (
     PREFIX,
     SESSION_COOKIE,
     Visit,
@@ -28,7 +29,6 @@ from openmaas.server.routes.console import (
     page,
     set_cookie,
 )
-from openmaas.server.routes.console_ops import roles
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 ROLES = [r.label for r in sorted(OrgRole, reverse=True)]

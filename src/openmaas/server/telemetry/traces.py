@@ -42,8 +42,8 @@ from openmaas.core.termination import Termination
 from openmaas.core.tracing import Attributes
 from openmaas.core.types import GenerationRequest
 from openmaas.core.usage import UsageRecord
-from openmaas.server.logs import trace_ids_var
-from openmaas.server.metrics import protocol_of
+from openmaas.server.telemetry.logs import trace_ids_var
+from openmaas.server.telemetry.metrics import protocol_of
 from openmaas.settings import Settings
 
 log = logging.getLogger("openmaas.traces")

@@ -29,8 +29,8 @@ from openmaas.core.errors import InvalidRequest
 from openmaas.core.ledger_events import TOKENS
 from openmaas.core.money import format_micros
 from openmaas.core.rollups import Rollup
+from openmaas.server.console import pages as console
 from openmaas.server.console.charts import Series, bar_chart, compact, day_label, line_chart
-from openmaas.server.routes import console
 from openmaas.store.repositories import ApiKeyRepository
 
 router = APIRouter(prefix=console.PREFIX, include_in_schema=False)

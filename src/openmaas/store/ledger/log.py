@@ -25,7 +25,7 @@ and 4's decisions come first, on the state as of the last event this process app
 the lock, the appends, the rows and the commit follow in one hand-off (SQLite) or one
 statement (PostgreSQL) that writes only if the log's last event is still that one. If
 another process appended meanwhile nothing is written: the decisions are undone
-(``store/ledger_undo.py``), its events applied, and the batch runs steps 1 to 5 as above.
+(``store/ledger/undo.py``), its events applied, and the batch runs steps 1 to 5 as above.
 
 The in-memory ``Ledger`` keeps only a window of recently settled request ids
 (``OPENMAAS_LEDGER_SETTLED_WINDOW``). A settlement (or hold) repeated after its id left the
@@ -37,7 +37,7 @@ ledger then remembers the id and answers the command as the repeat it is (no eve
 looks the key up first.
 
 A process does not replay the whole log when it starts: it reads the newest snapshot of the
-ledger's state (``store/ledger_snapshots.py``, migration 0010) and then only the events
+ledger's state (``store/ledger/snapshots.py``, migration 0010) and then only the events
 after it. Whichever process commits the event that puts the log
 ``OPENMAAS_LEDGER_SNAPSHOT_EVENTS`` past the newest snapshot it knows writes a new one, in a
 transaction of its own after its commit, and ``close`` (a clean shutdown) writes one.
@@ -85,8 +85,8 @@ from openmaas.core.ledger_events import (
     TopUp,
 )
 from openmaas.core.money import Currency
-from openmaas.store import ledger_snapshots
-from openmaas.store.ledger_undo import Undo
+from openmaas.store.ledger import snapshots as ledger_snapshots
+from openmaas.store.ledger.undo import Undo
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
 from openmaas.store.writers.asyncpg import AsyncpgWriter, uses_asyncpg
@@ -107,7 +107,7 @@ EVENT = TypeAdapter(Annotated[Event, Field(discriminator="kind")])
 DEFAULT_SNAPSHOT_EVENTS = 100_000
 """Events past the newest snapshot after which a process writes a new one."""
 
-log = logging.getLogger("openmaas.store.ledger")
+log = logging.getLogger("openmaas.store.ledger.log")
 
 
 def event_json(event: Event) -> str:

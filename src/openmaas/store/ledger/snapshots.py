@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from openmaas.core.ledger import Ledger, LedgerState
 from openmaas.store.schema import ledger_snapshots
 
-log = logging.getLogger("openmaas.store.ledger")
+log = logging.getLogger("openmaas.store.ledger.log")
 
 STATE = TypeAdapter(LedgerState)
 KEEP = 2

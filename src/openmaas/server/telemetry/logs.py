@@ -17,7 +17,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "openmaas_request_id", default=None
 )
 
-# (trace id, span id) as 32 and 16 hex digits, set by ``server/traces.py`` while it traces
+# (trace id, span id) as 32 and 16 hex digits, set by ``server/telemetry/traces.py`` while it traces
 # a request; read only by a formatter made with ``traces=True``.
 trace_ids_var: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "openmaas_trace_ids", default=None

@@ -21,9 +21,9 @@ from starlette.responses import Response
 
 from openmaas.billing.rollups import Period, PlatformReport, platform_report
 from openmaas.core.errors import InvalidRequest
+from openmaas.server.console import pages as console
 from openmaas.server.console.charts import Series, bar_chart, compact, day_label
-from openmaas.server.routes import console
-from openmaas.server.routes.console_usage import DEFAULT_DAYS, PERIODS, utc_today
+from openmaas.server.console.usage import DEFAULT_DAYS, PERIODS, utc_today
 from openmaas.store.repositories import OrganizationRepository
 
 router = APIRouter(prefix=console.PREFIX, include_in_schema=False)

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from openmaas.accounts.people import PLAYGROUND_KEY_MS
 from openmaas.core.admin_fields import iso_ms
 from openmaas.engines.base import ModelKind
-from openmaas.server.routes.console import HEADERS, PREFIX, enter, page
+from openmaas.server.console.pages import HEADERS, PREFIX, enter, page
 from openmaas.server.state import app_state
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)

@@ -32,7 +32,7 @@ from openmaas.catalog.reloader import CatalogFileManaged
 from openmaas.core.errors import InvalidRequest
 from openmaas.core.money import Currency
 from openmaas.core.types import DataPolicy
-from openmaas.server.routes.console import PREFIX, SIGN_UP_ACTOR, Visit, enter, page
+from openmaas.server.console.pages import PREFIX, SIGN_UP_ACTOR, Visit, enter, page
 from openmaas.server.state import app_state
 
 router = APIRouter(prefix=f"{PREFIX}/operator", include_in_schema=False)

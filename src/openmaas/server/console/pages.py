@@ -44,7 +44,7 @@ from openmaas.settings import Settings
 from openmaas.store.people.users import User
 
 PREFIX = "/console"
-FILES = Path(__file__).resolve().parents[1] / "console"
+FILES = Path(__file__).resolve().parent  # templates, static files, messages
 SESSION_COOKIE = "openmaas_session"
 CSRF_COOKIE = "openmaas_csrf"  # before sign-in: the form's token, double-submitted
 SIGN_UP_ACTOR = "system:sign-up"
@@ -93,19 +93,13 @@ def install(app: FastAPI, settings: Settings) -> None:
     # before the pages: their last route answers every other /console path
     app.mount(f"{PREFIX}/static", StaticFiles(directory=FILES / "static"), name="console-static")
     # the other page modules use this module's machinery
-    from openmaas.server.routes import (
-        console_ops,
-        console_overview,
-        console_people,
-        console_play,
-        console_usage,
-    )
+    from openmaas.server.console import ops, overview, people, play, usage
 
-    app.include_router(console_usage.router)  # before this router's catch-all
-    app.include_router(console_overview.router)
-    app.include_router(console_play.router)
-    app.include_router(console_ops.router)
-    app.include_router(console_people.router)
+    app.include_router(usage.router)  # before this router's catch-all
+    app.include_router(overview.router)
+    app.include_router(play.router)
+    app.include_router(ops.router)
+    app.include_router(people.router)
     app.include_router(router)
 
 

@@ -1,6 +1,6 @@
 """Undoing events applied to the in-memory ``Ledger`` that were never committed.
 
-``store/ledger.py`` decides a batch's commands on the state in memory *before* it knows
+``store/ledger/log.py`` decides a batch's commands on the state in memory *before* it knows
 whether another process appended to the log meanwhile (an optimistic batch, one hand-off
 to the database). When one did, the batch is not written, and the events it applied to
 memory must go again before the other process's are applied. Rebuilding the state from the
