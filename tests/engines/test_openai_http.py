@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -51,48 +50,10 @@ from openmaas.engines.upstream.openai_http import (
     Timeouts,
 )
 from openmaas.engines.upstream.openai_wire import SseDecoder
-from tests.engines.upstream import Behaviour, ToolCallSpec, Upstream
+from tests.engines.upstream import KEY, Behaviour, Engines, ToolCallSpec, Upstream
 from tests.support.clock import ManualClock
 
-KEY = "sk-test-4b1d0c9e7f2a8d6b"  # must never appear in a log line or an error message
 LONG = " ".join(f"w{i}" for i in range(60))
-
-
-@pytest.fixture()
-async def upstream() -> AsyncIterator[Upstream]:
-    server = await Upstream(log_level="error").astart()
-    try:
-        yield server
-    finally:
-        await server.astop()
-
-
-class Engines:
-    """Builds engines against the upstream and stops them after the test."""
-
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self.started: list[OpenAIHttpEngine] = []
-
-    async def __call__(self, **config: Any) -> OpenAIHttpEngine:
-        config.setdefault("base_url", self.upstream.base_url)
-        config.setdefault("upstream_model", "upstream-model")
-        config.setdefault("api_key", KEY)
-        config.setdefault("deployment", "dep-1")
-        engine = OpenAIHttpEngine("relay", OpenAIHttpConfig(**config))
-        self.started.append(engine)
-        await engine.start()
-        return engine
-
-
-@pytest.fixture()
-async def engines(upstream: Upstream) -> AsyncIterator[Engines]:
-    factory = Engines(upstream)
-    try:
-        yield factory
-    finally:
-        for engine in factory.started:
-            await engine.stop()
 
 
 def chat(text: str = "Say hello", **sampling: Any) -> GenerationRequest:

@@ -11,7 +11,8 @@ request, and read back what it received::
         await upstream.wait_for(lambda: received.disconnected)
 
 Endpoints (under ``/v1``): ``POST /chat/completions`` and ``POST /completions`` (streamed
-when ``"stream": true``, else one JSON body), ``POST /embeddings``, ``GET /models``.
+when ``"stream": true``, else one JSON body, the faults applied as ``whole`` says),
+``POST /embeddings``, ``GET /models``.
 
 Each request takes the next ``Behaviour`` queued with ``script`` or, when none is queued,
 ``upstream.behaviour`` (the server's default, assignable). A streamed answer sends one
@@ -46,6 +47,7 @@ from typing import Any
 
 import uvicorn
 
+from openmaas.engines.upstream.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
 from tests.support.waiting import eventually, wait_until
 
 Scope = dict[str, Any]
@@ -307,7 +309,7 @@ class _Handler:
             await self.json(404, {"error": {"message": f"no route {path}"}})
 
     async def json(self, status: int, body: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:
-        payload = json.dumps(body).encode()
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         head = [(b"content-type", b"application/json"), *headers]
         await self.send({"type": "http.response.start", "status": status, "headers": head})
         self.complete()
@@ -361,11 +363,39 @@ class _Handler:
         return usage
 
     async def whole(self, chat: bool) -> None:
+        """One JSON body (``stream`` false). The faults apply as to a stream, whose pieces
+        the upstream generates before it answers: ``first_token_delay`` and each piece's
+        ``token_delay`` pass first; ``hang_after_tokens`` hangs without answering,
+        ``drop_after_tokens`` cuts the connection in the middle of the body,
+        ``malformed_after_tokens`` sends a body that is not JSON, and
+        ``error_event_after_tokens`` an error body with status 200."""
+        b = self.behaviour
         pieces = self.pieces()
+        wait = (b.first_token_delay or 0) + b.token_delay * max(0, len(pieces) - 1)
+        if not await self.pause(wait):
+            return
+        if b.hang_after_tokens is not None:
+            await self.pause(None)
+            return
+        if b.error_event_after_tokens is not None:
+            await self.json(200, {"error": {"message": b.error_message, "code": 500}})
+            return
         text = "".join(p for kind, p in pieces if kind == "text")
         choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason()}
         if chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if b.reasoning:
+                message["reasoning_content"] = b.reasoning
+            if b.tool_calls:
+                message["tool_calls"] = [
+                    {
+                        "id": call.id or f"call_{number}",
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+                    }
+                    for number, call in enumerate(b.tool_calls)
+                ]
+            choice["message"] = message
         else:
             choice["text"] = text
         body = {
@@ -374,9 +404,22 @@ class _Handler:
             "model": self.upstream.model,
             "choices": [choice],
         }
-        if self.behaviour.usage:
+        if b.usage:
             body["usage"] = self.usage(len(pieces))
-        await self.json(200, body)
+        payload = json.dumps(body).encode()
+        if b.malformed_after_tokens is not None:
+            payload = payload[: len(payload) // 2]
+        if b.drop_after_tokens is not None:
+            head = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ]
+            await self.send({"type": "http.response.start", "status": 200, "headers": head})
+            half = {"type": "http.response.body", "body": payload[:10], "more_body": True}
+            await self.send(half)
+            raise _Drop("scripted connection drop")
+        self.received.tokens_sent = len(pieces)
+        await self.json(200, payload)
 
     async def event(self, data: Any) -> None:
         text = data if isinstance(data, str) else json.dumps(data)
@@ -473,3 +516,29 @@ def _words(text: str) -> list[str]:
         return []
     words = text.split(" ")
     return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
+
+
+KEY = "sk-test-4b1d0c9e7f2a8d6b"  # an upstream key: must never appear in a log line or error
+
+
+class Engines:
+    """Builds OpenAI-compatible engines against an upstream, and stops them after the test
+    (the ``engines`` fixture of ``tests/engines/conftest.py``)."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.started: list[OpenAIHttpEngine] = []
+
+    async def __call__(self, **config: Any) -> OpenAIHttpEngine:
+        config.setdefault("base_url", self.upstream.base_url)
+        config.setdefault("upstream_model", "upstream-model")
+        config.setdefault("api_key", KEY)
+        config.setdefault("deployment", "dep-1")
+        engine = OpenAIHttpEngine("relay", OpenAIHttpConfig(**config))
+        self.started.append(engine)
+        await engine.start()
+        return engine
+
+    async def stop(self) -> None:
+        for engine in self.started:
+            await engine.stop()

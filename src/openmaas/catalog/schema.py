@@ -162,6 +162,7 @@ class OpenAIDeployment(DeploymentBase):
     price: UpstreamPrice | None = None
     probe_models: bool = False
     cache_salt: bool = False  # a vLLM upstream: its prefix cache kept per organization
+    whole_answers: bool = True  # a non-streaming client's answer asked for in one response
     data_class: Literal["local", "external"] = "external"  # the data leaves unless told
 
     @field_validator("base_url")
@@ -239,6 +240,7 @@ class OpenAIDeployment(DeploymentBase):
                 price=price,
                 probe_models=self.probe_models,
                 cache_salt=self.cache_salt,
+                whole_answers=self.whole_answers,
             ),
         )
 

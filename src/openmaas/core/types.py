@@ -148,6 +148,9 @@ class GenerationRequest:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     thinking: Thinking = field(default_factory=Thinking)
     routing: RoutingHints = field(default_factory=RoutingHints)
+    # The client reads the answer as it is generated. False: it reads only the whole answer
+    # (no ``stream``), which an upstream may then send in one response (docs/engines.md).
+    stream: bool = True
 
     @property
     def wants_tools(self) -> bool:

@@ -68,6 +68,7 @@ from openmaas.engines.upstream.openai_wire import (
     chunk_events,
     completion_body,
     exact_usage,
+    uncounted,
 )
 
 log = logging.getLogger("openmaas.engines.hosted")
@@ -167,6 +168,7 @@ class HostedEngine(OpenAIHttpEngine):
                 deployment=model if held is None else str(held.deployment["id"]),
                 uds=str(config.socket),
                 cache_salt=True,  # the host's llama.cpp keeps prefix caches per organization
+                whole_answers=False,  # the host streams every answer
             ),
         )
         self.socket = config.socket
@@ -336,7 +338,7 @@ class HostedEngine(OpenAIHttpEngine):
     ) -> Iterable[StreamEvent]:
         """The chunk's event with the counts it had in the host (the chunk's usage, read
         next, makes the tracker exact): nothing is estimated here."""
-        events = chunk_events(chunk, chat, tracker, _uncounted)
+        events = chunk_events(chunk, chat, tracker, uncounted)
         counts = chunk.get(EVENT_COUNTS)
         if not counts:
             return events
@@ -403,10 +405,6 @@ class HostedEngine(OpenAIHttpEngine):
         if revived is not None:
             raise revived
         return super()._parse(payload, after_first_token)
-
-
-def _uncounted(text: str) -> int:
-    return 0
 
 
 def _error_of(raw: bytes) -> dict[str, Any] | None:

@@ -92,6 +92,7 @@ from openmaas.engines.upstream.openai_wire import (
     reported_cost,
     schema_fault,
     tools_json,
+    uncounted,
     usage_of,
     utf8,
 )
@@ -148,6 +149,9 @@ class OpenAIHttpConfig:
     tokenizer_path: Path | None = None  # tokenizer.json for estimates (default: see below)
     uds: str | None = None  # a Unix socket to connect through (base_url's host is then a name)
     cache_salt: bool = False  # send vLLM's cache_salt (prefix caches kept per organization)
+    # A client that reads only the whole answer gets it from the upstream in one response
+    # (``stream: false``; see ``OpenAIHttpEngine._whole``). False: always streamed.
+    whole_answers: bool = True
 
     def __post_init__(self) -> None:
         if self.slots < 1 or self.queue < 0:
@@ -167,6 +171,8 @@ class OpenAIHttpEngine(SlotEngine):
         self._where = _safe_url(self._base)
         self._client: aiohttp.ClientSession | None = None
         self._tokens: TokenEstimator | None = None
+        timeouts = config.timeouts  # a whole answer's: its connection's, then the total
+        self._whole_timeouts = Timeouts(timeouts.connect, None, None, timeouts.total)
 
     def __repr__(self) -> str:
         return (
@@ -229,20 +235,125 @@ class OpenAIHttpEngine(SlotEngine):
         return self._client
 
     # -- generation --------------------------------------------------------------------
-    async def _stream(
+    def _stream(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> AsyncIterator[StreamEvent]:
+        if request.stream or not self.config.whole_answers:
+            return self._streamed(request, tracker)
+        return self._whole(request, tracker)
+
+    def _body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
+        """The upstream's path and (streamed) body for ``request``."""
+        cfg = self.config
+        if request.is_chat:
+            body = chat_body(
+                request, cfg.upstream_model, cfg.thinking_style, cache_salt=cfg.cache_salt
+            )
+            return "/chat/completions", body
+        return "/completions", completion_body(
+            request, cfg.upstream_model, cache_salt=cfg.cache_salt
+        )
+
+    async def _whole(
+        self, request: GenerationRequest, tracker: UsageTracker
+    ) -> AsyncIterator[StreamEvent]:
+        """The answer in one response (``stream: false``), for a client that reads only the
+        whole answer anyway: one body to read and parse instead of a stream's events, and no
+        estimate while the upstream reports usage. Bounded by the ``total`` timeout alone (a
+        long answer is not a stalled one). Nothing arrives before the end, so there is no
+        running count: a request cut before its answer (the client left, a timeout, the
+        process killed) has the prompt's estimate and no completion tokens
+        (``docs/engines.md``, "Whole answers")."""
+        client = self._ready()
+        tokens = self._estimator()
+        path, body = self._body(request)
+        body["stream"] = False
+        del body["stream_options"]
+        tracker.estimated = True
+        deadline = _Deadlines(self._whole_timeouts, asyncio.get_running_loop().time())
+        headers = {**self._headers_for(request), "Accept": "application/json"}
+        finished: Finished | None = None
+        response: aiohttp.ClientResponse | None = None
+        try:
+            response = await self._open(client, path, body, deadline, headers, request)
+            at, _phase = deadline.next()
+            try:
+                async with asyncio.timeout_at(at):
+                    raw = await response.read()
+            except TimeoutError:
+                raise EngineTimeout("total", deadline.seconds("total")) from None
+            except aiohttp.ClientError as exc:
+                raise self._cut(False, exc) from None
+            try:
+                answer = self._parse(raw, False)
+            except EngineFailure as exc:
+                raise self._schema_fault(request, exc, raw) or exc from None
+            try:
+                events, reason, reasoning, cost = self._answer_events(
+                    answer, request.is_chat, tracker, tokens.count
+                )
+            except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+                raise self._malformed() from None
+            if tracker.estimated:
+                await self._estimate_prompt(request, tokens, tracker)
+            for event in events:
+                yield event
+            finished = Finished(reason, usage_of(tracker, reasoning))
+            tracker.upstream_cost = self._cost(finished.usage, cost)
+            yield finished
+        finally:
+            if response is not None:
+                response.close()
+            if finished is None:
+                if tracker.estimated and not tracker.prompt_tokens:
+                    await self._estimate_prompt(request, tokens, tracker)
+                tracker.upstream_cost = self._cost(usage_of(tracker, 0), None)
+
+    def _answer_events(
+        self,
+        answer: dict[str, Any],
+        chat: bool,
+        tracker: UsageTracker,
+        count: Callable[[str], int],
+    ) -> tuple[list[StreamEvent], FinishReason, int, Money | None]:
+        """A whole answer's events (its first choice, as one stream chunk carries it),
+        finish reason (``stop`` where it names none: the answer is complete), reasoning
+        tokens and reported cost. The tracker gets the answer's usage, or else an estimate
+        of the completion (only then is anything counted)."""
+        choices = answer.get("choices")
+        choice = choices[0] if choices else {}
+        shaped = {
+            "choices": [
+                {
+                    "delta": choice.get("message"),
+                    "text": choice.get("text"),
+                    "finish_reason": choice.get("finish_reason"),
+                }
+            ]
+        }
+        raw_usage = answer.get("usage")
+        events = list(chunk_events(shaped, chat, tracker, uncounted if raw_usage else count))
+        reason = chunk_finish(shaped, self._where) or FinishReason.STOP
+        if raw_usage:
+            cost = reported_cost(raw_usage, self.config.reported_cost_currency)
+            return events, reason, exact_usage(raw_usage, tracker), cost
+        reasoning = sum(max(1, count(e.text)) for e in events if isinstance(e, ReasoningDelta))
+        return events, reason, reasoning, None
+
+    @staticmethod
+    async def _estimate_prompt(
+        request: GenerationRequest, tokens: TokenEstimator, tracker: UsageTracker
+    ) -> None:
+        counted = tokens.prompt_now(request)
+        tracker.prompt_tokens = counted if counted is not None else await tokens.prompt(request)
+
+    async def _streamed(
         self, request: GenerationRequest, tracker: UsageTracker
     ) -> AsyncIterator[StreamEvent]:
         client = self._ready()
         tokens = self._estimator()
         chat = request.is_chat
-        cfg = self.config
-        if chat:
-            body = chat_body(
-                request, cfg.upstream_model, cfg.thinking_style, cache_salt=cfg.cache_salt
-            )
-        else:
-            body = completion_body(request, cfg.upstream_model, cache_salt=cfg.cache_salt)
-        path = "/chat/completions" if chat else "/completions"
+        path, body = self._body(request)
         tracker.estimated = True
         # The prompt's estimate stands until the upstream's usage arrives. A short prompt is
         # counted now; a long one beside the request (it takes a thread a while).

@@ -131,6 +131,7 @@ def messages_request(
         tools=tools,
         tool_choice=_tool_choice(body.tool_choice, tools),
         thinking=_thinking(body.thinking),
+        stream=body.stream,
     )
 
 

@@ -99,6 +99,7 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequ
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         thinking=_thinking(body),
+        stream=body.stream,
     )
 
 
@@ -202,6 +203,7 @@ def completion_request(body: CompletionRequest, request_id: str) -> GenerationRe
         prompt=prompt,
         sampling=_common_sampling(body, body.max_tokens),
         user=body.user,
+        stream=body.stream,
     )
 
 

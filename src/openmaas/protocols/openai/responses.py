@@ -284,6 +284,7 @@ def generation_request(
         tools=tools,
         tool_choice=_tool_choice(body.tool_choice, tools),
         thinking=_thinking(body.reasoning),
+        stream=body.stream,
     )
 
 

@@ -101,6 +101,7 @@ def chat_request(body: ZhipuChatRequest, request_id: str) -> GenerationRequest:
         tools=_tools(body),
         tool_choice=_tool_choice(body.tool_choice),
         thinking=thinking,
+        stream=body.stream,
     )
 
 
