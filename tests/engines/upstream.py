@@ -24,7 +24,8 @@ etc. as configured; ``completion_tokens`` = chunks of reasoning, text and tool c
 then ``data: [DONE]``. Faults: ``status`` (an error body with that status and
 ``retry_after``), ``hang_before_headers``, ``first_token_delay``, ``token_delay``,
 ``hang_after_tokens``, ``drop_after_tokens`` (the connection is cut mid-body),
-``malformed_after_tokens``, ``error_event_after_tokens``; ``raw_events`` streams exactly the
+``malformed_after_tokens``, ``error_event_after_tokens``; ``together`` sends all of a
+stream's events in one write at its end; ``raw_events`` streams exactly the
 given ``data:`` payloads (another vendor's chunk format, a malformed shape) and nothing else.
 Hangs end when the client goes away or the server stops, so tests never leave a thread behind.
 
@@ -79,6 +80,7 @@ class Behaviour:
     cost: float | None = None  # usage.cost, OpenRouter style
     keepalive: bool = False  # a ": keep-alive" comment before each chunk
     split_chunks: bool = False  # write each event in 3-byte pieces (tests chunk boundaries)
+    together: bool = False  # a stream's events all in one write, once the last is made
     status: int | None = None  # answer with this error status instead
     error_message: str = "scripted upstream error"
     retry_after: str | None = None
@@ -258,6 +260,7 @@ class _Handler:
         self.send = send
         self.gone = gone
         self.left = False
+        self.held = b""  # a stream's events, when they all go in one write (``together``)
 
     def leave(self) -> None:
         """No longer in flight: the answer is complete (before its last bytes go out, so a
@@ -426,6 +429,9 @@ class _Handler:
         frame = f"data: {text}\n\n".encode()
         if self.behaviour.keepalive:
             frame = b": keep-alive\n\n" + frame
+        if self.behaviour.together:
+            self.held += frame
+            return
         if self.behaviour.split_chunks:
             for start in range(0, len(frame), 3):
                 await self.send(
@@ -508,7 +514,7 @@ class _Handler:
 
     async def end(self) -> None:
         self.complete()
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self.send({"type": "http.response.body", "body": self.held, "more_body": False})
 
 
 def _words(text: str) -> list[str]:

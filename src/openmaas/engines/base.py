@@ -81,6 +81,10 @@ class UsageTracker:
     the engine generated before it stopped. ``estimated`` is set while the counts are a
     tokenizer's guess rather than the engine's own; ``upstream_cost`` is what an external
     upstream charges for them (copied to the stream's ``Route`` when it ends).
+
+    ``ready``: how many more events the engine has in hand as it hands one out (several
+    came in one read), so that the next ones come without waiting; 0 when the next may wait.
+    A stream's writer sends the frames it has made only then (``Generation.ready``).
     """
 
     __slots__ = (
@@ -89,6 +93,7 @@ class UsageTracker:
         "completion_tokens",
         "estimated",
         "upstream_cost",
+        "ready",
     )
 
     def __init__(self) -> None:
@@ -97,6 +102,7 @@ class UsageTracker:
         self.completion_tokens = 0
         self.estimated = False
         self.upstream_cost: Money | None = None
+        self.ready = 0
 
     def snapshot(self) -> Usage:
         return Usage(self.prompt_tokens, self.cached_tokens, self.completion_tokens, self.estimated)

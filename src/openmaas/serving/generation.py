@@ -143,6 +143,11 @@ class Generation:
     def __aiter__(self) -> Generation:
         return self
 
+    def ready(self) -> bool:
+        """Whether the next event is in hand: checked already, or among the events the
+        engine got in one read. False when it may have to wait for the engine."""
+        return bool(self._ready) or self._first is not None or self._stream.tracker.ready > 0
+
     async def __anext__(self) -> StreamEvent:
         if self._guard is not None:
             event = await self._checked()

@@ -400,19 +400,29 @@ class OpenAIHttpEngine(SlotEngine):
                 else:  # the body's end
                     payloads = decoder.flush()
                     done = True
+                # The events of everything this read brought, then handed out one by one,
+                # each saying how many more are in hand (``UsageTracker.ready``): a stream's
+                # writer sends what it has framed only when the next event would wait.
+                batch: list[StreamEvent] = []
+                failure: OpenMaaSError | None = None
                 for payload in payloads:
                     if payload == b"[DONE]":
                         # Read on to the body's end (normally at once), so that the
                         # connection stays in the keep-alive pool.
                         drain_at = clock() + _DRAIN_SECONDS
                         continue
+                    seen = deadline.first_token_seen or bool(batch)
                     try:
-                        chunk = self._parse(payload, deadline.first_token_seen)
+                        chunk = self._parse(payload, seen)
                     except EngineFailure as exc:
-                        fault = None
-                        if not deadline.first_token_seen:  # an error event in its place
-                            fault = self._schema_fault(request, exc, payload)
-                        raise fault or exc from None
+                        # an error event in the first token's place may name the schema
+                        failure = (
+                            None if seen else self._schema_fault(request, exc, payload)
+                        ) or exc
+                        break
+                    except OpenMaaSError as exc:
+                        failure = exc
+                        break
                     try:
                         events = self._chunk_events(chunk, chat, tracker, tokens.count)
                         for event in events:
@@ -425,11 +435,22 @@ class OpenAIHttpEngine(SlotEngine):
                             reasoning_tokens = exact_usage(raw_usage, tracker)
                             cost = reported_cost(raw_usage, self.config.reported_cost_currency)
                             upstream_said = cost or upstream_said
+                    except EngineFailure as exc:
+                        failure = exc
+                        break
                     except (AttributeError, KeyError, TypeError, ValueError):
-                        raise self._malformed() from None
-                    for event in events:
-                        deadline.token(clock())
+                        failure = self._malformed()
+                        break
+                    batch.extend(events)
+                if batch:
+                    deadline.token(clock())
+                    left = len(batch)
+                    for event in batch:
+                        left -= 1
+                        tracker.ready = left
                         yield event
+                if failure is not None:
+                    raise failure from None
             if reason is None:
                 raise self._cut(deadline.first_token_seen, None)
             if not usage_seen:

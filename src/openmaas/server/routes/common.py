@@ -119,17 +119,28 @@ async def sse_stream(
     generation: Generation, writer: StreamWriter, render_error: ErrorBody
 ) -> AsyncIterator[bytes]:
     """A generation's events as SSE frames. The usage record is durable before the client
-    sees the end of the stream; an error after the first byte ends it with an error frame."""
+    sees the end of the stream; an error after the first byte ends it with an error frame.
+
+    Frames of events that came together (one read of the engine's) go out together, as
+    one write: they are sent when the next event is not in hand (``Generation.ready``),
+    so no frame ever waits for an event to come."""
+    frames: list[bytes] = []
     try:
         async for event in generation:
             if isinstance(event, Finished):
                 await generation.aclose()
             frame = writer.event(event)
             if frame:
-                yield frame
+                frames.append(frame)
+            if frames and not generation.ready():
+                yield frames[0] if len(frames) == 1 else b"".join(frames)
+                frames.clear()
+        if frames:  # an end the generation did not see coming
+            yield b"".join(frames)
     except OpenMaaSError as exc:
         await generation.aclose()
         _status, body, _headers = render_error(exc)
-        yield writer.error(body)
+        frames.append(writer.error(body))
+        yield b"".join(frames)
     finally:
         await generation.aclose()
