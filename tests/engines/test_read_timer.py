@@ -1,5 +1,5 @@
 """The one timer of an upstream stream's reads (engines/upstream/openai_http.py
-``_ReadTimer``): a read past its deadline is a TimeoutError, a deadline moved later is
+``ReadTimer``): a read past its deadline is a TimeoutError, a deadline moved later is
 honoured, someone else's cancellation stays a cancellation, and buffered data is read
 whatever the deadline."""
 
@@ -11,7 +11,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from openmaas.engines.upstream.openai_http import _ReadTimer
+from openmaas.engines.upstream.deadlines import ReadTimer
 
 
 class Pipe:
@@ -28,7 +28,7 @@ class Pipe:
 
 
 async def test_a_read_that_waits_past_its_deadline_times_out() -> None:
-    pipe, timer = Pipe(), _ReadTimer()
+    pipe, timer = Pipe(), ReadTimer()
     loop = asyncio.get_running_loop()
     with pytest.raises(TimeoutError):
         await timer.read(pipe.as_content(), loop.time() + 0.05)
@@ -38,7 +38,7 @@ async def test_a_read_that_waits_past_its_deadline_times_out() -> None:
 async def test_a_later_deadline_for_the_next_read_is_honoured() -> None:
     """The timer armed for the first read's deadline must not end the second read, whose
     deadline is later."""
-    pipe, timer = Pipe(), _ReadTimer()
+    pipe, timer = Pipe(), ReadTimer()
     loop = asyncio.get_running_loop()
     pipe.chunks.put_nowait(b"first")
     first_deadline = loop.time() + 0.05
@@ -49,7 +49,7 @@ async def test_a_later_deadline_for_the_next_read_is_honoured() -> None:
 
 
 async def test_buffered_data_is_read_even_past_the_deadline() -> None:
-    pipe, timer = Pipe(), _ReadTimer()
+    pipe, timer = Pipe(), ReadTimer()
     loop = asyncio.get_running_loop()
     pipe.chunks.put_nowait(b"waiting already")
     assert await timer.read(pipe.as_content(), loop.time() - 1) == b"waiting already"
@@ -60,7 +60,7 @@ async def test_another_cancellation_stays_a_cancellation() -> None:
     pipe = Pipe()
 
     async def reader() -> bytes:
-        timer = _ReadTimer()
+        timer = ReadTimer()
         try:
             return await timer.read(pipe.as_content(), asyncio.get_running_loop().time() + 60)
         finally:
@@ -75,7 +75,7 @@ async def test_another_cancellation_stays_a_cancellation() -> None:
 
 async def test_between_reads_nothing_is_cancelled() -> None:
     """The consumer holds the event past the deadline: its own awaits are not cut short."""
-    pipe, timer = Pipe(), _ReadTimer()
+    pipe, timer = Pipe(), ReadTimer()
     loop = asyncio.get_running_loop()
     pipe.chunks.put_nowait(b"event")
     assert await timer.read(pipe.as_content(), loop.time() + 0.05) == b"event"
