@@ -28,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Column, Table
@@ -116,13 +117,67 @@ class RowStatements:
         return statements
 
 
+class _Thread:
+    """One thread that runs the calls handed to it, in order, and answers each on the
+    event loop it came from. ``run_in_executor`` on a one-thread pool did the same with a
+    ``concurrent.futures`` future (and its condition variable), a work item and a chained
+    asyncio future per call: more CPU than the hand-off's two wake-ups themselves."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
+        """``fn(*args)`` on the thread; its result (or exception) on the returned future.
+        Cancelling the future does not stop a call that started (the ledger's callers
+        finish their writes despite cancellation, ``aio.finish_despite_cancellation``)."""
+        if not self._thread.is_alive():
+            self._thread.start()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        """After the calls handed over so far: the thread ends (joined)."""
+        if self._thread.is_alive():
+            self._calls.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # answered, never lost: the caller raises it
+                _answer(future, _fail, exc)
+            else:
+                _answer(future, _succeed, result)
+
+
+def _answer(future: asyncio.Future[Any], how: Callable[..., None], value: Any) -> None:
+    try:
+        future.get_loop().call_soon_threadsafe(how, future, value)
+    except RuntimeError:  # the loop closed meanwhile: nobody waits for the answer
+        pass
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 class SqliteWriter:
     """One ``sqlite3`` connection to a database file, used from one thread of its own."""
 
     def __init__(self, path: str, synchronous: str) -> None:
         self._path = path
         self._synchronous = synchronous
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="openmaas-ledger-sqlite")
+        self._thread = _Thread("openmaas-ledger-sqlite")
         self._conn: sqlite3.Connection | None = None  # opened and used on that thread only
         self._rows = RowStatements()
         self.handoffs = 0  # calls run on the writer's thread
@@ -141,11 +196,11 @@ class SqliteWriter:
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the writer's thread (one hand-off, counted)."""
         self.handoffs += 1
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.call(fn, args)
 
     async def close(self) -> None:
         await self.call(self._close)
-        self._executor.shutdown(wait=True)
+        self._thread.stop()
 
     def rows(self, writes: Iterable[Insert | Delete]) -> list[Statement]:
         """The statements of ``writes`` (:class:`RowStatements`)."""
