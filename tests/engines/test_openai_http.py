@@ -773,6 +773,25 @@ def test_sse_decoder_is_robust_to_any_split() -> None:
         assert payloads == expected, size
 
 
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]\n\n',
+        b"data: one\n\n\n\ndata: two\n\n",  # blank lines between events
+        b"data: x\n\n: keep-alive\n\ndata: y\n\n",  # a comment among them
+        b"data: first line\ndata: second\n\ndata: z\n\n",  # an event of two lines
+        b"data:no space\n\ndata:  two spaces\n\ndata: \n\n",
+        b"event: message\ndata: named\n\n",
+    ],
+)
+def test_sse_decoder_reads_whole_events_at_once_as_byte_by_byte(wire: bytes) -> None:
+    whole, one_by_one = SseDecoder(), SseDecoder()
+    at_once = whole.feed(wire) + whole.flush()
+    bytewise = [p for i in range(len(wire)) for p in one_by_one.feed(wire[i : i + 1])]
+    assert at_once == bytewise + one_by_one.flush()
+    assert at_once  # every case carries events
+
+
 def test_sse_decoder_flushes_an_unterminated_last_event() -> None:
     decoder = SseDecoder()
     assert decoder.feed(b"data: x\n\ndata: [DONE]") == [b"x"]

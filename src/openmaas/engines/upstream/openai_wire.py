@@ -67,6 +67,18 @@ class SseDecoder:
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if not self._buffer and not self._data and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            # What upstreams send: whole events of one ``data: `` line each, ``\n``-ended.
+            # Taken apart at once; anything else (a comment, another field, a line that
+            # goes on) is read line by line below.
+            payloads: list[bytes] = []
+            for block in chunk.split(b"\n\n"):
+                if block.startswith(b"data: ") and b"\n" not in block:
+                    payloads.append(block[6:])
+                elif block:
+                    break
+            else:
+                return payloads
         buffer = self._buffer + chunk
         if not buffer:
             return []
