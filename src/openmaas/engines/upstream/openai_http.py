@@ -630,7 +630,7 @@ class OpenAIHttpEngine(SlotEngine):
         add around them."""
         total = _REQUEST_OVERHEAD + utf8(request.prompt or "")
         for message in request.messages or ():
-            total += _MESSAGE_OVERHEAD + sum(utf8(text) for text in message_texts(message))
+            total += _MESSAGE_OVERHEAD + utf8("".join(message_texts(message)))
         if request.tools:
             total += _TOOLS_OVERHEAD + len(orjson.dumps(tools_json(request)))
             total += _TOOL_OVERHEAD * len(request.tools)
