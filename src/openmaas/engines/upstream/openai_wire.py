@@ -71,14 +71,14 @@ class SseDecoder:
             # What upstreams send: whole events of one ``data: `` line each, ``\n``-ended.
             # Taken apart at once; anything else (a comment, another field, a line that
             # goes on) is read line by line below.
-            payloads: list[bytes] = []
+            whole: list[bytes] = []
             for block in chunk.split(b"\n\n"):
                 if block.startswith(b"data: ") and b"\n" not in block:
-                    payloads.append(block[6:])
+                    whole.append(block[6:])
                 elif block:
                     break
             else:
-                return payloads
+                return whole
         buffer = self._buffer + chunk
         if not buffer:
             return []
