@@ -455,3 +455,51 @@ async def test_a_lone_process_writes_a_batch_in_one_round_trip(
         3 * QUOTE.micros + 7 - 2 * charge
     )
     await store.close()
+
+
+async def test_usage_records_read_back_as_written_whatever_their_text(
+    database: AsyncEngine, database_url: str, clock: ManualClock
+) -> None:
+    """A batch's columns go to PostgreSQL as one string each, split on the server, where
+    that string can be split back exactly (``store/writers/asyncpg.py``): records whose text
+    holds the separators, is empty or is NULL, settled in one batch beside plain ones,
+    read back field for field as written."""
+    from openmaas.core.termination import Termination
+    from openmaas.core.usage import UsageRecord
+    from openmaas.store.billing import InFlight, inflight_row
+    from openmaas.store.repositories import usage_row, usage_rows
+    from openmaas.store.schema import usage_records
+
+    org = await new_org(database)
+    store = LedgerStore(database, clock.now_ms)
+    await store.execute(TopUp("t1", org, 10 * QUOTE.micros))
+    texts = ["a\x1fb", "", None, "\x1e", "plain", "\x1f", "é\x1e\x1f"]
+    ids = [f"r{i}" for i in range(len(texts))]
+    await asyncio.gather(*(store.execute(hold(rid, org)) for rid in ids))
+    await store.write(
+        rows=lambda _: [inflight_row(InFlight(r, "k", org, "m1", "chat", NOW, None)) for r in ids]
+    )
+    usage = Usage(prompt_tokens=80, cached_tokens=20, completion_tokens=30)
+
+    def record(i: int, text: str | None) -> UsageRecord:
+        return UsageRecord(
+            ids[i], "k", org, "m1", "chat", usage, Termination.FINISHED, NOW, None, i,
+            error=text, deployment="" if i == 1 else None, route=text,
+        )  # fmt: skip
+
+    records = [record(i, text) for i, text in enumerate(texts)]
+
+    def settle(record: UsageRecord) -> Callable[[tuple[Event, ...]], object]:
+        return lambda events: usage_rows(record) if events else ()
+
+    settled = await asyncio.gather(
+        *(store.execute(Settle(r.request_id, usage), rows=settle(r)) for r in records),  # type: ignore[arg-type]
+        return_exceptions=True,
+    )
+    await store.close()
+    assert not [outcome for outcome in settled if isinstance(outcome, BaseException)]
+    async with database.connect() as conn:
+        rows = (await conn.execute(select(usage_records))).mappings().all()
+    assert sorted((dict(row) for row in rows), key=lambda row: str(row["request_id"])) == [
+        usage_row(record) for record in records
+    ]
