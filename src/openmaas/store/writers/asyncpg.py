@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.store.schema import metadata
-from openmaas.store.writers.sqlite import EVENTS_SINCE, LOCK_HEAD, SET_HEAD, Statement, trace
+from openmaas.store.writers.sqlite import EVENTS_SINCE, SET_HEAD, Statement, trace
 
 _MARK = re.compile(r"\?")
 _INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \([?, ]+\)")
@@ -74,6 +74,15 @@ def _array(args: list[Any], values: Sequence[Any], array_type: str, first: int) 
     return f"${number}::{array_type}" if text is None else _SPLIT.format(number, array_type)
 
 
+_LOCK_AND_READ = (
+    "WITH head AS (UPDATE ledger_head SET seq = seq WHERE id = 1 RETURNING seq)"
+    " SELECT head.seq, e.seq, e.body FROM head"
+    " LEFT JOIN ledger_events e ON e.seq > $1 ORDER BY e.seq"
+)
+"""The ledger's lock (``LOCK_HEAD``) and the events after ``$1`` in one statement: a row
+per event, each with the head's seq (one row with no event when there is none)."""
+
+
 def uses_asyncpg(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg"
 
@@ -108,15 +117,22 @@ class AsyncpgWriter:
 
     async def lock(self, apg: Any, since: int) -> list[tuple[int, str]]:
         """In the open transaction: take the ledger's lock and answer the events appended
-        after ``since`` (none read when the last event is ``since``'s)."""
-        trace(LOCK_HEAD)
-        head = await apg.fetchval(LOCK_HEAD)
-        if head is None:
+        after ``since``, read by the same statement (``_LOCK_AND_READ``): one round trip
+        under the lock, where a statement each made two. That read sees what was committed
+        when the statement began: if it waited for another writer's lock, the head it then
+        locked is past the events it read, and the rest are read by a second statement."""
+        trace(_LOCK_AND_READ)
+        rows = await apg.fetch(_LOCK_AND_READ, since)
+        if not rows:
             raise RuntimeError("ledger_head is missing: run the migrations")
-        if head == since:
-            return []
-        trace(EVENTS_SINCE)
-        return [(r[0], r[1]) for r in await apg.fetch(self.numbered(EVENTS_SINCE), since)]
+        head = rows[0][0]
+        events = [(row[1], row[2]) for row in rows if row[1] is not None]
+        last = events[-1][0] if events else since
+        if last != head:  # committed by the writer whose lock this one waited for
+            trace(EVENTS_SINCE)
+            more = await apg.fetch(self.numbered(EVENTS_SINCE), last)
+            events += [(row[0], row[1]) for row in more]
+        return events
 
     async def run(self, apg: Any, statements: list[Statement]) -> None:
         """Run ``statements`` (the writers' ``INSERT``s, ``DELETE``s and the head's
