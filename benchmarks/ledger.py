@@ -25,15 +25,18 @@ the binaries on ``PATH`` with its durable defaults (``services.py``).
     .venv/bin/python benchmarks/ledger.py                   # both databases, 1, 2, 4 processes
     .venv/bin/python benchmarks/ledger.py --quick           # a smoke run
     .venv/bin/python benchmarks/ledger.py --database sqlite --processes 1 --concurrency 1,16
+    .venv/bin/python benchmarks/ledger.py --calls           # + Python calls per request
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import platform
+import pstats
 import shutil
 import subprocess
 import sys
@@ -56,9 +59,11 @@ START_SLACK_S = 0.3  # how far ahead the parent sets a round's common start
 
 
 # -- in each worker process ------------------------------------------------------------------
-async def work(org_id: str, key_id: str, concurrency: int, warmup: int) -> None:
+async def work(org_id: str, key_id: str, concurrency: int, warmup: int, calls: bool) -> None:
     """One worker: its platform, a warm-up, then a round per ``go T0 DURATION`` line on
-    stdin (a JSON line of results on stdout each), until ``stop``."""
+    stdin (a JSON line of results on stdout each), until ``stop``. With ``calls``, each
+    round runs under cProfile and reports the Python calls it made (its CPU time is then
+    the profiler's too)."""
     from openmaas.accounts.auth import Principal
     from openmaas.billing.accountant import Accountant
     from openmaas.core.ids import new_request_id
@@ -127,9 +132,17 @@ async def work(org_id: str, key_id: str, concurrency: int, warmup: int) -> None:
                 break
             _, start_at, duration = line.split()
             await asyncio.sleep(max(0.0, float(start_at) - time.time()))
+            profile = cProfile.Profile() if calls else None
             cpu = time.process_time()
+            if profile is not None:
+                profile.enable()
             count = await until(billing, float(start_at) + float(duration), 0)
-            _say({"count": count, "end": time.time(), "cpu": time.process_time() - cpu})
+            if profile is not None:
+                profile.disable()
+            result = {"count": count, "end": time.time(), "cpu": time.process_time() - cpu}
+            if profile is not None:  # every call of a Python function or a built-in
+                result["calls"] = sum(row[1] for row in pstats.Stats(profile).stats.values())
+            _say(result)
     _say({"total": done})
 
 
@@ -238,6 +251,7 @@ class Cell:
     cpu_ms: float  # benchmark processes' CPU per request
     db_cpu_ms: float | None  # the database server's, PostgreSQL only
     failures: list[str]
+    calls: float | None = None  # Python calls per request (``--calls``)
 
 
 def measure_cell(
@@ -262,9 +276,10 @@ def measure_cell(
         settings["database_url"] = cluster.url(f"bench_{number}")
     ids = asyncio.run(seed(settings))
     argv = ["_work", ids["org"], ids["key"], str(concurrency), str(args.warmup)]
+    argv += ["calls"] if args.calls else []
     workers = [start_worker(argv, settings, log) for _ in range(processes)]
     server = Trees([cluster.postmaster_pid]) if cluster is not None else None
-    rounds: list[tuple[float, float, float | None]] = []
+    rounds: list[tuple[float, float, float | None, float | None]] = []
     total = 0
     try:
         for worker in workers:
@@ -280,9 +295,11 @@ def measure_cell(
             count = sum(r["count"] for r in results)
             wall = max(r["end"] for r in results) - start_at
             cpu = sum(r["cpu"] for r in results)
+            calls = sum(r["calls"] for r in results) / count if args.calls else None
             rounds.append(
-                (count / wall, cpu * 1000 / count, None if db is None else db * 1000 / count)
-            )
+                (count / wall, cpu * 1000 / count, None if db is None else db * 1000 / count,
+                 calls)
+            )  # fmt: skip
         for worker in workers:
             worker.stdin.write("stop\n")
             worker.stdin.flush()
@@ -296,7 +313,7 @@ def measure_cell(
             worker.proc.wait(30)
     failures = asyncio.run(check(settings, ids["org"], ids["funded"], total))
     best = sorted(rounds)[len(rounds) // 2]  # the median round by rate
-    return Cell(database, processes, concurrency, best[0], best[1], best[2], failures)
+    return Cell(database, processes, concurrency, best[0], best[1], best[2], failures, best[3])
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -310,6 +327,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="requests per process, first")
     parser.add_argument("--synchronous", default="FULL", help="SQLite's PRAGMA synchronous")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="run the rounds under cProfile and add Python calls per request (slower)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 1.0, 20
@@ -333,11 +355,12 @@ def measure(args: argparse.Namespace) -> int:
         "(settlement + usage record); every process its own open_platform(serve=True)"
     )
     print(f"SQLite: synchronous={args.synchronous}; PostgreSQL: a throwaway cluster, durable\n")
+    calls_head, calls_rule = (" Python calls/req |", "---:|") if args.calls else ("", "")
     print(
         "| database | processes | concurrency per process | settled req/s | CPU ms/req "
-        "(processes) | database CPU ms/req | checks |"
+        f"(processes) | database CPU ms/req |{calls_head} checks |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print(f"|---|---:|---:|---:|---:|---:|{calls_rule}---|")
     directory = Path(tempfile.mkdtemp(prefix="openmaas-bench-ledger-"))
     failed = False
     number = 0
@@ -365,9 +388,10 @@ def measure(args: argparse.Namespace) -> int:
                         failed = failed or bool(cell.failures)
                         db = "—" if cell.db_cpu_ms is None else f"{cell.db_cpu_ms:.2f}"
                         verdict = "; ".join(cell.failures) or "ok"
+                        calls = "" if cell.calls is None else f" {cell.calls:,.0f} |"
                         print(
                             f"| {database} | {processes} | {concurrency} | {cell.rate:,.0f} "
-                            f"| {cell.cpu_ms:.2f} | {db} | {verdict} |",
+                            f"| {cell.cpu_ms:.2f} | {db} |{calls} {verdict} |",
                             flush=True,
                         )
             finally:
@@ -390,7 +414,7 @@ def measure(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_work"]:
         org, key, concurrency, warmup = argv[1:5]
-        asyncio.run(work(org, key, int(concurrency), int(warmup)))
+        asyncio.run(work(org, key, int(concurrency), int(warmup), argv[5:] == ["calls"]))
         return 0
     sys.path.insert(0, str(ROOT / "src"))  # seed and check the code the workers run
     return measure(parse_args(argv))

@@ -455,3 +455,100 @@ async def test_a_lone_process_writes_a_batch_in_one_round_trip(
         3 * QUOTE.micros + 7 - 2 * charge
     )
     await store.close()
+
+
+async def test_usage_records_read_back_as_written_whatever_their_text(
+    database: AsyncEngine, database_url: str, clock: ManualClock
+) -> None:
+    """A batch's columns go to PostgreSQL as one string each, split on the server, where
+    that string can be split back exactly (``store/writers/asyncpg.py``): records whose text
+    holds the separators, is empty or is NULL, settled in one batch beside plain ones,
+    read back field for field as written."""
+    from openmaas.core.termination import Termination
+    from openmaas.core.usage import UsageRecord
+    from openmaas.store.billing import InFlight, inflight_row
+    from openmaas.store.repositories import usage_row, usage_rows
+    from openmaas.store.schema import usage_records
+
+    org = await new_org(database)
+    store = LedgerStore(database, clock.now_ms)
+    await store.execute(TopUp("t1", org, 10 * QUOTE.micros))
+    texts = ["a\x1fb", "", None, "\x1e", "plain", "\x1f", "é\x1e\x1f"]
+    ids = [f"r{i}" for i in range(len(texts))]
+    await asyncio.gather(*(store.execute(hold(rid, org)) for rid in ids))
+    await store.write(
+        rows=lambda _: [inflight_row(InFlight(r, "k", org, "m1", "chat", NOW, None)) for r in ids]
+    )
+    usage = Usage(prompt_tokens=80, cached_tokens=20, completion_tokens=30)
+
+    def record(i: int, text: str | None) -> UsageRecord:
+        return UsageRecord(
+            ids[i], "k", org, "m1", "chat", usage, Termination.FINISHED, NOW, None, i,
+            error=text, deployment="" if i == 1 else None, route=text,
+        )  # fmt: skip
+
+    records = [record(i, text) for i, text in enumerate(texts)]
+
+    def settle(record: UsageRecord) -> Callable[[tuple[Event, ...]], object]:
+        return lambda events: usage_rows(record) if events else ()
+
+    settled = await asyncio.gather(
+        *(store.execute(Settle(r.request_id, usage), rows=settle(r)) for r in records),  # type: ignore[arg-type]
+        return_exceptions=True,
+    )
+    await store.close()
+    assert not [outcome for outcome in settled if isinstance(outcome, BaseException)]
+    async with database.connect() as conn:
+        rows = (await conn.execute(select(usage_records))).mappings().all()
+    assert sorted((dict(row) for row in rows), key=lambda row: str(row["request_id"])) == [
+        usage_row(record) for record in records
+    ]
+
+
+async def test_a_writer_that_waited_for_the_lock_reads_what_its_holder_committed(
+    pg_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a conflict a batch takes the lock and reads the events after its own in one
+    statement; one that waited there for another writer's transaction read the log as it
+    was when it began, without that writer's events: it reads them after the lock, and
+    decides on them (no rolled-back try, no rebuilt state)."""
+    from openmaas.store.writers.asyncpg import AsyncpgWriter
+
+    first, second = await new_engine(pg_url), await new_engine(pg_url)
+    try:
+        org = await new_org(first)
+        a, b = LedgerStore(first, clock.now_ms), LedgerStore(second, clock.now_ms)
+        await a.execute(TopUp("t1", org, 100))
+        await b.refresh()
+        locked, go = asyncio.Event(), asyncio.Event()
+        run = AsyncpgWriter.run
+
+        async def paused(self: AsyncpgWriter, apg: Any, statements: Any) -> None:
+            if self is a._asyncpg:  # a's writes wait, a holding the lock
+                locked.set()
+                await go.wait()
+            await run(self, apg, statements)
+
+        monkeypatch.setattr(AsyncpgWriter, "run", paused)
+        a._contended = b._contended = True  # both take the lock first, as after a conflict
+        a_done = asyncio.ensure_future(a.execute(TopUp("t2", org, 7)))
+        await locked.wait()
+        read_before = b.events_read
+        b_done = asyncio.ensure_future(b.execute(TopUp("t3", org, 11)))
+        async with first.connect() as conn:  # b's lock waits for a's transaction
+            waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            while not (await conn.execute(waiting)).scalar_one():
+                await asyncio.sleep(0.01)
+        go.set()
+        await asyncio.gather(a_done, b_done)
+        assert b.events_read == read_before + 1  # a's top-up, read after the lock, alone
+        fresh = await LedgerStore(first, clock.now_ms).refresh()
+        assert fresh.balance(cash(org)) == b.ledger.balance(cash(org)) == 118
+        async with first.connect() as conn:
+            seqs = (await conn.execute(select(ledger_events.c.seq).order_by("seq"))).scalars()
+            assert list(seqs) == [1, 2, 3, 4]  # the organization opened, three top-ups
+        await a.close()
+        await b.close()
+    finally:
+        await first.dispose()
+        await second.dispose()

@@ -347,11 +347,19 @@ class Ledger:
     def apply(self, event: Event) -> None:
         """Apply one event; an event with an invalid transfer is refused whole."""
         transfers: tuple[Transfer, ...] = getattr(event, "transfers", ())
-        for transfer in transfers:
-            unit = self.unit_of(transfer.debit)
-            if unit != self.unit_of(transfer.credit) or transfer.amount <= 0:
+        units = self.units
+        for transfer in transfers:  # the units of open accounts read here, not by a call
+            unit = units.get(transfer.debit) or self.unit_of(transfer.debit)
+            credit_unit = units.get(transfer.credit) or self.unit_of(transfer.credit)
+            if unit != credit_unit or transfer.amount <= 0:
                 raise ValueError(f"invalid transfer {transfer!r}")
-        if isinstance(event, OrgOpened):
+        if type(event) is LeaseSpent:  # the hot path first: one per leased request
+            self.settled_ids.add(event.request_id)
+            spent_from = self.leases.get(event.lease_id)
+            if spent_from is not None:  # None: closed long ago (it had nothing left to give)
+                spent_from.promo -= event.from_promo
+                spent_from.cash -= event.from_cash
+        elif isinstance(event, OrgOpened):
             self.orgs[event.org] = event
             currency = event.currency.value
             for account in (cash(event.org), promo(event.org), held(event.org),
@@ -390,12 +398,6 @@ class Ledger:
             self.leases[event.lease_id] = LeaseState(
                 event.org, event.instance_id, event.promo, event.cash
             )
-        elif isinstance(event, LeaseSpent):
-            self.settled_ids.add(event.request_id)
-            spent_from = self.leases.get(event.lease_id)
-            if spent_from is not None:  # None: closed long ago (it had nothing left to give)
-                spent_from.promo -= event.from_promo
-                spent_from.cash -= event.from_cash
         elif isinstance(event, LeaseShrunk):
             lease = self.leases[event.lease_id]  # never closed twice: an open lease
             lease.promo -= event.promo

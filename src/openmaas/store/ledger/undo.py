@@ -47,9 +47,16 @@ _MISSING = object()
 class Undo:
     """The saved values of what a batch's events changed in one ``Ledger``."""
 
-    __slots__ = ("_closed", "_entries", "_fields", "_members", "_order", "_window")
+    __slots__ = (
+        "_accounts", "_closed", "_entries", "_fields", "_leases", "_members", "_order",
+        "_window",
+    )  # fmt: skip
 
     def __init__(self) -> None:
+        # What is saved already, not saved again: ``revert`` puts back the oldest value
+        # last, and a batch's requests touch the same few accounts and the same lease.
+        self._accounts: set[str] = set()  # accounts whose balance, unit and floor are saved
+        self._leases: set[int] = set()  # lease states (``id``) whose promo and cash are saved
         self._entries: list[tuple[dict[Any, Any], Any, Any]] = []  # 0: dict, key, old value
         self._members: list[tuple[set[str], str]] = []  # 1: a set an id was added to
         self._fields: list[tuple[Any, str, Any]] = []  # 2: object, attribute, old value
@@ -60,18 +67,24 @@ class Undo:
 
     def record(self, ledger: Ledger, event: Event) -> None:
         """Save what applying ``event`` to ``ledger`` will change (call it just before)."""
+        if type(event) is LeaseSpent:  # the hot path: one per leased request
+            if event.request_id not in ledger.settled_ids:
+                self._settled(ledger.settled_ids, event.request_id)
+            lease = ledger.leases.get(event.lease_id)
+            if lease is not None and id(lease) not in self._leases:
+                self._lease(lease)
+            for transfer in event.transfers:
+                if transfer.debit not in self._accounts:
+                    self._account(ledger, transfer.debit)
+                if transfer.credit not in self._accounts:
+                    self._account(ledger, transfer.credit)
+            return
         accounts: list[str] = []
         for transfer in getattr(event, "transfers", ()):
             accounts.append(transfer.debit)
             accounts.append(transfer.credit)
 
-        if isinstance(event, LeaseSpent):
-            self._settled(ledger.settled_ids, event.request_id)
-            lease = ledger.leases.get(event.lease_id)
-            if lease is not None:
-                self._field(lease, "promo")
-                self._field(lease, "cash")
-        elif isinstance(event, HoldPlaced):
+        if isinstance(event, HoldPlaced):
             self._entry(ledger.holds, event.request_id)
             self._entries_of(ledger.budget_held, event.budget_keys)
         elif isinstance(event, HoldResolved):
@@ -111,9 +124,8 @@ class Undo:
         elif isinstance(event, BudgetSet):
             self._entry(ledger.budgets, (event.scope, event.period))
         for account in accounts:
-            self._entry(ledger.balances, account)
-            self._entry(ledger.units, account)
-            self._entry(ledger.floors, account)
+            if account not in self._accounts:
+                self._account(ledger, account)
 
     def revert(self, ledger: Ledger) -> None:
         """Put back every saved value, newest first: ``ledger`` is as before the first
@@ -141,6 +153,19 @@ class Undo:
                     closed.appendleft(pushed_out)
                     ledger.leases[pushed_out] = state
         self._order.clear()
+        self._accounts.clear()
+        self._leases.clear()
+
+    def _account(self, ledger: Ledger, account: str) -> None:
+        self._accounts.add(account)
+        self._entry(ledger.balances, account)
+        self._entry(ledger.units, account)
+        self._entry(ledger.floors, account)
+
+    def _lease(self, lease: Any) -> None:
+        self._leases.add(id(lease))  # the state is kept alive by the saved fields below
+        self._field(lease, "promo")
+        self._field(lease, "cash")
 
     def _entry(self, table: dict[Any, Any], key: Any) -> None:
         self._entries.append((table, key, table.get(key, _MISSING)))
