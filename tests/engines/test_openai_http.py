@@ -42,7 +42,7 @@ from openmaas.core.types import (
     ToolChoiceKind,
     Usage,
 )
-from openmaas.engines.base import EngineStream, ModelKind
+from openmaas.engines.base import ModelKind
 from openmaas.engines.upstream.openai_http import (
     OpenAIHttpConfig,
     OpenAIHttpEngine,
@@ -50,7 +50,15 @@ from openmaas.engines.upstream.openai_http import (
     Timeouts,
 )
 from openmaas.engines.upstream.openai_wire import SseDecoder
-from tests.engines.upstream import KEY, Behaviour, Engines, ToolCallSpec, Upstream
+from tests.engines.upstream import (
+    KEY,
+    Behaviour,
+    Engines,
+    ToolCallSpec,
+    Upstream,
+    collect,
+    text_of,
+)
 from tests.support.clock import ManualClock
 
 LONG = " ".join(f"w{i}" for i in range(60))
@@ -60,17 +68,6 @@ def chat(text: str = "Say hello", **sampling: Any) -> GenerationRequest:
     return GenerationRequest(
         "req-1", "relay", messages=(Message(Role.USER, text),), sampling=SamplingParams(**sampling)
     )
-
-
-async def collect(stream: EngineStream) -> list[StreamEvent]:
-    try:
-        return [event async for event in stream]
-    finally:
-        await stream.aclose()
-
-
-def text_of(events: list[StreamEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
 # -- what is sent ---------------------------------------------------------------------------

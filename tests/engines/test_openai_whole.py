@@ -20,14 +20,12 @@ from openmaas.core.types import (
     ReasoningDelta,
     Role,
     SamplingParams,
-    StreamEvent,
     TextDelta,
     ToolCallDelta,
     Usage,
 )
-from openmaas.engines.base import EngineStream
 from openmaas.engines.upstream.openai_http import Timeouts
-from tests.engines.upstream import Behaviour, Engines, ToolCallSpec, Upstream
+from tests.engines.upstream import Behaviour, Engines, ToolCallSpec, Upstream, collect, text_of
 
 LONG = " ".join(f"w{i}" for i in range(60))
 
@@ -40,17 +38,6 @@ def whole(text: str = "Say hello", stream: bool = False, **sampling: Any) -> Gen
         sampling=SamplingParams(**sampling),
         stream=stream,
     )
-
-
-async def collect(stream: EngineStream) -> list[StreamEvent]:
-    try:
-        return [event async for event in stream]
-    finally:
-        await stream.aclose()
-
-
-def text_of(events: list[StreamEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
 async def test_a_whole_answer_is_asked_for_in_one_response(

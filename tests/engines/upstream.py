@@ -48,6 +48,8 @@ from typing import Any
 
 import uvicorn
 
+from openmaas.core.types import StreamEvent, TextDelta
+from openmaas.engines.base import EngineStream
 from openmaas.engines.upstream.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
 from tests.support.waiting import eventually, wait_until
 
@@ -548,3 +550,15 @@ class Engines:
     async def stop(self) -> None:
         for engine in self.started:
             await engine.stop()
+
+
+async def collect(stream: EngineStream) -> list[StreamEvent]:
+    """Every event of an engine's stream, closed after."""
+    try:
+        return [event async for event in stream]
+    finally:
+        await stream.aclose()
+
+
+def text_of(events: list[StreamEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
