@@ -250,6 +250,14 @@ class Generation:
         self._settlement.checkpoint(self._stream.tracker.snapshot)
         return event
 
+    async def _stop_engine(self) -> None:
+        """Close the engine's stream (it stops generating) and end the attempt's trace step."""
+        try:
+            await self._stream.aclose()
+        finally:
+            if self.attempt is not None:
+                self._end_attempt(self.attempt)
+
     def _fail(self, termination: Termination, error: str | None) -> None:
         if self._termination is None:
             self._termination = termination
@@ -261,10 +269,8 @@ class Generation:
         self._closed = True
         with anyio.CancelScope(shield=True):
             try:
-                await self._stream.aclose()
+                await self._stop_engine()
             finally:
-                if self.attempt is not None:
-                    self._end_attempt(self.attempt)
                 await self._settlement.cancel()
 
     async def aclose(self) -> UsageRecord | None:
@@ -274,10 +280,8 @@ class Generation:
         self._closed = True
         with anyio.CancelScope(shield=True):
             try:
-                await self._stream.aclose()
+                await self._stop_engine()
             finally:
-                if self.attempt is not None:
-                    self._end_attempt(self.attempt)
                 record = await self._settlement.settle(self._outcome())
         if self._transcript is not None:
             self._transcript.log(record)
