@@ -13,28 +13,14 @@ Without the switch no transcript exists and nothing of this runs."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
-from openmaas.core.types import (
-    GenerationRequest,
-    Message,
-    ReasoningDelta,
-    StreamEvent,
-    TextDelta,
-    ToolCallDelta,
-)
+from openmaas.core.assembly import Choice
+from openmaas.core.types import Finished, GenerationRequest, Message, StreamEvent
 from openmaas.core.usage import UsageRecord
 
 PROMPT_LOGGER = "openmaas.prompts"
 log = logging.getLogger(PROMPT_LOGGER)
-
-
-@dataclass(slots=True)
-class _Choice:
-    text: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    tool_calls: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 class Transcript:
@@ -44,21 +30,12 @@ class Transcript:
 
     def __init__(self, request: GenerationRequest) -> None:
         self._request = request
-        self._choices: dict[int, _Choice] = {}
+        self._choices: dict[int, Choice] = {}  # folded as a json answer is (core/assembly)
 
     def saw(self, event: StreamEvent) -> None:
         """An event handed to the client."""
-        if isinstance(event, TextDelta):
-            self._choice(event.choice).text.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            self._choice(event.choice).reasoning.append(event.text)
-        elif isinstance(event, ToolCallDelta):
-            call = self._choice(event.choice).tool_calls.setdefault(
-                event.index, {"id": "", "name": "", "arguments": ""}
-            )
-            call["id"] = event.id or call["id"]
-            call["name"] = event.name or call["name"]
-            call["arguments"] += event.arguments
+        if not isinstance(event, Finished):
+            self._choices.setdefault(event.choice, Choice()).add(event)
 
     def log(self, record: UsageRecord) -> None:
         """The one prompt-log record of this generation (its usage record is written)."""
@@ -82,19 +59,16 @@ class Transcript:
         entry["choices"] = [
             {
                 "index": index,
-                "text": "".join(choice.text),
-                "reasoning": "".join(choice.reasoning),
-                "tool_calls": [choice.tool_calls[i] for i in sorted(choice.tool_calls)],
+                "text": choice.text,
+                "reasoning": choice.reasoning or "",
+                "tool_calls": [
+                    {"id": c.id, "name": c.name, "arguments": c.arguments}
+                    for c in choice.tool_calls
+                ],
             }
             for index, choice in sorted(self._choices.items())
         ]
         log.info("prompt log", extra={"prompt_log": entry})
-
-    def _choice(self, index: int) -> _Choice:
-        choice = self._choices.get(index)
-        if choice is None:
-            choice = self._choices[index] = _Choice()
-        return choice
 
 
 def _message(message: Message) -> dict[str, Any]:
