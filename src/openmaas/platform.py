@@ -164,6 +164,7 @@ async def open_platform(
             clock.now_ms,
             settled_window=settings.ledger_settled_window,
             snapshot_events=settings.ledger_snapshot_events,
+            instance_id=None if liveness is None else liveness.instance_id,
         )
         accountant = Accountant(
             database,

@@ -27,7 +27,8 @@ from openmaas.core.ledger_events import (
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.types import Usage
 from openmaas.store.ledger import snapshots as ledger_snapshots
-from openmaas.store.ledger.log import EVENT, LedgerStore
+from openmaas.store.ledger.batch import EVENT
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import ledger_events
 from openmaas.store.schema import ledger_snapshots as snapshots_table

@@ -33,7 +33,8 @@ from openmaas.core.types import Usage
 from openmaas.store.audit import audit
 from openmaas.store.billing import statement
 from openmaas.store.database import MIGRATIONS_DIR
-from openmaas.store.ledger.log import EVENT, LedgerStore, event_json
+from openmaas.store.ledger.batch import EVENT, event_json
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import OrganizationRepository
 from openmaas.store.schema import ledger_entries, ledger_events
 from openmaas.store.writers import sqlite as writers_sqlite

@@ -61,7 +61,8 @@ from openmaas.core.usage import UsageTotal
 from openmaas.core.validation import checked_day
 from openmaas.store import billing as store
 from openmaas.store.audit import AuditedChanges, AuditEntry, AuditRecord, read_audit
-from openmaas.store.ledger.log import LedgerStore, idempotency_key
+from openmaas.store.ledger.batch import idempotency_key
+from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import (
     ApiKeyRepository,
     Organization,

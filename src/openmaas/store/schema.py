@@ -84,6 +84,9 @@ ledger_head = Table(
     metadata,
     Column("id", Integer, primary_key=True),  # one row, id 1: the ledger's write lock
     Column("seq", BigInteger, nullable=False),  # the last event's seq
+    # migration 0017: lease settlements and closings by a process that did not draw the
+    # lease (store/ledger/log.py: what sends a process's commuting appends back)
+    Column("fence", BigInteger, nullable=False, server_default="0"),
 )
 
 ledger_events = Table(

@@ -27,6 +27,14 @@ statement (PostgreSQL) that writes only if the log's last event is still that on
 another process appended meanwhile nothing is written: the decisions are undone
 (``store/ledger/undo.py``), its events applied, and the batch runs steps 1 to 5 as above.
 
+A batch that only settles requests against this process's own leases, each within what it
+reserved (the hot path of a serving process), *commutes* with every other event and is
+appended wherever the log stands, after whatever other processes appended, with no look at
+the log (``_commuting``): processes settling their requests never send each other back.
+Its events may then be applied ahead of others' not yet read (``_ahead``, skipped by the
+catch-up); a fence (``ledger_head.fence``, migration 0017) sends a process that was
+recovered while it still ran back to the ordered path.
+
 The in-memory ``Ledger`` keeps only a window of recently settled request ids
 (``OPENMAAS_LEDGER_SETTLED_WINDOW``). A settlement (or hold) repeated after its id left the
 window is decided again, and its append is refused by the unique ``resolved:<request id>``
@@ -52,11 +60,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Annotated, Any
 
-import orjson
-from pydantic import Field, TypeAdapter
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -64,28 +68,28 @@ from openmaas.aio import finish_despite_cancellation
 from openmaas.core.ledger import DEFAULT_SETTLED_WINDOW, Ledger, LedgerState, RecentIds
 from openmaas.core.ledger_events import (
     Command,
-    DrawLease,
     Event,
-    Funded,
-    GrantPack,
-    GrantPromo,
-    Hold,
-    HoldPlaced,
-    HoldResolved,
-    LeaseDrawn,
+    LeaseShrunk,
     LeaseSpent,
     OpenOrg,
-    OrgOpened,
-    PackExpired,
-    PackGranted,
     Release,
-    SetCreditLimit,
     Settle,
     SpendLease,
-    TopUp,
 )
 from openmaas.core.money import Currency
 from openmaas.store.ledger import snapshots as ledger_snapshots
+from openmaas.store.ledger.batch import (
+    EVENT,
+    Also,
+    Appended,
+    Caught,
+    Job,
+    Rows,
+    event_rows,
+    from_lease,
+    org_of,
+    request_of,
+)
 from openmaas.store.ledger.undo import Undo
 from openmaas.store.rows import Delete, Insert, write_rows
 from openmaas.store.schema import ledger_entries, ledger_events, ledger_head, organizations
@@ -95,6 +99,7 @@ from openmaas.store.writers.sqlite import (
     EVENT_COLUMNS,
     INSERT_ENTRIES,
     INSERT_EVENTS,
+    RAISE_FENCE,
     SET_HEAD,
     RowStatements,
     SqliteWriter,
@@ -102,74 +107,10 @@ from openmaas.store.writers.sqlite import (
     database_file,
 )
 
-EVENT = TypeAdapter(Annotated[Event, Field(discriminator="kind")])
-
 DEFAULT_SNAPSHOT_EVENTS = 100_000
 """Events past the newest snapshot after which a process writes a new one."""
 
 log = logging.getLogger("openmaas.store.ledger.log")
-
-
-def event_json(event: Event) -> str:
-    """The event's body in ``ledger_events``: pydantic's JSON of it (``EVENT``), the one
-    read back. A request's settlement, written once per request, is serialized by orjson,
-    which writes the same bytes for it (plain dataclasses of ints, strings and bools;
-    ``tests/store/test_ledger_store.py`` compares them) at less CPU."""
-    if type(event) is LeaseSpent or type(event) is HoldResolved:
-        return orjson.dumps(event).decode()
-    return EVENT.dump_json(event).decode()
-
-
-Caught = tuple[bool, list[tuple[int, str]]]
-"""An optimistic batch's write: whether it committed, and the events (seq and body) other
-processes appended after the one it was decided on, as far as the write read them."""
-
-Also = Callable[[AsyncConnection, tuple[Event, ...]], Awaitable[None]]
-"""Extra writes that commit or roll back with a command's events."""
-
-
-Rows = Callable[[tuple[Event, ...]], Iterable[Insert | Delete]]
-"""Rows a command adds or deletes with its events (given the events, ``()`` for a repeat),
-written together with every other command's of the batch: the hot path's writes. A batch
-must not insert and delete the same row (the inserts are written first). It may be asked
-more than once (a try that rolled back, then the one that commits): the last answer is
-the one written."""
-
-
-def idempotency_key(event: Event) -> str | None:
-    """The key that makes appending ``event`` twice impossible (None: repeatable)."""
-    if type(event) is LeaseSpent:  # the hot path: one per leased request
-        return f"resolved:{event.request_id}"
-    if isinstance(event, OrgOpened):
-        return f"org:{event.org}"
-    if isinstance(event, Funded):
-        return f"funded:{event.funding_id}"
-    if isinstance(event, PackGranted):
-        return f"pack:{event.pack_id}"
-    if isinstance(event, PackExpired):
-        return f"expired:{event.pack_id}"
-    if isinstance(event, HoldPlaced):
-        return f"hold:{event.request_id}"
-    if isinstance(event, HoldResolved | LeaseSpent):  # a request is settled once, either way
-        return f"resolved:{event.request_id}"
-    if isinstance(event, LeaseDrawn):
-        return f"lease:{event.lease_id}"
-    return None
-
-
-def _request_of(command: Command | None) -> str | None:
-    """The request a command settles (or holds for): its ``resolved:`` key's id."""
-    if isinstance(command, SpendLease | Settle | Release | Hold):
-        return command.request_id
-    return None
-
-
-def _org_of(command: Command) -> str | None:
-    if type(command) is SpendLease:  # the hot path, first
-        return None
-    if isinstance(command, Hold | TopUp | GrantPromo | GrantPack | SetCreditLimit | DrawLease):
-        return command.org
-    return None
 
 
 _LOCK_HEAD = (
@@ -184,6 +125,9 @@ the last event's seq."""
 # SQLAlchemy than running it (docs/benchmarks.md).
 _INSERT_EVENTS = insert(ledger_events)
 _INSERT_ENTRIES = insert(ledger_entries)
+_RAISE_FENCE = (
+    update(ledger_head).where(ledger_head.c.id == 1).values(fence=ledger_head.c.fence + 1)
+)
 _SET_HEAD = update(ledger_head).where(ledger_head.c.id == 1).values(seq=bindparam("head_seq"))
 
 
@@ -199,12 +143,20 @@ class LedgerStore:
         max_batch: int = 256,
         settled_window: int = DEFAULT_SETTLED_WINDOW,
         snapshot_events: int = DEFAULT_SNAPSHOT_EVENTS,
+        instance_id: str | None = None,
     ) -> None:
         self._engine = engine
+        # This process's instance (store/instance.py): the settlements of requests admitted
+        # against its own leases are appended as commuting batches (``_commuting``).
+        self.instance_id = instance_id
         self._now_ms = now_ms
         self._window = settled_window
         self._ledger = self._empty()
-        self._seq = 0  # the last event applied to ``_ledger``
+        self._seq = 0  # the last event applied to ``_ledger``, and every one before it
+        # Events after ``_seq`` applied too: this process's own commuting appends, which
+        # landed after other processes' events not yet read (``_commuting``).
+        self._ahead: set[int] = set()
+        self._fence = 0  # ``ledger_head.fence`` as this process last saw it
         self._loaded = False  # whether ``_ledger`` started from the newest snapshot (or none)
         self._snapshot_every = snapshot_events  # 0: only at ``close``
         self._snapshot_seq = 0  # the newest snapshot's seq this process knows of
@@ -213,11 +165,12 @@ class LedgerStore:
         self.snapshot_read: int | None = None  # the seq of the snapshot it last started from
         self.snapshots_written = 0
         self.conflicts = 0  # optimistic batches another process's appends sent back
+        self.commuted = 0  # batches appended without the log standing still (``_commuting``)
         # Whether the last look at the log found another process's events: batches then
         # take the lock first (``_optimistic``) until a lock finds none again.
         self._contended = False
         self._lock = asyncio.Lock()  # one transaction (or refresh) of this process at a time
-        self._queue: list[_Job] = []
+        self._queue: list[Job] = []
         self._flusher: asyncio.Future[None] | None = None
         self._max_batch = max_batch
         # On a SQLite file, batches without ``also`` go through a connection of their own
@@ -258,7 +211,7 @@ class LedgerStore:
             await self._ensure_loaded()
             async with self._engine.connect() as conn:
                 await self._catch_up(conn)
-            if only_if_newer and self._seq <= self._snapshot_seq:
+            if (only_if_newer and self._seq <= self._snapshot_seq) or self._ahead:
                 return False
             state, seq = self._ledger.state(), self._seq
         written = await ledger_snapshots.write(self._engine, state, seq, self._now_ms(), 0)
@@ -291,6 +244,8 @@ class LedgerStore:
         """After a commit: snapshot the state (as of ``_seq``, under the lock) once the log
         is ``snapshot_events`` past the newest snapshot; written in the background."""
         if not self._snapshot_every or self._seq - self._snapshot_seq < self._snapshot_every:
+            return
+        if self._ahead:  # the state is not the log's up to any event: the next catch-up's
             return
         if self._snapshotting is not None and not self._snapshotting.done():
             return
@@ -332,6 +287,7 @@ class LedgerStore:
         """Applied in memory, never committed: start over from the newest snapshot and the
         log after it."""
         self._ledger, self._seq = self._empty(), 0
+        self._ahead.clear()
         self._loaded = False
 
     async def settled_in_log(self, request_id: str) -> bool:
@@ -395,7 +351,7 @@ class LedgerStore:
         """Queue a job for the next transaction; its future is answered once it committed
         or failed (the caller's cancellation never cancels it: it is shielded, and a future
         needs no task of its own)."""
-        job = _Job(command, also, rows, asyncio.get_running_loop().create_future())
+        job = Job(command, also, rows, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
@@ -418,11 +374,11 @@ class LedgerStore:
                     except Exception as single:
                         await self._failed(job, single)
 
-    async def _failed(self, job: _Job, exc: Exception) -> None:
+    async def _failed(self, job: Job, exc: Exception) -> None:
         """``job`` failed alone. Refused by the log's unique key as a request settled
         before the window of recent ones: remember it and run it again, a repeat now (no
         events). Otherwise it fails with ``exc``."""
-        request_id = _request_of(job.command)
+        request_id = request_of(job.command)
         try:
             if request_id is not None and await self._remember_if_settled(request_id):
                 await self._run_batch([job])
@@ -432,7 +388,7 @@ class LedgerStore:
                 exc = again  # the repeat's own failure
         job.settle(exc)
 
-    async def _run_batch(self, batch: list[_Job]) -> None:
+    async def _run_batch(self, batch: list[Job]) -> None:
         """One transaction for ``batch``: lock, catch up, decide each command on the state
         the previous ones left, append, run their extra writes, commit; then answer each.
         A failure after the first decision rolls back the database and forgets the state in
@@ -459,6 +415,8 @@ class LedgerStore:
                             appended.append((self._seq, event))
                     if appended:
                         await self._append(conn, appended)
+                        if self._raises_fence(appended):
+                            await conn.execute(_RAISE_FENCE)
                     writes: list[Insert | Delete] = []
                     for job, outcome in zip(batch, outcomes, strict=True):
                         if isinstance(outcome, Exception):
@@ -478,18 +436,18 @@ class LedgerStore:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
-    def _direct(self, batch: list[_Job]) -> bool:
+    def _direct(self, batch: list[Job]) -> bool:
         """Whether the SQLite writer can run ``batch``: no extra writes on a connection, no
         organization to open (that reads its row)."""
         for job in batch:
             if job.also is not None:
                 return False
-            org = _org_of(job.command) if job.command is not None else None
+            org = org_of(job.command) if job.command is not None else None
             if org is not None and org not in self._ledger.orgs:
                 return False
         return True
 
-    async def _run_batch_sqlite(self, batch: list[_Job]) -> None:
+    async def _run_batch_sqlite(self, batch: list[Job]) -> None:
         """``_run_batch`` through the SQLite writer, in one hand-off: plain writes; and
         commands, decided here on the state as of the last event this process saw, then
         written if that is still the log's last (``_optimistic``). After a conflict, the
@@ -505,10 +463,16 @@ class LedgerStore:
             sent_back = self.conflicts  # changed below: this batch was sent back
             if commands:
 
+                async def append(fence: int, count: int, statements: list[Statement]) -> Appended:
+                    assert writer is not None
+                    return await writer.call(writer.append, fence, count, statements)
+
                 async def write(base: int, statements: list[Statement]) -> Caught:
                     assert writer is not None
                     return await writer.call(writer.commit_at, base, statements)
 
+                if await self._commuting(batch, writer.rows, append):
+                    return
                 if await self._optimistic(batch, writer.rows, write):
                     return
             outcomes: list[tuple[Event, ...] | Exception] = []
@@ -517,9 +481,9 @@ class LedgerStore:
             try:
                 if commands:
                     caught_up = await writer.call(writer.lock, self._seq)
-                    self._contended = bool(caught_up) or self.conflicts != sent_back
                     locked = True
-                    self._apply_caught_up(caught_up)
+                    others = self._apply_caught_up(caught_up)
+                    self._contended = bool(others) or self.conflicts != sent_back
                 outcomes, appended = self._decide_all(batch)
                 statements = self._statements(batch, outcomes, appended, writer.rows)
                 if locked:
@@ -539,7 +503,7 @@ class LedgerStore:
 
     async def _optimistic(
         self,
-        batch: list[_Job],
+        batch: list[Job],
         rows: Callable[[Iterable[Insert | Delete]], list[Statement]],
         write: Callable[[int, list[Statement]], Awaitable[Caught]],
     ) -> bool:
@@ -554,7 +518,7 @@ class LedgerStore:
         (a wasted hand-off or round trip each): after a conflict, batches take the lock
         first, as before, and the first whose lock finds no other process's events makes
         the next batch optimistic again. A lone process is never sent back."""
-        if self._contended:
+        if self._contended or self._ahead:  # ``_seq`` is not what the state was decided on
             return False
         base = self._seq
         undo = Undo()
@@ -582,7 +546,72 @@ class LedgerStore:
             job.settle(outcome)
         return True
 
-    async def _run_batch_asyncpg(self, batch: list[_Job]) -> None:
+    async def _commuting(
+        self,
+        batch: list[Job],
+        rows: Callable[[Iterable[Insert | Delete]], list[Statement]],
+        append: Callable[[int, int, list[Statement]], Awaitable[Appended]],
+    ) -> bool:
+        """Under ``_lock``: a batch that only settles requests against this process's own
+        leases, each within what it reserved there (``LeaseSpent`` from the lease alone),
+        is appended wherever the log stands: ``append`` moves the head on by its events,
+        numbers them after whatever other processes appended, writes and commits, with no
+        look at the log. True: answered. False: nothing written, the decisions undone (the
+        caller runs the batch the ordered way).
+
+        Such a settlement commutes with every other event: it moves money from the lease to
+        revenue, and nothing another process decides reads the lease (only its owner draws
+        from it, reserves in it and shrinks it) or revenue; it was decided on the lease as
+        its owner left it, which every process that applies the log finds the same at that
+        point. Its events may land after events this process has not read: they wait in
+        ``_ahead``, and a catch-up skips them. A lease another process settled or closed
+        (the recovery of this process, taken for dead) breaks that: such a write raises the
+        log's fence (``ledger_head.fence``, in its transaction), and an append is written
+        only while the fence is the one this process saw; else it is sent back to the
+        ordered path, which reads what was done."""
+        if self.instance_id is None:
+            return False
+        leases = self._ledger.leases
+        for job in batch:
+            command = job.command
+            if command is None:
+                continue
+            if type(command) is not SpendLease:
+                return False
+            lease = leases.get(command.lease_id)
+            if lease is None or lease.closed or lease.instance_id != self.instance_id:
+                return False
+        base = self._seq
+        undo = Undo()
+        outcomes: list[tuple[Event, ...] | Exception] = []
+        appended: list[tuple[int, Event]] = []
+        try:
+            outcomes, appended = self._decide_all(batch, undo)
+            self._seq = base
+            if not all(from_lease(event) for _, event in appended):
+                undo.revert(self._ledger)
+                return False
+            numbered = [(n, event) for n, (_, event) in enumerate(appended, 1)]
+            statements = self._statements(batch, outcomes, numbered, rows, head=False)
+            head, self._fence = await append(self._fence, len(numbered), statements)
+        except BaseException:
+            if appended:  # applied in memory, never committed: start over from the log
+                self._forget()
+            raise
+        if head is None:
+            undo.revert(self._ledger)
+            return False
+        self.commuted += 1
+        if head - len(numbered) == self._seq:  # nobody else appended: as an optimistic batch
+            self._seq = head
+            self._snapshot_if_due()
+        else:
+            self._ahead.update(range(head - len(numbered) + 1, head + 1))
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.settle(outcome)
+        return True
+
+    async def _run_batch_asyncpg(self, batch: list[Job]) -> None:
         """``_run_batch`` on PostgreSQL through asyncpg itself: the same statements, each
         statement's rows in one ``executemany``, in one transaction."""
         writer = self._asyncpg
@@ -592,12 +621,20 @@ class LedgerStore:
             sent_back = self.conflicts  # changed below: this batch was sent back
             if any(job.command is not None for job in batch):
 
+                async def append(fence: int, count: int, statements: list[Statement]) -> Appended:
+                    assert writer is not None
+                    async with self._engine.connect() as conn:
+                        apg = await writer.driver(conn)
+                        return await writer.append(apg, fence, count, statements)
+
                 async def write(base: int, statements: list[Statement]) -> Caught:
                     assert writer is not None
                     async with self._engine.connect() as conn:
                         apg = await writer.driver(conn)
                         return await writer.commit_at(apg, base, statements), []
 
+                if await self._commuting(batch, self._rows_sql.rows, append):
+                    return
                 if await self._optimistic(batch, self._rows_sql.rows, write):
                     return
             outcomes: list[tuple[Event, ...] | Exception] = []
@@ -608,8 +645,8 @@ class LedgerStore:
                     async with apg.transaction():
                         if any(job.command is not None for job in batch):
                             caught_up = await writer.lock(apg, self._seq)
-                            self._contended = bool(caught_up) or self.conflicts != sent_back
-                            self._apply_caught_up(caught_up)
+                            others = self._apply_caught_up(caught_up)
+                            self._contended = bool(others) or self.conflicts != sent_back
                         outcomes, appended = self._decide_all(batch)
                         rows = self._rows_sql.rows
                         await writer.run(apg, self._statements(batch, outcomes, appended, rows))
@@ -622,14 +659,22 @@ class LedgerStore:
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
 
-    def _apply_caught_up(self, events: list[tuple[int, str]]) -> None:
+    def _apply_caught_up(self, events: Iterable[tuple[int, str]]) -> int:
+        """Apply the events read from the log after ``_seq``, in order, but for this
+        process's own commuting appends (applied already); how many were applied."""
+        applied = 0
         for seq, body in events:
-            self._ledger.apply(EVENT.validate_json(body))
             self._seq = seq
+            if self._ahead and seq in self._ahead:
+                self._ahead.discard(seq)
+                continue
+            self._ledger.apply(EVENT.validate_json(body))
             self.events_read += 1
+            applied += 1
+        return applied
 
     def _decide_all(
-        self, batch: list[_Job], undo: Undo | None = None
+        self, batch: list[Job], undo: Undo | None = None
     ) -> tuple[list[tuple[Event, ...] | Exception], list[tuple[int, Event]]]:
         """Each job's outcome, decided on the state the previous ones left, and the events
         to append, numbered (each saved in ``undo`` before it is applied, if given)."""
@@ -648,26 +693,43 @@ class LedgerStore:
 
     def _statements(
         self,
-        batch: list[_Job],
+        batch: list[Job],
         outcomes: list[tuple[Event, ...] | Exception],
         appended: list[tuple[int, Event]],
         rows: Callable[[Iterable[Insert | Delete]], list[Statement]],
+        *,
+        head: bool = True,
     ) -> list[Statement]:
-        """The batch's writes as the direct writers' statements: events, entries, the head,
-        then every job's rows."""
+        """The batch's writes as the direct writers' statements: events, entries, the head
+        (unless not ``head``), the fence if raised (``_raises_fence``), then every job's
+        rows."""
         statements: list[Statement] = []
         if appended:
-            event_rows, entry_rows = self._event_rows(appended)
-            statements.append((INSERT_EVENTS, event_rows))
-            if entry_rows:
-                statements.append((INSERT_ENTRIES, entry_rows))
-            statements.append((SET_HEAD, [(appended[-1][0],)]))
+            events, entries = event_rows(appended, self._now_ms(), self._ledger.unit_of)
+            statements.append((INSERT_EVENTS, events))
+            if entries:
+                statements.append((INSERT_ENTRIES, entries))
+            if head:
+                statements.append((SET_HEAD, [(appended[-1][0],)]))
+            if self._raises_fence(appended):
+                statements.append((RAISE_FENCE, [()]))
         writes: list[Insert | Delete] = []
         for job, outcome in zip(batch, outcomes, strict=True):
             if job.rows is not None and not isinstance(outcome, Exception):
                 writes.extend(job.rows(outcome))
         statements.extend(rows(writes))
         return statements
+
+    def _raises_fence(self, appended: list[tuple[int, Event]]) -> bool:
+        """Whether ``appended`` settles a request from, or shrinks, a lease this process did
+        not draw (it recovers a dead process): that sends the owner's commuting appends
+        back, should it still run (``_commuting``)."""
+        for _, event in appended:
+            if type(event) is LeaseSpent or type(event) is LeaseShrunk:
+                lease = self._ledger.leases.get(event.lease_id)
+                if lease is None or lease.instance_id != self.instance_id:
+                    return True
+        return False
 
     async def _lock_and_catch_up(self, conn: AsyncConnection) -> None:
         """Take the ledger's lock; read the events other processes appended since ours
@@ -687,7 +749,7 @@ class LedgerStore:
         if command is None:  # a plain write
             return (), ()
         opened: tuple[Event, ...] = ()
-        org = _org_of(command)
+        org = org_of(command)
         if org is not None and org not in self._ledger.orgs:
             opened = await self._open_org(conn, org)
             for event in opened:
@@ -724,54 +786,12 @@ class LedgerStore:
             .where(ledger_events.c.seq > self._seq)
             .order_by(ledger_events.c.seq)
         )
-        for seq, body in rows:
-            self._ledger.apply(EVENT.validate_json(body))
-            self._seq = seq
-            self.events_read += 1
+        self._apply_caught_up(rows)
 
     async def _append(self, conn: AsyncConnection, events: list[tuple[int, Event]]) -> None:
-        event_rows, entry_rows = self._event_rows(events)
-        await conn.execute(
-            _INSERT_EVENTS, [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in event_rows]
-        )
-        if entry_rows:
-            rows = [dict(zip(ENTRY_COLUMNS, r, strict=True)) for r in entry_rows]
-            await conn.execute(_INSERT_ENTRIES, rows)
+        rows, entries = event_rows(events, self._now_ms(), self._ledger.unit_of)
+        await conn.execute(_INSERT_EVENTS, [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in rows])
+        if entries:
+            named = [dict(zip(ENTRY_COLUMNS, r, strict=True)) for r in entries]
+            await conn.execute(_INSERT_ENTRIES, named)
         await conn.execute(_SET_HEAD, {"head_seq": events[-1][0]})
-
-    def _event_rows(
-        self, events: list[tuple[int, Event]]
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The ``ledger_events`` and ``ledger_entries`` rows of ``events``, as tuples in
-        ``EVENT_COLUMNS`` and ``ENTRY_COLUMNS`` order."""
-        at_ms = self._now_ms()
-        unit_of = self._ledger.unit_of
-        event_rows, entry_rows = [], []
-        for seq, event in events:
-            request_id = getattr(event, "request_id", None)
-            event_rows.append(
-                (seq, at_ms, event.kind, getattr(event, "org", None), request_id,
-                 idempotency_key(event), event_json(event))
-            )  # fmt: skip
-            for transfer in getattr(event, "transfers", ()):
-                entry_rows.append(
-                    (seq, at_ms, transfer.debit, transfer.credit, transfer.amount,
-                     unit_of(transfer.debit), request_id)
-                )  # fmt: skip
-        return event_rows, entry_rows
-
-
-@dataclass(slots=True)
-class _Job:
-    command: Command | None  # None: only ``also`` and ``rows``
-    also: Also | None
-    rows: Rows | None
-    future: asyncio.Future[tuple[Event, ...]]
-
-    def settle(self, outcome: tuple[Event, ...] | BaseException) -> None:
-        if self.future.done():
-            return
-        if isinstance(outcome, BaseException):
-            self.future.set_exception(outcome)
-        else:
-            self.future.set_result(outcome)

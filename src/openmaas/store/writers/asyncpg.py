@@ -27,7 +27,14 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.store.schema import metadata
-from openmaas.store.writers.sqlite import EVENTS_SINCE, SET_HEAD, Statement, trace
+from openmaas.store.writers.sqlite import (
+    EVENTS_SINCE,
+    INSERT_ENTRIES,
+    INSERT_EVENTS,
+    SET_HEAD,
+    Statement,
+    trace,
+)
 
 _MARK = re.compile(r"\?")
 _INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \([?, ]+\)")
@@ -171,12 +178,49 @@ class AsyncpgWriter:
         trace(sql)
         return bool(await apg.fetchval(sql, head, since, *args))
 
+    async def append(
+        self, apg: Any, fence: int, count: int, statements: list[Statement]
+    ) -> tuple[int | None, int]:
+        """A commuting batch (``store/ledger/log.py``) as one statement: if the ledger's
+        fence is still ``fence``, the head moves on by ``count`` wherever it stands and the
+        batch's events (numbered 1 to ``count`` in ``statements``) are numbered after the
+        events already there: ``(the new head, fence)``; otherwise nothing is written:
+        ``(None, the fence now)``. The head's ``UPDATE`` always takes the row lock (after
+        another writer's commit, it reads the row that one committed, as ``READ
+        COMMITTED`` does), so the fence it answers is the one now. Statements that are not
+        known writes: ``(None, fence)``, nothing written (the ordered path runs them)."""
+        writes = [(sql, params) for sql, params in statements if params]
+        if any(self._types(sql) is None or sql == SET_HEAD for sql, _ in writes):
+            return None, fence
+        sql, args = self.combined(
+            writes, first=3, only_if="EXISTS (SELECT 1 FROM head WHERE ok)",
+            shift="(SELECT seq FROM head) - $2",
+        )  # fmt: skip
+        sql = (
+            "WITH head AS (UPDATE ledger_head"
+            " SET seq = seq + CASE WHEN fence = $1 THEN $2 ELSE 0 END WHERE id = 1"
+            " RETURNING seq, fence, fence = $1 AS ok)"
+            + (f", {sql}" if writes else "")
+            + " SELECT seq, fence, ok FROM head"
+        )
+        trace(sql)
+        row = await apg.fetchrow(sql, fence, count, *args)
+        if row is None:
+            raise RuntimeError("ledger_head is missing: run the migrations")
+        return (int(row[0]) if row[2] else None), int(row[1])
+
     def combined(
-        self, statements: list[Statement], *, first: int = 1, only_if: str | None = None
+        self,
+        statements: list[Statement],
+        *,
+        first: int = 1,
+        only_if: str | None = None,
+        shift: str | None = None,
     ) -> tuple[str, list[Any]]:
         """One statement for ``statements`` (each a known write) and its arguments, its
         parameters numbered from ``first``. With ``only_if``: the writes' ``WITH`` parts
-        alone, each writing only where that condition holds (and no head)."""
+        alone, each writing only where that condition holds (and no head). With ``shift``:
+        the events' and entries' seqs are moved on by that SQL expression."""
         parts: list[str] = []
         main = "SELECT 1"
         args: list[Any] = []
@@ -198,9 +242,12 @@ class AsyncpgWriter:
                     for column, array_type in zip(zip(*params, strict=True), types, strict=True)
                 )
                 where = "" if only_if is None else f" WHERE {only_if}"
-                parts.append(
-                    f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({marks}){where}"
-                )
+                source = f"* FROM unnest({marks})"
+                if shift is not None and sql in (INSERT_EVENTS, INSERT_ENTRIES):  # seq first
+                    names = [f"c{n}" for n in range(len(types))]
+                    values = ", ".join([f"u.c0 + {shift}", *(f"u.{n}" for n in names[1:])])
+                    source = f"{values} FROM unnest({marks}) AS u({', '.join(names)})"
+                parts.append(f"INSERT INTO {table} ({columns}) SELECT {source}{where}")
             else:
                 delete = _DELETE.fullmatch(sql)
                 assert delete is not None

@@ -74,6 +74,16 @@ INSERT_ENTRIES = _insert_sql(ledger_entries, ENTRY_COLUMNS)
 SET_HEAD = "UPDATE ledger_head SET seq = ? WHERE id = 1"
 LOCK_HEAD = "UPDATE ledger_head SET seq = seq WHERE id = 1 RETURNING seq"
 EVENTS_SINCE = "SELECT seq, body FROM ledger_events WHERE seq > ? ORDER BY seq"
+ADVANCE_HEAD = (
+    "UPDATE ledger_head SET seq = seq + CASE WHEN fence = ? THEN ? ELSE 0 END WHERE id = 1"
+    " RETURNING seq, fence"
+)
+"""A commuting batch's lock: the head moved on by its events' count if the fence is the one
+given (else left as it is), answering the head and the fence."""
+RAISE_FENCE = "UPDATE ledger_head SET fence = fence + 1 WHERE id = 1"
+NUMBERED = (INSERT_EVENTS, INSERT_ENTRIES)
+"""The statements whose rows start with an event's seq (numbered from 1 in a commuting
+batch, ``SqliteWriter.append``)."""
 
 
 def database_file(engine: AsyncEngine) -> str | None:
@@ -283,6 +293,31 @@ class SqliteWriter:
         self.commit(statements)
         return True, []
 
+    def append(self, fence: int, count: int, statements: list[Statement]) -> tuple[int | None, int]:
+        """A commuting batch (``store/ledger/log.py``): begin, and if the ledger's fence is
+        still ``fence``, move the head on by ``count`` events wherever it stands, number
+        the batch's events (numbered 1 to ``count`` in ``statements``) after the events
+        already there, write and commit: ``(the new head, fence)``. Otherwise roll back,
+        having written nothing: ``(None, the fence now)``."""
+        conn = self._connection()
+        self._begin(conn)
+        try:
+            trace(ADVANCE_HEAD)
+            row = conn.execute(ADVANCE_HEAD, (fence, count)).fetchone()
+            if row is None:
+                raise RuntimeError("ledger_head is missing: run the migrations")
+            if row[1] != fence:
+                conn.rollback()
+                return None, int(row[1])
+        except BaseException:
+            conn.rollback()
+            raise
+        head = int(row[0])
+        base = head - count
+        self.commit([(sql, _renumbered(params, base) if sql in NUMBERED else params)
+                     for sql, params in statements])  # fmt: skip
+        return head, fence
+
     def commit(self, statements: list[Statement]) -> None:
         """Run ``statements`` in the open transaction and commit (or roll back and raise)."""
         conn = self._connection()
@@ -299,6 +334,11 @@ class SqliteWriter:
         """Roll back the open transaction, if any."""
         if self._conn is not None and self._conn.in_transaction:
             self._conn.rollback()
+
+
+def _renumbered(rows: list[tuple[Any, ...]], base: int) -> list[tuple[Any, ...]]:
+    """``rows`` whose first value (an event's seq) is moved on by ``base``."""
+    return [(row[0] + base, *row[1:]) for row in rows]
 
 
 def trace(sql: str) -> None:
