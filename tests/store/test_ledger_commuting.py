@@ -78,6 +78,19 @@ async def spend_at_once(store: LedgerStore, lease_id: str, ids: list[str]) -> No
     assert all(len(events) == 1 and type(events[0]) is LeaseSpent for events in results)
 
 
+async def two_processes(
+    first: AsyncEngine, second: AsyncEngine
+) -> tuple[str, LedgerStore, LedgerStore]:
+    """A funded organization and two processes' stores (instances A and B, one engine each),
+    each with a lease of its own: ``lease-a`` and ``lease-b``."""
+    org = await funded(first)
+    a = LedgerStore(first, lambda: NOW_MS, instance_id="A")
+    b = LedgerStore(second, lambda: NOW_MS, instance_id="B")
+    await a.execute(DrawLease("lease-a", org, "A", want=100_000, at_least=1))
+    await b.execute(DrawLease("lease-b", org, "B", want=100_000, at_least=1))
+    return org, a, b
+
+
 async def log_seqs(engine: AsyncEngine) -> list[int]:
     async with engine.connect() as conn:
         return list((await conn.execute(select(ledger_events.c.seq).order_by("seq"))).scalars())
@@ -87,11 +100,7 @@ async def test_two_processes_settle_from_their_own_leases_without_sending_each_o
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     first, second = engines
-    org = await funded(first)
-    a = LedgerStore(first, lambda: NOW_MS, instance_id="A")
-    b = LedgerStore(second, lambda: NOW_MS, instance_id="B")
-    await a.execute(DrawLease("lease-a", org, "A", want=100_000, at_least=1))
-    await b.execute(DrawLease("lease-b", org, "B", want=100_000, at_least=1))
+    org, a, b = await two_processes(first, second)
     settled = 0
     for round_ in range(6):  # turn about: each one's batch lands after the other's unread
         read_before = a.events_read, b.events_read
@@ -201,11 +210,7 @@ async def test_a_snapshot_is_of_the_log_not_of_appends_ahead_of_it(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     first, second = engines
-    org = await funded(first)
-    a = LedgerStore(first, lambda: NOW_MS, instance_id="A")
-    b = LedgerStore(second, lambda: NOW_MS, instance_id="B")
-    await a.execute(DrawLease("lease-a", org, "A", want=100_000, at_least=1))
-    await b.execute(DrawLease("lease-b", org, "B", want=100_000, at_least=1))
+    org, a, b = await two_processes(first, second)
     await a.execute(spend("a1", "lease-a"))
     await b.execute(spend("b1", "lease-b"))
     await a.execute(spend("a2", "lease-a"))  # lands after b1, which a has not read
