@@ -143,10 +143,8 @@ async def test_two_processes_settle_from_their_own_leases_without_sending_each_o
 async def test_a_settlement_beyond_its_reservation_takes_the_ordered_path(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
-    first, _ = engines
-    org = await funded(first)
-    a = LedgerStore(first, lambda: NOW_MS, instance_id="A")
-    await a.execute(DrawLease("lease-a", org, "A", want=100_000, at_least=1))
+    first, second = engines
+    org, a, _ = await two_processes(first, second)
     await a.execute(spend("within", "lease-a"))
     assert a.commuted == 1
     (event,) = await a.execute(spend("beyond", "lease-a", reserved=CHARGE - 10))
@@ -161,13 +159,14 @@ async def test_a_lease_of_another_process_is_settled_the_ordered_way(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     first, second = engines
-    org = await funded(first)
-    a = LedgerStore(first, lambda: NOW_MS, instance_id="A")
-    await a.execute(DrawLease("lease-a", org, "A", want=100_000, at_least=1))
-    b = LedgerStore(second, lambda: NOW_MS, instance_id="B")
+    _, a, b = await two_processes(first, second)
+    await b.refresh()  # b knows A's lease: only its owner may append settlements from it
     await b.execute(spend("r1", "lease-a"))  # b recovers a request of A's
     assert b.commuted == 0
+    async with first.connect() as conn:  # and A is told: its next append is fenced off
+        assert (await conn.execute(select(ledger_head.c.fence))).scalar_one() == 1
     assert (await b.refresh()).balance(REVENUE) == CHARGE
+    assert (await a.refresh()).balances == b.ledger.balances
 
 
 async def test_a_process_recovered_while_it_still_runs_is_fenced_off(

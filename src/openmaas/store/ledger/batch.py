@@ -55,7 +55,8 @@ processes appended after the one it was decided on, as far as the write read the
 
 Appended = tuple[int | None, int]
 """A commuting batch's write: the log's new last event (None: not written, the fence had
-moved), and the fence."""
+moved), and the fence. Its events go numbered after the last one this process applied, and
+the writer moves them on past whatever other processes appended meanwhile."""
 
 Also = Callable[[AsyncConnection, tuple[Event, ...]], Awaitable[None]]
 """Extra writes that commit or roll back with a command's events."""

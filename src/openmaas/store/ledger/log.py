@@ -463,9 +463,11 @@ class LedgerStore:
             sent_back = self.conflicts  # changed below: this batch was sent back
             if commands:
 
-                async def append(fence: int, count: int, statements: list[Statement]) -> Appended:
+                async def append(
+                    fence: int, base: int, count: int, statements: list[Statement]
+                ) -> Appended:
                     assert writer is not None
-                    return await writer.call(writer.append, fence, count, statements)
+                    return await writer.call(writer.append, fence, base, count, statements)
 
                 async def write(base: int, statements: list[Statement]) -> Caught:
                     assert writer is not None
@@ -550,7 +552,7 @@ class LedgerStore:
         self,
         batch: list[Job],
         rows: Callable[[Iterable[Insert | Delete]], list[Statement]],
-        append: Callable[[int, int, list[Statement]], Awaitable[Appended]],
+        append: Callable[[int, int, int, list[Statement]], Awaitable[Appended]],
     ) -> bool:
         """Under ``_lock``: a batch that only settles requests against this process's own
         leases, each within what it reserved there (``LeaseSpent`` from the lease alone),
@@ -591,9 +593,8 @@ class LedgerStore:
             if not all(from_lease(event) for _, event in appended):
                 undo.revert(self._ledger)
                 return False
-            numbered = [(n, event) for n, (_, event) in enumerate(appended, 1)]
-            statements = self._statements(batch, outcomes, numbered, rows, head=False)
-            head, self._fence = await append(self._fence, len(numbered), statements)
+            statements = self._statements(batch, outcomes, appended, rows, commuting=True)
+            head, self._fence = await append(self._fence, base, len(appended), statements)
         except BaseException:
             if appended:  # applied in memory, never committed: start over from the log
                 self._forget()
@@ -602,11 +603,11 @@ class LedgerStore:
             undo.revert(self._ledger)
             return False
         self.commuted += 1
-        if head - len(numbered) == self._seq:  # nobody else appended: as an optimistic batch
+        if head - len(appended) == base:  # nobody else appended: as an optimistic batch
             self._seq = head
             self._snapshot_if_due()
         else:
-            self._ahead.update(range(head - len(numbered) + 1, head + 1))
+            self._ahead.update(range(head - len(appended) + 1, head + 1))
         for job, outcome in zip(batch, outcomes, strict=True):
             job.settle(outcome)
         return True
@@ -621,11 +622,13 @@ class LedgerStore:
             sent_back = self.conflicts  # changed below: this batch was sent back
             if any(job.command is not None for job in batch):
 
-                async def append(fence: int, count: int, statements: list[Statement]) -> Appended:
+                async def append(
+                    fence: int, base: int, count: int, statements: list[Statement]
+                ) -> Appended:
                     assert writer is not None
                     async with self._engine.connect() as conn:
                         apg = await writer.driver(conn)
-                        return await writer.append(apg, fence, count, statements)
+                        return await writer.append(apg, fence, base, count, statements)
 
                 async def write(base: int, statements: list[Statement]) -> Caught:
                     assert writer is not None
@@ -698,21 +701,22 @@ class LedgerStore:
         appended: list[tuple[int, Event]],
         rows: Callable[[Iterable[Insert | Delete]], list[Statement]],
         *,
-        head: bool = True,
+        commuting: bool = False,
     ) -> list[Statement]:
         """The batch's writes as the direct writers' statements: events, entries, the head
-        (unless not ``head``), the fence if raised (``_raises_fence``), then every job's
-        rows."""
+        and the fence if raised (``_raises_fence``; neither for a ``commuting`` batch, whose
+        writer moves the head and which settles from this process's leases alone), then
+        every job's rows."""
         statements: list[Statement] = []
         if appended:
             events, entries = event_rows(appended, self._now_ms(), self._ledger.unit_of)
             statements.append((INSERT_EVENTS, events))
             if entries:
                 statements.append((INSERT_ENTRIES, entries))
-            if head:
+            if not commuting:
                 statements.append((SET_HEAD, [(appended[-1][0],)]))
-            if self._raises_fence(appended):
-                statements.append((RAISE_FENCE, [()]))
+                if self._raises_fence(appended):
+                    statements.append((RAISE_FENCE, [()]))
         writes: list[Insert | Delete] = []
         for job, outcome in zip(batch, outcomes, strict=True):
             if job.rows is not None and not isinstance(outcome, Exception):

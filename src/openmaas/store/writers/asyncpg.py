@@ -179,12 +179,13 @@ class AsyncpgWriter:
         return bool(await apg.fetchval(sql, head, since, *args))
 
     async def append(
-        self, apg: Any, fence: int, count: int, statements: list[Statement]
+        self, apg: Any, fence: int, base: int, count: int, statements: list[Statement]
     ) -> tuple[int | None, int]:
         """A commuting batch (``store/ledger/log.py``) as one statement: if the ledger's
         fence is still ``fence``, the head moves on by ``count`` wherever it stands and the
-        batch's events (numbered 1 to ``count`` in ``statements``) are numbered after the
-        events already there: ``(the new head, fence)``; otherwise nothing is written:
+        batch's events (``base`` + 1 to ``base`` + ``count`` in ``statements``) are
+        numbered after the events already there: ``(the new head, fence)``; otherwise
+        nothing is written:
         ``(None, the fence now)``. The head's ``UPDATE`` always takes the row lock (after
         another writer's commit, it reads the row that one committed, as ``READ
         COMMITTED`` does), so the fence it answers is the one now. Statements that are not
@@ -193,8 +194,8 @@ class AsyncpgWriter:
         if any(self._types(sql) is None or sql == SET_HEAD for sql, _ in writes):
             return None, fence
         sql, args = self.combined(
-            writes, first=3, only_if="EXISTS (SELECT 1 FROM head WHERE ok)",
-            shift="(SELECT seq FROM head) - $2",
+            writes, first=4, only_if="EXISTS (SELECT 1 FROM head WHERE ok)",
+            shift="(SELECT seq FROM head) - $2 - $3",
         )  # fmt: skip
         sql = (
             "WITH head AS (UPDATE ledger_head"
@@ -204,7 +205,7 @@ class AsyncpgWriter:
             + " SELECT seq, fence, ok FROM head"
         )
         trace(sql)
-        row = await apg.fetchrow(sql, fence, count, *args)
+        row = await apg.fetchrow(sql, fence, count, base, *args)
         if row is None:
             raise RuntimeError("ledger_head is missing: run the migrations")
         return (int(row[0]) if row[2] else None), int(row[1])

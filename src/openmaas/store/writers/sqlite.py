@@ -82,8 +82,8 @@ ADVANCE_HEAD = (
 given (else left as it is), answering the head and the fence."""
 RAISE_FENCE = "UPDATE ledger_head SET fence = fence + 1 WHERE id = 1"
 NUMBERED = (INSERT_EVENTS, INSERT_ENTRIES)
-"""The statements whose rows start with an event's seq (numbered from 1 in a commuting
-batch, ``SqliteWriter.append``)."""
+"""The statements whose rows start with an event's seq (moved on in a commuting batch when
+other processes appended first, ``SqliteWriter.append``)."""
 
 
 def database_file(engine: AsyncEngine) -> str | None:
@@ -293,12 +293,14 @@ class SqliteWriter:
         self.commit(statements)
         return True, []
 
-    def append(self, fence: int, count: int, statements: list[Statement]) -> tuple[int | None, int]:
+    def append(
+        self, fence: int, base: int, count: int, statements: list[Statement]
+    ) -> tuple[int | None, int]:
         """A commuting batch (``store/ledger/log.py``): begin, and if the ledger's fence is
         still ``fence``, move the head on by ``count`` events wherever it stands, number
-        the batch's events (numbered 1 to ``count`` in ``statements``) after the events
-        already there, write and commit: ``(the new head, fence)``. Otherwise roll back,
-        having written nothing: ``(None, the fence now)``."""
+        the batch's events (``base`` + 1 to ``base`` + ``count`` in ``statements``) after
+        the events already there, write and commit: ``(the new head, fence)``. Otherwise
+        roll back, having written nothing: ``(None, the fence now)``."""
         conn = self._connection()
         self._begin(conn)
         try:
@@ -313,9 +315,11 @@ class SqliteWriter:
             conn.rollback()
             raise
         head = int(row[0])
-        base = head - count
-        self.commit([(sql, _renumbered(params, base) if sql in NUMBERED else params)
-                     for sql, params in statements])  # fmt: skip
+        shift = head - count - base  # events other processes appended since ``base``
+        if shift:
+            statements = [(sql, _renumbered(params, shift) if sql in NUMBERED else params)
+                          for sql, params in statements]  # fmt: skip
+        self.commit(statements)
         return head, fence
 
     def commit(self, statements: list[Statement]) -> None:
@@ -336,9 +340,9 @@ class SqliteWriter:
             self._conn.rollback()
 
 
-def _renumbered(rows: list[tuple[Any, ...]], base: int) -> list[tuple[Any, ...]]:
-    """``rows`` whose first value (an event's seq) is moved on by ``base``."""
-    return [(row[0] + base, *row[1:]) for row in rows]
+def _renumbered(rows: list[tuple[Any, ...]], shift: int) -> list[tuple[Any, ...]]:
+    """``rows`` whose first value (an event's seq) is moved on by ``shift``."""
+    return [(row[0] + shift, *row[1:]) for row in rows]
 
 
 def trace(sql: str) -> None:
