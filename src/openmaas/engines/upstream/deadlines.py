@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Protocol
 
-import aiohttp
+__all__ = ["Body", "Deadlines", "ReadTimer", "Timeouts"]
 
-__all__ = ["Deadlines", "ReadTimer", "Timeouts"]
+
+class Body(Protocol):
+    """A response body read as it arrives (``http1.Response``)."""
+
+    async def readany(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,7 @@ class ReadTimer:
         self._reading = False
         self._fired = False
 
-    async def read(self, content: aiohttp.StreamReader, at: float | None) -> bytes:
+    async def read(self, content: Body, at: float | None) -> bytes:
         """``content.readany()``, or TimeoutError once ``at`` (None: never) has passed."""
         self._at = at
         if at is not None and (self._handle is None or self._handle.when() > at):

@@ -33,10 +33,10 @@ connect / first token / idle / total timeout   ``EngineTimeout(phase, seconds)``
 The API key is sent as ``Authorization: Bearer …`` and is never logged, never in a repr and
 never in an error message (upstream error text is scrubbed of it).
 
-The HTTP client is aiohttp (one ``ClientSession`` per engine, its pool capped at ``slots``
-keep-alive connections; no proxy or credentials from the environment, no redirects, TLS
-verified against certifi's CA bundle). It replaced httpx, whose connection pool checked
-every pooled connection on every request: ``docs/benchmarks.md`` has the measurements.
+The HTTP client is our own keep-alive HTTP/1.1 pool (``http1.py``: one per engine, capped at
+``slots`` connections; no proxy or credentials from the environment, no redirects, TLS
+verified against certifi's CA bundle). It replaced aiohttp, which replaced httpx:
+``docs/benchmarks.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
 from openmaas.core.errors import (
@@ -76,6 +75,13 @@ from openmaas.core.types import (
 )
 from openmaas.engines.base import ModelKind, SlotEngine, UsageTracker
 from openmaas.engines.upstream.deadlines import Deadlines, ReadTimer, Timeouts
+from openmaas.engines.upstream.http1 import (
+    ConnectTimeout,
+    HttpPool,
+    Origin,
+    Response,
+    TransportError,
+)
 from openmaas.engines.upstream.openai_wire import (
     SseDecoder,
     ThinkingStyle,
@@ -158,7 +164,8 @@ class OpenAIHttpEngine(SlotEngine):
         self.deployment = config.deployment or model
         self._base = config.base_url.rstrip("/")
         self._where = _safe_url(self._base)
-        self._client: aiohttp.ClientSession | None = None
+        self._prefix = urllib.parse.urlsplit(self._base).path  # each request's path, before its own
+        self._client: HttpPool | None = None
         self._tokens: TokenEstimator | None = None
         timeouts = config.timeouts  # a whole answer's: its connection's, then the total
         self._whole_timeouts = Timeouts(timeouts.connect, None, None, timeouts.total)
@@ -179,18 +186,18 @@ class OpenAIHttpEngine(SlotEngine):
         headers = dict(cfg.headers)
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
-        connector: aiohttp.BaseConnector
-        if cfg.uds:
-            connector = aiohttp.UnixConnector(path=cfg.uds, limit=cfg.slots)
-        else:
-            connector = aiohttp.TCPConnector(limit=cfg.slots, ssl=tls if tls is not None else True)
-        self._client = aiohttp.ClientSession(
-            headers=headers,
-            connector=connector,
-            # Waiting for a pooled connection has no limit (the slots bound the waiters);
-            # reads are bounded by our own first-token / idle / total deadlines.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeouts.connect),
-            trust_env=False,  # no proxy or netrc credentials picked up from the environment
+        parts = urllib.parse.urlsplit(self._base)
+        https = parts.scheme == "https"
+        origin = Origin(
+            parts.hostname or "",
+            parts.port or (443 if https else 80),
+            tls=tls,
+            uds=cfg.uds,
+        )
+        # Waiting for a pooled connection has no limit (the slots bound the waiters); reads
+        # are bounded by our own first-token / idle / total deadlines.
+        self._client = HttpPool(
+            origin, limit=cfg.slots, connect_timeout=cfg.timeouts.connect, headers=headers
         )
         if cfg.probe_models:
             try:
@@ -203,9 +210,12 @@ class OpenAIHttpEngine(SlotEngine):
         client = self._ready()
         try:
             async with asyncio.timeout(self.config.timeouts.total):
-                async with client.get(f"{self._base}/models", allow_redirects=False) as response:
+                response = await client.request("GET", f"{self._prefix}/models")
+                try:
                     status, raw, headers = response.status, await response.read(), response.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                finally:
+                    response.release()
+        except (TransportError, TimeoutError) as exc:
             raise UpstreamUnavailable(
                 f"Upstream {self._where} did not answer GET /models ({type(exc).__name__}).",
                 deployment=self.deployment,
@@ -218,7 +228,7 @@ class OpenAIHttpEngine(SlotEngine):
         if client is not None:
             await client.close()
 
-    def _ready(self) -> aiohttp.ClientSession:
+    def _ready(self) -> HttpPool:
         if self._client is None:
             raise EngineFailure(f"The engine for {self.model!r} is not loaded.")
         return self._client
@@ -262,7 +272,7 @@ class OpenAIHttpEngine(SlotEngine):
         deadline = Deadlines(self._whole_timeouts, asyncio.get_running_loop().time())
         headers = {**self._headers_for(request), "Accept": "application/json"}
         finished: Finished | None = None
-        response: aiohttp.ClientResponse | None = None
+        response: Response | None = None
         try:
             response = await self._open(client, path, body, deadline, headers, request)
             at, _phase = deadline.next()
@@ -271,7 +281,7 @@ class OpenAIHttpEngine(SlotEngine):
                     raw = await response.read()
             except TimeoutError:
                 raise EngineTimeout("total", deadline.seconds("total")) from None
-            except aiohttp.ClientError as exc:
+            except TransportError as exc:
                 raise self._cut(False, exc) from None
             try:
                 answer = self._parse(raw, False)
@@ -292,7 +302,7 @@ class OpenAIHttpEngine(SlotEngine):
             yield finished
         finally:
             if response is not None:
-                response.close()
+                response.release()
             if finished is None:
                 if tracker.estimated and not tracker.prompt_tokens:
                     await self._estimate_prompt(request, tokens, tracker)
@@ -359,13 +369,12 @@ class OpenAIHttpEngine(SlotEngine):
         upstream_said: Money | None = None  # a cost the upstream reported
         reasoning_tokens = 0  # estimated until the usage chunk says
         finished: Finished | None = None
-        response: aiohttp.ClientResponse | None = None
+        response: Response | None = None
         try:
             response = await self._open(
                 client, path, body, deadline, self._headers_for(request), request
             )
             decoder = SseDecoder()
-            content = response.content
             reason: FinishReason | None = None
             usage_seen = done = False
             drain_at: float | None = None  # after [DONE]: how long to wait for the body's end
@@ -375,12 +384,12 @@ class OpenAIHttpEngine(SlotEngine):
                 if drain_at is not None:
                     at = drain_at if at is None else min(at, drain_at)
                 try:
-                    data = await timer.read(content, at)
+                    data = await timer.read(response, at)
                 except TimeoutError:
                     if reason is not None or drain_at is not None:
                         break  # the answer is complete; only the usage or the body's end is late
                     raise EngineTimeout(phase, deadline.seconds(phase)) from None
-                except aiohttp.ClientError as exc:
+                except TransportError as exc:
                     if reason is not None:
                         break
                     raise self._cut(deadline.first_token_seen, exc) from None
@@ -460,10 +469,10 @@ class OpenAIHttpEngine(SlotEngine):
             if timer is not None:
                 timer.close()
             if response is not None:
-                # A response read to its end has given its connection back to the pool
-                # already; closing an unfinished one closes its connection: the upstream sees
-                # the disconnect and stops generating.
-                response.close()
+                # A response read to its end gives its connection back to the pool;
+                # releasing an unfinished one closes its connection: the upstream sees the
+                # disconnect and stops generating.
+                response.release()
             if estimate is not None and finished is None:
                 if not tracker.estimated:
                     estimate.cancel()
@@ -491,39 +500,35 @@ class OpenAIHttpEngine(SlotEngine):
 
     async def _open(
         self,
-        client: aiohttp.ClientSession,
+        client: HttpPool,
         path: str,
         body: dict[str, Any],
         deadline: Deadlines,
         headers: Mapping[str, str],
         request: GenerationRequest | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         at, phase = deadline.next()
-        response: aiohttp.ClientResponse | None = None
+        response: Response | None = None
         try:
             async with asyncio.timeout_at(at):
-                response = await client.post(
-                    self._base + path,
-                    data=orjson.dumps(body),
-                    headers={
-                        "Content-Type": "application/json",
-                        "Accept": "text/event-stream",
-                        **headers,
-                    },
-                    allow_redirects=False,  # the only outbound URLs are the catalog's
+                response = await client.request(
+                    "POST",
+                    self._prefix + path,
+                    orjson.dumps(body),
+                    {"Content-Type": "application/json", "Accept": "text/event-stream", **headers},
                 )
                 if response.status == 200:
                     return response
                 raw = await _read_limited(response)
-        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: before the next clause
+        except ConnectTimeout:
             raise EngineTimeout("connect", self.config.timeouts.connect or 0.0) from None
         except TimeoutError:
             if response is not None:
-                response.close()
+                response.release()
             raise EngineTimeout(phase, deadline.seconds(phase)) from None
-        except aiohttp.ClientError as exc:
+        except TransportError as exc:
             if response is not None:
-                response.close()
+                response.release()
             raise self._unavailable(f"connection failed ({_describe(exc)})") from None
         response.release()
         error = self._status_error(response.status, raw, response.headers)
@@ -650,18 +655,21 @@ class OpenAIHttpEngine(SlotEngine):
         timeouts = self.config.timeouts
         try:
             async with asyncio.timeout(timeouts.total):
-                async with client.post(
-                    f"{self._base}/embeddings",
-                    data=orjson.dumps(body),
-                    headers={"Content-Type": "application/json", **self._headers_for(request)},
-                    allow_redirects=False,
-                ) as response:
+                response = await client.request(
+                    "POST",
+                    f"{self._prefix}/embeddings",
+                    orjson.dumps(body),
+                    {"Content-Type": "application/json", **self._headers_for(request)},
+                )
+                try:
                     status, raw, headers = response.status, await response.read(), response.headers
-        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: before the next clause
+                finally:
+                    response.release()
+        except ConnectTimeout:
             raise EngineTimeout("connect", timeouts.connect or 0.0) from None
         except TimeoutError:
             raise EngineTimeout("total", timeouts.total or 0.0) from None
-        except aiohttp.ClientError as exc:
+        except TransportError as exc:
             raise self._unavailable(f"connection failed ({_describe(exc)})") from None
         if status != 200:
             raise self._status_error(status, raw, headers)
@@ -701,10 +709,10 @@ def _take_estimate(tracker: UsageTracker, estimate: asyncio.Future[int]) -> None
 
 
 # -- errors -------------------------------------------------------------------------------
-async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
+async def _read_limited(response: Response) -> bytes:
     body = b""
     while len(body) < _ERROR_BODY_LIMIT:
-        part = await response.content.readany()
+        part = await response.readany()
         if not part:
             break
         body += part
@@ -719,11 +727,8 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _describe(exc: BaseException) -> str:
-    """A transport error's class and text, never a URL (a URL may carry user info)."""
-    if isinstance(exc, aiohttp.ClientResponseError):  # its text ends with the URL
-        text = f"{exc.status}, {exc.message}"
-    else:
-        text = str(exc)
+    """A transport error's class and text (never a URL: ours name none)."""
+    text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
