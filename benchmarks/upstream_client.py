@@ -45,6 +45,14 @@ def body(stream: bool) -> bytes:
     return orjson.dumps(request)
 
 
+async def drain(readany: Callable[[], Awaitable[bytes]]) -> int:
+    """The length of a body read as it arrives, to its end."""
+    size = 0
+    while part := await readany():
+        size += len(part)
+    return size
+
+
 async def measure(send: Send, data: bytes, requests: int, concurrency: int) -> tuple[float, float]:
     """(CPU µs a request, requests/s) of ``requests`` sends after a warm-up."""
     left = 0
@@ -74,10 +82,7 @@ async def with_http1(port: int, stream: bool, args: argparse.Namespace) -> tuple
     async def send(data: bytes) -> int:
         response = await pool.request("POST", "/v1/chat/completions", data, accept)
         try:
-            size = 0
-            while part := await response.readany():
-                size += len(part)
-            return size
+            return await drain(response.readany)
         finally:
             response.release()
 
@@ -102,10 +107,7 @@ async def with_aiohttp(port: int, stream: bool, args: argparse.Namespace) -> tup
     async def send(data: bytes) -> int:
         response = await session.post(url, data=data, headers=accept, allow_redirects=False)
         try:
-            size = 0
-            while part := await response.content.readany():
-                size += len(part)
-            return size
+            return await drain(response.content.readany)
         finally:
             response.release()
 
