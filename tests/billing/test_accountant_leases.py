@@ -296,6 +296,37 @@ async def test_an_idle_lease_goes_back_to_the_organization(database: AsyncEngine
     await process.liveness.stop()
 
 
+async def test_a_settlement_cancelled_while_it_commits_still_frees_its_reservation(
+    database: AsyncEngine, org: str
+) -> None:
+    """The caller of ``finish`` cancelled while the settlement commits (a client that hangs
+    up at that moment: the route's task is cancelled): the settlement still commits, and
+    the request's reservation in the lease goes with it, so the idle lease is given back
+    whole. Before, the cancellation skipped the reservation's release: the lease never
+    became idle and its money stayed leased."""
+    await fund(database, org, 1_000_000)
+    clock = ManualClock()
+    process = await Process.start(database, clock)
+    ticket = await process.admit(member(org))
+    finishing = asyncio.ensure_future(process.finish(ticket, completion_tokens=10))
+    for _ in range(20):  # until it waits for the commit: its settlement queued for it
+        await asyncio.sleep(0)
+        if process.accountant.ledger.backlog:
+            break
+    assert process.accountant.ledger.backlog == 1
+    finishing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await finishing
+    clock.advance(2.5)
+    assert await process.accountant.return_idle_leases() == 1
+    ledger = await process.accountant.ledger.refresh()
+    assert sum(ledger.leased_parts(org)) == 0
+    assert ledger.balance(cash(org)) == 1_000_000 - (PROMPT_TOKENS + 20)
+    async with database.connect() as conn:
+        assert len((await conn.execute(select(usage_records))).all()) == 1
+    await process.liveness.stop()
+
+
 async def test_a_request_answered_before_its_row_is_due_commits_once(
     database: AsyncEngine, org: str
 ) -> None:

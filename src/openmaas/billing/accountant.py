@@ -41,6 +41,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openmaas.accounts.auth import Principal
+from openmaas.aio import finish_despite_cancellation
 from openmaas.billing.leasing import Leasing, close_leases_of
 from openmaas.billing.limiter import Limiter
 from openmaas.core.billing import billable_usage
@@ -510,7 +511,12 @@ class Accountant:
 
     async def finish(self, ticket: Ticket, record: UsageRecord) -> UsageRecord:
         """The engine ran: settle by the billing rule and append the usage record, in one
-        transaction; then correct the TPM reservation to the tokens actually used."""
+        transaction; then release the request's reservation in its lease and correct the
+        TPM reservation to the tokens actually used. All of it, even if the caller is
+        cancelled meanwhile (a client hanging up): the cancellation comes after."""
+        return await finish_despite_cancellation(self._finish(ticket, record))
+
+    async def _finish(self, ticket: Ticket, record: UsageRecord) -> UsageRecord:
         try:
             await self._stop_checkpoints(ticket)
             written = ticket.pending is not None  # its in-flight row (held: with the hold)
@@ -583,7 +589,11 @@ class Accountant:
         await self.ledger.write(rows=lambda _: usage_rows(record, forget=written))
 
     async def cancel(self, ticket: Ticket) -> None:
-        """The engine never saw the request: release the hold and the limits."""
+        """The engine never saw the request: release the hold, the lease's reservation and
+        the limits (all of them, even if the caller is cancelled meanwhile)."""
+        await finish_despite_cancellation(self._cancel(ticket))
+
+    async def _cancel(self, ticket: Ticket) -> None:
         request_id = ticket.request.request_id
 
         def forget(_events: tuple[Event, ...]) -> tuple[Delete, ...]:
