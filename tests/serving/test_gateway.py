@@ -57,6 +57,55 @@ PROMPT = "say hello to the tests"  # 5 words: the fake counts one prompt token p
 LONG_TEXT = "one two three four five six seven eight nine ten"
 
 
+class SlowToStop(FakeEngine):
+    """A fake whose streams take a while to stop (an upstream connection closing)."""
+
+    def __init__(self) -> None:
+        super().__init__("fake-chat", FakeScript(text=LONG_TEXT, token_delay=0.02))
+        self.stopping = asyncio.Event()
+        self.may_stop = asyncio.Event()
+        self.stopped = 0
+
+    def stream(self, request: GenerationRequest) -> EngineStream:
+        stream = super().stream(request)
+        close = stream.aclose
+
+        async def aclose() -> None:
+            self.stopping.set()
+            await self.may_stop.wait()
+            await close()
+            self.stopped += 1
+
+        stream.aclose = aclose  # type: ignore[method-assign]
+        return stream
+
+
+async def test_closing_runs_to_its_end_however_often_the_caller_is_cancelled(
+    harness: Harness,
+) -> None:
+    """A client hanging up, then a shutdown, while the generation closes: the engine's
+    stream is still stopped to its end (its slot freed) and the usage recorded once; the
+    caller gets its cancellation after."""
+    engine = SlowToStop()
+    gateway = await harness.gateway(ServedModel("fake-chat", engine))
+    request = chat()
+    generation = await gateway.generate(PRINCIPAL, request, "chat.completions")
+    await generation.__anext__()
+    closing = asyncio.ensure_future(generation.aclose())
+    await engine.stopping.wait()
+    for _ in range(2):
+        closing.cancel()
+        await asyncio.sleep(0.01)
+    engine.may_stop.set()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert engine.stopped == 1
+    assert engine.stats.streams_open == 0 and engine.capacity().in_flight == 0
+    row = await harness.record(request.request_id)
+    assert row is not None and row["termination"] == "client_disconnected"
+    assert await harness.recorded() == [request.request_id]
+
+
 def frozen_clock() -> ManualClock:
     """Wall clock frozen at NOW_MS; the monotonic clock moves 10 ms each time it is read."""
     return ManualClock(NOW_MS, monotonic=100.0, tick=0.01)

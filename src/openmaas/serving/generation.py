@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-import anyio
-
+from openmaas.aio import finish_despite_cancellation
 from openmaas.core.errors import CapacityError, EngineFailure, InvalidRequest
 from openmaas.core.keys import KeyRevoked
 from openmaas.core.termination import Termination, failure_for, from_finish_reason
@@ -32,6 +31,8 @@ from openmaas.core.usage import UsageRecord
 from openmaas.engines.base import EngineStream, Route
 from openmaas.moderation import FILTERED_OUTPUT, OutputGuard
 from openmaas.serving.transcripts import Transcript
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,22 +268,27 @@ class Generation:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._stop_engine()
-            finally:
-                await self._settlement.cancel()
+        await finish_despite_cancellation(self._stop_and(self._settlement.cancel))
 
     async def aclose(self) -> UsageRecord | None:
-        """Stop the engine if it still runs and append the usage record (once)."""
+        """Stop the engine if it still runs and append the usage record (once). Both run to
+        their end even if the caller is cancelled meanwhile (a client hanging up); the
+        cancellation comes after."""
         if self._closed:
             return None
         self._closed = True
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._stop_engine()
-            finally:
-                record = await self._settlement.settle(self._outcome())
+        return await finish_despite_cancellation(self._stop_and(self._settle))
+
+    async def _stop_and(self, then: Callable[[], Awaitable[T]]) -> T:
+        """Stop the engine, then ``then()`` however the stop went."""
+        try:
+            await self._stop_engine()
+        finally:
+            result = await then()
+        return result
+
+    async def _settle(self) -> UsageRecord:
+        record = await self._settlement.settle(self._outcome())
         if self._transcript is not None:
             self._transcript.log(record)
         return record
