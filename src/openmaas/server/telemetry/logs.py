@@ -68,6 +68,10 @@ def configure_logging(level: str, *, traces: bool = False) -> None:
     # records do not look them up: on every request's access-log line that was a tenth of
     # the line's cost.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # Nor where each call was made (the formatter leaves file, line and function out): the
+    # logging HOWTO's optimization, which spares every record a walk up the stack (~5 µs of
+    # each request's access-log line).
+    logging._srcfile = None
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
