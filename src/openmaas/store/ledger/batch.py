@@ -5,7 +5,7 @@ body and its idempotency key)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -13,6 +13,7 @@ import orjson
 from pydantic import Field, TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from openmaas.core.ledger import LeaseState
 from openmaas.core.ledger_events import (
     Command,
     DrawLease,
@@ -24,6 +25,7 @@ from openmaas.core.ledger_events import (
     HoldPlaced,
     HoldResolved,
     LeaseDrawn,
+    LeaseShrunk,
     LeaseSpent,
     OrgOpened,
     PackExpired,
@@ -119,6 +121,20 @@ def from_lease(event: Event) -> bool:
     return type(event) is LeaseSpent and event.charged == event.from_promo + event.from_cash
 
 
+def raises_fence(
+    appended: Iterable[tuple[int, Event]], leases: Mapping[str, LeaseState], instance_id: str | None
+) -> bool:
+    """Whether ``appended`` settles a request from, or shrinks, a lease the process
+    ``instance_id`` did not draw (it recovers a dead process): that sends the owner's
+    commuting appends back, should it still run (``LedgerStore._commuting``)."""
+    for _, event in appended:
+        if type(event) is LeaseSpent or type(event) is LeaseShrunk:
+            lease = leases.get(event.lease_id)
+            if lease is None or lease.instance_id != instance_id:
+                return True
+    return False
+
+
 def request_of(command: Command | None) -> str | None:
     """The request a command settles (or holds for): its ``resolved:`` key's id."""
     if isinstance(command, SpendLease | Settle | Release | Hold):
@@ -150,3 +166,14 @@ class Job:
             self.future.set_exception(outcome)
         else:
             self.future.set_result(outcome)
+
+
+def job_writes(
+    batch: Iterable[Job], outcomes: Iterable[tuple[Event, ...] | Exception]
+) -> list[Insert | Delete]:
+    """The rows of every job the batch answered (``Job.rows`` given its events), in order."""
+    writes: list[Insert | Delete] = []
+    for job, outcome in zip(batch, outcomes, strict=True):
+        if job.rows is not None and not isinstance(outcome, Exception):
+            writes.extend(job.rows(outcome))
+    return writes

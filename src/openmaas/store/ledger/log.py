@@ -69,8 +69,6 @@ from openmaas.core.ledger import DEFAULT_SETTLED_WINDOW, Ledger, LedgerState, Re
 from openmaas.core.ledger_events import (
     Command,
     Event,
-    LeaseShrunk,
-    LeaseSpent,
     OpenOrg,
     Release,
     Settle,
@@ -87,7 +85,9 @@ from openmaas.store.ledger.batch import (
     Rows,
     event_rows,
     from_lease,
+    job_writes,
     org_of,
+    raises_fence,
     request_of,
 )
 from openmaas.store.ledger.undo import Undo
@@ -417,15 +417,10 @@ class LedgerStore:
                         await self._append(conn, appended)
                         if self._raises_fence(appended):
                             await conn.execute(_RAISE_FENCE)
-                    writes: list[Insert | Delete] = []
                     for job, outcome in zip(batch, outcomes, strict=True):
-                        if isinstance(outcome, Exception):
-                            continue
-                        if job.also is not None:
+                        if job.also is not None and not isinstance(outcome, Exception):
                             await job.also(conn, outcome)
-                        if job.rows is not None:
-                            writes.extend(job.rows(outcome))
-                    if writes:
+                    if writes := job_writes(batch, outcomes):
                         await write_rows(conn, writes)
             except BaseException:
                 if appended:  # applied in memory, never committed: start over from the log
@@ -717,23 +712,11 @@ class LedgerStore:
                 statements.append((SET_HEAD, [(appended[-1][0],)]))
                 if self._raises_fence(appended):
                     statements.append((RAISE_FENCE, [()]))
-        writes: list[Insert | Delete] = []
-        for job, outcome in zip(batch, outcomes, strict=True):
-            if job.rows is not None and not isinstance(outcome, Exception):
-                writes.extend(job.rows(outcome))
-        statements.extend(rows(writes))
+        statements.extend(rows(job_writes(batch, outcomes)))
         return statements
 
     def _raises_fence(self, appended: list[tuple[int, Event]]) -> bool:
-        """Whether ``appended`` settles a request from, or shrinks, a lease this process did
-        not draw (it recovers a dead process): that sends the owner's commuting appends
-        back, should it still run (``_commuting``)."""
-        for _, event in appended:
-            if type(event) is LeaseSpent or type(event) is LeaseShrunk:
-                lease = self._ledger.leases.get(event.lease_id)
-                if lease is None or lease.instance_id != self.instance_id:
-                    return True
-        return False
+        return raises_fence(appended, self._ledger.leases, self.instance_id)
 
     async def _lock_and_catch_up(self, conn: AsyncConnection) -> None:
         """Take the ledger's lock; read the events other processes appended since ours
