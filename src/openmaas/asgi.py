@@ -31,7 +31,7 @@ class CancelOnDisconnect:
             raise RuntimeError("CancelOnDisconnect needs a running task")
         self._task = task
         self._fired = False
-        self._watcher = asyncio.ensure_future(self._watch(receive))
+        self._watcher: asyncio.Future[None] | None = asyncio.ensure_future(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -51,11 +51,15 @@ class CancelOnDisconnect:
     def stop(self) -> None:
         """Stop watching. A watch that fired on work that finished anyway gives its
         cancellation back (the work took it)."""
+        # Dropped here: the cancelled watcher keeps its CancelledError, whose traceback holds
+        # the watch's frame and so this watch; holding the watcher too would make a reference
+        # cycle, left for the garbage collector instead of freed at once.
+        watcher, self._watcher = self._watcher, None
         if self._fired:
             self._fired = False
             self._task.uncancel()
-        else:
-            self._watcher.cancel()
+        elif watcher is not None:
+            watcher.cancel()
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:

@@ -733,7 +733,11 @@ class RoutedStream(EngineStream):
         return event
 
     async def aclose(self) -> None:
+        relay = self._relay
         try:
             await super().aclose()
         finally:
-            await self._relay.close()
+            try:
+                await relay.close()
+            finally:
+                relay.stream = None  # closed: no cycle left for the garbage collector

@@ -399,8 +399,9 @@ class Gateway:
         self._open -= 1
         key_id = admitted.key_id
         live = self._live.get(key_id)
-        if live is not None and admitted.generation is not None:
-            live.discard(admitted.generation)
+        generation, admitted.generation = admitted.generation, None  # no cycle left behind
+        if live is not None and generation is not None:
+            live.discard(generation)
             if not live:
                 del self._live[key_id]
 
@@ -502,6 +503,7 @@ class _Admitted:
     async def _settle_traced(self, trace: RequestTrace, record: UsageRecord) -> UsageRecord:
         """``settle``'s write as the trace's ``settlement`` step, the record told to it."""
         settlement = trace.step("settlement")
+        generation = self.generation  # ``_closed`` lets go of it
         try:
             written = await self._gateway.finish(self._ticket, record)
         except BaseException as exc:
@@ -509,7 +511,6 @@ class _Admitted:
             raise
         finally:
             self._gateway._closed(self)
-        generation = self.generation
         trace.recorded(written, generation.finish_reasons if generation is not None else ())
         settlement.end(settlement_attributes(written))
         return written
