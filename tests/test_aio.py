@@ -4,6 +4,7 @@ however often its caller is cancelled; nested protections share one task."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -102,3 +103,27 @@ async def test_a_task_started_inside_a_protected_work_protects_its_own() -> None
     with pytest.raises(asyncio.CancelledError):
         await spawned
     assert ended == ["write"] and seen[0] is not spawned
+
+
+async def test_a_protected_work_leaves_nothing_for_the_garbage_collector() -> None:
+    """Its task, and what the work returned, are freed as soon as nothing uses them."""
+
+    class Written:
+        pass
+
+    async def write() -> Written:
+        return Written()
+
+    async def close() -> None:
+        await finish_despite_cancellation(write())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for _ in range(50):
+            await finish_despite_cancellation(close())
+        assert not [o for o in gc.get_objects() if isinstance(o, Written)]
+        assert len(gc.get_objects()) - before < 50
+    finally:
+        gc.enable()

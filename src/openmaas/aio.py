@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Coroutine
 from contextvars import ContextVar
 from typing import Any, TypeVar, cast
@@ -11,8 +12,11 @@ T = TypeVar("T")
 
 # The task that ``finish_despite_cancellation`` made to run a work, as that task's own
 # context sees it: a task it made for another work (or any task they start) sees a
-# different task in it.
-_protected: ContextVar[asyncio.Task[Any] | None] = ContextVar("_protected", default=None)
+# different task in it. A weak reference: the task holds its context, which would hold
+# the task (a reference cycle, each one left to the garbage collector).
+_protected: ContextVar[weakref.ref[asyncio.Task[Any]] | None] = ContextVar(
+    "_protected", default=None
+)
 
 
 async def finish_despite_cancellation(work: Awaitable[T]) -> T:
@@ -29,7 +33,7 @@ async def finish_despite_cancellation(work: Awaitable[T]) -> T:
     if isinstance(work, Coroutine):
         coroutine = cast("Coroutine[Any, Any, T]", work)
         task = _protected.get()
-        if task is not None and task is asyncio.current_task():
+        if task is not None and task() is asyncio.current_task():
             return await coroutine
         protected = asyncio.ensure_future(_run_protected(coroutine))
     else:
@@ -47,5 +51,7 @@ async def finish_despite_cancellation(work: Awaitable[T]) -> T:
 
 
 async def _run_protected(work: Coroutine[Any, Any, T]) -> T:
-    _protected.set(asyncio.current_task())  # this task's context: a copy of its caller's
+    task = asyncio.current_task()
+    assert task is not None
+    _protected.set(weakref.ref(task))  # this task's context: a copy of its caller's
     return await work
