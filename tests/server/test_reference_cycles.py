@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,15 +69,33 @@ def _ours(garbage: list[object]) -> Counter[str]:
     )
 
 
+def _settings(tmp_path: Path, **more: object) -> Settings:
+    fake = {"fake-echo": {"text": "one two three four"}}
+    return Settings(home=tmp_path / "home", embedded_models=False, fake_models=fake, **more)
+
+
 @pytest.mark.parametrize(("path", "body"), REQUESTS, ids=lambda p: str(p)[:40])
 def test_a_request_leaves_nothing_for_the_garbage_collector(
     tmp_path: Path, saved_garbage: list[object], path: str, body: dict[str, object]
 ) -> None:
-    settings = Settings(
-        home=tmp_path / "home",
-        embedded_models=False,
-        fake_models={"fake-echo": {"text": "one two three four"}},
-    )
+    _five_leave_nothing(_settings(tmp_path), saved_garbage, path, body)
+
+
+@pytest.mark.parametrize(("path", "body"), REQUESTS[:2], ids=["json", "stream"])
+def test_nor_on_postgresql(
+    tmp_path: Path,
+    new_pg_database: Callable[[], str],
+    saved_garbage: list[object],
+    path: str,
+    body: dict[str, object],
+) -> None:
+    settings = _settings(tmp_path, database_url=new_pg_database())
+    _five_leave_nothing(settings, saved_garbage, path, body)
+
+
+def _five_leave_nothing(
+    settings: Settings, saved_garbage: list[object], path: str, body: dict[str, object]
+) -> None:
     key = asyncio.run(_funded_key(settings))
     auth = {"Authorization": f"Bearer {key}", "x-api-key": key}
     with TestClient(create_app(settings)) as client:
