@@ -274,15 +274,17 @@ class OpenAIHttpEngine(SlotEngine):
         finished: Finished | None = None
         response: Response | None = None
         try:
-            response = await self._open(client, path, body, deadline, headers, request)
-            at, _phase = deadline.next()
+            # One deadline (the total) for the request and its body: one timer, not two.
+            at, phase = deadline.next()
             try:
                 async with asyncio.timeout_at(at):
-                    raw = await response.read()
+                    response = await self._post(client, path, body, headers, request)
+                    try:
+                        raw = await response.read()
+                    except TransportError as exc:
+                        raise self._cut(False, exc) from None
             except TimeoutError:
-                raise EngineTimeout("total", deadline.seconds("total")) from None
-            except TransportError as exc:
-                raise self._cut(False, exc) from None
+                raise EngineTimeout(phase, deadline.seconds(phase)) from None
             try:
                 answer = self._parse(raw, False)
             except EngineFailure as exc:
@@ -507,30 +509,43 @@ class OpenAIHttpEngine(SlotEngine):
         headers: Mapping[str, str],
         request: GenerationRequest | None = None,
     ) -> Response:
+        """:meth:`_post` within the deadline's next phase."""
         at, phase = deadline.next()
-        response: Response | None = None
         try:
             async with asyncio.timeout_at(at):
-                response = await client.request(
-                    "POST",
-                    self._prefix + path,
-                    orjson.dumps(body),
-                    {"Content-Type": "application/json", "Accept": "text/event-stream", **headers},
-                )
-                if response.status == 200:
-                    return response
-                raw = await _read_limited(response)
+                return await self._post(client, path, body, headers, request)
+        except TimeoutError:
+            raise EngineTimeout(phase, deadline.seconds(phase)) from None
+
+    async def _post(
+        self,
+        client: HttpPool,
+        path: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        request: GenerationRequest | None = None,
+    ) -> Response:
+        """The upstream's response to ``body`` when its status is 200; else the error it
+        answers (its body read, and the response released, whatever happens meanwhile)."""
+        try:
+            response = await client.request(
+                "POST",
+                self._prefix + path,
+                orjson.dumps(body),
+                {"Content-Type": "application/json", "Accept": "text/event-stream", **headers},
+            )
         except ConnectTimeout:
             raise EngineTimeout("connect", self.config.timeouts.connect or 0.0) from None
-        except TimeoutError:
-            if response is not None:
-                response.release()
-            raise EngineTimeout(phase, deadline.seconds(phase)) from None
         except TransportError as exc:
-            if response is not None:
-                response.release()
             raise self._unavailable(f"connection failed ({_describe(exc)})") from None
-        response.release()
+        if response.status == 200:
+            return response
+        try:
+            raw = await _read_limited(response)
+        except TransportError as exc:
+            raise self._unavailable(f"connection failed ({_describe(exc)})") from None
+        finally:
+            response.release()
         error = self._status_error(response.status, raw, response.headers)
         fault = None
         if request is not None and response.status not in (401, 403):
