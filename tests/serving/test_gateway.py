@@ -47,7 +47,7 @@ from openmaas.store.billing import InFlight
 from openmaas.store.changes import Change
 from openmaas.store.ledger.log import LedgerStore
 from openmaas.store.repositories import UsageRepository
-from openmaas.store.schema import usage_records
+from openmaas.store.schema import inflight, usage_records
 from tests.support.clock import ManualClock
 from tests.support.waiting import eventually
 
@@ -143,6 +143,11 @@ class Harness:
 
     async def record(self, request_id: str) -> dict[str, object] | None:
         return await self.usage.get(request_id)
+
+    async def in_flight(self) -> int:
+        """Requests admitted and not yet settled or released, by their in-flight rows."""
+        async with self.database.connect() as conn:
+            return len((await conn.execute(select(inflight))).all())
 
     async def recorded(self) -> list[str]:
         """The request ids of every usage record, oldest first."""
@@ -812,3 +817,19 @@ async def test_a_restricted_key_is_refused_other_models_before_admission(
     assert chat_engine.stats.streams_started == 0 and await harness.recorded() == []
     result = await gateway.embed(RESTRICTED, embed_request("a b"), "embeddings")
     assert len(result.vectors) == 1 and len(await harness.recorded()) == 1
+
+
+async def test_a_reservation_whose_model_left_the_catalog_is_refused_and_released(
+    harness: Harness,
+) -> None:
+    """An async job reserved, then the model removed (a catalog reload) before its turn:
+    the start is refused with the catalog's error, not an error of the gateway's own, and
+    what the reservation held is given back."""
+    gateway, engine = await harness.fake()
+    reservation = await gateway.reserve(PRINCIPAL, chat(), "zhipu.async.chat.completions")
+    await eventually(harness.in_flight, what="the reservation's in-flight row")
+    gateway.catalog.replace([])
+    with pytest.raises(ModelNotFound):
+        await gateway.start(reservation)
+    assert await harness.in_flight() == 0
+    assert engine.stats.streams_started == 0 and await harness.recorded() == []

@@ -223,7 +223,7 @@ class Gateway:
             if trace is not None:
                 end_spans(exc, routing_span, attempt)
             await self.release(reservation)
-            self._refused(reservation.endpoint, request.model, exc)
+            self._refused(reservation.endpoint, reservation.request.model, exc)
             raise
         self._open += 1
         admitted = _Admitted(
