@@ -1,0 +1,230 @@
+"""What Python's garbage collector costs a priced request, and what a request leaves to it.
+
+The application (``server/app.py``, its ledger on SQLite) is called directly as an ASGI
+app, without uvicorn or a client socket, so that the CPU measured is the gateway's own:
+priced chat requests, ``--concurrency`` at a time, against the zero-latency upstream of
+``benchmarks/gateway.py`` (its own process, on the other CPU). The heap is set up as
+``openmaas serve`` sets it (``server/processes.py``: frozen after start-up, the young
+generation collected every 10,000 allocations). For each mode, alternately, with the
+collector on and off (the baseline: ``gc.disable()``), it reports the event loop thread's
+CPU per request; with it on, the collections (``gc.callbacks``): how many, their time per
+request, and the objects they found unreachable per request (a reference cycle a request
+leaves behind: ``tests/server/test_reference_cycles.py`` checks there is none)::
+
+    .venv/bin/python benchmarks/gc_per_request.py [--requests 10000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway import CATALOG, OM_FREE, OM_PRICED  # noqa: E402
+from gateway import SCRIPT as GATEWAY_SCRIPT  # noqa: E402
+from processes import clean_environment, free_port, start, stop, wait_http  # noqa: E402
+from rawhttp import MESSAGES, UPSTREAM_MODEL  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class Collections:
+    """The collector's work while counted: collections, seconds, objects found unreachable."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.collected = 0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        self.count += 1
+        self.seconds += time.perf_counter() - self._began
+        self.collected += info["collected"]
+
+
+def request_body(stream: bool) -> bytes:
+    payload: dict[str, Any] = {"model": OM_PRICED, "messages": MESSAGES, "max_tokens": 16}
+    if stream:
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+async def call(app: App, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    """One request through the ASGI app; its status (the body is read and dropped)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    sent = False
+    answered = asyncio.Event()
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
+
+    await app(scope, receive, send)
+    answered.set()
+    return status
+
+
+async def measure(
+    app: App, headers: list[tuple[bytes, bytes]], body: bytes, requests: int, concurrency: int
+) -> tuple[float, int]:
+    """(event-loop thread CPU µs a request, requests answered) of ``requests`` calls."""
+    each = max(1, requests // concurrency)
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        for _ in range(each):
+            if await call(app, headers, body) != 200:
+                failed += 1
+
+    began = time.thread_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    done = each * concurrency
+    if failed:
+        raise RuntimeError(f"{failed} of {done} requests failed")
+    return (time.thread_time() - began) / done * 1e6, done
+
+
+async def run(args: argparse.Namespace, key: str) -> None:
+    from openmaas.server.app import create_app
+    from openmaas.server.processes import settle_heap
+    from openmaas.settings import Settings
+
+    app = create_app(Settings())
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+    ]
+    async with app.router.lifespan_context(app):
+        await app.state.openmaas.platform.catalog.wait_loaded()
+        for _ in range(300):  # the upstream deployment answers once its probe has run
+            if await call(app, headers, request_body(False)) == 200:
+                break
+            await asyncio.sleep(0.1)
+        settle_heap()
+        print("| mode | collector | CPU µs/request | collections | GC µs/request |", end="")
+        print(" unreachable objects/request | CPU ÷ collector off |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for mode in ("json", "stream"):
+            body = request_body(mode == "stream")
+            await measure(app, headers, body, 1_000, args.concurrency)  # warm-up
+            for _ in range(args.rounds):
+                gc.disable()
+                off, _ = await measure(app, headers, body, args.requests, args.concurrency)
+                gc.enable()
+                gc.collect()
+                counted = Collections()
+                gc.callbacks.append(counted)
+                on, done = await measure(app, headers, body, args.requests, args.concurrency)
+                gc.callbacks.remove(counted)
+                print(f"| {mode} | off | {off:.1f} | — | — | — | 1.000 |")
+                print(
+                    f"| {mode} | on | {on:.1f} | {counted.count} | "
+                    f"{counted.seconds / done * 1e6:.1f} | {counted.collected / done:.1f} | "
+                    f"{on / off:.3f} |",
+                    flush=True,
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    workdir = Path(tempfile.mkdtemp(prefix="gc-bench-"))
+    port = free_port()
+    python = [sys.executable, GATEWAY_SCRIPT]
+    upstream_cpus = {cpus[0]} if len(cpus) > 1 else None
+    upstream = start("upstream", [*python, "_upstream", str(port)], workdir, upstream_cpus, {})
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_http(upstream, f"{url}/models", 30)
+        home = workdir / "openmaas"
+        home.mkdir()
+        catalog = workdir / "catalog.yaml"
+        catalog.write_text(
+            CATALOG.format(free=OM_FREE, priced=OM_PRICED, url=url, model=UPSTREAM_MODEL)
+        )
+        env = {
+            "PYTHONPATH": str(ROOT / "src"),
+            "OPENMAAS_HOME": str(home),
+            "OPENMAAS_EMBEDDED_MODELS": "false",
+            "OPENMAAS_CATALOG_FILE": str(catalog),
+            "OPENMAAS_LOG_LEVEL": "INFO",
+        }
+        seeding = subprocess.run(
+            [*python, "_seed", str(home)],
+            env=clean_environment(env),
+            cwd=str(workdir),
+            capture_output=True,
+            text=True,
+        )
+        if seeding.returncode != 0:
+            raise RuntimeError(f"seeding OpenMaaS failed:\n{seeding.stderr}")
+        key = json.loads((home / "keys.json").read_text())["plain"]
+        os.environ.update(clean_environment(env))
+        sys.path.insert(0, str(ROOT / "src"))
+        from openmaas.server.telemetry.logs import configure_logging
+
+        configure_logging("INFO")
+        # The access log as a serving process writes it, to a file here (not the terminal).
+        import logging
+
+        log_file = (workdir / "access.log").open("w")
+        logging.getLogger().handlers[0].setStream(log_file)  # type: ignore[attr-defined]
+        if len(cpus) > 1:
+            os.sched_setaffinity(0, {cpus[-1]})
+        import uvloop
+
+        uvloop.run(run(args, key))
+    finally:
+        stop(upstream)
+
+
+if __name__ == "__main__":
+    main()
