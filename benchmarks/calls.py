@@ -25,17 +25,14 @@ import json
 import os
 import pstats
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gateway import CATALOG, OM_FREE, OM_PRICED, SCRIPT, python
-from processes import clean_environment, free_port, start, stop, tail, wait_http
-from rawhttp import MESSAGES, UPSTREAM_MODEL
-
-ROOT = Path(__file__).resolve().parent.parent
+from gateway import OM_PRICED, SCRIPT, python, seeded_home
+from processes import free_port, start, stop, tail, wait_http
+from rawhttp import MESSAGES
 
 
 def serve_profiled(profile: str) -> None:
@@ -118,33 +115,14 @@ def main(argv: list[str]) -> int:
         children.append(upstream)
         upstream_url = f"http://127.0.0.1:{up_port}/v1"
         wait_http(upstream, f"{upstream_url}/models", 30)
-        home = workdir / "openmaas"
-        home.mkdir()
-        catalog = workdir / "catalog.yaml"
-        catalog.write_text(
-            CATALOG.format(free=OM_FREE, priced=OM_PRICED, url=upstream_url, model=UPSTREAM_MODEL)
-        )
         port = free_port()
-        env = {
-            "PYTHONPATH": str(ROOT / "src"),
-            "OPENMAAS_HOME": str(home),
-            "OPENMAAS_EMBEDDED_MODELS": "false",
-            "OPENMAAS_CATALOG_FILE": str(catalog),
-            "OPENMAAS_LOG_LEVEL": "INFO",
+        extra = {
             "OPENMAAS_PORT": str(port),
             "OPENMAAS_WORKERS": "1",
             "OPENMAAS_TRACES": args.traces,
         }
-        seeding = subprocess.run(
-            python(SCRIPT, "_seed", str(home)),
-            env=clean_environment(env),
-            cwd=str(workdir),
-            capture_output=True,
-            text=True,
-        )
-        if seeding.returncode != 0:
-            raise RuntimeError(f"seeding failed:\n{seeding.stderr[-3000:]}")
-        key = json.loads((home / "keys.json").read_text())["plain"]
+        env, keys = seeded_home(workdir, workdir / "openmaas", upstream_url, extra)
+        key = keys["plain"]
         profile = workdir / "calls.prof"
         server = start("openmaas", python(__file__, "_serve", str(profile)), workdir, None, env)
         children.append(server)

@@ -145,6 +145,37 @@ def seed_openmaas(home: Path) -> None:
     (home / "keys.json").write_text(json.dumps(asyncio.run(seed())))
 
 
+def seeded_home(
+    workdir: Path, home: Path, upstream_url: str, extra: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``home`` made and seeded (``seed_openmaas``, in a child) for the benchmark's catalog,
+    its two models on ``upstream_url`` (``workdir/catalog.yaml``): the environment that
+    serves it (``extra`` added) and its keys."""
+    home.mkdir()
+    catalog = workdir / "catalog.yaml"
+    catalog.write_text(
+        CATALOG.format(free=OM_FREE, priced=OM_PRICED, url=upstream_url, model=UPSTREAM_MODEL)
+    )
+    env = {
+        "PYTHONPATH": str(ROOT / "src"),
+        "OPENMAAS_HOME": str(home),
+        "OPENMAAS_EMBEDDED_MODELS": "false",
+        "OPENMAAS_CATALOG_FILE": str(catalog),
+        "OPENMAAS_LOG_LEVEL": "INFO",
+        **(extra or {}),
+    }
+    seeding = subprocess.run(
+        python(SCRIPT, "_seed", str(home)),
+        env=clean_environment(env),
+        cwd=str(workdir),
+        capture_output=True,
+        text=True,
+    )
+    if seeding.returncode != 0:
+        raise RuntimeError(f"seeding OpenMaaS failed:\n{seeding.stdout}\n{seeding.stderr}")
+    return env, json.loads((home / "keys.json").read_text())
+
+
 def report_openmaas(expected: int) -> int:
     """After the server stopped: one usage record per answered request, nothing held, the
     ledger summing to zero. Exit status 1 when a check fails."""
@@ -364,40 +395,21 @@ def start_targets(
 def start_openmaas(
     args: argparse.Namespace, scope: Scope, wanted: list[str], stack: Stack, upstream_url: str
 ) -> Targets:
-    home = stack.workdir / f"openmaas-{scope.name}"
-    home.mkdir()
-    catalog = stack.workdir / "catalog.yaml"
-    catalog.write_text(
-        CATALOG.format(free=OM_FREE, priced=OM_PRICED, url=upstream_url, model=UPSTREAM_MODEL)
-    )
-    env = {
-        "PYTHONPATH": str(ROOT / "src"),
-        "OPENMAAS_HOME": str(home),
-        "OPENMAAS_EMBEDDED_MODELS": "false",
-        "OPENMAAS_CATALOG_FILE": str(catalog),
-        "OPENMAAS_LOG_LEVEL": "INFO",
-    }
+    extra: dict[str, str] = {}
     services: list[int] = []
     if args.database == "postgres":
         stack.postgres = PostgresCluster(cpus=scope.client_cpus).start()
         url = stack.postgres.url("openmaas")
         asyncio.run(create_database(url))
-        env["OPENMAAS_DATABASE_URL"] = url
+        extra["OPENMAAS_DATABASE_URL"] = url
         services.append(stack.postgres.postmaster_pid)
     if "om-bill-tier" in wanted and scope.workers > 1:
         stack.redis = RedisServer(cpus=scope.client_cpus).start()
-        env["OPENMAAS_REDIS_URL"] = stack.redis.url
+        extra["OPENMAAS_REDIS_URL"] = stack.redis.url
         services.append(stack.redis.pid)
+    home = stack.workdir / f"openmaas-{scope.name}"
+    env, keys = seeded_home(stack.workdir, home, upstream_url, extra)
     stack.om_home, stack.om_env = home, env
-    seeding = subprocess.run(
-        python(SCRIPT, "_seed", str(home)),
-        env=clean_environment(env),
-        cwd=str(stack.workdir),
-        capture_output=True,
-        text=True,
-    )
-    if seeding.returncode != 0:
-        raise RuntimeError(f"seeding OpenMaaS failed:\n{seeding.stdout}\n{seeding.stderr}")
     port = free_port()
     profile = args.profile and scope.name == "core"
     if profile:
@@ -413,7 +425,6 @@ def start_openmaas(
     if scope.workers > 1:
         seen = answering_workers(readyz, WORKER_HEADER, scope.workers, 60)
         print(f"  OpenMaaS: {seen} of {scope.workers} workers answered before measuring")
-    keys = json.loads((home / "keys.json").read_text())
     gateway = Trees([om.proc.pid])
     used = Trees(services) if services else None
     found = {

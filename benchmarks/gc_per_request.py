@@ -21,7 +21,6 @@ import asyncio
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import CATALOG, OM_FREE, OM_PRICED  # noqa: E402
+from gateway import OM_PRICED, seeded_home  # noqa: E402
 from gateway import SCRIPT as GATEWAY_SCRIPT  # noqa: E402
 from processes import clean_environment, free_port, start, stop, wait_http  # noqa: E402
-from rawhttp import MESSAGES, UPSTREAM_MODEL  # noqa: E402
+from rawhttp import MESSAGES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -184,29 +183,8 @@ def main() -> None:
     try:
         url = f"http://127.0.0.1:{port}/v1"
         wait_http(upstream, f"{url}/models", 30)
-        home = workdir / "openmaas"
-        home.mkdir()
-        catalog = workdir / "catalog.yaml"
-        catalog.write_text(
-            CATALOG.format(free=OM_FREE, priced=OM_PRICED, url=url, model=UPSTREAM_MODEL)
-        )
-        env = {
-            "PYTHONPATH": str(ROOT / "src"),
-            "OPENMAAS_HOME": str(home),
-            "OPENMAAS_EMBEDDED_MODELS": "false",
-            "OPENMAAS_CATALOG_FILE": str(catalog),
-            "OPENMAAS_LOG_LEVEL": "INFO",
-        }
-        seeding = subprocess.run(
-            [*python, "_seed", str(home)],
-            env=clean_environment(env),
-            cwd=str(workdir),
-            capture_output=True,
-            text=True,
-        )
-        if seeding.returncode != 0:
-            raise RuntimeError(f"seeding OpenMaaS failed:\n{seeding.stderr}")
-        key = json.loads((home / "keys.json").read_text())["plain"]
+        env, keys = seeded_home(workdir, workdir / "openmaas", url)
+        key = keys["plain"]
         os.environ.update(clean_environment(env))
         sys.path.insert(0, str(ROOT / "src"))
         from openmaas.server.telemetry.logs import configure_logging
