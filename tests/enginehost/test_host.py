@@ -248,3 +248,33 @@ async def test_a_model_the_host_failed_to_load_fails_in_the_worker_with_its_reas
         server.should_exit = True
         await serving
         sock.close()
+
+
+async def test_a_request_through_the_host_leaves_nothing_for_the_garbage_collector(
+    served: Served,
+) -> None:
+    """Neither the worker's side nor the host's leaves a reference cycle per request
+    (``tests/server/test_reference_cycles.py`` says why that matters)."""
+    import gc
+    from collections import Counter
+
+    engine = served.hosted[CHAT_MODEL]
+    await _all(engine, _chat("Say hi.", "req-warm"))  # what is made once, made now
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for n in range(3):
+            await _all(engine, _chat("Say hi.", f"req-{n}"))
+        await served.hosted[EMBEDDING_MODEL].embed(
+            EmbeddingRequest("req-embed", EMBEDDING_MODEL, ("hello", "world"))
+        )
+        gc.collect()
+        ours = Counter(
+            type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith("openmaas.")
+        )
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert ours == Counter()
