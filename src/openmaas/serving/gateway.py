@@ -48,7 +48,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -340,26 +340,22 @@ class Gateway:
                     await self.finish(ticket, record)
 
     async def finish(self, ticket: Ticket, record: UsageRecord) -> UsageRecord:
-        """Settle and append the usage record (one transaction). The write runs as its own
-        task and is waited for even if the caller is cancelled again meanwhile (a
-        cancellation is re-raised afterwards)."""
-        write: Awaitable[UsageRecord] = self.accountant.finish(ticket, record)
-        if self._meter is not None:  # told as the write ends, even if the caller is cancelled
-            write = asyncio.ensure_future(write)
-            write.add_done_callback(self._count)
+        """Settle and append the usage record (one transaction), and count it in the
+        metrics: both run to their end even if the caller is cancelled meanwhile, the
+        cancellation re-raised afterwards (inside a generation's close, already protected,
+        they run in its task)."""
         try:
-            return await finish_despite_cancellation(write)
+            return await finish_despite_cancellation(self._write(ticket, record))
         except Exception:
             # The record is also logged in full, so an operator can replay it.
             log.exception("failed to append usage record", extra={"usage": record})
             raise
 
-    def _count(self, write: asyncio.Future[UsageRecord]) -> None:
-        """A usage record written: the meter counts it where it is made, so the counters
-        agree with the records (a callback of the write's own task, which runs before the
-        caller resumes and whether or not the caller was cancelled meanwhile)."""
-        if self._meter is not None and not write.cancelled() and write.exception() is None:
-            self._meter.recorded(write.result())
+    async def _write(self, ticket: Ticket, record: UsageRecord) -> UsageRecord:
+        written = await self.accountant.finish(ticket, record)
+        if self._meter is not None:  # counted where it is made: counters agree with records
+            self._meter.recorded(written)
+        return written
 
     def _refused(self, endpoint: str, model: str, exc: BaseException | None) -> None:
         if self._meter is not None and isinstance(exc, OpenMaaSError):
