@@ -16,11 +16,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from openmaas.accounts.admin import NewOrganization
-from openmaas.billing.admin_bodies import NewFunds, NewPrice
-from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.settings import Settings
+from tests.support.orgs import funded_key
 
 MESSAGES = [{"role": "user", "content": "three word prompt"}]
 REQUESTS = [
@@ -36,17 +34,6 @@ REQUESTS = [
     ("/v1/responses", {"model": "fake-echo", "input": "three word prompt"}),
     ("/v1/chat/completions", {"model": "ghost", "messages": MESSAGES}),  # refused: 404
 ]
-
-
-async def _funded_key(settings: Settings) -> str:
-    async with open_platform(settings) as platform:
-        accounts, billing = platform.accounts_admin("test"), platform.billing_admin("test")
-        org = await accounts.create_org(NewOrganization(name="payer"))
-        issued = await accounts.issue_key(org.id, "app")
-        price = {"model": "fake-echo", "input": "0.5", "cached_input": "0", "output": "1.25"}
-        await billing.set_price(NewPrice.parse(price))
-        await billing.top_up(org.id, NewFunds.parse({"amount": "1"}))
-    return issued.token
 
 
 @pytest.fixture
@@ -96,7 +83,7 @@ def test_nor_on_postgresql(
 def _five_leave_nothing(
     settings: Settings, saved_garbage: list[object], path: str, body: dict[str, object]
 ) -> None:
-    key = asyncio.run(_funded_key(settings))
+    key = asyncio.run(funded_key(settings, "fake-echo"))
     auth = {"Authorization": f"Bearer {key}", "x-api-key": key}
     with TestClient(create_app(settings)) as client:
         first = client.post(path, json=body, headers=auth)  # what is made once, made now

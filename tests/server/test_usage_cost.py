@@ -7,24 +7,11 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from openmaas.accounts.admin import NewOrganization
-from openmaas.billing.admin_bodies import NewFunds, NewPrice
-from openmaas.platform import open_platform
 from openmaas.server.app import create_app
 from openmaas.settings import Settings
+from tests.support.orgs import funded_key
 
 CHAT = {"model": "fake-echo", "messages": [{"role": "user", "content": "three word prompt"}]}
-
-
-async def _funded_key(settings: Settings) -> str:
-    async with open_platform(settings) as platform:
-        accounts, billing = platform.accounts_admin("test"), platform.billing_admin("test")
-        org = await accounts.create_org(NewOrganization(name="payer"))
-        issued = await accounts.issue_key(org.id, "app")
-        price = {"model": "fake-echo", "input": "0.5", "cached_input": "0", "output": "1.25"}
-        await billing.set_price(NewPrice.parse(price))  # CNY per 1M tokens
-        await billing.top_up(org.id, NewFunds.parse({"amount": "1"}))
-    return issued.token
 
 
 def test_usage_reports_the_exact_cost_of_priced_requests(tmp_path: Path) -> None:
@@ -33,7 +20,7 @@ def test_usage_reports_the_exact_cost_of_priced_requests(tmp_path: Path) -> None
         embedded_models=False,
         fake_models={"fake-echo": {"text": "one two three four"}},
     )
-    key = asyncio.run(_funded_key(settings))
+    key = asyncio.run(funded_key(settings, "fake-echo"))
     auth = {"Authorization": f"Bearer {key}"}
     with TestClient(create_app(settings)) as client:
         for _ in range(3):
@@ -54,7 +41,7 @@ def test_usage_dates_are_days_as_yyyy_mm_dd(tmp_path: Path) -> None:
     settings = Settings(
         home=tmp_path / "home", embedded_models=False, fake_models={"fake-echo": {"text": "a"}}
     )
-    key = asyncio.run(_funded_key(settings))
+    key = asyncio.run(funded_key(settings, "fake-echo"))
     auth = {"Authorization": f"Bearer {key}"}
     with TestClient(create_app(settings)) as client:
         assert client.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 200
