@@ -81,7 +81,8 @@ def test_usage_made_with_the_sdk_appears_in_the_chart_and_the_csv(
 
     key_id = page.locator("#key option", has_text="charts").get_attribute("value")
     page.get_by_label("API key").select_option(key_id)
-    page.get_by_role("button", name="Show").click()
+    with page.expect_navigation():  # the filtered page loaded before it is reloaded
+        page.get_by_role("button", name="Show").click()
     assert _requests_shown(page) == REQUESTS  # every request was this key's
     with page.expect_download() as download:
         page.get_by_role("link", name="Download CSV").click()
