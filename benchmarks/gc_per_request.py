@@ -64,8 +64,14 @@ def request_body(stream: bool) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-async def call(app: App, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
-    """One request through the ASGI app; its status (the body is read and dropped)."""
+async def call(
+    app: App,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    on_sent: Callable[[], None] | None = None,
+) -> int:
+    """One request through the ASGI app; its status (the body is read and dropped).
+    ``on_sent`` is called when the response's last body part is sent."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -99,6 +105,8 @@ async def call(app: App, headers: list[tuple[bytes, bytes]], body: bytes) -> int
             status = message["status"]
         elif message["type"] == "http.response.body" and not message.get("more_body"):
             answered.set()
+            if on_sent is not None:
+                on_sent()
 
     await app(scope, receive, send)
     answered.set()

@@ -1,0 +1,221 @@
+"""Where the time of one priced request goes, step by step, at concurrency 1.
+
+The application (``server/app.py``, its ledger on SQLite) is called directly as an ASGI app,
+as ``benchmarks/gc_per_request.py`` calls it: one priced, non-streamed chat request at a
+time against the zero-latency upstream of ``benchmarks/gateway.py`` (its own process, on the
+other CPU). Marks set around the steps of the request's path (methods wrapped here, in this
+process only) give, per request, the time since it arrived at which each step began; the
+table shows their medians and each step's share. The baseline, measured in the same run, is
+the upstream's own answer (from the request written to its socket to the answer read):
+what a relay could not save.
+
+Run once with the ledger's commits durable against power loss (``PRAGMA synchronous=FULL``,
+the default: each commit waits for ``fsync``) and once with ``NORMAL`` (durable against a
+crash of the process, not of the machine), to show what the ``fsync`` of a commit adds to a
+request nobody else's commit shares::
+
+    .venv/bin/python benchmarks/request_timeline.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway import SCRIPT as GATEWAY_SCRIPT  # noqa: E402
+from gateway import seeded_home  # noqa: E402
+from gc_per_request import App, call, request_body  # noqa: E402
+from processes import clean_environment, free_port, start, stop, wait_http  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+UPSTREAM_SENT = "upstream request written"
+UPSTREAM_READ = "upstream answer read"
+ARRIVED = "arrival: dispatch, authentication, parsing"
+STEPS = [
+    ARRIVED,
+    "admission",
+    "admitted: routing, the engine's slot",
+    UPSTREAM_SENT,
+    UPSTREAM_READ,
+    "settlement (the engine closed)",
+    "ledger batch handed to the writer thread",
+    "writer thread: BEGIN, the rows",
+    "writer thread: COMMIT",
+    "writer thread done",
+    "settled, back on the event loop",
+    "response sent",
+    "request done (its access-log line written)",
+]
+
+
+class Timeline:
+    """The marks of the request being measured: (step, seconds since it arrived)."""
+
+    def __init__(self) -> None:
+        self.began = 0.0
+        self.marks: list[tuple[str, float]] = []
+
+    def start(self) -> None:
+        self.began = time.perf_counter()
+        self.marks = [(ARRIVED, 0.0)]
+
+    def mark(self, step: str) -> None:
+        self.marks.append((step, time.perf_counter() - self.began))
+
+
+def instrument(timeline: Timeline) -> None:
+    """Wrap the steps of the request path (this process only) to mark ``timeline``."""
+    from openmaas.engines.upstream.http1 import HttpPool
+    from openmaas.serving.gateway import Gateway
+    from openmaas.store.writers.sqlite import SqliteWriter
+
+    def around(cls: type, name: str, before: str | None, after: str | None) -> None:
+        original = getattr(cls, name)
+
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                timeline.mark(before)
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                if after:
+                    timeline.mark(after)
+
+        setattr(cls, name, wrapped)
+
+    around(Gateway, "reserve", STEPS[1], STEPS[2])
+    around(HttpPool, "request", UPSTREAM_SENT, UPSTREAM_READ)
+    around(Gateway, "finish", STEPS[5], None)
+    around(SqliteWriter, "call", STEPS[6], STEPS[10])
+
+    def on_thread(name: str) -> None:
+        original: Callable[..., Any] = getattr(SqliteWriter, name)
+
+        def wrapped(self: SqliteWriter, *args: Any) -> Any:
+            timeline.mark(STEPS[7])
+            self._connection().set_trace_callback(
+                lambda sql: timeline.mark(STEPS[8]) if sql == "COMMIT" else None
+            )
+            try:
+                return original(self, *args)
+            finally:
+                timeline.mark(STEPS[9])
+
+        setattr(SqliteWriter, name, wrapped)
+
+    for name in ("append", "commit_at", "write"):
+        on_thread(name)
+
+
+async def measure(app: App, key: str, requests: int, timeline: Timeline) -> dict[str, float]:
+    """The median time (µs since arrival) at which each step began, over ``requests``."""
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+    ]
+    body = request_body(False)
+    seen: dict[str, list[float]] = {step: [] for step in STEPS}
+    for i in range(requests + requests // 10):
+        timeline.start()
+        if await call(app, headers, body, lambda: timeline.mark(STEPS[-2])) != 200:
+            raise RuntimeError("a request failed")
+        timeline.mark(STEPS[-1])
+        if i < requests // 10:  # warm-up
+            continue
+        first: dict[str, float] = {}
+        for step, at in timeline.marks:
+            first.setdefault(step, at)
+        if len(first) == len(STEPS):  # a request whose settlement another's batch carried
+            for step, at in first.items():  # has no writer steps of its own: left out
+                seen[step].append(at * 1e6)
+    return {step: statistics.median(times) for step, times in seen.items() if times}
+
+
+async def run(args: argparse.Namespace, key: str) -> None:
+    from openmaas.server.app import create_app
+    from openmaas.server.processes import settle_heap
+    from openmaas.settings import Settings
+
+    timeline = Timeline()
+    instrument(timeline)
+    results: dict[str, dict[str, float]] = {}
+    for synchronous in ("FULL", "NORMAL"):
+        app = create_app(Settings(sqlite_synchronous=synchronous))
+        async with app.router.lifespan_context(app):
+            await app.state.openmaas.platform.catalog.wait_loaded()
+            for _ in range(300):  # the upstream deployment answers once its probe has run
+                headers = [(b"authorization", f"Bearer {key}".encode())]
+                if await call(app, headers, request_body(False)) == 200:
+                    break
+                await asyncio.sleep(0.1)
+            settle_heap()
+            results[synchronous] = await measure(app, key, args.requests, timeline)
+    full, normal = results["FULL"], results["NORMAL"]
+    answered = STEPS[-2]  # what the client waits for; the access log comes after
+    print("| step begins | FULL: µs since arrival | step µs | share of the answer |", end="")
+    print(" NORMAL: µs | step µs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for i, step in enumerate(STEPS):
+        if i + 1 < len(STEPS):
+            took = [t[STEPS[i + 1]] - t[step] for t in (full, normal)]
+            share = f"{took[0] / full[answered]:.0%}" if i + 2 < len(STEPS) else "after it"
+            line = f"{took[0]:.0f} | {share} | {normal[step]:.0f} | {took[1]:.0f}"
+        else:  # after the response: the access log
+            line = f"— | — | {normal[step]:.0f} | —"
+        print(f"| {step} | {full[step]:.0f} | {line} |")
+    for name, timing in results.items():
+        upstream = timing[UPSTREAM_READ] - timing[UPSTREAM_SENT]
+        total = timing[answered]
+        print(
+            f"{name}: answered in {total:.0f} µs; the upstream's own answer {upstream:.0f} µs "
+            f"(baseline); the answer ÷ the baseline {total / upstream:.2f}; "
+            f"the gateway's own {total - upstream:.0f} µs"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2_000)
+    args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    workdir = Path(tempfile.mkdtemp(prefix="timeline-bench-"))
+    port = free_port()
+    python = [sys.executable, GATEWAY_SCRIPT]
+    upstream_cpus = {cpus[0]} if len(cpus) > 1 else None
+    upstream = start("upstream", [*python, "_upstream", str(port)], workdir, upstream_cpus, {})
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_http(upstream, f"{url}/models", 30)
+        env, keys = seeded_home(workdir, workdir / "openmaas", url)
+        os.environ.update(clean_environment(env))
+        sys.path.insert(0, str(ROOT / "src"))
+        from openmaas.server.telemetry.logs import configure_logging
+
+        configure_logging("INFO")
+        # The access log as a serving process writes it, to a file here (not the terminal).
+        import logging
+
+        log_file = (workdir / "access.log").open("w")
+        logging.getLogger().handlers[0].setStream(log_file)  # type: ignore[attr-defined]
+        if len(cpus) > 1:
+            os.sched_setaffinity(0, {cpus[-1]})
+        import uvloop
+
+        uvloop.run(run(args, keys["plain"]))
+    finally:
+        stop(upstream)
+
+
+if __name__ == "__main__":
+    main()
