@@ -241,5 +241,5 @@ def make_limiter(settings: Settings, clock: Clock) -> Limiter:
         return RedisLimiter(
             settings.redis_url, failure_mode=settings.redis_failure_mode, clock=clock
         )
-    except ValueError as exc:  # redis-py's word for a URL it cannot parse
+    except ValueError as exc:  # billing/resp.py's word for a URL it cannot parse
         raise ConfigurationError(f"OPENMAAS_REDIS_URL is not a Redis URL: {exc}") from None

@@ -45,10 +45,12 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1, data in a temporary directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, unix_socket: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="openmaas-redis-"))
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        # Also listening on a Unix socket in its directory (``socket_path``), when asked.
+        self.socket_path = self.root / "redis.sock" if unix_socket else None
 
     @property
     def url(self) -> str:
@@ -69,6 +71,11 @@ class RedisServer:
                         "--save", "",
                         "--appendonly", "no",
                         "--daemonize", "no",
+                        *(
+                            ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+                            if self.socket_path is not None
+                            else []
+                        ),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,

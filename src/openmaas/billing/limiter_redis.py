@@ -47,8 +47,9 @@ limiter does not call Redis again for :data:`RETRY_MS` (the requests in between 
 by the failure mode at once), then tries again; :meth:`RedisLimiter.health` pings Redis and
 reports the state (``/readyz``). Settling or releasing never raises: if Redis cannot be
 reached then, the admission's slots are reclaimed when their lease ends. Every script is
-safe to run twice, so a call that loses its connection is tried once more on a fresh one
-(redis-py's own retries are off).
+safe to run twice, so a call that loses its connection is tried once more on a fresh one.
+
+Redis is reached through ``billing/resp.py``: one pipelined connection per limiter.
 """
 
 from __future__ import annotations
@@ -60,14 +61,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from openmaas.billing.limiter import LimiterHealth
+from openmaas.billing.resp import RedisClient, RedisUnreachable, Script
 from openmaas.core.clock import Clock, SystemClock
 from openmaas.core.errors import UpstreamUnavailable
 from openmaas.core.limits import (
@@ -100,15 +95,11 @@ RECORD_TTL_MS = 3_600_000
 RETRY_MS = 1_000
 """After Redis failed, how long requests are decided by the failure mode without trying it."""
 TIMEOUT_S = 1.0
-"""Connect and command timeout: past it Redis counts as unreachable."""
-MAX_CONNECTIONS = 32
-"""Connections one limiter opens at most. Redis runs one script at a time, so more would
-not admit faster; a burst of requests queues for a connection instead of opening one each
-(a hundred connects at once on a busy machine can take longer than :data:`TIMEOUT_S`, which
-failed a burst closed)."""
-POOL_WAIT_S = 5.0
-"""How long a request waits for one of the :data:`MAX_CONNECTIONS` (a queue, not an outage);
-past it Redis counts as unreachable."""
+"""Connect and command timeout: past it Redis counts as unreachable. One connection carries
+every call of a limiter, pipelined (``billing/resp.py``): Redis runs one script at a time,
+so more connections would not admit faster, and a burst opens no connection of its own (a
+hundred connects at once on a busy machine can take longer than this, which failed a burst
+closed)."""
 
 KEY_VERSION = "v2"
 """In every key but ``clock``: the layout of the counters' data. A version that stores them
@@ -369,7 +360,7 @@ end
 return renewed
 """
 
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = (RedisUnreachable, OSError)
 
 
 class RedisLimiter:
@@ -404,19 +395,11 @@ class RedisLimiter:
         self._bucket_ms = bucket_ms
         self._lease_ms = lease_ms
         self._retry_ms = retry_ms
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=POOL_WAIT_S,
-            socket_timeout=TIMEOUT_S,
-            socket_connect_timeout=TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
-        self._admit = self._redis.register_script(_ADMIT)
-        self._end = self._redis.register_script(_END)
-        self._renew = self._redis.register_script(_RENEW)
-        self._used = self._redis.register_script(_USED)
+        self._redis = RedisClient(url, timeout=TIMEOUT_S, connect_timeout=TIMEOUT_S)
+        self._admit = Script(self._redis, _ADMIT)
+        self._end = Script(self._redis, _END)
+        self._renew = Script(self._redis, _RENEW)
+        self._used = Script(self._redis, _USED)
         self._open: dict[str, Admission] = {}  # this process's admissions holding slots
         self._renewer: asyncio.Task[None] | None = None
         self._down_until: float | None = None  # monotonic seconds; None: Redis is up
@@ -544,7 +527,7 @@ class RedisLimiter:
             return
         self._recovered()
 
-    async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Run ``script``; after a connection failure, once more on a fresh connection.
 
         Every script is safe to run twice (an admission already recorded is not charged
@@ -554,8 +537,7 @@ class RedisLimiter:
         """
         try:
             return await script(keys=keys, args=args)
-        except _UNREACHABLE:
-            await self._redis.connection_pool.disconnect(inuse_connections=False)
+        except _UNREACHABLE:  # the client dropped the connection: the retry opens another
             return await script(keys=keys, args=args)
 
     # -- leases ---------------------------------------------------------------------
@@ -601,7 +583,7 @@ class RedisLimiter:
         if self._down_until is None:
             log.error(
                 "rate limiter: Redis at %s is unreachable (%s); failing %s",
-                self._redis_address(),
+                self._redis.address,
                 exc,
                 self.failure_mode,
             )
@@ -610,7 +592,7 @@ class RedisLimiter:
 
     def _recovered(self) -> None:
         if self._down_until is not None:
-            log.warning("rate limiter: Redis at %s is reachable again", self._redis_address())
+            log.warning("rate limiter: Redis at %s is reachable again", self._redis.address)
         self._down_until = None
         self._error = None
 
@@ -624,16 +606,10 @@ class RedisLimiter:
             deployment="redis",
         )
 
-    def _redis_address(self) -> str:
-        kwargs = self._redis.connection_pool.connection_kwargs
-        if "path" in kwargs:
-            return str(kwargs["path"])
-        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-
     async def health(self) -> LimiterHealth:
         """Ping Redis (a success ends an outage at once) and report."""
         try:
-            await self._redis.ping()
+            await self._redis.call("PING")
         except _UNREACHABLE as exc:
             self._failed(exc)
         else:
@@ -650,7 +626,7 @@ class RedisLimiter:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
             self._renewer = None
-        await self._redis.aclose(close_connection_pool=True)
+        await self._redis.aclose()
 
     async def used(self, scope: str, model: str, dimension: Dimension, now_ms: int) -> int:
         """Current usage of one counter at ``now_ms`` (or the latest time seen, if later),
