@@ -23,7 +23,8 @@ CPU, the client and the upstream on another; ``machine`` gives every gateway as 
 workers as there are CPUs (``openmaas serve --workers N``, ``uvicorn --workers N``,
 ``litellm --num_workers N``), nothing pinned: the client and the upstream share the CPUs
 with it. Several OpenMaaS workers need Redis for exact tier limits: ``om-bill-tier`` then
-runs against a throwaway ``redis-server``, or is skipped when there is none.
+runs against a throwaway ``redis-server``, or is skipped when there is none; ``--redis``
+has it count in Redis in scope ``core`` too (one process counts in memory by default).
 
 Every phase is ``--warmup`` seconds then ``--duration`` seconds measured; each round runs
 every (mode, concurrency) with the targets in rotated order; the table shows the median
@@ -403,7 +404,7 @@ def start_openmaas(
         asyncio.run(create_database(url))
         extra["OPENMAAS_DATABASE_URL"] = url
         services.append(stack.postgres.postmaster_pid)
-    if "om-bill-tier" in wanted and scope.workers > 1:
+    if "om-bill-tier" in wanted and (scope.workers > 1 or args.redis):
         stack.redis = RedisServer(cpus=scope.client_cpus).start()
         extra["OPENMAAS_REDIS_URL"] = stack.redis.url
         services.append(stack.redis.pid)
@@ -581,6 +582,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--targets", default=",".join(ALL_TARGETS), help="gateways to measure besides direct"
     )
     parser.add_argument("--no-pin", action="store_true", help="scope core: do not pin to CPUs")
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="om-bill-tier counts in a throwaway redis-server in every scope (by default only "
+        "with several workers; one process counts in memory)",
+    )
     parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs")
     parser.add_argument(
@@ -662,11 +669,12 @@ def main(argv: list[str]) -> int:
     try:
         for scope in scopes(args, every_cpu):
             scoped = list(wanted)
-            if "om-bill-tier" in scoped and scope.workers > 1 and (reason := redis_unavailable()):
+            needs_redis = scope.workers > 1 or args.redis
+            if "om-bill-tier" in scoped and needs_redis and (reason := redis_unavailable()):
                 scoped.remove("om-bill-tier")
                 header["skipped"].append(
-                    f"om-bill-tier in scope {scope.name}: {scope.workers} workers need Redis "
-                    f"for exact tier limits, and {reason}"
+                    f"om-bill-tier in scope {scope.name}: counted in Redis (--redis, or "
+                    f"{scope.workers} workers), and {reason}"
                 )
             ok = measure_scope(args, scope, scoped, workdir, header) and ok
         return 0 if ok else 1
