@@ -98,6 +98,9 @@ def test_a_command_is_an_array_of_bulk_strings() -> None:
     assert command(["SET", "k", "vé", 12, 1.5, b"\r\n"]) == (
         b"*6\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\xc3\xa9\r\n$2\r\n12\r\n$3\r\n1.5\r\n$2\r\n\r\n\r\n"
     )
+    assert command(["EVALSHA", "ab", 2, "k:1", -5]) == (  # text only: written as text
+        b"*5\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n2\r\n$3\r\nk:1\r\n$2\r\n-5\r\n"
+    )
     with pytest.raises(TypeError):
         command(["SET", None])
 

@@ -99,6 +99,18 @@ def _db(text: str) -> int:
 
 def command(args: Sequence[Any]) -> bytes:
     """``args`` as a RESP array of bulk strings (str as UTF-8, int and float in decimal)."""
+    text = [f"*{len(args)}\r\n"]
+    for arg in args:  # the limiter's arguments: ASCII keys and numbers, written as text
+        kind = type(arg)
+        if kind is int or (kind is str and arg.isascii()):
+            value = str(arg)
+            text.append(f"${len(value)}\r\n{value}\r\n")
+        else:
+            return _command_bytes(args)
+    return "".join(text).encode()
+
+
+def _command_bytes(args: Sequence[Any]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, bytes):
@@ -140,10 +152,17 @@ def parse(buffer: bytearray | bytes, pos: int) -> tuple[Any, int]:
         count = int(line)
         if count < 0:
             return None, after
-        items = []
+        items: list[Any] = []
         for _ in range(count):
-            item, after = parse(buffer, after)
-            items.append(item)
+            if after < len(buffer) and buffer[after] == 58:  # an integer, read here
+                end = buffer.find(b"\r\n", after)
+                if end < 0:
+                    raise _Incomplete
+                items.append(int(buffer[after + 1 : end]))
+                after = end + 2
+            else:
+                item, after = parse(buffer, after)
+                items.append(item)
         return items, after
     if kind == 43:  # "+" a status
         return line.decode(), after
