@@ -127,6 +127,31 @@ def test_bytes_that_are_not_resp_are_refused() -> None:
         parse(b"HTTP/1.1 200 OK\r\n", 0)
 
 
+async def test_a_server_that_does_not_speak_resp_drops_the_connection() -> None:
+    """Whatever comes back (another protocol, arrays nested past Python's recursion): every
+    call waiting raises RedisUnreachable, nothing is left half read."""
+    for answer in (b"HTTP/1.1 400 Bad Request\r\n\r\n", b"*1\r\n" * 5_000 + b":1\r\n"):
+
+        async def serve(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes = answer
+        ) -> None:
+            await reader.read(100)
+            writer.write(answer)
+            await writer.drain()
+            await asyncio.sleep(1)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = client_for(f"redis://127.0.0.1:{port}")
+        try:
+            with pytest.raises(RedisUnreachable, match="not a RESP reply"):
+                await client.call("PING")
+        finally:
+            await client.aclose()
+            server.close()
+
+
 # -- against Redis -------------------------------------------------------------------------
 
 

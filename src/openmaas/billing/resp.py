@@ -213,8 +213,8 @@ class _Connection(asyncio.Protocol):
                     future.set_result(reply)
         except _Incomplete:
             pass
-        except ValueError as exc:
-            self.fail(RedisUnreachable(f"Redis sent what is not a RESP reply ({exc})"))
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested too deep
+            self.fail(RedisUnreachable(f"Redis sent what is not a RESP reply ({exc!r})"))
             return
         del buffer[:pos]
 
