@@ -24,7 +24,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +176,13 @@ async def run(args: argparse.Namespace, key: str) -> None:
                 )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
+def in_process(prefix: str, body: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+    """Run ``body(key)`` on uvloop in this process, pinned to the last CPU, with the
+    gateway benchmark's upstream started on the first and a data directory seeded for it
+    (``key``: a priced key); OpenMaaS's settings in this process's environment, its access
+    log to a file. The harness of this benchmark and ``request_timeline.py``."""
     cpus = sorted(os.sched_getaffinity(0))
-    workdir = Path(tempfile.mkdtemp(prefix="gc-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     port = free_port()
     python = [sys.executable, GATEWAY_SCRIPT]
     upstream_cpus = {cpus[0]} if len(cpus) > 1 else None
@@ -192,7 +191,6 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1"
         wait_http(upstream, f"{url}/models", 30)
         env, keys = seeded_home(workdir, workdir / "openmaas", url)
-        key = keys["plain"]
         os.environ.update(clean_environment(env))
         sys.path.insert(0, str(ROOT / "src"))
         from openmaas.server.telemetry.logs import configure_logging
@@ -207,9 +205,18 @@ def main() -> None:
             os.sched_setaffinity(0, {cpus[-1]})
         import uvloop
 
-        uvloop.run(run(args, key))
+        uvloop.run(body(keys["plain"]))
     finally:
         stop(upstream)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    in_process("gc-bench-", lambda key: run(args, key))
 
 
 if __name__ == "__main__":

@@ -21,22 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import SCRIPT as GATEWAY_SCRIPT  # noqa: E402
-from gateway import seeded_home  # noqa: E402
-from gc_per_request import App, call, request_body  # noqa: E402
-from processes import clean_environment, free_port, start, stop, wait_http  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from gc_per_request import App, call, in_process, request_body  # noqa: E402
 
 UPSTREAM_SENT = "upstream request written"
 UPSTREAM_READ = "upstream answer read"
@@ -188,33 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2_000)
     args = parser.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
-    workdir = Path(tempfile.mkdtemp(prefix="timeline-bench-"))
-    port = free_port()
-    python = [sys.executable, GATEWAY_SCRIPT]
-    upstream_cpus = {cpus[0]} if len(cpus) > 1 else None
-    upstream = start("upstream", [*python, "_upstream", str(port)], workdir, upstream_cpus, {})
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        wait_http(upstream, f"{url}/models", 30)
-        env, keys = seeded_home(workdir, workdir / "openmaas", url)
-        os.environ.update(clean_environment(env))
-        sys.path.insert(0, str(ROOT / "src"))
-        from openmaas.server.telemetry.logs import configure_logging
-
-        configure_logging("INFO")
-        # The access log as a serving process writes it, to a file here (not the terminal).
-        import logging
-
-        log_file = (workdir / "access.log").open("w")
-        logging.getLogger().handlers[0].setStream(log_file)  # type: ignore[attr-defined]
-        if len(cpus) > 1:
-            os.sched_setaffinity(0, {cpus[-1]})
-        import uvloop
-
-        uvloop.run(run(args, keys["plain"]))
-    finally:
-        stop(upstream)
+    in_process("timeline-bench-", lambda key: run(args, key))
 
 
 if __name__ == "__main__":
