@@ -30,7 +30,9 @@ def two_gateways(
 ) -> Iterator[tuple[LiveServer, LiveServer, str]]:
     settings = {
         "embedded_models": False,
-        "fake_models": {MODEL: {"text": "one two three", "slots": 8, "queue": 100}},
+        # Room for the 60 admitted at once: an organization may hold half the engine's
+        # queue, and a burst admitted together must not meet that bound instead of the tier's.
+        "fake_models": {MODEL: {"text": "one two three", "slots": 8, "queue": 200}},
         "redis_url": private_redis.url,
         "billing_refresh_seconds": 0,
     }
