@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,6 +23,7 @@ from openmaas.billing.resp import (
     command,
     parse,
 )
+from tests.support.certs import self_signed
 from tests.support.redis import RedisServer, unavailable
 
 
@@ -79,11 +81,20 @@ def test_a_redis_url_names_where_redis_is_and_how_to_log_in(
         ("redis://h/1?db=2", "twice"),
         ("redis://h?ssl_cert_reqs=none", "unknown URL parameter"),
         ("unix://", "socket's path"),
+        ("redis://h?ssl_ca_certs=/etc/ssl/certs/ca-certificates.crt", "is for rediss://"),
+        ("rediss://h?ssl_ca_certs=/no/such/ca.pem", "names no file"),
     ],
 )
 def test_a_url_that_is_not_a_redis_url_is_refused_saying_why(url: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         RedisAddress.parse(url)
+
+
+def test_a_tls_url_may_name_the_cas_that_sign_the_server_s_certificate(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    address = RedisAddress.parse(f"rediss://h:6390/1?ssl_ca_certs={ca}")
+    assert (address.tls, address.ca_file, address.db) == (True, str(ca), 1)
 
 
 def test_an_address_shown_in_a_log_line_never_carries_the_password() -> None:
@@ -237,6 +248,33 @@ async def test_passwords_users_and_a_unix_socket(redis_with_socket: RedisServer)
     finally:
         for client in [*clients, wrong, anonymous]:
             await client.aclose()
+
+
+@pytest.fixture
+def redis_with_tls(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
+    if (reason := unavailable()) is not None:
+        pytest.skip(reason)
+    cert, key = self_signed(tmp_path)
+    server = RedisServer(tls=(cert, key)).start()
+    try:
+        yield server, cert
+    finally:
+        server.close()
+
+
+async def test_tls_is_verified_against_the_system_s_cas_or_the_url_s(
+    redis_with_tls: tuple[RedisServer, Path],
+) -> None:
+    server, cert = redis_with_tls
+    trusting = client_for(f"rediss://127.0.0.1:{server.tls_port}/2?ssl_ca_certs={cert}")
+    default = client_for(f"rediss://127.0.0.1:{server.tls_port}/2")  # does not know it
+    try:
+        assert await trusting.call("ECHO", "over TLS") == b"over TLS"
+        with pytest.raises(RedisUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+            await default.call("PING")
+    finally:
+        await trusting.aclose()
+        await default.aclose()
 
 
 async def test_a_script_redis_forgot_is_sent_again(

@@ -45,12 +45,15 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1, data in a temporary directory."""
 
-    def __init__(self, *, unix_socket: bool = False) -> None:
+    def __init__(self, *, unix_socket: bool = False, tls: tuple[Path, Path] | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="openmaas-redis-"))
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         # Also listening on a Unix socket in its directory (``socket_path``), when asked.
         self.socket_path = self.root / "redis.sock" if unix_socket else None
+        # Also on TLS at ``tls_port``, with this certificate and key (no client certificate).
+        self.tls = tls
+        self.tls_port = 0
 
     @property
     def url(self) -> str:
@@ -61,6 +64,7 @@ class RedisServer:
         for attempt in range(3):
             if self.port == 0 or attempt > 0:  # first start, or the port was taken meanwhile
                 self.port = _free_port()
+                self.tls_port = _free_port() if self.tls is not None else 0
             with open(self.root / "redis.log", "ab") as log:
                 self.process = subprocess.Popen(
                     [
@@ -76,6 +80,7 @@ class RedisServer:
                             if self.socket_path is not None
                             else []
                         ),
+                        *self._tls_arguments(),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -84,6 +89,18 @@ class RedisServer:
                 return self
             self._kill()
         raise RuntimeError(f"redis-server did not start:\n{self.log_tail()}")
+
+    def _tls_arguments(self) -> list[str]:
+        if self.tls is None:
+            return []
+        cert, key = self.tls
+        return [
+            "--tls-port", str(self.tls_port),
+            "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def _wait(self, timeout: float) -> bool:
         """Whether the server answers PING before ``timeout`` (False: it exited)."""

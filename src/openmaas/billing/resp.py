@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -48,7 +49,8 @@ class _Incomplete(Exception):
 @dataclass(frozen=True)
 class RedisAddress:
     """Where Redis is and how to log in: ``redis://[[user]:password@]host[:port][/db]``,
-    ``rediss://`` (TLS, the server's certificate verified) or
+    ``rediss://`` (TLS, the server's certificate verified against the system's CAs, or
+    against the file ``?ssl_ca_certs=PATH`` names) or
     ``unix://[[user]:password@]/path/to/socket[?db=N]``."""
 
     host: str | None
@@ -58,6 +60,7 @@ class RedisAddress:
     username: str | None
     password: str | None
     db: int
+    ca_file: str | None = None  # TLS: the CAs that may sign the server's certificate
 
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
@@ -66,9 +69,14 @@ class RedisAddress:
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"the scheme must be redis://, rediss:// or unix://, not {url!r}")
         query = parse_qs(parts.query)
-        unknown = set(query) - {"db"}
+        unknown = set(query) - {"db", "ssl_ca_certs"}
         if unknown:
             raise ValueError(f"unknown URL parameter(s): {', '.join(sorted(unknown))}")
+        ca_file = query.get("ssl_ca_certs", [None])[0]
+        if ca_file is not None and parts.scheme != "rediss":
+            raise ValueError("ssl_ca_certs is for rediss:// (TLS) only")
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise ValueError(f"ssl_ca_certs names no file: {ca_file!r}")
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         db_text = query.get("db", [""])[0]
@@ -83,7 +91,8 @@ class RedisAddress:
             raise ValueError("the database is named twice (path and ?db=)")
         port = parts.port or DEFAULT_PORT  # parts.port: ValueError when not a port
         tls = parts.scheme == "rediss"
-        return cls(parts.hostname, port, None, tls, username, password, _db(db_path or db_text))
+        db = _db(db_path or db_text)
+        return cls(parts.hostname, port, None, tls, username, password, db, ca_file)
 
     def __str__(self) -> str:  # never the password
         return self.path if self.path is not None else f"{self.host}:{self.port}"
@@ -292,7 +301,9 @@ class RedisClient:
                 if address.path is not None or address.host is None:
                     _, connection = await loop.create_unix_connection(_Connection, address.path)
                 else:
-                    context = ssl.create_default_context() if address.tls else None
+                    context = (
+                        ssl.create_default_context(cafile=address.ca_file) if address.tls else None
+                    )
                     _, connection = await loop.create_connection(
                         _Connection, address.host, address.port, ssl=context
                     )
