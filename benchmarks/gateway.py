@@ -393,6 +393,12 @@ def start_targets(
     return targets
 
 
+def counts_in_redis(args: argparse.Namespace, scope: Scope) -> bool:
+    """Whether ``om-bill-tier`` counts its limits in Redis: with several workers (exact
+    across them), or with ``--redis``."""
+    return scope.workers > 1 or bool(args.redis)
+
+
 def start_openmaas(
     args: argparse.Namespace, scope: Scope, wanted: list[str], stack: Stack, upstream_url: str
 ) -> Targets:
@@ -404,7 +410,7 @@ def start_openmaas(
         asyncio.run(create_database(url))
         extra["OPENMAAS_DATABASE_URL"] = url
         services.append(stack.postgres.postmaster_pid)
-    if "om-bill-tier" in wanted and (scope.workers > 1 or args.redis):
+    if "om-bill-tier" in wanted and counts_in_redis(args, scope):
         stack.redis = RedisServer(cpus=scope.client_cpus).start()
         extra["OPENMAAS_REDIS_URL"] = stack.redis.url
         services.append(stack.redis.pid)
@@ -669,8 +675,8 @@ def main(argv: list[str]) -> int:
     try:
         for scope in scopes(args, every_cpu):
             scoped = list(wanted)
-            needs_redis = scope.workers > 1 or args.redis
-            if "om-bill-tier" in scoped and needs_redis and (reason := redis_unavailable()):
+            tiered_in_redis = counts_in_redis(args, scope)
+            if "om-bill-tier" in scoped and tiered_in_redis and (reason := redis_unavailable()):
                 scoped.remove("om-bill-tier")
                 header["skipped"].append(
                     f"om-bill-tier in scope {scope.name}: counted in Redis (--redis, or "

@@ -113,6 +113,27 @@ async def call(
     return status
 
 
+def request_headers(key: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"host", b"127.0.0.1"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+    ]
+
+
+async def serving(app: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    """Once ``app`` (started) answers a priced request (its upstream deployment's probe has
+    run), with the heap settled as ``openmaas serve`` settles it."""
+    from openmaas.server.processes import settle_heap
+
+    await app.state.openmaas.platform.catalog.wait_loaded()
+    for _ in range(300):
+        if await call(app, headers, request_body(False)) == 200:
+            break
+        await asyncio.sleep(0.1)
+    settle_heap()
+
+
 async def measure(
     app: App, headers: list[tuple[bytes, bytes]], body: bytes, requests: int, concurrency: int
 ) -> tuple[float, int]:
@@ -136,22 +157,12 @@ async def measure(
 
 async def run(args: argparse.Namespace, key: str) -> None:
     from openmaas.server.app import create_app
-    from openmaas.server.processes import settle_heap
     from openmaas.settings import Settings
 
     app = create_app(Settings())
-    headers = [
-        (b"host", b"127.0.0.1"),
-        (b"authorization", f"Bearer {key}".encode()),
-        (b"content-type", b"application/json"),
-    ]
+    headers = request_headers(key)
     async with app.router.lifespan_context(app):
-        await app.state.openmaas.platform.catalog.wait_loaded()
-        for _ in range(300):  # the upstream deployment answers once its probe has run
-            if await call(app, headers, request_body(False)) == 200:
-                break
-            await asyncio.sleep(0.1)
-        settle_heap()
+        await serving(app, headers)
         print("| mode | collector | CPU µs/request | collections | GC µs/request |", end="")
         print(" unreachable objects/request | CPU ÷ collector off |")
         print("|---|---|---:|---:|---:|---:|---:|")

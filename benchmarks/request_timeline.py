@@ -20,7 +20,6 @@ request nobody else's commit shares::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
@@ -29,26 +28,32 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gc_per_request import App, call, in_process, request_body  # noqa: E402
+from gc_per_request import (  # noqa: E402
+    App,
+    call,
+    in_process,
+    request_body,
+    request_headers,
+    serving,
+)
 
+ARRIVED = "arrival: dispatch, authentication, parsing"
+ADMISSION = "admission"
+ADMITTED = "admitted: routing, the engine's slot"
 UPSTREAM_SENT = "upstream request written"
 UPSTREAM_READ = "upstream answer read"
-ARRIVED = "arrival: dispatch, authentication, parsing"
+SETTLING = "settlement (the engine closed)"
+HANDED = "ledger batch handed to the writer thread"
+WRITER_BEGAN = "writer thread: BEGIN, the rows"
+COMMIT = "writer thread: COMMIT"
+WRITER_DONE = "writer thread done"
+SETTLED = "settled, back on the event loop"
+SENT = "response sent"
+DONE = "request done (its access-log line written)"
 STEPS = [
-    ARRIVED,
-    "admission",
-    "admitted: routing, the engine's slot",
-    UPSTREAM_SENT,
-    UPSTREAM_READ,
-    "settlement (the engine closed)",
-    "ledger batch handed to the writer thread",
-    "writer thread: BEGIN, the rows",
-    "writer thread: COMMIT",
-    "writer thread done",
-    "settled, back on the event loop",
-    "response sent",
-    "request done (its access-log line written)",
-]
+    ARRIVED, ADMISSION, ADMITTED, UPSTREAM_SENT, UPSTREAM_READ, SETTLING, HANDED,
+    WRITER_BEGAN, COMMIT, WRITER_DONE, SETTLED, SENT, DONE,
+]  # fmt: skip
 
 
 class Timeline:
@@ -86,23 +91,23 @@ def instrument(timeline: Timeline) -> None:
 
         setattr(cls, name, wrapped)
 
-    around(Gateway, "reserve", STEPS[1], STEPS[2])
+    around(Gateway, "reserve", ADMISSION, ADMITTED)
     around(HttpPool, "request", UPSTREAM_SENT, UPSTREAM_READ)
-    around(Gateway, "finish", STEPS[5], None)
-    around(SqliteWriter, "call", STEPS[6], STEPS[10])
+    around(Gateway, "finish", SETTLING, None)
+    around(SqliteWriter, "call", HANDED, SETTLED)
 
     def on_thread(name: str) -> None:
         original: Callable[..., Any] = getattr(SqliteWriter, name)
 
         def wrapped(self: SqliteWriter, *args: Any) -> Any:
-            timeline.mark(STEPS[7])
+            timeline.mark(WRITER_BEGAN)
             self._connection().set_trace_callback(
-                lambda sql: timeline.mark(STEPS[8]) if sql == "COMMIT" else None
+                lambda sql: timeline.mark(COMMIT) if sql == "COMMIT" else None
             )
             try:
                 return original(self, *args)
             finally:
-                timeline.mark(STEPS[9])
+                timeline.mark(WRITER_DONE)
 
         setattr(SqliteWriter, name, wrapped)
 
@@ -112,18 +117,14 @@ def instrument(timeline: Timeline) -> None:
 
 async def measure(app: App, key: str, requests: int, timeline: Timeline) -> dict[str, float]:
     """The median time (µs since arrival) at which each step began, over ``requests``."""
-    headers = [
-        (b"host", b"127.0.0.1"),
-        (b"authorization", f"Bearer {key}".encode()),
-        (b"content-type", b"application/json"),
-    ]
+    headers = request_headers(key)
     body = request_body(False)
     seen: dict[str, list[float]] = {step: [] for step in STEPS}
     for i in range(requests + requests // 10):
         timeline.start()
-        if await call(app, headers, body, lambda: timeline.mark(STEPS[-2])) != 200:
+        if await call(app, headers, body, lambda: timeline.mark(SENT)) != 200:
             raise RuntimeError("a request failed")
-        timeline.mark(STEPS[-1])
+        timeline.mark(DONE)
         if i < requests // 10:  # warm-up
             continue
         first: dict[str, float] = {}
@@ -137,7 +138,6 @@ async def measure(app: App, key: str, requests: int, timeline: Timeline) -> dict
 
 async def run(args: argparse.Namespace, key: str) -> None:
     from openmaas.server.app import create_app
-    from openmaas.server.processes import settle_heap
     from openmaas.settings import Settings
 
     timeline = Timeline()
@@ -146,16 +146,10 @@ async def run(args: argparse.Namespace, key: str) -> None:
     for synchronous in ("FULL", "NORMAL"):
         app = create_app(Settings(sqlite_synchronous=synchronous))
         async with app.router.lifespan_context(app):
-            await app.state.openmaas.platform.catalog.wait_loaded()
-            for _ in range(300):  # the upstream deployment answers once its probe has run
-                headers = [(b"authorization", f"Bearer {key}".encode())]
-                if await call(app, headers, request_body(False)) == 200:
-                    break
-                await asyncio.sleep(0.1)
-            settle_heap()
+            await serving(app, request_headers(key))
             results[synchronous] = await measure(app, key, args.requests, timeline)
     full, normal = results["FULL"], results["NORMAL"]
-    answered = STEPS[-2]  # what the client waits for; the access log comes after
+    answered = SENT  # what the client waits for; the access log comes after
     print("| step begins | FULL: µs since arrival | step µs | share of the answer |", end="")
     print(" NORMAL: µs | step µs |")
     print("|---|---:|---:|---:|---:|---:|")
