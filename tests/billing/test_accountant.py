@@ -5,6 +5,7 @@ SQLite, the scriptable fake engine, a frozen clock."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openmaas.accounts.auth import Principal
 from openmaas.billing.accountant import Accountant
-from openmaas.billing.limiter import InProcessLimiter
+from openmaas.billing.limiter import InProcessLimiter, Limiter
 from openmaas.catalog.served import ModelCatalog, ServedModel
 from openmaas.core.errors import (
     BudgetExceeded,
@@ -35,6 +36,7 @@ from openmaas.core.ledger_events import (
     held,
     system,
 )
+from openmaas.core.limits import Admission
 from openmaas.core.money import Currency
 from openmaas.core.prices import AppliedPrice, ModelPrice
 from openmaas.core.tiers import Limits, Tier
@@ -72,11 +74,11 @@ class Rig:
         self.accountant = self.new_accountant()
         self.gateway: Gateway | None = None
 
-    def new_accountant(self) -> Accountant:
+    def new_accountant(self, limiter: Limiter | None = None) -> Accountant:
         """A fresh process's view: its own ledger cache and limiter over the same database."""
         ledger = LedgerStore(self.database, self.clock.now_ms)
         return Accountant(
-            self.database, ledger, InProcessLimiter(), self.clock,
+            self.database, ledger, limiter or InProcessLimiter(), self.clock,
             refresh_seconds=0, checkpoint_seconds=0.5,
         )  # fmt: skip
 
@@ -335,6 +337,59 @@ async def test_tier_limits_refuse_with_headers_and_free_their_slots(rig: Rig) ->
     assert info.value.limit == "requests"
     assert int(info.value.headers["retry-after"]) >= 60  # nothing frees up within the minute
     assert info.value.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+class _RemoteLimiter(InProcessLimiter):
+    """In-process counts behind a round trip, as Redis's are: a settlement waits for
+    ``answer`` (the reply) once it has been sent (``sent``)."""
+
+    remote = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def settle(self, admission: Admission, actual_tokens: int, now_ms: int) -> None:
+        self.sent.set()
+        await self.answer.wait()
+        await super().settle(admission, actual_tokens, now_ms)
+
+
+async def test_limits_in_another_process_are_settled_beside_the_ledger_write(rig: Rig) -> None:
+    """With Redis, a request's settlement of its limits is sent while its usage record is
+    being committed, not after the commit: one round trip less before the response ends.
+    Both still end before the request does (its concurrency slot is free for the next)."""
+    async with rig.database.begin() as conn:
+        await set_tier(conn, Tier("one", Limits(rpm=100, tpm=None, concurrency=1)))
+        await update_org(conn, rig.org_id, tier="one")
+    limiter = _RemoteLimiter()
+    rig.accountant = rig.new_accountant(limiter)
+    gateway = await rig.serve(free={"text": "a b c"})
+    generation = await gateway.generate(rig.principal, chat("free"), "chat.completions")
+    path = rig.database.url.database
+    assert path is not None
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # no commit gets through until the rollback
+
+    async def drain() -> None:
+        async for _ in generation:
+            pass
+        await generation.aclose()
+
+    draining = asyncio.create_task(drain())
+    try:
+        await eventually(limiter.sent.is_set, timeout=3, what="the settlement sent")
+        assert not await rig.records()  # the usage record is not committed yet
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    await asyncio.sleep(0.05)
+    assert not draining.done()  # the request waits for the limits' reply too
+    limiter.answer.set()
+    await draining
+    assert len(await rig.records()) == 1
+    await run(gateway, rig.principal, chat("free"))  # concurrency 1: its slot came back
 
 
 async def test_recovery_bills_a_killed_request_by_its_checkpoint(rig: Rig) -> None:

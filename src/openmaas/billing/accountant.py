@@ -517,6 +517,13 @@ class Accountant:
         return await finish_despite_cancellation(self._finish(ticket, record))
 
     async def _finish(self, ticket: Ticket, record: UsageRecord) -> UsageRecord:
+        limits: Awaitable[None] | None = None
+        if ticket.limit is not None:
+            limits = self._limiter.settle(
+                ticket.limit, record.usage.total_tokens, self._clock.now_ms()
+            )
+            if self._limiter.remote:  # its round trip runs beside the ledger's commit
+                limits = asyncio.ensure_future(limits)
         try:
             await self._stop_checkpoints(ticket)
             written = ticket.pending is not None  # its in-flight row (held: with the hold)
@@ -527,10 +534,8 @@ class Accountant:
             else:
                 await self._append(record, written)
         finally:  # a failed write leaves the hold to recovery, never a slot taken forever
-            if ticket.limit is not None:
-                await self._limiter.settle(
-                    ticket.limit, record.usage.total_tokens, self._clock.now_ms()
-                )
+            if limits is not None:
+                await limits
         return record
 
     async def _settle(self, record: UsageRecord) -> UsageRecord:

@@ -65,6 +65,10 @@ class LimiterHealth:
 
 @runtime_checkable
 class Limiter(Protocol):
+    # Whether a call is a round trip to another process (Redis): a settlement's then runs
+    # beside the ledger's commit instead of after it (the accountant's ``finish``).
+    remote: bool
+
     async def admit(
         self, scopes: Sequence[Scope], model: str, reserve_tokens: int, now_ms: int
     ) -> Admission:
@@ -99,6 +103,8 @@ class InProcessLimiter:
     each would count alone (a limit of 100 would let 100 through *each*): use the Redis
     backend there.
     """
+
+    remote = False
 
     def __init__(
         self,

@@ -371,6 +371,8 @@ class RedisLimiter:
     Call :meth:`aclose` when done (the composition root does).
     """
 
+    remote = True
+
     def __init__(
         self,
         url: str,
