@@ -457,6 +457,56 @@ async def test_a_lone_process_writes_a_batch_in_one_round_trip(
     await store.close()
 
 
+async def test_rows_alone_are_one_round_trip_and_all_or_nothing(
+    pg_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of rows and no ledger command (an unpriced request's usage record, in-flight
+    rows) is one statement on PostgreSQL, its own transaction: one round trip where
+    ``BEGIN`` and ``COMMIT`` made three. Still all or nothing: a batch with a row that
+    cannot be written writes none of its rows."""
+    from asyncpg.exceptions import UniqueViolationError
+
+    from openmaas.store.billing import InFlight, inflight_row
+    from openmaas.store.rows import Delete
+    from openmaas.store.schema import inflight
+    from openmaas.store.writers.asyncpg import AsyncpgWriter
+
+    counted: list[str] = []
+    driver = AsyncpgWriter.driver
+
+    async def counting(conn: AsyncConnection) -> Any:
+        return _RoundTrips(await driver(conn), counted)
+
+    monkeypatch.setattr(AsyncpgWriter, "driver", staticmethod(counting))
+    engine = await new_engine(pg_url)
+    try:
+        org = await new_org(engine)
+        store = LedgerStore(engine, clock.now_ms)
+
+        def row(request_id: str) -> Any:
+            return inflight_row(InFlight(request_id, "k", org, "m1", "chat", NOW, None))
+
+        await store.write(rows=lambda _: [row("r0")])  # the store loaded
+        counted.clear()
+        await store.write(rows=lambda _: [row("r1"), row("r2")])
+        assert counted == ["executemany"]
+        counted.clear()
+        await store.write(rows=lambda _: [row("r3"), Delete(inflight.c.request_id, "r0")])
+        assert counted == ["execute"]  # an insert and a delete, one statement
+        with pytest.raises(UniqueViolationError):  # r1 is there: r4 must not be written either
+            await store.write(rows=lambda _: [row("r4"), row("r1")])
+        with pytest.raises(UniqueViolationError):
+            await store.write(
+                rows=lambda _: [row("r5"), row("r2"), Delete(inflight.c.request_id, "r3")]
+            )
+        async with engine.connect() as conn:
+            ids = (await conn.execute(select(inflight.c.request_id))).scalars().all()
+        assert sorted(ids) == ["r1", "r2", "r3"]
+        await store.close()
+    finally:
+        await engine.dispose()
+
+
 async def test_usage_records_read_back_as_written_whatever_their_text(
     database: AsyncEngine, database_url: str, clock: ManualClock
 ) -> None:

@@ -640,14 +640,19 @@ class LedgerStore:
             try:
                 async with self._engine.connect() as conn:
                     apg = await writer.driver(conn)
-                    async with apg.transaction():
-                        if any(job.command is not None for job in batch):
+                    rows = self._rows_sql.rows
+                    if not any(job.command is not None for job in batch):  # rows alone
+                        outcomes = [() for _ in batch]
+                        statements = self._statements(batch, outcomes, [], rows)
+                        await writer.run_atomic(apg, statements)  # one round trip, no BEGIN
+                    else:
+                        async with apg.transaction():
                             caught_up = await writer.lock(apg, self._seq)
                             others = self._apply_caught_up(caught_up)
                             self._contended = bool(others) or self.conflicts != sent_back
-                        outcomes, appended = self._decide_all(batch)
-                        rows = self._rows_sql.rows
-                        await writer.run(apg, self._statements(batch, outcomes, appended, rows))
+                            outcomes, appended = self._decide_all(batch)
+                            statements = self._statements(batch, outcomes, appended, rows)
+                            await writer.run(apg, statements)
             except BaseException:
                 if appended:  # applied in memory, never committed: start over from the log
                     self._forget()

@@ -141,6 +141,17 @@ class AsyncpgWriter:
             events += [(row[0], row[1]) for row in more]
         return events
 
+    async def run_atomic(self, apg: Any, statements: list[Statement]) -> None:
+        """:meth:`run`, all or nothing, outside a transaction: as one statement (or one
+        ``executemany``, atomic in asyncpg), which is its own transaction, one round trip
+        where ``BEGIN`` and ``COMMIT`` make three; in a transaction of its own otherwise."""
+        statements = [(sql, params) for sql, params in statements if params]
+        if len(statements) <= 1 or all(self._types(sql) is not None for sql, _ in statements):
+            await self.run(apg, statements)
+            return
+        async with apg.transaction():
+            await self.run(apg, statements)
+
     async def run(self, apg: Any, statements: list[Statement]) -> None:
         """Run ``statements`` (the writers' ``INSERT``s, ``DELETE``s and the head's
         ``UPDATE``) as one statement; any other SQL on its own, as it is."""
