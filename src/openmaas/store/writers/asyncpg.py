@@ -146,7 +146,7 @@ class AsyncpgWriter:
         ``executemany``, atomic in asyncpg), which is its own transaction, one round trip
         where ``BEGIN`` and ``COMMIT`` make three; in a transaction of its own otherwise."""
         statements = [(sql, params) for sql, params in statements if params]
-        if len(statements) <= 1 or all(self._types(sql) is not None for sql, _ in statements):
+        if len(statements) <= 1 or self._known_writes(statements):
             await self.run(apg, statements)
             return
         async with apg.transaction():
@@ -158,7 +158,7 @@ class AsyncpgWriter:
         statements = [(sql, params) for sql, params in statements if params]
         if not statements:
             return
-        if len(statements) == 1 or any(self._types(sql) is None for sql, _ in statements):
+        if len(statements) == 1 or not self._known_writes(statements):
             for sql, params in statements:
                 trace(sql)
                 await apg.executemany(self.numbered(sql), params)
@@ -271,6 +271,11 @@ class AsyncpgWriter:
         if only_if is not None:
             return withs, args
         return (f"WITH {withs} {main}" if parts else main), args
+
+    def _known_writes(self, statements: list[Statement]) -> bool:
+        """Whether every one of ``statements`` is a write :meth:`combined` can make part of
+        one statement."""
+        return all(self._types(sql) is not None for sql, _ in statements)
 
     def _types(self, sql: str) -> tuple[str, ...] | None:
         """The array types of a known write's parameters (None: not one)."""
