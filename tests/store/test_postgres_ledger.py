@@ -397,6 +397,20 @@ async def test_a_batch_of_settlements_with_their_rows_is_written_whole(
     await store.close()
 
 
+def _count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The round trips the ledger's asyncpg writer makes from now on, as they are made."""
+    from openmaas.store.writers.asyncpg import AsyncpgWriter
+
+    counted: list[str] = []
+    driver = AsyncpgWriter.driver
+
+    async def counting(conn: AsyncConnection) -> Any:
+        return _RoundTrips(await driver(conn), counted)
+
+    monkeypatch.setattr(AsyncpgWriter, "driver", staticmethod(counting))
+    return counted
+
+
 class _RoundTrips:
     """An asyncpg connection that counts the round trips made through it (a transaction's
     ``BEGIN`` and ``COMMIT`` each one)."""
@@ -421,15 +435,7 @@ async def test_a_lone_process_writes_a_batch_in_one_round_trip(
     a refusal) is written by one statement on PostgreSQL that commits only if the log's
     last event is still this process's: one round trip, where a transaction made four; on
     SQLite one hand-off to the writer's thread."""
-    from openmaas.store.writers.asyncpg import AsyncpgWriter
-
-    counted: list[str] = []
-    driver = AsyncpgWriter.driver
-
-    async def counting(conn: AsyncConnection) -> Any:
-        return _RoundTrips(await driver(conn), counted)
-
-    monkeypatch.setattr(AsyncpgWriter, "driver", staticmethod(counting))
+    counted = _count_round_trips(monkeypatch)
     org = await new_org(database)
     store = LedgerStore(database, lambda: NOW)
     await store.execute(TopUp("t1", org, 3 * QUOTE.micros))  # opens the organization
@@ -469,15 +475,8 @@ async def test_rows_alone_are_one_round_trip_and_all_or_nothing(
     from openmaas.store.billing import InFlight, inflight_row
     from openmaas.store.rows import Delete
     from openmaas.store.schema import inflight
-    from openmaas.store.writers.asyncpg import AsyncpgWriter
 
-    counted: list[str] = []
-    driver = AsyncpgWriter.driver
-
-    async def counting(conn: AsyncConnection) -> Any:
-        return _RoundTrips(await driver(conn), counted)
-
-    monkeypatch.setattr(AsyncpgWriter, "driver", staticmethod(counting))
+    counted = _count_round_trips(monkeypatch)
     engine = await new_engine(pg_url)
     try:
         org = await new_org(engine)
