@@ -392,6 +392,34 @@ async def test_limits_in_another_process_are_settled_beside_the_ledger_write(rig
     await run(gateway, rig.principal, chat("free"))  # concurrency 1: its slot came back
 
 
+@pytest.mark.parametrize("remote", [False, True], ids=["in-process", "remote"])
+async def test_a_usage_record_that_fails_to_commit_still_frees_the_limits(
+    rig: Rig, remote: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refusing a request's usage record (recovery settles it later) must not
+    leave its concurrency slot taken: the next request of a concurrency-1 tier is admitted,
+    whether the limits are settled after the write or beside it."""
+    async with rig.database.begin() as conn:
+        await set_tier(conn, Tier("one", Limits(rpm=100, tpm=None, concurrency=1)))
+        await update_org(conn, rig.org_id, tier="one")
+    limiter = _RemoteLimiter() if remote else InProcessLimiter()
+    if isinstance(limiter, _RemoteLimiter):
+        limiter.answer.set()
+    rig.accountant = rig.new_accountant(limiter)
+    gateway = await rig.serve(free={"text": "a b c"})
+    ledger = rig.accountant.ledger
+
+    async def refused(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the database is down")
+
+    monkeypatch.setattr(ledger, "write", refused)
+    with pytest.raises(RuntimeError, match="the database is down"):
+        await run(gateway, rig.principal, chat("free"))
+    monkeypatch.undo()
+    await run(gateway, rig.principal, chat("free"))  # concurrency 1: its slot came back
+    assert len(await rig.records()) == 1  # the second; the first is left to recovery
+
+
 async def test_recovery_bills_a_killed_request_by_its_checkpoint(rig: Rig) -> None:
     """A process dies mid-stream; the next start settles the hold once from the checkpoint."""
     gateway = await rig.serve(priced={"text": "a b c d e f g h", "token_delay": 0.01})
